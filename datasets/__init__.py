@@ -1,0 +1,59 @@
+"""Datasets: ingested caches by name, and the sources they are built from.
+
+Sources: ``tcia`` (a TCIA download on disk) and ``phantom`` (the embedded synthetic
+collection, generated and ingested on first use). Every dataset, whatever its
+source, is read through :class:`hashbench.dataset.Dataset`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hashbench.dataset import MANIFEST, Dataset
+from hashbench.dicom import ImageOptions
+from hashbench.ingest import IngestResult
+from hashbench.paths import datasets_dir, sources_dir
+
+SOURCES = {
+    "tcia": "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)",
+    "phantom": "synthetic TCIA-like collection, generated locally; the embedded default",
+}
+DEFAULT_DATASET = "phantom"
+
+
+class UnknownDatasetError(LookupError):
+    """Raised with the valid names, so the user can pick one."""
+
+
+def dataset_names() -> list[str]:
+    """Ingested datasets, plus 'phantom' which is built on first use."""
+    root = datasets_dir()
+    names = {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root.exists() else set()
+    return sorted(names | {DEFAULT_DATASET})
+
+
+def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset:
+    """An ingested dataset by name; the phantom is generated and ingested if missing."""
+    folder = datasets_dir() / name
+    if (folder / MANIFEST).exists():
+        return Dataset(folder)
+    if name == DEFAULT_DATASET:
+        return ingest_phantom(progress=progress).dataset
+    raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`)")
+
+
+def ingest_tcia(root: Path, name: str = "tcia", options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Ingest (or update) a TCIA download as dataset ``name``."""
+    from hashbench.datasets import tcia
+
+    return tcia.ingest_tcia(Path(root), name, datasets_dir(), options, clean, workers, progress)
+
+
+def ingest_phantom(profile: str = "default", seed: int = 0, name: str | None = None, options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Generate the phantom download (once) and ingest it through the TCIA loader."""
+    from hashbench.datasets import phantom, tcia
+
+    name = name or (DEFAULT_DATASET if profile == "default" and seed == 0 else f"phantom-{profile}-seed{seed}")
+    source = phantom.generate(sources_dir() / f"phantom-{profile}-seed{seed}", profile, seed)
+    extra = {"synthetic": True, "phantom": {"profile": profile, "seed": seed}}
+    return tcia.ingest_tcia(source, name, datasets_dir(), options, clean, workers, progress, kind="phantom", extra_manifest=extra)

@@ -1,0 +1,103 @@
+"""A TCIA download as the NBIA Data Retriever lays it out, turned into a dataset.
+
+Both layouts have the same depth, ``<Collection>/<Subject>/<Study>/<Series>/<file>.dcm``:
+descriptive folder names (``12-01-1998-NA-PETCT HEAD-59359``, ``5.000000-PET NO AC-52932``,
+the default since NBIA 4.4.1) or classic UIDs (``-cd``). The root may be the folder
+holding the collections or the one above it (``manifest-*/``), or a single
+collection's folder. ``metadata.csv`` beside the data is read when present.
+
+Label = collection: TCIA's CTP private tag in the file, else metadata.csv, else the
+top folder. Patient, study and series likewise come from the tags, else the folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections import Counter
+from pathlib import Path, PurePosixPath
+
+from hashbench.dicom import ImageOptions
+from hashbench.ingest import IngestResult, SourceFile, ingest
+
+DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+UID_FOLDER = re.compile(r"^\d+(\.\d+){2,}$")
+
+
+def scan(root: Path) -> tuple[list[SourceFile], dict[str, dict[str, str]], dict[str, int]]:
+    """Source files under ``root``, metadata.csv by Series UID, and counts per layout."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    by_location, by_series = _read_metadata(root)
+    files, layouts = [], Counter()
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(folder) / filename
+            if filename.startswith(".") or not _looks_like_dicom(path):
+                continue
+            parts = PurePosixPath(path.relative_to(root).as_posix()).parts
+            series_folder = "/".join(parts[:-1])
+            csv_fields = by_location.get(series_folder, {})
+            files.append(
+                SourceFile(
+                    path=path,
+                    relpath="/".join(parts),
+                    collection=parts[-5] if len(parts) >= 5 else root.name,
+                    patient=parts[-4] if len(parts) >= 4 else "",
+                    study=parts[-3] if len(parts) >= 3 else "",
+                    series=parts[-2] if len(parts) >= 2 else "",
+                    csv_collection=csv_fields.get("collection", ""),
+                    csv_modality=csv_fields.get("modality", ""),
+                )
+            )
+            layouts[_layout(parts)] += 1
+    return files, by_series, dict(layouts)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """By suffix; files without one are taken when they carry the DICM preamble."""
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES:
+        return True
+    if suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def _layout(parts: tuple[str, ...]) -> str:
+    if len(parts) < 5:
+        return "flat"
+    return "classic" if UID_FOLDER.match(parts[-2]) and UID_FOLDER.match(parts[-3]) else "descriptive"
+
+
+def _read_metadata(root: Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
+    """metadata.csv files at the root or one level down, keyed by series folder and by UID."""
+    by_location, by_series = {}, {}
+    for csv_path in sorted([*root.glob("metadata.csv"), *root.glob("*/metadata.csv")]):
+        base = csv_path.parent.relative_to(root).as_posix()
+        with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+            for row in csv.DictReader(handle):
+                fields = {"collection": (row.get("Collection") or "").strip(), "modality": (row.get("Modality") or "").strip().upper()}
+                location = (row.get("File Location") or "").replace("\\", "/").strip()
+                if location:
+                    relative = PurePosixPath(base, location.removeprefix("./")).as_posix().removeprefix("./")
+                    by_location[relative] = fields
+                if row.get("Series UID"):
+                    by_series[row["Series UID"].strip()] = fields
+    return by_location, by_series
+
+
+def ingest_tcia(root: Path, name: str, destination: Path, options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False, kind: str = "tcia", extra_manifest: dict | None = None) -> IngestResult:
+    """Scan a TCIA tree and ingest it as dataset ``name``."""
+    files, by_series, layouts = scan(root)
+    if not files:
+        raise FileNotFoundError(f"no DICOM files under {root} (looked for *.dcm and files with a DICM preamble)")
+    extra = {"layouts": layouts, **(extra_manifest or {})}
+    return ingest(name, kind, root.resolve(), files, destination, options, clean, by_series, workers, progress, extra)

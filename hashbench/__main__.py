@@ -1,0 +1,3 @@
+from hashbench.cli import app
+
+app(prog_name="hashbench")

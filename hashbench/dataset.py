@@ -1,0 +1,130 @@
+"""An ingested dataset on disk, read back: images memory-mapped, index as a table, splits.
+
+Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
+
+- ``images.u8``     all slices, uint8, shape (n, size, size), one raw memory-mapped array
+- ``index.csv``     one row per slice: label, patient, study, series, modality, source
+                    path and frame, image statistics, IQR outlier flag
+- ``files.csv``     one row per source file: size, mtime, digest, kept/skipped and why
+                    (the ingest report; also what makes re-ingesting incremental)
+- ``manifest.json`` what was ingested from where, with which image options
+- ``splits/``       seeded splits, one CSV each, computed once and reused
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hashbench import splits
+from hashbench.cleaning import iqr_outliers
+
+FORMAT_VERSION = 1
+IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
+INDEX_DTYPES = {"label": str, "label_source": str, "patient": str, "study": str, "series": str, "modality": str, "path": str}
+FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    frame.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Dataset:
+    """A read-only view of one ingested dataset."""
+
+    root: Path
+
+    @cached_property
+    def manifest(self) -> dict:
+        return json.loads((self.root / MANIFEST).read_text())
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["options"]["size"])
+
+    @cached_property
+    def index(self) -> pd.DataFrame:
+        """All slices indexed by ``slice_id`` (= row of the image array).
+
+        The ``outlier`` column is derived here, not stored, so it always follows the
+        current cleaning rule.
+        """
+        frame = pd.read_csv(self.root / INDEX, dtype=INDEX_DTYPES, keep_default_na=False).set_index("slice_id")
+        frame["outlier"] = iqr_outliers(frame) if len(frame) else False
+        return frame
+
+    @cached_property
+    def files(self) -> pd.DataFrame:
+        return pd.read_csv(self.root / FILES, dtype=FILES_DTYPES, keep_default_na=False)
+
+    @cached_property
+    def images(self) -> np.ndarray:
+        """uint8 array (n, size, size), memory-mapped: nothing is loaded until indexed."""
+        shape = (int(self.manifest["n_slices"]), self.image_size, self.image_size)
+        if shape[0] == 0:
+            return np.zeros(shape, np.uint8)
+        return np.memmap(self.root / IMAGES, dtype=np.uint8, mode="r", shape=shape)
+
+    @property
+    def skipped(self) -> pd.DataFrame:
+        """The ingest report: every source file that gave no slice, with its reason."""
+        return self.files[self.files["status"] == "skipped"]
+
+    def usable(self, clean: bool | None = None) -> pd.DataFrame:
+        """Slices used for training and retrieval: outliers dropped unless cleaning is off."""
+        clean = self.manifest["clean"] if clean is None else clean
+        return self.index[~self.index["outlier"]] if clean else self.index
+
+    def split(self, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0, clean: bool | None = None) -> pd.Series:
+        """Side ('database', 'query', 'validation') per usable slice_id; computed once, then read."""
+        clean = self.manifest["clean"] if clean is None else clean
+        rows = self.usable(clean)
+        tag = "clean" if clean else "all"
+        path = self.root / SPLITS / f"{protocol}-seed{seed}-q{query_fraction:g}-v{validation_fraction:g}-{tag}.csv"
+        if path.exists():
+            saved = pd.read_csv(path, index_col="slice_id")["side"]
+            if saved.index.equals(rows.index):
+                return saved
+        side = splits.split(rows, protocol, seed, query_fraction, validation_fraction).rename("side")
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_csv(path, side.rename_axis("slice_id").reset_index())
+        return side
+
+    def summary(self) -> dict:
+        """Counts for listings: slices kept, outliers, patients, classes, skipped files, bytes."""
+        index = self.index
+        size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        return {
+            "name": self.name,
+            "kind": self.manifest["kind"],
+            "slices": int((~index["outlier"]).sum()) if self.manifest["clean"] else len(index),
+            "outliers": int(index["outlier"].sum()),
+            "patients": int(index["patient"].nunique()),
+            "classes": int(index["label"].nunique()),
+            "files": len(self.files),
+            "skipped": len(self.skipped),
+            "image_size": self.image_size,
+            "bytes": size,
+            "source": self.manifest["source"],
+            "updated": self.manifest["updated"],
+        }

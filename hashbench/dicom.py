@@ -1,0 +1,225 @@
+"""One DICOM file to training images: decode, rescale, window, invert, grey, resize.
+
+The order follows the DICOM pixel pipeline (PS3.3 C.11): modality LUT (rescale to
+e.g. Hounsfield units) -> VOI (window) -> presentation (MONOCHROME1 is displayed
+inverted; pydicom does not invert, we do) -> 8-bit -> resize. Every way a file
+can fail becomes a :class:`SkippedFile` with a reason a user can act on.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_color_lut, iter_pixels
+
+# Objects that carry no image slice to learn from (masks, contours, reports, plans).
+NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "KO", "PR", "REG", "DOC", "FID", "RWV"}
+
+# Window (centre, width) used for CT when the file carries none: the abdominal
+# soft-tissue window, since the paper's collections are abdominal/thoracic cancers.
+CT_DEFAULT_WINDOW = (40.0, 400.0)
+# Percentiles used to window modalities without a natural unit (MR, PT, ...).
+PERCENTILE_WINDOW = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    """How DICOM pixels become training images. Part of a cache's identity."""
+
+    size: int = 224
+    window: str = "auto"  # auto: file's window, else modality default; percentile; minmax
+    colour: str = "luma"  # luma: ITU-R BT.601 grey; skip: report colour images as skipped
+    aspect: str = "pad"  # pad: keep aspect ratio, pad to square; stretch: resize directly
+
+    def __post_init__(self) -> None:
+        choices = {"window": ("auto", "percentile", "minmax"), "colour": ("luma", "skip"), "aspect": ("pad", "stretch")}
+        for field, valid in choices.items():
+            if getattr(self, field) not in valid:
+                raise ValueError(f"{field}={getattr(self, field)!r}; valid: {', '.join(valid)}")
+        if self.size < 8:
+            raise ValueError(f"size={self.size}: images must be at least 8 px")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class SkippedFile(Exception):
+    """A file that gives no slice; ``reason`` is a short category, ``detail`` the specifics."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class DicomSlices:
+    """What one file contributes: its identifiers and one uint8 image per frame."""
+
+    header: dict[str, str]
+    images: list[np.ndarray]
+
+
+def read_dataset(data: bytes) -> Dataset:
+    """Parse DICOM bytes, turning parser failures into skip reasons."""
+    if not data:
+        raise SkippedFile("empty file")
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError as exc:
+        raise SkippedFile("not DICOM", str(exc)) from None
+    except Exception as exc:  # truncated headers raise a variety of errors
+        raise SkippedFile("unreadable DICOM header", f"{type(exc).__name__}: {exc}") from None
+
+
+def ctp_collection(ds: Dataset) -> str:
+    """TCIA's collection name from the CTP private block (0013,xx10), or ''."""
+    try:
+        value = ds.get_private_item(0x0013, 0x10, "CTP").value
+    except (KeyError, ValueError):
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return str(value).strip(" \x00")
+
+
+def header_fields(ds: Dataset) -> dict[str, str]:
+    """The identifiers a slice keeps (empty where the file lacks them)."""
+    return {
+        "collection_tag": ctp_collection(ds),
+        "patient_tag": str(ds.get("PatientID", "") or "").strip(),
+        "study_tag": str(ds.get("StudyInstanceUID", "") or ""),
+        "series_tag": str(ds.get("SeriesInstanceUID", "") or ""),
+        "modality": str(ds.get("Modality", "") or "").upper(),
+    }
+
+
+def decode(data: bytes, options: ImageOptions) -> DicomSlices:
+    """All frames of one DICOM file as uint8 ``size x size`` images, or :class:`SkippedFile`."""
+    ds = read_dataset(data)
+    header = header_fields(ds)
+    if header["modality"] in NON_IMAGE_MODALITIES:
+        raise SkippedFile("non-image object", f"modality {header['modality']}")
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise SkippedFile("no pixel data", f"SOP class {ds.get('SOPClassUID', '?')}")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
+    if colour and options.colour == "skip":
+        raise SkippedFile("colour image", f"{photometric} (colour='skip')")
+    images = []
+    try:
+        for index, frame in enumerate(iter_pixels(ds)):
+            if colour:
+                grey = _to_grey(ds, frame, photometric)
+            else:
+                grey = _window(ds, index, frame, header["modality"], options)
+                if photometric == "MONOCHROME1":
+                    grey = 255 - grey
+            images.append(resize(grey, options))
+    except SkippedFile:
+        raise
+    except RuntimeError as exc:
+        if "missing dependencies" in str(exc) or "plugin" in str(exc).lower():
+            raise SkippedFile("missing decoder", f"{ds.file_meta.get('TransferSyntaxUID', '?')}: {exc}") from None
+        raise SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}") from None
+    if not images:
+        raise SkippedFile("no frames")
+    return DicomSlices(header, images)
+
+
+def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    """Enhanced multi-frame objects keep rescale/window per frame in functional groups."""
+    for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
+        if not groups:
+            continue
+        group = groups[min(index, len(groups) - 1)]
+        if sequence in group and len(group[sequence].value):
+            return group[sequence].value[0]
+    return None
+
+
+def _first(value: Any) -> float:
+    """Window tags may be multi-valued (several presets): the first is the primary one."""
+    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+        value = value[0]
+    return float(value)
+
+
+def _rescaled(ds: Dataset, index: int, frame: np.ndarray) -> np.ndarray:
+    """Modality LUT: stored values to physical units (HU for CT) via slope and intercept."""
+    source = ds if "RescaleSlope" in ds or "RescaleIntercept" in ds else _frame_item(ds, index, "PixelValueTransformationSequence")
+    slope = float(source.get("RescaleSlope", 1.0) or 1.0) if source is not None else 1.0
+    intercept = float(source.get("RescaleIntercept", 0.0) or 0.0) if source is not None else 0.0
+    return frame.astype(np.float64) * slope + intercept
+
+
+def _window_tags(ds: Dataset, index: int) -> tuple[float, float] | None:
+    source = ds if "WindowCenter" in ds and "WindowWidth" in ds else _frame_item(ds, index, "FrameVOILUTSequence")
+    if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
+        return None
+    try:
+        centre, width = _first(source.WindowCenter), _first(source.WindowWidth)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (centre, width) if width >= 1 else None
+
+
+def window_linear(values: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """DICOM's LINEAR VOI function (PS3.3 C.11.2.1.2.1) onto 0..255."""
+    scaled = ((values - (centre - 0.5)) / max(width - 1.0, 1.0) + 0.5) * 255.0
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, np.uint8)
+    return np.clip(np.rint((values - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _window(ds: Dataset, index: int, frame: np.ndarray, modality: str, options: ImageOptions) -> np.ndarray:
+    values = _rescaled(ds, index, frame)
+    if options.window == "minmax":
+        return _stretch(values, float(values.min()), float(values.max()))
+    if options.window == "auto":
+        tags = _window_tags(ds, index)
+        if tags is not None:
+            return window_linear(values, *tags)
+        if modality == "CT":
+            return window_linear(values, *CT_DEFAULT_WINDOW)
+    low, high = np.percentile(values, PERCENTILE_WINDOW)
+    return _stretch(values, float(low), float(high))
+
+
+def _to_grey(ds: Dataset, frame: np.ndarray, photometric: str) -> np.ndarray:
+    """Colour frames to grey with BT.601 luma (pydicom already turned YBR into RGB)."""
+    if photometric == "PALETTE COLOR":
+        frame = apply_color_lut(frame, ds)
+    if frame.ndim != 3 or frame.shape[-1] != 3:
+        raise SkippedFile("unsupported photometric interpretation", photometric)
+    rgb = frame.astype(np.float64)
+    top = float(2 ** int(ds.get("BitsStored", 8)) - 1) if photometric != "PALETTE COLOR" else float(max(rgb.max(), 1))
+    luma = rgb @ np.array([0.299, 0.587, 0.114])
+    return np.clip(np.rint(luma / top * 255.0), 0, 255).astype(np.uint8)
+
+
+def resize(image: np.ndarray, options: ImageOptions) -> np.ndarray:
+    """To ``size x size``; with aspect='pad' the image is centred on black first."""
+    if options.aspect == "pad" and image.shape[0] != image.shape[1]:
+        side = max(image.shape)
+        square = np.zeros((side, side), np.uint8)
+        top, left = (side - image.shape[0]) // 2, (side - image.shape[1]) // 2
+        square[top : top + image.shape[0], left : left + image.shape[1]] = image
+        image = square
+    if image.shape == (options.size, options.size):
+        return np.ascontiguousarray(image)
+    return np.asarray(Image.fromarray(image).resize((options.size, options.size), Image.Resampling.BILINEAR))
+
