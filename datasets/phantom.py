@@ -42,7 +42,7 @@ class Profile:
 
     patients_per_collection: int
     slices_per_series: int
-    matrix: int  # CT and MR matrix; PET is 2/3 of it, as PET is coarser
+    matrix: int  # rows = columns of every image (PET is blurred to look coarser)
     blank_slice_rate: float = 0.2  # share of series that end in a blank (outlier) slice
 
 

@@ -126,7 +126,7 @@ def decode(data: bytes, options: ImageOptions) -> DicomSlices:
     except SkippedFile:
         raise
     except RuntimeError as exc:
-        if "missing dependencies" in str(exc) or "plugin" in str(exc).lower():
+        if "missing dependencies" in str(exc):
             raise SkippedFile("missing decoder", f"{ds.file_meta.get('TransferSyntaxUID', '?')}: {exc}") from None
         raise SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}") from None
     except Exception as exc:

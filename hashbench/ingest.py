@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -107,6 +108,7 @@ def ingest(
     resumed.start(partial, settings)
     jobs = [(str(f.path), previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
     series_metadata = series_metadata or {}
+    decoded = reused = 0
     with _progress(progress, len(files) - len(done_in_partial)) as bar, _pool(workers, len(jobs)) as pool, resumed:
         results = pool(_decode_job, jobs)
         for source_file in files:
@@ -122,12 +124,13 @@ def ingest(
             st = stats[source_file.relpath]
             if outcome == "reuse":
                 resumed.append_reused(source_file, st, record, previous)
+                reused += 1
             else:
                 resumed.append_decoded(source_file, st, outcome, series_metadata)
+                decoded += 1
             bar(source_file.relpath)
     dataset = _finalise(partial, target, resumed.n_slices, name, kind, source, settings, extra_manifest)
-    decoded = len(to_decode)
-    return IngestResult(dataset, False, decoded, len(files) - decoded - len(done_in_partial), len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files))
+    return IngestResult(dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files))
 
 
 def _same_stat(record: dict | None, st: os.stat_result | None) -> bool:
@@ -144,6 +147,7 @@ def _skip_counts(files: pd.DataFrame) -> dict[str, int]:
 def _decode_job(job: tuple[str, str, ImageOptions]) -> dict | str:
     """Decode one file in a worker; never raises (a bug becomes a skip reason too)."""
     path, known_digest, options = job
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # failures go to the ingest report instead
     try:
         with open(path, "rb") as handle:
             data = handle.read()

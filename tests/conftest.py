@@ -1,0 +1,107 @@
+"""Shared fixtures: an isolated hashbench home, a DICOM file factory, the tiny phantom."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.encaps import encapsulate, generate_frames
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, SegmentationStorage, generate_uid
+
+
+@pytest.fixture(autouse=True, scope="session")
+def hashbench_home(tmp_path_factory):
+    """Every test writes under a temporary home, never the user's cache."""
+    home = tmp_path_factory.mktemp("hashbench-home")
+    patcher = pytest.MonkeyPatch()
+    patcher.setenv("HASHBENCH_HOME", str(home))
+    yield home
+    patcher.undo()
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    modality: str = "CT",
+    patient: str | None = "P1",
+    collection_tag: str | None = None,
+    series_uid: str | None = None,
+    photometric: str = "MONOCHROME2",
+    compress: str | None = None,
+    **tags,
+) -> Path:
+    """Write a minimal but valid DICOM image; ``pixels`` is (rows, cols), (frames, rows, cols) or (rows, cols, 3)."""
+    ds = Dataset()
+    sop_uid = generate_uid()
+    sop_class = {"CT": CTImageStorage, "SEG": SegmentationStorage}.get(modality, MRImageStorage)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop_class, sop_uid, modality
+    if patient is not None:
+        ds.PatientID = patient
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    colour = pixels.ndim == 3 and pixels.shape[-1] == 3
+    frames = pixels.shape[0] if pixels.ndim == 3 and not colour else 1
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    ds.PhotometricInterpretation = photometric
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
+    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    if collection_tag is not None:
+        ds.private_block(0x0013, "CTP", create=True).add_new(0x10, "LO", collection_tag)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    if compress:
+        ds.compress(compress, pixels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.fixture
+def dicom():
+    return write_dicom
+
+
+def truncate_j2k(path: Path) -> Path:
+    """Keep the DICOM structure valid but cut the compressed frame in half, as a broken download does."""
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    ds.save_as(path)
+    return path
+
+
+@pytest.fixture
+def truncate_codestream():
+    return truncate_j2k
+
+
+def ramp(rows: int = 16, cols: int = 16, low: int = 0, high: int = 2000) -> np.ndarray:
+    """A uint16 ramp: distinct values, so every pixel of a decode can be checked."""
+    return np.linspace(low, high, rows * cols).reshape(rows, cols).astype(np.uint16)
+
+
+@pytest.fixture
+def ramp_image():
+    return ramp
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(hashbench_home):
+    """The tiny phantom profile, generated and ingested once for the session."""
+    from hashbench.datasets import ingest_phantom
+
+    return ingest_phantom(profile="tiny", workers=2)
