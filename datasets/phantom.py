@@ -33,7 +33,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, PositronEmissionTomographyImageStorage, RLELossless, generate_uid
 from scipy.ndimage import gaussian_filter
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -347,8 +347,8 @@ def _identify(ds: Dataset, collection: Collection, subject: str, study_uid: str,
 
 
 def _save(ds: Dataset, path: Path, encoding: str) -> None:
-    if encoding == "j2k":
-        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    if encoding == "j2k":  # lossless: the instance keeps its UID
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     elif encoding == "rle":
-        ds.compress(RLELossless)
+        ds.compress(RLELossless, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)

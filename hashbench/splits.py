@@ -40,7 +40,9 @@ def split(index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_f
 def _pick(index: pd.DataFrame, protocol: str, fraction: float, rng: np.random.Generator) -> pd.Index:
     """Rows of the units (patients or slices) chosen to make up ``fraction`` of each class."""
     if protocol == "slice":
-        per_unit = pd.DataFrame({"label": index["label"], "size": 1}, index=index.index)
+        # Ordered by where each slice comes from, so row order (e.g. after a resumed ingest) cannot change the split.
+        order = index.sort_values([c for c in ("patient", "path", "frame") if c in index.columns], kind="stable").index
+        per_unit = pd.DataFrame({"label": index.loc[order, "label"], "size": 1}, index=order)
     else:
         # A patient's class is its most frequent label (a TCIA subject belongs to one collection).
         per_unit = index.groupby("patient", sort=True)["label"].agg(label=lambda s: s.mode().iloc[0], size="size")

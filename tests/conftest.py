@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, SegmentationStorage, generate_uid
+
+# Rich sizes its output from COLUMNS when it is created: wide, so CLI tests see unwrapped lines.
+os.environ["COLUMNS"] = "200"
 
 
 @pytest.fixture(autouse=True, scope="session")
