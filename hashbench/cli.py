@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -46,8 +47,10 @@ def ingest_tcia_command(
     """Ingest a TCIA download (NBIA descriptive or classic layout, with or without metadata.csv)."""
     from hashbench.datasets import ingest_tcia
 
+    options = _options(size, window, colour, aspect)
     try:
-        result = ingest_tcia(path, name, _options(size, window, colour, aspect), clean, workers, progress=True)
+        with _resumable(name):
+            result = ingest_tcia(path, name, options, clean, workers, progress=True)
     except FileNotFoundError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -68,8 +71,19 @@ def ingest_phantom_command(
 
     if profile not in PROFILES:
         raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}", param_hint="--profile")
-    result = ingest_phantom(profile, seed, name, _options(size, "auto", "luma", "pad"), True, workers, progress=True)
+    with _resumable(name or "phantom"):
+        result = ingest_phantom(profile, seed, name, _options(size, "auto", "luma", "pad"), True, workers, progress=True)
     _print_report(result)
+
+
+@contextmanager
+def _resumable(name: str):
+    """Ctrl-C ends an ingest with a word on what was kept, not a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        console.print(f"\n[yellow]interrupted[/yellow]: the files finished so far are kept; run the same command again to resume {name}.")
+        raise typer.Exit(130) from None
 
 
 def _print_report(result: IngestResult) -> None:

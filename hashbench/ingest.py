@@ -109,7 +109,7 @@ def ingest(
     jobs = [(str(f.path), previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
     series_metadata = series_metadata or {}
     decoded = reused = 0
-    with _progress(progress, len(files) - len(done_in_partial)) as bar, _pool(workers, len(jobs)) as pool, resumed:
+    with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, resumed:
         results = pool(_decode_job, jobs)
         for source_file in files:
             if source_file.relpath in done_in_partial:
@@ -166,7 +166,7 @@ def _decode_job(job: tuple[str, str, ImageOptions]) -> dict | str:
     return {"digest": digest, "header": slices.header, "images": np.stack(slices.images), "stats": [image_stats(i) for i in slices.images]}
 
 
-class _pool:
+class _WorkerPool:
     """An ordered parallel map over jobs; runs in-process for one worker or few jobs."""
 
     def __init__(self, workers: int | None, n_jobs: int):
@@ -184,7 +184,7 @@ class _pool:
             self.executor.shutdown(cancel_futures=True)
 
 
-class _progress:
+class _ProgressBar:
     """A rich progress bar over files, or nothing."""
 
     def __init__(self, enabled: bool, total: int):

@@ -140,3 +140,14 @@ def test_window_linear_is_clipped_and_monotone():
 def test_image_options_reject_unknown_choices():
     with pytest.raises(ValueError, match="valid: auto, percentile, minmax"):
         ImageOptions(window="bone")
+
+
+@pytest.mark.parametrize("name", ["examples_palette.dcm", "examples_ybr_color.dcm", "SC_rgb_rle_2frame.dcm"])
+def test_pydicoms_colour_samples_become_grey_slices(name):
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name)
+    with open(path, "rb") as handle:
+        slices = decode(handle.read(), ImageOptions(size=32))
+    assert slices.images and all(image.shape == (32, 32) and image.dtype == np.uint8 for image in slices.images)
+    assert max(int(image.max()) - int(image.min()) for image in slices.images) > 50  # real content, not a flat grey
