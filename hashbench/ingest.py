@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import hashbench
 from hashbench.cleaning import STAT_COLUMNS, image_stats
-from hashbench.dataset import FILES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, atomic_write_text
+from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, atomic_write_text
 from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode
 
 INDEX_COLUMNS = ["slice_id", "label", "label_source", "patient", "study", "series", "modality", "path", "frame", *STAT_COLUMNS]
@@ -94,22 +94,21 @@ def ingest(
     target = destination / name
     partial = destination / f"{name}.partial"
     settings = {"options": options.to_dict(), "clean": clean, "format": FORMAT_VERSION}
-    previous = _previous_build(target, settings)
-    resumed = _open_partial(partial, settings, {f.relpath for f in files}, options.size)
-
     stats = {f.relpath: os.stat(f.path) for f in files}
-    done_in_partial = {p for p, r in resumed.records.items() if _same_stat(r, stats.get(p))}
+    previous = _previous_build(target, settings)
+    build = _open_partial(partial, settings, stats, options.size)
+    done_in_partial = set(build.records)
     reuse = {p for p, r in previous.records.items() if p not in done_in_partial and _same_stat(r, stats.get(p))}
     to_decode = [f for f in files if f.relpath not in done_in_partial and f.relpath not in reuse]
     if previous.dataset is not None and not to_decode and not done_in_partial and set(previous.records) == set(stats):
         shutil.rmtree(partial, ignore_errors=True)
         return IngestResult(previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files))
 
-    resumed.start(partial, settings)
+    build.start(partial, settings)
     jobs = [(str(f.path), previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
     series_metadata = series_metadata or {}
     decoded = reused = 0
-    with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, resumed:
+    with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, build:
         results = pool(_decode_job, jobs)
         for source_file in files:
             if source_file.relpath in done_in_partial:
@@ -123,13 +122,13 @@ def ingest(
                     outcome = "reuse"
             st = stats[source_file.relpath]
             if outcome == "reuse":
-                resumed.append_reused(source_file, st, record, previous)
+                build.append_reused(source_file, st, record, previous)
                 reused += 1
             else:
-                resumed.append_decoded(source_file, st, outcome, series_metadata)
+                build.append_decoded(source_file, st, outcome, series_metadata)
                 decoded += 1
             bar(source_file.relpath)
-    dataset = _finalise(partial, target, resumed.n_slices, name, kind, source, settings, extra_manifest)
+    dataset = _finalise(partial, target, build.n_slices, name, kind, source, settings, extra_manifest)
     return IngestResult(dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files))
 
 
@@ -284,22 +283,24 @@ class _Partial:
             handle.close()
 
 
-def _open_partial(folder: Path, settings: dict, current: set[str], size: int) -> _Partial:
-    """Recover what an interrupted ingest finished; start over if it cannot be trusted."""
+def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result], size: int) -> _Partial:
+    """Recover what an interrupted ingest finished; start over if it cannot be trusted
+    (other settings, or a file finished then has since changed or gone)."""
     try:
         if json.loads((folder / MANIFEST).read_text()) != settings:
             raise ValueError("different settings")
-        files = pd.read_csv(folder / FILES, dtype={"path": str, "digest": str, "status": str, "reason": str, "detail": str}, keep_default_na=False)
-        if not set(files["path"]) <= current:
-            raise ValueError("files removed since")
+        files = pd.read_csv(folder / FILES, dtype=FILES_DTYPES, keep_default_na=False)
+        records = files.set_index("path", drop=False).to_dict("index")
+        if not all(_same_stat(record, stats.get(path)) for path, record in records.items()):
+            raise ValueError("files changed or removed since")
         n_slices = int((files["first_slice"] + files["n_slices"]).max()) if len(files) else 0
         index = pd.read_csv(folder / INDEX, dtype=str, keep_default_na=False)
         index = index[index["slice_id"].astype(int) < n_slices]
         index.to_csv(folder / INDEX, index=False)
         with open(folder / IMAGES, "r+b") as handle:
             handle.truncate(n_slices * size * size)
-        return _Partial(files.set_index("path", drop=False).to_dict("index"), size, n_slices)
-    except (OSError, ValueError, KeyError, pd.errors.ParserError, json.JSONDecodeError):
+        return _Partial(records, size, n_slices)
+    except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, json.JSONDecodeError):  # a hard kill mid-line
         shutil.rmtree(folder, ignore_errors=True)
         return _Partial({}, size, 0)
 
