@@ -1,3 +1,3 @@
-from hashbench.cli import app
+from hashbench.cli import main
 
-app(prog_name="hashbench")
+main()

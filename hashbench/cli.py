@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+import json
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
@@ -145,3 +147,198 @@ def datasets_command() -> None:
     if not (datasets_dir() / DEFAULT_DATASET / "manifest.json").exists():
         console.print(f"{DEFAULT_DATASET} is generated and ingested on first use, or now with `hashbench ingest phantom`.")
     console.print("sources: " + "; ".join(f"[bold]{k}[/bold]: {v}" for k, v in SOURCES.items()))
+
+
+# --- methods, runs and leaderboards ---------------------------------------------------
+
+MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics"}
+COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics"}
+
+
+def expand_multi_value_options(argv: list[str]) -> list[str]:
+    """``--bits 16 32 48`` and ``--bits 16,32,48`` -> ``--bits 16 --bits 32 --bits 48`` for click."""
+    expanded, flag = [], None
+    for token in argv:
+        if token.startswith("-"):
+            name = token.split("=", 1)[0]
+            flag = name if name in MULTI_VALUE_OPTIONS else None
+            if flag and "=" in token:
+                expanded += _values(flag, token.split("=", 1)[1])
+                flag = flag if flag != "--set" else None
+                continue
+            if not flag:
+                expanded.append(token)
+            continue
+        expanded += _values(flag, token) if flag else [token]
+    return expanded
+
+
+def _values(flag: str, value: str) -> list[str]:
+    parts = [v for v in value.split(",") if v] if flag in COMMA_LISTS else [value]
+    return [x for part in parts for x in (flag, part)]
+
+
+def main() -> None:
+    """Console entry point."""
+    app(args=expand_multi_value_options(sys.argv[1:]), prog_name="hashbench")
+
+
+def parse_value(text: str):
+    """CLI override values: JSON literals (numbers, true/false, quoted strings), else plain text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``method.key=value`` (one method) or ``key=value`` (every method)."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"{item!r}: expected method.key=value or key=value", param_hint="--set")
+        key, value = item.split("=", 1)
+        method, _, option = key.rpartition(".")
+        overrides.setdefault(method or "*", {})[option] = parse_value(value)
+    return overrides
+
+
+def _load_plugins(plugins: list[Path]) -> None:
+    from hashbench.registry import REGISTRY
+
+    for path in plugins:
+        for name in REGISTRY.load_file(path):
+            entry = REGISTRY.entries.get(name)
+            if entry is not None and entry.error:
+                console.print(f"[yellow]plugin {path} is broken[/yellow]: {entry.error}")
+
+
+@app.command("list")
+def list_command(
+    pattern: str = typer.Argument("*", help="Wildcard, e.g. 'dafh*'."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
+) -> None:
+    """List methods: name, origin, status, paper."""
+    from hashbench.registry import REGISTRY
+
+    _load_plugins(plugin)
+    table = Table(title="methods")
+    for column in ("name", "origin", "status", "paper"):
+        table.add_column(column, overflow="fold")
+    for entry in REGISTRY.load_all():
+        if not __import__("fnmatch").fnmatchcase(entry.name, pattern):
+            continue
+        status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
+        table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
+    console.print(table)
+
+
+@app.command("run")
+def run_command(
+    methods: List[str] = typer.Option(..., "--methods", help="Methods to run: --methods hashnet dpsh, or hashnet,dpsh."),
+    bits: List[int] = typer.Option([16, 32, 48], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48."),
+    seeds: List[int] = typer.Option([0], "--seeds", help="Training seeds; the leaderboard shows mean +/- std over them."),
+    dataset: str = typer.Option("phantom", "--dataset", help="An ingested dataset (see `hashbench datasets`); phantom is built on first use."),
+    backbone: str = typer.Option("efficientnet_b0", "--backbone", help="Any timm model name; the same for every method."),
+    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights (needs them downloadable or cached)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the profile's (quick: 6, full: 50)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the profile's (quick: 64, full: 224)."),
+    split: str = typer.Option("patient", "--split", help="patient (default) or slice (the paper's)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="quick or full; default: quick for the phantom on a CPU, else full."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root; finished cells there are skipped."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
+    overrides: List[str] = typer.Option([], "--set", help="Option override: method.key=value, or key=value for every method."),
+    metrics: List[str] = typer.Option(["map@1", "map@10", "map@all"], "--metrics", help="Metrics to compute and show."),
+    force: bool = typer.Option(False, "--force", help="Re-run finished cells."),
+) -> None:
+    """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
+    from hashbench.datasets import UnknownDatasetError, load_dataset
+    from hashbench.registry import REGISTRY, BrokenMethodError, UnknownMethodError
+    from hashbench.run import PROFILES, RunRequest, run_grid
+
+    _load_plugins(plugin)
+    if profile is not None and profile not in PROFILES:
+        raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}", param_hint="--profile")
+    try:
+        for name in methods:
+            REGISTRY.get(name)
+        data = load_dataset(dataset, progress=True)
+    except (UnknownMethodError, BrokenMethodError, UnknownDatasetError) as exc:
+        console.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(2) from None
+    request = RunRequest(
+        methods=list(methods), bits=list(bits), seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained,
+        epochs=epochs, image_size=image_size, split=split, device=device, profile=profile, overrides=parse_overrides(overrides),
+        metrics=tuple(metrics), force=force,
+    )
+
+    def report(outcome) -> None:
+        label = outcome.config.label()
+        if outcome.status == "done":
+            console.print(f"[green]done[/green] {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items()))
+        elif outcome.status == "skipped":
+            console.print(f"[dim]skipped {label}: finished earlier (--force to re-run)[/dim]")
+        else:
+            console.print(f"[red]failed[/red] {label}: {outcome.error}")
+
+    try:
+        outcomes = run_grid(request, data, out, progress=True, on_cell=report)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print("\n[yellow]interrupted[/yellow]: finished cells are kept and the current one resumes from its last epoch; run the same command again.")
+        raise typer.Exit(130) from None
+    _print_leaderboard(out, tuple(metrics), data.name)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed[/red]; details in each cell's failed.json")
+        raise typer.Exit(1)
+
+
+def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None = None) -> list:
+    from hashbench import leaderboard
+    from hashbench.results import load_cells
+
+    cells = load_cells(out)
+    if dataset is not None and not cells.empty:
+        cells = cells[cells["dataset"] == dataset]
+    boards = leaderboard.build(cells, metrics)
+    for board in boards:
+        table = Table(title=f"{board.metric.upper()}", caption=board.caption, caption_justify="left")
+        table.add_column("method")
+        for column in board.table.columns:
+            table.add_column(column, justify="right")
+        for method, row in board.table.iterrows():
+            table.add_row(method, *row.astype(str).tolist())
+        console.print(table)
+    return boards
+
+
+@app.command("leaderboard")
+def leaderboard_command(
+    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+    metrics: List[str] = typer.Option(["map@1", "map@10", "map@all"], "--metrics", help="Metrics to show."),
+    output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md)."),
+) -> None:
+    """Print the leaderboard of stored cells, or write it as markdown."""
+    from hashbench import leaderboard
+    from hashbench.results import load_cells
+
+    if output_format not in ("rich", "md"):
+        raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
+    if output_format == "rich":
+        if not _print_leaderboard(out, tuple(metrics), dataset):
+            console.print(f"no finished cells under {out}")
+        return
+    cells = load_cells(out)
+    if dataset is not None and not cells.empty:
+        cells = cells[cells["dataset"] == dataset]
+    text = leaderboard.to_markdown(leaderboard.build(cells, tuple(metrics)))
+    target = output or out / "leaderboard.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text)
+    console.print(f"wrote {target}")

@@ -57,12 +57,13 @@ class TrainSettings:
 
 @dataclass
 class MethodContext:
-    """What a method is built for: code length, classes, training set size, its options."""
+    """What a method is built for: code length, classes, training set size, its options, the seed."""
 
     bits: int
     n_classes: int
     n_train: int
     options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # for anything a method draws at random once (e.g. DPN's class targets)
 
 
 class HashNetwork(nn.Module):

@@ -1,0 +1,220 @@
+"""The one training engine: every method is trained by this loop, on CUDA when present.
+
+It seeds everything, feeds uint8 slices to the device and normalises them there (so
+the host only moves bytes), runs mixed precision on CUDA, logs each loss term,
+shows progress with an ETA, and checkpoints every epoch so an interrupted cell
+resumes. It selects nothing on the query set: it trains the configured epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+
+from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
+
+GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
+IN_MEMORY_LIMIT = 2 * 2**30
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all devices
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return device
+
+
+class ImageSource:
+    """uint8 slices by id, as tensors ready for the device.
+
+    Small sets are held in (pinned) memory; large ones are read from the memory map
+    on a background thread so the device never waits for the disk.
+    """
+
+    def __init__(self, images: np.ndarray, ids: np.ndarray, device: torch.device):
+        self.device = device
+        self.ids = np.asarray(ids)
+        self.memory = None
+        if len(self.ids) * images[0].nbytes <= IN_MEMORY_LIMIT:
+            self.memory = torch.from_numpy(np.ascontiguousarray(images[np.sort(self.ids)]))
+            if device.type == "cuda":
+                self.memory = self.memory.pin_memory()
+            self.row = {slice_id: row for row, slice_id in enumerate(np.sort(self.ids))}
+        self.images = images
+
+    def fetch(self, ids: np.ndarray) -> torch.Tensor:
+        if self.memory is not None:
+            batch = self.memory[[self.row[i] for i in ids]]
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(self.images[ids]))
+            if self.device.type == "cuda":
+                batch = batch.pin_memory()
+        return batch
+
+    def batches(self, id_batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        """(ids, uint8 batch) pairs, prepared one batch ahead on a background thread."""
+        return _prefetch((ids, self.fetch(ids)) for ids in id_batches)
+
+
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    done = object()
+    buffer: queue.Queue = queue.Queue(depth)
+
+    def produce() -> None:
+        try:
+            for item in items:
+                buffer.put(item)
+        except BaseException as exc:  # surfaced in the consumer
+            buffer.put(exc)
+        buffer.put(done)
+
+    threading.Thread(target=produce, daemon=True).start()
+    while (item := buffer.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def to_input(batch: torch.Tensor, device: torch.device, image_size: int) -> torch.Tensor:
+    """uint8 (B, S, S) -> normalised float (B, 3, size, size) on the device."""
+    x = batch.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    if x.shape[-1] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    return ((x - GREY_MEAN) / GREY_STD).expand(-1, 3, -1, -1)
+
+
+def build_optimizer(network: HashNetwork, settings: TrainSettings) -> torch.optim.Optimizer:
+    groups = [
+        {"params": [p for p in network.encoder.parameters() if p.requires_grad], "lr": settings.lr},
+        {"params": [p for p in network.head.parameters() if p.requires_grad], "lr": settings.lr * settings.head_lr_scale},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+    if settings.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=settings.weight_decay)
+    if settings.optimizer == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+    raise ValueError(f"unknown optimizer {settings.optimizer!r}; valid: adam, sgd, rmsprop")
+
+
+@dataclass
+class TrainData:
+    """The training side: slice ids, class ids (0..C-1) and the number of classes."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    n_classes: int
+
+
+def _autocast(device: torch.device):
+    if device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def train(
+    method: Method,
+    network: HashNetwork,
+    loss_fn: nn.Module,
+    source: ImageSource,
+    data: TrainData,
+    settings: TrainSettings,
+    epochs: int,
+    image_size: int,
+    seed: int,
+    checkpoint: Path,
+    log: Path,
+    progress: bool = False,
+) -> None:
+    """Train for ``epochs``, resuming from ``checkpoint`` if one is there."""
+    device = source.device
+    network.to(device).train()
+    loss_fn.to(device)
+    optimizer = build_optimizer(network, settings)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    onehot = F.one_hot(torch.from_numpy(data.labels).long(), data.n_classes).float().to(device)
+    steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
+    first_epoch = _resume(checkpoint, network, loss_fn, optimizer)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"{method.name} {method.bits} bits", total=epochs * steps_per_epoch, completed=first_epoch * steps_per_epoch, terms="")
+        for epoch in range(first_epoch, epochs):
+            rng = np.random.default_rng([seed, epoch])
+            torch.manual_seed(seed * 100_003 + epoch)
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            positions = list(method.batches(data.labels, settings.batch_size, rng))
+            for step_in_epoch, (ids, batch) in enumerate(source.batches(data.ids[p] for p in positions)):
+                info = StepInfo(epoch, epoch * steps_per_epoch + step_in_epoch, steps_per_epoch, epochs)
+                method.schedule(network, info)
+                index = torch.from_numpy(positions[step_in_epoch]).to(device)
+                with _autocast(device):
+                    output = network(to_input(batch, device, image_size))
+                output = type(output)(*(t.float() if t is not None else None for t in output))
+                terms = loss_fn(output, onehot[index], index, info)
+                total = sum(terms.values())
+                if not torch.isfinite(total):
+                    raise FloatingPointError(f"{method.name}: loss is {total.item()} at epoch {epoch}, step {step_in_epoch}; terms {({k: v.item() for k, v in terms.items()})}")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(total).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                bar.update(task, advance=1, terms=" ".join(f"{k} {v / (step_in_epoch + 1):.3f}" for k, v in sums.items()))
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3), **{k: v / max(len(positions), 1) for k, v in sums.items()}}
+            with open(log, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            _save(checkpoint, network, loss_fn, optimizer, epoch + 1)
+
+
+def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save({"epochs_done": epochs_done, "network": network.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def _resume(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state["network"])
+    loss_fn.load_state_dict(state["loss"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epochs_done"])
+
+
+@torch.no_grad()
+def encode(network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int = 256) -> np.ndarray:
+    """Continuous codes (n, bits) for slices ``ids``, in that order."""
+    network.eval()
+    chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    codes = []
+    for _, batch in source.batches(chunks):
+        with _autocast(source.device):
+            codes.append(network(to_input(batch, source.device, image_size)).code.float().cpu())
+    return torch.cat(codes).numpy() if codes else np.zeros((0, 0), np.float32)

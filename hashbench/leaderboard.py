@@ -1,0 +1,71 @@
+"""Leaderboards from stored cells: rows = methods, columns = bits, one table per metric.
+
+Cells are compared only within one protocol (dataset, split, backbone, pretrained
+weights, epochs, image size): each protocol gets its own tables, and its caption
+says what was run. A cell shows mean +/- std over seeds, with n.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+COMPARISON_KEYS = ("dataset", "split", "backbone", "pretrained", "epochs", "image_size")
+
+
+@dataclass
+class Leaderboard:
+    caption: str
+    metric: str
+    table: pd.DataFrame  # index: method, columns: "16 bits", ...; cells formatted
+
+
+def format_cell(values: pd.Series) -> str:
+    values = values.dropna()
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.3f} (n=1)"
+    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f} (n={len(values)})"
+
+
+def caption(rows: pd.DataFrame) -> str:
+    first = rows.iloc[0]
+    data = f"{first['dataset']} (synthetic phantom data)" if bool(rows["synthetic"].any()) else first["dataset"]
+    weights = "ImageNet weights" if first["pretrained"] else "random init"
+    seeds = ", ".join(str(s) for s in sorted(rows["seed"].unique()))
+    optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" for t in rows["train"]})
+    return f"{data}; {first['split']}-level split; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}"
+
+
+def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
+    boards = []
+    if cells.empty:
+        return boards
+    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True):
+        rows = rows.assign(row=_row_names(rows))
+        for metric in metrics:
+            if metric not in rows:
+                continue
+            table = rows.pivot_table(index="row", columns="bits", values=metric, aggfunc=format_cell)
+            table.columns = [f"{b} bits" for b in table.columns]
+            boards.append(Leaderboard(caption(rows), metric, table.rename_axis("method")))
+    return boards
+
+
+def _row_names(rows: pd.DataFrame) -> pd.Series:
+    """The method's name, with its option hash when one method ran with several option sets."""
+    variants = rows.groupby("method")["protocol"].transform("nunique")
+    return rows["method"].where(variants == 1, rows["method"] + " [" + rows["protocol"] + "]")
+
+
+def to_markdown(boards: list[Leaderboard]) -> str:
+    parts = []
+    for board in boards:
+        table = board.table.reset_index()
+        header = "| " + " | ".join(table.columns) + " |"
+        rule = "|" + "|".join("---" for _ in table.columns) + "|"
+        lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+        parts.append(f"### {board.metric.upper()}\n\n{board.caption}\n\n" + "\n".join([header, rule, *lines]))
+    return "\n\n".join(parts) + "\n"

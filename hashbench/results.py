@@ -1,0 +1,95 @@
+"""The results store: one directory per (dataset, method, bits, seed, protocol) cell.
+
+``<out>/<dataset>/<method>/<bits>bits/seed<seed>-<protocol hash>/`` holds
+
+- ``config.json``     the resolved configuration (protocol, method options, optimiser)
+- ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
+                      and per-query metric values, so new metrics never need retraining
+- ``train_log.jsonl`` loss terms per epoch
+- ``model.pt``        the trained weights (``checkpoint.pt`` while training)
+- ``metrics.json``    metrics, timing, method origin and versions; written last, it
+                      marks the cell as finished
+
+Every file is written to a temporary name and renamed, so an interrupted run never
+leaves a half-written result, and a finished cell is never lost or recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PROTOCOL_KEYS = ("backbone", "pretrained", "epochs", "image_size", "split", "options", "train")
+
+
+@dataclass
+class CellConfig:
+    """Everything that determines a cell's result."""
+
+    dataset: str
+    method: str
+    bits: int
+    seed: int
+    backbone: str
+    pretrained: bool
+    epochs: int
+    image_size: int
+    split: str
+    options: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def protocol_hash(self) -> str:
+        protocol = {k: getattr(self, k) for k in PROTOCOL_KEYS}
+        return hashlib.sha1(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    def directory(self, out: Path) -> Path:
+        return out / self.dataset / self.method / f"{self.bits}bits" / f"seed{self.seed}-{self.protocol_hash()}"
+
+    def label(self) -> str:
+        return f"{self.dataset}/{self.method}/{self.bits} bits/seed {self.seed}"
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    atomic_write_bytes(path, lambda h: h.write(json.dumps(value, indent=2, default=str).encode()))
+
+
+def is_finished(directory: Path) -> bool:
+    return (directory / "metrics.json").exists()
+
+
+def write_codes(directory: Path, **arrays: np.ndarray) -> None:
+    atomic_write_bytes(directory / "codes.npz", lambda h: np.savez_compressed(h, **arrays))
+
+
+def load_codes(directory: Path) -> dict[str, np.ndarray]:
+    with np.load(directory / "codes.npz", allow_pickle=False) as data:
+        return dict(data)
+
+
+def load_cells(out: Path) -> pd.DataFrame:
+    """One row per finished cell under ``out``: config, protocol, metrics."""
+    rows = []
+    for metrics_path in sorted(Path(out).glob("*/*/*bits/seed*/metrics.json")):
+        directory = metrics_path.parent
+        config = json.loads((directory / "config.json").read_text())
+        record = json.loads(metrics_path.read_text())
+        rows.append({**config, "protocol": CellConfig(**config).protocol_hash(), "directory": str(directory), **record["metrics"], "seconds": record.get("seconds"), "origin": record.get("origin"), "synthetic": record.get("synthetic", False)})
+    return pd.DataFrame(rows)
+
+
+def config_dict(config: CellConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,49 @@
+"""DSH: Deep Supervised Hashing for Fast Image Retrieval (Liu, Wang, Shan, Chen; CVPR 2016).
+
+Reference code: the authors' Caffe release. Also compared: DeepHash-pytorch (DHP).
+
+- Pairs are formed inside the batch (authors); DHP pairs against a memory of all
+  training codes, which is slow and memory hungry, and is not done here.
+- d_ij = ||u_i - u_j||^2; pair loss 0.5 * s_ij * d_ij + 0.5 * (1 - s_ij) *
+  max(m - d_ij, 0), margin m = 2 * bits, averaged over the pairs i < j; plus
+  alpha * mean_i || |u_i| - 1 ||_1, alpha = 0.01.
+- Head: linear, no squashing; codes are sign(u).
+- Optimiser: the paper trains from scratch with its own small network; here Adam
+  1e-4, the suite's common default, with the suite's backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hashbench.method import LinearHead, Method, TrainSettings
+from hashbench.registry import register_method
+
+
+class ContrastivePairLoss(nn.Module):
+    def __init__(self, margin: float, alpha: float):
+        super().__init__()
+        self.margin, self.alpha = margin, alpha
+
+    def forward(self, output, labels, indices, info):
+        u = output.code
+        similar = (labels @ labels.T > 0).float()
+        distance = torch.cdist(u, u).pow(2)
+        pair_loss = 0.5 * similar * distance + 0.5 * (1 - similar) * (self.margin - distance).clamp(min=0)
+        upper = torch.triu(torch.ones_like(similar, dtype=torch.bool), diagonal=1)
+        regulariser = self.alpha * (u.abs() - 1).abs().sum(dim=1).mean()
+        return {"pairs": pair_loss[upper].mean(), "regulariser": regulariser}
+
+
+@register_method("dsh")
+class DSH(Method):
+    paper = "Liu, Wang, Shan, Chen, Deep Supervised Hashing for Fast Image Retrieval, CVPR 2016"
+    options = {"margin": 0.0, "alpha": 0.01}  # margin 0: 2 * bits
+    train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=64)
+
+    def build_head(self, in_features: int) -> nn.Module:
+        return LinearHead(in_features, self.bits)
+
+    def build_loss(self) -> nn.Module:
+        return ContrastivePairLoss(self.opt["margin"] or 2.0 * self.bits, self.opt["alpha"])

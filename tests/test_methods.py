@@ -1,0 +1,160 @@
+"""Every registered method builds and trains; every loss matches a brute-force reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hashbench.evaluate import binarize
+from hashbench.method import HashOutput, MethodContext, StepInfo
+from hashbench.registry import REGISTRY
+
+BACKBONE = "test_efficientnet"  # timm's tiny EfficientNet for tests
+INFO = StepInfo(epoch=0, step=0, steps_per_epoch=10, epochs=1)
+
+
+def build(name, bits, n_classes=3, n_train=12, **options):
+    method = REGISTRY.get(name)(MethodContext(bits, n_classes, n_train, {**REGISTRY.get(name).options, **options}, seed=0))
+    network, loss = method.build(BACKBONE, pretrained=False)
+    return method, network, loss
+
+
+@pytest.mark.parametrize("bits", [16, 32, 48])
+@pytest.mark.parametrize("name", REGISTRY.names())
+def test_every_method_builds_trains_a_step_and_gives_plus_minus_one_codes(name, bits):
+    torch.manual_seed(0)
+    method, network, loss_fn = build(name, bits)
+    labels = F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float()
+    images = torch.randn(6, 3, 32, 32)
+    method.schedule(network, INFO)
+    output = network(images)
+    assert output.code.shape == (6, bits)
+    terms = loss_fn(output, labels, torch.arange(6), INFO)
+    total = sum(terms.values())
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
+    total.backward()
+    missing = [n for n, p in network.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"parameters without a finite gradient: {missing[:5]}"
+    codes = 2 * binarize(output.code.detach().numpy()).astype(int) - 1
+    assert set(np.unique(codes)) <= {-1, 1}
+
+
+# --- brute-force references on hand-made codes ------------------------------------------
+
+U = torch.tensor([[0.9, -0.2, 0.5, -1.0], [0.8, -0.1, -0.4, -0.9], [-0.7, 0.6, 0.3, 0.2], [0.1, 0.3, -0.8, 0.7]], dtype=torch.float64)
+CLASSES = [0, 0, 1, 2]
+Y = F.one_hot(torch.tensor(CLASSES), 3).double()
+
+
+def similar(i, j, classes=CLASSES):
+    return 1.0 if classes[i] == classes[j] else 0.0
+
+
+def dot(a, b):
+    return sum(float(x) * float(y) for x, y in zip(a, b))
+
+
+def test_hashnet_weighted_pairwise_loss_by_hand():
+    _, _, loss_fn = build("hashnet", 4, alpha=0.5)
+    n = len(U)
+    pairs = [(i, j) for i in range(n) for j in range(n)]
+    n_similar = sum(similar(i, j) for i, j in pairs)
+    n_dissimilar = len(pairs) - n_similar
+    total = 0.0
+    for i, j in pairs:
+        theta = 0.5 * dot(U[i], U[j])
+        weight = len(pairs) / n_similar if similar(i, j) else len(pairs) / n_dissimilar
+        total += weight * (math.log(1 + math.exp(theta)) - similar(i, j) * theta)
+    value = loss_fn(HashOutput(U), Y, torch.arange(n), INFO)["pairwise"].item()
+    assert value == pytest.approx(total / len(pairs), abs=1e-6)
+
+
+def test_hashnet_alpha_defaults_to_ten_over_bits_and_beta_follows_the_authors_continuation():
+    method, network, loss_fn = build("hashnet", 32)
+    assert loss_fn.alpha == pytest.approx(10 / 32)
+    method.schedule(network, StepInfo(epoch=0, step=399, steps_per_epoch=1000, epochs=1))
+    assert network.head.scale.item() == pytest.approx(math.sqrt(1 + 0.005 * 200))
+    method.schedule(network, StepInfo(epoch=0, step=400, steps_per_epoch=1000, epochs=1))
+    assert network.head.scale.item() == pytest.approx(math.sqrt(1 + 0.005 * 400))
+
+
+def test_dpsh_loss_uses_and_updates_the_memory_by_hand():
+    n_train, eta = 6, 0.3
+    _, _, loss_fn = build("dpsh", 4, n_train=n_train, eta=eta)
+    loss_fn.double()
+    memory = torch.tensor([[1.0, 1, -1, -1], [-1, -1, 1, 1], [1, -1, 1, -1], [0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], [-1, 1, -1, 1]], dtype=torch.float64)
+    memory_classes = [0, 1, 2, 0, 1, 2]
+    loss_fn.codes.copy_(memory)
+    loss_fn.labels.copy_(F.one_hot(torch.tensor(memory_classes), 3).double())
+    indices = torch.tensor([3, 1])  # the batch overwrites memory rows 3 and 1 first
+    batch, batch_classes = U[:2], [0, 1]
+    expected_memory = memory.clone()
+    expected_memory[3], expected_memory[1] = batch[0], batch[1]
+    classes_after = list(memory_classes)
+    classes_after[3], classes_after[1] = batch_classes
+    likelihood = 0.0
+    for i in range(2):
+        for j in range(n_train):
+            theta = 0.5 * dot(batch[i], expected_memory[j])
+            s = 1.0 if batch_classes[i] == classes_after[j] else 0.0
+            likelihood += math.log(1 + math.exp(theta)) - s * theta
+    quantization = sum((float(v) - (1.0 if v > 0 else -1.0)) ** 2 for row in batch for v in row)
+    terms = loss_fn(HashOutput(batch), F.one_hot(torch.tensor(batch_classes), 3).double(), indices, INFO)
+    assert terms["likelihood"].item() == pytest.approx(likelihood / (2 * n_train), abs=1e-6)
+    assert terms["quantization"].item() == pytest.approx(eta * quantization / 8, abs=1e-6)
+    assert torch.equal(loss_fn.codes, expected_memory)
+
+
+def test_dpsh_eta_is_the_papers_lambda_in_mean_form():
+    _, _, loss_fn = build("dpsh", 48, n_train=5000)
+    assert loss_fn.eta == pytest.approx(10 * 48 / 5000)
+
+
+def test_dsh_loss_by_hand():
+    margin, alpha = 3.0, 0.01
+    _, _, loss_fn = build("dsh", 4, margin=margin, alpha=alpha)
+    n = len(U)
+    pair_terms = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            d = sum((float(a) - float(b)) ** 2 for a, b in zip(U[i], U[j]))
+            pair_terms.append(0.5 * similar(i, j) * d + 0.5 * (1 - similar(i, j)) * max(margin - d, 0.0))
+    regulariser = alpha * sum(sum(abs(abs(float(v)) - 1) for v in row) for row in U) / n
+    terms = loss_fn(HashOutput(U), Y, torch.arange(n), INFO)
+    assert terms["pairs"].item() == pytest.approx(sum(pair_terms) / len(pair_terms), abs=1e-6)
+    assert terms["regulariser"].item() == pytest.approx(regulariser, abs=1e-6)
+
+
+def test_dsh_margin_defaults_to_twice_the_bits():
+    assert build("dsh", 32)[2].margin == 64
+
+
+def test_dpn_polarisation_loss_by_hand_with_multi_label():
+    _, _, loss_fn = build("dpn", 4, margin=1.0)
+    targets = torch.tensor([[1.0, 1, -1, -1], [-1, 1, 1, -1], [1, -1, 1, 1]], dtype=torch.float64)
+    loss_fn.targets = targets
+    labels = torch.tensor([[1.0, 0, 0], [1, 1, 0], [0, 0, 1], [0, 1, 1]], dtype=torch.float64)
+    total = 0.0
+    for i in range(len(U)):
+        for c in range(3):
+            if labels[i, c]:
+                total += sum(max(1.0 - float(U[i, k]) * float(targets[c, k]), 0.0) for k in range(4))
+    value = loss_fn(HashOutput(U), labels, torch.arange(4), INFO)["polarisation"].item()
+    assert value == pytest.approx(total / len(U), abs=1e-6)
+
+
+def test_dpn_targets_are_seeded_and_balanced_on_request():
+    first = build("dpn", 16)[2].targets
+    assert torch.equal(first, build("dpn", 16)[2].targets)
+    assert set(first.unique().tolist()) == {-1.0, 1.0}
+    balanced = build("dpn", 16, targets="balanced")[2].targets
+    assert (balanced.sum(dim=1) == 0).all()
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown option.*valid: .*alpha"):
+        REGISTRY.get("hashnet").resolve_options({"alpah": 1})
