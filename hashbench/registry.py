@@ -125,6 +125,7 @@ class Registry:
 
     def load_file(self, path: str | Path) -> list[str]:
         """Load a local plugin file; returns the names it registered (errors are recorded, not raised)."""
+        self.discover()  # built-ins first, so a plugin can never take a built-in's name
         path = Path(path).resolve()
         origin = f"file:{path}"
         before = set(self.entries)

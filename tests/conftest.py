@@ -109,3 +109,11 @@ def tiny_phantom(hashbench_home):
     from hashbench.datasets import ingest_phantom
 
     return ingest_phantom(profile="tiny", workers=2)
+
+
+@pytest.fixture(scope="session")
+def default_phantom(hashbench_home):
+    """The default phantom (80 patients, 1,377 slices): for tests that measure learning."""
+    from hashbench.datasets import ingest_phantom
+
+    return ingest_phantom(profile="default", workers=2)

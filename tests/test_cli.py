@@ -65,3 +65,45 @@ def test_the_console_script_is_installed():
     script = Path(sys.executable).with_name("hashbench")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "ingest" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "--methods", "dafh,hashnet", "--bits", "16", "32", "48"], ["run", "--methods", "dafh", "--methods", "hashnet", "--bits", "16", "--bits", "32", "--bits", "48"]),
+        (["run", "--bits", "16,32,48", "--epochs", "2"], ["run", "--bits", "16", "--bits", "32", "--bits", "48", "--epochs", "2"]),
+        (["run", "--bits=16,32", "--set", "hashnet.alpha=0.2", "lr=0.001", "--force"], ["run", "--bits", "16", "--bits", "32", "--set", "hashnet.alpha=0.2", "--set", "lr=0.001", "--force"]),
+        (["run", "--set=dpn.margin=2", "--out", "x"], ["run", "--set", "dpn.margin=2", "--out", "x"]),
+    ],
+)
+def test_multi_value_options_are_expanded_for_click(argv, expected):
+    from hashbench.cli import expand_multi_value_options
+
+    assert expand_multi_value_options(argv) == expected
+
+
+def test_overrides_parse_json_literals_per_method_or_for_all():
+    from hashbench.cli import parse_overrides
+
+    assert parse_overrides(["hashnet.alpha=0.2", "batch_size=32", "dpn.targets=balanced", "dsh.alpha=1e-3"]) == {
+        "hashnet": {"alpha": 0.2}, "*": {"batch_size": 32}, "dpn": {"targets": "balanced"}, "dsh": {"alpha": 0.001},
+    }
+
+
+def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
+    from hashbench.cli import expand_multi_value_options
+
+    out = tmp_path / "results"
+    argv = ["run", "--methods", "hashnet,dpn", "--bits", "8", "16", "--dataset", "phantom-tiny-seed0", "--epochs", "1", "--set", "hashnet.alpha=0.2", "--out", str(out)]
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 0, result.output
+    assert result.output.count("done phantom-tiny-seed0/") == 4
+    assert "MAP@10" in result.output and "synthetic phantom" in result.output and "test_efficientnet" in result.output
+    again = runner.invoke(app, expand_multi_value_options(argv))
+    assert again.output.count("skipped phantom-tiny-seed0/") == 4
+    markdown = runner.invoke(app, ["leaderboard", "--out", str(out), "--format", "md"])
+    assert markdown.exit_code == 0
+    text = (out / "leaderboard.md").read_text()
+    assert "| method | 8 bits | 16 bits |" in text and "| hashnet |" in text and "| dpn |" in text and "(n=1)" in text
+    bad_option = runner.invoke(app, expand_multi_value_options([*argv[:-2], "--set", "hashnet.alpah=1", "--out", str(out)]))
+    assert bad_option.exit_code == 2 and "unknown option(s) alpah" in bad_option.output
