@@ -49,33 +49,29 @@ def resolve_device(name: str = "auto") -> torch.device:
 class ImageSource:
     """uint8 slices by id, as tensors ready for the device.
 
-    Small sets are held in (pinned) memory; large ones are read from the memory map
-    on a background thread so the device never waits for the disk.
+    Small sets are held in memory; large ones are read from the memory map. Batches
+    are gathered (and pinned, for CUDA) one ahead on a background thread when that
+    overlaps real waiting (disk reads, host-to-device copies); on a CPU with the data
+    in memory a thread would only compete with the compute for the cores.
     """
 
     def __init__(self, images: np.ndarray, ids: np.ndarray, device: torch.device):
-        self.device = device
-        self.ids = np.asarray(ids)
-        self.memory = None
-        if len(self.ids) * images[0].nbytes <= IN_MEMORY_LIMIT:
-            self.memory = torch.from_numpy(np.ascontiguousarray(images[np.sort(self.ids)]))
-            if device.type == "cuda":
-                self.memory = self.memory.pin_memory()
-            self.row = {slice_id: row for row, slice_id in enumerate(np.sort(self.ids))}
-        self.images = images
+        self.device, self.images = device, images
+        self.sorted_ids = np.sort(np.asarray(ids))
+        in_memory = len(self.sorted_ids) * images[0].nbytes <= IN_MEMORY_LIMIT
+        self.memory = np.ascontiguousarray(images[self.sorted_ids]) if in_memory else None
 
     def fetch(self, ids: np.ndarray) -> torch.Tensor:
         if self.memory is not None:
-            batch = self.memory[[self.row[i] for i in ids]]
+            batch = torch.from_numpy(self.memory[np.searchsorted(self.sorted_ids, ids)])
         else:
             batch = torch.from_numpy(np.ascontiguousarray(self.images[ids]))
-            if self.device.type == "cuda":
-                batch = batch.pin_memory()
-        return batch
+        return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def batches(self, id_batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        """(ids, uint8 batch) pairs, prepared one batch ahead on a background thread."""
-        return _prefetch((ids, self.fetch(ids)) for ids in id_batches)
+        """(ids, uint8 batch) pairs."""
+        items = ((ids, self.fetch(ids)) for ids in id_batches)
+        return _prefetch(items) if self.device.type == "cuda" or self.memory is None else items
 
 
 def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
