@@ -225,9 +225,7 @@ def list_command(
     table = Table(title="methods")
     for column in ("name", "origin", "status", "paper"):
         table.add_column(column, overflow="fold")
-    for entry in REGISTRY.load_all():
-        if not __import__("fnmatch").fnmatchcase(entry.name, pattern):
-            continue
+    for entry in (REGISTRY.entry(name) for name in REGISTRY.names(pattern)):
         status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
         table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
     console.print(table)
@@ -297,14 +295,18 @@ def run_command(
         raise typer.Exit(1)
 
 
-def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None = None) -> list:
+def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None) -> list:
     from hashbench import leaderboard
     from hashbench.results import load_cells
 
     cells = load_cells(out)
     if dataset is not None and not cells.empty:
         cells = cells[cells["dataset"] == dataset]
-    boards = leaderboard.build(cells, metrics)
+    return leaderboard.build(cells, metrics)
+
+
+def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None = None) -> list:
+    boards = _boards(out, metrics, dataset)
     for board in boards:
         table = Table(title=f"{board.metric.upper()}", caption=board.caption, caption_justify="left")
         table.add_column("method")
@@ -326,7 +328,6 @@ def leaderboard_command(
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown."""
     from hashbench import leaderboard
-    from hashbench.results import load_cells
 
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
@@ -334,10 +335,7 @@ def leaderboard_command(
         if not _print_leaderboard(out, tuple(metrics), dataset):
             console.print(f"no finished cells under {out}")
         return
-    cells = load_cells(out)
-    if dataset is not None and not cells.empty:
-        cells = cells[cells["dataset"] == dataset]
-    text = leaderboard.to_markdown(leaderboard.build(cells, tuple(metrics)))
+    text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset))
     target = output or out / "leaderboard.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)

@@ -14,7 +14,6 @@ Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,26 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hashbench import splits
+from hashbench import atomic, splits
 from hashbench.cleaning import iqr_outliers
 
 FORMAT_VERSION = 1
 IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
 INDEX_DTYPES = {"label": str, "label_source": str, "patient": str, "study": str, "series": str, "modality": str, "path": str}
 FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def atomic_write_csv(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -107,7 +93,7 @@ class Dataset:
                 return saved
         side = splits.split(rows, protocol, seed, query_fraction, validation_fraction).rename("side")
         path.parent.mkdir(exist_ok=True)
-        atomic_write_csv(path, side.rename_axis("slice_id").reset_index())
+        atomic.write_csv(path, side.rename_axis("slice_id").reset_index())
         return side
 
     def summary(self) -> dict:

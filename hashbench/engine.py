@@ -9,7 +9,6 @@ resumes. It selects nothing on the query set: it trains the configured epochs.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import threading
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
+from hashbench import atomic
 from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
 
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
@@ -189,9 +189,8 @@ def train(
 
 
 def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save({"epochs_done": epochs_done, "network": network.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict()}, tmp)
-    os.replace(tmp, path)
+    state = {"epochs_done": epochs_done, "network": network.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict()}
+    atomic.atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def _resume(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer) -> int:

@@ -33,7 +33,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import hashbench
 from hashbench.cleaning import STAT_COLUMNS, image_stats
-from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, atomic_write_text
+from hashbench import atomic
+from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset
 from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode
 
 INDEX_COLUMNS = ["slice_id", "label", "label_source", "patient", "study", "series", "modality", "path", "frame", *STAT_COLUMNS]
@@ -232,7 +233,7 @@ class _Partial:
 
     def start(self, folder: Path, settings: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / MANIFEST, json.dumps(settings))
+        atomic.write_json(folder / MANIFEST, settings)
         fresh = not self.records
         self.images = open(folder / IMAGES, "ab")
         self.index_file = open(folder / INDEX, "a", newline="")
@@ -333,7 +334,7 @@ def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: s
         "hashbench": hashbench.__version__,
         **(extra or {}),
     }
-    atomic_write_text(partial_dir / MANIFEST, json.dumps(manifest, indent=2))
+    atomic.write_json(partial_dir / MANIFEST, manifest)
     dataset = Dataset(partial_dir)
     if len(dataset.usable()):
         for protocol in ("patient", "slice"):

@@ -165,10 +165,6 @@ class Registry:
             raise BrokenMethodError(f"method {name!r} ({entry.origin}) failed to load: {entry.error}")
         return entry.method
 
-    def load_all(self) -> list[MethodEntry]:
-        """Every entry, loading lazy plugins, for listings; broken ones included."""
-        return [self.entry(name) for name in self.names()]
-
 
 REGISTRY = Registry()
 

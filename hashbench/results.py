@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from hashbench import atomic
 
 PROTOCOL_KEYS = ("backbone", "pretrained", "epochs", "image_size", "split", "options", "train")
 
@@ -56,23 +57,12 @@ class CellConfig:
         return f"{self.dataset}/{self.method}/{self.bits} bits/seed {self.seed}"
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, lambda h: h.write(json.dumps(value, indent=2, default=str).encode()))
-
-
 def is_finished(directory: Path) -> bool:
     return (directory / "metrics.json").exists()
 
 
 def write_codes(directory: Path, **arrays: np.ndarray) -> None:
-    atomic_write_bytes(directory / "codes.npz", lambda h: np.savez_compressed(h, **arrays))
+    atomic.atomic_write(directory / "codes.npz", lambda handle: np.savez_compressed(handle, **arrays))
 
 
 def load_codes(directory: Path) -> dict[str, np.ndarray]:

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 import hashbench
-from hashbench import engine
+from hashbench import atomic, engine
 from hashbench.dataset import Dataset
 from hashbench.evaluate import DEFAULT_METRICS, binarize, evaluate, pack
 from hashbench.method import Method, MethodContext
 from hashbench.registry import REGISTRY
-from hashbench.results import CellConfig, is_finished, write_codes, write_json
+from hashbench.results import CellConfig, is_finished, write_codes
 
 # Training profiles. 'full' is the paper's protocol (Table 2: EfficientNet-B0, 50 epochs,
 # 224 px) with each method's own optimiser. 'quick' is for the synthetic phantom on a
@@ -105,7 +105,7 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
             except Exception as exc:
                 error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
                 directory.mkdir(parents=True, exist_ok=True)
-                write_json(directory / "failed.json", {"error": error, "traceback": traceback.format_exc()})
+                atomic.write_json(directory / "failed.json", {"error": error, "traceback": traceback.format_exc()})
                 outcome = CellOutcome(config, "failed", error=error)
         outcomes.append(outcome)
         if on_cell:
@@ -125,7 +125,7 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
         shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "failed.json").unlink(missing_ok=True)
-    write_json(directory / "config.json", asdict(config))
+    atomic.write_json(directory / "config.json", asdict(config))
     started = time.perf_counter()
     side = dataset.split(config.split)
     labels, class_names = class_ids(dataset.index.loc[side.index, "label"])
@@ -151,10 +151,9 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
         query_ids=query_ids, database_ids=database_ids, class_names=np.array(class_names), bits=np.array(config.bits),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},
     )
-    torch.save(network.state_dict(), directory / ".model.pt.tmp")
-    (directory / ".model.pt.tmp").replace(directory / "model.pt")
+    atomic.atomic_write(directory / "model.pt", lambda handle: torch.save(network.state_dict(), handle))
     (directory / "checkpoint.pt").unlink(missing_ok=True)
-    write_json(
+    atomic.write_json(
         directory / "metrics.json",
         {
             "metrics": result.metrics,

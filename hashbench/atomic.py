@@ -1,0 +1,36 @@
+"""Atomic file writes: to a temporary name beside the target, then a rename.
+
+Readers (and an interrupted run's next attempt) see the old file or the new one,
+never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import IO, Any, Callable
+
+import pandas as pd
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_text(path, json.dumps(value, indent=2, default=str))
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, lambda handle: frame.to_csv(handle, index=False))
