@@ -242,6 +242,7 @@ def run_command(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the profile's (quick: 30, full: 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the profile's (quick: 64, full: 224)."),
     split: str = typer.Option("patient", "--split", help="patient (default) or slice (the paper's)."),
+    validation: float = typer.Option(0.0, "--validation", help="Share of the training side held out; its MAP@10 is logged each epoch (never used to pick an epoch)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     profile: Optional[str] = typer.Option(None, "--profile", help="quick or full; default: quick for the phantom on a CPU, else full."),
     out: Path = typer.Option(Path("results"), "--out", help="Results root; finished cells there are skipped."),
@@ -267,7 +268,7 @@ def run_command(
         raise typer.Exit(2) from None
     request = RunRequest(
         methods=list(methods), bits=list(bits), seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained,
-        epochs=epochs, image_size=image_size, split=split, device=device, profile=profile, overrides=parse_overrides(overrides),
+        epochs=epochs, image_size=image_size, split=split, validation=validation, device=device, profile=profile, overrides=parse_overrides(overrides),
         metrics=tuple(metrics), force=force,
     )
 

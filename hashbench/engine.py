@@ -16,7 +16,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -145,8 +145,13 @@ def train(
     checkpoint: Path,
     log: Path,
     progress: bool = False,
+    validate: Callable[[HashNetwork], dict[str, float]] | None = None,
 ) -> None:
-    """Train for ``epochs``, resuming from ``checkpoint`` if one is there."""
+    """Train for ``epochs``, resuming from ``checkpoint`` if one is there.
+
+    ``validate`` (optional) is called after every epoch and its numbers are logged;
+    they are for watching training, never for picking an epoch.
+    """
     device = source.device
     network.to(device).train()
     loss_fn.to(device)
@@ -183,6 +188,9 @@ def train(
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 bar.update(task, advance=1, terms=" ".join(f"{k} {v / (step_in_epoch + 1):.3f}" for k, v in sums.items()))
             record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3), **{k: v / max(len(positions), 1) for k, v in sums.items()}}
+            if validate is not None:
+                record.update({f"validation {k}": v for k, v in validate(network).items()})
+                network.train()
             with open(log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             _save(checkpoint, network, loss_fn, optimizer, epoch + 1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-COMPARISON_KEYS = ("dataset", "split", "backbone", "pretrained", "epochs", "image_size")
+COMPARISON_KEYS = ("dataset", "split", "validation", "backbone", "pretrained", "epochs", "image_size")
 
 
 @dataclass
@@ -36,7 +36,8 @@ def caption(rows: pd.DataFrame) -> str:
     weights = "ImageNet weights" if first["pretrained"] else "random init"
     seeds = ", ".join(str(s) for s in sorted(rows["seed"].unique()))
     optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" for t in rows["train"]})
-    return f"{data}; {first['split']}-level split; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}"
+    held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
+    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}"
 
 
 def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:

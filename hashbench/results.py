@@ -27,7 +27,7 @@ import pandas as pd
 
 from hashbench import atomic
 
-PROTOCOL_KEYS = ("backbone", "pretrained", "epochs", "image_size", "split", "options", "train")
+PROTOCOL_KEYS = ("backbone", "pretrained", "epochs", "image_size", "split", "validation", "options", "train")
 
 
 @dataclass
@@ -43,6 +43,7 @@ class CellConfig:
     epochs: int
     image_size: int
     split: str
+    validation: float = 0.0  # share of the training side held out to watch training
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 

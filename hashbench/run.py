@@ -54,6 +54,7 @@ class RunRequest:
     epochs: int | None = None
     image_size: int | None = None
     split: str = "patient"
+    validation: float = 0.0
     device: str = "auto"
     profile: str | None = None
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name (or "*") -> key -> value
@@ -84,7 +85,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Ce
                     CellConfig(
                         dataset=dataset.name, method=name, bits=bits, seed=seed, backbone=request.backbone or profile["backbone"], pretrained=request.pretrained,
                         epochs=request.epochs or profile["epochs"], image_size=request.image_size or profile["image_size"],
-                        split=request.split, options={**method.options, **options}, train=asdict(settings),
+                        split=request.split, validation=request.validation, options={**method.options, **options}, train=asdict(settings),
                     )
                 )
     return cells
@@ -127,9 +128,9 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
     (directory / "failed.json").unlink(missing_ok=True)
     atomic.write_json(directory / "config.json", asdict(config))
     started = time.perf_counter()
-    side = dataset.split(config.split)
+    side = dataset.split(config.split, validation_fraction=config.validation)
     labels, class_names = class_ids(dataset.index.loc[side.index, "label"])
-    by_side = {name: (side.index.to_numpy()[(side == name).to_numpy()], labels[(side == name).to_numpy()]) for name in ("database", "query")}
+    by_side = {name: (side.index.to_numpy()[(side == name).to_numpy()], labels[(side == name).to_numpy()]) for name in ("database", "query", "validation")}
     (database_ids, database_labels), (query_ids, query_labels) = by_side["database"], by_side["query"]
 
     method_cls = REGISTRY.get(config.method)
@@ -138,9 +139,19 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
     network, loss = method.build(config.backbone, config.pretrained)
     settings = method_cls.train.with_overrides(config.train)
     train_source = engine.ImageSource(dataset.images, database_ids, device)
+    validate = None
+    if len(by_side["validation"][0]):
+        validation_ids, validation_labels = by_side["validation"]
+        validation_source = engine.ImageSource(dataset.images, validation_ids, device)
+
+        def validate(network) -> dict[str, float]:
+            held_out = binarize(engine.encode(network, validation_source, validation_ids, config.image_size))
+            training = binarize(engine.encode(network, train_source, database_ids, config.image_size))
+            return evaluate(held_out, validation_labels, training, database_labels, ("map@10",)).metrics
+
     engine.train(
         method, network, loss, train_source, engine.TrainData(database_ids, database_labels, len(class_names)), settings,
-        config.epochs, config.image_size, config.seed, directory / "checkpoint.pt", directory / "train_log.jsonl", progress,
+        config.epochs, config.image_size, config.seed, directory / "checkpoint.pt", directory / "train_log.jsonl", progress, validate,
     )
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))

@@ -130,3 +130,15 @@ def test_unknown_option_and_method_are_caught_before_training(tiny_phantom, tmp_
         run_grid(request(["dpn"], overrides={"dpn": {"margn": 2}}), tiny_phantom.dataset, tmp_path)
     with pytest.raises(UnknownMethodError, match="valid: dpn, dpsh, dsh, hashnet"):
         run_grid(request(["hashnett"]), tiny_phantom.dataset, tmp_path)
+
+
+def test_a_validation_side_is_held_out_of_training_and_logged_each_epoch(tiny_phantom, tmp_path):
+    outcome = run_grid(request(["dpn"], epochs=2, validation=0.2), tiny_phantom.dataset, tmp_path)[0]
+    assert outcome.status == "done", outcome.error
+    directory = outcome.config.directory(tmp_path)
+    log = [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines()]
+    assert all(0 <= record["validation map@10"] <= 1 for record in log) and len(log) == 2
+    side = tiny_phantom.dataset.split("patient", validation_fraction=0.2)
+    codes = load_codes(directory)
+    validation_ids = set(side.index[side == "validation"])
+    assert validation_ids and not validation_ids & set(codes["database_ids"]) and not validation_ids & set(codes["query_ids"])
