@@ -44,7 +44,7 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
     boards = []
     if cells.empty:
         return boards
-    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True):
+    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
         rows = rows.assign(row=_row_names(rows))
         for metric in metrics:
             if metric not in rows:

@@ -76,11 +76,7 @@ def load_cells(out: Path) -> pd.DataFrame:
     rows = []
     for metrics_path in sorted(Path(out).glob("*/*/*bits/seed*/metrics.json")):
         directory = metrics_path.parent
-        config = json.loads((directory / "config.json").read_text())
+        config = CellConfig(**json.loads((directory / "config.json").read_text()))  # fills fields older cells lack
         record = json.loads(metrics_path.read_text())
-        rows.append({**config, "protocol": CellConfig(**config).protocol_hash(), "directory": str(directory), **record["metrics"], "seconds": record.get("seconds"), "origin": record.get("origin"), "synthetic": record.get("synthetic", False)})
+        rows.append({**asdict(config), "protocol": config.protocol_hash(), "directory": str(directory), **record["metrics"], "seconds": record.get("seconds"), "origin": record.get("origin"), "synthetic": record.get("synthetic", False)})
     return pd.DataFrame(rows)
-
-
-def config_dict(config: CellConfig) -> dict[str, Any]:
-    return asdict(config)
