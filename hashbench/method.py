@@ -64,6 +64,7 @@ class MethodContext:
     n_train: int
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # for anything a method draws at random once (e.g. DPN's class targets)
+    image_size: int = 224  # for heads whose width depends on feature-map size (DAFH)
 
 
 class HashNetwork(nn.Module):

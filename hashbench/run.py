@@ -135,7 +135,7 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
 
     method_cls = REGISTRY.get(config.method)
     engine.seed_everything(config.seed)
-    method: Method = method_cls(MethodContext(config.bits, len(class_names), len(database_ids), config.options, config.seed))
+    method: Method = method_cls(MethodContext(config.bits, len(class_names), len(database_ids), config.options, config.seed, config.image_size))
     network, loss = method.build(config.backbone, config.pretrained)
     settings = method_cls.train.with_overrides(config.train)
     train_source = engine.ImageSource(dataset.images, database_ids, device)

@@ -117,3 +117,20 @@ def default_phantom(hashbench_home):
     from hashbench.datasets import ingest_phantom
 
     return ingest_phantom(profile="default", workers=2)
+
+
+def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16):
+    """Metrics of random codes on the dataset's patient split, averaged over draws: the floor to clear."""
+    from hashbench.evaluate import evaluate
+
+    side = dataset.split("patient")
+    labels = dataset.index.loc[side.index, "label"].to_numpy()
+    query, database = (side == "query").to_numpy(), (side == "database").to_numpy()
+    rng = np.random.default_rng(0)
+    draws = [evaluate(rng.random((query.sum(), bits)) < 0.5, labels[query], rng.random((database.sum(), bits)) < 0.5, labels[database], metrics).metrics for _ in range(5)]
+    return {m: float(np.mean([d[m] for d in draws])) for m in metrics}
+
+
+@pytest.fixture
+def chance():
+    return chance_metrics

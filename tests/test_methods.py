@@ -14,11 +14,14 @@ from hashbench.method import HashOutput, MethodContext, StepInfo
 from hashbench.registry import REGISTRY
 
 BACKBONE = "test_efficientnet"  # timm's tiny EfficientNet for tests
+LIGHT = {"backbone": "test_resnet", "vit": "test_vit"}
 INFO = StepInfo(epoch=0, step=0, steps_per_epoch=10, epochs=1)
 
 
-def build(name, bits, n_classes=3, n_train=12, **options):
-    method = REGISTRY.get(name)(MethodContext(bits, n_classes, n_train, {**REGISTRY.get(name).options, **options}, seed=0))
+def build(name, bits, n_classes=3, n_train=12, image_size=32, **options):
+    cls = REGISTRY.get(name)
+    light = {k: v for k, v in LIGHT.items() if k in cls.options and cls.options[k]}  # tiny stand-ins for the big backbones of Table 4
+    method = cls(MethodContext(bits, n_classes, n_train, {**cls.options, **light, **options}, seed=0, image_size=image_size))
     network, loss = method.build(BACKBONE, pretrained=False)
     return method, network, loss
 

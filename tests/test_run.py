@@ -21,16 +21,6 @@ def request(methods, bits=(16,), seeds=(0,), epochs=20, **kw):
     return RunRequest(methods=list(methods), bits=list(bits), seeds=list(seeds), dataset="phantom-tiny-seed0", backbone=BACKBONE, epochs=epochs, overrides=kw.pop("overrides", QUICK), **kw)
 
 
-def chance(dataset, metrics=("map@10", "map@all"), bits=16):
-    """Metrics of random codes on the same split, averaged over draws: the floor to clear."""
-    side = dataset.split("patient")
-    labels = dataset.index.loc[side.index, "label"].to_numpy()
-    query, database = (side == "query").to_numpy(), (side == "database").to_numpy()
-    rng = np.random.default_rng(0)
-    draws = [evaluate(rng.random((query.sum(), bits)) < 0.5, labels[query], rng.random((database.sum(), bits)) < 0.5, labels[database], metrics).metrics for _ in range(5)]
-    return {m: float(np.mean([d[m] for d in draws])) for m in metrics}
-
-
 @pytest.fixture(scope="module")
 def baseline_runs(tiny_phantom, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
@@ -38,7 +28,7 @@ def baseline_runs(tiny_phantom, tmp_path_factory):
     return out, outcomes
 
 
-def test_each_baseline_learns_far_above_chance(default_phantom, tmp_path):
+def test_each_baseline_learns_far_above_chance(default_phantom, tmp_path, chance):
     """A short CPU training on the default phantom (10 epochs of the tiny test EfficientNet, 64 px)."""
     floor = chance(default_phantom.dataset)  # measured: MAP@10 0.22, mAP@all 0.11
     run = RunRequest(methods=["hashnet", "dpsh", "dsh", "dpn"], bits=[16], epochs=10, profile="quick")

@@ -1,0 +1,117 @@
+"""Building blocks any method can compose: attention, a learnable tanh, focal loss, triplets.
+
+DAFH and its variants are compositions of these; so can a user's method be.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChannelAttention(nn.Module):
+    """CBAM's channel attention: a shared MLP over average- and max-pooled channels."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
+        return x * torch.sigmoid(weights)
+
+
+class SpatialAttention(nn.Module):
+    """CBAM's spatial attention: a k x k convolution over the channel mean and max maps."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.conv(maps))
+
+
+class CBAM(nn.Module):
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018): channel, then spatial attention."""
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction)
+        self.spatial = SpatialAttention(kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.spatial(self.channel(x))
+
+
+class Ptanh(nn.Module):
+    """H = tanh(alpha * z + b) with a learnable scalar alpha kept above 1.
+
+    alpha = 1.001 + softplus(p): the 0.001 keeps it strictly above 1 even where
+    softplus underflows to 0 in float32.
+    """
+
+    FLOOR = 1.001
+
+    def __init__(self, bits: int, initial_alpha: float = 2.0):
+        super().__init__()
+        self.raw_alpha = nn.Parameter(torch.tensor(float(np.log(np.expm1(initial_alpha - self.FLOOR)))))
+        self.bias = nn.Parameter(torch.zeros(bits))
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.FLOOR + F.softplus(self.raw_alpha)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.alpha * z + self.bias)
+
+
+def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Focal loss (Lin et al., ICCV 2017), mean over the batch: -sum_c y_c (1 - p_c)^gamma log p_c.
+
+    ``targets`` is one-hot (or a distribution); gamma = 0 is cross-entropy.
+    """
+    log_p = F.log_softmax(logits, dim=1)
+    return -(targets * (1 - log_p.exp()).pow(gamma) * log_p).sum(dim=1).mean()
+
+
+def triplet_batches(labels: np.ndarray, triplets: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """One epoch of batches [anchors | positives | negatives], ``triplets`` of each.
+
+    Every training item is an anchor once (last partial batch dropped); its positive
+    is another item of its class (itself only if it is alone), its negative an item
+    of another class.
+    """
+    labels = np.asarray(labels)
+    anchors = rng.permutation(len(labels))
+    positives, negatives = anchors.copy(), anchors.copy()
+    for label in np.unique(labels):
+        members, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
+        mine = np.flatnonzero(labels[anchors] == label)
+        if len(members) > 1:  # draw among the class without the anchor itself
+            rank = np.searchsorted(members, anchors[mine])
+            draw = rng.integers(0, len(members) - 1, len(mine))
+            positives[mine] = members[draw + (draw >= rank)]
+        if len(others):
+            negatives[mine] = others[rng.integers(0, len(others), len(mine))]
+    for start in range(0, max(len(anchors) - triplets, 0) + 1, triplets):
+        window = slice(start, start + triplets)
+        yield np.concatenate([anchors[window], positives[window], negatives[window]])
+
+
+def batch_hard_triplets(codes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every item of the batch: itself, its farthest positive and its nearest negative (Hermans et al., 2017)."""
+    distances = torch.cdist(codes, codes)
+    same = (labels @ labels.T) > 0
+    eye = torch.eye(len(codes), dtype=torch.bool, device=codes.device)
+    hardest_positive = distances.masked_fill(~same | eye, float("-inf")).argmax(dim=1)
+    hardest_negative = distances.masked_fill(same, float("inf")).argmin(dim=1)
+    valid = (same & ~eye).any(dim=1) & (~same).any(dim=1)
+    index = torch.arange(len(codes), device=codes.device)[valid]
+    return codes[index], codes[hardest_positive[index]], codes[hardest_negative[index]]
