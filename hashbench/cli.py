@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -233,8 +234,9 @@ def list_command(
 
 @app.command("run")
 def run_command(
-    methods: List[str] = typer.Option(..., "--methods", help="Methods to run: --methods hashnet dpsh, or hashnet,dpsh."),
-    bits: List[int] = typer.Option([16, 32, 48], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48."),
+    methods: List[str] = typer.Option([], "--methods", help="Methods to run: --methods hashnet dpsh, or hashnet,dpsh."),
+    bits: List[int] = typer.Option([], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48 (default 16 32 48, or the suite's)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Run a paper table: paper-table3, paper-table4, paper-table5 (its methods and bits)."),
     seeds: List[int] = typer.Option([0], "--seeds", help="Training seeds; the leaderboard shows mean +/- std over them."),
     dataset: str = typer.Option("phantom", "--dataset", help="An ingested dataset (see `hashbench datasets`); phantom is built on first use."),
     backbone: Optional[str] = typer.Option(None, "--backbone", help="Any timm model name, the same for every method. Default: the profile's (quick: test_efficientnet, full: efficientnet_b0)."),
@@ -259,6 +261,11 @@ def run_command(
     _load_plugins(plugin)
     if profile is not None and profile not in PROFILES:
         raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}", param_hint="--profile")
+    chosen = _suite(suite)
+    methods = list(methods) or (chosen.methods if chosen else [])
+    bits = list(bits) or (list(chosen.bits) if chosen else [16, 32, 48])
+    if not methods:
+        raise typer.BadParameter("name methods (--methods hashnet,dpsh) or a suite (--suite paper-table3)", param_hint="--methods")
     try:
         for name in methods:
             REGISTRY.get(name)
@@ -289,28 +296,37 @@ def run_command(
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/yellow]: finished cells are kept and the current one resumes from its last epoch; run the same command again.")
         raise typer.Exit(130) from None
-    _print_leaderboard(out, tuple(metrics), data.name)
+    _print_leaderboard(out, tuple(metrics), data.name, chosen)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         console.print(f"[red]{len(failed)} cell(s) failed[/red]; details in each cell's failed.json")
         raise typer.Exit(1)
 
 
-def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None) -> list:
+def _suite(name: str | None):
+    from hashbench.suites import get_suite
+
+    try:
+        return get_suite(name) if name else None
+    except KeyError as exc:
+        raise typer.BadParameter(exc.args[0], param_hint="--suite") from None
+
+
+def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None, suite=None) -> list:
     from hashbench import leaderboard
     from hashbench.results import load_cells
 
     cells = load_cells(out)
     if dataset is not None and not cells.empty:
         cells = cells[cells["dataset"] == dataset]
-    return leaderboard.build(cells, metrics)
+    return leaderboard.build_suite(cells, suite) if suite else leaderboard.build(cells, metrics)
 
 
-def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None = None) -> list:
-    boards = _boards(out, metrics, dataset)
+def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None = None, suite=None) -> list:
+    boards = _boards(out, metrics, dataset, suite)
     for board in boards:
-        table = Table(title=f"{board.metric.upper()}", caption=board.caption, caption_justify="left")
-        table.add_column("method")
+        table = Table(title=board.title, caption=board.caption, caption_justify="left")
+        table.add_column(board.table.index.name or "method")
         for column in board.table.columns:
             table.add_column(column, justify="right")
         for method, row in board.table.iterrows():
@@ -325,19 +341,47 @@ def leaderboard_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     metrics: List[str] = typer.Option(["map@1", "map@10", "map@all"], "--metrics", help="Metrics to show."),
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md)."),
+    output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md, or <out>/<suite>.md)."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Show a paper table (paper-table3/4/5) in the paper's layout, the paper's numbers beside ours."),
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown."""
     from hashbench import leaderboard
 
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
+    chosen = _suite(suite)
     if output_format == "rich":
-        if not _print_leaderboard(out, tuple(metrics), dataset):
+        if not _print_leaderboard(out, tuple(metrics), dataset, chosen):
             console.print(f"no finished cells under {out}")
         return
-    text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset))
-    target = output or out / "leaderboard.md"
+    text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset, chosen))
+    target = output or out / (f"{suite}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     console.print(f"wrote {target}")
+
+
+@app.command("confusion")
+def confusion_command(
+    cell: Path = typer.Argument(..., help="A finished cell's directory (it holds codes.npz and metrics.json)."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where to write confusion.png and confusion.md (default: the cell's directory)."),
+) -> None:
+    """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3), as PNG and markdown."""
+    from hashbench import plots
+    from hashbench.evaluate import top1_confusion
+    from hashbench.results import is_finished, load_codes
+
+    if not is_finished(cell):
+        console.print(f"[red]error:[/red] {cell} is not a finished cell (no metrics.json)")
+        raise typer.Exit(2)
+    codes = load_codes(cell)
+    names = [str(n) for n in codes["class_names"]]
+    matrix = top1_confusion(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], len(names))
+    config = json.loads((cell / "config.json").read_text())
+    synthetic = " (synthetic phantom data)" if json.loads((cell / "metrics.json").read_text()).get("synthetic") else ""
+    title = f"MAP@1 confusion: {config['method']}, {config['bits']} bits, seed {config['seed']}, {config['dataset']}{synthetic}"
+    target = output_dir or cell
+    target.mkdir(parents=True, exist_ok=True)
+    plots.confusion_png(matrix, names, title, target / "confusion.png")
+    (target / "confusion.md").write_text(plots.confusion_markdown(matrix, names, title))
+    console.print(f"wrote {target / 'confusion.png'} and {target / 'confusion.md'}; MAP@1 {np.trace(matrix) / max(matrix.sum(), 1):.3f}")

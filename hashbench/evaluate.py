@@ -123,3 +123,17 @@ def evaluate(
         for name, (function, k) in parsed.items():
             per_query[name][start:stop] = function(chunk, k)
     return Evaluation({name: float(values.mean()) if n_queries else float("nan") for name, values in per_query.items()}, per_query)
+
+
+def top1_confusion(query_packed: np.ndarray, query_labels: np.ndarray, database_packed: np.ndarray, database_labels: np.ndarray, n_classes: int, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+    """(C, C) counts: the query's class (row) against the class of its top-1 item (column), stable ties.
+
+    The paper's Figure 3 (its 'MAP@1 confusion matrix'); the diagonal share of a row is that class's MAP@1.
+    """
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    chunk_size = max(1, memory_bytes // max(len(database_packed) * database_packed.shape[1] * 2, 1))
+    for start in range(0, len(query_packed), chunk_size):
+        stop = start + chunk_size
+        nearest = hamming(query_packed[start:stop], database_packed).argmin(axis=1)  # first minimum: lowest index wins ties
+        np.add.at(matrix, (query_labels[start:stop], database_labels[nearest]), 1)
+    return matrix

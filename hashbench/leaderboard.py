@@ -11,14 +11,16 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from hashbench.suites import Suite
+
 COMPARISON_KEYS = ("dataset", "split", "validation", "backbone", "pretrained", "epochs", "image_size")
 
 
 @dataclass
 class Leaderboard:
+    title: str
     caption: str
-    metric: str
-    table: pd.DataFrame  # index: method, columns: "16 bits", ...; cells formatted
+    table: pd.DataFrame  # index: method (or the paper's row), columns: "16 bits", ...; cells formatted
 
 
 def format_cell(values: pd.Series) -> str:
@@ -51,7 +53,31 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
                 continue
             table = rows.pivot_table(index="row", columns="bits", values=metric, aggfunc=format_cell)
             table.columns = [f"{b} bits" for b in table.columns]
-            boards.append(Leaderboard(caption(rows), metric, table.rename_axis("method")))
+            boards.append(Leaderboard(metric.upper(), caption(rows), table.rename_axis("method")))
+    return boards
+
+
+def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
+    """The paper's table layout: its rows, and beside each measured value the paper's."""
+    boards = []
+    cells = cells[cells["method"].isin(suite.methods)] if not cells.empty else cells
+    if cells.empty:
+        return boards
+    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
+        columns = [(metric, bits) for metric in suite.metrics for bits in suite.bits]
+        table = {}
+        for label, method in suite.rows:
+            mine = rows[rows["method"] == method]
+            line = {}
+            for metric, bits in columns:
+                name = f"{bits} bits" if len(suite.metrics) == 1 else metric.upper()
+                line[name] = format_cell(mine.loc[mine["bits"] == bits, metric]) if metric in mine else "-"
+                paper = suite.paper.get((label, metric, bits))
+                line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
+            table[f"{label} ({method})"] = line
+        frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
+        note = "Paper: TCIA collections, slice-level split, 224 px, 50 epochs, EfficientNet-B0 (presumably ImageNet weights)."
+        boards.append(Leaderboard(suite.title, f"{caption(rows)}. {note}", frame))
     return boards
 
 
@@ -68,5 +94,5 @@ def to_markdown(boards: list[Leaderboard]) -> str:
         header = "| " + " | ".join(table.columns) + " |"
         rule = "|" + "|".join("---" for _ in table.columns) + "|"
         lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-        parts.append(f"### {board.metric.upper()}\n\n{board.caption}\n\n" + "\n".join([header, rule, *lines]))
+        parts.append(f"### {board.title}\n\n{board.caption}\n\n" + "\n".join([header, rule, *lines]))
     return "\n\n".join(parts) + "\n"
