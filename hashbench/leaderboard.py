@@ -39,7 +39,24 @@ def caption(rows: pd.DataFrame) -> str:
     seeds = ", ".join(str(s) for s in sorted(rows["seed"].unique()))
     optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" for t in rows["train"]})
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
-    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}"
+    changed = _changed_options(rows)
+    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}{changed}"
+
+
+def _changed_options(rows: pd.DataFrame) -> str:
+    """Method options that differ from the registered defaults, so a table says what really ran."""
+    from hashbench.registry import REGISTRY
+
+    notes = []
+    for method, options in rows.drop_duplicates("method")[["method", "options"]].itertuples(index=False):
+        try:
+            defaults = REGISTRY.get(method).options
+        except (LookupError, RuntimeError):  # a plugin not loaded here, or broken: nothing to compare with
+            continue
+        changed = [f"{k}={v}" for k, v in sorted(options.items()) if defaults.get(k) != v]
+        if changed:
+            notes.append(f"{method} {', '.join(changed)}")
+    return f"; options changed: {'; '.join(notes)}" if notes else ""
 
 
 def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
