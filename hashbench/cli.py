@@ -330,7 +330,7 @@ def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None 
         for column in board.table.columns:
             table.add_column(column, justify="right")
         for method, row in board.table.iterrows():
-            table.add_row(method, *row.astype(str).tolist())
+            table.add_row(str(method), *(str(value) for value in row))
         console.print(table)
     return boards
 

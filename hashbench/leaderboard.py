@@ -68,7 +68,7 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
         for metric in metrics:
             if metric not in rows:
                 continue
-            table = rows.pivot_table(index="row", columns="bits", values=metric, aggfunc=format_cell)
+            table = rows.pivot_table(index="row", columns="bits", values=metric, aggfunc=format_cell).fillna("-")  # a bit length not run
             table.columns = [f"{b} bits" for b in table.columns]
             boards.append(Leaderboard(metric.upper(), caption(rows), table.rename_axis("method")))
     return boards

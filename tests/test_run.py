@@ -79,6 +79,10 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
     assert "synthetic phantom" in board.caption and "patient-level split" in board.caption and BACKBONE in board.caption and "2 epochs" in board.caption
     text = leaderboard.to_markdown(boards)
     assert "| method | 8 bits | 16 bits |" in text and "### MAP@10" in text
+    more = run_grid(request(["dsh"], bits=(8,), epochs=2), tiny_phantom.dataset, tmp_path)  # dsh has no 16-bit cell
+    assert more[0].status == "done"
+    table = leaderboard.build(load_cells(tmp_path), ("map@10",))[0].table
+    assert table.loc["dsh", "16 bits"] == "-"
 
 
 def test_an_interrupted_cell_resumes_from_its_last_epoch(tiny_phantom, tmp_path, monkeypatch):

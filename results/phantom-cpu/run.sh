@@ -16,4 +16,4 @@ for suite in paper-table3 paper-table4 paper-table5; do
     $hb leaderboard --out runs --suite "$suite" --format md --output "$suite.md"
 done
 $hb leaderboard --out runs --metrics map@1 map@10 map@all --format md --output all-cells.md
-$hb confusion "$(ls -d runs/phantom/dafh/32bits/seed0-* | head -1)" --output-dir .
+$hb confusion "$(dirname "$(grep -l '"split": "patient"' runs/phantom/dafh/32bits/seed0-*/config.json)")" --output-dir .
