@@ -11,7 +11,7 @@ class gets a random +/-1 centre; codes are pulled towards their class centre.
 import torch
 from torch import nn
 
-from hashbench.method import Method, TanhHead, TrainSettings
+from hashbench.method import Method, TrainSettings
 from hashbench.registry import register_method
 
 
@@ -31,9 +31,6 @@ class CenterHash(Method):
     paper = "example plugin (after Yuan et al., Central Similarity Quantization, CVPR 2020)"
     options = {}
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=64)
-
-    def build_head(self, in_features: int) -> nn.Module:
-        return TanhHead(in_features, self.bits)
 
     def build_loss(self) -> nn.Module:
         return CentreLoss(self.context.n_classes, self.bits, self.context.seed)

@@ -13,6 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def similar(labels: torch.Tensor, others: torch.Tensor | None = None) -> torch.Tensor:
+    """s_ij: True where items share a label (one-hot or multi-hot rows), within a batch or against ``others``."""
+    return labels @ (labels if others is None else others).T > 0
+
+
 class ChannelAttention(nn.Module):
     """CBAM's channel attention: a shared MLP over average- and max-pooled channels."""
 
@@ -108,7 +113,7 @@ def triplet_batches(labels: np.ndarray, triplets: int, rng: np.random.Generator)
 def batch_hard_triplets(codes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For every item of the batch: itself, its farthest positive and its nearest negative (Hermans et al., 2017)."""
     distances = torch.cdist(codes, codes)
-    same = (labels @ labels.T) > 0
+    same = similar(labels)
     eye = torch.eye(len(codes), dtype=torch.bool, device=codes.device)
     hardest_positive = distances.masked_fill(~same | eye, float("-inf")).argmax(dim=1)
     hardest_negative = distances.masked_fill(same, float("inf")).argmin(dim=1)

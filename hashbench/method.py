@@ -33,11 +33,6 @@ class StepInfo:
     steps_per_epoch: int
     epochs: int
 
-    @property
-    def progress(self) -> float:
-        """Fraction of training done, in [0, 1)."""
-        return self.step / max(self.steps_per_epoch * self.epochs, 1)
-
 
 @dataclass(frozen=True)
 class TrainSettings:

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 
 PROTOCOLS = ("patient", "slice")
-SIDES = ("database", "query", "validation")
 
 
 def split(index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0) -> pd.Series:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashbench.components import similar
 from hashbench.method import LinearHead, Method, TrainSettings
 from hashbench.registry import register_method
 
@@ -34,9 +35,9 @@ class PairwiseMemoryLoss(nn.Module):
         u = output.code
         self.codes[indices] = u.detach()
         self.labels[indices] = labels
-        similar = (labels @ self.labels.T > 0).float()
+        s = similar(labels, self.labels).float()
         theta = 0.5 * u @ self.codes.T
-        likelihood = (F.softplus(theta) - similar * theta).mean()
+        likelihood = (F.softplus(theta) - s * theta).mean()
         quantization = self.eta * (u - u.detach().sign()).pow(2).mean()
         return {"likelihood": likelihood, "quantization": quantization}
 

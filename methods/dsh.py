@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hashbench.components import similar
 from hashbench.method import LinearHead, Method, TrainSettings
 from hashbench.registry import register_method
 
@@ -28,10 +29,10 @@ class ContrastivePairLoss(nn.Module):
 
     def forward(self, output, labels, indices, info):
         u = output.code
-        similar = (labels @ labels.T > 0).float()
+        s = similar(labels).float()
         distance = torch.cdist(u, u).pow(2)
-        pair_loss = 0.5 * similar * distance + 0.5 * (1 - similar) * (self.margin - distance).clamp(min=0)
-        upper = torch.triu(torch.ones_like(similar, dtype=torch.bool), diagonal=1)
+        pair_loss = 0.5 * s * distance + 0.5 * (1 - s) * (self.margin - distance).clamp(min=0)
+        upper = torch.triu(torch.ones_like(s, dtype=torch.bool), diagonal=1)
         regulariser = self.alpha * (u.abs() - 1).abs().sum(dim=1).mean()
         return {"pairs": pair_loss[upper].mean(), "regulariser": regulariser}
 

@@ -2,7 +2,7 @@
 
 Reference code: thuml/HashNet (Caffe and PyTorch). Also compared: DeepHash-pytorch (DHP).
 
-- Head: linear -> tanh(beta * z); beta follows the authors' continuation,
+- Head: linear -> tanh(beta * z) (the common TanhHead); beta follows the authors' continuation,
   beta = sqrt(1 + gamma * iteration), updated every ``beta_step`` iterations
   (gamma = 0.005, step 200). ``schedule="dhp"`` gives DHP's sqrt(floor(epoch / 20) + 1).
 - Loss: weighted pairwise cross-entropy over all pairs of the batch (self pairs
@@ -22,13 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench.method import HashNetwork, Method, StepInfo, TanhHead, TrainSettings
+from hashbench.components import similar
+from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
 from hashbench.registry import register_method
-
-
-def pairwise_similarity(labels: torch.Tensor) -> torch.Tensor:
-    """s_ij = 1 when samples i and j share a label (one-hot or multi-hot rows)."""
-    return (labels @ labels.T > 0).float()
 
 
 class WeightedPairwiseLoss(nn.Module):
@@ -38,12 +34,12 @@ class WeightedPairwiseLoss(nn.Module):
 
     def forward(self, output, labels, indices, info):
         u = output.code
-        similar = pairwise_similarity(labels)
+        s = similar(labels).float()
         theta = self.alpha * u @ u.T
-        pair_loss = F.softplus(theta) - similar * theta  # log(1 + e^theta) - s * theta, stable
-        n_similar, n_total = similar.sum(), similar.numel()
+        pair_loss = F.softplus(theta) - s * theta  # log(1 + e^theta) - s * theta, stable
+        n_similar, n_total = s.sum(), s.numel()
         n_dissimilar = n_total - n_similar
-        weights = torch.where(similar > 0, n_total / n_similar.clamp(min=1), n_total / n_dissimilar.clamp(min=1))
+        weights = torch.where(s > 0, n_total / n_similar.clamp(min=1), n_total / n_dissimilar.clamp(min=1))
         return {"pairwise": (weights * pair_loss).sum() / n_total}
 
 
@@ -52,9 +48,6 @@ class HashNet(Method):
     paper = "Cao et al., HashNet: Deep Learning to Hash by Continuation, ICCV 2017"
     options = {"alpha": 0.0, "gamma": 0.005, "beta_step": 200, "schedule": "authors"}  # alpha 0: 10 / bits
     train = TrainSettings(optimizer="sgd", lr=3e-4, weight_decay=5e-4, momentum=0.9, nesterov=True, batch_size=64, head_lr_scale=10.0)
-
-    def build_head(self, in_features: int) -> nn.Module:
-        return TanhHead(in_features, self.bits)
 
     def build_loss(self) -> nn.Module:
         return WeightedPairwiseLoss(self.opt["alpha"] or 10.0 / self.bits)
