@@ -368,7 +368,7 @@ def confusion_command(
 ) -> None:
     """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3), as PNG and markdown."""
     from hashbench import plots
-    from hashbench.evaluate import top1_confusion
+    from hashbench.evaluate import evaluate_packed, top1_confusion
     from hashbench.results import is_finished, load_codes
 
     if not is_finished(cell):
@@ -376,7 +376,8 @@ def confusion_command(
         raise typer.Exit(2)
     codes = load_codes(cell)
     names = [str(n) for n in codes["class_names"]]
-    matrix = top1_confusion(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], len(names))
+    ranking = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",))
+    matrix = top1_confusion(ranking.counts, codes["query_labels"], codes["database_labels"], len(names))
     config = json.loads((cell / "config.json").read_text())
     synthetic = " (synthetic phantom data)" if json.loads((cell / "metrics.json").read_text()).get("synthetic") else ""
     title = f"MAP@1 confusion: {config['method']}, {config['bits']} bits, seed {config['seed']}, {config['dataset']}{synthetic}"

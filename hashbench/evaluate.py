@@ -1,26 +1,35 @@
-"""The evaluator: Hamming ranking over packed bits and the retrieval metrics.
+"""The evaluator: every retrieval metric from one ranking pass, through one metric registry.
 
 Definitions follow ../shared/notes/metrics.md. The ranking is by ascending Hamming
-distance with ties broken by database index (a stable sort), so results never
-depend on the machine's sort. Codes are packed 8 bits a byte; distances are XOR +
-popcount; queries are processed in chunks so memory stays bounded.
+distance with ties broken by database index (a stable order), so results never depend
+on the machine's sort; the tie-aware metrics average over all tie orders instead. The
+counting itself (no sort, no query x database matrix) lives in :mod:`hashbench.ranking`.
 
-Metrics form a registry (:data:`METRICS`, names like ``map@10``, ``p@100``,
-``map@all``): each is a function of one ranked chunk, so new ones slot in and every
-metric comes out of the same ranking pass.
+Metric names (the registry, :func:`parse_metric`):
+
+- ``map@K`` / ``map@all``  AP over the top K, normalised by the relevant items found there
+                            (the DAFH / DPSH / DeepHash convention; ``map@all`` is textbook AP)
+- ``p@K`` / ``p@all``      precision of the top K
+- ``map@tie``              tie-aware mAP: AP over the whole ranking, expected over all tie orders
+- ``map@tie-best`` / ``map@tie-worst``  the same AP with relevant items first / last in every tie
+- ``p@rR``                 precision within Hamming radius R (0 for a query with nothing inside)
+
+Curves for plots come from the same counts: :func:`pr_by_radius`, :func:`precision_curve`.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
 
+from hashbench.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words
+
 DEFAULT_METRICS = ("map@1", "map@10", "map@all")
-DEFAULT_MEMORY_BYTES = 256 * 2**20
-BYTES_PER_PAIR = 32  # distance, order, relevance, hit counts and precision, per (query, item)
+TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
 
 
 def binarize(codes: np.ndarray) -> np.ndarray:
@@ -33,107 +42,200 @@ def pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(bits, dtype=bool), axis=1)
 
 
-def hamming(query_packed: np.ndarray, database_packed: np.ndarray) -> np.ndarray:
-    """(q, n) Hamming distances between packed codes."""
-    xor = np.bitwise_xor(query_packed[:, None, :], database_packed[None, :, :])
-    return np.bitwise_count(xor).sum(axis=2, dtype=np.uint16)
+# --- metrics -------------------------------------------------------------------------
 
 
-def relevance(query_labels: np.ndarray, database_labels: np.ndarray) -> np.ndarray:
-    """(q, n) True where the items share a label: class ids (1-D) or multi-hot rows (2-D)."""
-    if query_labels.ndim == 1:
-        return query_labels[:, None] == database_labels[None, :]
-    return (query_labels.astype(np.float32) @ database_labels.astype(np.float32).T) > 0
+@lru_cache(maxsize=4)
+def harmonic(n: int) -> np.ndarray:
+    """H[0..n], H[i] = 1 + 1/2 + ... + 1/i."""
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
 
 
-@dataclass
-class RankedChunk:
-    """A chunk of queries with the database ranked: relevance and hit counts in rank order."""
-
-    relevant: np.ndarray  # (q, n) bool, in rank order
-    hits: np.ndarray  # (q, n) cumulative relevant count in rank order
-
-    def cutoff(self, k: int | None) -> int:
-        n = self.relevant.shape[1]
-        return n if k is None else min(k, n)
-
-    def precision_sum(self, k: int) -> np.ndarray:
-        """sum_{i<=k} rel(i) * P(i), the numerator of AP."""
-        ranks = np.arange(1, k + 1, dtype=np.float64)
-        return (self.relevant[:, :k] * (self.hits[:, :k] / ranks)).sum(axis=1)
+def _ratio(numerator, denominator) -> np.ndarray:
+    numerator = np.asarray(numerator, dtype=np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=np.asarray(denominator) > 0)
 
 
-def average_precision_at(chunk: RankedChunk, k: int | None) -> np.ndarray:
-    """AP@k normalised by the relevant items in the top k (the DAFH / DPSH / DeepHash convention); 0 when none."""
-    k = chunk.cutoff(k)
-    found = chunk.hits[:, k - 1].astype(np.float64)
-    return np.divide(chunk.precision_sum(k), found, out=np.zeros_like(found), where=found > 0)
+def _before(counts: np.ndarray) -> np.ndarray:
+    """Items ranked before each distance group."""
+    return np.cumsum(counts, axis=1) - counts
 
 
-def precision_at(chunk: RankedChunk, k: int | None) -> np.ndarray:
-    k = chunk.cutoff(k)
-    return chunk.hits[:, k - 1] / k
+def average_precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
+    column = counts.at(counts.n_database if k is None else k)
+    return _ratio(counts.precision_sums[:, column], counts.hits[:, column])
 
 
-METRIC_FAMILIES: dict[str, Callable[[RankedChunk, int | None], np.ndarray]] = {
-    "map": average_precision_at,  # map@all = AP over the whole ranking, normalised by all relevant items
-    "p": precision_at,
-}
-METRIC_PATTERN = re.compile(r"^(?P<family>[a-z]+)@(?P<k>\d+|all)$")
+def precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
+    k = counts.n_database if k is None else min(k, counts.n_database)
+    return _ratio(counts.hits[:, counts.at(k)], k)
 
 
-def parse_metric(name: str) -> tuple[Callable[[RankedChunk, int | None], np.ndarray], int | None]:
+def tie_aware_average_precision(counts: RankCounts, order: str = "expected") -> np.ndarray:
+    """AP over the whole ranking with each tie group in expected, best or worst order; closed forms per group.
+
+    A group of n items, r relevant, after N items of which R relevant. Expected (McSherry & Najork 2008):
+    (r / n) * sum_{t=1..n} (R + 1 + (t-1)(r-1)/(n-1)) / (N + t). Best: sum_{t=1..r} (R + t) / (N + t).
+    Worst: sum_{t=1..r} (R + t) / (N + n - r + t). Each sum is a difference of harmonic numbers.
+    """
+    n, r = counts.distance_counts, counts.relevant_counts
+    before_n, before_r = _before(n), _before(r)
+    H = harmonic(counts.n_database)
+    if order == "expected":
+        slope = _ratio(r - 1, n - 1)  # 0 for a group of one
+        inner = n * slope + (before_r + 1 - slope * (1 + before_n)) * (H[before_n + n] - H[before_n])
+        groups = _ratio(r * inner, n)
+    elif order == "best":
+        groups = r + (before_r - before_n) * (H[before_n + r] - H[before_n])
+    elif order == "worst":
+        groups = r + (before_r - before_n - n + r) * (H[before_n + n] - H[before_n + n - r])
+    else:
+        raise ValueError(f"order must be expected, best or worst, not {order!r}")
+    return _ratio(groups.sum(axis=1), r.sum(axis=1))
+
+
+def precision_within_radius(counts: RankCounts, radius: int) -> np.ndarray:
+    inside = slice(0, radius + 1)
+    return _ratio(counts.relevant_counts[:, inside].sum(axis=1), counts.distance_counts[:, inside].sum(axis=1))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-query metric and what the ranking pass must count for it."""
+
+    name: str
+    per_query: Callable[[RankCounts], np.ndarray]
+    cutoff: int | None = None  # a rank cutoff the stable pass tracks; None for none
+    needs_all: bool = False  # tracks the whole ranking (cutoff = database size)
+
+    @property
+    def stable(self) -> bool:
+        return self.cutoff is not None or self.needs_all
+
+
+METRIC_PATTERN = re.compile(r"^(?P<family>map|p)@(?:(?P<k>\d+)|(?P<all>all)|(?P<tie>tie(?:-best|-worst)?)|r(?P<radius>\d+))$")
+METRIC_HELP = "map@K, map@all, p@K, p@all, map@tie, map@tie-best, map@tie-worst, p@rR (precision within Hamming radius R)"
+
+
+def parse_metric(name: str) -> Metric:
+    """A metric by name; unknown names raise with the list of valid forms."""
     match = METRIC_PATTERN.match(name.lower())
-    if not match or match["family"] not in METRIC_FAMILIES:
-        raise ValueError(f"unknown metric {name!r}; valid: {', '.join(f'{f}@K or {f}@all' for f in METRIC_FAMILIES)}")
-    k = None if match["k"] == "all" else int(match["k"])
+    if not match or (match["family"] == "p" and match["tie"]) or (match["family"] == "map" and match["radius"]):
+        raise ValueError(f"unknown metric {name!r}; valid: {METRIC_HELP}")
+    family, name = match["family"], name.lower()
+    if match["tie"]:
+        order = {"tie": "expected", "tie-best": "best", "tie-worst": "worst"}[match["tie"]]
+        return Metric(name, lambda counts: tie_aware_average_precision(counts, order))
+    if match["radius"]:
+        radius = int(match["radius"])
+        return Metric(name, lambda counts: precision_within_radius(counts, radius))
+    function = average_precision_at if family == "map" else precision_at
+    if match["all"]:
+        return Metric(name, lambda counts: function(counts, None), needs_all=True)
+    k = int(match["k"])
     if k == 0:
         raise ValueError(f"{name}: k must be at least 1")
-    return METRIC_FAMILIES[match["family"]], k
+    return Metric(name, lambda counts: function(counts, k), cutoff=k)
+
+
+# --- evaluation ----------------------------------------------------------------------
 
 
 @dataclass
 class Evaluation:
-    """Mean of each metric, and its per-query values (for significance tests and new summaries)."""
+    """Mean of each metric, its per-query values (for significance tests), and the counts (for curves)."""
 
     metrics: dict[str, float]
     per_query: dict[str, np.ndarray] = field(repr=False)
+    counts: RankCounts = field(repr=False)
 
 
-def evaluate(
-    query_bits: np.ndarray,
+def class_masks(query_labels: np.ndarray, database_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label bit masks for both sides: class ids or names (1-D, mapped jointly) or multi-hot rows (2-D)."""
+    query_labels, database_labels = np.asarray(query_labels), np.asarray(database_labels)
+    if query_labels.ndim == 2:
+        return label_words(query_labels), label_words(database_labels)
+    names, ids = np.unique(np.concatenate([query_labels, database_labels]), return_inverse=True)
+    return label_words(ids[: len(query_labels)], len(names)), label_words(ids[len(query_labels) :], len(names))
+
+
+def evaluate_packed(
+    query_packed: np.ndarray,
     query_labels: np.ndarray,
-    database_bits: np.ndarray,
+    database_packed: np.ndarray,
     database_labels: np.ndarray,
+    n_bits: int,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
+    curve_cutoffs: tuple[int, ...] = (),
+    device: str = "auto",
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> Evaluation:
-    """Rank the database for every query and compute ``metrics`` from the same ranking."""
-    parsed = {name: parse_metric(name) for name in metrics}
-    query_packed, database_packed = pack(query_bits), pack(database_bits)
-    n_queries, n_items = len(query_packed), len(database_packed)
-    chunk_size = max(1, memory_bytes // max(n_items * BYTES_PER_PAIR, 1))
-    per_query = {name: np.empty(n_queries) for name in metrics}
-    for start in range(0, n_queries, chunk_size):
-        stop = min(start + chunk_size, n_queries)
-        distances = hamming(query_packed[start:stop], database_packed)
-        order = np.argsort(distances, axis=1, kind="stable")  # ties: lower database index first
-        relevant = np.take_along_axis(relevance(query_labels[start:stop], database_labels), order, axis=1)
-        chunk = RankedChunk(relevant, np.cumsum(relevant, axis=1, dtype=np.int32))
-        for name, (function, k) in parsed.items():
-            per_query[name][start:stop] = function(chunk, k)
-    return Evaluation({name: float(values.mean()) if n_queries else float("nan") for name, values in per_query.items()}, per_query)
+    """All ``metrics`` from one ranking pass over packed codes (np.packbits rows)."""
+    parsed = [parse_metric(name) for name in metrics]
+    n_items = len(database_packed)
+    cutoffs = {m.cutoff for m in parsed if m.cutoff} | ({n_items} if any(m.needs_all for m in parsed) else set()) | set(curve_cutoffs)
+    query_masks, database_masks = class_masks(query_labels, database_labels)
+    counts = count_ranks(
+        packed_words(query_packed), query_masks, packed_words(database_packed), database_masks, n_bits,
+        sorted(cutoffs), stable=bool(cutoffs), device=device, memory_bytes=memory_bytes,
+    )
+    per_query = {m.name: m.per_query(counts) for m in parsed}
+    means = {name: float(values.mean()) if len(values) else float("nan") for name, values in per_query.items()}
+    return Evaluation(means, per_query, counts)
 
 
-def top1_confusion(query_packed: np.ndarray, query_labels: np.ndarray, database_packed: np.ndarray, database_labels: np.ndarray, n_classes: int, memory_bytes: int = DEFAULT_MEMORY_BYTES) -> np.ndarray:
+def evaluate(query_bits: np.ndarray, query_labels: np.ndarray, database_bits: np.ndarray, database_labels: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS, **options) -> Evaluation:
+    """All ``metrics`` for boolean (n, bits) codes; ``options`` as for :func:`evaluate_packed`."""
+    query_bits, database_bits = np.asarray(query_bits, dtype=bool), np.asarray(database_bits, dtype=bool)
+    return evaluate_packed(pack(query_bits), query_labels, pack(database_bits), database_labels, query_bits.shape[1], metrics, **options)
+
+
+# --- curves and breakdowns -----------------------------------------------------------
+
+
+def pr_by_radius(counts: RankCounts) -> tuple[np.ndarray, np.ndarray]:
+    """Mean precision and recall of the items within Hamming radius r, for r = 0..bits (the hashing PR curve)."""
+    within_n, within_r = np.cumsum(counts.distance_counts, axis=1), np.cumsum(counts.relevant_counts, axis=1)
+    precision = _ratio(within_r, within_n).mean(axis=0)
+    recall = _ratio(within_r, counts.relevant_counts.sum(axis=1, keepdims=True)).mean(axis=0)
+    return precision, recall
+
+
+def precision_curve(counts: RankCounts, ks: tuple[int, ...]) -> np.ndarray:
+    """Mean P@k for each k (each must have been a cutoff of the pass)."""
+    return np.array([precision_at(counts, k).mean() for k in ks])
+
+
+def per_class(values: np.ndarray, query_labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
+    """Mean of a per-query metric within each query class (per-class MAP)."""
+    return {name: float(values[query_labels == i].mean()) for i, name in enumerate(class_names) if np.any(query_labels == i)}
+
+
+def tie_diagnostics(counts: RankCounts, database_bits: np.ndarray) -> dict[str, float]:
+    """How much of a cell's score is tie luck, and why: bounds over tie orders, tie sizes, bucket use, bit balance."""
+    n, r = counts.distance_counts, counts.relevant_counts
+    nearest = np.argmax(n > 0, axis=1)
+    rows = np.arange(len(n))
+    database_bits = np.asarray(database_bits, dtype=bool)
+    ones = database_bits.mean(axis=0) if len(database_bits) else np.zeros(database_bits.shape[1])
+    _, bucket_sizes = np.unique(pack(database_bits), axis=0, return_counts=True)
+    return {
+        "map@1-best": float((r[rows, nearest] > 0).mean()),
+        "map@1-worst": float((r[rows, nearest] == n[rows, nearest]).mean()),
+        **{name: float(tie_aware_average_precision(counts, order).mean()) for name, order in zip(TIE_METRICS, ("expected", "best", "worst"))},
+        "nearest_tie_size": float(n[rows, nearest].mean()),
+        "occupied_buckets": int(len(bucket_sizes)),
+        "largest_bucket_share": float(bucket_sizes.max() / len(database_bits)) if len(database_bits) else 0.0,
+        "bit_balance": float(1 - 2 * np.abs(ones - 0.5).mean()),  # 1: every bit splits the database in half
+        "dead_bits": int(((ones == 0) | (ones == 1)).sum()),
+    }
+
+
+def top1_confusion(counts: RankCounts, query_labels: np.ndarray, database_labels: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) counts: the query's class (row) against the class of its top-1 item (column), stable ties.
 
     The paper's Figure 3 (its 'MAP@1 confusion matrix'); the diagonal share of a row is that class's MAP@1.
     """
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    chunk_size = max(1, memory_bytes // max(len(database_packed) * database_packed.shape[1] * 2, 1))
-    for start in range(0, len(query_packed), chunk_size):
-        stop = start + chunk_size
-        nearest = hamming(query_packed[start:stop], database_packed).argmin(axis=1)  # first minimum: lowest index wins ties
-        np.add.at(matrix, (query_labels[start:stop], database_labels[nearest]), 1)
+    np.add.at(matrix, (query_labels, database_labels[counts.top1]), 1)
     return matrix

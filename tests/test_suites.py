@@ -73,10 +73,11 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     text = (directory / "confusion.md").read_text()
     stored = json.loads((directory / "metrics.json").read_text())["metrics"]["map@1"]
     assert f"MAP@1 = {stored:.3f}" in text
-    from hashbench.evaluate import top1_confusion
+    from hashbench.evaluate import evaluate_packed, top1_confusion
     from hashbench.results import load_codes
 
     codes = load_codes(directory)
-    matrix = top1_confusion(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], len(codes["class_names"]))
+    ranking = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",))
+    matrix = top1_confusion(ranking.counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
     assert np.trace(matrix) / matrix.sum() == pytest.approx(stored, abs=1e-12)
     np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(codes["query_labels"], minlength=len(codes["class_names"])))
