@@ -259,6 +259,7 @@ def run_command(
     from hashbench.run import PROFILES, RunRequest, run_grid
 
     _load_plugins(plugin)
+    _check_metrics(metrics)
     if profile is not None and profile not in PROFILES:
         raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}", param_hint="--profile")
     chosen = _suite(suite)
@@ -349,6 +350,7 @@ def leaderboard_command(
 
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
+    _check_metrics(metrics)
     chosen = _suite(suite)
     if output_format == "rich":
         if not _print_leaderboard(out, tuple(metrics), dataset, chosen):
@@ -359,6 +361,77 @@ def leaderboard_command(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(text)
     console.print(f"wrote {target}")
+
+
+def _cells_of(cells, name: str, bits: int | None, dataset: str | None):
+    """The finished cells (seeds) one side of ``compare`` names: a cell directory, or a method."""
+    if Path(name).is_dir():
+        chosen = cells[cells["directory"] == str(Path(name))]
+        if chosen.empty:
+            raise typer.BadParameter(f"{name} is not a finished cell under --out", param_hint="A/B")
+        return chosen
+    chosen = cells[cells["method"] == name]
+    if dataset is not None:
+        chosen = chosen[chosen["dataset"] == dataset]
+    if bits is not None:
+        chosen = chosen[chosen["bits"] == bits]
+    if chosen.empty:
+        known = ", ".join(sorted(cells["method"].unique())) or "none"
+        raise typer.BadParameter(f"no finished cells of {name!r} with these filters; methods with results: {known}", param_hint="A/B")
+    groups = chosen.groupby(["dataset", "bits", "protocol"])
+    if groups.ngroups > 1:
+        listed = "; ".join(f"{d} {b} bits protocol {p}" for d, b, p in groups.groups)
+        raise typer.BadParameter(f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories", param_hint="A/B")
+    return chosen
+
+
+@app.command("compare")
+def compare_command(
+    a: str = typer.Argument(..., help="A method name (all its seeds) or a cell directory."),
+    b: str = typer.Argument(..., help="The other side, the same way."),
+    bits: Optional[int] = typer.Option(None, "--bits", help="Code length, where a method ran several."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset, where a method ran on several."),
+    metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+) -> None:
+    """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
+    from hashbench import stats
+    from hashbench.results import load_cells, per_query, query_ids
+
+    _check_metrics(metrics)
+    cells = load_cells(out)
+    if cells.empty:
+        console.print(f"[red]error:[/red] no finished cells under {out}")
+        raise typer.Exit(2)
+    sides = [_cells_of(cells, name, bits, dataset) for name in (a, b)]
+    reference = query_ids(sides[0]["directory"].iloc[0])
+    for side in sides:
+        for directory in side["directory"]:
+            if not np.array_equal(query_ids(directory), reference):
+                console.print(f"[red]error:[/red] {directory} was evaluated on other queries: compare cells of one dataset and split")
+                raise typer.Exit(2)
+    table = Table(title=f"A = {a}, B = {b}: A - B on the same {len(reference)} queries", caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)", caption_justify="left")
+    for column in ("metric", "A", "B", "A - B", "95 % interval", "p (queries)", "p (seeds)"):
+        table.add_column(column, justify="right")
+    for metric in metrics:
+        values = [np.stack([per_query(d, metric) for d in side["directory"]]) for side in sides]
+        result = stats.compare(*values)
+        p_seeds = "n/a (one seed)" if result.p_seeds is None else f"{result.p_seeds:.3g}"
+        table.add_row(
+            metric, f"{values[0].mean():.3f} (n={result.seeds[0]})", f"{values[1].mean():.3f} (n={result.seeds[1]})",
+            f"{result.difference:+.3f}", f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]", f"{result.p_queries:.3g}", p_seeds,
+        )
+    console.print(table)
+
+
+def _check_metrics(metrics: List[str]) -> None:
+    from hashbench.evaluate import parse_metric
+
+    for name in metrics:
+        try:
+            parse_metric(name)
+        except ValueError as exc:
+            raise typer.BadParameter(exc.args[0], param_hint="--metrics") from None
 
 
 @app.command("confusion")

@@ -30,6 +30,7 @@ from hashbench.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, lab
 
 DEFAULT_METRICS = ("map@1", "map@10", "map@all")
 TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
+STORED_METRICS = ("map@1", "map@10", "map@100", "map@all", *TIE_METRICS, "p@10", "p@r2")  # every cell stores these per query
 
 
 def binarize(codes: np.ndarray) -> np.ndarray:

@@ -2,15 +2,20 @@
 
 Cells are compared only within one protocol (dataset, split, backbone, pretrained
 weights, epochs, image size): each protocol gets its own tables, and its caption
-says what was run. A cell shows mean +/- std over seeds, with n.
+says what was run. A cell shows the mean over seeds, +/- their std where there are
+several, the 95 % bootstrap interval over queries in brackets, and n seeds. Metrics a
+cell did not store are computed from its codes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
+from hashbench.results import per_query
+from hashbench.stats import bootstrap_interval
 from hashbench.suites import Suite
 
 COMPARISON_KEYS = ("dataset", "split", "validation", "backbone", "pretrained", "epochs", "image_size")
@@ -23,13 +28,32 @@ class Leaderboard:
     table: pd.DataFrame  # index: method (or the paper's row), columns: "16 bits", ...; cells formatted
 
 
-def format_cell(values: pd.Series) -> str:
-    values = values.dropna()
-    if values.empty:
+CELL_LEGEND = "cells: mean ± std over seeds [95 % bootstrap interval over queries] (n = seeds)"
+
+
+def summarise(rows: pd.DataFrame, metric: str) -> str:
+    """One leaderboard cell from the seeds in ``rows``: mean, spread over seeds, interval over queries."""
+    if rows.empty:
         return "-"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.3f} (n=1)"
-    return f"{values.mean():.3f} ± {values.std(ddof=1):.3f} (n={len(values)})"
+    per_seed, means = [], []
+    for directory, stored in zip(rows["directory"], rows[metric] if metric in rows else [np.nan] * len(rows)):
+        try:
+            values = per_query(directory, metric)
+        except FileNotFoundError:  # codes not kept (e.g. a published results folder): the stored mean only
+            values = None
+        if values is not None:
+            per_seed.append(values)
+        means.append(values.mean() if values is not None else stored)
+    means = np.array(means, dtype=np.float64)
+    if np.isnan(means).all():
+        return "-"
+    spread = f" ± {np.nanstd(means, ddof=1):.3f}" if len(means) > 1 else ""
+    interval = ""
+    if per_seed:
+        same_queries = len({len(v) for v in per_seed}) == 1
+        low, high = bootstrap_interval(np.stack(per_seed) if same_queries else np.concatenate(per_seed)[None])
+        interval = f" [{low:.3f}, {high:.3f}]"
+    return f"{np.nanmean(means):.3f}{spread}{interval} (n={len(means)})"
 
 
 def caption(rows: pd.DataFrame) -> str:
@@ -40,7 +64,7 @@ def caption(rows: pd.DataFrame) -> str:
     optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" for t in rows["train"]})
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
     changed = _changed_options(rows)
-    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}{changed}"
+    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}{changed}; {CELL_LEGEND}"
 
 
 def _changed_options(rows: pd.DataFrame) -> str:
@@ -65,11 +89,11 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
         return boards
     for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
         rows = rows.assign(row=_row_names(rows))
+        bits = sorted(rows["bits"].unique())
         for metric in metrics:
-            if metric not in rows:
-                continue
-            table = rows.pivot_table(index="row", columns="bits", values=metric, aggfunc=format_cell).fillna("-")  # a bit length not run
-            table.columns = [f"{b} bits" for b in table.columns]
+            table = pd.DataFrame(
+                {f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits}
+            )
             boards.append(Leaderboard(metric.upper(), caption(rows), table.rename_axis("method")))
     return boards
 
@@ -88,7 +112,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
             line = {}
             for metric, bits in columns:
                 name = f"{bits} bits" if len(suite.metrics) == 1 else metric.upper()
-                line[name] = format_cell(mine.loc[mine["bits"] == bits, metric]) if metric in mine else "-"
+                line[name] = summarise(mine[mine["bits"] == bits], metric)
                 paper = suite.paper.get((label, metric, bits))
                 line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
             table[f"{label} ({method})"] = line

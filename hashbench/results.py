@@ -4,10 +4,12 @@
 
 - ``config.json``     the resolved configuration (protocol, method options, optimiser)
 - ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
-                      and per-query metric values, so new metrics never need retraining
+                      the database's continuous codes (float16, for search), and per-query
+                      metric values; any metric not stored is computed from the codes, so
+                      new metrics never need retraining
 - ``train_log.jsonl`` loss terms per epoch
 - ``model.pt``        the trained weights (``checkpoint.pt`` while training)
-- ``metrics.json``    metrics, timing, method origin and versions; written last, it
+- ``metrics.json``    metrics, tie diagnostics, timing, method origin and versions; written last, it
                       marks the cell as finished
 
 Every file is written to a temporary name and renamed, so an interrupted run never
@@ -19,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +70,29 @@ def write_codes(directory: Path, **arrays: np.ndarray) -> None:
 
 
 def load_codes(directory: Path) -> dict[str, np.ndarray]:
-    with np.load(directory / "codes.npz", allow_pickle=False) as data:
+    with np.load(Path(directory) / "codes.npz", allow_pickle=False) as data:
         return dict(data)
+
+
+@lru_cache(maxsize=256)
+def _per_query(directory: str, metric: str, modified: float) -> np.ndarray:
+    from hashbench.evaluate import evaluate_packed
+
+    codes = load_codes(Path(directory))
+    stored = codes.get(f"per_query/{metric}")
+    if stored is not None:
+        return stored
+    return evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), (metric,)).per_query[metric]
+
+
+def per_query(directory: Path | str, metric: str) -> np.ndarray:
+    """A finished cell's per-query values of ``metric``: stored, or computed from its codes."""
+    path = Path(directory) / "codes.npz"
+    return _per_query(str(directory), metric.lower(), path.stat().st_mtime)
+
+
+def query_ids(directory: Path | str) -> np.ndarray:
+    return load_codes(Path(directory))["query_ids"]
 
 
 def load_cells(out: Path) -> pd.DataFrame:

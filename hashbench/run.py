@@ -21,7 +21,7 @@ import torch
 import hashbench
 from hashbench import atomic, engine
 from hashbench.dataset import Dataset
-from hashbench.evaluate import DEFAULT_METRICS, binarize, evaluate, pack
+from hashbench.evaluate import DEFAULT_METRICS, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
 from hashbench.method import Method, MethodContext
 from hashbench.registry import REGISTRY
 from hashbench.results import CellConfig, is_finished, write_codes
@@ -155,10 +155,13 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
     )
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
-    database_bits = binarize(engine.encode(network, train_source, database_ids, config.image_size))
-    result = evaluate(query_bits, query_labels, database_bits, database_labels, metrics)
+    database_embeddings = engine.encode(network, train_source, database_ids, config.image_size)
+    database_bits = binarize(database_embeddings)
+    metrics = tuple(dict.fromkeys(STORED_METRICS + tuple(metrics)))
+    result = evaluate(query_bits, query_labels, database_bits, database_labels, metrics, device="cpu" if device.type == "cpu" else str(device))
     write_codes(
         directory, query_codes=pack(query_bits), database_codes=pack(database_bits), query_labels=query_labels, database_labels=database_labels,
+        database_embeddings=database_embeddings.astype(np.float16),  # `hashbench search` breaks Hamming ties with these
         query_ids=query_ids, database_ids=database_ids, class_names=np.array(class_names), bits=np.array(config.bits),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},
     )
@@ -168,6 +171,7 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
         directory / "metrics.json",
         {
             "metrics": result.metrics,
+            "ties": tie_diagnostics(result.counts, database_bits),
             "seconds": round(time.perf_counter() - started, 2),
             "device": str(device),
             "origin": method_cls.origin,

@@ -134,3 +134,31 @@ def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16):
 @pytest.fixture
 def chance():
     return chance_metrics
+
+
+def write_cell(out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy"):
+    """A finished cell written straight from codes (no training): for tests of what reads the results store."""
+    from dataclasses import asdict
+
+    from hashbench import atomic
+    from hashbench.evaluate import STORED_METRICS, evaluate, pack
+    from hashbench.results import CellConfig, write_codes
+
+    config = CellConfig(dataset, method, query_bits.shape[1], seed, "none", False, 1, 8, "patient", train={"optimizer": "adam", "lr": 1e-3})
+    directory = config.directory(out)
+    directory.mkdir(parents=True)
+    result = evaluate(query_bits, query_labels, database_bits, database_labels, STORED_METRICS)
+    atomic.write_json(directory / "config.json", asdict(config))
+    write_codes(
+        directory, query_codes=pack(query_bits), database_codes=pack(database_bits), query_labels=query_labels, database_labels=database_labels,
+        query_ids=np.arange(len(query_bits)), database_ids=np.arange(len(database_bits)) + len(query_bits),
+        class_names=np.array([f"class{i}" for i in range(int(max(query_labels.max(), database_labels.max())) + 1)]), bits=np.array(query_bits.shape[1]),
+        **{f"per_query/{name}": values for name, values in result.per_query.items()},
+    )
+    atomic.write_json(directory / "metrics.json", {"metrics": result.metrics, "synthetic": True})
+    return directory
+
+
+@pytest.fixture
+def cell_writer():
+    return write_cell

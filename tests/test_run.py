@@ -10,8 +10,9 @@ import pytest
 from hashbench import engine, leaderboard
 from hashbench.evaluate import evaluate
 from hashbench.registry import REGISTRY
-from hashbench.results import load_cells, load_codes
+from hashbench.results import load_cells, load_codes, per_query
 from hashbench.run import RunRequest, run_grid
+from hashbench.stats import bootstrap_interval
 
 BACKBONE = "test_efficientnet"
 QUICK = {"*": {"batch_size": 32}}
@@ -75,7 +76,11 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
     board = boards[0]
     assert list(board.table.columns) == ["8 bits", "16 bits"] and list(board.table.index) == ["dpn"]
     values = [o.metrics["map@10"] for o in outcomes if o.config.bits == 8]
-    assert board.table.loc["dpn", "8 bits"] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} (n=2)"
+    per_seed = np.stack([per_query(o.config.directory(tmp_path), "map@10") for o in outcomes if o.config.bits == 8])
+    np.testing.assert_allclose(per_seed.mean(axis=1), values, atol=1e-12)  # the stored per-query values are the cell's
+    low, high = bootstrap_interval(per_seed)
+    assert low <= np.mean(values) <= high
+    assert board.table.loc["dpn", "8 bits"] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} [{low:.3f}, {high:.3f}] (n=2)"
     assert "synthetic phantom" in board.caption and "patient-level split" in board.caption and BACKBONE in board.caption and "2 epochs" in board.caption
     text = leaderboard.to_markdown(boards)
     assert "| method | 8 bits | 16 bits |" in text and "### MAP@10" in text

@@ -1,0 +1,71 @@
+"""Uncertainty of leaderboard numbers: bootstrap intervals over queries, paired tests between methods.
+
+A cell's score is a mean over queries (and over seeds where there are several). Two
+sources of noise matter: which queries happen to be in the test side (the bootstrap
+and the paired randomisation test resample or relabel queries), and which seed
+trained the network (a Welch t-test on the per-seed means; with short training it
+is usually the larger of the two). Every function is seeded, so tables are
+reproducible to the last digit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ROUNDS = 2000
+BATCH = 256  # resampling rounds per vectorised step: bounds memory at BATCH x queries
+
+
+def _per_query(per_seed: np.ndarray) -> np.ndarray:
+    """(seeds, queries) -> one value per query: the mean over seeds."""
+    per_seed = np.atleast_2d(np.asarray(per_seed, dtype=np.float64))
+    return per_seed.mean(axis=0)
+
+
+def bootstrap_interval(per_seed: np.ndarray, level: float = 0.95, rounds: int = ROUNDS, seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the cell's mean when the queries are resampled with replacement."""
+    values = _per_query(per_seed)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([values[rng.integers(0, len(values), (min(BATCH, rounds - start), len(values)))].mean(axis=1) for start in range(0, rounds, BATCH)])
+    tail = (1 - level) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+@dataclass
+class Comparison:
+    """A minus B on the same queries."""
+
+    difference: float
+    interval: tuple[float, float]  # paired bootstrap, 95 %
+    p_queries: float  # paired randomisation (sign-flip) test on per-query differences
+    p_seeds: float | None  # Welch t-test on per-seed means; None with fewer than two seeds a side
+    n_queries: int
+    seeds: tuple[int, int]
+
+
+def compare(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -> Comparison:
+    """Paired comparison of per-query values ``a`` and ``b``, each (seeds, queries) over the same queries."""
+    a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
+    if a.shape[1] != b.shape[1]:
+        raise ValueError(f"the two sides have {a.shape[1]} and {b.shape[1]} queries: compare cells on the same dataset and split")
+    differences = _per_query(a) - _per_query(b)
+    observed = differences.mean()
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, rounds, BATCH):
+        signs = rng.choice(np.array([-1.0, 1.0]), (min(BATCH, rounds - start), len(differences)))
+        extreme += int((np.abs((signs * differences).mean(axis=1)) >= abs(observed) - 1e-12).sum())
+    p_seeds = None
+    if len(a) >= 2 and len(b) >= 2:
+        from scipy.stats import ttest_ind
+
+        a_means, b_means = a.mean(axis=1), b.mean(axis=1)
+        p_seeds = float(ttest_ind(a_means, b_means, equal_var=False).pvalue)
+        if np.isnan(p_seeds):  # no spread on either side: the means are equal or they are not
+            p_seeds = 1.0 if a_means.mean() == b_means.mean() else 0.0
+    return Comparison(float(observed), bootstrap_interval(differences, rounds=rounds, seed=seed), (1 + extreme) / (1 + rounds), p_seeds, len(differences), (len(a), len(b)))

@@ -1,0 +1,93 @@
+"""Bootstrap intervals, paired tests and `hashbench compare` on cells with known codes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hashbench import stats
+from hashbench.cli import app
+
+
+def test_bootstrap_interval_of_a_constant_is_a_point_and_of_coin_flips_has_the_normal_width():
+    assert stats.bootstrap_interval(np.full(50, 0.3)) == pytest.approx((0.3, 0.3))
+    flips = np.random.default_rng(0).random(400) < 0.5
+    low, high = stats.bootstrap_interval(flips.astype(float))
+    half_width = 1.96 * np.sqrt(flips.mean() * (1 - flips.mean()) / 400)  # ~0.049
+    assert (high - low) / 2 == pytest.approx(half_width, rel=0.1)
+    assert low < flips.mean() < high
+
+
+def test_identical_sides_give_p_one_and_a_zero_interval():
+    values = np.random.default_rng(1).random((3, 200))
+    result = stats.compare(values, values.copy())
+    assert result.difference == 0 and result.interval == (0.0, 0.0)
+    assert result.p_queries == 1.0 and result.p_seeds == 1.0
+
+
+def test_clearly_different_sides_give_small_p_on_queries_and_seeds():
+    rng = np.random.default_rng(2)
+    b = rng.random((3, 200))
+    a = b + 0.1 + rng.normal(0, 0.05, b.shape)
+    result = stats.compare(a, b)
+    assert result.p_queries < 0.01 and result.p_seeds < 0.01
+    assert result.interval[0] < result.difference < result.interval[1] and result.interval[0] > 0.05
+
+
+def test_noise_alone_is_rarely_significant():
+    rng = np.random.default_rng(3)
+    p_values = [stats.compare(rng.random((1, 100)), rng.random((1, 100)), rounds=500, seed=i).p_queries for i in range(40)]
+    assert 0.0 <= np.mean(np.array(p_values) < 0.05) <= 0.15  # about 5 % false positives under the null
+
+
+def test_sides_on_other_queries_are_refused():
+    with pytest.raises(ValueError, match="same dataset and split"):
+        stats.compare(np.zeros((1, 10)), np.zeros((1, 11)))
+
+
+@pytest.fixture
+def toy_results(tmp_path, cell_writer):
+    """Three methods on the same queries: class-coded, an exact copy of it, and random codes (three seeds each)."""
+    rng = np.random.default_rng(0)
+    classes = np.eye(4, 16, dtype=bool).repeat(4, axis=1)[:, :16]  # one 4-bit block per class
+    query_labels, database_labels = rng.integers(0, 4, 120), rng.integers(0, 4, 600)
+
+    def noisy(labels):
+        return classes[labels] ^ (rng.random((len(labels), 16)) < 0.08)
+
+    for seed in (0, 1, 2):
+        query, database = noisy(query_labels), noisy(database_labels)
+        cell_writer(tmp_path, "coded", query, query_labels, database, database_labels, seed)
+        cell_writer(tmp_path, "copy", query, query_labels, database, database_labels, seed)
+        cell_writer(tmp_path, "random", rng.random((120, 16)) < 0.5, query_labels, rng.random((600, 16)) < 0.5, database_labels, seed)
+    return tmp_path
+
+
+def test_compare_cli_identical_methods_p_one_different_methods_p_small(toy_results):
+    runner = CliRunner()
+    same = runner.invoke(app, ["compare", "coded", "copy", "--out", str(toy_results), "--metrics", "map@10"])
+    assert same.exit_code == 0, same.output
+    cells = [c.strip() for c in next(line for line in same.output.splitlines() if " map@10 " in line).split("│")]
+    assert cells[4] == "+0.000" and float(cells[6]) == 1.0 and float(cells[7]) == 1.0
+    different = runner.invoke(app, ["compare", "coded", "random", "--out", str(toy_results), "--metrics", "map@10", "--metrics", "map@tie"])
+    assert different.exit_code == 0, different.output
+    for metric in ("map@10", "map@tie"):
+        cells = [c.strip() for c in next(line for line in different.output.splitlines() if f" {metric} " in line).split("│")]
+        assert float(cells[4]) > 0.3  # A - B
+        assert float(cells[6]) < 0.01 and float(cells[7]) < 0.01  # p (queries), p (seeds)
+
+
+def test_compare_cli_errors_name_what_exists(toy_results):
+    result = CliRunner().invoke(app, ["compare", "coded", "nosuch", "--out", str(toy_results)])
+    assert result.exit_code == 2 and "coded, copy, random" in result.output
+    result = CliRunner().invoke(app, ["compare", "coded", "copy", "--out", str(toy_results), "--metrics", "ndcg@3"])
+    assert result.exit_code == 2 and "map@tie" in result.output
+
+
+def test_leaderboard_cells_carry_bootstrap_intervals_and_metrics_computed_on_demand(toy_results):
+    result = CliRunner().invoke(app, ["leaderboard", "--out", str(toy_results), "--metrics", "map@10", "--metrics", "p@5"])
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("coded"))
+    assert "[" in line and "(n=3)" in line and "±" in line
+    assert "P@5" in result.output  # not stored by the cells: computed from their codes
