@@ -313,13 +313,21 @@ def _suite(name: str | None):
         raise typer.BadParameter(exc.args[0], param_hint="--suite") from None
 
 
-def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None, suite=None) -> list:
-    from hashbench import leaderboard
+def _cells(out: Path, dataset: str | None, suite=None):
     from hashbench.results import load_cells
 
     cells = load_cells(out)
     if dataset is not None and not cells.empty:
         cells = cells[cells["dataset"] == dataset]
+    if suite is not None and not cells.empty:
+        cells = cells[cells["method"].isin(suite.methods)]
+    return cells
+
+
+def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None, suite=None) -> list:
+    from hashbench import leaderboard
+
+    cells = _cells(out, dataset, suite)
     return leaderboard.build_suite(cells, suite) if suite else leaderboard.build(cells, metrics)
 
 
@@ -344,8 +352,9 @@ def leaderboard_command(
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
     output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md, or <out>/<suite>.md)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Show a paper table (paper-table3/4/5) in the paper's layout, the paper's numbers beside ours."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown."),
 ) -> None:
-    """Print the leaderboard of stored cells, or write it as markdown."""
+    """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
     from hashbench import leaderboard
 
     if output_format not in ("rich", "md"):
@@ -359,8 +368,11 @@ def leaderboard_command(
     text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset, chosen))
     target = output or out / (f"{suite}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
+    if figures:
+        cells = _cells(out, dataset, chosen)
+        text += "\n" + leaderboard.figures(cells, tuple(chosen.metrics if chosen else metrics), target)
     target.write_text(text)
-    console.print(f"wrote {target}")
+    console.print(f"wrote {target}" + (" and its figures beside it" if figures else ""))
 
 
 def _cells_of(cells, name: str, bits: int | None, dataset: str | None):
@@ -432,6 +444,44 @@ def _check_metrics(metrics: List[str]) -> None:
             parse_metric(name)
         except ValueError as exc:
             raise typer.BadParameter(exc.args[0], param_hint="--metrics") from None
+
+
+@app.command("search")
+def search_command(
+    cell: Path = typer.Argument(..., help="A finished cell's directory: its model encodes the queries, its database codes are searched."),
+    queries: List[Path] = typer.Argument(..., help="DICOM files or images (PNG, JPEG, TIFF, BMP) to search with."),
+    k: int = typer.Option(10, "--k", help="Neighbours per query."),
+    tie_break: str = typer.Option("embedding", "--tie-break", help="Order within one Hamming distance: embedding (continuous-code distance) or index."),
+    faiss: Optional[bool] = typer.Option(None, "--faiss/--no-faiss", help="Rank with faiss IndexBinaryFlat (default: when installed)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON lines instead of tables."),
+) -> None:
+    """The nearest database images of a trained cell for new images or DICOM files."""
+    from dataclasses import asdict
+
+    from hashbench.search import CellIndex
+
+    try:
+        index = CellIndex(cell, device, faiss)
+        images, names, skipped = index.load_images(queries)
+        results = index.search(index.embed(images), k, tie_break) if len(images) else []
+    except (FileNotFoundError, ImportError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for path, reason in skipped:
+        console.print(f"[yellow]skipped[/yellow] {path}: {reason}")
+    for name, hits in zip(names, results):
+        if as_json:
+            print(json.dumps({"query": name, "hits": [asdict(hit) for hit in hits]}))
+            continue
+        table = Table(title=f"{name}", caption=f"{index.config.method}, {index.config.bits} bits, {index.config.dataset}; {index.backend}; ties by {tie_break}", caption_justify="left")
+        for column in ("rank", "distance", "slice", "label", "patient", "path"):
+            table.add_column(column, overflow="fold")
+        for hit in hits:
+            table.add_row(str(hit.rank), str(hit.distance), str(hit.slice_id), hit.label, hit.patient, hit.path)
+        console.print(table)
+    if skipped and not results:
+        raise typer.Exit(1)
 
 
 @app.command("confusion")

@@ -10,6 +10,7 @@ cell did not store are computed from its codes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -120,6 +121,23 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
         note = "Paper: TCIA collections, slice-level split, 224 px, 50 epochs, EfficientNet-B0 (presumably ImageNet weights)."
         boards.append(Leaderboard(suite.title, f"{caption(rows)}. {note}", frame))
     return boards
+
+
+def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> str:
+    """Write each protocol's figures next to ``markdown`` and return the markdown that shows them."""
+    from hashbench.plots import leaderboard_figures
+
+    parts = []
+    if cells.empty:
+        return ""
+    for number, (_, rows) in enumerate(cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False), start=1):
+        rows = rows.assign(row=_row_names(rows))
+        stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
+        paths = leaderboard_figures(rows, metrics, caption(rows).split("; cells:")[0], stem)
+        if paths:
+            links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
+            parts.append(f"### Figures: {caption(rows).split(';')[0]}\n\nPR curves by Hamming radius, P@k (stable ties), metrics against code length; computed from the stored codes.\n\n{links}")
+    return "\n\n".join(parts) + ("\n" if parts else "")
 
 
 def _row_names(rows: pd.DataFrame) -> pd.Series:

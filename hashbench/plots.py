@@ -1,4 +1,9 @@
-"""Figures written next to the results: PNG (matplotlib, no display needed) and a markdown twin."""
+"""Figures written next to the results: PNG (matplotlib, no display needed) and markdown.
+
+The leaderboard's figures (PR curves by Hamming radius, P@k curves, metrics against code
+length) are computed from each cell's stored codes through the evaluator's counts, so
+they use the same ranking and the same metric registry as the tables.
+"""
 
 from __future__ import annotations
 
@@ -18,11 +23,7 @@ def confusion_markdown(matrix: np.ndarray, names: list[str], title: str) -> str:
 
 
 def confusion_png(matrix: np.ndarray, names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.55 * len(names)
     figure, axes = plt.subplots(figsize=(size + 1.5, size))
@@ -39,3 +40,98 @@ def confusion_png(matrix: np.ndarray, names: list[str], title: str, path: Path) 
     figure.tight_layout()
     figure.savefig(path, dpi=150)
     plt.close(figure)
+
+
+PRECISION_CUTOFFS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def cell_curves(directory: str) -> dict[str, np.ndarray]:
+    """PR curve by Hamming radius and P@k curve of one stored cell, from its codes."""
+    from hashbench.evaluate import evaluate_packed, pr_by_radius, precision_curve
+    from hashbench.results import load_codes
+
+    codes = load_codes(directory)
+    ks = tuple(k for k in PRECISION_CUTOFFS if k <= len(codes["database_codes"]))
+    counts = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), (), curve_cutoffs=ks).counts
+    precision, recall = pr_by_radius(counts)
+    return {"precision": precision, "recall": recall, "ks": np.array(ks), "p_at_k": precision_curve(counts, ks)}
+
+
+def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path) -> list[Path]:
+    """PR curves, P@k curves (one panel per code length) and metric vs bits, for one protocol's cells.
+
+    ``rows``: load_cells rows with a ``row`` column (the method label). Cells whose codes were not kept
+    are left out of the curves. Returns the PNG paths written (``<stem>-pr.png`` and so on).
+    """
+    from hashbench.results import per_query
+
+    plt = _pyplot()
+    rows = rows[[Path(d, "codes.npz").exists() for d in rows["directory"]]]
+    if rows.empty:
+        return []
+    bits = sorted(rows["bits"].unique())
+    methods = sorted(rows["row"].unique())
+    curves = {(m, b): [cell_curves(d) for d in group["directory"]] for (m, b), group in rows.groupby(["row", "bits"])}
+    written = []
+
+    def panels(name: str, draw) -> None:
+        figure, axes = plt.subplots(1, len(bits), figsize=(4.2 * len(bits), 3.8), squeeze=False)
+        for axis, b in zip(axes[0], bits):
+            for method in methods:
+                if (method, b) in curves:
+                    draw(axis, method, curves[(method, b)])
+            axis.set_title(f"{b} bits", fontsize=9)
+            axis.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=7)
+        figure.suptitle(caption, fontsize=6, wrap=True)
+        figure.tight_layout(rect=(0, 0, 1, 0.93))
+        path = stem.with_name(f"{stem.name}-{name}.png")
+        figure.savefig(path, dpi=130)
+        plt.close(figure)
+        written.append(path)
+
+    def pr(axis, method, seeds) -> None:
+        recall = np.mean([c["recall"] for c in seeds], axis=0)
+        precision = np.mean([c["precision"] for c in seeds], axis=0)
+        axis.plot(recall, precision, marker=".", label=method)
+        axis.set_xlabel("recall (items within Hamming radius r, r = 0..bits)")
+        axis.set_ylabel("precision")
+
+    def p_at_k(axis, method, seeds) -> None:
+        axis.plot(seeds[0]["ks"], np.mean([c["p_at_k"] for c in seeds], axis=0), marker=".", label=method)
+        axis.set_xscale("log")
+        axis.set_xlabel("k (top k, stable ties)")
+        axis.set_ylabel("P@k")
+
+    panels("pr", pr)
+    panels("precision-at-k", p_at_k)
+
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for method in methods:
+            mine = rows[rows["row"] == method]
+            present = [b for b in bits if (mine["bits"] == b).any()]
+            means = [np.mean([per_query(d, metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]]) for b in present]
+            spread = [np.std([per_query(d, metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]]) for b in present]
+            axis.errorbar(present, means, yerr=spread, marker="o", capsize=3, label=method)
+        axis.set_xticks(bits)
+        axis.set_xlabel("bits")
+        axis.set_ylabel(metric.upper())
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(caption + " (error bars: std over seeds)", fontsize=6, wrap=True)
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    path = stem.with_name(f"{stem.name}-metrics-vs-bits.png")
+    figure.savefig(path, dpi=130)
+    plt.close(figure)
+    written.append(path)
+    return written

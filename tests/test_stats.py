@@ -91,3 +91,12 @@ def test_leaderboard_cells_carry_bootstrap_intervals_and_metrics_computed_on_dem
     line = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("coded"))
     assert "[" in line and "(n=3)" in line and "±" in line
     assert "P@5" in result.output  # not stored by the cells: computed from their codes
+
+
+def test_markdown_leaderboard_writes_its_figures_beside_it(toy_results, tmp_path):
+    target = tmp_path / "board" / "leaderboard.md"
+    result = CliRunner().invoke(app, ["leaderboard", "--out", str(toy_results), "--format", "md", "--output", str(target), "--metrics", "map@10,map@tie"])
+    assert result.exit_code == 0, result.output
+    text = target.read_text()
+    for name in ("leaderboard-pr.png", "leaderboard-precision-at-k.png", "leaderboard-metrics-vs-bits.png"):
+        assert (target.parent / name).stat().st_size > 10_000 and f"]({name})" in text
