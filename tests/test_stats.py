@@ -95,7 +95,7 @@ def test_leaderboard_cells_carry_bootstrap_intervals_and_metrics_computed_on_dem
 
 def test_markdown_leaderboard_writes_its_figures_beside_it(toy_results, tmp_path):
     target = tmp_path / "board" / "leaderboard.md"
-    result = CliRunner().invoke(app, ["leaderboard", "--out", str(toy_results), "--format", "md", "--output", str(target), "--metrics", "map@10,map@tie"])
+    result = CliRunner().invoke(app, ["leaderboard", "--out", str(toy_results), "--format", "md", "--output", str(target), "--metrics", "map@10", "--metrics", "map@tie"])
     assert result.exit_code == 0, result.output
     text = target.read_text()
     for name in ("leaderboard-pr.png", "leaderboard-precision-at-k.png", "leaderboard-metrics-vs-bits.png"):
