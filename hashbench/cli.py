@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hashbench.dicom import ImageOptions
+from hashbench.evaluate import DEFAULT_METRICS
 from hashbench.ingest import IngestResult
 
 app = typer.Typer(help="hashbench: benchmark deep hashing methods for medical image retrieval.", no_args_is_help=True, add_completion=False)
@@ -250,7 +251,7 @@ def run_command(
     out: Path = typer.Option(Path("results"), "--out", help="Results root; finished cells there are skipped."),
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option([], "--set", help="Option override: method.key=value, or key=value for every method."),
-    metrics: List[str] = typer.Option(["map@1", "map@10", "map@all"], "--metrics", help="Metrics to compute and show."),
+    metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to compute and show."),
     force: bool = typer.Option(False, "--force", help="Re-run finished cells."),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
@@ -283,7 +284,7 @@ def run_command(
     def report(outcome) -> None:
         label = outcome.config.label()
         if outcome.status == "done":
-            console.print(f"[green]done[/green] {label}: " + ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items()))
+            console.print(f"[green]done[/green] {label}: " + ", ".join(f"{k} {outcome.metrics[k]:.3f}" for k in metrics if k in outcome.metrics))
         elif outcome.status == "skipped":
             console.print(f"[dim]skipped {label}: finished earlier (--force to re-run)[/dim]")
         else:
@@ -348,7 +349,7 @@ def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None 
 def leaderboard_command(
     out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
-    metrics: List[str] = typer.Option(["map@1", "map@10", "map@all"], "--metrics", help="Metrics to show."),
+    metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to show."),
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
     output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md, or <out>/<suite>.md)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Show a paper table (paper-table3/4/5) in the paper's layout, the paper's numbers beside ours."),

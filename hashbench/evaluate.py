@@ -28,7 +28,7 @@ import numpy as np
 
 from hashbench.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words
 
-DEFAULT_METRICS = ("map@1", "map@10", "map@all")
+DEFAULT_METRICS = ("map@1", "map@10", "map@all", "map@tie")  # what run and leaderboard show unless told
 TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
 STORED_METRICS = ("map@1", "map@10", "map@100", "map@all", *TIE_METRICS, "p@10", "p@r2")  # every cell stores these per query
 

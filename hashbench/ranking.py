@@ -12,9 +12,10 @@ Both come from two passes over the database per query and no sort: the rank of i
 at distance d is ``(items nearer than d) + (items at d with a lower index) + 1``, and
 the second term is a running counter per distance. On the CPU this is a compiled
 (numba) kernel over packed 64-bit words with popcount, parallel over queries, holding
-no query x database matrix at all. On a GPU the same counts come from a +/-1 matmul
-and one sort of unique (distance, index) keys per chunk of queries, the chunk sized by
-``memory_bytes``. Both backends give the same numbers (tests hold them to 1e-12).
+no query x database matrix at all; the database is walked in blocks sized so that
+the scratch of all threads stays within ``memory_bytes``. On a GPU the same counts
+come from a +/-1 matmul and one sort of unique (distance, index) keys per chunk of
+queries, the chunk sized by ``memory_bytes``. Both backends give the same numbers (tests hold them to 1e-12).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-DEFAULT_MEMORY_BYTES = 1 << 30  # GPU: the distance / key / order matrices of one chunk of queries
-GPU_BYTES_PER_PAIR = 40  # int64 distance key and order, float precision, relevance, per (query, item)
+DEFAULT_MEMORY_BYTES = 1 << 30  # scratch: CPU database blocks over all threads; GPU query chunks
+CPU_BYTES_PER_ITEM = 12  # per database item in a block, per thread: key, relevance flag, packed rank
+GPU_BYTES_PER_PAIR = 64  # per (query, item): int64 key, order and hit count, float64 precision and its sum, float32 product, relevance
 
 
 @dataclass
@@ -90,37 +92,52 @@ def _popcount(typingctx, word):
     return types.uint64(types.uint64), codegen
 
 
+@numba.njit(inline="always")
+def _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, database_labels_t, keys, shares):
+    """keys[:size] = 2 * distance + relevant for database items start..start+size (loops the compiler vectorises)."""
+    keys[:size] = 0
+    shares[:size] = 0
+    for w in range(database_codes_t.shape[0]):
+        word = query_codes[q, w]
+        column = database_codes_t[w, start : start + size]
+        for j in range(size):
+            keys[j] += _popcount(word ^ column[j])
+    for w in range(database_labels_t.shape[0]):
+        word = query_labels[q, w]
+        column = database_labels_t[w, start : start + size]
+        for j in range(size):
+            shares[j] |= (word & column[j]) != 0
+    for j in range(size):
+        keys[j] = 2 * keys[j] + shares[j]
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _count_kernel(query_codes, query_labels, database_codes_t, database_labels_t, key_prototype, cutoffs, distance_counts, relevant_counts, hits, precision_sums, top1, stable):
-    """Per query: key = 2 * distance + relevant for every item (vectorised), the key histogram, then the stable pass."""
+def _count_kernel(query_codes, query_labels, database_codes_t, database_labels_t, key_prototype, block, cutoffs, distance_counts, relevant_counts, hits, precision_sums, top1, stable):
+    """Per query and database block: keys, their histogram; then, with the whole histogram known, the stable pass.
+
+    With one block the keys are kept between the passes; with several they are recomputed, so the scratch
+    memory is ``block`` items per thread whatever the database size.
+    """
     n_items = database_codes_t.shape[1]
     n_bins = distance_counts.shape[1]
     n_cutoffs = cutoffs.shape[0]
+    n_blocks = max(1, -(-n_items // block))
     for q in numba.prange(query_codes.shape[0]):
-        keys = np.zeros(n_items, key_prototype.dtype)
-        for w in range(database_codes_t.shape[0]):
-            word = query_codes[q, w]
-            column = database_codes_t[w]
-            for j in range(n_items):
-                keys[j] += _popcount(word ^ column[j])
-        shares = np.zeros(n_items, key_prototype.dtype)
-        for w in range(database_labels_t.shape[0]):
-            word = query_labels[q, w]
-            column = database_labels_t[w]
-            for j in range(n_items):
-                shares[j] |= (word & column[j]) != 0
-        for j in range(n_items):
-            keys[j] = 2 * keys[j] + shares[j]
+        keys = np.empty(min(block, n_items), key_prototype.dtype)
+        shares = np.empty(min(block, n_items), key_prototype.dtype)
         # four interleaved histograms break the store-to-load chain of repeated keys
         histogram = np.zeros((4, 2 * n_bins), np.int64)
-        whole = n_items // 4 * 4
-        for j in range(0, whole, 4):
-            histogram[0, keys[j]] += 1
-            histogram[1, keys[j + 1]] += 1
-            histogram[2, keys[j + 2]] += 1
-            histogram[3, keys[j + 3]] += 1
-        for j in range(whole, n_items):
-            histogram[0, keys[j]] += 1
+        for start in range(0, n_items, block):
+            size = min(block, n_items - start)
+            _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, database_labels_t, keys, shares)
+            whole = size // 4 * 4
+            for j in range(0, whole, 4):
+                histogram[0, keys[j]] += 1
+                histogram[1, keys[j + 1]] += 1
+                histogram[2, keys[j + 2]] += 1
+                histogram[3, keys[j + 3]] += 1
+            for j in range(whole, size):
+                histogram[0, keys[j]] += 1
         for d in range(n_bins):
             relevant = histogram[0, 2 * d + 1] + histogram[1, 2 * d + 1] + histogram[2, 2 * d + 1] + histogram[3, 2 * d + 1]
             relevant_counts[q, d] = relevant
@@ -137,29 +154,34 @@ def _count_kernel(query_codes, query_labels, database_codes_t, database_labels_t
             latest[d] = nearer + (nearer_relevant << 32)
             nearer += distance_counts[q, d]
             nearer_relevant += relevant_counts[q, d]
-        for j in range(n_items):
-            if keys[j] >> 1 == nearest:
-                top1[q] = j
-                break
-        relevant_items = np.empty(relevant_counts[q].sum() + 1, np.int64)
-        written = 0
-        for j in range(n_items):
-            key = np.int64(keys[j])
-            relevant = key & 1
-            packed = latest[key >> 1] + 1 + (relevant << 32)
-            latest[key >> 1] = packed
-            relevant_items[written] = packed  # kept only when relevant: the slot is reused otherwise
-            written += relevant
+        relevant_items = np.empty(min(block, n_items), np.int64)
         hit_count = np.zeros(n_cutoffs, np.int64)
         precision_sum = np.zeros(n_cutoffs, np.float64)
-        for i in range(written):
-            rank = relevant_items[i] & 0xFFFFFFFF
-            precision = (relevant_items[i] >> 32) / rank
-            m = n_cutoffs - 1  # cutoffs ascend: stop at the first one the rank exceeds
-            while m >= 0 and rank <= cutoffs[m]:
-                hit_count[m] += 1
-                precision_sum[m] += precision
-                m -= 1
+        for start in range(0, n_items, block):
+            size = min(block, n_items - start)
+            if n_blocks > 1:
+                _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, database_labels_t, keys, shares)
+            if top1[q] < 0:
+                for j in range(size):
+                    if keys[j] >> 1 == nearest:
+                        top1[q] = start + j
+                        break
+            written = 0
+            for j in range(size):
+                key = np.int64(keys[j])
+                relevant = key & 1
+                packed = latest[key >> 1] + 1 + (relevant << 32)
+                latest[key >> 1] = packed
+                relevant_items[written] = packed  # kept only when relevant: the slot is reused otherwise
+                written += relevant
+            for i in range(written):
+                rank = relevant_items[i] & 0xFFFFFFFF
+                precision = (relevant_items[i] >> 32) / rank
+                m = n_cutoffs - 1  # cutoffs ascend: stop at the first one the rank exceeds
+                while m >= 0 and rank <= cutoffs[m]:
+                    hit_count[m] += 1
+                    precision_sum[m] += precision
+                    m -= 1
         hits[q, :] = hit_count
         precision_sums[q, :] = precision_sum
 
@@ -186,9 +208,11 @@ def count_ranks(query_words: np.ndarray, query_label_words: np.ndarray, database
         np.zeros((n_queries, n_bits + 1), np.int64), np.zeros((n_queries, n_bits + 1), np.int64), cuts,
         np.zeros((n_queries, len(cuts)), np.int64), np.zeros((n_queries, len(cuts)), np.float64), np.full(n_queries, -1, np.int64),
     )
+    key_type = np.uint8 if 2 * n_bits + 1 <= 255 else np.uint16
+    block = max(64, memory_bytes // (numba.get_num_threads() * CPU_BYTES_PER_ITEM))
     _count_kernel(
         np.ascontiguousarray(query_words), np.ascontiguousarray(query_label_words), np.ascontiguousarray(database_words.T), np.ascontiguousarray(database_label_words.T),
-        np.zeros(0, np.uint8 if 2 * n_bits + 1 <= 255 else np.uint16), cuts, counts.distance_counts, counts.relevant_counts, counts.hits, counts.precision_sums, counts.top1, stable,
+        np.zeros(0, key_type), block, cuts, counts.distance_counts, counts.relevant_counts, counts.hits, counts.precision_sums, counts.top1, stable,
     )
     return counts
 

@@ -205,3 +205,12 @@ def test_unknown_metric_lists_the_families():
     for bad in ("ndcg@10", "p@tie", "map@r2", "map@0"):
         with pytest.raises(ValueError, match="map@K|at least 1"):
             parse_metric(bad)
+
+
+def test_database_blocks_bound_the_kernel_scratch_without_changing_any_count():
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(10, 25, 3000, 24, 7)
+    args = (code_words(query_bits), label_words(query_labels, 7), code_words(db_bits), label_words(db_labels, 7), 24, (1, 10, 1000, 3000))
+    whole, blocked = count_ranks(*args), count_ranks(*args, memory_bytes=1)  # 64-item blocks: 47 of them
+    for name in ("distance_counts", "relevant_counts", "hits", "top1"):
+        np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name), err_msg=name)
+    np.testing.assert_allclose(blocked.precision_sums, whole.precision_sums, rtol=0, atol=1e-12)
