@@ -136,7 +136,7 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
         paths = leaderboard_figures(rows, metrics, caption(rows).split("; cells:")[0], stem)
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
-            parts.append(f"### Figures: {caption(rows).split(';')[0]}\n\nPR curves by Hamming radius, P@k (stable ties), metrics against code length; computed from the stored codes.\n\n{links}")
+            parts.append(f"### Figures: {'; '.join(caption(rows).split('; ')[:2])}\n\nPR curves by Hamming radius, P@k (stable ties), metrics against code length; computed from the stored codes.\n\n{links}")
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 

@@ -15,5 +15,5 @@ $hb run --methods dafh,hashnet --bits 32 --split slice "${common[@]}"
 for suite in paper-table3 paper-table4 paper-table5; do
     $hb leaderboard --out runs --suite "$suite" --format md --output "$suite.md"
 done
-$hb leaderboard --out runs --metrics map@1 map@10 map@all --format md --output all-cells.md
+$hb leaderboard --out runs --metrics map@1 map@10 map@all map@tie map@tie-best map@tie-worst p@r2 --format md --output all-cells.md
 $hb confusion "$(dirname "$(grep -l '"split": "patient"' runs/phantom/dafh/32bits/seed0-*/config.json)")" --output-dir .
