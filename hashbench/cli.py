@@ -489,12 +489,14 @@ def search_command(
 def confusion_command(
     cell: Path = typer.Argument(..., help="A finished cell's directory (it holds codes.npz and metrics.json)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where to write confusion.png and confusion.md (default: the cell's directory)."),
+    metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-class metrics to tabulate beside the matrix."),
 ) -> None:
-    """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3), as PNG and markdown."""
+    """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3) and per-class metrics, as PNG and markdown."""
     from hashbench import plots
-    from hashbench.evaluate import evaluate_packed, top1_confusion
-    from hashbench.results import is_finished, load_codes
+    from hashbench.evaluate import evaluate_packed, per_class, top1_confusion
+    from hashbench.results import is_finished, load_codes, per_query
 
+    _check_metrics(metrics)
     if not is_finished(cell):
         console.print(f"[red]error:[/red] {cell} is not a finished cell (no metrics.json)")
         raise typer.Exit(2)
@@ -508,5 +510,12 @@ def confusion_command(
     target = output_dir or cell
     target.mkdir(parents=True, exist_ok=True)
     plots.confusion_png(matrix, names, title, target / "confusion.png")
-    (target / "confusion.md").write_text(plots.confusion_markdown(matrix, names, title))
+    by_class = {metric: per_class(per_query(cell, metric), codes["query_labels"], names) for metric in metrics}
+    (target / "confusion.md").write_text(plots.confusion_markdown(matrix, names, title) + "\n" + plots.per_class_markdown(by_class, names))
+    table = Table(title="per-class metrics (mean over the class's queries)")
+    for column in ("class", *metrics):
+        table.add_column(column, justify="right")
+    for name in names:
+        table.add_row(name, *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
+    console.print(table)
     console.print(f"wrote {target / 'confusion.png'} and {target / 'confusion.md'}; MAP@1 {np.trace(matrix) / max(matrix.sum(), 1):.3f}")

@@ -22,6 +22,15 @@ def confusion_markdown(matrix: np.ndarray, names: list[str], title: str) -> str:
     return f"### {title}\n\nMAP@1 = {overall:.3f} over {matrix.sum()} queries.\n\n" + "\n".join([header, rule, *rows]) + "\n"
 
 
+def per_class_markdown(by_class: dict[str, dict[str, float]], names: list[str]) -> str:
+    """Per-class metric table: one row per query class."""
+    metrics = list(by_class)
+    header = "| class | " + " | ".join(m.upper() for m in metrics) + " |"
+    rule = "|" + "---|" * (len(metrics) + 1)
+    rows = [f"| {name} | " + " | ".join(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics) + " |" for name in names]
+    return "### Per-class metrics (mean over each class's queries)\n\n" + "\n".join([header, rule, *rows]) + "\n"
+
+
 def confusion_png(matrix: np.ndarray, names: list[str], title: str, path: Path) -> None:
     plt = _pyplot()
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)

@@ -81,3 +81,15 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     matrix = top1_confusion(ranking.counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
     assert np.trace(matrix) / matrix.sum() == pytest.approx(stored, abs=1e-12)
     np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(codes["query_labels"], minlength=len(codes["class_names"])))
+    # per-class rows: each class's share of the diagonal is its MAP@1, and the classes' MAP@10 average back to the cell's
+    from hashbench.evaluate import per_class
+    from hashbench.results import per_query
+
+    names = [str(n) for n in codes["class_names"]]
+    by_class = per_class(per_query(directory, "map@10"), codes["query_labels"], names)
+    counts = np.bincount(codes["query_labels"], minlength=len(names))
+    overall = sum(by_class[n] * counts[i] for i, n in enumerate(names) if n in by_class) / counts.sum()
+    assert overall == pytest.approx(json.loads((directory / "metrics.json").read_text())["metrics"]["map@10"], abs=1e-12)
+    for i, name in enumerate(names):
+        if counts[i]:
+            assert f"| {name} | {matrix[i, i] / counts[i]:.3f} | {by_class[name]:.3f} |" in text
