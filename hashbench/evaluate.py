@@ -109,10 +109,6 @@ class Metric:
     cutoff: int | None = None  # a rank cutoff the stable pass tracks; None for none
     needs_all: bool = False  # tracks the whole ranking (cutoff = database size)
 
-    @property
-    def stable(self) -> bool:
-        return self.cutoff is not None or self.needs_all
-
 
 METRIC_PATTERN = re.compile(r"^(?P<family>map|p)@(?:(?P<k>\d+)|(?P<all>all)|(?P<tie>tie(?:-best|-worst)?)|r(?P<radius>\d+))$")
 METRIC_HELP = "map@K, map@all, p@K, p@all, map@tie, map@tie-best, map@tie-worst, p@rR (precision within Hamming radius R)"
@@ -171,7 +167,12 @@ def evaluate_packed(
     device: str = "auto",
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
 ) -> Evaluation:
-    """All ``metrics`` from one ranking pass over packed codes (np.packbits rows)."""
+    """All ``metrics`` from one ranking pass over packed codes (np.packbits rows).
+
+    ``curve_cutoffs``: extra rank cutoffs to count, for :func:`precision_curve`. ``device``: 'auto' (CUDA when
+    torch sees one, else the CPU kernel), 'cpu', or a torch device. ``memory_bytes`` bounds the scratch memory
+    (CPU: database blocks over all threads; GPU: query chunks); it never changes a result.
+    """
     parsed = [parse_metric(name) for name in metrics]
     n_items = len(database_packed)
     cutoffs = {m.cutoff for m in parsed if m.cutoff} | ({n_items} if any(m.needs_all for m in parsed) else set()) | set(curve_cutoffs)
