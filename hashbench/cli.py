@@ -447,6 +447,36 @@ def _check_metrics(metrics: List[str]) -> None:
             raise typer.BadParameter(exc.args[0], param_hint="--metrics") from None
 
 
+@app.command("ties")
+def ties_command(
+    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
+) -> None:
+    """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""
+    from hashbench.evaluate import evaluate_packed, tie_diagnostics
+    from hashbench.results import load_codes
+
+    cells = _cells(out, dataset)
+    if cells.empty:
+        console.print(f"no finished cells under {out}")
+        return
+    columns = {"map@1-best": "MAP@1 best", "map@1-worst": "MAP@1 worst", "map@tie": "mAP tie-aware", "map@tie-best": "mAP best", "map@tie-worst": "mAP worst", "nearest_tie_size": "nearest tie (items)", "occupied_buckets": "buckets", "largest_bucket_share": "largest bucket", "bit_balance": "bit balance", "dead_bits": "dead bits"}
+    table = Table(title="tie diagnostics", caption="best / worst: relevant items first / last in every group of equal Hamming distance; bit balance 1 = every bit halves the database", caption_justify="left")
+    for column in ("cell", *columns.values()):
+        table.add_column(column, justify="right" if column != "cell" else "left")
+    for row in cells.sort_values(["dataset", "method", "bits", "seed"]).itertuples():
+        try:
+            codes = load_codes(row.directory)
+        except FileNotFoundError:
+            continue
+        counts = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",)).counts
+        bits = np.unpackbits(codes["database_codes"], axis=1)[:, : int(codes["bits"])].astype(bool)
+        found = tie_diagnostics(counts, bits)
+        values = [f"{found[k]:.3f}" if isinstance(found[k], float) else str(found[k]) for k in columns]
+        table.add_row(f"{row.dataset}/{row.method}/{row.bits}/seed{row.seed} {row.split}", *values)
+    console.print(table)
+
+
 @app.command("search")
 def search_command(
     cell: Path = typer.Argument(..., help="A finished cell's directory: its model encodes the queries, its database codes are searched."),

@@ -100,3 +100,14 @@ def test_markdown_leaderboard_writes_its_figures_beside_it(toy_results, tmp_path
     text = target.read_text()
     for name in ("leaderboard-pr.png", "leaderboard-precision-at-k.png", "leaderboard-metrics-vs-bits.png"):
         assert (target.parent / name).stat().st_size > 10_000 and f"]({name})" in text
+
+
+def test_ties_command_reports_bounds_buckets_and_balance(toy_results):
+    result = CliRunner().invoke(app, ["ties", "--out", str(toy_results)])
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.output.splitlines() if "toy/random/16/seed0" in line)
+    cells = [c.strip() for c in row.split("│")]
+    best, worst, tie_aware, map_best, map_worst = map(float, cells[2:7])
+    assert worst <= best and map_worst <= tie_aware <= map_best
+    assert int(cells[11]) == 0  # random codes: no dead bit
+    assert float(cells[10]) > 0.9  # and balanced bits
