@@ -379,7 +379,7 @@ def leaderboard_command(
 def _cells_of(cells, name: str, bits: int | None, dataset: str | None):
     """The finished cells (seeds) one side of ``compare`` names: a cell directory, or a method."""
     if Path(name).is_dir():
-        chosen = cells[cells["directory"] == str(Path(name))]
+        chosen = cells[[Path(d).resolve() == Path(name).resolve() for d in cells["directory"]]]
         if chosen.empty:
             raise typer.BadParameter(f"{name} is not a finished cell under --out", param_hint="A/B")
         return chosen

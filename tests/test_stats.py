@@ -111,3 +111,12 @@ def test_ties_command_reports_bounds_buckets_and_balance(toy_results):
     assert worst <= best and map_worst <= tie_aware <= map_best
     assert int(cells[11]) == 0  # random codes: no dead bit
     assert float(cells[10]) > 0.9  # and balanced bits
+
+
+def test_compare_accepts_cell_directories(toy_results):
+    coded = sorted((toy_results / "toy" / "coded" / "16bits").iterdir())[0].resolve()
+    copy = sorted((toy_results / "toy" / "copy" / "16bits").iterdir())[0]
+    result = CliRunner().invoke(app, ["compare", str(coded), str(copy), "--out", str(toy_results), "--metrics", "map@10"])
+    assert result.exit_code == 0, result.output
+    cells = [c.strip() for c in next(line for line in result.output.splitlines() if " map@10 " in line).split("│")]
+    assert cells[2].endswith("(n=1)") and cells[4] == "+0.000" and cells[7] == "n/a (one seed)"
