@@ -65,7 +65,7 @@ def caption(rows: pd.DataFrame) -> str:
     optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" for t in rows["train"]})
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
     changed = _changed_options(rows)
-    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}{changed}; {CELL_LEGEND}"
+    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}{changed}"
 
 
 def _changed_options(rows: pd.DataFrame) -> str:
@@ -95,7 +95,7 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
             table = pd.DataFrame(
                 {f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits}
             )
-            boards.append(Leaderboard(metric.upper(), caption(rows), table.rename_axis("method")))
+            boards.append(Leaderboard(metric.upper(), f"{caption(rows)}; {CELL_LEGEND}", table.rename_axis("method")))
     return boards
 
 
@@ -119,7 +119,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
         note = "Paper: TCIA collections, slice-level split, 224 px, 50 epochs, EfficientNet-B0 (presumably ImageNet weights)."
-        boards.append(Leaderboard(suite.title, f"{caption(rows)}. {note}", frame))
+        boards.append(Leaderboard(suite.title, f"{caption(rows)}; {CELL_LEGEND}. {note}", frame))
     return boards
 
 
@@ -133,10 +133,11 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
     for number, (_, rows) in enumerate(cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False), start=1):
         rows = rows.assign(row=_row_names(rows))
         stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
-        paths = leaderboard_figures(rows, metrics, caption(rows).split("; cells:")[0], stem)
+        described = caption(rows)
+        paths = leaderboard_figures(rows, metrics, described, stem)
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
-            parts.append(f"### Figures: {'; '.join(caption(rows).split('; ')[:2])}\n\nPR curves by Hamming radius, P@k (stable ties), metrics against code length; computed from the stored codes.\n\n{links}")
+            parts.append(f"### Figures: {'; '.join(described.split('; ')[:2])}\n\nPR curves by Hamming radius, P@k (stable ties), metrics against code length; computed from the stored codes.\n\n{links}")
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 
