@@ -252,7 +252,7 @@ def _count_torch(query_words, query_label_words, database_words, database_label_
         precision = torch.where(in_order, found / ranks, 0.0)
         summed = torch.cumsum(precision, dim=1)
         parts.append([n_at, r_at, found[:, cut_columns], summed[:, cut_columns], order[:, 0] if n_items else torch.full((len(q),), -1, device=device)])
-    columns = [torch.cat([part[i] for part in parts]).cpu().numpy() if parts else None for i in range(5)]
-    if not parts:
+    if not parts:  # no queries
         return RankCounts(np.zeros((0, n_bits + 1), np.int64), np.zeros((0, n_bits + 1), np.int64), cuts, np.zeros((0, len(cuts)), np.int64), np.zeros((0, len(cuts))), np.zeros(0, np.int64))
-    return RankCounts(columns[0], columns[1], cuts, columns[2].astype(np.int64), columns[3].astype(np.float64), columns[4].astype(np.int64))
+    n_at, r_at, found, summed, top1 = (torch.cat([part[i] for part in parts]).cpu().numpy() for i in range(5))
+    return RankCounts(n_at, r_at, cuts, found.astype(np.int64), summed.astype(np.float64), top1.astype(np.int64))

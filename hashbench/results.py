@@ -74,11 +74,21 @@ def load_codes(directory: Path) -> dict[str, np.ndarray]:
         return dict(data)
 
 
+@lru_cache(maxsize=8)
+def _read_codes(path: str, modified: float) -> dict[str, np.ndarray]:
+    """codes.npz read once per version of the file, for the readers below (tables ask per metric and per seed)."""
+    return load_codes(Path(path))
+
+
+def _codes(directory: Path | str) -> dict[str, np.ndarray]:
+    return _read_codes(str(directory), (Path(directory) / "codes.npz").stat().st_mtime)
+
+
 @lru_cache(maxsize=256)
 def _per_query(directory: str, metric: str, modified: float) -> np.ndarray:
     from hashbench.evaluate import evaluate_packed
 
-    codes = load_codes(Path(directory))
+    codes = _read_codes(directory, modified)
     stored = codes.get(f"per_query/{metric}")
     if stored is not None:
         return stored
@@ -92,7 +102,7 @@ def per_query(directory: Path | str, metric: str) -> np.ndarray:
 
 
 def query_ids(directory: Path | str) -> np.ndarray:
-    return load_codes(Path(directory))["query_ids"]
+    return _codes(directory)["query_ids"]
 
 
 def load_cells(out: Path) -> pd.DataFrame:
