@@ -1,15 +1,20 @@
 """The evaluator: every retrieval metric from one ranking pass, through one metric registry.
 
-Definitions follow ../shared/notes/metrics.md. The ranking is by ascending Hamming
-distance with ties broken by database index (a stable order), so results never depend
-on the machine's sort; the tie-aware metrics average over all tie orders instead. The
-counting itself (no sort, no query x database matrix) lives in :mod:`hashbench.ranking`.
+The definitions are in docs/metrics.md. The ranking is by ascending Hamming distance;
+inside a tie group items are ordered by a fixed seeded random key per database position
+(:func:`hashbench.ranking.tie_order`), so no class gains from how the database is stored,
+and ``tie_break="index"`` keeps storage order, the convention of published code. The
+tie-aware metrics average over all tie orders instead. The counting itself (no sort, no
+query x database matrix) lives in :mod:`hashbench.ranking`.
 
 Metric names (the registry, :func:`parse_metric`):
 
 - ``map@K`` / ``map@all``  AP over the top K, normalised by the relevant items found there
                             (the DAFH / DPSH / DeepHash convention; ``map@all`` is textbook AP)
 - ``p@K`` / ``p@all``      precision of the top K
+- ``p@K-tie``              P@K expected over all tie orders
+- ``map@1-tie``            MAP@1 expected over all tie orders (the same as ``p@1-tie``); there is no
+                            closed form for K > 1, so ``map@K-tie`` is refused there
 - ``map@tie``              tie-aware mAP: AP over the whole ranking, expected over all tie orders
 - ``map@tie-best`` / ``map@tie-worst``  the same AP with relevant items first / last in every tie
 - ``p@rR``                 precision within Hamming radius R (0 for a query with nothing inside)
@@ -26,11 +31,14 @@ from typing import Callable
 
 import numpy as np
 
-from hashbench.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words
+from hashbench.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words, tie_order
 
-DEFAULT_METRICS = ("map@1", "map@10", "map@all", "map@tie")  # what run and leaderboard show unless told
+DEFAULT_METRICS = ("map@1", "map@1-tie", "map@10", "map@all", "map@tie")  # what run and leaderboard show unless told
 TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
-STORED_METRICS = ("map@1", "map@10", "map@100", "map@all", *TIE_METRICS, "p@10", "p@r2")  # every cell stores these per query
+STORED_METRICS = ("map@1", "map@1-tie", "map@10", "map@100", "map@all", *TIE_METRICS, "p@10", "p@r2")  # every cell stores these per query
+TIE_BREAKS = ("random", "index")
+DEFAULT_TIE_BREAK = "random"
+DEFAULT_TIE_SEED = 0
 
 
 def binarize(codes: np.ndarray) -> np.ndarray:
@@ -63,13 +71,29 @@ def _before(counts: np.ndarray) -> np.ndarray:
 
 
 def average_precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
+    if not len(counts.cutoffs):  # an empty database: every cutoff was capped to 0
+        return np.zeros(len(counts.hits))
     column = counts.at(counts.n_database if k is None else k)
     return _ratio(counts.precision_sums[:, column], counts.hits[:, column])
 
 
 def precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
+    if not len(counts.cutoffs):  # an empty database
+        return np.zeros(len(counts.hits))
     k = counts.n_database if k is None else min(k, counts.n_database)
     return _ratio(counts.hits[:, counts.at(k)], k)
+
+
+def expected_precision_at(counts: RankCounts, k: int) -> np.ndarray:
+    """P@k expected over all orders within each tie group, from the histograms alone.
+
+    Each group has as many items in the top k as fit after the N items before it (all of its n, none, or
+    k - N for the group straddling k), and in expectation r / n of them are relevant.
+    """
+    k = min(k, counts.n_database)
+    n, r = counts.distance_counts, counts.relevant_counts
+    in_top = np.clip(k - _before(n), 0, n)
+    return _ratio(_ratio(r * in_top, n).sum(axis=1), k)
 
 
 def tie_aware_average_precision(counts: RankCounts, order: str = "expected") -> np.ndarray:
@@ -110,8 +134,8 @@ class Metric:
     needs_all: bool = False  # tracks the whole ranking (cutoff = database size)
 
 
-METRIC_PATTERN = re.compile(r"^(?P<family>map|p)@(?:(?P<k>\d+)|(?P<all>all)|(?P<tie>tie(?:-best|-worst)?)|r(?P<radius>\d+))$")
-METRIC_HELP = "map@K, map@all, p@K, p@all, map@tie, map@tie-best, map@tie-worst, p@rR (precision within Hamming radius R)"
+METRIC_PATTERN = re.compile(r"^(?P<family>map|p)@(?:(?P<k>\d+)(?P<expected>-tie)?|(?P<all>all)|(?P<tie>tie(?:-best|-worst)?)|r(?P<radius>\d+))$")
+METRIC_HELP = "map@K, map@all, p@K, p@all, p@K-tie, map@1-tie, map@tie, map@tie-best, map@tie-worst, p@rR (precision within Hamming radius R)"
 
 
 def parse_metric(name: str) -> Metric:
@@ -132,6 +156,10 @@ def parse_metric(name: str) -> Metric:
     k = int(match["k"])
     if k == 0:
         raise ValueError(f"{name}: k must be at least 1")
+    if match["expected"]:
+        if family == "map" and k > 1:
+            raise ValueError(f"{name}: the expected MAP@k over tie orders has no closed form for k > 1; use p@{k}-tie or map@tie")
+        return Metric(name, lambda counts: expected_precision_at(counts, k))  # MAP@1 is P@1
     return Metric(name, lambda counts: function(counts, k), cutoff=k)
 
 
@@ -166,30 +194,58 @@ def evaluate_packed(
     curve_cutoffs: tuple[int, ...] = (),
     device: str = "auto",
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    *,
+    tie_break: str = DEFAULT_TIE_BREAK,
+    tie_seed: int = DEFAULT_TIE_SEED,
 ) -> Evaluation:
     """All ``metrics`` from one ranking pass over packed codes (np.packbits rows).
 
     ``curve_cutoffs``: extra rank cutoffs to count, for :func:`precision_curve`. ``device``: 'auto' (CUDA when
     torch sees one, else the CPU kernel), 'cpu', or a torch device. ``memory_bytes`` bounds the scratch memory
     (CPU: database blocks over all threads; GPU: query chunks); it never changes a result.
+
+    ``tie_break``: 'random' orders each tie group by the key of :func:`~hashbench.ranking.tie_order` with
+    ``tie_seed``, whatever order the database is stored in; 'index' by database position, the stable
+    convention of published code (storage order: an ingested database is sorted by class, which favours the
+    lowest class in every tie). Either way ``counts.top1`` holds original database positions.
     """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
     parsed = [parse_metric(name) for name in metrics]
     n_items = len(database_packed)
     cutoffs = {m.cutoff for m in parsed if m.cutoff} | ({n_items} if any(m.needs_all for m in parsed) else set()) | set(curve_cutoffs)
     query_masks, database_masks = class_masks(query_labels, database_labels)
+    database_words = packed_words(database_packed)
+    if tie_break == "random":
+        # the kernel breaks ties by index, so rank the rows in key order: one gather, and both backends agree
+        order = tie_order(n_items, tie_seed)
+        database_words, database_masks = database_words[order], database_masks[order]
     counts = count_ranks(
-        packed_words(query_packed), query_masks, packed_words(database_packed), database_masks, n_bits,
+        packed_words(query_packed), query_masks, database_words, database_masks, n_bits,
         sorted(cutoffs), stable=bool(cutoffs), device=device, memory_bytes=memory_bytes,
     )
+    if tie_break == "random":
+        ranked = counts.top1 >= 0  # -1: an empty database
+        counts.top1[ranked] = order[counts.top1[ranked]]
     per_query = {m.name: m.per_query(counts) for m in parsed}
     means = {name: float(values.mean()) if len(values) else float("nan") for name, values in per_query.items()}
     return Evaluation(means, per_query, counts)
 
 
-def evaluate(query_bits: np.ndarray, query_labels: np.ndarray, database_bits: np.ndarray, database_labels: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS, **options) -> Evaluation:
-    """All ``metrics`` for boolean (n, bits) codes; ``options`` as for :func:`evaluate_packed`."""
+def evaluate(
+    query_bits: np.ndarray,
+    query_labels: np.ndarray,
+    database_bits: np.ndarray,
+    database_labels: np.ndarray,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    *,
+    tie_break: str = DEFAULT_TIE_BREAK,
+    tie_seed: int = DEFAULT_TIE_SEED,
+    **options,
+) -> Evaluation:
+    """All ``metrics`` for boolean (n, bits) codes; the tie rule and ``options`` as for :func:`evaluate_packed`."""
     query_bits, database_bits = np.asarray(query_bits, dtype=bool), np.asarray(database_bits, dtype=bool)
-    return evaluate_packed(pack(query_bits), query_labels, pack(database_bits), database_labels, query_bits.shape[1], metrics, **options)
+    return evaluate_packed(pack(query_bits), query_labels, pack(database_bits), database_labels, query_bits.shape[1], metrics, tie_break=tie_break, tie_seed=tie_seed, **options)
 
 
 # --- curves and breakdowns -----------------------------------------------------------
@@ -234,7 +290,7 @@ def tie_diagnostics(counts: RankCounts, database_bits: np.ndarray) -> dict[str, 
 
 
 def top1_confusion(counts: RankCounts, query_labels: np.ndarray, database_labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) counts: the query's class (row) against the class of its top-1 item (column), stable ties.
+    """(C, C) counts: the query's class (row) against the class of its top-1 item (column), under the evaluation's tie rule.
 
     The paper's Figure 3 (its 'MAP@1 confusion matrix'); the diagonal share of a row is that class's MAP@1.
     """

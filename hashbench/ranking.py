@@ -1,7 +1,8 @@
 """Hamming ranking without sorting: the per-query counts every metric is computed from.
 
 A ranking by ascending Hamming distance, ties broken by database index, is fully
-described for retrieval metrics by two things per query:
+described for retrieval metrics by two things per query (the evaluator chooses the tie
+order by permuting the database rows beforehand, see :func:`tie_order`):
 
 - the histograms over distance: ``n_d`` items and ``r_d`` relevant items at distance d
   (enough for the tie-aware metrics, their bounds, radius precision and PR curves);
@@ -21,6 +22,7 @@ queries, the chunk sized by ``memory_bytes``. Both backends give the same number
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numba
 import numpy as np
@@ -77,6 +79,31 @@ def label_words(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
         hot[np.arange(len(labels)), labels] = True
         labels = hot
     return packed_words(np.packbits(labels.astype(bool), axis=1))
+
+
+def _splitmix64_mix(x: np.ndarray) -> np.ndarray:
+    """The SplitMix64 finaliser on uint64 arrays (multiplications wrap modulo 2**64 by design)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@lru_cache(maxsize=8)
+def tie_order(n_items: int, seed: int) -> np.ndarray:
+    """Database positions in the seeded tie order: a random permutation fixed by a hash, not by numpy's RNG,
+    so it is the same on every machine and every numpy version.
+
+    key(position) = splitmix64_mix(seed * 2**32 + position), all arithmetic modulo 2**64, where
+    splitmix64_mix(x): z = x + 0x9E3779B97F4A7C15; z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EB; return z ^ (z >> 31). The order is the positions sorted by key
+    (a stable argsort: equal keys, practically never, fall back to position). Ranking the database permuted by
+    this order with ties by index breaks every tie by key.
+    """
+    positions = np.arange(n_items, dtype=np.uint64) + np.uint64(int(seed) * 2**32 % 2**64)
+    order = np.argsort(_splitmix64_mix(positions), kind="stable")
+    order.flags.writeable = False  # cached: shared by every evaluation of a database this size
+    return order
 
 
 @intrinsic

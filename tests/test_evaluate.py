@@ -7,8 +7,27 @@ import itertools
 import numpy as np
 import pytest
 
-from hashbench.evaluate import binarize, evaluate, pack, parse_metric, pr_by_radius, precision_curve, tie_diagnostics
-from hashbench.ranking import code_words, count_ranks, label_words
+from hashbench.evaluate import binarize, evaluate, pack, parse_metric, per_class, pr_by_radius, precision_curve, tie_diagnostics, top1_confusion
+from hashbench.ranking import code_words, count_ranks, label_words, tie_order
+
+MASK64 = 0xFFFFFFFFFFFFFFFF
+
+
+def splitmix64_key(seed, position):
+    """The tie key in plain Python integers: SplitMix64's finaliser of seed * 2**32 + position, modulo 2**64."""
+    z = (seed * 2**32 + position + 0x9E3779B97F4A7C15) & MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    return z ^ (z >> 31)
+
+
+def index_ties(n_items):
+    return list(range(n_items))
+
+
+def random_ties(seed):
+    """Tie keys of the random rule: the splitmix64 key, then the position (for equal keys)."""
+    return lambda n_items: [(splitmix64_key(seed, i), i) for i in range(n_items)]
 
 
 def distances_of(query, database):
@@ -26,25 +45,35 @@ def ap(relevant_in_order, normalise_by=None):
     return total / denominator if denominator else 0.0
 
 
-def reference(query_bits, query_labels, db_bits, db_labels, k):
-    """Plain Python: distances by loop, stable ranking by (distance, index), AP@k and P@k as in metrics.md."""
-    aps, precisions = [], []
+def ranking_of(query, db_bits, tie_keys):
+    """Database indices sorted by (distance, tie key): the whole ranking, in plain Python."""
+    distances, keys = distances_of(query, db_bits), tie_keys(len(db_bits))
+    return sorted(range(len(db_bits)), key=lambda i: (distances[i], keys[i]))
+
+
+def reference(query_bits, query_labels, db_bits, db_labels, ks, tie_keys=index_ties):
+    """Plain Python: ranking by (distance, tie key), then for each k (None: all) mean AP@k and P@k as in docs/metrics.md."""
+    aps, precisions = {k: [] for k in ks}, {k: [] for k in ks}
     for q in range(len(query_bits)):
-        distances = distances_of(query_bits[q], db_bits)
-        ranking = sorted(range(len(db_bits)), key=lambda i: (distances[i], i))
-        top = ranking[: (len(ranking) if k is None else k)]
-        relevant = [query_labels[q] == db_labels[i] for i in top]
-        aps.append(ap(relevant))
-        precisions.append(sum(relevant) / len(top))
-    return float(np.mean(aps)), float(np.mean(precisions))
+        ranking = ranking_of(query_bits[q], db_bits, tie_keys)
+        for k in ks:
+            relevant = [query_labels[q] == db_labels[i] for i in ranking[: (len(ranking) if k is None else k)]]
+            aps[k].append(ap(relevant))
+            precisions[k].append(sum(relevant) / len(relevant))
+    return {k: (float(np.mean(aps[k])), float(np.mean(precisions[k]))) for k in ks}
+
+
+def every_tie_order(query, query_label, db_bits, db_labels):
+    """The relevance list of the ranking under every order of every tie group, by enumeration."""
+    distances = distances_of(query, db_bits)
+    groups = [[db_labels[i] == query_label for i in range(len(db_bits)) if distances[i] == d] for d in sorted(set(distances))]
+    return [[x for group in orders for x in group] for orders in itertools.product(*[list(itertools.permutations(g)) for g in groups])]
 
 
 def tie_reference(query, query_label, db_bits, db_labels):
-    """AP over the whole ranking for every order of every tie group: (mean, max, min), by enumeration."""
-    distances = distances_of(query, db_bits)
-    groups = [[db_labels[i] == query_label for i in range(len(db_bits)) if distances[i] == d] for d in sorted(set(distances))]
-    total = sum(sum(g) for g in groups)
-    values = [ap([x for group in orders for x in group], normalise_by=total) for orders in itertools.product(*[list(itertools.permutations(g)) for g in groups])]
+    """AP over the whole ranking for every order of every tie group: (mean, max, min)."""
+    orders = every_tie_order(query, query_label, db_bits, db_labels)
+    values = [ap(order, normalise_by=sum(order)) for order in orders]
     return float(np.mean(values)), max(values), min(values)
 
 
@@ -53,16 +82,177 @@ def heavy_ties(seed, n_queries, n_items, bits, classes):
     return rng.random((n_queries, bits)) < 0.5, rng.integers(0, classes, n_queries), rng.random((n_items, bits)) < 0.5, rng.integers(0, classes, n_items)
 
 
-@pytest.mark.parametrize("bits", [4, 12, 16, 70])
-def test_stable_metrics_match_brute_force_on_random_codes_with_heavy_ties(bits):
-    query_bits, query_labels, db_bits, db_labels = heavy_ties(bits, 40, 300, bits, 5)
-    names = ("map@1", "map@10", "map@100", "map@all", "p@1", "p@10", "p@100", "p@all")
-    result = evaluate(query_bits, query_labels, db_bits, db_labels, names)
-    for k in (1, 10, 100, None):
-        expected_map, expected_p = reference(query_bits, query_labels, db_bits, db_labels, k)
+RANK_METRICS = ("map@1", "map@10", "map@100", "map@all", "p@1", "p@10", "p@100", "p@all")
+
+
+def assert_rank_metrics_match(result, expected):
+    for k, (expected_map, expected_p) in expected.items():
         suffix = "all" if k is None else k
         assert result.metrics[f"map@{suffix}"] == pytest.approx(expected_map, abs=1e-9)
         assert result.metrics[f"p@{suffix}"] == pytest.approx(expected_p, abs=1e-9)
+
+
+@pytest.mark.parametrize("bits", [4, 12, 16, 70])
+def test_stable_metrics_match_brute_force_on_random_codes_with_heavy_ties(bits):
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(bits, 40, 300, bits, 5)
+    result = evaluate(query_bits, query_labels, db_bits, db_labels, RANK_METRICS, tie_break="index")
+    assert_rank_metrics_match(result, reference(query_bits, query_labels, db_bits, db_labels, (1, 10, 100, None)))
+
+
+@pytest.mark.parametrize("bits, seed", [(4, 0), (4, 7), (12, 3), (12, 2**32 + 5)])
+def test_random_tie_rule_matches_brute_force_ranking_by_distance_then_key(bits, seed):
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(bits, 40, 300, bits, 5)
+    result = evaluate(query_bits, query_labels, db_bits, db_labels, RANK_METRICS, tie_break="random", tie_seed=seed)
+    expected = reference(query_bits, query_labels, db_bits, db_labels, (1, 10, 100, None), random_ties(seed))
+    assert_rank_metrics_match(result, expected)
+    # at 4 and 12 bits ties decide: the index order gives other numbers, so the check above could fail
+    stable = reference(query_bits, query_labels, db_bits, db_labels, (1, 10), index_ties)
+    assert any(abs(expected[k][0] - stable[k][0]) > 1e-3 for k in (1, 10))
+
+
+def test_tie_order_is_the_order_of_the_splitmix64_keys():
+    assert splitmix64_key(0, 0) == 0xE220A8397B1DCDAF  # the published first output of SplitMix64 from state 0
+    assert splitmix64_key(0, 1234567) == 6457827717110365317  # ... and from state 1234567
+    for seed in (0, 1, 12345, -3, 2**32 + 5):
+        order = tie_order(500, seed)
+        assert order.tolist() == sorted(range(500), key=lambda j: (splitmix64_key(seed, j), j))
+        np.testing.assert_array_equal(np.sort(order), np.arange(500))
+        np.testing.assert_array_equal(order, tie_order(500, seed))
+        # a key belongs to a position, so a smaller database keeps the same relative order
+        np.testing.assert_array_equal(tie_order(300, seed), order[order < 300])
+    assert not np.array_equal(tie_order(500, 0), tie_order(500, 1))
+    assert len(tie_order(0, 0)) == 0
+
+
+def test_expected_precision_and_map_at_1_are_the_expectation_over_all_tie_orders():
+    ks = (1, 2, 3, 5, 9, 20)  # 20 is beyond the database: capped at its 9 items, like p@K
+    names = (*(f"p@{k}-tie" for k in ks), "map@1-tie")
+    for seed in range(12):
+        query_bits, query_labels, db_bits, db_labels = heavy_ties(seed, 3, 9, 3, 2)
+        result = evaluate(query_bits, query_labels, db_bits, db_labels, names)
+        assert result.counts.hits.shape[1] == 0  # histograms only: no stable pass
+        for q in range(3):
+            orders = every_tie_order(query_bits[q], query_labels[q], db_bits, db_labels)
+            for k in ks:
+                top = min(k, 9)
+                assert result.per_query[f"p@{k}-tie"][q] == pytest.approx(np.mean([sum(order[:top]) / top for order in orders]), abs=1e-9)
+            assert result.per_query["map@1-tie"][q] == pytest.approx(np.mean([order[0] for order in orders]), abs=1e-9)
+
+
+def class_sorted_collapsed_database(classes=5, per_class=400, queries_per_class=200, bits=4):
+    """Integer codes and labels: every class draws from all 2**bits codes, favouring a few; stored class 0 first."""
+    rng = np.random.default_rng(0)
+    codes = np.arange(2**bits)
+
+    def draw(c, n):
+        weights = np.where(codes % classes == c, 4.0, 1.0)
+        return rng.choice(codes, n, p=weights / weights.sum())
+
+    db_codes = np.concatenate([draw(c, per_class) for c in range(classes)])
+    query_codes = np.concatenate([draw(c, queries_per_class) for c in range(classes)])
+    return query_codes, np.repeat(np.arange(classes), queries_per_class), db_codes, np.repeat(np.arange(classes), per_class)
+
+
+def test_class_sorted_database_with_massive_ties_is_order_neutral():
+    """5 classes x 400 items stored class 0 first (as an ingested database is), 4-bit codes: 16 buckets of ~125
+    items, every class in every bucket; 200 queries a class, each with a database code.
+
+    A query's nearest tie group is its own bucket, and with a fixed key per item every query of a bucket gets
+    the same top-1. So for one seed class c's MAP@1 is sum_b w_cb B_b, w_cb the share of class-c queries in
+    bucket b, B_b ~ Bernoulli(p_cb) with p_cb the share of class c in the bucket, independent over the disjoint
+    buckets: mean sum_b w_cb p_cb (map@1-tie), variance sum_b w_cb^2 p_cb (1 - p_cb). Averaged over S seeds the
+    standard error is sqrt(variance / S); it is the buckets, not the queries, that are the samples.
+    """
+    classes, bits, seeds = 5, 4, 40
+    query_codes, query_labels, db_codes, db_labels = class_sorted_collapsed_database(classes, bits=bits)
+    as_bits = lambda values: ((values[:, None] >> np.arange(bits)) & 1).astype(bool)
+    query_bits = as_bits(query_codes)
+    databases = {"stored": (as_bits(db_codes), db_labels), "reversed": (as_bits(db_codes[::-1]), db_labels[::-1])}
+    names = [str(c) for c in range(classes)]
+
+    def class_means(result, metric):
+        return np.array(list(per_class(result.per_query[metric], query_labels, names).values()))
+
+    in_bucket = np.array([np.bincount(db_codes[db_labels == c], minlength=2**bits) for c in range(classes)])
+    assert in_bucket.min() > 0  # every class in every bucket
+    share = in_bucket / in_bucket.sum(axis=0)  # p_cb
+    weight = np.array([np.bincount(query_codes[query_labels == c], minlength=2**bits) / np.sum(query_labels == c) for c in range(classes)])  # w_cb
+    standard_error = np.sqrt((weight**2 * share * (1 - share)).sum(axis=1) / seeds)
+    assert 8 * standard_error.max() < 0.25  # the widest tolerance below, far inside the index order's gap of 1.0
+
+    expected, random_map1, random_map10, random_p10, p10_tie = {}, {}, {}, {}, {}
+    for order, (db_bits, labels) in databases.items():
+        tie_free = evaluate(query_bits, query_labels, db_bits, labels, ("map@1-tie", "p@10-tie"))
+        expected[order], p10_tie[order] = class_means(tie_free, "map@1-tie"), class_means(tie_free, "p@10-tie")
+        runs = [evaluate(query_bits, query_labels, db_bits, labels, ("map@1", "map@10", "p@10"), tie_break="random", tie_seed=seed) for seed in range(seeds)]
+        random_map1[order] = np.array([class_means(run, "map@1") for run in runs])
+        random_map10[order] = np.array([class_means(run, "map@10") for run in runs])
+        random_p10[order] = np.array([class_means(run, "p@10") for run in runs])
+    np.testing.assert_allclose(expected["stored"], (share * weight).sum(axis=1), atol=1e-12)
+    np.testing.assert_allclose(expected["reversed"], expected["stored"], atol=1e-12)
+    np.testing.assert_allclose(p10_tie["reversed"], p10_tie["stored"], atol=1e-12)
+    for order in databases:
+        # random ties: per class, MAP@1 averages to map@1-tie within 4 standard errors, P@10 to p@10-tie
+        assert np.all(np.abs(random_map1[order].mean(axis=0) - expected[order]) <= 4 * standard_error), order
+        p10_error = random_p10[order].std(axis=0, ddof=1) / np.sqrt(seeds)
+        assert np.all(np.abs(random_p10[order].mean(axis=0) - p10_tie[order]) <= 4 * p10_error + 1e-12), order
+    assert np.all(np.abs(random_map1["stored"].mean(axis=0) - random_map1["reversed"].mean(axis=0)) <= 8 * standard_error)
+    # MAP@10 has no closed-form expectation: its standard errors from the spread over seeds
+    map10_error = np.sqrt((random_map10["stored"].var(axis=0, ddof=1) + random_map10["reversed"].var(axis=0, ddof=1)) / seeds)
+    assert np.all(np.abs(random_map10["stored"].mean(axis=0) - random_map10["reversed"].mean(axis=0)) <= 4 * map10_error)
+    assert map10_error.max() < 0.05
+
+    # index ties: storage order decides. Class 0 leads every bucket when stored first and trails when reversed
+    for order, (db_bits, labels) in databases.items():
+        index = evaluate(query_bits, query_labels, db_bits, labels, ("map@1", "map@10"), tie_break="index")
+        first, last = (0, classes - 1) if order == "stored" else (classes - 1, 0)
+        for metric in ("map@1", "map@10"):
+            by_class = class_means(index, metric)
+            assert by_class[first] == 1.0 and by_class[last] == 0.0, (order, metric, by_class)
+        # and it is exactly the stable-index brute force (the ranking depends on the query's code alone)
+        stored_codes = db_codes if order == "stored" else db_codes[::-1]
+        rankings = {code: sorted(range(len(stored_codes)), key=lambda i: (bin(code ^ stored_codes[i]).count("1"), i)) for code in set(query_codes.tolist())}
+        for k in (1, 10):
+            expected_ap = [ap([labels[i] == label for i in rankings[code][:k]]) for code, label in zip(query_codes, query_labels)]
+            np.testing.assert_allclose(index.per_query[f"map@{k}"], expected_ap, rtol=0, atol=1e-12)
+
+
+def test_torch_path_matches_the_kernel_under_the_random_tie_rule():
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(11, 30, 500, 12, 6)
+    names = ("map@1", "map@10", "map@all", "p@100", "map@tie")
+    kernel = evaluate(query_bits, query_labels, db_bits, db_labels, names, device="cpu", tie_seed=3)
+    on_torch = evaluate(query_bits, query_labels, db_bits, db_labels, names, device="torch:cpu", memory_bytes=4 * 500 * 64, tie_seed=3)
+    for name in ("distance_counts", "relevant_counts", "cutoffs", "hits", "top1"):
+        np.testing.assert_array_equal(getattr(on_torch.counts, name), getattr(kernel.counts, name), err_msg=name)
+    np.testing.assert_allclose(on_torch.counts.precision_sums, kernel.counts.precision_sums, rtol=0, atol=1e-12)
+    for name in names:
+        np.testing.assert_allclose(on_torch.per_query[name], kernel.per_query[name], rtol=0, atol=1e-12, err_msg=name)
+    index = evaluate(query_bits, query_labels, db_bits, db_labels, names, device="cpu", tie_break="index")
+    assert not np.array_equal(index.counts.top1, kernel.counts.top1)  # the rule changed the ranking on both paths
+
+
+def test_top1_is_an_original_database_position_under_the_random_rule():
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(12, 40, 200, 6, 4)
+    for seed, options in ((0, {}), (9, {"tie_seed": 9})):  # no options: the default rule, random with seed 0
+        result = evaluate(query_bits, query_labels, db_bits, db_labels, ("map@1",), **options)
+        top1 = [ranking_of(query_bits[q], db_bits, random_ties(seed))[0] for q in range(40)]
+        assert result.counts.top1.tolist() == top1
+        confusion = np.zeros((4, 4), dtype=np.int64)
+        for q in range(40):
+            confusion[query_labels[q], db_labels[top1[q]]] += 1
+        np.testing.assert_array_equal(top1_confusion(result.counts, query_labels, db_labels, 4), confusion)
+        assert np.trace(confusion) / 40 == pytest.approx(result.metrics["map@1"], abs=1e-12)
+    empty = evaluate(query_bits[:3], query_labels[:3], np.zeros((0, 6), bool), np.zeros(0, dtype=int), ("map@1",))
+    assert empty.counts.top1.tolist() == [-1, -1, -1]
+
+
+def test_unknown_tie_rule_and_map_at_k_tie_are_refused():
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(13, 2, 10, 4, 2)
+    with pytest.raises(ValueError, match="random, index"):
+        evaluate(query_bits, query_labels, db_bits, db_labels, ("map@1",), tie_break="distance")
+    with pytest.raises(ValueError, match="no closed form.*p@10-tie or map@tie"):
+        parse_metric("map@10-tie")
+    assert parse_metric("MAP@1-tie").name == "map@1-tie"
 
 
 def test_tie_aware_map_is_the_expectation_over_all_tie_orders():
@@ -110,8 +300,9 @@ def test_precision_within_radius_and_pr_curve_match_brute_force():
 def test_precision_curve_uses_the_stable_order():
     query_bits, query_labels, db_bits, db_labels = heavy_ties(8, 20, 150, 8, 3)
     ks = (1, 5, 50, 150)
-    result = evaluate(query_bits, query_labels, db_bits, db_labels, ("map@1",), curve_cutoffs=ks)
-    np.testing.assert_allclose(precision_curve(result.counts, ks), [reference(query_bits, query_labels, db_bits, db_labels, k)[1] for k in ks], atol=1e-12)
+    result = evaluate(query_bits, query_labels, db_bits, db_labels, ("map@1",), curve_cutoffs=ks, tie_break="index")
+    expected = reference(query_bits, query_labels, db_bits, db_labels, ks)
+    np.testing.assert_allclose(precision_curve(result.counts, ks), [expected[k][1] for k in ks], atol=1e-12)
 
 
 def test_torch_path_gives_the_same_counts_in_small_chunks():
@@ -148,7 +339,7 @@ def test_map_at_all_equals_sklearn_average_precision_with_distinct_distances():
     distances = np.array(distances_of(query_bits[0], db_bits), dtype=float)
     scores = -distances - np.arange(50) * 1e-6  # distinct scores, the stable order
     expected = average_precision_score(labels == 1, scores)
-    assert evaluate(query_bits, np.array([1]), db_bits, labels, ("map@all",)).metrics["map@all"] == pytest.approx(expected, abs=1e-9)
+    assert evaluate(query_bits, np.array([1]), db_bits, labels, ("map@all",), tie_break="index").metrics["map@all"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_string_labels_and_empty_sides():
@@ -168,13 +359,13 @@ def test_hand_worked_ranking():
     assert second.metrics["map@3"] == pytest.approx((1 / 1 + 2 / 3) / 2)  # 0.8333
 
 
-def test_ties_are_broken_by_database_index():
+def test_index_tie_rule_breaks_ties_by_database_index():
     query = np.array([[0, 0]], bool)
     database = np.array([[1, 0], [0, 1], [0, 0]], bool)  # distances 1, 1, 0
     # ranking: item 2 (d=0), then item 0, item 1 (tie by index)
     labels = np.array([1, 0, 0])
-    assert evaluate(query, np.array([1]), database, labels, ("map@2",)).metrics["map@2"] == pytest.approx(1 / 2)
-    assert evaluate(query, np.array([0]), database, labels, ("map@1",)).metrics["map@1"] == 1.0
+    assert evaluate(query, np.array([1]), database, labels, ("map@2",), tie_break="index").metrics["map@2"] == pytest.approx(1 / 2)
+    assert evaluate(query, np.array([0]), database, labels, ("map@1",), tie_break="index").metrics["map@1"] == 1.0
 
 
 def test_query_with_no_relevant_item_scores_zero_and_still_counts():
@@ -202,7 +393,7 @@ def test_sign_of_zero_is_plus_one_and_padding_bits_do_not_count():
 
 
 def test_unknown_metric_lists_the_families():
-    for bad in ("ndcg@10", "p@tie", "map@r2", "map@0"):
+    for bad in ("ndcg@10", "p@tie", "map@r2", "map@0", "p@all-tie", "p@0-tie"):
         with pytest.raises(ValueError, match="map@K|at least 1"):
             parse_metric(bad)
 
