@@ -1,0 +1,271 @@
+"""Where a backbone's starting weights come from, settled before any training starts.
+
+Training clusters are often offline. A run that asks for pretrained weights it cannot
+fetch must stop before the first epoch with a message that names the fix, not fail an
+hour in or quietly train from random init; and a result can only be compared with
+another if it records truthfully which weights it started from. Weights come from one
+of three sources:
+
+- ``hub``: the Hugging Face hub repository timm names for the model (``resnet50`` ->
+  ``timm/resnet50.a1_in1k``), read from the Hugging Face cache and downloaded into it
+  first where the machine is online;
+- ``file``: a local file named with ``--weights``, identified by its sha256, not its path,
+  so that the same weights give the same result identity on every machine;
+- ``random``: no pretrained weights.
+
+``--weights`` may be repeated and takes ``FILE`` (the run's default backbone),
+``MODEL=FILE``, or ``DIR`` (searched for ``<model>.safetensors``, ``.pth``, ``.pt`` or
+``.bin``, the model named with its timm tag, then without). A file given for a model
+wins over ``--pretrained/--no-pretrained``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import huggingface_hub
+import timm
+import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import RemoteEntryNotFoundError
+from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict
+from timm.models._hub import hf_split
+
+KINDS = ("random", "hub", "file")
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Where one backbone's starting weights come from: enough to load them again and to say so."""
+
+    model: str  # the timm name as used, possibly with a tag ("resnet50.a1_in1k")
+    kind: str  # "random" | "hub" | "file"
+    location: str = ""  # the hub repository id, or the file's absolute path
+    sha256: str = ""  # the file's digest
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"weight source kind {self.kind!r} is not one of {', '.join(KINDS)}")
+
+    def describe(self) -> str:
+        """For captions and records: where the weights came from, in words."""
+        if self.kind == "hub":
+            return f"pretrained weights from the Hugging Face hub ({self.location})"
+        if self.kind == "file":
+            return f"weights from file {self.location} (sha256 {self.sha256[:12]}…)"
+        return "random init"
+
+    def identity(self) -> str:
+        """For a result's identity hash: the same weights give the same identity on any machine."""
+        if self.kind == "hub":
+            return f"hub:{self.location}"
+        if self.kind == "file":
+            return f"file:sha256:{self.sha256}"
+        return "random"
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights that can be neither found in the cache nor downloaded; the message names the fixes."""
+
+    def __init__(self, source: WeightSource, reason: str):
+        self.source, self.reason = source, reason
+        repo_id, revision = hf_split(source.location)
+        download = f"hf download {repo_id} {HUB_FILENAMES[0]}" + (f" --revision {revision}" if revision else "")
+        url = huggingface_hub.hf_hub_url(repo_id, HUB_FILENAMES[0], revision=revision)
+        super().__init__(
+            f"Pretrained weights for {source.model} (Hugging Face hub {source.location}) are not available: {reason}.\n"
+            f"Fix: where there is internet, download them (`{download}`, or {url}), copy the file here and run with "
+            f"--weights {source.model}=PATH (or --weights DIR with the file saved as DIR/{source.model}.safetensors); "
+            f"or train from random init with --no-pretrained."
+        )
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """The weight files named with ``--weights``: per model (key None: the run's default backbone), and directories to search."""
+
+    by_model: dict[str | None, Path] = field(default_factory=dict)
+    directories: tuple[Path, ...] = ()
+
+    def for_model(self, model: str, default_model: str | None = None) -> Path | None:
+        """The file for ``model``: named for it (with or without its tag), the bare file if it is the default backbone, or found in a directory."""
+        names = tuple(dict.fromkeys((model, model.split(".")[0])))
+        for name in names:
+            if name in self.by_model:
+                return self.by_model[name]
+        if None in self.by_model:
+            if default_model is None:
+                raise ValueError(f"--weights {self.by_model[None]} names no model and there is no default backbone; write --weights MODEL=FILE")
+            if model == default_model:
+                return self.by_model[None]
+        for directory in self.directories:
+            for name in names:
+                for suffix in WEIGHT_SUFFIXES:
+                    candidate = directory / f"{name}{suffix}"
+                    if candidate.is_file():
+                        return candidate
+        return None
+
+
+def parse_weights_option(values: Iterable[str]) -> WeightFiles:
+    """Read ``--weights`` values (``FILE``, ``MODEL=FILE`` or ``DIR``); a path that does not exist is an error now, not after training."""
+    by_model: dict[str | None, Path] = {}
+    directories: list[Path] = []
+    for value in values:
+        model, has_model, path_text = value.partition("=")
+        if not has_model or Path(value).exists():  # a path may itself contain "="
+            model, path_text = None, value
+        elif not path_text:
+            raise ValueError(f"--weights {value}: no file after '='")
+        else:
+            _timm_cfg(model)  # an unknown model name fails here, with suggestions
+        path = Path(path_text).expanduser().resolve()
+        if not path.exists():
+            raise ValueError(f"--weights {value}: {path} does not exist")
+        if path.is_dir():
+            if model is not None:
+                raise ValueError(f"--weights {value}: {path} is a directory; name the weights file")
+            directories.append(path)
+            continue
+        if model in by_model:
+            raise ValueError(f"--weights names two files for {model or 'the default backbone'}: {by_model[model]} and {path}")
+        by_model[model] = path
+    return WeightFiles(by_model, tuple(directories))
+
+
+def _timm_cfg(model: str) -> PretrainedCfg:
+    """timm's pretrained config for ``model`` (honouring a tag); an unknown name or tag is a ValueError with suggestions."""
+    architecture = model.split(".")[0]
+    if not timm.is_model(model):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=3)
+        raise ValueError(f"timm has no model {model!r}" + (f"; did you mean {', '.join(close)}?" if close else ""))
+    try:
+        return get_pretrained_cfg(model)
+    except RuntimeError as error:  # timm's answer to an unknown tag
+        tagged = timm.list_pretrained(f"{architecture}.*")
+        raise ValueError(f"timm has no tag {model.partition('.')[2]!r} for {architecture}; its tagged weights are: {', '.join(tagged) or 'none'}") from error
+
+
+def resolve(model: str, pretrained: bool, files: WeightFiles | None = None, default_model: str | None = None) -> WeightSource:
+    """Decide where ``model``'s weights come from: a file given for it, else timm's hub weights if ``pretrained``, else random init."""
+    cfg = _timm_cfg(model)
+    path = files.for_model(model, default_model) if files is not None else None
+    if path is not None:
+        return WeightSource(model, "file", str(path), _file_sha256(path))
+    if not pretrained:
+        return WeightSource(model, "random")
+    if cfg.hf_hub_id:
+        return WeightSource(model, "hub", cfg.hf_hub_id)
+    if cfg.url:
+        raise ValueError(
+            f"timm fetches {model}'s weights from {cfg.url}, outside the Hugging Face cache, so they cannot be checked "
+            f"before training: download that file and run with --weights {model}=PATH, or run with --no-pretrained"
+        )
+    with_weights = timm.list_pretrained(f"*{cfg.architecture}*")[:10]
+    suggestion = f"models with weights: {', '.join(with_weights)}" if with_weights else "timm.list_pretrained() lists the models with weights"
+    raise ValueError(f"timm has no pretrained weights for {model}; {suggestion}; or run with --no-pretrained")
+
+
+def _file_sha256(path: Path) -> str:
+    """The file's sha256, computed once per version of the file (path, modification time, size)."""
+    status = path.stat()
+    return _sha256(str(path), status.st_mtime_ns, status.st_size)
+
+
+@lru_cache(maxsize=None)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_cached(source: WeightSource) -> bool:
+    """Whether the weights can be loaded without the network."""
+    if source.kind == "hub":
+        repo_id, revision = hf_split(source.location)
+        return any(isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision), str) for name in HUB_FILENAMES)
+    if source.kind == "file":
+        return Path(source.location).is_file()
+    return True
+
+
+def ensure_available(sources: Iterable[WeightSource]) -> None:
+    """Download every hub source's weights not yet cached (so each once), so that a machine without them stops before training."""
+    for source in sources:
+        if source.kind == "hub" and not is_cached(source):
+            _download(source)
+
+
+def _download(source: WeightSource) -> None:
+    """Fetch the file timm will load into the Hugging Face cache; the first failure to reach the hub is final."""
+    if hub_constants.HF_HUB_OFFLINE:
+        raise WeightsUnavailableError(source, f"offline (HF_HUB_OFFLINE is set) and not in the Hugging Face cache {hub_constants.HF_HUB_CACHE}")
+    repo_id, revision = hf_split(source.location)
+    for filename in HUB_FILENAMES:
+        try:
+            # One request without retries first: hf_hub_download retries an unreachable hub for about 20 s.
+            huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo_id, filename, revision=revision), timeout=hub_constants.HF_HUB_ETAG_TIMEOUT)
+            huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
+            return
+        except RemoteEntryNotFoundError:
+            continue  # the repository lacks this format; timm would read the next
+        except Exception as error:  # unreachable, unknown repository, gated: no weights either way
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise WeightsUnavailableError(source, f"the download failed ({type(error).__name__}: {first_line})") from error
+    raise WeightsUnavailableError(source, f"the repository holds none of {', '.join(HUB_FILENAMES)}")
+
+
+def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
+    """``timm.create_model`` with the weights ``source`` names; timm adapts them (``num_classes=0`` drops the classifier)."""
+    if source.kind == "random":
+        return timm.create_model(source.model, pretrained=False, **kwargs)
+    if source.kind == "hub":
+        ensure_available([source])
+        return timm.create_model(source.model, pretrained=True, **kwargs)
+    if _file_sha256(Path(source.location)) != source.sha256:
+        raise ValueError(f"{source.location} changed since it was chosen (sha256 {source.sha256[:12]}…); start the run again")
+    network = timm.create_model(source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location), **kwargs)
+    _check_file_loaded(network, source)
+    return network
+
+
+def _check_file_loaded(network: torch.nn.Module, source: WeightSource) -> None:
+    """timm loads a file leniently when it adapts the classifier, so a file whose tensor names differ (another model, a prefix) would leave the backbone random."""
+    in_file = set(load_state_dict(source.location))
+    classifiers = network.pretrained_cfg.get("classifier") or ()
+    classifier_prefixes = tuple(f"{name}." for name in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+    missing = [
+        name for name in network.state_dict()
+        if name not in in_file and not name.endswith("num_batches_tracked") and not name.startswith(classifier_prefixes)
+    ]
+    if missing:
+        raise ValueError(
+            f"{source.location} has no values for {len(missing)} of {source.model}'s tensors (e.g. {', '.join(missing[:3])}): "
+            f"it holds another model, or its names carry a prefix; save the backbone's own state_dict"
+        )
+
+
+def architectures(network: torch.nn.Module) -> list[str]:
+    """The timm models inside ``network``, in module order: what actually ran, as "architecture.tag".
+
+    The tag names timm's pretrained config (input size, normalisation), which timm sets
+    even for random init; the WeightSource says which weights were loaded.
+    """
+    names = []
+    for module in network.modules():
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("architecture"):
+            names.append(f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"])
+    return list(dict.fromkeys(names))
