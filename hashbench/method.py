@@ -12,9 +12,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Iterator, NamedTuple
 
 import numpy as np
-import timm
 import torch
 from torch import nn
+
+from hashbench.weights import WeightSource, create_backbone
 
 
 class HashOutput(NamedTuple):
@@ -45,9 +46,10 @@ class TrainSettings:
     nesterov: bool = False
     batch_size: int = 64
     head_lr_scale: float = 1.0  # the hash head's learning rate multiplier (HashNet, DPSH: x10)
+    lr_schedule: str = "constant"  # or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5 (see engine.LrSchedule)
 
     def with_overrides(self, values: dict[str, Any]) -> "TrainSettings":
-        return replace(self, **{k: type(getattr(self, k))(v) for k, v in values.items()})
+        return replace(self, **{k: _coerce(getattr(self, k), v, k) for k, v in values.items()})
 
 
 @dataclass
@@ -60,6 +62,7 @@ class MethodContext:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # for anything a method draws at random once (e.g. DPN's class targets)
     image_size: int = 224  # for heads whose width depends on feature-map size (DAFH)
+    weights: dict[str, WeightSource] = field(default_factory=dict)  # initial weights per backbone; missing: random init
 
 
 class HashNetwork(nn.Module):
@@ -101,14 +104,15 @@ class Method:
 
     Class attributes a method sets: ``paper`` (reference), ``options`` (its own
     hyperparameters with defaults, each overridable as ``--set name.key=value``),
-    ``train`` (optimiser and batch defaults). ``name`` and ``origin`` are set by
-    registration.
+    ``choices`` (the valid values of options that take one of a few), ``train``
+    (optimiser and batch defaults). ``name`` and ``origin`` are set by registration.
     """
 
     name: ClassVar[str] = ""
     origin: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     options: ClassVar[dict[str, Any]] = {}
+    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
     train: ClassVar[TrainSettings] = TrainSettings()
 
     def __init__(self, context: MethodContext):
@@ -118,19 +122,33 @@ class Method:
 
     @classmethod
     def resolve_options(cls, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split user overrides into (method options, train settings); unknown keys are errors."""
+        """Split user overrides into (method options, train settings); unknown keys and invalid values are errors."""
         train_keys = set(TrainSettings.__dataclass_fields__)
         unknown = set(overrides) - set(cls.options) - train_keys
         if unknown:
             valid = ", ".join(sorted(set(cls.options) | train_keys))
             raise ValueError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-        options = {k: _coerce(cls.options[k], v) for k, v in overrides.items() if k in cls.options}
+        options = {k: _coerce(cls.options[k], v, f"{cls.name}.{k}") for k, v in overrides.items() if k in cls.options}
+        for key, value in {**cls.options, **options}.items():
+            if key in cls.choices and value not in cls.choices[key]:
+                raise ValueError(f"{cls.name}: {key}={value!r} is not valid; valid: {', '.join(map(str, cls.choices[key]))}")
         train = {k: v for k, v in overrides.items() if k in train_keys}
         return options, train
 
-    def build_encoder(self, backbone: str, pretrained: bool) -> tuple[nn.Module, int]:
+    def backbones(self, run_backbone: str) -> list[str]:
+        """The timm models this method builds when the run's backbone is ``run_backbone`` (a variant may bring its own).
+
+        The run records them and checks them against what was actually built.
+        """
+        return [run_backbone]
+
+    def create_backbone(self, name: str, **kwargs) -> nn.Module:
+        """A timm model initialised as the run decided (ImageNet, a local file or random)."""
+        return create_backbone(self.context.weights.get(name) or WeightSource(name, "random", "", ""), **kwargs)
+
+    def build_encoder(self, backbone: str) -> tuple[nn.Module, int]:
         """A timm backbone with global pooling; returns the module and its feature width."""
-        encoder = timm.create_model(backbone, pretrained=pretrained, num_classes=0)
+        encoder = self.create_backbone(backbone, num_classes=0)
         return encoder, encoder.num_features
 
     def build_head(self, in_features: int) -> nn.Module:
@@ -140,8 +158,9 @@ class Method:
         """A module: ``loss(output, labels_onehot, indices, info) -> {term: tensor}``, summed by the engine."""
         raise NotImplementedError(f"{type(self).__name__} must define build_loss")
 
-    def build(self, backbone: str, pretrained: bool) -> tuple[HashNetwork, nn.Module]:
-        encoder, width = self.build_encoder(backbone, pretrained)
+    def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
+        """Network and loss for the run's backbone ``backbone``."""
+        encoder, width = self.build_encoder(backbone)
         return HashNetwork(encoder, self.build_head(width)), self.build_loss()
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -154,10 +173,21 @@ class Method:
         """Called before every training step, for continuation schedules (e.g. HashNet's beta)."""
 
 
-def _coerce(default: Any, value: Any) -> Any:
-    """Give an override the type of the option's default (CLI values arrive as text)."""
-    if default is None or isinstance(value, type(default)):
+def _coerce(default: Any, value: Any, name: str = "option") -> Any:
+    """Give an override the type of the option's default (CLI values arrive as text); a value that does not fit is an error."""
+    if default is None or isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool)):
         return value
     if isinstance(default, bool):
-        return str(value).lower() in ("1", "true", "yes", "on")
-    return type(default)(value)
+        text = str(value).lower()
+        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"{name}={value!r} is not valid; expected true or false")
+        return text in ("1", "true", "yes", "on")
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    try:
+        converted = type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not valid; expected {type(default).__name__}") from None
+    if isinstance(default, int) and isinstance(value, float) and converted != value:
+        raise ValueError(f"{name}={value!r} is not valid; expected a whole number")
+    return converted

@@ -1,1 +1,1 @@
-"""Built-in hashing methods (mapped to ``hashbench.methods``); the method interface lands with issue 3."""
+"""Built-in hashing methods (installed as ``hashbench.methods``): one file each, registered on import."""

@@ -3,7 +3,8 @@
 No code is published; this is hashbench's reading of sections 3.3.1-3.3.5. Every
 choice the paper leaves open is a named option (``--set dafh.KEY=VALUE``):
 
-- Backbone: an EfficientNet (B0 by default: the run's backbone, or ``backbone``).
+- Backbone: an EfficientNet: the run's backbone, or ``backbone``. The paper selected
+  EfficientNet-B6 (section 3.3.1); the ``full`` profile runs it with ImageNet weights.
 - AT (``attention``): CBAM on the output of the penultimate stage (EfficientNet:
   the penultimate MBConv stage, 192 x 7 x 7 for B0 at 224 px; ResNet: layer3), found
   from the timm model's stages at any input size. ``attention_inline`` (default on):
@@ -15,9 +16,17 @@ choice the paper leaves open is a named option (``--set dafh.KEY=VALUE``):
   Without LF only the backbone's pooled output feeds Linear1.
 - Ptanh (``ptanh``): H = tanh(alpha * z + b), alpha learnable and kept > 1
   (alpha = 1.001 + softplus(p), starting at 2); without it a plain tanh.
+- Classifier input (``classifier_input``): the paper conflicts with itself. Section
+  3.3.2 puts the classifier on Linear1's output (``linear1``, default); Algorithm 1
+  puts it on the hash codes (``hash``: a Linear(bits, classes) on the hash layer's
+  output H, so the focal loss also trains the hash layer).
 - Loss: lambda * (focal(anchor) + focal(positive) + focal(negative)) + beta *
   triplet(anchor, positive, negative); lambda 1/3, focal gamma 1.5, triplet margin
-  0.5 on the L2 distance of hash outputs (Table 2); beta = 1 (unstated).
+  0.5 on the L2 distance of hash outputs (Table 2); beta = 1 (unstated). Each focal
+  term is a mean over its items. ``triplet_reduction``: the triplet term as the mean
+  over the batch's B triplets (``mean``, default, torch's convention) or, as the paper
+  writes it, their sum (``sum``); sum = B x mean, so at batch 32 the paper's form
+  weighs the triplet term 32 times more against the focal terms.
 - Triplets: the positive shares the anchor's class, the negative does not, drawn
   at random from the training split (``mining="batch-hard"``: hardest positive and
   negative within the batch instead). ``batch_size`` counts triplets.
@@ -31,7 +40,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,9 +61,9 @@ def penultimate_stage(model: nn.Module) -> nn.Module:
 class TappedBackbone(nn.Module):
     """A timm backbone whose penultimate stage output goes through ``attention`` and is kept for the fusion."""
 
-    def __init__(self, name: str, pretrained: bool, attention: bool, inline: bool, image_size: int, reduction: int, kernel_size: int):
+    def __init__(self, backbone: nn.Module, attention: bool, inline: bool, image_size: int, reduction: int, kernel_size: int):
         super().__init__()
-        self.backbone = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        self.backbone = backbone
         stage = penultimate_stage(self.backbone)
         self.mid_shape = self._stage_shape(stage, image_size)
         self.attention = CBAM(self.mid_shape[0], reduction, kernel_size) if attention else None
@@ -87,10 +95,9 @@ class TappedBackbone(nn.Module):
 class DualBackbone(nn.Module):
     """Table 4's 'ViT + ResNet-50 (feature fusion)': the two pooled feature vectors, concatenated."""
 
-    def __init__(self, vit: str, cnn: str, pretrained: bool, image_size: int):
+    def __init__(self, vit: nn.Module, cnn: nn.Module):
         super().__init__()
-        self.vit = timm.create_model(vit, pretrained=pretrained, num_classes=0, img_size=image_size)
-        self.cnn = timm.create_model(cnn, pretrained=pretrained, num_classes=0)
+        self.vit, self.cnn = vit, cnn
         self.mid_shape = None
         self.num_features = self.vit.num_features + self.cnn.num_features
 
@@ -99,17 +106,15 @@ class DualBackbone(nn.Module):
 
 
 class FusionHead(nn.Module):
-    """Linear1 (-> classifier) and Linear2 (-> hash layer), with or without the inter-layer fusion."""
+    """Linear1 and Linear2 (-> hash layer), with or without the inter-layer fusion; the classifier reads Linear1 or the hash layer."""
 
-    def __init__(self, final_dim: int, mid_shape, n_classes: int, bits: int, fusion: bool, fusion_pool: str, width: int, ptanh: bool):
+    def __init__(self, final_dim: int, mid_shape, n_classes: int, bits: int, fusion: bool, fusion_pool: str, width: int, ptanh: bool, classifier_input: str):
         super().__init__()
-        if fusion_pool not in ("flatten", "pool"):
-            raise ValueError(f"dafh: fusion_pool={fusion_pool!r}; valid: flatten, pool")
-        self.fusion, self.pool = fusion, fusion_pool == "pool"
+        self.fusion, self.pool, self.classify_hash = fusion, fusion_pool == "pool", classifier_input == "hash"
         mid_flat = int(np.prod(mid_shape)) if fusion else 0
         mid_in = (mid_shape[0] if self.pool else mid_flat) if fusion else 0
         self.linear1 = nn.Linear(final_dim + mid_in, width)
-        self.classifier = nn.Linear(width, n_classes)
+        self.classifier = nn.Linear(bits if self.classify_hash else width, n_classes)
         self.linear2 = nn.Linear(width + mid_flat, bits, bias=not ptanh)
         self.hash = Ptanh(bits) if ptanh else nn.Tanh()
 
@@ -122,15 +127,14 @@ class FusionHead(nn.Module):
         else:
             hidden = F.relu(self.linear1(final))
             code = self.hash(self.linear2(hidden))
-        return HashOutput(code, self.classifier(hidden))
+        return HashOutput(code, self.classifier(code if self.classify_hash else hidden))
 
 
 class DafhLoss(nn.Module):
-    def __init__(self, gamma: float, margin: float, lam: float, beta: float, mining: str):
+    def __init__(self, gamma: float, margin: float, lam: float, beta: float, mining: str, triplet_reduction: str):
         super().__init__()
-        if mining not in ("random", "batch-hard"):
-            raise ValueError(f"dafh: mining={mining!r}; valid: random, batch-hard")
         self.gamma, self.margin, self.lam, self.beta, self.mining = gamma, margin, lam, beta, mining
+        self.triplet_reduction = triplet_reduction
 
     def forward(self, output, labels, indices, info):
         focal = sum(focal_loss(logits, targets, self.gamma) for logits, targets in zip(output.logits.chunk(3), labels.chunk(3)))
@@ -138,7 +142,7 @@ class DafhLoss(nn.Module):
             anchor, positive, negative = batch_hard_triplets(output.code, labels)
         else:
             anchor, positive, negative = output.code.chunk(3)
-        triplet = F.triplet_margin_loss(anchor, positive, negative, margin=self.margin)
+        triplet = F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, reduction=self.triplet_reduction)
         return {"focal": self.lam * focal, "triplet": self.beta * triplet}
 
 
@@ -148,21 +152,26 @@ class DAFH(Method):
     options = {
         "backbone": "", "attention": True, "attention_inline": True, "fusion": True, "ptanh": True, "fusion_pool": "flatten",
         "width": 512, "cbam_reduction": 16, "cbam_kernel": 7, "gamma": 1.5, "margin": 0.5, "lam": 1 / 3, "beta": 1.0,
-        "mining": "random", "vit": "",
+        "mining": "random", "vit": "", "triplet_reduction": "mean", "classifier_input": "linear1",
     }
+    choices = {"fusion_pool": ("flatten", "pool"), "mining": ("random", "batch-hard"), "triplet_reduction": ("mean", "sum"), "classifier_input": ("linear1", "hash")}
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=32)
 
-    def build(self, backbone: str, pretrained: bool) -> tuple[HashNetwork, nn.Module]:
+    def backbones(self, run_backbone: str) -> list[str]:
+        cnn = self.opt["backbone"] or run_backbone
+        return [self.opt["vit"], cnn] if self.opt["vit"] else [cnn]
+
+    def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
         opt, size = self.opt, self.context.image_size
-        name = opt["backbone"] or backbone
+        models = [self.create_backbone(name, num_classes=0, **({"img_size": size} if name == opt["vit"] else {})) for name in self.backbones(backbone)]
         if opt["vit"]:
-            encoder = DualBackbone(opt["vit"], name, pretrained, size)
+            encoder = DualBackbone(*models)
             final_dim = encoder.num_features
         else:
-            encoder = TappedBackbone(name, pretrained, opt["attention"], opt["attention_inline"], size, opt["cbam_reduction"], opt["cbam_kernel"])
+            encoder = TappedBackbone(models[0], opt["attention"], opt["attention_inline"], size, opt["cbam_reduction"], opt["cbam_kernel"])
             final_dim = encoder.backbone.num_features
-        head = FusionHead(final_dim, encoder.mid_shape, self.context.n_classes, self.bits, opt["fusion"] and encoder.mid_shape is not None, opt["fusion_pool"], opt["width"], opt["ptanh"])
-        return HashNetwork(encoder, head), DafhLoss(opt["gamma"], opt["margin"], opt["lam"], opt["beta"], opt["mining"])
+        head = FusionHead(final_dim, encoder.mid_shape, self.context.n_classes, self.bits, opt["fusion"] and encoder.mid_shape is not None, opt["fusion_pool"], opt["width"], opt["ptanh"], opt["classifier_input"])
+        return HashNetwork(encoder, head), DafhLoss(opt["gamma"], opt["margin"], opt["lam"], opt["beta"], opt["mining"], opt["triplet_reduction"])
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         return triplet_batches(labels, batch_size, rng)
@@ -185,4 +194,4 @@ _variant("dafh-ab-at-lf", "Table 5, EfficientNet + AT + LF", attention=True, fus
 # Table 4: other backbones inside DAFH (the EfficientNet row is dafh itself).
 _variant("dafh-resnet50", "Table 4, ResNet-50", backbone="resnet50", attention=False)
 _variant("dafh-resnet50-at", "Table 4, ResNet-50 + Attention", backbone="resnet50", attention=True)
-_variant("dafh-vit-resnet50", "Table 4, ViT + ResNet-50 (feature fusion)", backbone="resnet50", vit="vit_small_patch16_224", attention=False, fusion=False)
+_variant("dafh-vit-resnet50", "Table 4, ViT + ResNet-50 (feature fusion)", backbone="resnet50", vit="vit_base_patch16_224", attention=False, fusion=False)

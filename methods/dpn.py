@@ -9,7 +9,8 @@ Reference code: kamwoh/DPN. Also compared: DeepHash-pytorch (DHP).
   m = 1. Multi-label samples sum the loss over their labels (the authors' rule;
   DHP's sign(y T) is a variant not implemented here).
 - Head: linear without bias (authors); codes are sign(u).
-- Optimiser (authors): SGD lr 1e-4, momentum 0.9, weight decay 5e-4, batch 256.
+- Optimiser (authors): SGD lr 1e-4, momentum 0.9, weight decay 5e-4, batch 256,
+  lr x0.1 at half the epochs (``lr_schedule``; ``constant`` turns it off).
 """
 
 from __future__ import annotations
@@ -49,13 +50,12 @@ class PolarisationLoss(nn.Module):
 class DPN(Method):
     paper = "Fan et al., Deep Polarized Network for Supervised Learning of Accurate Binary Hashing Codes, IJCAI 2020"
     options = {"margin": 1.0, "targets": "random"}
-    train = TrainSettings(optimizer="sgd", lr=1e-4, weight_decay=5e-4, momentum=0.9, batch_size=256)
+    choices = {"targets": ("random", "balanced")}
+    train = TrainSettings(optimizer="sgd", lr=1e-4, weight_decay=5e-4, momentum=0.9, batch_size=256, lr_schedule="step:50%:0.1")
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits, bias=False)
 
     def build_loss(self) -> nn.Module:
-        if self.opt["targets"] not in ("random", "balanced"):
-            raise ValueError(f"dpn: targets={self.opt['targets']!r}; valid: random, balanced")
         targets = class_targets(self.context.n_classes, self.bits, self.context.seed, self.opt["targets"] == "balanced")
         return PolarisationLoss(targets, self.opt["margin"])

@@ -10,7 +10,8 @@ Reference code: jiangqy/DPSH-pytorch. Also compared: DeepHash-pytorch (DHP).
   mean form (``eta`` overrides it; DHP fixes eta = 0.1, about 3x too strong at 16 bits
   on 5,000 samples).
 - Head: linear, no squashing (the authors' network); codes are sign(u).
-- Optimiser (authors): SGD lr 0.05, weight decay 1e-5, batch 128.
+- Optimiser (authors): SGD lr 0.05, weight decay 1e-5, batch 128, lr x0.1 every
+  50 epochs (``lr_schedule``; it never fires within the paper's 50 epochs).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class PairwiseMemoryLoss(nn.Module):
 class DPSH(Method):
     paper = "Li, Wang, Kang, Feature Learning based Deep Supervised Hashing with Pairwise Labels, IJCAI 2016"
     options = {"lam": 10.0, "eta": 0.0}  # eta 0: lam * bits / n_train
-    train = TrainSettings(optimizer="sgd", lr=0.05, weight_decay=1e-5, momentum=0.0, batch_size=128)
+    train = TrainSettings(optimizer="sgd", lr=0.05, weight_decay=1e-5, momentum=0.0, batch_size=128, lr_schedule="step:50ep:0.1")
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits)

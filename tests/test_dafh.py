@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hashbench.components import CBAM, Ptanh, focal_loss, triplet_batches
-from hashbench.method import MethodContext, StepInfo
+from hashbench.method import HashOutput, MethodContext, StepInfo
 from hashbench.registry import REGISTRY
 
 INFO = StepInfo(0, 0, 1, 1)
@@ -17,7 +17,7 @@ INFO = StepInfo(0, 0, 1, 1)
 def build(name="dafh", bits=32, image_size=64, backbone="test_efficientnet", n_classes=4, **options):
     cls = REGISTRY.get(name)
     method = cls(MethodContext(bits, n_classes, 20, {**cls.options, **options}, seed=0, image_size=image_size))
-    network, loss = method.build(backbone, pretrained=False)
+    network, loss = method.build(backbone)
     return method, network, loss
 
 
@@ -112,6 +112,52 @@ def test_dafh_loss_is_lambda_times_three_focal_terms_plus_triplet():
     triplet = max(float(torch.dist(code[0], code[1]) - torch.dist(code[0], code[2])) + 0.3, 0.0)
     assert terms["focal"].item() == pytest.approx(0.5 * focal.item(), abs=1e-9)
     assert terms["triplet"].item() == pytest.approx(2.0 * triplet, abs=1e-6)
+
+
+def torch_triplet_distance(x, y, eps=1e-6):
+    """||x - y + eps||_2, as torch's triplet_margin_loss measures it (pairwise_distance adds eps to the difference)."""
+    return sum((float(a) - float(b) + eps) ** 2 for a, b in zip(x, y)) ** 0.5
+
+
+def test_triplet_reduction_sum_is_the_papers_sum_over_triplets_and_b_times_the_mean():
+    anchors = [[0.5, -0.5], [0.9, 0.1], [-0.3, 0.8]]
+    positives = [[0.4, -0.6], [-0.9, 0.2], [-0.2, 0.7]]
+    negatives = [[-0.9, 0.9], [0.8, 0.0], [-0.1, 0.9]]  # the first triplet is already satisfied, the other two are not
+    code = torch.tensor(anchors + positives + negatives, dtype=torch.float64)
+    labels = F.one_hot(torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 1]), 4).double()
+    output = HashOutput(code, torch.randn(9, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    hinges = [max(torch_triplet_distance(a, p) - torch_triplet_distance(a, n) + 0.5, 0.0) for a, p, n in zip(anchors, positives, negatives)]
+    assert hinges[0] == 0 and min(hinges[1:]) > 0
+    summed = build(triplet_reduction="sum")[2](output, labels, torch.arange(9), INFO)["triplet"].item()
+    mean = build()[2](output, labels, torch.arange(9), INFO)["triplet"].item()
+    assert summed == pytest.approx(sum(hinges), abs=1e-12)
+    assert mean == pytest.approx(sum(hinges) / 3, abs=1e-12)
+    assert summed == pytest.approx(3 * mean, abs=1e-12)
+
+
+def test_classifier_on_the_hash_layer_reads_the_codes_and_the_focal_loss_trains_the_hash_layer():
+    torch.manual_seed(0)
+    labels = F.one_hot(torch.tensor([0, 1, 0, 1, 2, 3]), 4).float()
+    images = torch.randn(6, 3, 64, 64)
+
+    def focal_gradients(network, loss):
+        output = network(images)
+        head = network.head
+        focal = loss(output, labels, torch.arange(6), INFO)["focal"]
+        hash_layer = [head.linear2.weight, head.hash.raw_alpha, head.hash.bias]
+        return output, torch.autograd.grad(focal, hash_layer, allow_unused=True)
+
+    _, network, loss = build(classifier_input="hash")
+    assert network.head.classifier.in_features == 32
+    output, gradients = focal_gradients(network, loss)
+    assert output.logits.shape == (6, 4)
+    assert torch.equal(output.logits, network.head.classifier(output.code))
+    assert all(g is not None and g.abs().sum() > 0 for g in gradients)
+
+    _, network, loss = build()  # section 3.3.2: the classifier reads Linear1, upstream of the hash layer
+    assert network.head.classifier.in_features == 512
+    _, gradients = focal_gradients(network, loss)
+    assert all(g is None for g in gradients)
 
 
 def test_triplet_sampler_respects_classes_and_uses_every_anchor_once():

@@ -22,15 +22,14 @@ def build(name, bits, n_classes=3, n_train=12, image_size=32, **options):
     cls = REGISTRY.get(name)
     light = {k: v for k, v in LIGHT.items() if k in cls.options and cls.options[k]}  # tiny stand-ins for the big backbones of Table 4
     method = cls(MethodContext(bits, n_classes, n_train, {**cls.options, **light, **options}, seed=0, image_size=image_size))
-    network, loss = method.build(BACKBONE, pretrained=False)
+    network, loss = method.build(BACKBONE)
     return method, network, loss
 
 
-@pytest.mark.parametrize("bits", [16, 32, 48])
-@pytest.mark.parametrize("name", REGISTRY.names())
-def test_every_method_builds_trains_a_step_and_gives_plus_minus_one_codes(name, bits):
+def train_a_step(name, bits, **options):
+    """Build, run one forward and backward pass, and check the loss, the gradients and the codes."""
     torch.manual_seed(0)
-    method, network, loss_fn = build(name, bits)
+    method, network, loss_fn = build(name, bits, **options)
     labels = F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float()
     images = torch.randn(6, 3, 32, 32)
     method.schedule(network, INFO)
@@ -44,6 +43,33 @@ def test_every_method_builds_trains_a_step_and_gives_plus_minus_one_codes(name, 
     assert not missing, f"parameters without a finite gradient: {missing[:5]}"
     codes = 2 * binarize(output.code.detach().numpy()).astype(int) - 1
     assert set(np.unique(codes)) <= {-1, 1}
+
+
+@pytest.mark.parametrize("bits", [16, 32, 48])
+@pytest.mark.parametrize("name", REGISTRY.names())
+def test_every_method_builds_trains_a_step_and_gives_plus_minus_one_codes(name, bits):
+    train_a_step(name, bits)
+
+
+NON_DEFAULT_CHOICES = [
+    (name, key, value)
+    for name in ("hashnet", "dsh", "dafh")
+    for key, values in REGISTRY.get(name).choices.items()
+    for value in values
+    if value != REGISTRY.get(name).options[key]
+]
+
+
+def test_the_non_default_choices_cover_every_option_that_takes_one_of_a_few():
+    assert {(name, key) for name, key, _ in NON_DEFAULT_CHOICES} >= {
+        ("hashnet", "pairing"), ("hashnet", "schedule"), ("dsh", "pair_gradient"),
+        ("dafh", "triplet_reduction"), ("dafh", "classifier_input"), ("dafh", "fusion_pool"), ("dafh", "mining"),
+    }
+
+
+@pytest.mark.parametrize("name, key, value", NON_DEFAULT_CHOICES, ids=[f"{n}-{k}={v}" for n, k, v in NON_DEFAULT_CHOICES])
+def test_every_non_default_choice_builds_and_trains_a_step(name, key, value):
+    train_a_step(name, 16, **{key: value})
 
 
 # --- brute-force references on hand-made codes ------------------------------------------
@@ -61,19 +87,53 @@ def dot(a, b):
     return sum(float(x) * float(y) for x, y in zip(a, b))
 
 
-def test_hashnet_weighted_pairwise_loss_by_hand():
-    _, _, loss_fn = build("hashnet", 4, alpha=0.5)
-    n = len(U)
-    pairs = [(i, j) for i in range(n) for j in range(n)]
-    n_similar = sum(similar(i, j) for i, j in pairs)
+def hashnet_by_hand(codes, classes, alpha, pairs):
+    """The paper's weighted loss over the (i, j) pairs given, weights from those pairs only."""
+    n_similar = sum(similar(i, j, classes) for i, j in pairs)
     n_dissimilar = len(pairs) - n_similar
     total = 0.0
     for i, j in pairs:
-        theta = 0.5 * dot(U[i], U[j])
-        weight = len(pairs) / n_similar if similar(i, j) else len(pairs) / n_dissimilar
-        total += weight * (math.log(1 + math.exp(theta)) - similar(i, j) * theta)
-    value = loss_fn(HashOutput(U), Y, torch.arange(n), INFO)["pairwise"].item()
-    assert value == pytest.approx(total / len(pairs), abs=1e-6)
+        theta = alpha * dot(codes[i], codes[j])
+        weight = len(pairs) / n_similar if similar(i, j, classes) else len(pairs) / n_dissimilar
+        total += weight * (math.log(1 + math.exp(theta)) - similar(i, j, classes) * theta)
+    return total / len(pairs)
+
+
+def hashnet_loss(codes, classes, **options):
+    _, _, loss_fn = build("hashnet", codes.shape[1], **options)
+    return loss_fn(HashOutput(codes), F.one_hot(torch.tensor(classes), 3).double(), torch.arange(len(codes)), INFO)["pairwise"]
+
+
+HALVES_CLASSES = [0, 1, 0, 2]  # across the halves: one similar pair (0, 2), three dissimilar
+
+
+def test_hashnet_by_default_pairs_the_first_half_of_the_batch_with_the_second():
+    halves = [(i, j) for i in (0, 1) for j in (2, 3)]
+    assert hashnet_loss(U, HALVES_CLASSES, alpha=0.5).item() == pytest.approx(hashnet_by_hand(U, HALVES_CLASSES, 0.5, halves), abs=1e-12)
+
+
+def test_hashnet_all_pairs_include_self_pairs_as_in_deephash_pytorch():
+    every_pair = [(i, j) for i in range(len(U)) for j in range(len(U))]
+    value = hashnet_loss(U, CLASSES, alpha=0.5, pairing="all").item()
+    assert value == pytest.approx(hashnet_by_hand(U, CLASSES, 0.5, every_pair), abs=1e-12)
+
+
+def test_hashnet_halves_leave_the_last_item_of_an_odd_batch_out():
+    last = torch.tensor([[0.3, 0.9, -0.6, 0.4]], dtype=torch.float64)
+    codes = torch.cat([U, last]).requires_grad_()
+    value = hashnet_loss(codes, HALVES_CLASSES + [0], alpha=0.5)
+    halves = [(i, j) for i in (0, 1) for j in (2, 3)]
+    assert value.item() == pytest.approx(hashnet_by_hand(codes.detach(), HALVES_CLASSES, 0.5, halves), abs=1e-12)
+    (gradient,) = torch.autograd.grad(value, codes)
+    assert gradient[:4].abs().sum() > 0 and torch.equal(gradient[4], torch.zeros(4, dtype=torch.float64))
+    other_last_item = hashnet_loss(torch.cat([U, -last]), HALVES_CLASSES + [1], alpha=0.5)
+    assert other_last_item.item() == value.item()
+
+
+@pytest.mark.parametrize("pairing", ["halves", "all"])
+def test_hashnet_loss_scale_one_half_is_the_authors_train_py_loss(pairing):
+    full = hashnet_loss(U, HALVES_CLASSES, pairing=pairing)
+    assert full.item() > 0 and hashnet_loss(U, HALVES_CLASSES, pairing=pairing, loss_scale=0.5).item() == 0.5 * full.item()
 
 
 def test_hashnet_alpha_defaults_to_ten_over_bits_and_beta_follows_the_authors_continuation():
@@ -132,6 +192,19 @@ def test_dsh_loss_by_hand():
     assert terms["regulariser"].item() == pytest.approx(regulariser, abs=1e-6)
 
 
+def test_dsh_half_pair_gradient_keeps_the_value_and_halves_only_the_pair_terms_gradient():
+    codes = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64, requires_grad=True)
+    labels = F.one_hot(torch.tensor([0, 0, 1, 1, 2, 0]), 3).double()
+    full = build("dsh", 4)[2](HashOutput(codes), labels, torch.arange(6), INFO)
+    half = build("dsh", 4, pair_gradient="half")[2](HashOutput(codes), labels, torch.arange(6), INFO)
+    assert half["pairs"].item() == full["pairs"].item() and half["regulariser"].item() == full["regulariser"].item()
+    (full_pairs,) = torch.autograd.grad(full["pairs"], codes)
+    (half_pairs,) = torch.autograd.grad(half["pairs"], codes)
+    assert full_pairs.abs().min() > 0
+    assert torch.equal(half_pairs, 0.5 * full_pairs)
+    assert torch.equal(torch.autograd.grad(half["regulariser"], codes)[0], torch.autograd.grad(full["regulariser"], codes)[0])
+
+
 def test_dsh_margin_defaults_to_twice_the_bits():
     assert build("dsh", 32)[2].margin == 64
 
@@ -161,3 +234,25 @@ def test_dpn_targets_are_seeded_and_balanced_on_request():
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown option.*valid: .*alpha"):
         REGISTRY.get("hashnet").resolve_options({"alpah": 1})
+
+
+@pytest.mark.parametrize(
+    "name, key, value, valid",
+    [
+        ("hashnet", "pairing", "thirds", "halves, all"),
+        ("hashnet", "schedule", "linear", "authors, dhp"),
+        ("dsh", "pair_gradient", "quarter", "full, half"),
+        ("dafh", "triplet_reduction", "max", "mean, sum"),
+        ("dafh", "classifier_input", "linear2", "linear1, hash"),
+        ("dafh", "fusion_pool", "max", "flatten, pool"),
+        ("dafh", "mining", "semi-hard", "random, batch-hard"),
+        ("dafh-ab-base", "triplet_reduction", "max", "mean, sum"),  # variants inherit the choices
+    ],
+)
+def test_a_value_outside_the_choices_is_rejected_at_plan_time_with_the_valid_ones(name, key, value, valid):
+    method = REGISTRY.get(name)
+    with pytest.raises(ValueError) as caught:
+        method.resolve_options({key: value})
+    assert str(caught.value) == f"{name}: {key}={value!r} is not valid; valid: {valid}"
+    chosen = valid.split(", ")[-1]
+    assert method.resolve_options({key: chosen}) == ({key: chosen}, {})
