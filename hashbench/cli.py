@@ -153,7 +153,7 @@ def datasets_command() -> None:
 
 # --- methods, runs and leaderboards ---------------------------------------------------
 
-MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics"}
+MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics", "--weights"}
 COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics"}
 
 
@@ -239,70 +239,91 @@ def run_command(
     bits: List[int] = typer.Option([], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48 (default 16 32 48, or the suite's)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Run a paper table: paper-table3, paper-table4, paper-table5 (its methods and bits)."),
     seeds: List[int] = typer.Option([0], "--seeds", help="Training seeds; the leaderboard shows mean +/- std over them."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the database/query split; vary it to measure split variance."),
     dataset: str = typer.Option("phantom", "--dataset", help="An ingested dataset (see `hashbench datasets`); phantom is built on first use."),
-    backbone: Optional[str] = typer.Option(None, "--backbone", help="Any timm model name, the same for every method. Default: the profile's (quick: test_efficientnet, full: efficientnet_b0)."),
-    pretrained: bool = typer.Option(False, "--pretrained/--no-pretrained", help="Start from ImageNet weights (needs them downloadable or cached)."),
+    backbone: Optional[str] = typer.Option(None, "--backbone", help="Any timm model name, the same for every method. Default: the profile's (quick: test_efficientnet, full: tf_efficientnet_b6.aa_in1k, full-b0: efficientnet_b0)."),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="Start from ImageNet weights (default: the profile's; full: yes, quick: no)."),
+    weights: List[str] = typer.Option([], "--weights", help="Local weights: FILE (the run's backbone), MODEL=FILE, or DIR of MODEL.safetensors/.pth files. For machines without internet."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the profile's (quick: 30, full: 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the profile's (quick: 64, full: 224)."),
     split: str = typer.Option("patient", "--split", help="patient (default) or slice (the paper's)."),
     validation: float = typer.Option(0.0, "--validation", help="Share of the training side held out; its MAP@10 is logged each epoch (never used to pick an epoch)."),
+    augment: Optional[str] = typer.Option(None, "--augment", help="Training-image augmentation: none, paper, or e.g. rotation=10,scale=0.1,brightness=0.1,noise=0.02,blur=1 (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="quick or full; default: quick for the phantom on a CPU, else full."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="full (the paper's training protocol), full-b0 (cheaper backbone) or quick (CPU budget); default: quick for the phantom on a CPU, else full."),
     out: Path = typer.Option(Path("results"), "--out", help="Results root; finished cells there are skipped."),
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option([], "--set", help="Option override: method.key=value, or key=value for every method."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to compute and show."),
-    force: bool = typer.Option(False, "--force", help="Re-run finished cells."),
+    force: bool = typer.Option(False, "--force", help="Re-run finished cells (the old result stays until the new one is written)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan, one line per cell with its full configuration, and run nothing."),
+    as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per cell."),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
+    from hashbench import engine
     from hashbench.datasets import UnknownDatasetError, load_dataset
-    from hashbench.registry import REGISTRY, BrokenMethodError, UnknownMethodError
-    from hashbench.run import PROFILES, RunRequest, run_grid
+    from hashbench.registry import BrokenMethodError, UnknownMethodError
+    from hashbench.run import RunRequest, plan, run_grid
+    from hashbench.weights import WeightsUnavailableError
 
     _load_plugins(plugin)
     _check_metrics(metrics)
-    if profile is not None and profile not in PROFILES:
-        raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}", param_hint="--profile")
     chosen = _suite(suite)
     methods = list(methods) or (chosen.methods if chosen else [])
     bits = list(bits) or (list(chosen.bits) if chosen else [16, 32, 48])
     if not methods:
         raise typer.BadParameter("name methods (--methods hashnet,dpsh) or a suite (--suite paper-table3)", param_hint="--methods")
-    try:
-        for name in methods:
-            REGISTRY.get(name)
-        data = load_dataset(dataset, progress=True)
-    except (UnknownMethodError, BrokenMethodError, UnknownDatasetError) as exc:
-        console.print(f"[red]error:[/red] {exc.args[0]}")
-        raise typer.Exit(2) from None
     request = RunRequest(
-        methods=list(methods), bits=list(bits), seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained,
-        epochs=epochs, image_size=image_size, split=split, validation=validation, device=device, profile=profile, overrides=parse_overrides(overrides),
-        metrics=tuple(metrics), force=force,
+        methods=methods, bits=bits, seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained, weights=list(weights),
+        epochs=epochs, image_size=image_size, split=split, split_seed=split_seed, validation=validation, device=device, profile=profile,
+        augment=augment, overrides=parse_overrides(overrides), metrics=tuple(metrics), force=force,
     )
-
-    def report(outcome) -> None:
-        label = outcome.config.label()
-        if outcome.status == "done":
-            console.print(f"[green]done[/green] {label}: " + ", ".join(f"{k} {outcome.metrics[k]:.3f}" for k in metrics if k in outcome.metrics))
-        elif outcome.status == "skipped":
-            console.print(f"[dim]skipped {label}: finished earlier (--force to re-run)[/dim]")
-        else:
-            console.print(f"[red]failed[/red] {label}: {outcome.error}")
-
     try:
-        outcomes = run_grid(request, data, out, progress=True, on_cell=report)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        data = load_dataset(dataset, progress=True)
+        if dry_run:
+            planned = plan(request, data, engine.resolve_device(device))
+            _print_plan(planned, out, as_json)
+            return
+        outcomes = run_grid(request, data, out, progress=True, on_cell=lambda outcome: _report_cell(outcome, metrics))
+    except (UnknownMethodError, BrokenMethodError, UnknownDatasetError, WeightsUnavailableError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print("\n[yellow]interrupted[/yellow]: finished cells are kept and the current one resumes from its last epoch; run the same command again.")
         raise typer.Exit(130) from None
-    _print_leaderboard(out, tuple(metrics), data.name, chosen)
+    directories = {str(o.config.directory(out)) for o in outcomes}
+    _print_boards(_boards(out, tuple(metrics), None, chosen, directories))
     failed = [o for o in outcomes if o.status == "failed"]
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
+    console.print(f"{len(outcomes)} cells: {counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
     if failed:
-        console.print(f"[red]{len(failed)} cell(s) failed[/red]; details in each cell's failed.json")
+        for outcome in failed:
+            console.print(f"  [red]failed[/red] {outcome.config.label()}: {outcome.error.splitlines()[-1]}  ({outcome.config.directory(out) / 'failed.json'})")
         raise typer.Exit(1)
+
+
+def _report_cell(outcome, metrics: List[str]) -> None:
+    label = outcome.config.label()
+    note = f" [yellow]({outcome.note})[/yellow]" if outcome.note and outcome.status != "skipped" else ""
+    if outcome.status == "done":
+        console.print(f"[green]done[/green] {label}: " + ", ".join(f"{k} {outcome.metrics[k]:.3f}" for k in metrics if k in outcome.metrics) + note)
+    elif outcome.status == "skipped":
+        console.print(f"[dim]skipped {label}: {outcome.note}[/dim]")
+    else:
+        console.print(f"[red]failed[/red] {label}: {outcome.error}{note}")
+
+
+def _print_plan(planned, out: Path, as_json: bool) -> None:
+    """One line per cell: its full configuration and where it would be written."""
+    for cell in planned:
+        described = cell.describe(out)
+        if as_json:
+            print(json.dumps(described, default=str))
+            continue
+        flat = {k: v for k, v in described.items() if k not in ("cell", "directory")}
+        print(f"{described['cell']}: " + " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False)}" for k, v in flat.items()) + f" -> {described['directory']}")
+    if not as_json:
+        console.print(f"{len(planned)} cells planned; nothing was run (--dry-run).")
 
 
 def _suite(name: str | None):
@@ -314,35 +335,31 @@ def _suite(name: str | None):
         raise typer.BadParameter(exc.args[0], param_hint="--suite") from None
 
 
-def _cells(out: Path, dataset: str | None, suite=None):
-    from hashbench.results import load_cells
+def _cells(out: Path, dataset: str | None, suite=None, directories: set[str] | None = None):
+    from hashbench.results import ResultsStore
 
-    cells = load_cells(out)
-    if dataset is not None and not cells.empty:
-        cells = cells[cells["dataset"] == dataset]
-    if suite is not None and not cells.empty:
-        cells = cells[cells["method"].isin(suite.methods)]
+    cells = ResultsStore(out).table(dataset, suite.methods if suite else None)
+    if directories is not None and not cells.empty:
+        cells = cells[cells["directory"].isin(directories)]
     return cells
 
 
-def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None, suite=None) -> list:
+def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None, suite=None, directories: set[str] | None = None) -> list:
     from hashbench import leaderboard
 
-    cells = _cells(out, dataset, suite)
+    cells = _cells(out, dataset, suite, directories)
     return leaderboard.build_suite(cells, suite) if suite else leaderboard.build(cells, metrics)
 
 
-def _print_leaderboard(out: Path, metrics: tuple[str, ...], dataset: str | None = None, suite=None) -> list:
-    boards = _boards(out, metrics, dataset, suite)
+def _print_boards(boards: list) -> None:
     for board in boards:
-        table = Table(title=board.title, caption=board.caption, caption_justify="left")
+        table = Table(title=board.title, caption=f"{board.caption}; {board.legend}", caption_justify="left")
         table.add_column(board.table.index.name or "method")
         for column in board.table.columns:
             table.add_column(column, justify="right")
         for method, row in board.table.iterrows():
             table.add_row(str(method), *(str(value) for value in row))
         console.print(table)
-    return boards
 
 
 @app.command("leaderboard")
@@ -363,39 +380,18 @@ def leaderboard_command(
     _check_metrics(metrics)
     chosen = _suite(suite)
     if output_format == "rich":
-        if not _print_leaderboard(out, tuple(metrics), dataset, chosen):
+        boards = _boards(out, tuple(metrics), dataset, chosen)
+        _print_boards(boards)
+        if not boards:
             console.print(f"no finished cells under {out}")
         return
     text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset, chosen))
     target = output or out / (f"{suite}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     if figures:
-        cells = _cells(out, dataset, chosen)
-        text += "\n" + leaderboard.figures(cells, tuple(chosen.metrics if chosen else metrics), target)
+        text += "\n" + leaderboard.figures(_cells(out, dataset, chosen), tuple(chosen.metrics if chosen else metrics), target)
     target.write_text(text)
     console.print(f"wrote {target}" + (" and its figures beside it" if figures else ""))
-
-
-def _cells_of(cells, name: str, bits: int | None, dataset: str | None):
-    """The finished cells (seeds) one side of ``compare`` names: a cell directory, or a method."""
-    if Path(name).is_dir():
-        chosen = cells[[Path(d).resolve() == Path(name).resolve() for d in cells["directory"]]]
-        if chosen.empty:
-            raise typer.BadParameter(f"{name} is not a finished cell under --out", param_hint="A/B")
-        return chosen
-    chosen = cells[cells["method"] == name]
-    if dataset is not None:
-        chosen = chosen[chosen["dataset"] == dataset]
-    if bits is not None:
-        chosen = chosen[chosen["bits"] == bits]
-    if chosen.empty:
-        known = ", ".join(sorted(cells["method"].unique())) or "none"
-        raise typer.BadParameter(f"no finished cells of {name!r} with these filters; methods with results: {known}", param_hint="A/B")
-    groups = chosen.groupby(["dataset", "bits", "protocol"])
-    if groups.ngroups > 1:
-        listed = "; ".join(f"{d} {b} bits protocol {p}" for d, b, p in groups.groups)
-        raise typer.BadParameter(f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories", param_hint="A/B")
-    return chosen
 
 
 @app.command("compare")
@@ -408,32 +404,32 @@ def compare_command(
     out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
-    from hashbench import stats
-    from hashbench.results import load_cells, per_query, query_ids
+    from hashbench.results import ResultsStore
+    from hashbench.stats import compare_cells
 
     _check_metrics(metrics)
-    cells = load_cells(out)
-    if cells.empty:
-        console.print(f"[red]error:[/red] no finished cells under {out}")
-        raise typer.Exit(2)
-    sides = [_cells_of(cells, name, bits, dataset) for name in (a, b)]
-    reference = query_ids(sides[0]["directory"].iloc[0])
-    for side in sides:
-        for directory in side["directory"]:
-            if not np.array_equal(query_ids(directory), reference):
-                console.print(f"[red]error:[/red] {directory} was evaluated on other queries: compare cells of one dataset and split")
-                raise typer.Exit(2)
-    table = Table(title=f"A = {a}, B = {b}: A - B on the same {len(reference)} queries", caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)", caption_justify="left")
+    store = ResultsStore(out)
+    try:
+        sides = [store.select(name, bits, dataset) for name in (a, b)]
+        rows = compare_cells(*sides, tuple(metrics))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    n_queries = len(sides[0][0].query_ids())
+    flags = [sorted({c.collapse() for c in side if c.collapse()}) for side in sides]
+    warning = "".join(f"; {name} is {', '.join(f)}: its scores are not plain scores" for name, f in zip((a, b), flags) if f)
+    table = Table(
+        title=f"A = {a}, B = {b}: A - B on the same {n_queries} queries",
+        caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)" + warning,
+        caption_justify="left",
+    )
     for column in ("metric", "A", "B", "A - B", "95 % interval", "p (queries)", "p (seeds)"):
         table.add_column(column, justify="right")
-    for metric in metrics:
-        values = [np.stack([per_query(d, metric) for d in side["directory"]]) for side in sides]
-        result = stats.compare(*values)
+    for row in rows:
+        result = row.result
         p_seeds = "n/a (one seed)" if result.p_seeds is None else f"{result.p_seeds:.3g}"
-        table.add_row(
-            metric, f"{values[0].mean():.3f} (n={result.seeds[0]})", f"{values[1].mean():.3f} (n={result.seeds[1]})",
-            f"{result.difference:+.3f}", f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]", f"{result.p_queries:.3g}", p_seeds,
-        )
+        side_a, side_b = (f"{mean:.3f} (n={n}{'; ' + ', '.join(f) if f else ''})" for mean, n, f in zip((row.mean_a, row.mean_b), result.seeds, flags))
+        table.add_row(row.metric, side_a, side_b, f"{result.difference:+.3f}", f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]", f"{result.p_queries:.3g}", p_seeds)
     console.print(table)
 
 
@@ -453,8 +449,7 @@ def ties_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
 ) -> None:
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""
-    from hashbench.evaluate import evaluate_packed, tie_diagnostics
-    from hashbench.results import load_codes
+    from hashbench.results import Cell
 
     cells = _cells(out, dataset)
     if cells.empty:
@@ -465,15 +460,12 @@ def ties_command(
     for column in ("cell", *columns.values()):
         table.add_column(column, justify="right" if column != "cell" else "left")
     for row in cells.sort_values(["dataset", "method", "bits", "seed"]).itertuples():
-        try:
-            codes = load_codes(row.directory)
-        except FileNotFoundError:
+        label = f"{row.dataset}/{row.method}/{row.bits}/seed{row.seed} {row.split}"
+        if row.status != "finished":
+            table.add_row(label, row.note, *[""] * (len(columns) - 1))
             continue
-        counts = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",)).counts
-        bits = np.unpackbits(codes["database_codes"], axis=1)[:, : int(codes["bits"])].astype(bool)
-        found = tie_diagnostics(counts, bits)
-        values = [f"{found[k]:.3f}" if isinstance(found[k], float) else str(found[k]) for k in columns]
-        table.add_row(f"{row.dataset}/{row.method}/{row.bits}/seed{row.seed} {row.split}", *values)
+        found = Cell(row.directory).tie_diagnostics()
+        table.add_row(label, *(f"{found[k]:.3f}" if isinstance(found[k], float) else str(found[k]) for k in columns))
     console.print(table)
 
 
@@ -523,29 +515,20 @@ def confusion_command(
 ) -> None:
     """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3) and per-class metrics, as PNG and markdown."""
     from hashbench import plots
-    from hashbench.evaluate import evaluate_packed, per_class, top1_confusion
-    from hashbench.results import is_finished, load_codes, per_query
+    from hashbench.results import Cell
 
     _check_metrics(metrics)
-    if not is_finished(cell):
-        console.print(f"[red]error:[/red] {cell} is not a finished cell (no metrics.json)")
+    stored = Cell(cell)
+    if stored.status() != "finished":
+        console.print(f"[red]error:[/red] {cell} is not a finished cell ({stored.problem() or stored.status()})")
         raise typer.Exit(2)
-    codes = load_codes(cell)
-    names = [str(n) for n in codes["class_names"]]
-    ranking = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",))
-    matrix = top1_confusion(ranking.counts, codes["query_labels"], codes["database_labels"], len(names))
-    config = json.loads((cell / "config.json").read_text())
-    synthetic = " (synthetic phantom data)" if json.loads((cell / "metrics.json").read_text()).get("synthetic") else ""
-    title = f"MAP@1 confusion: {config['method']}, {config['bits']} bits, seed {config['seed']}, {config['dataset']}{synthetic}"
     target = output_dir or cell
-    target.mkdir(parents=True, exist_ok=True)
-    plots.confusion_png(matrix, names, title, target / "confusion.png")
-    by_class = {metric: per_class(per_query(cell, metric), codes["query_labels"], names) for metric in metrics}
-    (target / "confusion.md").write_text(plots.confusion_markdown(matrix, names, title) + "\n" + plots.per_class_markdown(by_class, names))
+    by_class = plots.write_confusion(stored, target, tuple(metrics))
     table = Table(title="per-class metrics (mean over the class's queries)")
     for column in ("class", *metrics):
         table.add_column(column, justify="right")
-    for name in names:
+    for name in stored.class_names:
         table.add_row(name, *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
     console.print(table)
+    matrix = stored.confusion()
     console.print(f"wrote {target / 'confusion.png'} and {target / 'confusion.md'}; MAP@1 {np.trace(matrix) / max(matrix.sum(), 1):.3f}")

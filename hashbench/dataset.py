@@ -7,12 +7,20 @@ Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
                     path and frame, image statistics, IQR outlier flag
 - ``files.csv``     one row per source file: size, mtime, digest, kept/skipped and why
                     (the ingest report; also what makes re-ingesting incremental)
-- ``manifest.json`` what was ingested from where, with which image options
+- ``manifest.json`` what was ingested from where, with which image options, and the
+                    data's fingerprint
 - ``splits/``       seeded splits, one CSV each, computed once and reused
+
+A dataset's **fingerprint** names its content, not where or when it was ingested:
+the image options, the cleaning switch, every source file's path and content
+digest, and every slice's identity (label, patient, study, series, modality,
+path, frame). Results record it, so a re-ingested dataset that changed never
+passes for the one a result was computed on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,6 +36,33 @@ FORMAT_VERSION = 1
 IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
 INDEX_DTYPES = {"label": str, "label_source": str, "patient": str, "study": str, "series": str, "modality": str, "path": str}
 FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
+SETTINGS_KEYS = ("options", "clean", "format")
+SLICE_IDENTITY = ["label", "patient", "study", "series", "modality", "path", "frame"]
+
+
+def _digest(*parts: str) -> str:
+    hasher = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        hasher.update(part.encode())
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+def content_fingerprint(root: Path, settings: dict) -> str:
+    """16 hex digits over the settings, the source files' digests and the slices' identities."""
+    files = pd.read_csv(root / FILES, dtype=FILES_DTYPES, keep_default_na=False).sort_values("path", kind="stable")
+    index = pd.read_csv(root / INDEX, dtype=INDEX_DTYPES, keep_default_na=False).sort_values("slice_id", kind="stable")
+    return _digest(
+        json.dumps({k: settings.get(k) for k in SETTINGS_KEYS}, sort_keys=True),
+        files[["path", "digest", "status"]].to_csv(index=False),
+        index[["slice_id", *SLICE_IDENTITY]].to_csv(index=False),
+    )
+
+
+def split_hash(side: pd.Series) -> str:
+    """16 hex digits over (slice_id, side) in slice order: two results share queries and training set iff equal."""
+    ordered = side.sort_index()
+    return _digest("\n".join(f"{i},{s}" for i, s in zip(ordered.index, ordered.to_numpy())))
 
 
 @dataclass
@@ -43,6 +78,11 @@ class Dataset:
     @property
     def name(self) -> str:
         return self.manifest["name"]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """The content's fingerprint: written at ingest; computed here for datasets ingested before it was."""
+        return self.manifest.get("fingerprint") or content_fingerprint(self.root, self.manifest)
 
     @property
     def image_size(self) -> int:

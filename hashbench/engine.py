@@ -1,9 +1,12 @@
 """The one training engine: every method is trained by this loop, on CUDA when present.
 
-It seeds everything, feeds uint8 slices to the device and normalises them there (so
-the host only moves bytes), runs mixed precision on CUDA, logs each loss term,
-shows progress with an ETA, and checkpoints every epoch so an interrupted cell
-resumes. It selects nothing on the query set: it trains the configured epochs.
+It seeds everything, feeds uint8 slices to the device and normalises (and, for
+training batches only, augments) them there, so the host only moves bytes; runs
+mixed precision on CUDA, follows the method's learning-rate schedule, logs each
+loss term, shows progress with an ETA, and checkpoints every epoch. Every random
+draw of an epoch is seeded from (seed, epoch) and the schedule is a function of the
+step, so a cell resumed from its checkpoint ends exactly where an uninterrupted one
+would. It selects nothing on the query set: it trains the configured epochs.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import queue
 import random
+import re
 import threading
 import time
 from contextlib import nullcontext
@@ -25,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from hashbench import atomic
+from hashbench.augment import Augmentation, augment
 from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
 
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
@@ -93,18 +98,51 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         yield item
 
 
-def to_input(batch: torch.Tensor, device: torch.device, image_size: int) -> torch.Tensor:
-    """uint8 (B, S, S) -> normalised float (B, 3, size, size) on the device."""
+def to_input(batch: torch.Tensor, device: torch.device, image_size: int, augmentation: Augmentation | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 (B, S, S) -> normalised float (B, 3, size, size) on the device, augmented when given an augmentation."""
     x = batch.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
     if x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    if augmentation is not None and augmentation.enabled:
+        x = augment(x, augmentation, generator)
     return ((x - GREY_MEAN) / GREY_STD).expand(-1, 3, -1, -1)
+
+
+@dataclass(frozen=True)
+class LrSchedule:
+    """The learning rate as a function of the global step: constant, or times ``factor`` every ``every`` units.
+
+    Written ``constant`` or ``step:<every><unit>:<factor>`` with unit ``it`` (iterations), ``ep``
+    (epochs) or ``%`` (of all training steps): HashNet's authors ``step:2000it:0.5``, DPN's
+    ``step:50%:0.1`` (x0.1 at half the epochs). Stateless, so a resumed cell follows it exactly.
+    """
+
+    every: float = 0.0
+    unit: str = "it"
+    factor: float = 1.0
+
+    PATTERN = re.compile(r"^step:(?P<every>\d+(?:\.\d+)?)(?P<unit>it|ep|%):(?P<factor>\d+(?:\.\d+)?(?:e-?\d+)?)$")
+
+    @classmethod
+    def parse(cls, text: str) -> "LrSchedule":
+        if text == "constant":
+            return cls()
+        match = cls.PATTERN.match(text)
+        if not match or float(match["every"]) <= 0:
+            raise ValueError(f"lr_schedule={text!r} is not valid; use constant or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5, step:30ep:0.1, step:50%:0.1")
+        return cls(float(match["every"]), match["unit"], float(match["factor"]))
+
+    def multiplier(self, step: int, steps_per_epoch: int, epochs: int) -> float:
+        if not self.every:
+            return 1.0
+        period = {"it": self.every, "ep": self.every * steps_per_epoch, "%": self.every / 100 * epochs * steps_per_epoch}[self.unit]
+        return self.factor ** (step // max(1, round(period)))
 
 
 def build_optimizer(network: HashNetwork, settings: TrainSettings) -> torch.optim.Optimizer:
     groups = [
-        {"params": [p for p in network.encoder.parameters() if p.requires_grad], "lr": settings.lr},
-        {"params": [p for p in network.head.parameters() if p.requires_grad], "lr": settings.lr * settings.head_lr_scale},
+        {"params": [p for p in network.encoder.parameters() if p.requires_grad], "lr": settings.lr, "base_lr": settings.lr},
+        {"params": [p for p in network.head.parameters() if p.requires_grad], "lr": settings.lr * settings.head_lr_scale, "base_lr": settings.lr * settings.head_lr_scale},
     ]
     groups = [g for g in groups if g["params"]]
     if settings.optimizer == "adam":
@@ -146,35 +184,42 @@ def train(
     log: Path,
     progress: bool = False,
     validate: Callable[[HashNetwork], dict[str, float]] | None = None,
+    augmentation: Augmentation | None = None,
 ) -> None:
     """Train for ``epochs``, resuming from ``checkpoint`` if one is there.
 
     ``validate`` (optional) is called after every epoch and its numbers are logged;
-    they are for watching training, never for picking an epoch.
+    they are for watching training, never for picking an epoch. ``augmentation``
+    applies to the training batches only.
     """
     device = source.device
     network.to(device).train()
     loss_fn.to(device)
     optimizer = build_optimizer(network, settings)
+    schedule = LrSchedule.parse(settings.lr_schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     onehot = F.one_hot(torch.from_numpy(data.labels).long(), data.n_classes).float().to(device)
     steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
-    first_epoch = _resume(checkpoint, network, loss_fn, optimizer)
+    first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{method.name} {method.bits} bits", total=epochs * steps_per_epoch, completed=first_epoch * steps_per_epoch, terms="")
         for epoch in range(first_epoch, epochs):
             rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(seed * 100_003 + epoch)
+            augment_generator = torch.Generator(device=device).manual_seed(seed * 1_000_033 + epoch + 1)
             sums: dict[str, float] = {}
             started = time.perf_counter()
             positions = list(method.batches(data.labels, settings.batch_size, rng))
             for step_in_epoch, (ids, batch) in enumerate(source.batches(data.ids[p] for p in positions)):
                 info = StepInfo(epoch, epoch * steps_per_epoch + step_in_epoch, steps_per_epoch, epochs)
                 method.schedule(network, info)
+                multiplier = schedule.multiplier(info.step, steps_per_epoch, epochs)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base_lr"] * multiplier
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
                 with _autocast(device):
-                    output = network(to_input(batch, device, image_size))
+                    output = network(to_input(batch, device, image_size, augmentation, augment_generator))
                 output = type(output)(*(t.float() if t is not None else None for t in output))
                 terms = loss_fn(output, onehot[index], index, info)
                 total = sum(terms.values())
@@ -187,7 +232,7 @@ def train(
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 bar.update(task, advance=1, terms=" ".join(f"{k} {v / (step_in_epoch + 1):.3f}" for k, v in sums.items()))
-            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3), **{k: v / max(len(positions), 1) for k, v in sums.items()}}
+            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3), "lr": optimizer.param_groups[0]["lr"], **{k: v / max(len(positions), 1) for k, v in sums.items()}}
             if validate is not None:
                 record.update({f"validation {k}": v for k, v in validate(network).items()})
                 network.train()
@@ -201,14 +246,22 @@ def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.o
     atomic.atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def _resume(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    if not path.exists():
-        return 0
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    network.load_state_dict(state["network"])
-    loss_fn.load_state_dict(state["loss"])
-    optimizer.load_state_dict(state["optimizer"])
-    return int(state["epochs_done"])
+def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Load the checkpoint (if any) and trim the log to the epochs it holds; returns the epochs done.
+
+    A kill between an epoch's log line and its checkpoint would otherwise leave that epoch logged twice.
+    """
+    epochs_done = 0
+    if path.exists():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network.load_state_dict(state["network"])
+        loss_fn.load_state_dict(state["loss"])
+        optimizer.load_state_dict(state["optimizer"])
+        epochs_done = int(state["epochs_done"])
+    if log.exists():
+        kept = [line for line in log.read_text().splitlines()[:epochs_done] if line.strip()]
+        atomic.write_text(log, "".join(line + "\n" for line in kept))
+    return epochs_done
 
 
 @torch.no_grad()

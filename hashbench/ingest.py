@@ -34,7 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import hashbench
 from hashbench.cleaning import STAT_COLUMNS, image_stats
 from hashbench import atomic
-from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset
+from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, content_fingerprint
 from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode
 
 INDEX_COLUMNS = ["slice_id", "label", "label_source", "patient", "study", "series", "modality", "path", "frame", *STAT_COLUMNS]
@@ -332,6 +332,7 @@ def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: s
         "created": created,
         "updated": now,
         "hashbench": hashbench.__version__,
+        "fingerprint": content_fingerprint(partial_dir, settings),
         **(extra or {}),
     }
     atomic.write_json(partial_dir / MANIFEST, manifest)

@@ -1,25 +1,32 @@
 """Leaderboards from stored cells: rows = methods, columns = bits, one table per metric.
 
-Cells are compared only within one protocol (dataset, split, backbone, pretrained
-weights, epochs, image size): each protocol gets its own tables, and its caption
-says what was run. A cell shows the mean over seeds, +/- their std where there are
-several, the 95 % bootstrap interval over queries in brackets, and n seeds. Metrics a
-cell did not store are computed from its codes.
+Cells are compared only within one protocol and one version of the data (dataset and
+its fingerprint, split, the run's backbone and weights, epochs, image size,
+augmentation, profile): each gets its own tables, and the caption says what ran,
+including a row's own backbone where a variant brings one and how the protocol
+differs from the paper's. A cell shows the mean over runs (training seeds, and split
+seeds where several), +/- their std where there are several, the 95 % bootstrap
+interval over queries in brackets, and n. A collapsed model (dead bits) is flagged
+beside its number; a failed or damaged cell says so in its place.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hashbench.results import per_query
+from hashbench.results import Cell, CellError
 from hashbench.stats import bootstrap_interval
 from hashbench.suites import Suite
 
-COMPARISON_KEYS = ("dataset", "split", "validation", "backbone", "pretrained", "epochs", "image_size")
+COMPARISON_KEYS = ("dataset", "dataset_fingerprint", "split", "validation", "run_backbone", "pretrained", "epochs", "image_size", "augment_text", "profile")
+VARIANT_KEYS = ("backbone", "options", "train", "weights")  # what makes two cells of one method different methods
+CELL_LEGEND = "cells: mean ± std over runs [95 % bootstrap interval over queries] (n = runs: seeds x split seeds)"
 
 
 @dataclass
@@ -27,45 +34,114 @@ class Leaderboard:
     title: str
     caption: str
     table: pd.DataFrame  # index: method (or the paper's row), columns: "16 bits", ...; cells formatted
-
-
-CELL_LEGEND = "cells: mean ± std over seeds [95 % bootstrap interval over queries] (n = seeds)"
+    legend: str = CELL_LEGEND
 
 
 def summarise(rows: pd.DataFrame, metric: str) -> str:
-    """One leaderboard cell from the seeds in ``rows``: mean, spread over seeds, interval over queries."""
+    """One leaderboard cell from the runs in ``rows``: mean, spread over runs, interval over queries, flags."""
     if rows.empty:
         return "-"
-    per_seed, means = [], []
-    for directory, stored in zip(rows["directory"], rows[metric] if metric in rows else [np.nan] * len(rows)):
+    finished = rows[rows["status"] == "finished"]
+    problems = [note for note in rows.loc[rows["status"] != "finished", "note"]]
+    per_run = []
+    for directory in finished["directory"]:
         try:
-            values = per_query(directory, metric)
-        except FileNotFoundError:  # codes not kept (e.g. a published results folder): the stored mean only
-            values = None
-        if values is not None:
-            per_seed.append(values)
-        means.append(values.mean() if values is not None else stored)
-    means = np.array(means, dtype=np.float64)
-    if np.isnan(means).all():
-        return "-"
-    spread = f" ± {np.nanstd(means, ddof=1):.3f}" if len(means) > 1 else ""
-    interval = ""
-    if per_seed:
-        same_queries = len({len(v) for v in per_seed}) == 1
-        low, high = bootstrap_interval(np.stack(per_seed) if same_queries else np.concatenate(per_seed)[None])
-        interval = f" [{low:.3f}, {high:.3f}]"
-    return f"{np.nanmean(means):.3f}{spread}{interval} (n={len(means)})"
+            per_run.append(Cell(directory).per_query(metric))
+        except CellError as exc:
+            problems.append(f"damaged: {exc}")
+    if not per_run:
+        return "; ".join(problems) or "-"
+    means = np.array([values.mean() for values in per_run])
+    spread = f" ± {np.std(means, ddof=1):.3f}" if len(means) > 1 else ""
+    same_queries = len({len(v) for v in per_run}) == 1
+    low, high = bootstrap_interval(np.stack(per_run) if same_queries else np.concatenate(per_run)[None])
+    flags = _flags([n for n in finished["note"] if n], len(finished), problems)
+    return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"
+
+
+def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
+    parts = []
+    if collapsed:
+        parts.append(collapsed[0] if runs == 1 else f"{len(collapsed)} of {runs} runs with dead bits ({'; '.join(sorted(set(collapsed)))})")
+    failed = sum(p.startswith("failed") for p in problems)
+    if failed:
+        parts.append(f"{failed} failed")
+    if len(problems) > failed:
+        parts.append(f"{len(problems) - failed} damaged")
+    return "".join(f"; {p}" for p in parts)
 
 
 def caption(rows: pd.DataFrame) -> str:
+    """What ran: data and its version, split, backbone(s) and weights, budget, augmentation, seeds, optimisers, options."""
+    from hashbench.run import PROFILES
+
     first = rows.iloc[0]
-    data = f"{first['dataset']} (synthetic phantom data)" if bool(rows["synthetic"].any()) else first["dataset"]
-    weights = "ImageNet weights" if first["pretrained"] else "random init"
-    seeds = ", ".join(str(s) for s in sorted(rows["seed"].unique()))
-    optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" for t in rows["train"]})
+    synthetic = bool(rows["synthetic"].any())
+    data = f"{first['dataset']}{' (synthetic phantom data)' if synthetic else ''}, data version {_version_text(first['dataset'], first['dataset_fingerprint'])}"
+    split_seeds = sorted(rows["split_seed"].unique())
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
-    changed = _changed_options(rows)
-    return f"{data}; {first['split']}-level split{held_out}; backbone {first['backbone']} ({weights}); {first['epochs']} epochs; {first['image_size']} px; seeds {seeds}; optimiser {' / '.join(optimisers)}{changed}"
+    weights = _weights_text(first["weights"])
+    seeds = ", ".join(str(s) for s in sorted(rows["seed"].unique()))
+    runs = rows.groupby(["row", "bits"]).size()
+    sample = "; one run per cell: each number is a single sample, its seed-to-seed spread unmeasured" if runs.max() == 1 else ""
+    optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" + ("" if t.get("lr_schedule", "constant") == "constant" else f" ({t['lr_schedule']})") for t in rows["train"] if "optimizer" in t})
+    profile = first["profile"] or "unrecorded"
+    parts = [
+        data,
+        f"{first['split']}-level split, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
+        f"backbone {first['run_backbone']} ({weights}){_own_backbones(rows)}",
+        f"{first['epochs']} epochs", f"{first['image_size']} px", f"augmentation: {first['augment_text']}",
+        f"seeds {seeds}{sample}", f"optimiser {' / '.join(optimisers)}",
+        f"profile {profile}: {_paper_comparison(first, synthetic)}" if profile in PROFILES else f"profile {profile}",
+    ]
+    return "; ".join(parts) + _changed_options(rows)
+
+
+def _weights_text(weights: dict[str, str]) -> str:
+    kinds = {source.split(":")[0] for source in (weights or {}).values()}
+    texts = {"random": "random init", "hub": "pretrained weights from the hub", "file": "weights from a local file"}
+    return " / ".join(texts.get(kind, kind) for kind in sorted(kinds)) or "weights unrecorded"
+
+
+def _version_text(dataset: str, fingerprint: str) -> str:
+    """The fingerprint, and whether the dataset on this machine has since been re-ingested with other content."""
+    if not fingerprint:
+        return "unrecorded (cells from before data versions were recorded)"
+    from hashbench.paths import datasets_dir
+
+    manifest = datasets_dir() / dataset / "manifest.json"
+    try:
+        current = json.loads(manifest.read_text()).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        current = None
+    return fingerprint + (" (superseded: the dataset was re-ingested with other content since)" if current and current != fingerprint else "")
+
+
+def _own_backbones(rows: pd.DataFrame) -> str:
+    """The rows whose method built another backbone than the run's (Table 4's variants), per row."""
+    own = rows.loc[(rows["backbone"] != rows["run_backbone"]) & (rows["status"] != "damaged")].drop_duplicates("row")
+    return "".join(f"; row {row}: backbone {backbone}" for row, backbone in zip(own["row"], own["backbone"]))
+
+
+def _paper_comparison(first: pd.Series, synthetic: bool) -> str:
+    """'the paper's protocol' only where every setting is the paper's; otherwise how it differs."""
+    from hashbench.augment import PAPER_AUGMENTATION
+    from hashbench.run import PAPER_BACKBONE
+
+    differences = [
+        text
+        for differs, text in (
+            (synthetic, "synthetic data (the paper's: TCIA collections)"),
+            (first["split"] != "slice", f"{first['split']}-level split (the paper's: slice-level)"),
+            (first["run_backbone"] != PAPER_BACKBONE, f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6)"),
+            (not first["pretrained"], "random init (the paper's: pretrained on ImageNet)"),
+            (first["epochs"] != 50, f"{first['epochs']} epochs (the paper's: 50)"),
+            (first["image_size"] != 224, f"{first['image_size']} px (the paper's: 224)"),
+            (first["augment_text"] != PAPER_AUGMENTATION.describe(), f"augmentation {first['augment_text']} (the paper's: rotation, scaling, brightness, noise, blur)"),
+        )
+        if differs
+    ]
+    return "the paper's protocol" if not differences else "differs from the paper's protocol in " + ", ".join(differences)
 
 
 def _changed_options(rows: pd.DataFrame) -> str:
@@ -84,18 +160,22 @@ def _changed_options(rows: pd.DataFrame) -> str:
     return f"; options changed: {'; '.join(notes)}" if notes else ""
 
 
+def _groups(cells: pd.DataFrame):
+    """(rows with a 'row' label) per comparable group of cells."""
+    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
+        yield rows.assign(row=_row_names(rows))
+
+
 def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
     boards = []
     if cells.empty:
         return boards
-    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
-        rows = rows.assign(row=_row_names(rows))
+    for rows in _groups(cells):
         bits = sorted(rows["bits"].unique())
+        described = caption(rows)
         for metric in metrics:
-            table = pd.DataFrame(
-                {f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits}
-            )
-            boards.append(Leaderboard(metric.upper(), f"{caption(rows)}; {CELL_LEGEND}", table.rename_axis("method")))
+            table = pd.DataFrame({f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits})
+            boards.append(Leaderboard(metric.upper(), described, table.rename_axis("method")))
     return boards
 
 
@@ -105,7 +185,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
     cells = cells[cells["method"].isin(suite.methods)] if not cells.empty else cells
     if cells.empty:
         return boards
-    for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
+    for rows in _groups(cells):
         columns = [(metric, bits) for metric in suite.metrics for bits in suite.bits]
         table = {}
         for label, method in suite.rows:
@@ -118,8 +198,8 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
                 line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
-        note = "Paper: TCIA collections, slice-level split, 224 px, 50 epochs, EfficientNet-B0 (presumably ImageNet weights)."
-        boards.append(Leaderboard(suite.title, f"{caption(rows)}; {CELL_LEGEND}. {note}", frame))
+        note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented, one run per number."
+        boards.append(Leaderboard(suite.title, f"{caption(rows)}. {note}", frame))
     return boards
 
 
@@ -130,21 +210,21 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
     parts = []
     if cells.empty:
         return ""
-    for number, (_, rows) in enumerate(cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False), start=1):
-        rows = rows.assign(row=_row_names(rows))
+    for number, rows in enumerate(_groups(cells), start=1):
         stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
         described = caption(rows)
-        paths = leaderboard_figures(rows, metrics, described, stem)
+        paths = leaderboard_figures(rows[rows["status"] == "finished"], metrics, described, stem)
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
-            parts.append(f"### Figures: {'; '.join(described.split('; ')[:2])}\n\nPR curves by Hamming radius, P@k (stable ties), metrics against code length; computed from the stored codes.\n\n{links}")
+            parts.append(f"### Figures: {'; '.join(described.split('; ')[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}")
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 
 def _row_names(rows: pd.DataFrame) -> pd.Series:
-    """The method's name, with its option hash when one method ran with several option sets."""
-    variants = rows.groupby("method")["protocol"].transform("nunique")
-    return rows["method"].where(variants == 1, rows["method"] + " [" + rows["protocol"] + "]")
+    """The method's name, with a variant hash when one method ran with several option sets in one group."""
+    variant = rows[list(VARIANT_KEYS)].apply(lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1)
+    variants = variant.groupby(rows["method"]).transform("nunique")
+    return rows["method"].where(variants == 1, rows["method"] + " [" + variant + "]")
 
 
 def to_markdown(boards: list[Leaderboard]) -> str:
@@ -154,5 +234,5 @@ def to_markdown(boards: list[Leaderboard]) -> str:
         header = "| " + " | ".join(table.columns) + " |"
         rule = "|" + "|".join("---" for _ in table.columns) + "|"
         lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-        parts.append(f"### {board.title}\n\n{board.caption}\n\n" + "\n".join([header, rule, *lines]))
+        parts.append(f"### {board.title}\n\n{board.caption}; {board.legend}\n\n" + "\n".join([header, rule, *lines]))
     return "\n\n".join(parts) + "\n"

@@ -63,33 +63,20 @@ def _pyplot():
     return plt
 
 
-def cell_curves(directory: str) -> dict[str, np.ndarray]:
-    """PR curve by Hamming radius and P@k curve of one stored cell, from its codes."""
-    from hashbench.evaluate import evaluate_packed, pr_by_radius, precision_curve
-    from hashbench.results import load_codes
-
-    codes = load_codes(directory)
-    ks = tuple(k for k in PRECISION_CUTOFFS if k <= len(codes["database_codes"]))
-    counts = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), (), curve_cutoffs=ks).counts
-    precision, recall = pr_by_radius(counts)
-    return {"precision": precision, "recall": recall, "ks": np.array(ks), "p_at_k": precision_curve(counts, ks)}
-
-
 def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path) -> list[Path]:
-    """PR curves, P@k curves (one panel per code length) and metric vs bits, for one protocol's cells.
+    """PR curves, P@k curves (one panel per code length) and metric vs bits, for one protocol's finished cells.
 
-    ``rows``: load_cells rows with a ``row`` column (the method label). Cells whose codes were not kept
-    are left out of the curves. Returns the PNG paths written (``<stem>-pr.png`` and so on).
+    ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
+    (``<stem>-pr.png`` and so on).
     """
-    from hashbench.results import per_query
+    from hashbench.results import Cell
 
     plt = _pyplot()
-    rows = rows[[Path(d, "codes.npz").exists() for d in rows["directory"]]]
     if rows.empty:
         return []
     bits = sorted(rows["bits"].unique())
     methods = sorted(rows["row"].unique())
-    curves = {(m, b): [cell_curves(d) for d in group["directory"]] for (m, b), group in rows.groupby(["row", "bits"])}
+    curves = {(m, b): [Cell(d).curves(PRECISION_CUTOFFS) for d in group["directory"]] for (m, b), group in rows.groupby(["row", "bits"])}
     written = []
 
     def panels(name: str, draw) -> None:
@@ -118,7 +105,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     def p_at_k(axis, method, seeds) -> None:
         axis.plot(seeds[0]["ks"], np.mean([c["p_at_k"] for c in seeds], axis=0), marker=".", label=method)
         axis.set_xscale("log")
-        axis.set_xlabel("k (top k, stable ties)")
+        axis.set_xlabel("k (top k, seeded tie order)")
         axis.set_ylabel("P@k")
 
     panels("pr", pr)
@@ -129,18 +116,31 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         for method in methods:
             mine = rows[rows["row"] == method]
             present = [b for b in bits if (mine["bits"] == b).any()]
-            means = [np.mean([per_query(d, metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]]) for b in present]
-            spread = [np.std([per_query(d, metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]]) for b in present]
+            per_run = [[Cell(d).per_query(metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]] for b in present]
+            means, spread = [np.mean(v) for v in per_run], [np.std(v) for v in per_run]
             axis.errorbar(present, means, yerr=spread, marker="o", capsize=3, label=method)
         axis.set_xticks(bits)
         axis.set_xlabel("bits")
         axis.set_ylabel(metric.upper())
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    figure.suptitle(caption + " (error bars: std over seeds)", fontsize=6, wrap=True)
+    figure.suptitle(caption + " (error bars: std over runs)", fontsize=6, wrap=True)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     path = stem.with_name(f"{stem.name}-metrics-vs-bits.png")
     figure.savefig(path, dpi=130)
     plt.close(figure)
     written.append(path)
     return written
+
+
+def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The paper's Figure 3 for one cell as ``confusion.png`` and ``confusion.md`` (with per-class metrics); returns those metrics."""
+    matrix, names, config = cell.confusion(), cell.class_names, cell.config
+    synthetic = " (synthetic phantom data)" if cell.record.get("synthetic") else ""
+    flag = f" [{cell.collapse()}]" if cell.collapse() else ""
+    title = f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
+    directory.mkdir(parents=True, exist_ok=True)
+    confusion_png(matrix, names, title, directory / "confusion.png")
+    by_class = cell.per_class(metrics)
+    (directory / "confusion.md").write_text(confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names))
+    return by_class

@@ -1,116 +1,487 @@
-"""The results store: one directory per (dataset, method, bits, seed, protocol) cell.
+"""The results store: one directory per cell, owned by :class:`Cell`; nothing else knows the layout.
 
-``<out>/<dataset>/<method>/<bits>bits/seed<seed>-<protocol hash>/`` holds
+``<out>/<dataset>/<method>/<bits>bits/seed<seed>-<identity hash>/`` holds
 
-- ``config.json``     the resolved configuration (protocol, method options, optimiser)
-- ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
-                      the database's continuous codes (float16, for search), and per-query
-                      metric values; any metric not stored is computed from the codes, so
-                      new metrics never need retraining
+- ``config.json``     everything that determines the result (:class:`CellConfig`); its hash
+                      names the directory, so another protocol, data version or split is
+                      another cell
 - ``train_log.jsonl`` loss terms per epoch
-- ``model.pt``        the trained weights (``checkpoint.pt`` while training)
-- ``metrics.json``    metrics, tie diagnostics, timing, method origin and versions; written last, it
-                      marks the cell as finished
+- ``checkpoint.pt``   while training: model, optimiser and loss state after the last epoch
+- ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
+                      the database's continuous codes (float16, for search), per-query metric
+                      values; any other metric is computed from the codes, so new metrics
+                      never need retraining
+- ``model.pt``        the trained weights
+- ``metrics.json``    the record: metrics, tie diagnostics, the evaluator's tie rule,
+                      provenance (backbones that ran, weights, git, versions, device, time,
+                      memory) and the checksum of ``codes.npz``; written last, it marks the
+                      cell as finished
+- ``failed.json``     why the last attempt failed, with its traceback
+- ``.lock``           held by the process working on the cell
 
-Every file is written to a temporary name and renamed, so an interrupted run never
-leaves a half-written result, and a finished cell is never lost or recomputed.
+Every file is written to a temporary name and renamed. A file that cannot be read as
+what it should be (truncated, garbled, a ``codes.npz`` from another cell) raises
+:class:`CellError` naming the file and the fix; it is never read as data.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+import os
+import zipfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from hashbench import atomic
 
-PROTOCOL_KEYS = ("backbone", "pretrained", "epochs", "image_size", "split", "validation", "options", "train")
+CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = "config.json", "metrics.json", "codes.npz", "model.pt", "checkpoint.pt", "failed.json", "train_log.jsonl", ".lock"
+IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
+
+
+class CellError(Exception):
+    """A cell file that cannot be used: the message names the file, what is wrong and what to do."""
 
 
 @dataclass
 class CellConfig:
-    """Everything that determines a cell's result."""
+    """Everything that determines a cell's result.
+
+    ``backbone`` is what this method actually builds (a Table 4 variant brings its own);
+    ``run_backbone`` is the one the run gave every method, by which tables are grouped.
+    ``weights`` maps each backbone to where its initial weights came from, path-free.
+    """
 
     dataset: str
     method: str
     bits: int
     seed: int
     backbone: str
-    pretrained: bool
     epochs: int
     image_size: int
     split: str
     validation: float = 0.0  # share of the training side held out to watch training
     options: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    run_backbone: str = ""
+    weights: dict[str, str] = field(default_factory=dict)
+    augment: dict[str, float] = field(default_factory=dict)
+    profile: str = ""
+    split_seed: int = 0
+    dataset_fingerprint: str = ""
+    split_hash: str = ""
 
-    def protocol_hash(self) -> str:
-        protocol = {k: getattr(self, k) for k in PROTOCOL_KEYS}
-        return hashlib.sha1(json.dumps(protocol, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    def __post_init__(self) -> None:
+        self.run_backbone = self.run_backbone or self.backbone
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CellConfig":
+        """Read a stored config: keys of other versions are ignored, missing ones take their defaults."""
+        known = {f.name for f in fields(cls)}
+        values = dict(values)
+        if "pretrained" in values and "weights" not in values:  # written before weights were recorded per backbone
+            values["weights"] = {values.get("backbone", ""): "imagenet (source not recorded)" if values["pretrained"] else "random"}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @property
+    def pretrained(self) -> bool:
+        return any(source != "random" for source in self.weights.values())
+
+    def identity_hash(self) -> str:
+        identity = {k: v for k, v in asdict(self).items() if k not in IDENTITY_EXCLUDES}
+        return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     def directory(self, out: Path) -> Path:
-        return out / self.dataset / self.method / f"{self.bits}bits" / f"seed{self.seed}-{self.protocol_hash()}"
+        return Path(out) / self.dataset / self.method / f"{self.bits}bits" / f"seed{self.seed}-{self.identity_hash()}"
 
     def label(self) -> str:
         return f"{self.dataset}/{self.method}/{self.bits} bits/seed {self.seed}"
 
 
-def is_finished(directory: Path) -> bool:
-    return (directory / "metrics.json").exists()
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def write_codes(directory: Path, **arrays: np.ndarray) -> None:
-    atomic.atomic_write(directory / "codes.npz", lambda handle: np.savez_compressed(handle, **arrays))
+def _version(path: Path) -> tuple[str, int, int]:
+    """A file's version for caches: path, mtime and size."""
+    st = path.stat()
+    return str(path), st.st_mtime_ns, st.st_size
 
 
-def load_codes(directory: Path) -> dict[str, np.ndarray]:
-    with np.load(Path(directory) / "codes.npz", allow_pickle=False) as data:
+@lru_cache(maxsize=32)
+def _read_json(path: str, mtime_ns: int, size: int) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@lru_cache(maxsize=16)
+def _read_codes(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
         return dict(data)
 
 
-@lru_cache(maxsize=8)
-def _read_codes(path: str, modified: float) -> dict[str, np.ndarray]:
-    """codes.npz read once per version of the file, for the readers below (tables ask per metric and per seed)."""
-    return load_codes(Path(path))
+@lru_cache(maxsize=16)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
+    return _sha256(Path(path))
 
 
-def _codes(directory: Path | str) -> dict[str, np.ndarray]:
-    return _read_codes(str(directory), (Path(directory) / "codes.npz").stat().st_mtime)
+class Cell:
+    """One cell's directory: reads and writes every file in it, and what is derived from them."""
+
+    def __init__(self, directory: Path | str):
+        self.directory = Path(directory)
+
+    def __repr__(self) -> str:
+        return f"Cell({str(self.directory)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Cell) and self.directory == other.directory
+
+    def __hash__(self) -> int:
+        return hash(self.directory)
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+    # --- reading -------------------------------------------------------------------
+
+    def _json(self, name: str) -> Any:
+        path = self.path(name)
+        try:
+            return _read_json(*_version(path))
+        except FileNotFoundError:
+            raise
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); delete the cell's directory or re-run it with --force") from None
+
+    @cached_property
+    def config(self) -> CellConfig:
+        values = self._json(CONFIG)
+        try:
+            return CellConfig.from_dict(values)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); delete the cell's directory") from None
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """metrics.json, checked for the fields every reader needs."""
+        record = self._json(RECORD)
+        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
+            raise CellError(f"{self.path(RECORD)} is damaged (no metrics in it); delete the cell's directory or re-run it with --force")
+        return record
+
+    def status(self) -> str:
+        """finished | failed | damaged | incomplete (started, or interrupted, and not finished)."""
+        try:
+            if self.path(RECORD).exists():
+                self.record
+                self.codes()
+                return "finished"
+            self.config
+        except CellError:
+            return "damaged"
+        except FileNotFoundError:
+            return "incomplete"
+        return "failed" if self.path(FAILURE).exists() else "incomplete"
+
+    def problem(self) -> str:
+        """Why a damaged cell cannot be read (the CellError's message), else ''."""
+        try:
+            self.config
+            if self.path(RECORD).exists():
+                self.record
+                self.codes()
+        except (CellError, FileNotFoundError) as exc:
+            return str(exc)
+        return ""
+
+    def failure(self) -> dict[str, str]:
+        try:
+            return self._json(FAILURE)
+        except (FileNotFoundError, CellError):
+            return {"error": "failed (failed.json unreadable)", "traceback": ""}
+
+    def codes(self) -> dict[str, np.ndarray]:
+        """codes.npz, verified against the checksum the record holds (cached per file version)."""
+        path = self.path(CODES)
+        if not path.exists():
+            raise CellError(f"{path} is missing: the cell's codes were not kept; re-run it with --force")
+        version = _version(path)
+        expected = self.record.get("codes_sha256")
+        if expected and _file_sha256(*version) != expected:
+            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); re-run the cell with --force")
+        try:
+            return _read_codes(*version)
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); re-run the cell with --force") from None
+
+    @property
+    def bits(self) -> int:
+        return int(self.codes()["bits"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(n) for n in self.codes()["class_names"]]
+
+    def query_ids(self) -> np.ndarray:
+        return self.codes()["query_ids"]
+
+    def database_bits(self) -> np.ndarray:
+        return np.unpackbits(self.codes()["database_codes"], axis=1)[:, : self.bits].astype(bool)
+
+    def evaluation_rule(self) -> dict[str, Any]:
+        """The tie rule the stored per-query values were computed with (cells from before: database index)."""
+        return self.record.get("evaluation", {"tie_break": "index", "tie_seed": 0})
+
+    def evaluate(self, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = ()):
+        """Metrics recomputed from the stored codes, under the current tie rule."""
+        from hashbench.evaluate import DEFAULT_TIE_BREAK, DEFAULT_TIE_SEED, evaluate_packed
+
+        codes = self.codes()
+        return evaluate_packed(
+            codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]),
+            metrics, curve_cutoffs=curve_cutoffs, tie_break=DEFAULT_TIE_BREAK, tie_seed=DEFAULT_TIE_SEED,
+        )
+
+    def per_query(self, metric: str) -> np.ndarray:
+        """Per-query values of ``metric``: stored when they were computed under the current tie rule, else from the codes."""
+        return _per_query(self, metric.lower(), *_version(self.path(CODES)))
+
+    def tie_diagnostics(self) -> dict[str, float]:
+        from hashbench.evaluate import tie_diagnostics
+
+        return tie_diagnostics(self.evaluate(("map@1",)).counts, self.database_bits())
+
+    def collapse(self) -> str:
+        """'' for healthy codes; else what is dead: a collapsed cell's score is not a plain score."""
+        ties = self.record.get("ties") or self.tie_diagnostics()
+        return collapse_note(int(ties["dead_bits"]), self.config.bits)
+
+    def confusion(self) -> np.ndarray:
+        """(C, C) counts of query class against the class of its top-1 item (the paper's Figure 3)."""
+        from hashbench.evaluate import top1_confusion
+
+        codes = self.codes()
+        return top1_confusion(self.evaluate(("map@1",)).counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
+
+    def per_class(self, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        from hashbench.evaluate import per_class
+
+        labels = self.codes()["query_labels"]
+        return {metric: per_class(self.per_query(metric), labels, self.class_names) for metric in metrics}
+
+    def curves(self, cutoffs: tuple[int, ...]) -> dict[str, np.ndarray]:
+        """PR curve by Hamming radius and P@k at ``cutoffs`` (those within the database)."""
+        from hashbench.evaluate import pr_by_radius, precision_curve
+
+        ks = tuple(k for k in cutoffs if k <= len(self.codes()["database_codes"]))
+        counts = self.evaluate((), curve_cutoffs=ks).counts
+        precision, recall = pr_by_radius(counts)
+        return {"precision": precision, "recall": recall, "ks": np.array(ks), "p_at_k": precision_curve(counts, ks)}
+
+    def build_network(self, device: str = "cpu"):
+        """The trained network, rebuilt from the config and loaded from model.pt (weights only, never code)."""
+        import torch
+
+        from hashbench.method import MethodContext
+        from hashbench.registry import REGISTRY
+
+        config = self.config
+        method_cls = REGISTRY.get(config.method)
+        context = MethodContext(config.bits, len(self.class_names), len(self.codes()["database_ids"]), config.options, config.seed, config.image_size)
+        network, _ = method_cls(context).build(config.run_backbone)  # random init: the cell's weights replace it
+        try:
+            state = torch.load(self.path(MODEL), map_location="cpu", weights_only=True)
+            network.load_state_dict(state)
+        except FileNotFoundError:
+            raise CellError(f"{self.path(MODEL)} is missing: the cell's weights were not kept; re-run it with --force") from None
+        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise CellError(f"{self.path(MODEL)} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-run the cell with --force") from None
+        return network.to(device).eval()
+
+    # --- writing (the run) ---------------------------------------------------------
+
+    @contextmanager
+    def claim(self, wait: bool) -> Iterator[bool]:
+        """Hold the cell's lock while working on it; yields False if another process holds it and ``wait`` is off.
+
+        An OS file lock: released when the holder exits, even by SIGKILL, so no stale locks.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.path(LOCK), "a+b") as handle:
+            if not _lock(handle, wait):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                _unlock(handle)
+
+    def start(self, config: CellConfig) -> None:
+        """Write the config and forget a previous failure; the log keeps only epochs the checkpoint holds."""
+        atomic.write_json(self.path(CONFIG), asdict(config))
+        self.__dict__.pop("config", None)
+        self.path(FAILURE).unlink(missing_ok=True)
+
+    def discard_progress(self) -> None:
+        """Start training over (``--force``): drop the checkpoint and the log; the finished result stays until replaced."""
+        self.path(CHECKPOINT).unlink(missing_ok=True)
+        self.path(LOG).unlink(missing_ok=True)
+
+    def finish(self, arrays: dict[str, np.ndarray], save_model: Callable[[Any], None], record: dict[str, Any]) -> None:
+        """Codes, weights, then the record with the codes' checksum; the checkpoint goes only after the record is in place."""
+        atomic.atomic_write(self.path(CODES), lambda handle: np.savez_compressed(handle, **arrays))
+        atomic.atomic_write(self.path(MODEL), save_model)
+        atomic.write_json(self.path(RECORD), {**record, "codes_sha256": _sha256(self.path(CODES))})
+        self.path(CHECKPOINT).unlink(missing_ok=True)
+        self.path(FAILURE).unlink(missing_ok=True)
+
+    def fail(self, error: str, traceback_text: str) -> None:
+        atomic.write_json(self.path(FAILURE), {"error": error, "traceback": traceback_text})
 
 
-@lru_cache(maxsize=256)
-def _per_query(directory: str, metric: str, modified: float) -> np.ndarray:
-    from hashbench.evaluate import evaluate_packed
+def collapse_note(dead_bits: int, bits: int) -> str:
+    if dead_bits >= bits:
+        return f"collapsed: {dead_bits}/{bits} dead bits"
+    return f"partly collapsed: {dead_bits}/{bits} dead bits" if dead_bits else ""
 
-    codes = _read_codes(directory, modified)
-    stored = codes.get(f"per_query/{metric}")
-    if stored is not None:
+
+@lru_cache(maxsize=512)
+def _per_query(cell: Cell, metric: str, path: str, mtime_ns: int, size: int) -> np.ndarray:
+    from hashbench.evaluate import DEFAULT_TIE_BREAK, DEFAULT_TIE_SEED
+
+    stored = cell.codes().get(f"per_query/{metric}")
+    current = cell.evaluation_rule() == {"tie_break": DEFAULT_TIE_BREAK, "tie_seed": DEFAULT_TIE_SEED}
+    if stored is not None and current:
         return stored
-    return evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), (metric,)).per_query[metric]
+    return cell.evaluate((metric,)).per_query[metric]
 
 
-def per_query(directory: Path | str, metric: str) -> np.ndarray:
-    """A finished cell's per-query values of ``metric``: stored, or computed from its codes."""
-    path = Path(directory) / "codes.npz"
-    return _per_query(str(directory), metric.lower(), path.stat().st_mtime)
+try:
+    import fcntl
+
+    def _lock(handle, wait: bool) -> bool:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            return False
+        return True
+
+    def _unlock(handle) -> None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+except ImportError:  # Windows
+    import msvcrt
+    import time
+
+    def _lock(handle, wait: bool) -> bool:
+        while True:
+            try:
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+                return True
+            except OSError:
+                if not wait:
+                    return False
+                time.sleep(1)
+
+    def _unlock(handle) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
-def query_ids(directory: Path | str) -> np.ndarray:
-    return _codes(directory)["query_ids"]
+class ResultsStore:
+    """All cells under one results root."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def cell(self, config: CellConfig) -> Cell:
+        return Cell(config.directory(self.root))
+
+    def cells(self) -> list[Cell]:
+        """Every cell directory under the root (one that holds a config.json), in path order."""
+        return [Cell(path.parent) for path in sorted(self.root.glob(f"*/*/*bits/seed*/{CONFIG}"))]
+
+    def table(self, dataset: str | None = None, methods: list[str] | None = None, statuses: tuple[str, ...] = ("finished", "failed", "damaged")) -> pd.DataFrame:
+        """One row per cell: its config, status, stored metrics and a note (failure, damage or collapse)."""
+        rows = []
+        for cell in self.cells():
+            status = cell.status()
+            if status not in statuses:
+                continue
+            try:
+                config = asdict(cell.config)
+            except CellError:
+                config = _config_from_path(cell.directory)
+            if (dataset is not None and config["dataset"] != dataset) or (methods is not None and config["method"] not in methods):
+                continue
+            row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": ""}
+            if status == "finished":
+                record = cell.record
+                row.update(record["metrics"])
+                row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), note=cell.collapse(), backbones_ran=", ".join(record.get("backbones_ran", [])) or config["backbone"])
+            elif status == "failed":
+                row["note"] = f"failed: {cell.failure().get('error', '').splitlines()[0] if cell.failure().get('error') else 'unknown'}"
+            else:
+                row["note"] = f"damaged: {cell.problem()}"
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        if not frame.empty:
+            frame["pretrained"] = [any(v != "random" for v in (w or {}).values()) for w in frame["weights"]]
+            frame["augment_text"] = [_describe_augment(a) for a in frame["augment"]]
+            frame["synthetic"] = frame.get("synthetic", pd.Series(False, index=frame.index)).fillna(False).astype(bool)
+        return frame
+
+    def select(self, name: str, bits: int | None = None, dataset: str | None = None) -> list[Cell]:
+        """The finished cells one side of a comparison names: a cell directory, or a method (all its seeds).
+
+        Raises ValueError when nothing matches or when a method's cells span several data versions or protocols.
+        """
+        if Path(name).is_dir():
+            target = Path(name).resolve()
+            chosen = [c for c in self.cells() if c.directory.resolve() == target and c.status() == "finished"]
+            if not chosen:
+                raise ValueError(f"{name} is not a finished cell under {self.root}")
+            return chosen
+        table = self.table(dataset, statuses=("finished",))
+        if table.empty:
+            raise ValueError(f"no finished cells under {self.root}")
+        chosen = table[table["method"] == name]
+        if bits is not None:
+            chosen = chosen[chosen["bits"] == bits]
+        if chosen.empty:
+            known = ", ".join(sorted(table["method"].unique())) or "none"
+            raise ValueError(f"no finished cells of {name!r} with these filters; methods with results: {known}")
+        groups = chosen.groupby(["dataset", "dataset_fingerprint", "bits", "identity"])
+        if groups.ngroups > 1:
+            listed = "; ".join(f"{d} (data {f or 'unrecorded'}) {b} bits protocol {p}" for d, f, b, p in groups.groups)
+            raise ValueError(f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories")
+        return [Cell(d) for d in chosen["directory"]]
 
 
-def load_cells(out: Path) -> pd.DataFrame:
-    """One row per finished cell under ``out``: config, protocol, metrics."""
-    rows = []
-    for metrics_path in sorted(Path(out).glob("*/*/*bits/seed*/metrics.json")):
-        directory = metrics_path.parent
-        config = CellConfig(**json.loads((directory / "config.json").read_text()))  # fills fields older cells lack
-        record = json.loads(metrics_path.read_text())
-        rows.append({**asdict(config), "protocol": config.protocol_hash(), "directory": str(directory), **record["metrics"], "seconds": record.get("seconds"), "origin": record.get("origin"), "synthetic": record.get("synthetic", False)})
-    return pd.DataFrame(rows)
+def _config_from_path(directory: Path) -> dict[str, Any]:
+    """What a cell's path says, for a cell whose config.json is damaged."""
+    seed = directory.name.partition("-")[0].removeprefix("seed")
+    bits = directory.parent.name.removesuffix("bits")
+    config = CellConfig(directory.parents[2].name, directory.parents[1].name, int(bits) if bits.isdigit() else 0, int(seed) if seed.isdigit() else -1, "?", 0, 0, "?")
+    return asdict(config)
+
+
+def _describe_augment(values: dict[str, float] | None) -> str:
+    from hashbench.augment import Augmentation
+
+    return Augmentation.from_dict(values or {}).describe()
+
+
+def load_cells(out: Path | str) -> pd.DataFrame:
+    """One row per finished, failed or damaged cell under ``out`` (see :meth:`ResultsStore.table`)."""
+    return ResultsStore(out).table()

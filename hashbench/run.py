@@ -1,40 +1,74 @@
 """Running the grid: (methods x bits x seeds) on one dataset, one cell at a time.
 
-Each cell is trained by the engine, evaluated by the evaluator and stored by the
-results store. A finished cell is skipped (``force`` re-runs it); a failing cell is
-reported and the grid goes on; an interrupted cell resumes from its last epoch.
+A run is planned first: every cell's full configuration is resolved and validated
+(methods, options, optimiser and schedule, augmentation, split, backbones and
+their weights) before anything is written, so a mistake costs nothing and
+``--dry-run`` shows exactly what would run. Then each cell is trained by the
+engine, evaluated by the evaluator and stored through its :class:`Cell`:
+
+- a finished cell is skipped (``force`` re-runs it); an interrupted one resumes
+  from its last epoch and ends as an uninterrupted run would;
+- a cell that fails (a NaN loss, out of memory, a bug in a plugin) records why and
+  the grid goes on;
+- a cell being run by another process is left to it (a lock per cell), and waited
+  for at the end, so several processes can share one sweep.
 """
 
 from __future__ import annotations
 
-import platform
-import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-import hashbench
-from hashbench import atomic, engine
-from hashbench.dataset import Dataset
-from hashbench.evaluate import DEFAULT_METRICS, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
+from hashbench import engine, splits
+from hashbench.augment import PAPER_AUGMENTATION, Augmentation
+from hashbench.dataset import Dataset, split_hash
+from hashbench.evaluate import DEFAULT_METRICS, DEFAULT_TIE_BREAK, DEFAULT_TIE_SEED, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
 from hashbench.method import Method, MethodContext
+from hashbench.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
 from hashbench.registry import REGISTRY
-from hashbench.results import CellConfig, is_finished, write_codes
+from hashbench.results import Cell, CellConfig, ResultsStore
+from hashbench.weights import WeightSource, architectures, ensure_available, is_cached, parse_weights_option, resolve
 
-# Training profiles. 'full' is the paper's protocol (Table 2: EfficientNet-B0, 50 epochs,
-# 224 px) with each method's own optimiser. 'quick' is for the synthetic phantom on a
-# CPU: timm's tiny test EfficientNet at 64 px for 30 epochs, and, since no pretrained
-# weights can be fetched offline, one optimiser with which every method learns from
-# scratch in that budget. Both are recorded in every result and shown in captions.
-PROFILES: dict[str, dict[str, Any]] = {
-    "full": {"backbone": "efficientnet_b0", "epochs": 50, "image_size": 224, "train": {}},
-    "quick": {"backbone": "test_efficientnet", "epochs": 30, "image_size": 64, "train": {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "head_lr_scale": 1.0, "batch_size": 32}},
+PAPER_BACKBONE = "tf_efficientnet_b6.aa_in1k"  # timm's efficientnet_b6 has no ImageNet weights; this is B6 ported from TensorFlow, ImageNet-1k
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Defaults a run starts from; every value is recorded in each cell and shown in captions."""
+
+    description: str
+    backbone: str
+    epochs: int
+    image_size: int
+    pretrained: bool
+    augment: Augmentation
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of every method's optimiser settings
+
+
+PROFILES: dict[str, Profile] = {
+    "full": Profile(
+        "the paper's training protocol: EfficientNet-B6 with ImageNet weights, 224 px, 50 epochs, augmented training images, each method's own optimiser and schedule",
+        PAPER_BACKBONE, 50, 224, True, PAPER_AUGMENTATION,
+    ),
+    "full-b0": Profile(
+        "the full profile on EfficientNet-B0: a cheaper backbone than the paper's B6",
+        "efficientnet_b0", 50, 224, True, PAPER_AUGMENTATION,
+    ),
+    "quick": Profile(
+        "a CPU budget for the synthetic phantom: timm's tiny test EfficientNet from random weights, 64 px, 30 epochs, "
+        "no augmentation, Adam 1e-3 with batch 32 and a constant rate for every method (the authors' fine-tuning optimisers need ImageNet weights)",
+        "test_efficientnet", 30, 64, False, Augmentation(),
+        {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "head_lr_scale": 1.0, "batch_size": 32, "lr_schedule": "constant"},
+    ),
 }
+OPTIMIZERS = ("adam", "sgd", "rmsprop")
 
 
 def default_profile(dataset: Dataset, device: torch.device) -> str:
@@ -50,16 +84,32 @@ class RunRequest:
     seeds: list[int] = field(default_factory=lambda: [0])
     dataset: str = "phantom"
     backbone: str | None = None
-    pretrained: bool = False
+    pretrained: bool | None = None
+    weights: list[str] = field(default_factory=list)  # --weights values: FILE, MODEL=FILE or DIR
     epochs: int | None = None
     image_size: int | None = None
     split: str = "patient"
+    split_seed: int = 0
     validation: float = 0.0
     device: str = "auto"
     profile: str | None = None
+    augment: str | None = None  # none, paper, or key=value,...; None: the profile's
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name (or "*") -> key -> value
     metrics: tuple[str, ...] = DEFAULT_METRICS
     force: bool = False
+
+
+@dataclass
+class PlannedCell:
+    """A cell as it will run: its configuration and where each backbone's weights come from."""
+
+    config: CellConfig
+    weights: dict[str, WeightSource]
+
+    def describe(self, out: Path) -> dict[str, Any]:
+        """The full configuration as plain data, for ``--dry-run``."""
+        weights = {model: source.describe() + ("" if is_cached(source) else " (not cached yet: downloaded before training starts)") for model, source in self.weights.items()}
+        return {"cell": self.config.label(), **asdict(self.config), "weights": weights, "directory": str(self.config.directory(out))}
 
 
 @dataclass
@@ -68,50 +118,118 @@ class CellOutcome:
     status: str  # done | skipped | failed
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
+    note: str = ""
 
 
-def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[CellConfig]:
-    """Resolve every cell's full configuration (raises on unknown methods or options)."""
-    profile = PROFILES[request.profile or default_profile(dataset, device)]
+def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[PlannedCell]:
+    """Every cell's full configuration; raises ValueError (or the registry's errors) on anything invalid. Writes no cell."""
+    profile_name = request.profile or default_profile(dataset, device)
+    if profile_name not in PROFILES:
+        raise ValueError(f"unknown profile {profile_name!r}; valid: {', '.join(PROFILES)}")
+    profile = PROFILES[profile_name]
+    epochs, image_size = request.epochs or profile.epochs, request.image_size or profile.image_size
+    for name, value, low in (("--bits", min(request.bits, default=1), 1), ("--epochs", epochs, 1), ("--image-size", image_size, 16)):
+        if value < low:
+            raise ValueError(f"{name} {value} is too small: at least {low}")
+    if not request.methods or not request.bits or not request.seeds:
+        raise ValueError("a run needs at least one method, one code length and one seed")
+    augmentation = profile.augment if request.augment is None else Augmentation.parse(request.augment)
+    side = _checked_split(dataset, request)
+    database = side == "database"
+    labels = dataset.index.loc[side.index[database.to_numpy()], "label"]
+    if labels.nunique() < 2:
+        raise ValueError(f"{dataset.name}: the training side holds {labels.nunique()} class(es); retrieval by class needs at least two")
+    n_classes, n_train = dataset.index.loc[side.index, "label"].nunique(), int(database.sum())
+    run_backbone = request.backbone or profile.backbone
+    pretrained = profile.pretrained if request.pretrained is None else request.pretrained
+    files = parse_weights_option(request.weights)
+    fingerprint, hashed_split = dataset.fingerprint, split_hash(side)
     cells = []
-    for name in request.methods:
-        method = REGISTRY.get(name)
+    for name in dict.fromkeys(request.methods):
+        method_cls = REGISTRY.get(name)
         user = {**request.overrides.get("*", {}), **request.overrides.get(name, {})}
-        options, train = method.resolve_options(user)
-        settings = method.train.with_overrides({**profile["train"], **train})
-        for bits in request.bits:
-            for seed in request.seeds:
-                cells.append(
-                    CellConfig(
-                        dataset=dataset.name, method=name, bits=bits, seed=seed, backbone=request.backbone or profile["backbone"], pretrained=request.pretrained,
-                        epochs=request.epochs or profile["epochs"], image_size=request.image_size or profile["image_size"],
-                        split=request.split, validation=request.validation, options={**method.options, **options}, train=asdict(settings),
-                    )
+        options, train = method_cls.resolve_options(user)
+        settings = method_cls.train.with_overrides({**profile.train, **train})
+        _check_settings(name, settings)
+        method = method_cls(MethodContext(request.bits[0], n_classes, n_train, {**method_cls.options, **options}, 0, image_size))
+        backbones = method.backbones(run_backbone)
+        weights = {model: resolve(model, pretrained, files, default_model=run_backbone) for model in backbones}
+        for bits in dict.fromkeys(request.bits):
+            for seed in dict.fromkeys(request.seeds):
+                config = CellConfig(
+                    dataset=dataset.name, method=name, bits=bits, seed=seed, backbone=" + ".join(backbones), epochs=epochs, image_size=image_size,
+                    split=request.split, validation=request.validation, options={**method_cls.options, **options}, train=asdict(settings),
+                    run_backbone=run_backbone, weights={m: w.identity() for m, w in weights.items()}, augment=augmentation.to_dict(), profile=profile_name,
+                    split_seed=request.split_seed, dataset_fingerprint=fingerprint, split_hash=hashed_split,
                 )
+                cells.append(PlannedCell(config, weights))
     return cells
 
 
+def _checked_split(dataset: Dataset, request: RunRequest):
+    if request.split not in splits.PROTOCOLS:
+        raise ValueError(f"unknown split {request.split!r}; valid: {', '.join(splits.PROTOCOLS)}")
+    side = dataset.split(request.split, seed=request.split_seed, validation_fraction=request.validation)
+    for name in ("database", "query"):
+        if not (side == name).any():
+            raise ValueError(f"{dataset.name}: the {request.split}-level split (seed {request.split_seed}) leaves the {name} side empty; the dataset is too small")
+    return side
+
+
+def _check_settings(method: str, settings) -> None:
+    if settings.optimizer not in OPTIMIZERS:
+        raise ValueError(f"{method}: optimizer={settings.optimizer!r} is not valid; valid: {', '.join(OPTIMIZERS)}")
+    if settings.batch_size < 2 or settings.lr <= 0:
+        raise ValueError(f"{method}: batch_size must be at least 2 and lr positive (got {settings.batch_size}, {settings.lr})")
+    try:
+        engine.LrSchedule.parse(settings.lr_schedule)
+    except ValueError as exc:
+        raise ValueError(f"{method}: {exc}") from None
+
+
 def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = False, on_cell: Callable[[CellOutcome], None] | None = None) -> list[CellOutcome]:
+    """Plan, make sure every backbone's weights are at hand, then run each cell; returns the outcomes in plan order."""
     device = engine.resolve_device(request.device)
-    outcomes = []
-    for config in plan(request, dataset, device):
-        directory = config.directory(out)
-        if is_finished(directory) and not request.force:
-            outcome = CellOutcome(config, "skipped")
-        else:
-            try:
-                outcome = CellOutcome(config, "done", run_cell(config, dataset, device, directory, request.metrics, progress, request.force))
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                directory.mkdir(parents=True, exist_ok=True)
-                atomic.write_json(directory / "failed.json", {"error": error, "traceback": traceback.format_exc()})
-                outcome = CellOutcome(config, "failed", error=error)
-        outcomes.append(outcome)
-        if on_cell:
-            on_cell(outcome)
-    return outcomes
+    planned = plan(request, dataset, device)
+    ensure_available({source for cell in planned for source in cell.weights.values()})
+    store = ResultsStore(out)
+    outcomes: dict[int, CellOutcome] = {}
+    waiting = []
+    for wait in (False, True):  # first pass: cells no other process holds; then wait for the others' cells
+        for position in (range(len(planned)) if not wait else waiting):
+            outcome = _attempt(planned[position], store.cell(planned[position].config), dataset, device, request, progress, wait)
+            if outcome is None:
+                waiting.append(position)
+                continue
+            outcomes[position] = outcome
+            if on_cell:
+                on_cell(outcome)
+    return [outcomes[i] for i in range(len(planned))]
+
+
+def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.device, request: RunRequest, progress: bool, waited: bool) -> CellOutcome | None:
+    """Run one cell under its lock; None when another process holds it and we are not waiting."""
+    config = planned.config
+    with cell.claim(wait=waited) as claimed:
+        if not claimed:
+            return None
+        status = cell.status()
+        if status == "finished" and not request.force:
+            return CellOutcome(config, "skipped", note="finished by another process" if waited else "finished earlier (--force to re-run)")
+        note = f"was damaged ({cell.problem()}); re-ran it" if status == "damaged" else ""
+        if request.force:
+            cell.discard_progress()
+        try:
+            metrics = run_cell(planned, dataset, device, cell, request.metrics, progress)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # this cell only: record why, free the device, go on
+            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            cell.fail(error, traceback.format_exc())
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            return CellOutcome(config, "failed", error=error, note=note)
+        return CellOutcome(config, "done", metrics, note=note)
 
 
 def class_ids(labels) -> tuple[np.ndarray, list[str]]:
@@ -120,23 +238,24 @@ def class_ids(labels) -> tuple[np.ndarray, list[str]]:
     return np.array([lookup[label] for label in labels], dtype=np.int64), names
 
 
-def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directory: Path, metrics: tuple[str, ...] = DEFAULT_METRICS, progress: bool = False, restart: bool = False) -> dict[str, float]:
+def run_cell(planned: PlannedCell, dataset: Dataset, device: torch.device, cell: Cell, metrics: tuple[str, ...] = DEFAULT_METRICS, progress: bool = False) -> dict[str, float]:
     """Train, encode, evaluate and store one cell; returns its metrics."""
-    if restart:
-        shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "failed.json").unlink(missing_ok=True)
-    atomic.write_json(directory / "config.json", asdict(config))
-    started = time.perf_counter()
-    side = dataset.split(config.split, validation_fraction=config.validation)
+    config = planned.config
+    cell.start(config)
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    start_memory_watch(device)
+    side = dataset.split(config.split, seed=config.split_seed, validation_fraction=config.validation)
+    if split_hash(side) != config.split_hash:
+        raise RuntimeError(f"the {config.split} split of {dataset.name} changed after the run was planned; run again")
     labels, class_names = class_ids(dataset.index.loc[side.index, "label"])
     by_side = {name: (side.index.to_numpy()[(side == name).to_numpy()], labels[(side == name).to_numpy()]) for name in ("database", "query", "validation")}
     (database_ids, database_labels), (query_ids, query_labels) = by_side["database"], by_side["query"]
 
     method_cls = REGISTRY.get(config.method)
     engine.seed_everything(config.seed)
-    method: Method = method_cls(MethodContext(config.bits, len(class_names), len(database_ids), config.options, config.seed, config.image_size))
-    network, loss = method.build(config.backbone, config.pretrained)
+    method: Method = method_cls(MethodContext(config.bits, len(class_names), len(database_ids), config.options, config.seed, config.image_size, planned.weights))
+    network, loss = method.build(config.run_backbone)
+    ran = _check_backbones(config, architectures(network))
     settings = method_cls.train.with_overrides(config.train)
     train_source = engine.ImageSource(dataset.images, database_ids, device)
     validate = None
@@ -151,43 +270,49 @@ def run_cell(config: CellConfig, dataset: Dataset, device: torch.device, directo
 
     engine.train(
         method, network, loss, train_source, engine.TrainData(database_ids, database_labels, len(class_names)), settings,
-        config.epochs, config.image_size, config.seed, directory / "checkpoint.pt", directory / "train_log.jsonl", progress, validate,
+        config.epochs, config.image_size, config.seed, cell.path("checkpoint.pt"), cell.path("train_log.jsonl"), progress, validate,
+        Augmentation.from_dict(config.augment),
     )
+    trained = time.perf_counter()
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
     database_embeddings = engine.encode(network, train_source, database_ids, config.image_size)
     database_bits = binarize(database_embeddings)
-    metrics = tuple(dict.fromkeys(STORED_METRICS + tuple(metrics)))
-    result = evaluate(query_bits, query_labels, database_bits, database_labels, metrics, device="cpu" if device.type == "cpu" else str(device))
-    write_codes(
-        directory, query_codes=pack(query_bits), database_codes=pack(database_bits), query_labels=query_labels, database_labels=database_labels,
-        database_embeddings=database_embeddings.astype(np.float16),  # `hashbench search` breaks Hamming ties with these
-        query_ids=query_ids, database_ids=database_ids, class_names=np.array(class_names), bits=np.array(config.bits),
+    wanted = tuple(dict.fromkeys(STORED_METRICS + tuple(metrics)))
+    result = evaluate(query_bits, query_labels, database_bits, database_labels, wanted, device="cpu" if device.type == "cpu" else str(device), tie_break=DEFAULT_TIE_BREAK, tie_seed=DEFAULT_TIE_SEED)
+    arrays = {
+        "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query_labels, "database_labels": database_labels,
+        "database_embeddings": database_embeddings.astype(np.float16),  # `hashbench search` breaks Hamming ties with these
+        "query_ids": query_ids, "database_ids": database_ids, "class_names": np.array(class_names), "bits": np.array(config.bits),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},
-    )
-    atomic.atomic_write(directory / "model.pt", lambda handle: torch.save(network.state_dict(), handle))
-    (directory / "checkpoint.pt").unlink(missing_ok=True)
-    atomic.write_json(
-        directory / "metrics.json",
-        {
-            "metrics": result.metrics,
-            "ties": tie_diagnostics(result.counts, database_bits),
-            "seconds": round(time.perf_counter() - started, 2),
-            "device": str(device),
-            "origin": method_cls.origin,
-            "paper": method_cls.paper,
-            "synthetic": bool(dataset.manifest.get("synthetic", False)),
-            "n_query": len(query_ids),
-            "n_database": len(database_ids),
-            "classes": class_names,
-            "versions": versions(),
-        },
-    )
+    }
+    record = {
+        "metrics": result.metrics,
+        "ties": tie_diagnostics(result.counts, database_bits),
+        "evaluation": {"tie_break": DEFAULT_TIE_BREAK, "tie_seed": DEFAULT_TIE_SEED},
+        "backbones_ran": ran,
+        "weights": {model: source.describe() for model, source in planned.weights.items()},
+        "seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(trained - started, 2),
+        "started": started_at.isoformat(timespec="seconds"),
+        "device": describe_device(device),
+        "peak_memory_mib": peak_memory_mib(device),
+        "git": git_state(),
+        "versions": versions(),
+        "origin": method_cls.origin,
+        "paper": method_cls.paper,
+        "synthetic": bool(dataset.manifest.get("synthetic", False)),
+        "n_query": len(query_ids),
+        "n_database": len(database_ids),
+        "classes": class_names,
+    }
+    cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
     return result.metrics
 
 
-def versions() -> dict[str, str]:
-    import pydicom
-    import timm
-
-    return {"hashbench": hashbench.__version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__, "pydicom": pydicom.__version__, "python": platform.python_version()}
+def _check_backbones(config: CellConfig, ran: list[str]) -> list[str]:
+    """The timm models the network holds must be the ones the method declared (the config says what ran)."""
+    declared = [name.split(".")[0] for name in config.backbone.split(" + ")]
+    if ran and [name.split(".")[0] for name in ran] != declared:
+        raise RuntimeError(f"{config.method} built {', '.join(ran)} but declared {config.backbone}: its backbones() must list what build() creates")
+    return ran or [f"{config.backbone} (not a timm model: not verified)"]

@@ -12,16 +12,14 @@ or by database index (``'index'``, the evaluator's order).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hashbench import engine
 from hashbench.evaluate import binarize, pack
-from hashbench.results import CellConfig, is_finished, load_codes
+from hashbench.results import Cell
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -50,24 +48,24 @@ class CellIndex:
 
     def __init__(self, directory: Path, device: str = "auto", use_faiss: bool | None = None):
         from hashbench.datasets import load_dataset
-        from hashbench.method import MethodContext
-        from hashbench.registry import REGISTRY
 
-        directory = Path(directory)
-        if not is_finished(directory):
-            raise FileNotFoundError(f"{directory} is not a finished cell (no metrics.json)")
-        self.config = CellConfig(**json.loads((directory / "config.json").read_text()))
-        codes = load_codes(directory)
+        cell = Cell(directory)
+        if cell.status() != "finished":
+            raise FileNotFoundError(f"{directory} is not a finished cell ({cell.problem() or cell.status()})")
+        self.config = cell.config
+        codes = cell.codes()
         self.database_codes = codes["database_codes"]
         self.database_ids = codes["database_ids"]
         self.database_embeddings = codes.get("database_embeddings")
         self.dataset = load_dataset(self.config.dataset)
+        recorded = self.config.dataset_fingerprint
+        if recorded and self.dataset.fingerprint != recorded:
+            raise ValueError(
+                f"{self.config.dataset} was re-ingested with other content since this cell was trained (data version {self.dataset.fingerprint}, "
+                f"the cell's {recorded}): its slice ids no longer name the same images. Re-run the cell on the current data."
+            )
         self.device = engine.resolve_device(device)
-        method_cls = REGISTRY.get(self.config.method)
-        context = MethodContext(self.config.bits, len(codes["class_names"]), len(self.database_ids), self.config.options, self.config.seed, self.config.image_size)
-        self.network, _ = method_cls(context).build(self.config.backbone, False)  # the cell's weights replace any pretrained ones
-        self.network.load_state_dict(torch.load(directory / "model.pt", map_location="cpu", weights_only=True))
-        self.network.to(self.device)
+        self.network = cell.build_network(str(self.device))
         faiss = _faiss() if use_faiss is not False else None
         if use_faiss and faiss is None:
             raise ImportError("faiss is not installed: pip install faiss-cpu, or search without it")

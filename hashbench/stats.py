@@ -69,3 +69,29 @@ def compare(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -
         if np.isnan(p_seeds):  # no spread on either side: the means are equal or they are not
             p_seeds = 1.0 if a_means.mean() == b_means.mean() else 0.0
     return Comparison(float(observed), bootstrap_interval(differences, rounds=rounds, seed=seed), (1 + extreme) / (1 + rounds), p_seeds, len(differences), (len(a), len(b)))
+
+
+@dataclass
+class CellComparison:
+    """One metric of ``compare_cells``: the two sides' means and their paired comparison."""
+
+    metric: str
+    mean_a: float
+    mean_b: float
+    result: Comparison
+
+
+def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> list[CellComparison]:
+    """A minus B per metric; each side a list of finished cells (seeds) evaluated on the same queries.
+
+    Raises ValueError when a cell was evaluated on other queries than the first (another split or data version).
+    """
+    reference = a[0].query_ids()
+    for cell in (*a, *b):
+        if not np.array_equal(cell.query_ids(), reference):
+            raise ValueError(f"{cell.directory} was evaluated on other queries than {a[0].directory}: compare cells of one data version and split")
+    rows = []
+    for metric in metrics:
+        values = [np.stack([cell.per_query(metric) for cell in side]) for side in (a, b)]
+        rows.append(CellComparison(metric, float(values[0].mean()), float(values[1].mean()), compare(*values)))
+    return rows

@@ -136,27 +136,25 @@ def chance():
     return chance_metrics
 
 
-def write_cell(out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy"):
+def write_cell(out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy", **config_fields):
     """A finished cell written straight from codes (no training): for tests of what reads the results store."""
-    from dataclasses import asdict
+    from hashbench.evaluate import STORED_METRICS, evaluate, pack, tie_diagnostics
+    from hashbench.results import CellConfig, ResultsStore
 
-    from hashbench import atomic
-    from hashbench.evaluate import STORED_METRICS, evaluate, pack
-    from hashbench.results import CellConfig, write_codes
-
-    config = CellConfig(dataset, method, query_bits.shape[1], seed, "none", False, 1, 8, "patient", train={"optimizer": "adam", "lr": 1e-3})
-    directory = config.directory(out)
-    directory.mkdir(parents=True)
+    config = CellConfig(dataset, method, query_bits.shape[1], seed, "none", 1, 8, "patient", train={"optimizer": "adam", "lr": 1e-3}, weights={"none": "random"}, profile="quick", **config_fields)
+    cell = ResultsStore(out).cell(config)
+    cell.directory.mkdir(parents=True)
     result = evaluate(query_bits, query_labels, database_bits, database_labels, STORED_METRICS)
-    atomic.write_json(directory / "config.json", asdict(config))
-    write_codes(
-        directory, query_codes=pack(query_bits), database_codes=pack(database_bits), query_labels=query_labels, database_labels=database_labels,
-        query_ids=np.arange(len(query_bits)), database_ids=np.arange(len(database_bits)) + len(query_bits),
-        class_names=np.array([f"class{i}" for i in range(int(max(query_labels.max(), database_labels.max())) + 1)]), bits=np.array(query_bits.shape[1]),
+    cell.start(config)
+    arrays = {
+        "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query_labels, "database_labels": database_labels,
+        "query_ids": np.arange(len(query_bits)), "database_ids": np.arange(len(database_bits)) + len(query_bits),
+        "class_names": np.array([f"class{i}" for i in range(int(max(query_labels.max(), database_labels.max())) + 1)]), "bits": np.array(query_bits.shape[1]),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},
-    )
-    atomic.write_json(directory / "metrics.json", {"metrics": result.metrics, "synthetic": True})
-    return directory
+    }
+    record = {"metrics": result.metrics, "ties": tie_diagnostics(result.counts, database_bits), "evaluation": {"tie_break": "random", "tie_seed": 0}, "synthetic": True}
+    cell.finish(arrays, lambda handle: handle.write(b""), record)
+    return cell.directory
 
 
 @pytest.fixture

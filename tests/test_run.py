@@ -10,7 +10,7 @@ import pytest
 from hashbench import engine, leaderboard
 from hashbench.evaluate import evaluate
 from hashbench.registry import REGISTRY
-from hashbench.results import load_cells, load_codes, per_query
+from hashbench.results import Cell, load_cells
 from hashbench.run import RunRequest, run_grid
 from hashbench.stats import bootstrap_interval
 
@@ -49,13 +49,15 @@ def test_a_cell_stores_config_codes_metrics_and_versions(baseline_runs):
     assert record["origin"] == "built-in" and record["synthetic"] is True and set(record["versions"]) >= {"hashbench", "torch", "timm"}
     assert not (directory / "checkpoint.pt").exists() and (directory / "model.pt").exists()
     assert len((directory / "train_log.jsonl").read_text().splitlines()) == 3
-    codes = load_codes(directory)
+    codes = Cell(directory).codes()
     # New metrics need no retraining: the stored codes reproduce the stored numbers.
     query = np.unpackbits(codes["query_codes"], axis=1)[:, :16].astype(bool)
     database = np.unpackbits(codes["database_codes"], axis=1)[:, :16].astype(bool)
     again = evaluate(query, codes["query_labels"], database, codes["database_labels"], ("map@10",))
     assert again.metrics["map@10"] == pytest.approx(record["metrics"]["map@10"], abs=1e-12)
     np.testing.assert_allclose(codes["per_query/map@10"], again.per_query["map@10"])
+    expected_top1 = evaluate(query, codes["query_labels"], database, codes["database_labels"], ("map@1-tie",)).metrics["map@1-tie"]
+    assert record["metrics"]["map@1-tie"] == pytest.approx(expected_top1, abs=1e-12)  # stored beside MAP@1
     assert not set(codes["query_ids"]) & set(codes["database_ids"])
 
 
@@ -76,18 +78,32 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
     board = boards[0]
     assert list(board.table.columns) == ["8 bits", "16 bits"] and list(board.table.index) == ["dpn"]
     values = [o.metrics["map@10"] for o in outcomes if o.config.bits == 8]
-    per_seed = np.stack([per_query(o.config.directory(tmp_path), "map@10") for o in outcomes if o.config.bits == 8])
+    per_seed = np.stack([Cell(o.config.directory(tmp_path)).per_query("map@10") for o in outcomes if o.config.bits == 8])
     np.testing.assert_allclose(per_seed.mean(axis=1), values, atol=1e-12)  # the stored per-query values are the cell's
     low, high = bootstrap_interval(per_seed)
     assert low <= np.mean(values) <= high
-    assert board.table.loc["dpn", "8 bits"] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} [{low:.3f}, {high:.3f}] (n=2)"
+    assert board.table.loc["dpn", "8 bits"].startswith(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} [{low:.3f}, {high:.3f}] (n=2")  # then any dead-bit flags
     assert "synthetic phantom" in board.caption and "patient-level split" in board.caption and BACKBONE in board.caption and "2 epochs" in board.caption
+    assert "one run per cell" not in board.caption  # two seeds a cell
+    assert "differs from the paper's protocol in synthetic data" in board.caption and "64 px (the paper's: 224)" in board.caption
     text = leaderboard.to_markdown(boards)
     assert "| method | 8 bits | 16 bits |" in text and "### MAP@10" in text
     more = run_grid(request(["dsh"], bits=(8,), epochs=2), tiny_phantom.dataset, tmp_path)  # dsh has no 16-bit cell
     assert more[0].status == "done"
     table = leaderboard.build(load_cells(tmp_path), ("map@10",))[0].table
     assert table.loc["dsh", "16 bits"] == "-"
+
+
+def test_a_collapsed_cell_is_flagged_beside_its_number(tmp_path, cell_writer):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 30)
+    cell_writer(tmp_path, "collapsed", np.zeros((9, 16), bool), labels[::10], np.zeros((90, 16), bool), labels)  # one bucket: every code equal
+    partly = rng.random((90, 16)) < 0.5
+    partly[:, :3] = True  # three bits never change
+    cell_writer(tmp_path, "partly", rng.random((9, 16)) < 0.5, labels[::10], partly, labels)
+    table = leaderboard.build(load_cells(tmp_path), ("map@10",))[0].table
+    assert table.loc["collapsed", "16 bits"].endswith("(n=1; collapsed: 16/16 dead bits)")
+    assert table.loc["partly", "16 bits"].endswith("(n=1; partly collapsed: 3/16 dead bits)")
 
 
 def test_an_interrupted_cell_resumes_from_its_last_epoch(tiny_phantom, tmp_path, monkeypatch):
@@ -138,6 +154,6 @@ def test_a_validation_side_is_held_out_of_training_and_logged_each_epoch(tiny_ph
     log = [json.loads(line) for line in (directory / "train_log.jsonl").read_text().splitlines()]
     assert all(0 <= record["validation map@10"] <= 1 for record in log) and len(log) == 2
     side = tiny_phantom.dataset.split("patient", validation_fraction=0.2)
-    codes = load_codes(directory)
+    codes = Cell(directory).codes()
     validation_ids = set(side.index[side == "validation"])
     assert validation_ids and not validation_ids & set(codes["database_ids"]) and not validation_ids & set(codes["query_ids"])

@@ -1,0 +1,62 @@
+"""What ran, where: the facts every result records so that a number can be traced and reproduced."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import hashbench
+
+
+@lru_cache(maxsize=1)
+def git_state() -> dict[str, object]:
+    """The commit of the hashbench source tree and whether it had uncommitted changes (None outside a git checkout)."""
+    source = Path(hashbench.__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
+            raise ValueError("hashbench is installed inside another repository")
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "note": "not a git checkout (an installed package): see versions.hashbench"}
+
+
+@lru_cache(maxsize=1)
+def versions() -> dict[str, str]:
+    import pydicom
+    import timm
+
+    return {
+        "hashbench": hashbench.__version__, "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
+        "timm": timm.__version__, "numpy": np.__version__, "pydicom": pydicom.__version__,
+    }
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device}: {torch.cuda.get_device_name(device)}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def start_memory_watch(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device) -> dict[str, float]:
+    """Peak GPU memory allocated during the cell (CUDA), and the process's peak resident memory so far."""
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    peak = {"process_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)}
+    if device.type == "cuda":
+        peak["cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return peak
