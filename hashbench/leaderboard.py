@@ -43,17 +43,19 @@ def summarise(rows: pd.DataFrame, metric: str) -> str:
         return "-"
     finished = rows[rows["status"] == "finished"]
     problems = [note for note in rows.loc[rows["status"] != "finished", "note"]]
-    per_run = []
+    per_run, queries = [], []
     for directory in finished["directory"]:
         try:
-            per_run.append(Cell(directory).per_query(metric))
+            cell = Cell(directory)
+            per_run.append(cell.per_query(metric))
+            queries.append(cell.query_ids())
         except CellError as exc:
             problems.append(f"damaged: {exc}")
     if not per_run:
         return "; ".join(problems) or "-"
     means = np.array([values.mean() for values in per_run])
     spread = f" ± {np.std(means, ddof=1):.3f}" if len(means) > 1 else ""
-    same_queries = len({len(v) for v in per_run}) == 1
+    same_queries = all(np.array_equal(ids, queries[0]) for ids in queries)  # else runs of several split seeds: pool their queries
     low, high = bootstrap_interval(np.stack(per_run) if same_queries else np.concatenate(per_run)[None])
     flags = _flags([n for n in finished["note"] if n], len(finished), problems)
     return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"

@@ -181,27 +181,22 @@ class Cell:
 
     def status(self) -> str:
         """finished | failed | damaged | incomplete (started, or interrupted, and not finished)."""
-        try:
-            if self.path(RECORD).exists():
-                self.record
-                self.codes()
-                return "finished"
-            self.config
-        except CellError:
+        if self.problem():
             return "damaged"
-        except FileNotFoundError:
-            return "incomplete"
+        if self.path(RECORD).exists():
+            return "finished"
         return "failed" if self.path(FAILURE).exists() else "incomplete"
 
     def problem(self) -> str:
-        """Why a damaged cell cannot be read (the CellError's message), else ''."""
+        """Why the cell's files cannot be read as data (naming the file and the fix), else ''."""
         try:
             self.config
             if self.path(RECORD).exists():
-                self.record
-                self.codes()
-        except (CellError, FileNotFoundError) as exc:
+                self.codes()  # reads the record too
+        except CellError as exc:
             return str(exc)
+        except FileNotFoundError:  # removed while we looked: not damaged, just not there
+            return ""
         return ""
 
     def failure(self) -> dict[str, str]:
@@ -314,7 +309,8 @@ class Cell:
     def claim(self, wait: bool) -> Iterator[bool]:
         """Hold the cell's lock while working on it; yields False if another process holds it and ``wait`` is off.
 
-        An OS file lock: released when the holder exits, even by SIGKILL, so no stale locks.
+        An OS file lock (flock): released when the holder exits, even by SIGKILL, so no stale locks.
+        Where the OS has none (Windows), cells are not protected across processes.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         with open(self.path(LOCK), "a+b") as handle:
@@ -327,7 +323,7 @@ class Cell:
                 _unlock(handle)
 
     def start(self, config: CellConfig) -> None:
-        """Write the config and forget a previous failure; the log keeps only epochs the checkpoint holds."""
+        """Write the config and forget a previous failure (the attempt starting now replaces it)."""
         atomic.write_json(self.path(CONFIG), asdict(config))
         self.__dict__.pop("config", None)
         self.path(FAILURE).unlink(missing_ok=True)
@@ -368,34 +364,23 @@ def _per_query(cell: Cell, metric: str, path: str, mtime_ns: int, size: int) -> 
 
 try:
     import fcntl
+except ImportError:  # Windows: no cross-process lock; one process per results root there
+    fcntl = None
 
-    def _lock(handle, wait: bool) -> bool:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            return False
+
+def _lock(handle, wait: bool) -> bool:
+    if fcntl is None:
         return True
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
 
-    def _unlock(handle) -> None:
+
+def _unlock(handle) -> None:
+    if fcntl is not None:
         fcntl.flock(handle, fcntl.LOCK_UN)
-
-except ImportError:  # Windows
-    import msvcrt
-    import time
-
-    def _lock(handle, wait: bool) -> bool:
-        while True:
-            try:
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-                return True
-            except OSError:
-                if not wait:
-                    return False
-                time.sleep(1)
-
-    def _unlock(handle) -> None:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
 
 
 class ResultsStore:
@@ -430,7 +415,8 @@ class ResultsStore:
                 row.update(record["metrics"])
                 row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), note=cell.collapse(), backbones_ran=", ".join(record.get("backbones_ran", [])) or config["backbone"])
             elif status == "failed":
-                row["note"] = f"failed: {cell.failure().get('error', '').splitlines()[0] if cell.failure().get('error') else 'unknown'}"
+                error = (cell.failure().get("error") or "unknown").splitlines()[0]
+                row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
             else:
                 row["note"] = f"damaged: {cell.problem()}"
             rows.append(row)
@@ -481,7 +467,3 @@ def _describe_augment(values: dict[str, float] | None) -> str:
 
     return Augmentation.from_dict(values or {}).describe()
 
-
-def load_cells(out: Path | str) -> pd.DataFrame:
-    """One row per finished, failed or damaged cell under ``out`` (see :meth:`ResultsStore.table`)."""
-    return ResultsStore(out).table()

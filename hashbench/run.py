@@ -127,7 +127,8 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; valid: {', '.join(PROFILES)}")
     profile = PROFILES[profile_name]
-    epochs, image_size = request.epochs or profile.epochs, request.image_size or profile.image_size
+    epochs = profile.epochs if request.epochs is None else request.epochs
+    image_size = profile.image_size if request.image_size is None else request.image_size
     for name, value, low in (("--bits", min(request.bits, default=1), 1), ("--epochs", epochs, 1), ("--image-size", image_size, 16)):
         if value < low:
             raise ValueError(f"{name} {value} is too small: at least {low}")
@@ -194,16 +195,18 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     ensure_available({source for cell in planned for source in cell.weights.values()})
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
-    waiting = []
-    for wait in (False, True):  # first pass: cells no other process holds; then wait for the others' cells
-        for position in (range(len(planned)) if not wait else waiting):
-            outcome = _attempt(planned[position], store.cell(planned[position].config), dataset, device, request, progress, wait)
-            if outcome is None:
-                waiting.append(position)
-                continue
+
+    def settle(position: int, wait: bool) -> bool:
+        outcome = _attempt(planned[position], store.cell(planned[position].config), dataset, device, request, progress, wait)
+        if outcome is not None:
             outcomes[position] = outcome
             if on_cell:
                 on_cell(outcome)
+        return outcome is not None
+
+    waiting = [position for position in range(len(planned)) if not settle(position, wait=False)]  # held by another process
+    for position in waiting:
+        settle(position, wait=True)
     return [outcomes[i] for i in range(len(planned))]
 
 

@@ -6,7 +6,7 @@ choice the paper leaves open is a named option (``--set dafh.KEY=VALUE``):
 - Backbone: an EfficientNet: the run's backbone, or ``backbone``. The paper selected
   EfficientNet-B6 (section 3.3.1); the ``full`` profile runs it with ImageNet weights.
 - AT (``attention``): CBAM on the output of the penultimate stage (EfficientNet:
-  the penultimate MBConv stage, 192 x 7 x 7 for B0 at 224 px; ResNet: layer3), found
+  the penultimate MBConv stage, 344 x 7 x 7 for B6 and 192 x 7 x 7 for B0 at 224 px; ResNet: layer3), found
   from the timm model's stages at any input size. ``attention_inline`` (default on):
   the attended map also flows on through the last stage, so AT matters even without
   LF; off: CBAM only feeds the fusion.

@@ -23,7 +23,10 @@ def build(name="dafh", bits=32, image_size=64, backbone="test_efficientnet", n_c
 
 @pytest.mark.parametrize(
     "backbone, image_size, mid_shape",
-    [("efficientnet_b0", 224, (192, 7, 7)), ("efficientnet_b0", 64, (192, 2, 2)), ("efficientnet_b2", 224, (208, 7, 7)), ("efficientnet_b2", 64, (208, 2, 2))],
+    [
+        ("efficientnet_b0", 224, (192, 7, 7)), ("efficientnet_b0", 64, (192, 2, 2)), ("efficientnet_b2", 224, (208, 7, 7)), ("efficientnet_b2", 64, (208, 2, 2)),
+        ("tf_efficientnet_b6.aa_in1k", 64, (344, 2, 2)),  # the paper's backbone, as the full profile runs it (here from random weights)
+    ],
 )
 def test_shapes_through_dafh(backbone, image_size, mid_shape):
     _, network, _ = build(backbone=backbone, image_size=image_size)

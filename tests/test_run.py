@@ -10,7 +10,7 @@ import pytest
 from hashbench import engine, leaderboard
 from hashbench.evaluate import evaluate
 from hashbench.registry import REGISTRY
-from hashbench.results import Cell, load_cells
+from hashbench.results import Cell, ResultsStore
 from hashbench.run import RunRequest, run_grid
 from hashbench.stats import bootstrap_interval
 
@@ -73,7 +73,7 @@ def test_finished_cells_are_skipped(baseline_runs, tiny_phantom):
 def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tiny_phantom, tmp_path):
     outcomes = run_grid(request(["dpn"], bits=(8, 16), seeds=(0, 1), epochs=2), tiny_phantom.dataset, tmp_path)
     assert all(o.status == "done" for o in outcomes)
-    boards = leaderboard.build(load_cells(tmp_path), ("map@10",))
+    boards = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))
     assert len(boards) == 1
     board = boards[0]
     assert list(board.table.columns) == ["8 bits", "16 bits"] and list(board.table.index) == ["dpn"]
@@ -90,7 +90,7 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
     assert "| method | 8 bits | 16 bits |" in text and "### MAP@10" in text
     more = run_grid(request(["dsh"], bits=(8,), epochs=2), tiny_phantom.dataset, tmp_path)  # dsh has no 16-bit cell
     assert more[0].status == "done"
-    table = leaderboard.build(load_cells(tmp_path), ("map@10",))[0].table
+    table = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))[0].table
     assert table.loc["dsh", "16 bits"] == "-"
 
 
@@ -101,7 +101,7 @@ def test_a_collapsed_cell_is_flagged_beside_its_number(tmp_path, cell_writer):
     partly = rng.random((90, 16)) < 0.5
     partly[:, :3] = True  # three bits never change
     cell_writer(tmp_path, "partly", rng.random((9, 16)) < 0.5, labels[::10], partly, labels)
-    table = leaderboard.build(load_cells(tmp_path), ("map@10",))[0].table
+    table = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))[0].table
     assert table.loc["collapsed", "16 bits"].endswith("(n=1; collapsed: 16/16 dead bits)")
     assert table.loc["partly", "16 bits"].endswith("(n=1; partly collapsed: 3/16 dead bits)")
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from hashbench import leaderboard
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.registry import REGISTRY
-from hashbench.results import Cell, load_cells
+from hashbench.results import Cell, ResultsStore
 from hashbench.run import RunRequest, run_grid
 from hashbench.suites import SUITES
 
@@ -38,7 +38,7 @@ def test_every_suite_names_registered_methods_and_the_papers_numbers():
 
 def test_suite_table_in_the_papers_layout_with_its_numbers_beside_ours(table3_cells):
     out, outcomes = table3_cells
-    boards = leaderboard.build_suite(load_cells(out), SUITES["paper-table3"])
+    boards = leaderboard.build_suite(ResultsStore(out).table(), SUITES["paper-table3"])
     assert len(boards) == 1
     table = boards[0].table
     assert list(table.index) == ["HashNet (hashnet)", "DSH (dsh)", "DPSH (dpsh)", "DPN (dpn)", "DAFH (dafh)"]
