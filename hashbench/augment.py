@@ -6,8 +6,8 @@ are a setting here (``PAPER_AUGMENTATION`` is hashbench's moderate choice) and a
 recorded with every result. Augmentation runs on the device, on a whole batch at
 once, after resizing and before normalisation, and only on training batches: query
 and database images are never augmented. Every random draw comes from one
-generator, so an interrupted run that restores the generator state resumes with
-the same augmented batches.
+generator, which the engine seeds per (seed, epoch), so a resumed run sees the same
+augmented batches.
 """
 
 from __future__ import annotations

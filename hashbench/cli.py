@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -304,7 +303,7 @@ def run_command(
 
 def _report_cell(outcome, metrics: List[str]) -> None:
     label = outcome.config.label()
-    note = f" [yellow]({outcome.note})[/yellow]" if outcome.note and outcome.status != "skipped" else ""
+    note = f" [yellow]({outcome.note})[/yellow]" if outcome.note and outcome.status != "skipped" else ""  # collapse, damage, another process
     if outcome.status == "done":
         console.print(f"[green]done[/green] {label}: " + ", ".join(f"{k} {outcome.metrics[k]:.3f}" for k in metrics if k in outcome.metrics) + note)
     elif outcome.status == "skipped":
@@ -315,6 +314,8 @@ def _report_cell(outcome, metrics: List[str]) -> None:
 
 def _print_plan(planned, out: Path, as_json: bool) -> None:
     """One line per cell: its full configuration and where it would be written."""
+    from hashbench.run import PROFILES
+
     for cell in planned:
         described = cell.describe(out)
         if as_json:
@@ -323,6 +324,9 @@ def _print_plan(planned, out: Path, as_json: bool) -> None:
         flat = {k: v for k, v in described.items() if k not in ("cell", "directory")}
         print(f"{described['cell']}: " + " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False)}" for k, v in flat.items()) + f" -> {described['directory']}")
     if not as_json:
+        profiles = {cell.config.profile for cell in planned}
+        for name in sorted(profiles):
+            console.print(f"profile {name}: {PROFILES[name].description}")
         console.print(f"{len(planned)} cells planned; nothing was run (--dry-run).")
 
 
@@ -411,16 +415,14 @@ def compare_command(
     store = ResultsStore(out)
     try:
         sides = [store.select(name, bits, dataset) for name in (a, b)]
-        rows = compare_cells(*sides, tuple(metrics))
+        rows, warnings = compare_cells(*sides, tuple(metrics))
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    n_queries = len(sides[0][0].query_ids())
-    flags = [sorted({c.collapse() for c in side if c.collapse()}) for side in sides]
-    warning = "".join(f"; {name} is {', '.join(f)}: its scores are not plain scores" for name, f in zip((a, b), flags) if f)
     table = Table(
-        title=f"A = {a}, B = {b}: A - B on the same {n_queries} queries",
-        caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)" + warning,
+        title=f"A = {a}, B = {b}: A - B on the same {len(sides[0][0].query_ids())} queries",
+        caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)"
+        + "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings),
         caption_justify="left",
     )
     for column in ("metric", "A", "B", "A - B", "95 % interval", "p (queries)", "p (seeds)"):
@@ -428,8 +430,7 @@ def compare_command(
     for row in rows:
         result = row.result
         p_seeds = "n/a (one seed)" if result.p_seeds is None else f"{result.p_seeds:.3g}"
-        side_a, side_b = (f"{mean:.3f} (n={n}{'; ' + ', '.join(f) if f else ''})" for mean, n, f in zip((row.mean_a, row.mean_b), result.seeds, flags))
-        table.add_row(row.metric, side_a, side_b, f"{result.difference:+.3f}", f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]", f"{result.p_queries:.3g}", p_seeds)
+        table.add_row(row.metric, f"{row.mean_a:.3f} (n={result.seeds[0]})", f"{row.mean_b:.3f} (n={result.seeds[1]})", f"{result.difference:+.3f}", f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]", f"{result.p_queries:.3g}", p_seeds)
     console.print(table)
 
 
@@ -482,13 +483,14 @@ def search_command(
     """The nearest database images of a trained cell for new images or DICOM files."""
     from dataclasses import asdict
 
+    from hashbench.results import CellError
     from hashbench.search import CellIndex
 
     try:
         index = CellIndex(cell, device, faiss)
         images, names, skipped = index.load_images(queries)
         results = index.search(index.embed(images), k, tie_break) if len(images) else []
-    except (FileNotFoundError, ImportError, ValueError) as exc:
+    except (FileNotFoundError, ImportError, ValueError, LookupError, CellError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     for path, reason in skipped:
@@ -497,7 +499,8 @@ def search_command(
         if as_json:
             print(json.dumps({"query": name, "hits": [asdict(hit) for hit in hits]}))
             continue
-        table = Table(title=f"{name}", caption=f"{index.config.method}, {index.config.bits} bits, {index.config.dataset}; {index.backend}; ties by {tie_break}", caption_justify="left")
+        flag = f"; [yellow]{index.collapse}[/yellow]" if index.collapse else ""
+        table = Table(title=f"{name}", caption=f"{index.config.method}, {index.config.bits} bits, {index.config.dataset}; {index.backend}; ties by {tie_break}{flag}", caption_justify="left")
         for column in ("rank", "distance", "slice", "label", "patient", "path"):
             table.add_column(column, overflow="fold")
         for hit in hits:
@@ -530,5 +533,4 @@ def confusion_command(
     for name in stored.class_names:
         table.add_row(name, *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
     console.print(table)
-    matrix = stored.confusion()
-    console.print(f"wrote {target / 'confusion.png'} and {target / 'confusion.md'}; MAP@1 {np.trace(matrix) / max(matrix.sum(), 1):.3f}")
+    console.print(f"wrote {target / 'confusion.png'} and {target / 'confusion.md'}")

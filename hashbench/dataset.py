@@ -11,11 +11,12 @@ Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
                     data's fingerprint
 - ``splits/``       seeded splits, one CSV each, computed once and reused
 
-A dataset's **fingerprint** names its content, not where or when it was ingested:
-the image options, the cleaning switch, every source file's path and content
-digest, and every slice's identity (label, patient, study, series, modality,
-path, frame). Results record it, so a re-ingested dataset that changed never
-passes for the one a result was computed on.
+A dataset's **fingerprint** names what it was built from, not where or when: the
+image options, the cleaning switch, the cache format, every source file's path and
+content digest, and every slice's identity (label, patient, study, series, modality,
+path, frame). Results record it, so a re-ingested dataset that changed never passes
+for the one a result was computed on. The decoded pixels are not hashed (too costly
+for large collections): a decoder change that keeps the format version would pass.
 """
 
 from __future__ import annotations

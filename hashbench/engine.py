@@ -6,7 +6,8 @@ mixed precision on CUDA, follows the method's learning-rate schedule, logs each
 loss term, shows progress with an ETA, and checkpoints every epoch. Every random
 draw of an epoch is seeded from (seed, epoch) and the schedule is a function of the
 step, so a cell resumed from its checkpoint ends exactly where an uninterrupted one
-would. It selects nothing on the query set: it trains the configured epochs.
+would on the same machine (on a GPU, up to its non-deterministic kernels). It selects
+nothing on the query set: it trains the configured epochs.
 """
 
 from __future__ import annotations
@@ -185,8 +186,8 @@ def train(
     progress: bool = False,
     validate: Callable[[HashNetwork], dict[str, float]] | None = None,
     augmentation: Augmentation | None = None,
-) -> None:
-    """Train for ``epochs``, resuming from ``checkpoint`` if one is there.
+) -> int:
+    """Train for ``epochs``, resuming from ``checkpoint`` if one is there; returns the epoch it started from.
 
     ``validate`` (optional) is called after every epoch and its numbers are logged;
     they are for watching training, never for picking an epoch. ``augmentation``
@@ -200,7 +201,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     onehot = F.one_hot(torch.from_numpy(data.labels).long(), data.n_classes).float().to(device)
     steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
-    first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer)
+    first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{method.name} {method.bits} bits", total=epochs * steps_per_epoch, completed=first_epoch * steps_per_epoch, terms="")
@@ -238,15 +239,16 @@ def train(
                 network.train()
             with open(log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            _save(checkpoint, network, loss_fn, optimizer, epoch + 1)
+            _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
+    return first_epoch
 
 
-def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int) -> None:
-    state = {"epochs_done": epochs_done, "network": network.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict()}
+def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int, scaler: torch.amp.GradScaler | None = None) -> None:
+    state = {"epochs_done": epochs_done, "network": network.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {}}
     atomic.atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> int:
     """Load the checkpoint (if any) and trim the log to the epochs it holds; returns the epochs done.
 
     A kill between an epoch's log line and its checkpoint would otherwise leave that epoch logged twice.
@@ -257,6 +259,8 @@ def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optim
         network.load_state_dict(state["network"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         epochs_done = int(state["epochs_done"])
     if log.exists():
         kept = [line for line in log.read_text().splitlines()[:epochs_done] if line.strip()]

@@ -39,6 +39,7 @@ STORED_METRICS = ("map@1", "map@1-tie", "map@10", "map@100", "map@all", *TIE_MET
 TIE_BREAKS = ("random", "index")
 DEFAULT_TIE_BREAK = "random"
 DEFAULT_TIE_SEED = 0
+DEFAULT_TIE_RULE = {"tie_break": DEFAULT_TIE_BREAK, "tie_seed": DEFAULT_TIE_SEED}  # as results record it
 
 
 def binarize(codes: np.ndarray) -> np.ndarray:

@@ -1,8 +1,8 @@
 """Leaderboards from stored cells: rows = methods, columns = bits, one table per metric.
 
 Cells are compared only within one protocol and one version of the data (dataset and
-its fingerprint, split, the run's backbone and weights, epochs, image size,
-augmentation, profile): each gets its own tables, and the caption says what ran,
+its fingerprint, split, the run's backbone and whether it was pretrained, epochs, image
+size, augmentation, profile): each gets its own tables, and the caption says what ran,
 including a row's own backbone where a variant brings one and how the protocol
 differs from the paper's. A cell shows the mean over runs (training seeds, and split
 seeds where several), +/- their std where there are several, the 95 % bootstrap
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,36 +73,43 @@ def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
     return "".join(f"; {p}" for p in parts)
 
 
-def caption(rows: pd.DataFrame) -> str:
-    """What ran: data and its version, split, backbone(s) and weights, budget, augmentation, seeds, optimisers, options."""
+def caption_parts(rows: pd.DataFrame) -> list[str]:
+    """What ran: data and its version, split, backbone(s) and weights, budget, augmentation, seeds, optimisers, protocol, options."""
     from hashbench.run import PROFILES
 
     first = rows.iloc[0]
+    finished = rows[rows["status"] == "finished"]
     synthetic = bool(rows["synthetic"].any())
     data = f"{first['dataset']}{' (synthetic phantom data)' if synthetic else ''}, data version {_version_text(first['dataset'], first['dataset_fingerprint'])}"
     split_seeds = sorted(rows["split_seed"].unique())
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
-    weights = _weights_text(first["weights"])
-    seeds = ", ".join(str(s) for s in sorted(rows["seed"].unique()))
-    runs = rows.groupby(["row", "bits"]).size()
-    sample = "; one run per cell: each number is a single sample, its seed-to-seed spread unmeasured" if runs.max() == 1 else ""
+    seeds = ", ".join(str(s) for s in sorted(finished["seed"].unique())) or "none finished"
+    runs = finished.groupby(["row", "bits"]).size()
+    sample = "; one run per cell: each number is a single sample, its seed-to-seed spread unmeasured" if len(runs) and runs.max() == 1 else ""
     optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" + ("" if t.get("lr_schedule", "constant") == "constant" else f" ({t['lr_schedule']})") for t in rows["train"] if "optimizer" in t})
     profile = first["profile"] or "unrecorded"
     parts = [
         data,
         f"{first['split']}-level split, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
-        f"backbone {first['run_backbone']} ({weights}){_own_backbones(rows)}",
+        f"backbone {first['run_backbone']} ({_weights_text(rows)}){_own_backbones(rows)}",
         f"{first['epochs']} epochs", f"{first['image_size']} px", f"augmentation: {first['augment_text']}",
         f"seeds {seeds}{sample}", f"optimiser {' / '.join(optimisers)}",
-        f"profile {profile}: {_paper_comparison(first, synthetic)}" if profile in PROFILES else f"profile {profile}",
+        f"profile {profile}: {_paper_comparison(rows, synthetic)}" if profile in PROFILES else f"profile {profile}",
     ]
-    return "; ".join(parts) + _changed_options(rows)
+    changed = _changed_options(rows)
+    return parts + ([f"options changed: {changed}"] if changed else [])
 
 
-def _weights_text(weights: dict[str, str]) -> str:
-    kinds = {source.split(":")[0] for source in (weights or {}).values()}
+def caption(rows: pd.DataFrame) -> str:
+    return "; ".join(caption_parts(rows))
+
+
+def _weights_text(rows: pd.DataFrame) -> str:
+    """Where the run backbone's weights came from, over every row that built it."""
+    sources = {weights[backbone] for weights, backbone in zip(rows["weights"], rows["run_backbone"]) if backbone in (weights or {})}
+    kinds = {source.split(":")[0] for source in sources}
     texts = {"random": "random init", "hub": "pretrained weights from the hub", "file": "weights from a local file"}
-    return " / ".join(texts.get(kind, kind) for kind in sorted(kinds)) or "weights unrecorded"
+    return " / ".join(texts.get(kind, kind) for kind in sorted(kinds)) or "built by no row"
 
 
 def _version_text(dataset: str, fingerprint: str) -> str:
@@ -125,25 +132,38 @@ def _own_backbones(rows: pd.DataFrame) -> str:
     return "".join(f"; row {row}: backbone {backbone}" for row, backbone in zip(own["row"], own["backbone"]))
 
 
-def _paper_comparison(first: pd.Series, synthetic: bool) -> str:
-    """'the paper's protocol' only where every setting is the paper's; otherwise how it differs."""
-    from hashbench.augment import PAPER_AUGMENTATION
-    from hashbench.run import PAPER_BACKBONE
+def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
+    """'the paper's protocol' only where every setting is the full profile's on real data with the paper's split; else how it differs."""
+    from hashbench.registry import REGISTRY
+    from hashbench.run import PROFILES
+
+    paper, first = PROFILES["full"], rows.iloc[0]
+    kinds = {source.split(":")[0] for weights in rows["weights"] for source in (weights or {}).values()}
+
+    def own_optimiser(method: str, train: dict) -> bool:
+        try:
+            return train == asdict(REGISTRY.get(method).train)
+        except (LookupError, RuntimeError):  # a plugin not loaded here: cannot tell
+            return False
 
     differences = [
         text
         for differs, text in (
             (synthetic, "synthetic data (the paper's: TCIA collections)"),
             (first["split"] != "slice", f"{first['split']}-level split (the paper's: slice-level)"),
-            (first["run_backbone"] != PAPER_BACKBONE, f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6)"),
-            (not first["pretrained"], "random init (the paper's: pretrained on ImageNet)"),
-            (first["epochs"] != 50, f"{first['epochs']} epochs (the paper's: 50)"),
-            (first["image_size"] != 224, f"{first['image_size']} px (the paper's: 224)"),
-            (first["augment_text"] != PAPER_AUGMENTATION.describe(), f"augmentation {first['augment_text']} (the paper's: rotation, scaling, brightness, noise, blur)"),
+            (first["run_backbone"] != paper.backbone, f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6, {paper.backbone})"),
+            (kinds != {"hub"}, "weights " + " / ".join(sorted(kinds)) + " (the paper's: ImageNet weights from the hub)"),
+            (first["epochs"] != paper.epochs, f"{first['epochs']} epochs (the paper's: {paper.epochs})"),
+            (first["image_size"] != paper.image_size, f"{first['image_size']} px (the paper's: {paper.image_size})"),
+            (first["augment_text"] != paper.augment.describe(), f"augmentation {first['augment_text']} (the paper's: rotation, scaling, brightness, noise, blur)"),
+            (not all(own_optimiser(m, t) for m, t in zip(rows["method"], rows["train"])), "optimisers changed (the paper's: each method's own)"),
+            (bool(first["validation"]), "part of training held out for validation"),
         )
         if differs
     ]
-    return "the paper's protocol" if not differences else "differs from the paper's protocol in " + ", ".join(differences)
+    if not differences:
+        return "the paper's protocol (augmentation magnitudes are hashbench's choice: the paper gives none)"
+    return "differs from the paper's protocol in " + ", ".join(differences)
 
 
 def _changed_options(rows: pd.DataFrame) -> str:
@@ -159,13 +179,19 @@ def _changed_options(rows: pd.DataFrame) -> str:
         changed = [f"{k}={v}" for k, v in sorted(options.items()) if defaults.get(k) != v]
         if changed:
             notes.append(f"{method} {', '.join(changed)}")
-    return f"; options changed: {'; '.join(notes)}" if notes else ""
+    return "; ".join(notes)
 
 
 def _groups(cells: pd.DataFrame):
-    """(rows with a 'row' label) per comparable group of cells."""
+    """(rows with a 'row' label) per comparable group of cells.
+
+    Runs of several split seeds share a table; runs of one split seed whose splits differ (another
+    cleaning or split rule) do not.
+    """
     for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
-        yield rows.assign(row=_row_names(rows))
+        consistent = rows.groupby("split_seed")["split_hash"].nunique().max() == 1
+        for _, part in [(None, rows)] if consistent else rows.groupby("split_hash", sort=True):
+            yield part.assign(row=_row_names(part))
 
 
 def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
@@ -200,7 +226,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
                 line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
-        note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented, one run per number."
+        note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented training images; one run per number, no intervals."
         boards.append(Leaderboard(suite.title, f"{caption(rows)}. {note}", frame))
     return boards
 
@@ -214,11 +240,11 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
         return ""
     for number, rows in enumerate(_groups(cells), start=1):
         stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
-        described = caption(rows)
-        paths = leaderboard_figures(rows[rows["status"] == "finished"], metrics, described, stem)
+        described = caption_parts(rows)
+        paths = leaderboard_figures(rows[rows["status"] == "finished"], metrics, "; ".join(described), stem)
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
-            parts.append(f"### Figures: {'; '.join(described.split('; ')[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}")
+            parts.append(f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}")
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 

@@ -175,7 +175,9 @@ class Method:
 
 def _coerce(default: Any, value: Any, name: str = "option") -> Any:
     """Give an override the type of the option's default (CLI values arrive as text); a value that does not fit is an error."""
-    if default is None or isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool)):
+    if isinstance(value, bool) and not isinstance(default, bool) and default is not None:
+        raise ValueError(f"{name}={value!r} is not valid; expected {type(default).__name__}")
+    if default is None or isinstance(value, type(default)):
         return value
     if isinstance(default, bool):
         text = str(value).lower()

@@ -76,6 +76,8 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         return []
     bits = sorted(rows["bits"].unique())
     methods = sorted(rows["row"].unique())
+    flagged = {method for method, note in zip(rows["row"], rows["note"]) if note}
+    label = {method: f"{method} (dead bits)" if method in flagged else method for method in methods}  # a collapsed model's curve is not the model's
     curves = {(m, b): [Cell(d).curves(PRECISION_CUTOFFS) for d in group["directory"]] for (m, b), group in rows.groupby(["row", "bits"])}
     written = []
 
@@ -98,12 +100,12 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     def pr(axis, method, seeds) -> None:
         recall = np.mean([c["recall"] for c in seeds], axis=0)
         precision = np.mean([c["precision"] for c in seeds], axis=0)
-        axis.plot(recall, precision, marker=".", label=method)
+        axis.plot(recall, precision, marker=".", label=label[method])
         axis.set_xlabel("recall (items within Hamming radius r, r = 0..bits)")
         axis.set_ylabel("precision")
 
     def p_at_k(axis, method, seeds) -> None:
-        axis.plot(seeds[0]["ks"], np.mean([c["p_at_k"] for c in seeds], axis=0), marker=".", label=method)
+        axis.plot(seeds[0]["ks"], np.mean([c["p_at_k"] for c in seeds], axis=0), marker=".", label=label[method])
         axis.set_xscale("log")
         axis.set_xlabel("k (top k, seeded tie order)")
         axis.set_ylabel("P@k")
@@ -118,7 +120,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
             present = [b for b in bits if (mine["bits"] == b).any()]
             per_run = [[Cell(d).per_query(metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]] for b in present]
             means, spread = [np.mean(v) for v in per_run], [np.std(v) for v in per_run]
-            axis.errorbar(present, means, yerr=spread, marker="o", capsize=3, label=method)
+            axis.errorbar(present, means, yerr=spread, marker="o", capsize=3, label=label[method])
         axis.set_xticks(bits)
         axis.set_xlabel("bits")
         axis.set_ylabel(metric.upper())

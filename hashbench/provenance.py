@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import resource
 import subprocess
 import sys
 from functools import lru_cache
@@ -14,10 +13,20 @@ import torch
 
 import hashbench
 
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
+
+CODE_PATHS = ("hashbench", "methods", "datasets", "pyproject.toml")  # what a result depends on; results and docs do not count
+
 
 @lru_cache(maxsize=1)
 def git_state() -> dict[str, object]:
-    """The commit of the hashbench source tree and whether it had uncommitted changes (None outside a git checkout)."""
+    """The commit of the hashbench source tree and whether its code had changes not in it (None outside a git checkout).
+
+    Cached per process: a sweep clears it as it starts, so its cells record the code as the sweep began.
+    """
     source = Path(hashbench.__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
@@ -26,7 +35,7 @@ def git_state() -> dict[str, object]:
     try:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
             raise ValueError("hashbench is installed inside another repository")
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS))}
     except (OSError, ValueError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None, "note": "not a git checkout (an installed package): see versions.hashbench"}
 
@@ -54,9 +63,12 @@ def start_memory_watch(device: torch.device) -> None:
 
 
 def peak_memory_mib(device: torch.device) -> dict[str, float]:
-    """Peak GPU memory allocated during the cell (CUDA), and the process's peak resident memory so far."""
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    peak = {"process_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)}
+    """Peak GPU memory allocated during the cell (CUDA), and the process's peak resident memory so far
+    (the operating system keeps one peak per process: in a sweep, later cells include earlier ones)."""
+    peak = {}
+    if resource is not None:
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        peak["process_rss_peak_so_far_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
     if device.type == "cuda":
         peak["cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peak

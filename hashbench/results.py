@@ -26,9 +26,9 @@ what it should be (truncated, garbled, a ``codes.npz`` from another cell) raises
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-import os
 import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from hashbench import atomic
+from hashbench.digest import file_sha256, file_version
 
 CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = "config.json", "metrics.json", "codes.npz", "model.pt", "checkpoint.pt", "failed.json", "train_log.jsonl", ".lock"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
@@ -104,34 +105,18 @@ class CellConfig:
         return f"{self.dataset}/{self.method}/{self.bits} bits/seed {self.seed}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _version(path: Path) -> tuple[str, int, int]:
-    """A file's version for caches: path, mtime and size."""
-    st = path.stat()
-    return str(path), st.st_mtime_ns, st.st_size
-
-
 @lru_cache(maxsize=32)
-def _read_json(path: str, mtime_ns: int, size: int) -> Any:
+def _read_json(path: str, inode: int, mtime_ns: int, size: int) -> Any:
     return json.loads(Path(path).read_text())
 
 
 @lru_cache(maxsize=16)
-def _read_codes(path: str, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
+def _read_codes(path: str, inode: int, mtime_ns: int, size: int) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
-        return dict(data)
-
-
-@lru_cache(maxsize=16)
-def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
-    return _sha256(Path(path))
+        arrays = dict(data)
+    for array in arrays.values():
+        array.flags.writeable = False  # cached: shared by every reader of this file version
+    return arrays
 
 
 class Cell:
@@ -157,26 +142,28 @@ class Cell:
     def _json(self, name: str) -> Any:
         path = self.path(name)
         try:
-            return _read_json(*_version(path))
+            return copy.deepcopy(_read_json(*file_version(path)))
         except FileNotFoundError:
             raise
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); delete the cell's directory or re-run it with --force") from None
+            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); run the same command again (a damaged cell is trained again) or delete the cell's directory") from None
 
     @cached_property
     def config(self) -> CellConfig:
+        """Cached for this object's life: the run writes a config only while holding the cell's lock (and resets
+        the cache), and readers take a new Cell per read."""
         values = self._json(CONFIG)
         try:
             return CellConfig.from_dict(values)
         except (TypeError, ValueError, AttributeError) as exc:
-            raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); delete the cell's directory") from None
+            raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); run the same command again (a damaged cell is trained again) or delete the cell's directory") from None
 
     @property
     def record(self) -> dict[str, Any]:
         """metrics.json, checked for the fields every reader needs."""
         record = self._json(RECORD)
         if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-            raise CellError(f"{self.path(RECORD)} is damaged (no metrics in it); delete the cell's directory or re-run it with --force")
+            raise CellError(f"{self.path(RECORD)} is damaged (no metrics in it); run the same command again (a damaged cell is trained again) or delete the cell's directory")
         return record
 
     def status(self) -> str:
@@ -209,19 +196,15 @@ class Cell:
         """codes.npz, verified against the checksum the record holds (cached per file version)."""
         path = self.path(CODES)
         if not path.exists():
-            raise CellError(f"{path} is missing: the cell's codes were not kept; re-run it with --force")
-        version = _version(path)
+            raise CellError(f"{path} is missing; run the same command again (a damaged cell is trained again) or delete the cell's directory")
+        version = file_version(path)
         expected = self.record.get("codes_sha256")
-        if expected and _file_sha256(*version) != expected:
-            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); re-run the cell with --force")
+        if expected and file_sha256(path) != expected:
+            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); run the same command again (a damaged cell is trained again) or delete the cell's directory")
         try:
             return _read_codes(*version)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); re-run the cell with --force") from None
-
-    @property
-    def bits(self) -> int:
-        return int(self.codes()["bits"])
+            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); run the same command again (a damaged cell is trained again) or delete the cell's directory") from None
 
     @property
     def class_names(self) -> list[str]:
@@ -231,7 +214,8 @@ class Cell:
         return self.codes()["query_ids"]
 
     def database_bits(self) -> np.ndarray:
-        return np.unpackbits(self.codes()["database_codes"], axis=1)[:, : self.bits].astype(bool)
+        codes = self.codes()
+        return np.unpackbits(codes["database_codes"], axis=1)[:, : int(codes["bits"])].astype(bool)
 
     def evaluation_rule(self) -> dict[str, Any]:
         """The tie rule the stored per-query values were computed with (cells from before: database index)."""
@@ -239,27 +223,36 @@ class Cell:
 
     def evaluate(self, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = ()):
         """Metrics recomputed from the stored codes, under the current tie rule."""
-        from hashbench.evaluate import DEFAULT_TIE_BREAK, DEFAULT_TIE_SEED, evaluate_packed
+        from hashbench.evaluate import DEFAULT_TIE_RULE, evaluate_packed
 
         codes = self.codes()
         return evaluate_packed(
             codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]),
-            metrics, curve_cutoffs=curve_cutoffs, tie_break=DEFAULT_TIE_BREAK, tie_seed=DEFAULT_TIE_SEED,
+            metrics, curve_cutoffs=curve_cutoffs, **DEFAULT_TIE_RULE,
         )
 
     def per_query(self, metric: str) -> np.ndarray:
         """Per-query values of ``metric``: stored when they were computed under the current tie rule, else from the codes."""
-        return _per_query(self, metric.lower(), *_version(self.path(CODES)))
+        return _per_query(self, metric.lower(), *file_version(self.path(CODES)))
 
     def tie_diagnostics(self) -> dict[str, float]:
-        from hashbench.evaluate import tie_diagnostics
+        """As recorded at the end of training, or computed from the codes for cells that did not record them."""
+        from hashbench.evaluate import DEFAULT_TIE_RULE, tie_diagnostics
 
+        if "ties" in self.record and self.evaluation_rule() == DEFAULT_TIE_RULE:
+            return self.record["ties"]
         return tie_diagnostics(self.evaluate(("map@1",)).counts, self.database_bits())
 
     def collapse(self) -> str:
         """'' for healthy codes; else what is dead: a collapsed cell's score is not a plain score."""
-        ties = self.record.get("ties") or self.tie_diagnostics()
-        return collapse_note(int(ties["dead_bits"]), self.config.bits)
+        return collapse_note(int(self.tie_diagnostics()["dead_bits"]), self.config.bits)
+
+    def changed_since(self, name: str, moment: float) -> bool:
+        """Whether file ``name`` was written at or after ``moment`` (a time.time()): by another process during this sweep."""
+        try:
+            return self.path(name).stat().st_mtime >= moment
+        except FileNotFoundError:
+            return False
 
     def confusion(self) -> np.ndarray:
         """(C, C) counts of query class against the class of its top-1 item (the paper's Figure 3)."""
@@ -298,7 +291,7 @@ class Cell:
             state = torch.load(self.path(MODEL), map_location="cpu", weights_only=True)
             network.load_state_dict(state)
         except FileNotFoundError:
-            raise CellError(f"{self.path(MODEL)} is missing: the cell's weights were not kept; re-run it with --force") from None
+            raise CellError(f"{self.path(MODEL)} is missing: the cell's trained weights were not kept, so it cannot encode new images; re-run the cell with --force") from None
         except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise CellError(f"{self.path(MODEL)} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-run the cell with --force") from None
         return network.to(device).eval()
@@ -337,7 +330,7 @@ class Cell:
         """Codes, weights, then the record with the codes' checksum; the checkpoint goes only after the record is in place."""
         atomic.atomic_write(self.path(CODES), lambda handle: np.savez_compressed(handle, **arrays))
         atomic.atomic_write(self.path(MODEL), save_model)
-        atomic.write_json(self.path(RECORD), {**record, "codes_sha256": _sha256(self.path(CODES))})
+        atomic.write_json(self.path(RECORD), {**record, "codes_sha256": file_sha256(self.path(CODES))})
         self.path(CHECKPOINT).unlink(missing_ok=True)
         self.path(FAILURE).unlink(missing_ok=True)
 
@@ -352,12 +345,11 @@ def collapse_note(dead_bits: int, bits: int) -> str:
 
 
 @lru_cache(maxsize=512)
-def _per_query(cell: Cell, metric: str, path: str, mtime_ns: int, size: int) -> np.ndarray:
-    from hashbench.evaluate import DEFAULT_TIE_BREAK, DEFAULT_TIE_SEED
+def _per_query(cell: Cell, metric: str, path: str, inode: int, mtime_ns: int, size: int) -> np.ndarray:
+    from hashbench.evaluate import DEFAULT_TIE_RULE
 
     stored = cell.codes().get(f"per_query/{metric}")
-    current = cell.evaluation_rule() == {"tie_break": DEFAULT_TIE_BREAK, "tie_seed": DEFAULT_TIE_SEED}
-    if stored is not None and current:
+    if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE:
         return stored
     return cell.evaluate((metric,)).per_query[metric]
 
@@ -409,11 +401,13 @@ class ResultsStore:
                 config = _config_from_path(cell.directory)
             if (dataset is not None and config["dataset"] != dataset) or (methods is not None and config["method"] not in methods):
                 continue
-            row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": ""}
+            row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": "", "pretrained": False}
             if status == "finished":
                 record = cell.record
                 row.update(record["metrics"])
-                row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), note=cell.collapse(), backbones_ran=", ".join(record.get("backbones_ran", [])) or config["backbone"])
+                row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained)
+                later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.path(RECORD).stat().st_mtime
+                row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else ""]))
             elif status == "failed":
                 error = (cell.failure().get("error") or "unknown").splitlines()[0]
                 row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
@@ -422,7 +416,6 @@ class ResultsStore:
             rows.append(row)
         frame = pd.DataFrame(rows)
         if not frame.empty:
-            frame["pretrained"] = [any(v != "random" for v in (w or {}).values()) for w in frame["weights"]]
             frame["augment_text"] = [_describe_augment(a) for a in frame["augment"]]
             frame["synthetic"] = frame.get("synthetic", pd.Series(False, index=frame.index)).fillna(False).astype(bool)
         return frame

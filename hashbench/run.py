@@ -16,6 +16,7 @@ engine, evaluated by the evaluator and stored through its :class:`Cell`:
 
 from __future__ import annotations
 
+import json
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -29,12 +30,13 @@ import torch
 from hashbench import engine, splits
 from hashbench.augment import PAPER_AUGMENTATION, Augmentation
 from hashbench.dataset import Dataset, split_hash
-from hashbench.evaluate import DEFAULT_METRICS, DEFAULT_TIE_BREAK, DEFAULT_TIE_SEED, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
+from hashbench.digest import file_sha256
+from hashbench.evaluate import DEFAULT_METRICS, DEFAULT_TIE_RULE, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
 from hashbench.method import Method, MethodContext
 from hashbench.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
 from hashbench.registry import REGISTRY
-from hashbench.results import Cell, CellConfig, ResultsStore
-from hashbench.weights import WeightSource, architectures, ensure_available, is_cached, parse_weights_option, resolve
+from hashbench.results import FAILURE, RECORD, Cell, CellConfig, ResultsStore
+from hashbench.weights import WeightSource, architectures, cached_revision, ensure_available, is_cached, parse_weights_option, resolve
 
 PAPER_BACKBONE = "tf_efficientnet_b6.aa_in1k"  # timm's efficientnet_b6 has no ImageNet weights; this is B6 ported from TensorFlow, ImageNet-1k
 
@@ -134,17 +136,22 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
             raise ValueError(f"{name} {value} is too small: at least {low}")
     if not request.methods or not request.bits or not request.seeds:
         raise ValueError("a run needs at least one method, one code length and one seed")
+    if min(request.seeds) < 0 or request.split_seed < 0:
+        raise ValueError("--seeds and --split-seed take whole numbers from 0")
+    strangers = set(request.overrides) - {"*", *request.methods}
+    if strangers:
+        raise ValueError(f"--set names {', '.join(sorted(strangers))}, not in this run ({', '.join(request.methods)}); write key=value for every method or method.key=value for one of them")
     augmentation = profile.augment if request.augment is None else Augmentation.parse(request.augment)
-    side = _checked_split(dataset, request)
-    database = side == "database"
-    labels = dataset.index.loc[side.index[database.to_numpy()], "label"]
+    sides = _checked_split(dataset, request)
+    database = sides == "database"
+    labels = dataset.index.loc[sides.index[database.to_numpy()], "label"]
     if labels.nunique() < 2:
         raise ValueError(f"{dataset.name}: the training side holds {labels.nunique()} class(es); retrieval by class needs at least two")
-    n_classes, n_train = dataset.index.loc[side.index, "label"].nunique(), int(database.sum())
+    n_classes, n_train = dataset.index.loc[sides.index, "label"].nunique(), int(database.sum())
     run_backbone = request.backbone or profile.backbone
     pretrained = profile.pretrained if request.pretrained is None else request.pretrained
     files = parse_weights_option(request.weights)
-    fingerprint, hashed_split = dataset.fingerprint, split_hash(side)
+    fingerprint, hashed_split = dataset.fingerprint, split_hash(sides)
     cells = []
     for name in dict.fromkeys(request.methods):
         method_cls = REGISTRY.get(name)
@@ -164,17 +171,20 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
                     split_seed=request.split_seed, dataset_fingerprint=fingerprint, split_hash=hashed_split,
                 )
                 cells.append(PlannedCell(config, weights))
+    unused = files.models() - {model for cell in cells for model in cell.weights} - {model.split(".")[0] for cell in cells for model in cell.weights}
+    if unused:
+        raise ValueError(f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})")
     return cells
 
 
 def _checked_split(dataset: Dataset, request: RunRequest):
     if request.split not in splits.PROTOCOLS:
         raise ValueError(f"unknown split {request.split!r}; valid: {', '.join(splits.PROTOCOLS)}")
-    side = dataset.split(request.split, seed=request.split_seed, validation_fraction=request.validation)
+    sides = dataset.split(request.split, seed=request.split_seed, validation_fraction=request.validation)
     for name in ("database", "query"):
-        if not (side == name).any():
+        if not (sides == name).any():
             raise ValueError(f"{dataset.name}: the {request.split}-level split (seed {request.split_seed}) leaves the {name} side empty; the dataset is too small")
-    return side
+    return sides
 
 
 def _check_settings(method: str, settings) -> None:
@@ -190,49 +200,62 @@ def _check_settings(method: str, settings) -> None:
 
 def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = False, on_cell: Callable[[CellOutcome], None] | None = None) -> list[CellOutcome]:
     """Plan, make sure every backbone's weights are at hand, then run each cell; returns the outcomes in plan order."""
+    sweep_start = time.time()
+    git_state.cache_clear()  # the code as this sweep starts is what its cells record
+    git_state()
     device = engine.resolve_device(request.device)
     planned = plan(request, dataset, device)
     ensure_available({source for cell in planned for source in cell.weights.values()})
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
 
-    def settle(position: int, wait: bool) -> bool:
-        outcome = _attempt(planned[position], store.cell(planned[position].config), dataset, device, request, progress, wait)
+    def try_cell(position: int, wait: bool) -> bool:
+        outcome = _attempt(planned[position], store.cell(planned[position].config), dataset, device, request, progress, wait, sweep_start)
         if outcome is not None:
             outcomes[position] = outcome
             if on_cell:
                 on_cell(outcome)
         return outcome is not None
 
-    waiting = [position for position in range(len(planned)) if not settle(position, wait=False)]  # held by another process
-    for position in waiting:
-        settle(position, wait=True)
+    held_elsewhere = [position for position in range(len(planned)) if not try_cell(position, wait=False)]
+    for position in held_elsewhere:
+        try_cell(position, wait=True)
     return [outcomes[i] for i in range(len(planned))]
 
 
-def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.device, request: RunRequest, progress: bool, waited: bool) -> CellOutcome | None:
-    """Run one cell under its lock; None when another process holds it and we are not waiting."""
+def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.device, request: RunRequest, progress: bool, wait: bool, sweep_start: float) -> CellOutcome | None:
+    """Run one cell under its lock; None when another process holds it and ``wait`` is off.
+
+    A cell that another process finished or failed since this sweep started is left as it is, even
+    with ``force``: two processes sharing a sweep never train a cell twice.
+    """
     config = planned.config
-    with cell.claim(wait=waited) as claimed:
+    with cell.claim(wait=wait) as claimed:
         if not claimed:
             return None
         status = cell.status()
+        if status == "finished" and cell.changed_since(RECORD, sweep_start):
+            return CellOutcome(config, "skipped", note="finished by another process")
+        if status == "failed" and cell.changed_since(FAILURE, sweep_start):
+            return CellOutcome(config, "failed", error=cell.failure()["error"], note="failed in another process")
         if status == "finished" and not request.force:
-            return CellOutcome(config, "skipped", note="finished by another process" if waited else "finished earlier (--force to re-run)")
-        note = f"was damaged ({cell.problem()}); re-ran it" if status == "damaged" else ""
+            return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
+        note = f"was damaged ({cell.problem()}); trained it again" if status == "damaged" else ""
         if request.force:
             cell.discard_progress()
         try:
             metrics = run_cell(planned, dataset, device, cell, request.metrics, progress)
+            failure = None
         except KeyboardInterrupt:
             raise
-        except Exception as exc:  # this cell only: record why, free the device, go on
-            error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            cell.fail(error, traceback.format_exc())
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            return CellOutcome(config, "failed", error=error, note=note)
-        return CellOutcome(config, "done", metrics, note=note)
+        except Exception as exc:  # this cell only: record why and go on
+            failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            cell.fail(failure, traceback.format_exc())
+    if failure is not None:
+        if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
+            torch.cuda.empty_cache()
+        return CellOutcome(config, "failed", error=failure, note=note)
+    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse()])))
 
 
 def class_ids(labels) -> tuple[np.ndarray, list[str]]:
@@ -271,18 +294,18 @@ def run_cell(planned: PlannedCell, dataset: Dataset, device: torch.device, cell:
             training = binarize(engine.encode(network, train_source, database_ids, config.image_size))
             return evaluate(held_out, validation_labels, training, database_labels, ("map@10",)).metrics
 
-    engine.train(
+    resumed_from = engine.train(
         method, network, loss, train_source, engine.TrainData(database_ids, database_labels, len(class_names)), settings,
         config.epochs, config.image_size, config.seed, cell.path("checkpoint.pt"), cell.path("train_log.jsonl"), progress, validate,
         Augmentation.from_dict(config.augment),
     )
-    trained = time.perf_counter()
+    epoch_seconds = [json.loads(line)["seconds"] for line in cell.path("train_log.jsonl").read_text().splitlines()]
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
     database_embeddings = engine.encode(network, train_source, database_ids, config.image_size)
     database_bits = binarize(database_embeddings)
     wanted = tuple(dict.fromkeys(STORED_METRICS + tuple(metrics)))
-    result = evaluate(query_bits, query_labels, database_bits, database_labels, wanted, device="cpu" if device.type == "cpu" else str(device), tie_break=DEFAULT_TIE_BREAK, tie_seed=DEFAULT_TIE_SEED)
+    result = evaluate(query_bits, query_labels, database_bits, database_labels, wanted, device="cpu" if device.type == "cpu" else str(device), **DEFAULT_TIE_RULE)
     arrays = {
         "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query_labels, "database_labels": database_labels,
         "database_embeddings": database_embeddings.astype(np.float16),  # `hashbench search` breaks Hamming ties with these
@@ -292,17 +315,19 @@ def run_cell(planned: PlannedCell, dataset: Dataset, device: torch.device, cell:
     record = {
         "metrics": result.metrics,
         "ties": tie_diagnostics(result.counts, database_bits),
-        "evaluation": {"tie_break": DEFAULT_TIE_BREAK, "tie_seed": DEFAULT_TIE_SEED},
+        "evaluation": DEFAULT_TIE_RULE,
         "backbones_ran": ran,
-        "weights": {model: source.describe() for model, source in planned.weights.items()},
-        "seconds": round(time.perf_counter() - started, 2),
-        "train_seconds": round(trained - started, 2),
+        "weights": {model: {"source": source.describe(), "revision": cached_revision(source)} for model, source in planned.weights.items()},
+        "seconds": round(time.perf_counter() - started, 2),  # this attempt: training the epochs left, encoding, evaluating
+        "train_seconds": round(sum(epoch_seconds), 2),  # every epoch, over all attempts
+        "resumed_from_epoch": resumed_from,
         "started": started_at.isoformat(timespec="seconds"),
         "device": describe_device(device),
         "peak_memory_mib": peak_memory_mib(device),
         "git": git_state(),
         "versions": versions(),
         "origin": method_cls.origin,
+        **({"origin_sha256": file_sha256(method_cls.origin.removeprefix("file:"))} if method_cls.origin.startswith("file:") else {}),
         "paper": method_cls.paper,
         "synthetic": bool(dataset.manifest.get("synthetic", False)),
         "n_query": len(query_ids),
@@ -316,6 +341,7 @@ def run_cell(planned: PlannedCell, dataset: Dataset, device: torch.device, cell:
 def _check_backbones(config: CellConfig, ran: list[str]) -> list[str]:
     """The timm models the network holds must be the ones the method declared (the config says what ran)."""
     declared = [name.split(".")[0] for name in config.backbone.split(" + ")]
-    if ran and [name.split(".")[0] for name in ran] != declared:
-        raise RuntimeError(f"{config.method} built {', '.join(ran)} but declared {config.backbone}: its backbones() must list what build() creates")
-    return ran or [f"{config.backbone} (not a timm model: not verified)"]
+    if ran != declared:
+        built = ", ".join(ran) or "no timm model"
+        raise RuntimeError(f"{config.method} built {built} but declared {config.backbone}: its backbones() must list what build() creates")
+    return ran

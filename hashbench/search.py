@@ -7,7 +7,7 @@ network, and ranked by Hamming distance: with faiss's exhaustive binary index wh
 faiss is installed (it returns the stable (distance, index) order), with the built-in
 popcount ranker otherwise. Hamming ties are then broken by the distance between the
 continuous codes (``tie_break='embedding'``), which the cell stores for its database,
-or by database index (``'index'``, the evaluator's order).
+or by database position (``'index'``).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ class CellIndex:
             )
         self.device = engine.resolve_device(device)
         self.network = cell.build_network(str(self.device))
+        self.collapse = cell.collapse()
         faiss = _faiss() if use_faiss is not False else None
         if use_faiss and faiss is None:
             raise ImportError("faiss is not installed: pip install faiss-cpu, or search without it")

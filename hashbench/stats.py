@@ -81,17 +81,38 @@ class CellComparison:
     result: Comparison
 
 
-def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> list[CellComparison]:
-    """A minus B per metric; each side a list of finished cells (seeds) evaluated on the same queries.
+PROTOCOL_FIELDS = ("split", "run_backbone", "pretrained", "epochs", "image_size", "augment", "profile", "validation")
 
-    Raises ValueError when a cell was evaluated on other queries than the first (another split or data version).
+
+def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> tuple[list[CellComparison], list[str]]:
+    """A minus B per metric, and warnings to print beside it; each side a list of finished cells (seeds).
+
+    Raises ValueError when the cells are not of one data version and split (their queries and training sets
+    differ, so a paired test would compare nothing). Warns where the protocols differ and where a side's
+    codes have dead bits.
     """
-    reference = a[0].query_ids()
+    first = a[0].config
     for cell in (*a, *b):
-        if not np.array_equal(cell.query_ids(), reference):
+        config = cell.config
+        if (config.dataset, config.dataset_fingerprint, config.split_hash) != (first.dataset, first.dataset_fingerprint, first.split_hash):
+            raise ValueError(
+                f"{cell.directory} ran on {config.dataset} data version {config.dataset_fingerprint or 'unrecorded'}, split {config.split_hash or 'unrecorded'}; "
+                f"{a[0].directory} on {first.dataset} data version {first.dataset_fingerprint or 'unrecorded'}, split {first.split_hash or 'unrecorded'}: "
+                "compare cells of one data version and split"
+            )
+        if not np.array_equal(cell.query_ids(), a[0].query_ids()):
             raise ValueError(f"{cell.directory} was evaluated on other queries than {a[0].directory}: compare cells of one data version and split")
+    warnings = []
+    for name in PROTOCOL_FIELDS:
+        values = [sorted({str(getattr(cell.config, name)) for cell in side}) for side in (a, b)]
+        if values[0] != values[1]:
+            warnings.append(f"the sides differ in {name}: {', '.join(values[0])} vs {', '.join(values[1])}")
+    for label, side in (("A", a), ("B", b)):
+        notes = sorted({cell.collapse() for cell in side} - {""})
+        if notes:
+            warnings.append(f"{label} has dead bits ({'; '.join(notes)}): its scores are the tie order's as much as the model's")
     rows = []
     for metric in metrics:
         values = [np.stack([cell.per_query(metric) for cell in side]) for side in (a, b)]
         rows.append(CellComparison(metric, float(values[0].mean()), float(values[1].mean()), compare(*values)))
-    return rows
+    return rows, warnings

@@ -22,9 +22,7 @@ wins over ``--pretrained/--no-pretrained``.
 from __future__ import annotations
 
 import difflib
-import hashlib
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -35,6 +33,8 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RemoteEntryNotFoundError
 from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict
 from timm.models._hub import hf_split
+
+from hashbench.digest import file_sha256
 
 KINDS = ("random", "hub", "file")
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
@@ -70,9 +70,6 @@ class WeightSource:
             return f"file:sha256:{self.sha256}"
         return "random"
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
-
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights that can be neither found in the cache nor downloaded; the message names the fixes."""
@@ -96,6 +93,10 @@ class WeightFiles:
 
     by_model: dict[str | None, Path] = field(default_factory=dict)
     directories: tuple[Path, ...] = ()
+
+    def models(self) -> set[str]:
+        """The models named with MODEL=FILE (a bare FILE and directories name none)."""
+        return {model for model in self.by_model if model is not None}
 
     def for_model(self, model: str, default_model: str | None = None) -> Path | None:
         """The file for ``model``: named for it (with or without its tag), the bare file if it is the default backbone, or found in a directory."""
@@ -161,7 +162,7 @@ def resolve(model: str, pretrained: bool, files: WeightFiles | None = None, defa
     cfg = _timm_cfg(model)
     path = files.for_model(model, default_model) if files is not None else None
     if path is not None:
-        return WeightSource(model, "file", str(path), _file_sha256(path))
+        return WeightSource(model, "file", str(path), file_sha256(path))
     if not pretrained:
         return WeightSource(model, "random")
     if cfg.hf_hub_id:
@@ -174,21 +175,6 @@ def resolve(model: str, pretrained: bool, files: WeightFiles | None = None, defa
     with_weights = timm.list_pretrained(f"*{cfg.architecture}*")[:10]
     suggestion = f"models with weights: {', '.join(with_weights)}" if with_weights else "timm.list_pretrained() lists the models with weights"
     raise ValueError(f"timm has no pretrained weights for {model}; {suggestion}; or run with --no-pretrained")
-
-
-def _file_sha256(path: Path) -> str:
-    """The file's sha256, computed once per version of the file (path, modification time, size)."""
-    status = path.stat()
-    return _sha256(str(path), status.st_mtime_ns, status.st_size)
-
-
-@lru_cache(maxsize=None)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_cached(source: WeightSource) -> bool:
@@ -234,7 +220,7 @@ def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
     if source.kind == "hub":
         ensure_available([source])
         return timm.create_model(source.model, pretrained=True, **kwargs)
-    if _file_sha256(Path(source.location)) != source.sha256:
+    if file_sha256(Path(source.location)) != source.sha256:
         raise ValueError(f"{source.location} changed since it was chosen (sha256 {source.sha256[:12]}…); start the run again")
     network = timm.create_model(source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location), **kwargs)
     _check_file_loaded(network, source)
@@ -258,14 +244,26 @@ def _check_file_loaded(network: torch.nn.Module, source: WeightSource) -> None:
 
 
 def architectures(network: torch.nn.Module) -> list[str]:
-    """The timm models inside ``network``, in module order: what actually ran, as "architecture.tag".
+    """The timm architectures inside ``network``, in module order: what actually ran.
 
-    The tag names timm's pretrained config (input size, normalisation), which timm sets
-    even for random init; the WeightSource says which weights were loaded.
+    Without timm's tag: timm sets one even for random init, so it says nothing about the
+    weights; the WeightSource (and :func:`cached_revision`) does.
     """
     names = []
     for module in network.modules():
         cfg = getattr(module, "pretrained_cfg", None)
         if isinstance(cfg, dict) and cfg.get("architecture"):
-            names.append(f"{cfg['architecture']}.{cfg['tag']}" if cfg.get("tag") else cfg["architecture"])
+            names.append(cfg["architecture"])
     return list(dict.fromkeys(names))
+
+
+def cached_revision(source: WeightSource) -> str:
+    """The hub commit of the cached weights a hub source loads ('' for other sources or when not cached)."""
+    if source.kind != "hub":
+        return ""
+    repo_id, revision = hf_split(source.location)
+    for name in HUB_FILENAMES:
+        path = huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision)
+        if isinstance(path, str):
+            return Path(path).parent.name  # .../snapshots/<commit>/<file>
+    return ""

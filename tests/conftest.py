@@ -141,7 +141,8 @@ def write_cell(out, method, query_bits, query_labels, database_bits, database_la
     from hashbench.evaluate import STORED_METRICS, evaluate, pack, tie_diagnostics
     from hashbench.results import CellConfig, ResultsStore
 
-    config = CellConfig(dataset, method, query_bits.shape[1], seed, "none", 1, 8, "patient", train={"optimizer": "adam", "lr": 1e-3}, weights={"none": "random"}, profile="quick", **config_fields)
+    fields = {"backbone": "none", "epochs": 1, "image_size": 8, "split": "patient", "train": {"optimizer": "adam", "lr": 1e-3}, "weights": {"none": "random"}, "profile": "quick", **config_fields}
+    config = CellConfig(dataset=dataset, method=method, bits=query_bits.shape[1], seed=seed, **fields)
     cell = ResultsStore(out).cell(config)
     cell.directory.mkdir(parents=True)
     result = evaluate(query_bits, query_labels, database_bits, database_labels, STORED_METRICS)

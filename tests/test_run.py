@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 
 from hashbench import engine, leaderboard
+from hashbench.augment import PAPER_AUGMENTATION
 from hashbench.evaluate import evaluate
 from hashbench.registry import REGISTRY
 from hashbench.results import Cell, ResultsStore
@@ -101,9 +104,36 @@ def test_a_collapsed_cell_is_flagged_beside_its_number(tmp_path, cell_writer):
     partly = rng.random((90, 16)) < 0.5
     partly[:, :3] = True  # three bits never change
     cell_writer(tmp_path, "partly", rng.random((9, 16)) < 0.5, labels[::10], partly, labels)
+    cell_writer(tmp_path, "healthy", rng.random((9, 16)) < 0.5, labels[::10], rng.random((90, 16)) < 0.5, labels)
     table = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))[0].table
     assert table.loc["collapsed", "16 bits"].endswith("(n=1; collapsed: 16/16 dead bits)")
     assert table.loc["partly", "16 bits"].endswith("(n=1; partly collapsed: 3/16 dead bits)")
+    assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\] \(n=1\)", table.loc["healthy", "16 bits"])  # no flag on healthy codes
+
+
+PAPERLIKE = {
+    "split": "slice", "run_backbone": "tf_efficientnet_b6.aa_in1k", "backbone": "tf_efficientnet_b6.aa_in1k", "epochs": 50, "image_size": 224,
+    "weights": {"tf_efficientnet_b6.aa_in1k": "hub:timm/tf_efficientnet_b6.aa_in1k"}, "augment": PAPER_AUGMENTATION.to_dict(),
+}
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        ({"profile": "full", "train": asdict(REGISTRY.get("dpn").train)}, "profile full: the paper's protocol (augmentation magnitudes are hashbench's choice"),
+        ({"profile": "quick", "train": {**asdict(REGISTRY.get("dpn").train), "optimizer": "adam", "lr": 1e-3}}, "differs from the paper's protocol in optimisers changed (the paper's: each method's own)"),
+        ({"profile": "full", "train": asdict(REGISTRY.get("dpn").train), "split": "patient"}, "differs from the paper's protocol in patient-level split (the paper's: slice-level)"),
+        ({"profile": "full", "train": asdict(REGISTRY.get("dpn").train), "weights": {"tf_efficientnet_b6.aa_in1k": "file:sha256:00"}}, "differs from the paper's protocol in weights file"),
+    ],
+)
+def test_the_caption_calls_a_protocol_the_papers_only_where_every_setting_is(tmp_path, cell_writer, fields, expected):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 30)
+    directory = cell_writer(tmp_path, "dpn", rng.random((9, 16)) < 0.5, labels[::10], rng.random((90, 16)) < 0.5, labels, **{**PAPERLIKE, **fields})
+    record = json.loads((directory / "metrics.json").read_text())
+    (directory / "metrics.json").write_text(json.dumps({**record, "synthetic": False}))  # as if on TCIA data
+    (board,) = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))
+    assert expected in board.caption
 
 
 def test_an_interrupted_cell_resumes_from_its_last_epoch(tiny_phantom, tmp_path, monkeypatch):
@@ -111,8 +141,8 @@ def test_an_interrupted_cell_resumes_from_its_last_epoch(tiny_phantom, tmp_path,
 
     def save_then_stop(*args):
         real_save(*args)
-        saves.append(args[-1])
-        if args[-1] == 2:
+        saves.append(args[4])  # epochs done
+        if args[4] == 2:
             raise KeyboardInterrupt
 
     monkeypatch.setattr(engine, "_save", save_then_stop)

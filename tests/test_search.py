@@ -66,3 +66,15 @@ def test_search_cli_with_a_png_and_a_bad_file(trained_cell, tmp_path):
     hits = json.loads(next(line for line in result.output.splitlines() if line.startswith("{")))["hits"]
     assert hits[0]["slice_id"] == slice_id and hits[0]["distance"] == 0 and len(hits) == 3
     assert CliRunner().invoke(app, ["search", str(tmp_path), str(png)]).exit_code == 2  # not a cell
+
+
+def test_search_with_a_cell_whose_weights_are_gone_says_so_without_a_traceback(trained_cell, tmp_path):
+    import shutil
+
+    directory, dataset = trained_cell
+    copy = tmp_path / "cell"
+    shutil.copytree(directory, copy)
+    (copy / "model.pt").unlink()
+    query = source_of(dataset, int(dataset.usable().index[0]))
+    result = CliRunner().invoke(app, ["search", str(copy), str(query)])
+    assert result.exit_code == 2 and "model.pt is missing" in result.output and "Traceback" not in result.output

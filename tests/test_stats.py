@@ -120,3 +120,20 @@ def test_compare_accepts_cell_directories(toy_results):
     assert result.exit_code == 0, result.output
     cells = [c.strip() for c in next(line for line in result.output.splitlines() if " map@10 " in line).split("│")]
     assert cells[2].endswith("(n=1)") and cells[4] == "+0.000" and cells[7] == "n/a (one seed)"
+
+
+def test_compare_refuses_cells_of_other_data_versions_even_on_the_same_query_ids(tmp_path, cell_writer):
+    from hashbench.results import Cell
+    from hashbench.stats import compare_cells
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 30)
+    codes = lambda n: rng.random((n, 16)) < 0.5  # noqa: E731
+    old = cell_writer(tmp_path, "a", codes(9), labels[::10], codes(90), labels, dataset_fingerprint="1111", split_hash="aaaa")
+    new = cell_writer(tmp_path, "b", codes(9), labels[::10], codes(90), labels, dataset_fingerprint="2222", split_hash="aaaa")
+    same = cell_writer(tmp_path, "c", codes(9), labels[::10], np.zeros((90, 16), bool), labels, dataset_fingerprint="1111", split_hash="aaaa", epochs=5)
+    with pytest.raises(ValueError, match="data version 2222.*data version 1111.*compare cells of one data version and split"):
+        compare_cells([Cell(old)], [Cell(new)], ("map@10",))
+    rows, warnings = compare_cells([Cell(old)], [Cell(same)], ("map@10",))
+    assert rows[0].metric == "map@10" and rows[0].result.n_queries == 9
+    assert "the sides differ in epochs: 1 vs 5" in warnings and any(w.startswith("B has dead bits (collapsed: 16/16 dead bits)") for w in warnings)

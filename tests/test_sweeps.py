@@ -112,7 +112,9 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_metrics(tiny_phanto
     assert "skipped phantom-tiny-seed0/dpn" in again.stdout and "done phantom-tiny-seed0/pausing-dsh" in again.stdout
     assert finished_first.path("metrics.json").stat().st_mtime_ns == stamp  # the finished cell was not touched
     resumed, uninterrupted = cell_of(swept, "pausing-dsh"), cell_of(reference, "pausing-dsh")
-    assert [json.loads(line)["epoch"] for line in resumed.path("train_log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    log = [json.loads(line) for line in resumed.path("train_log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in log] == [1, 2, 3]
+    assert resumed.record["resumed_from_epoch"] == 1 and resumed.record["train_seconds"] == pytest.approx(sum(line["seconds"] for line in log), abs=0.01)
     assert resumed.record["metrics"] == uninterrupted.record["metrics"]  # identical, not close
     for name in ("query_codes", "database_codes", "database_embeddings"):
         np.testing.assert_array_equal(resumed.codes()[name], uninterrupted.codes()[name], err_msg=name)
@@ -152,10 +154,33 @@ def test_two_processes_on_one_root_never_duplicate_or_corrupt_a_cell(tiny_phanto
     assert "skipped phantom-tiny-seed0/pausing-dsh/8 bits/seed 0: finished by another process" in outputs[1]
 
 
+def test_two_forced_sweeps_at_once_still_train_each_cell_once(tiny_phantom, tmp_path):
+    """--force re-runs what was finished before the sweep, never what another sweep finished during it (flock conflicts across threads too)."""
+    import threading
+
+    request = RunRequest(["dpn", "dsh", "hashnet"], [8], dataset=tiny_phantom.dataset.name, epochs=1, force=True)
+    start, outcomes = threading.Barrier(2), [None, None]
+
+    def sweep(number: int) -> None:
+        start.wait()
+        outcomes[number] = run_grid(request, tiny_phantom.dataset, tmp_path)
+
+    threads = [threading.Thread(target=sweep, args=(number,)) for number in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for position, method in enumerate(request.methods):
+        pair = [outcomes[0][position], outcomes[1][position]]
+        assert sorted(o.status for o in pair) == ["done", "skipped"], method
+        assert next(o for o in pair if o.status == "skipped").note == "finished by another process"
+        assert len(Cell(pair[0].config.directory(tmp_path)).path("train_log.jsonl").read_text().splitlines()) == 1
+
+
 def test_a_truncated_or_garbled_cell_file_is_reported_never_read(tmp_path, cell_writer):
     rng = np.random.default_rng(0)
     codes = lambda n: rng.random((n, 16)) < 0.5  # noqa: E731
-    good = cell_writer(tmp_path, "good", codes(20), rng.integers(0, 3, 20), codes(80), rng.integers(0, 3, 80))
+    cell_writer(tmp_path, "good", codes(20), rng.integers(0, 3, 20), codes(80), rng.integers(0, 3, 80))
     truncated = cell_writer(tmp_path, "truncated", codes(20), rng.integers(0, 3, 20), codes(80), rng.integers(0, 3, 80))
     garbled = cell_writer(tmp_path, "garbled", codes(20), rng.integers(0, 3, 20), codes(80), rng.integers(0, 3, 80))
     text = (truncated / "metrics.json").read_text()
