@@ -1,11 +1,13 @@
 """Atomic file writes: to a temporary name beside the target, then a rename.
 
 Readers (and an interrupted run's next attempt) see the old file or the new one,
-never half of one.
+never half of one. The temporary name carries the writer's process id: a temporary file
+left by a killed writer is removed by the next write to the same place.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from pathlib import Path
@@ -13,8 +15,11 @@ from typing import IO, Any, Callable
 
 import pandas as pd
 
+from hashbench.locks import process_alive
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
@@ -22,6 +27,14 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` whose writer is no longer alive (killed mid-write)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name.removeprefix(f".{path.name}.").removesuffix(".tmp")
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -51,12 +51,8 @@ def ingest_tcia_command(
     from hashbench.datasets import ingest_tcia
 
     options = _options(size, window, colour, aspect)
-    try:
-        with _resumable(name):
-            result = ingest_tcia(path, name, options, clean, workers, progress=True)
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    with _resumable(name):
+        result = ingest_tcia(path, name, options, clean, workers, progress=True)
     _print_report(result)
 
 
@@ -81,9 +77,13 @@ def ingest_phantom_command(
 
 @contextmanager
 def _resumable(name: str):
-    """Ctrl-C ends an ingest with a word on what was kept, not a traceback."""
+    """Ctrl-C ends an ingest with a word on what was kept, not a traceback; bad input (a missing folder, an unsafe name,
+    a source without usable slices) ends it with the message and exit code 2."""
     try:
         yield
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: the files finished so far are kept; run the same command again to resume {name}.")
         raise typer.Exit(130) from None
@@ -130,20 +130,28 @@ def datasets_command() -> None:
     from hashbench.datasets import DEFAULT_DATASET, SOURCES, dataset_names
     from hashbench.paths import datasets_dir
 
-    from hashbench.dataset import Dataset
+    from hashbench.dataset import Dataset, DatasetError
 
     table = Table(title=f"datasets in {datasets_dir()}")
     for column in ("name", "kind", "slices", "outliers", "patients", "classes", "skipped", "px", "MiB"):
         table.add_column(column, justify="left" if column in ("name", "kind") else "right", no_wrap=column == "name")
+    damaged = []
     for name in dataset_names():
         folder = datasets_dir() / name
         if not (folder / "manifest.json").exists():
             table.add_row(name, "phantom", *["-"] * 7)
             continue
-        s = Dataset(folder).summary()
+        try:
+            s = Dataset(folder).verify().summary()
+        except DatasetError as exc:
+            table.add_row(name, "damaged", *["-"] * 7)
+            damaged.append(str(exc))
+            continue
         cells = (s["slices"], s["outliers"], s["patients"], s["classes"], s["skipped"], s["image_size"], f"{s['bytes'] / 2**20:.1f}")
         table.add_row(name, s["kind"], *map(str, cells))
     console.print(table)
+    for message in damaged:
+        console.print(f"[red]damaged:[/red] {message}")
     console.print("slices: in use after cleaning; skipped: source files that gave no image (see the dataset's files.csv).")
     if not (datasets_dir() / DEFAULT_DATASET / "manifest.json").exists():
         console.print(f"{DEFAULT_DATASET} is generated and ingested on first use, or now with `hashbench ingest phantom`.")
@@ -254,7 +262,7 @@ def run_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option([], "--set", help="Option override: method.key=value, or key=value for every method."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to compute and show."),
-    force: bool = typer.Option(False, "--force", help="Re-run finished cells (the old result stays until the new one is written)."),
+    force: bool = typer.Option(False, "--force", help="Re-run finished cells: the old result stays until the new one is complete; an interrupted re-run resumes on the next --force."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan, one line per cell with its full configuration, and run nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per cell."),
 ) -> None:

@@ -17,6 +17,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, iter_pixels
 
 # Objects that carry no image slice to learn from (masks, contours, reports, plans).
@@ -74,9 +75,30 @@ def read_dataset(data: bytes) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError as exc:
-        raise SkippedFile("not DICOM", str(exc)) from None
+        headerless = _without_file_header(data)
+        if headerless is None:
+            raise SkippedFile("not DICOM", str(exc)) from None
+        return headerless
     except Exception as exc:  # truncated headers raise a variety of errors
         raise SkippedFile("unreadable DICOM header", f"{type(exc).__name__}: {exc}") from None
+
+
+def _without_file_header(data: bytes) -> Dataset | None:
+    """A DICOM data set stored without the Part-10 preamble and file meta (older writers do this), or None.
+
+    Read with ``force``: taken only when it parses to an image (rows, columns and pixel data), so
+    random bytes are never taken for DICOM.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "PixelData" in ds and "Rows" in ds and "Columns" in ds:
+            if "TransferSyntaxUID" not in ds.file_meta:  # without file meta the pixels are native: the encoding the parser found
+                implicit, little = ds.original_encoding
+                ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            return ds
+    except Exception:  # not DICOM after all: the caller reports it so
+        pass
+    return None
 
 
 def ctp_collection(ds: Dataset) -> str:
