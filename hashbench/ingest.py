@@ -5,7 +5,7 @@ appended to one raw array, so training never touches DICOM again. Four rules:
 
 - incremental: a file whose size and mtime (or, failing that, content digest) match
   the last ingest is not decoded again; an unchanged tree is a no-op;
-- crash-safe: the build is appended to a hidden ``.<name>.partial/`` folder and
+- crash-safe: the build is appended to a hidden ``.<name>@partial/`` folder and
   committed every few seconds by a journal written last (how many files, slices and
   bytes are complete); an ingest resumed after any interruption, SIGKILL included,
   cuts everything after the last commit and redoes it, so it ends identical to a
@@ -20,6 +20,7 @@ appended to one raw array, so training never touches DICOM again. Four rules:
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import logging
@@ -104,7 +105,7 @@ def ingest(
     """
     name = checked_name(name)
     destination.mkdir(parents=True, exist_ok=True)
-    with locks.exclusive(destination / f".{name}.lock", wait=True, on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr)):
+    with locks.exclusive(destination / f".{name}@lock", wait=True, on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr)):
         return _ingest(name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest)
 
 
@@ -114,7 +115,7 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
     if len({f.relpath for f in files}) != len(files):
         raise ValueError("two source files share one relative path")
     target = destination / name
-    partial = destination / f".{name}.partial"
+    partial = destination / f".{name}@partial"
     _settle_swap(target, destination, name)
     settings = {"options": options.to_dict(), "clean": clean, "format": FORMAT_VERSION}
     stats = {f.relpath: os.stat(f.path) for f in files}
@@ -207,15 +208,18 @@ class _WorkerPool:
             self.executor.shutdown(cancel_futures=True)
 
 
-def _exit_with_parent(parent: int) -> None:
-    """In each worker: exit as soon as the ingest that started it is gone (killed, even by SIGKILL), never linger as an orphan."""
+def _exit_with_parent(ingest: int) -> None:
+    """In each worker: exit as soon as the ingest that started it is gone, even after a SIGKILL: never linger as an orphan.
+
+    Watches the ingest's process id, not the worker's parent: under the forkserver start method the parent is the server.
+    """
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while locks.process_alive(ingest):
             time.sleep(0.5)
         os._exit(1)
 
-    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+    threading.Thread(target=watch, daemon=True, name="exit-with-ingest").start()
 
 
 class _ProgressBar:
@@ -283,14 +287,13 @@ class _Partial:
     def start(self, folder: Path, settings: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder, self.settings = folder, settings
-        fresh = not self.records
         self.images = open(folder / IMAGES, "ab")
         self.index_file = open(folder / INDEX, "a", newline="")
         self.files_file = open(folder / FILES, "a", newline="")
         self.index_rows, self.file_rows = csv.writer(self.index_file), csv.writer(self.files_file)
-        if fresh:
-            self.index_rows.writerow(INDEX_COLUMNS)
-            self.file_rows.writerow(FILES_COLUMNS)
+        for handle, writer, columns in ((self.index_file, self.index_rows, INDEX_COLUMNS), (self.files_file, self.file_rows, FILES_COLUMNS)):
+            if handle.tell() == 0:  # a new table (one committed with its header only keeps it)
+                writer.writerow(columns)
         self.commit()
 
     def append_reused(self, source_file: SourceFile, st: os.stat_result, record: dict, previous: _Previous) -> None:
@@ -402,9 +405,9 @@ def _refuse_if_empty(partial_dir: Path, name: str, source: Path) -> None:
 def _settle_swap(target: Path, destination: Path, name: str) -> None:
     """Finish what a swap interrupted by a kill left: put a retired build back if nothing replaced it, else remove it.
 
-    Only ``.<name>.replaced-*`` folders are touched: the ones a swap of this name created.
+    Only ``.<name>@replaced-*`` folders are touched: the ones a swap of this name created (``@`` is in no name).
     """
-    for retired in sorted(destination.glob(f".{name}.replaced-*")):
+    for retired in sorted(destination.glob(f".{glob.escape(name)}@replaced-*")):
         if not (target / MANIFEST).exists() and (retired / MANIFEST).exists():
             shutil.rmtree(target, ignore_errors=True)
             os.replace(retired, target)
@@ -415,7 +418,10 @@ def _settle_swap(target: Path, destination: Path, name: str) -> None:
 def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: str, source: Path, settings: dict, extra: dict | None) -> Dataset:
     """Write the manifest (with the checksums that let every open verify the files) and default splits, then swap the build into place."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    created = json.loads((target / MANIFEST).read_text()).get("created", now) if (target / MANIFEST).exists() else now
+    try:
+        created = json.loads((target / MANIFEST).read_text()).get("created", now)
+    except (OSError, ValueError, AttributeError):  # none yet, or the damaged build being replaced
+        created = now
     manifest = {
         **settings,
         "name": name,
@@ -434,7 +440,7 @@ def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: s
     if len(dataset.usable()):
         for protocol in ("patient", "slice"):
             dataset.split(protocol)
-    retired = target.with_name(f".{name}.replaced-{os.getpid()}-{time.time_ns()}")
+    retired = target.with_name(f".{name}@replaced-{os.getpid()}-{time.time_ns()}")
     if target.exists():
         os.replace(target, retired)
     os.replace(partial_dir, target)

@@ -278,7 +278,7 @@ class Cell:
 
     def per_query(self, metric: str) -> np.ndarray:
         """Per-query values of ``metric``: stored when they were computed under the current tie rule, else from the codes."""
-        return _per_query(self, metric.lower(), *file_version(self.path(CODES)))
+        return _per_query(self, metric.lower(), *file_version(self.result_path(CODES)))
 
     def tie_diagnostics(self) -> dict[str, float]:
         """As recorded at the end of training, or computed from the codes for cells that did not record them."""
@@ -393,6 +393,8 @@ class Cell:
         """Move a complete re-run's files into place, the record last (safe to repeat after a kill at any point)."""
         staged = self.rerun_directory
         if not (staged / RECORD).exists():
+            if staged.is_dir() and not (staged / CHECKPOINT).exists():  # emptied by a replacement cut before its last step
+                shutil.rmtree(staged, ignore_errors=True)
             return
         for name in RESULT_FILES:
             if (staged / name).exists():
@@ -402,7 +404,7 @@ class Cell:
 
     def rerun_pending(self) -> bool:
         """A forced re-run was interrupted: its progress waits in ``.rerun/`` (the next ``--force`` resumes it)."""
-        return self.rerun_directory.is_dir() and not (self.rerun_directory / RECORD).exists()
+        return (self.rerun_directory / CHECKPOINT).exists() and not (self.rerun_directory / RECORD).exists()
 
     def fail(self, error: str, traceback_text: str) -> None:
         atomic.write_json(self.path(FAILURE), {"error": error, "traceback": traceback_text})
@@ -465,29 +467,14 @@ class ResultsStore:
         """One row per cell: its config, status, stored metrics and a note (failure, damage or collapse)."""
         rows = []
         for cell in self.cells():
-            status = cell.status()
-            if status not in statuses:
-                continue
             try:
-                config = asdict(cell.config)
-            except CellError:
-                config = _config_from_path(cell.directory)
-            if (dataset is not None and config["dataset"] != dataset) or (methods is not None and config["method"] not in methods):
+                row = _row(cell, cell.status())
+            except FileNotFoundError:  # removed, or moved into place by a writer, while we read: not there this time
                 continue
-            row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": "", "pretrained": False}
-            if status == "finished":
-                record = cell.record
-                row.update(record["metrics"])
-                row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained)
-                later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
-                pending = "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" if cell.rerun_pending() else ""
-                row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else "", pending]))
-            elif status == "failed":
-                error = (cell.failure().get("error") or "unknown").splitlines()[0]
-                row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
-            else:
-                row["note"] = f"damaged: {cell.problem()}"
-            rows.append(row)
+            except CellError as exc:  # changed by a writer between two reads
+                row = _row(cell, "damaged", str(exc))
+            if row["status"] in statuses and (dataset is None or row["dataset"] == dataset) and (methods is None or row["method"] in methods):
+                rows.append(row)
         frame = pd.DataFrame(rows)
         if not frame.empty:
             frame["augment_text"] = [_describe_augment(a) for a in frame["augment"]]
@@ -519,6 +506,28 @@ class ResultsStore:
             listed = "; ".join(f"{d} (data {f or 'unrecorded'}) {b} bits protocol {p}" for d, f, b, p in groups.groups)
             raise ValueError(f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories")
         return [Cell(d) for d in chosen["directory"]]
+
+
+def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
+    """One cell's table row: config, status, metrics when finished, and the note (collapse, failure or damage)."""
+    try:
+        config = asdict(cell.config)
+    except CellError:
+        config = _config_from_path(cell.directory)
+    row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": "", "pretrained": False}
+    if status == "finished":
+        record = cell.record
+        row.update(record["metrics"])
+        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained)
+        later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
+        pending = "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" if cell.rerun_pending() else ""
+        row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else "", pending]))
+    elif status == "failed":
+        error = (cell.failure().get("error") or "unknown").splitlines()[0]
+        row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
+    else:
+        row["note"] = f"damaged: {problem or cell.problem()}"
+    return row
 
 
 def _config_from_path(directory: Path) -> dict[str, Any]:

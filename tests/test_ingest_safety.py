@@ -35,6 +35,9 @@ import hashbench.ingest
 from hashbench.datasets import tcia
 from hashbench.dicom import ImageOptions
 hashbench.ingest.COMMIT_EVERY_S = float(sys.argv[5])
+if len(sys.argv) > 6:
+    import multiprocessing
+    multiprocessing.set_start_method(sys.argv[6])
 print("ready", flush=True)
 sys.stdin.readline()  # the go
 result = tcia.ingest_tcia(Path(sys.argv[1]), sys.argv[3], Path(sys.argv[2]), ImageOptions(size=32), workers=int(sys.argv[4]))
@@ -42,8 +45,8 @@ print("decoded", result.decoded, "up-to-date", result.up_to_date, flush=True)
 """
 
 
-def start_ingest(source: Path, destination: Path, name: str, workers: int = 1, commit_every: float = 0.02, go: bool = True) -> subprocess.Popen:
-    command = [sys.executable, "-c", INGEST_SCRIPT, str(source), str(destination), name, str(workers), str(commit_every)]
+def start_ingest(source: Path, destination: Path, name: str, workers: int = 1, commit_every: float = 0.02, go: bool = True, start_method: str = "") -> subprocess.Popen:
+    command = [sys.executable, "-c", INGEST_SCRIPT, str(source), str(destination), name, str(workers), str(commit_every), *([start_method] if start_method else [])]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready", process.stderr.read()
     if go:
@@ -75,14 +78,14 @@ def test_sigkill_at_random_points_then_resume_ends_identical_to_a_clean_ingest(t
     clean = tcia.ingest_tcia(source, "clean", tmp_path / "clean", OPTIONS, workers=1).dataset
     rng = random.Random(20261123)
     interrupted_builds = 0
-    for round_number in range(3):
+    for round_number, commit_every in enumerate((0.02, 2.0, 0.02)):  # 2 s, the default: kills before the first commit after the header
         destination = tmp_path / f"round{round_number}"
         for _ in range(5):
-            process = start_ingest(source, destination, "victim")
+            process = start_ingest(source, destination, "victim", commit_every=commit_every)
             time.sleep(rng.uniform(0.0, 0.8))
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
-            interrupted_builds += (destination / ".victim.partial").exists()
+            interrupted_builds += (destination / ".victim@partial").exists()
         finish = start_ingest(source, destination, "victim")
         out, err = finish.communicate(timeout=120)
         assert finish.returncode == 0, err
@@ -92,14 +95,21 @@ def test_sigkill_at_random_points_then_resume_ends_identical_to_a_clean_ingest(t
     assert interrupted_builds >= 5  # most kills landed mid-build, not before it started or after it ended
 
 
-def test_a_killed_ingest_leaves_no_worker_behind(tiny_phantom, tmp_path):
+@pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
+def test_a_killed_ingest_leaves_no_worker_behind(tiny_phantom, tmp_path, start_method):
     if not Path("/proc").is_dir():
         pytest.skip("finds the workers through /proc")
     source = Path(tiny_phantom.dataset.manifest["source"])
-    process = start_ingest(source, tmp_path, "orphans", workers=2, commit_every=2.0)
+    finished = start_ingest(source, tmp_path, "whole", workers=2, start_method=start_method)
+    out, err = finished.communicate(timeout=120)
+    assert finished.returncode == 0 and "decoded 187" in out, err  # the workers do their work under every start method
+    process = start_ingest(source, tmp_path, "orphans", workers=2, commit_every=2.0, start_method=start_method)
     deadline, workers = time.monotonic() + 30, []
-    while not workers and time.monotonic() < deadline:
-        workers = [pid for pid, (parent, _) in processes().items() if parent == process.pid]
+    while len(workers) < 2 and time.monotonic() < deadline:  # under forkserver: the server's children
+        table = processes()
+        children = {pid for pid, (parent, _) in table.items() if parent == process.pid}
+        helpers = {pid for pid in children if _is_helper(_command(pid))}  # the fork server's children are workers
+        workers = sorted((children - helpers) | {pid for pid, (parent, _) in table.items() if parent in helpers})
         time.sleep(0.05)
     assert workers, "the ingest started no worker processes"
     assert process.poll() is None, "the ingest ended before it could be killed"
@@ -109,6 +119,18 @@ def test_a_killed_ingest_leaves_no_worker_behind(tiny_phantom, tmp_path):
     while any(processes().get(pid, (0, "Z"))[1] != "Z" for pid in workers):  # gone, or dead and waiting to be reaped
         assert time.monotonic() < deadline, f"workers {workers} outlived their ingest"
         time.sleep(0.1)
+
+
+def _is_helper(command: str) -> bool:
+    """multiprocessing's own helper processes (the fork server, the resource tracker), not pool workers."""
+    return "forkserver import main" in command or "resource_tracker" in command
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def processes() -> dict[int, tuple[int, str]]:
@@ -174,12 +196,14 @@ def test_a_swap_cut_between_its_two_renames_is_settled_by_the_next_ingest(tiny_p
     source = Path(tiny_phantom.dataset.manifest["source"])
     clean = tcia.ingest_tcia(source, "clean", tmp_path / "clean", OPTIONS, workers=1).dataset
     tcia.ingest_tcia(source, "swapped", tmp_path, OPTIONS, workers=1)
-    os.replace(tmp_path / "swapped", tmp_path / ".swapped.replaced-1-1")  # the old build moved aside, the new one never moved in
-    (tmp_path / ".other.replaced-1-1").mkdir()  # another name's: not this ingest's to touch
+    os.replace(tmp_path / "swapped", tmp_path / ".swapped@replaced-1-1")  # the old build moved aside, the new one never moved in
+    for other in ("swapped.b", "swapped.replaced-x"):  # other names' (a name may look like a prefix): not this ingest's to touch
+        (tmp_path / f".{other}@replaced-1-1").mkdir()
     again = tcia.ingest_tcia(source, "swapped", tmp_path, OPTIONS, workers=1)
     assert again.up_to_date and again.decoded == 0
     assert_same_dataset(again.dataset, clean)
-    assert not (tmp_path / ".swapped.replaced-1-1").exists() and (tmp_path / ".other.replaced-1-1").exists()
+    assert not (tmp_path / ".swapped@replaced-1-1").exists()
+    assert (tmp_path / ".swapped.b@replaced-1-1").exists() and (tmp_path / ".swapped.replaced-x@replaced-1-1").exists()
 
 
 def test_a_tree_of_non_images_is_refused_with_the_reasons(tmp_path):
@@ -203,8 +227,10 @@ def test_stale_temporary_files_of_killed_writers_are_removed_by_the_next_write(t
     target = tmp_path / "metrics.json"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale, live = tmp_path / f".metrics.json.{dead.pid}.tmp", tmp_path / f".metrics.json.{os.getppid()}.tmp"
-    stale.write_text("half a file")
-    live.write_text("another writer, still at work")
+    stale = tmp_path / f".metrics.json.{atomic.HOST}.{dead.pid}.tmp"
+    live = tmp_path / f".metrics.json.{atomic.HOST}.{os.getppid()}.tmp"
+    elsewhere = tmp_path / f".metrics.json.another-node.{dead.pid}.tmp"  # a shared root: that pid means nothing here
+    for path, text in ((stale, "half a file"), (live, "another writer, still at work"), (elsewhere, "a writer on another node")):
+        path.write_text(text)
     atomic.write_json(target, {"ok": True})
-    assert not stale.exists() and live.exists() and target.read_text().startswith("{")
+    assert not stale.exists() and live.exists() and elsewhere.exists() and target.read_text().startswith("{")

@@ -360,3 +360,17 @@ def test_a_config_key_from_a_newer_version_is_ignored_with_a_warning(five_cells,
     with pytest.warns(UserWarning, match=r"config.json: ignoring calibration \(written by a newer hashbench\?\)"):
         table = ResultsStore(out).table().set_index("seed")
     assert table.loc[0, "status"] == "finished" and table.loc[0, "map@10"] == originals[0].metrics["map@10"]
+
+
+def test_a_rerun_folder_left_empty_by_a_kill_is_not_taken_for_a_pending_rerun(five_cells, tiny_phantom, tmp_path):
+    """A kill after the record moved into place but before .rerun/ was removed: the result is whole and nothing is pending."""
+    import shutil
+
+    source, request, originals = five_cells
+    shutil.copytree(source, tmp_path / "out")
+    cell = Cell(originals[0].config.directory(tmp_path / "out"))
+    (cell.directory / ".rerun").mkdir()
+    (cell.directory / ".rerun" / "train_log.jsonl").write_text("")
+    assert not cell.rerun_pending() and "re-run" not in ResultsStore(tmp_path / "out").table().set_index("seed").loc[0, "note"]
+    outcomes = run_grid(RunRequest(["dpn"], [8], seeds=[0], dataset="phantom-tiny-seed0", epochs=1), tiny_phantom.dataset, tmp_path / "out")
+    assert outcomes[0].status == "skipped" and not (cell.directory / ".rerun").exists()

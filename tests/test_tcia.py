@@ -199,7 +199,7 @@ def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, dicom, monkeyp
     fresh = ingest_tcia(root, "fresh", tmp_path / "cache", OPTIONS, workers=1).dataset
     by_path = lambda d: {(r.path, r.frame): d.images[i].tobytes() for i, r in d.index.iterrows()}  # noqa: E731
     assert by_path(resumed.dataset) == by_path(fresh)
-    assert not (tmp_path / "cache" / ".test.partial").exists()
+    assert not (tmp_path / "cache" / ".test@partial").exists()
 
 
 def test_changing_image_options_rebuilds_everything(tmp_path, dicom):
