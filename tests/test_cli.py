@@ -74,6 +74,13 @@ def test_the_console_script_is_installed():
         (["run", "--bits", "16,32,48", "--epochs", "2"], ["run", "--bits", "16", "--bits", "32", "--bits", "48", "--epochs", "2"]),
         (["run", "--bits=16,32", "--set", "hashnet.alpha=0.2", "lr=0.001", "--force"], ["run", "--bits", "16", "--bits", "32", "--set", "hashnet.alpha=0.2", "--set", "lr=0.001", "--force"]),
         (["run", "--set=dpn.margin=2", "--out", "x"], ["run", "--set", "dpn.margin=2", "--out", "x"]),
+        # positionals are never taken for values: only integers follow --bits/--seeds, elsewhere one value per flag
+        (["list", "--plugin", "examples/my_method.py", "c*"], ["list", "--plugin", "examples/my_method.py", "c*"]),
+        (["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"], ["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"]),
+        (["compare", "dafh", "hashnet", "--bits", "16", "32", "--metrics", "map@1,map@10"], ["compare", "dafh", "hashnet", "--bits", "16", "--bits", "32", "--metrics", "map@1", "--metrics", "map@10"]),
+        (["confusion", "--metrics", "map@1", "CELL"], ["confusion", "--metrics", "map@1", "CELL"]),
+        (["run", "--seeds", "-1", "--bits", "-3"], ["run", "--seeds", "-1", "--bits", "-3"]),  # kept, so the plan can refuse them
+        (["leaderboard", "--metrics", "map@1", "map@10", "--format", "md"], ["leaderboard", "--metrics", "map@1", "--metrics", "map@10", "--format", "md"]),
     ],
 )
 def test_multi_value_options_are_expanded_for_click(argv, expected):
@@ -107,3 +114,14 @@ def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
     assert "| method | 8 bits | 16 bits |" in text and "| hashnet |" in text and "| dpn |" in text and "(n=1" in text
     bad_option = runner.invoke(app, expand_multi_value_options([*argv[:-2], "--set", "hashnet.alpah=1", "--out", str(out)]))
     assert bad_option.exit_code == 2 and "unknown option(s) alpah" in bad_option.output
+
+
+def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused():
+    from hashbench.cli import expand_multi_value_options
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "my_method.py"
+    listed = runner.invoke(app, expand_multi_value_options(["list", "--plugin", str(example), "c*"]))
+    assert listed.exit_code == 0, listed.output
+    assert "center-hash" in listed.output and "broken" not in listed.output and "dafh" not in listed.output
+    negative = runner.invoke(app, expand_multi_value_options(["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"]))
+    assert negative.exit_code == 2 and "--seeds and --split-seed take whole numbers from 0" in negative.output
