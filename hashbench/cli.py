@@ -20,7 +20,21 @@ from hashbench.ingest import IngestResult
 app = typer.Typer(help="hashbench: benchmark deep hashing methods for medical image retrieval.", no_args_is_help=True, add_completion=False)
 ingest_app = typer.Typer(help="Turn DICOM data into a dataset once: decoded, cleaned, split.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import hashbench
+
+        print(f"hashbench {hashbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
+    """hashbench: benchmark deep hashing methods for medical image retrieval."""
 console = Console()
+DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
 
 SizeOption = typer.Option(224, "--size", help="Images are resized to SIZE x SIZE pixels.")
 WindowOption = typer.Option("auto", "--window", help="auto (the file's window, else CT 40/400, else percentiles), percentile, or minmax.")
@@ -260,7 +274,12 @@ def list_command(
     table = Table(title="methods")
     for column in ("name", "origin", "status", "paper"):
         table.add_column(column, overflow="fold")
-    for entry in (REGISTRY.entry(name) for name in REGISTRY.names(pattern)):
+    names = REGISTRY.names(pattern)
+    if not names:
+        hint = "; the paper suites are listed by `hashbench suites`" if pattern == "suites" or pattern.startswith("paper-") else ""
+        console.print(f"[red]error:[/red] no method matches {pattern!r}; methods: {', '.join(REGISTRY.names('*'))}{hint}")
+        raise typer.Exit(2)
+    for entry in (REGISTRY.entry(name) for name in names):
         status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
         table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
     console.print(table)
@@ -284,7 +303,7 @@ def run_command(
     augment: Optional[str] = typer.Option(None, "--augment", help="Training-image augmentation: none, paper, or e.g. rotation=10,scale=0.1,brightness=0.1,noise=0.02,blur=1 (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     profile: Optional[str] = typer.Option(None, "--profile", help="full (the paper's training protocol), full-b0 (cheaper backbone) or quick (CPU budget); default: quick for the phantom on a CPU, else full."),
-    out: Path = typer.Option(Path("results"), "--out", help="Results root; finished cells there are skipped."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root; finished cells there are skipped (default: ./runs)."),
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option([], "--set", help="Option override: method.key=value, or key=value for every method."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to compute and show."),
@@ -400,9 +419,22 @@ def _print_boards(boards: list) -> None:
         console.print(table)
 
 
+@app.command("suites")
+def suites_command() -> None:
+    """List the paper suites: what each runs and which table of the paper it reproduces."""
+    from hashbench.suites import SUITES
+
+    table = Table(title="suites (hashbench run --suite NAME)")
+    for column in ("name", "methods", "bits", "paper table"):
+        table.add_column(column, overflow="fold")
+    for suite in SUITES.values():
+        table.add_row(suite.name, ", ".join(suite.methods), " ".join(map(str, suite.bits)), suite.title)
+    console.print(table)
+
+
 @app.command("leaderboard")
 def leaderboard_command(
-    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to show."),
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
@@ -417,13 +449,14 @@ def leaderboard_command(
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     _check_metrics(metrics)
     chosen = _suite(suite)
+    boards = _boards(out, tuple(metrics), dataset, chosen)
+    if not boards:
+        console.print(f"[red]error:[/red] no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root")
+        raise typer.Exit(2)
     if output_format == "rich":
-        boards = _boards(out, tuple(metrics), dataset, chosen)
         _print_boards(boards)
-        if not boards:
-            console.print(f"no finished cells under {out}")
         return
-    text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset, chosen))
+    text = leaderboard.to_markdown(boards)
     target = output or out / (f"{suite}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     if figures:
@@ -439,7 +472,7 @@ def compare_command(
     bits: Optional[int] = typer.Option(None, "--bits", help="Code length, where a method ran several."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset, where a method ran on several."),
     metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."),
-    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
     from hashbench.results import ResultsStore
@@ -480,7 +513,7 @@ def _check_metrics(metrics: List[str]) -> None:
 
 @app.command("ties")
 def ties_command(
-    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
 ) -> None:
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""

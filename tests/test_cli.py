@@ -125,3 +125,28 @@ def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused
     assert "center-hash" in listed.output and "broken" not in listed.output and "dafh" not in listed.output
     negative = runner.invoke(app, expand_multi_value_options(["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"]))
     assert negative.exit_code == 2 and "--seeds and --split-seed take whole numbers from 0" in negative.output
+
+
+def test_version_suites_and_an_empty_leaderboard_say_what_they_are(tmp_path):
+    import hashbench
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"hashbench {hashbench.__version__}"
+    suites = runner.invoke(app, ["suites"])
+    assert suites.exit_code == 0 and all(name in suites.output for name in ("paper-table3", "paper-table4", "paper-table5", "Table 5"))
+    wrong_place = runner.invoke(app, ["list", "suites"])
+    assert wrong_place.exit_code == 2 and "`hashbench suites`" in wrong_place.output
+    for output_format in ("rich", "md"):
+        empty = runner.invoke(app, ["leaderboard", "--out", str(tmp_path / "nothing"), "--format", output_format])
+        assert empty.exit_code == 2 and "no finished cells under" in empty.output
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_runs_go_to_runs_by_default_never_into_results():
+    from hashbench.cli import DEFAULT_OUT
+
+    assert DEFAULT_OUT == Path("runs")
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/phantom/dafh/16bits/seed0-x/metrics.json"], cwd=root).returncode == 0
