@@ -47,9 +47,14 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r}: hashbench trains on cpu, cuda or mps")
     return device
 
 

@@ -19,6 +19,7 @@ engine, evaluated by the evaluator and stored through its :class:`Cell`:
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -207,6 +208,7 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     git_state()
     device = engine.resolve_device(request.device)
     planned = plan(request, dataset, device)
+    _check_writable(Path(out))
     ensure_available({source for cell in planned for source in cell.weights.values()})
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
@@ -223,6 +225,17 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     for position in held_elsewhere:
         try_cell(position, wait=True)
     return [outcomes[i] for i in range(len(planned))]
+
+
+def _check_writable(out: Path) -> None:
+    """The results root can take files: found before the first epoch, not after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to") from None
 
 
 def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.device, request: RunRequest, progress: bool, wait: bool, sweep_start: float) -> CellOutcome | None:

@@ -150,3 +150,32 @@ def test_runs_go_to_runs_by_default_never_into_results():
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
     assert subprocess.run(["git", "check-ignore", "-q", "runs/phantom/dafh/16bits/seed0-x/metrics.json"], cwd=root).returncode == 0
+
+
+BAD_INPUTS = [
+    (["run", "--methods", "nope", "--dry-run"], "unknown method 'nope'"),
+    (["run", "--methods", "dpn", "--bits", "0", "--dry-run"], "--bits 0 is too small"),
+    (["run", "--methods", "dpn", "--bits", "-3", "--dry-run"], "--bits -3 is too small"),
+    (["run", "--methods", "dpn", "--epochs=-2", "--dry-run"], "--epochs -2 is too small"),
+    (["run", "--methods", "dpn", "--epochs", "0", "--dry-run"], "--epochs 0 is too small"),
+    (["run", "--methods", "dpn", "--image-size", "0", "--dry-run"], "--image-size 0 is too small"),
+    (["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"], "take whole numbers from 0"),
+    (["run", "--methods", "dpn", "--split", "nope", "--dry-run"], "unknown split 'nope'; valid: patient, slice"),
+    (["run", "--methods", "dpn", "--dataset", "/tmp", "--dry-run"], "is not allowed"),
+    (["run", "--methods", "dpn", "--dataset", "never-ingested", "--dry-run"], "unknown dataset 'never-ingested'"),
+    (["run", "--methods", "dpn", "--device", "foo", "--dry-run"], "--device 'foo' is not a device"),
+    (["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"], "batch_size=0.5 is not valid"),
+    (["run", "--methods", "dpn", "--set", "dpnn.margin=1", "--dry-run"], "--set names dpnn"),
+    (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/proc/hashbench-cannot-write"], "cannot be written"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a[2:4]) + " " + a[-1] for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_the_problem_and_no_traceback(tiny_phantom, argv, message):
+    from hashbench.cli import expand_multi_value_options
+
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not an exception that escaped
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
