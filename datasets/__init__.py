@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hashbench import locks
 from hashbench.dataset import MANIFEST, Dataset
 from hashbench.dicom import ImageOptions
 from hashbench.ingest import IngestResult
-from hashbench.paths import datasets_dir, sources_dir
+from hashbench.paths import SAFE_NAME, checked_name, datasets_dir, sources_dir
 
 SOURCES = {
     "tcia": "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)",
@@ -26,17 +27,17 @@ class UnknownDatasetError(LookupError):
 
 
 def dataset_names() -> list[str]:
-    """Ingested datasets, plus 'phantom' which is built on first use."""
+    """Ingested datasets, plus 'phantom' which is built on first use (builds in progress are hidden folders, not listed)."""
     root = datasets_dir()
-    names = {p.parent.name for p in root.glob(f"*/{MANIFEST}")} if root.exists() else set()
+    names = {p.parent.name for p in root.glob(f"*/{MANIFEST}") if SAFE_NAME.fullmatch(p.parent.name)} if root.exists() else set()
     return sorted(names | {DEFAULT_DATASET})
 
 
 def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset:
-    """An ingested dataset by name; the phantom is generated and ingested if missing."""
-    folder = datasets_dir() / name
+    """An ingested dataset by name, verified (:class:`DatasetError` names the rebuild command); the phantom is generated and ingested if missing."""
+    folder = datasets_dir() / checked_name(name)
     if (folder / MANIFEST).exists():
-        return Dataset(folder)
+        return Dataset(folder).verify()
     if name == DEFAULT_DATASET:
         return ingest_phantom(progress=progress).dataset
     raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`)")
@@ -53,7 +54,9 @@ def ingest_phantom(profile: str = "default", seed: int = 0, name: str | None = N
     """Generate the phantom download (once) and ingest it through the TCIA loader."""
     from hashbench.datasets import phantom, tcia
 
-    name = name or (DEFAULT_DATASET if profile == "default" and seed == 0 else f"phantom-{profile}-seed{seed}")
-    source = phantom.generate(sources_dir() / f"phantom-{profile}-seed{seed}", profile, seed)
+    name = checked_name(name or (DEFAULT_DATASET if profile == "default" and seed == 0 else f"phantom-{profile}-seed{seed}"))
+    source = sources_dir() / f"phantom-{profile}-seed{seed}"
+    with locks.exclusive(sources_dir() / f".{source.name}.lock", wait=True):  # two first runs at once generate it once
+        phantom.generate(source, profile, seed)
     extra = {"synthetic": True, "phantom": {"profile": profile, "seed": seed}}
     return tcia.ingest_tcia(source, name, datasets_dir(), options, clean, workers, progress, kind="phantom", extra_manifest=extra)

@@ -1,27 +1,47 @@
 """Atomic file writes: to a temporary name beside the target, then a rename.
 
 Readers (and an interrupted run's next attempt) see the old file or the new one,
-never half of one.
+never half of one, also after a power loss (the data reaches the disk before the rename).
+The temporary name carries the writer's host and process id: a temporary file left by a
+killed writer on this host is removed by the next write to the same place (a shared
+results root may have live writers on other hosts, whose files are left alone).
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import socket
 from pathlib import Path
 from typing import IO, Any, Callable
 
 import pandas as pd
 
+from hashbench.locks import process_alive
+
+HOST = socket.gethostname().replace("/", "_") or "host"
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    remove_stale_temporaries(path)
+    tmp = path.with_name(f".{path.name}.{HOST}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Temporary files of ``path`` written on this host by a process no longer alive (killed mid-write)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.{glob.escape(HOST)}.*.tmp"):
+        pid = stale.name.removeprefix(f".{path.name}.{HOST}.").removesuffix(".tmp")
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import json
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -19,7 +20,21 @@ from hashbench.ingest import IngestResult
 app = typer.Typer(help="hashbench: benchmark deep hashing methods for medical image retrieval.", no_args_is_help=True, add_completion=False)
 ingest_app = typer.Typer(help="Turn DICOM data into a dataset once: decoded, cleaned, split.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import hashbench
+
+        print(f"hashbench {hashbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
+    """hashbench: benchmark deep hashing methods for medical image retrieval."""
 console = Console()
+DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
 
 SizeOption = typer.Option(224, "--size", help="Images are resized to SIZE x SIZE pixels.")
 WindowOption = typer.Option("auto", "--window", help="auto (the file's window, else CT 40/400, else percentiles), percentile, or minmax.")
@@ -51,12 +66,8 @@ def ingest_tcia_command(
     from hashbench.datasets import ingest_tcia
 
     options = _options(size, window, colour, aspect)
-    try:
-        with _resumable(name):
-            result = ingest_tcia(path, name, options, clean, workers, progress=True)
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+    with _resumable(name):
+        result = ingest_tcia(path, name, options, clean, workers, progress=True)
     _print_report(result)
 
 
@@ -81,9 +92,13 @@ def ingest_phantom_command(
 
 @contextmanager
 def _resumable(name: str):
-    """Ctrl-C ends an ingest with a word on what was kept, not a traceback."""
+    """Ctrl-C ends an ingest with a word on what was kept, not a traceback; bad input (a missing folder, an unsafe name,
+    a source without usable slices) ends it with the message and exit code 2."""
     try:
         yield
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: the files finished so far are kept; run the same command again to resume {name}.")
         raise typer.Exit(130) from None
@@ -130,20 +145,28 @@ def datasets_command() -> None:
     from hashbench.datasets import DEFAULT_DATASET, SOURCES, dataset_names
     from hashbench.paths import datasets_dir
 
-    from hashbench.dataset import Dataset
+    from hashbench.dataset import Dataset, DatasetError
 
     table = Table(title=f"datasets in {datasets_dir()}")
     for column in ("name", "kind", "slices", "outliers", "patients", "classes", "skipped", "px", "MiB"):
         table.add_column(column, justify="left" if column in ("name", "kind") else "right", no_wrap=column == "name")
+    damaged = []
     for name in dataset_names():
         folder = datasets_dir() / name
         if not (folder / "manifest.json").exists():
             table.add_row(name, "phantom", *["-"] * 7)
             continue
-        s = Dataset(folder).summary()
+        try:
+            s = Dataset(folder).verify().summary()
+        except DatasetError as exc:
+            table.add_row(name, "damaged", *["-"] * 7)
+            damaged.append(str(exc))
+            continue
         cells = (s["slices"], s["outliers"], s["patients"], s["classes"], s["skipped"], s["image_size"], f"{s['bytes'] / 2**20:.1f}")
         table.add_row(name, s["kind"], *map(str, cells))
     console.print(table)
+    for message in damaged:
+        console.print(f"[red]damaged:[/red] {message}")
     console.print("slices: in use after cleaning; skipped: source files that gave no image (see the dataset's files.csv).")
     if not (datasets_dir() / DEFAULT_DATASET / "manifest.json").exists():
         console.print(f"{DEFAULT_DATASET} is generated and ingested on first use, or now with `hashbench ingest phantom`.")
@@ -154,24 +177,49 @@ def datasets_command() -> None:
 
 MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics", "--weights"}
 COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics"}
+INTEGER_LISTS = {"--bits", "--seeds"}  # a value's shape is known: several may follow one flag in any command
+INTEGERS = re.compile(r"-?\d+(,-?\d+)*")
 
 
 def expand_multi_value_options(argv: list[str]) -> list[str]:
-    """``--bits 16 32 48`` and ``--bits 16,32,48`` -> ``--bits 16 --bits 32 --bits 48`` for click."""
-    expanded, flag = [], None
-    for token in argv:
-        if token.startswith("-"):
-            name = token.split("=", 1)[0]
-            flag = name if name in MULTI_VALUE_OPTIONS else None
-            if flag and "=" in token:
-                expanded += _values(flag, token.split("=", 1)[1])
-                flag = flag if flag != "--set" else None
-                continue
-            if not flag:
-                expanded.append(token)
+    """Several values after one flag, as click wants them: ``--bits 16 32 48`` or ``--bits 16,32,48`` -> ``--bits 16 --bits 32 --bits 48``.
+
+    A positional argument is never taken for a value: after one flag, further values are taken only where their
+    shape is declared (integers, for ``--bits`` and ``--seeds``) or where the command has no positional arguments
+    (``leaderboard --metrics map@1 map@10``). Elsewhere repeat the flag or use commas: ``--methods dafh,hashnet``.
+    """
+    free_values = not _takes_positionals(argv)
+    expanded, position = [], 0
+    while position < len(argv):
+        token = argv[position]
+        name, has_value, inline = token.partition("=")
+        position += 1
+        if token == "--":
+            return expanded + argv[position - 1 :]
+        if name not in MULTI_VALUE_OPTIONS:
+            expanded.append(token)
             continue
-        expanded += _values(flag, token) if flag else [token]
+        values = [inline] if has_value else argv[position : position + 1]  # the first value, whatever its shape
+        position += 0 if has_value else len(values)
+        while not has_value and position < len(argv) and not argv[position].startswith("--") and (
+            (name in INTEGER_LISTS and INTEGERS.fullmatch(argv[position])) or (free_values and not argv[position].startswith("-"))
+        ):
+            values.append(argv[position])
+            position += 1
+        expanded += [x for value in values for x in _values(name, value)] or [name]
     return expanded
+
+
+def _takes_positionals(argv: list[str]) -> bool:
+    """Whether the (sub)command that argv names declares positional arguments (list, compare, search, confusion, ingest tcia)."""
+    command = typer.main.get_command(app)
+    for token in argv:
+        if not hasattr(command, "commands") or token.startswith("-"):
+            break
+        command = command.commands.get(token)
+        if command is None:
+            return True  # unknown: click reports it; take no risk meanwhile
+    return any(param.param_type_name == "argument" for param in command.params)
 
 
 def _values(flag: str, value: str) -> list[str]:
@@ -226,7 +274,12 @@ def list_command(
     table = Table(title="methods")
     for column in ("name", "origin", "status", "paper"):
         table.add_column(column, overflow="fold")
-    for entry in (REGISTRY.entry(name) for name in REGISTRY.names(pattern)):
+    names = REGISTRY.names(pattern)
+    if not names:
+        hint = "; the paper suites are listed by `hashbench suites`" if pattern == "suites" or pattern.startswith("paper-") else ""
+        console.print(f"[red]error:[/red] no method matches {pattern!r}; methods: {', '.join(REGISTRY.names('*'))}{hint}")
+        raise typer.Exit(2)
+    for entry in (REGISTRY.entry(name) for name in names):
         status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
         table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
     console.print(table)
@@ -250,11 +303,11 @@ def run_command(
     augment: Optional[str] = typer.Option(None, "--augment", help="Training-image augmentation: none, paper, or e.g. rotation=10,scale=0.1,brightness=0.1,noise=0.02,blur=1 (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
     profile: Optional[str] = typer.Option(None, "--profile", help="full (the paper's training protocol), full-b0 (cheaper backbone) or quick (CPU budget); default: quick for the phantom on a CPU, else full."),
-    out: Path = typer.Option(Path("results"), "--out", help="Results root; finished cells there are skipped."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root; finished cells there are skipped (default: ./runs)."),
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option([], "--set", help="Option override: method.key=value, or key=value for every method."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to compute and show."),
-    force: bool = typer.Option(False, "--force", help="Re-run finished cells (the old result stays until the new one is written)."),
+    force: bool = typer.Option(False, "--force", help="Re-run finished cells: the old result stays until the new one is complete; an interrupted re-run resumes on the next --force."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan, one line per cell with its full configuration, and run nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per cell."),
 ) -> None:
@@ -366,9 +419,22 @@ def _print_boards(boards: list) -> None:
         console.print(table)
 
 
+@app.command("suites")
+def suites_command() -> None:
+    """List the paper suites: what each runs and which table of the paper it reproduces."""
+    from hashbench.suites import SUITES
+
+    table = Table(title="suites (hashbench run --suite NAME)")
+    for column in ("name", "methods", "bits", "paper table"):
+        table.add_column(column, overflow="fold")
+    for suite in SUITES.values():
+        table.add_row(suite.name, ", ".join(suite.methods), " ".join(map(str, suite.bits)), suite.title)
+    console.print(table)
+
+
 @app.command("leaderboard")
 def leaderboard_command(
-    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to show."),
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
@@ -383,13 +449,14 @@ def leaderboard_command(
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     _check_metrics(metrics)
     chosen = _suite(suite)
+    boards = _boards(out, tuple(metrics), dataset, chosen)
+    if not boards:
+        console.print(f"[red]error:[/red] no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root")
+        raise typer.Exit(2)
     if output_format == "rich":
-        boards = _boards(out, tuple(metrics), dataset, chosen)
         _print_boards(boards)
-        if not boards:
-            console.print(f"no finished cells under {out}")
         return
-    text = leaderboard.to_markdown(_boards(out, tuple(metrics), dataset, chosen))
+    text = leaderboard.to_markdown(boards)
     target = output or out / (f"{suite}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     if figures:
@@ -405,7 +472,7 @@ def compare_command(
     bits: Optional[int] = typer.Option(None, "--bits", help="Code length, where a method ran several."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset, where a method ran on several."),
     metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."),
-    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
     from hashbench.results import ResultsStore
@@ -446,7 +513,7 @@ def _check_metrics(metrics: List[str]) -> None:
 
 @app.command("ties")
 def ties_command(
-    out: Path = typer.Option(Path("results"), "--out", help="Results root to read."),
+    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
 ) -> None:
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""

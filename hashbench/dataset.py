@@ -7,8 +7,9 @@ Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
                     path and frame, image statistics, IQR outlier flag
 - ``files.csv``     one row per source file: size, mtime, digest, kept/skipped and why
                     (the ingest report; also what makes re-ingesting incremental)
-- ``manifest.json`` what was ingested from where, with which image options, and the
-                    data's fingerprint
+- ``manifest.json`` what was ingested from where, with which image options, the
+                    data's fingerprint, and the integrity record every open checks
+                    (counts, the image array's size, checksums of both tables)
 - ``splits/``       seeded splits, one CSV each, computed once and reused
 
 A dataset's **fingerprint** names what it was built from, not where or when: the
@@ -32,6 +33,7 @@ import pandas as pd
 
 from hashbench import atomic, splits
 from hashbench.cleaning import iqr_outliers
+from hashbench.digest import file_sha256
 
 FORMAT_VERSION = 1
 IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
@@ -39,6 +41,19 @@ INDEX_DTYPES = {"label": str, "label_source": str, "patient": str, "study": str,
 FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
 SETTINGS_KEYS = ("options", "clean", "format")
 SLICE_IDENTITY = ["label", "patient", "study", "series", "modality", "path", "frame"]
+
+
+class DatasetError(ValueError):
+    """A dataset whose files do not match what its ingest wrote; the message names the command that rebuilds it."""
+
+
+def integrity(root: Path) -> dict[str, object]:
+    """What a finished dataset's files must be: cheap to check on every open (sizes, and checksums of the two tables)."""
+    return {
+        "images_bytes": (root / IMAGES).stat().st_size,
+        "index_sha256": file_sha256(root / INDEX),
+        "files_sha256": file_sha256(root / FILES),
+    }
 
 
 def _digest(*parts: str) -> str:
@@ -84,6 +99,42 @@ class Dataset:
     def fingerprint(self) -> str:
         """The content's fingerprint: written at ingest; computed here for datasets ingested before it was."""
         return self.manifest.get("fingerprint") or content_fingerprint(self.root, self.manifest)
+
+    def verify(self) -> "Dataset":
+        """Raise :class:`DatasetError` if the files differ from what the ingest wrote (truncated, replaced, edited)."""
+        try:
+            expected = self.manifest.get("integrity")
+            if expected is None:  # ingested before integrity was recorded
+                return self
+            n_bytes = int(self.manifest["n_slices"]) * self.image_size**2
+            if expected["images_bytes"] != n_bytes:
+                raise DatasetError(f"its manifest says {self.manifest['n_slices']} slices but its integrity record {expected['images_bytes']} bytes of images")
+            found = integrity(self.root)
+        except DatasetError as exc:
+            raise DatasetError(self._damaged(str(exc))) from None
+        except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+            raise DatasetError(self._damaged(f"{type(exc).__name__}: {exc}")) from None
+        wrong = [name for name in expected if found.get(name) != expected[name]]
+        if wrong:
+            files = {"images_bytes": f"{IMAGES} has {found['images_bytes']:,} bytes, not {expected['images_bytes']:,}", "index_sha256": f"{INDEX} was changed", "files_sha256": f"{FILES} was changed"}
+            raise DatasetError(self._damaged("; ".join(files[name] for name in wrong)))
+        return self
+
+    def _damaged(self, reason: str) -> str:
+        return f"dataset {self.root.name} ({self.root}) is damaged: {reason}. Rebuild it: {self.rebuild_command()}"
+
+    def rebuild_command(self) -> str:
+        """The ingest command that builds this dataset again from its source (with the options it was built with)."""
+        try:
+            manifest = self.manifest
+        except (OSError, json.JSONDecodeError):
+            return f"delete {self.root} and ingest its source again (`hashbench ingest tcia SOURCE --name {self.root.name}`)"
+        options, name = manifest.get("options", {}), self.root.name
+        if manifest.get("kind") == "phantom":
+            phantom = manifest.get("phantom", {})
+            return f"hashbench ingest phantom --profile {phantom.get('profile', 'default')} --seed {phantom.get('seed', 0)} --name {name} --size {options.get('size', 224)}"
+        flags = " ".join(f"--{key} {options[key]}" for key in ("size", "window", "colour", "aspect") if key in options)
+        return f"hashbench ingest tcia '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{'' if manifest.get('clean', True) else ' --no-clean'}"
 
     @property
     def image_size(self) -> int:

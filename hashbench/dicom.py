@@ -9,6 +9,7 @@ can fail becomes a :class:`SkippedFile` with a reason a user can act on.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, iter_pixels
 
 # Objects that carry no image slice to learn from (masks, contours, reports, plans).
@@ -74,9 +76,30 @@ def read_dataset(data: bytes) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError as exc:
-        raise SkippedFile("not DICOM", str(exc)) from None
+        headerless = _without_file_header(data)
+        if headerless is None:
+            raise SkippedFile("not DICOM", str(exc)) from None
+        return headerless
     except Exception as exc:  # truncated headers raise a variety of errors
         raise SkippedFile("unreadable DICOM header", f"{type(exc).__name__}: {exc}") from None
+
+
+def _without_file_header(data: bytes) -> Dataset | None:
+    """A DICOM data set stored without the Part-10 preamble and file meta (older writers do this), or None.
+
+    Read with ``force``: taken only when it parses to an image (rows, columns and pixel data), so
+    random bytes are never taken for DICOM.
+    """
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        if "PixelData" in ds and "Rows" in ds and "Columns" in ds:
+            if "TransferSyntaxUID" not in ds.file_meta:  # without file meta the pixels are native: the encoding the parser found
+                implicit, little = ds.original_encoding
+                ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+            return ds
+    except Exception:  # not DICOM after all: the caller reports it so
+        pass
+    return None
 
 
 def ctp_collection(ds: Dataset) -> str:
@@ -102,13 +125,32 @@ def header_fields(ds: Dataset) -> dict[str, str]:
 
 
 def decode(data: bytes, options: ImageOptions) -> DicomSlices:
-    """All frames of one DICOM file as uint8 ``size x size`` images, or :class:`SkippedFile`."""
+    """All frames of one DICOM file as uint8 ``size x size`` images, or :class:`SkippedFile`.
+
+    The parser's warnings are caught, never printed: what they say ends up in the skip reason.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        return _decode(data, options, caught)
+
+
+def _decode(data: bytes, options: ImageOptions, caught: list[warnings.WarningMessage]) -> DicomSlices:
     ds = read_dataset(data)
+    ended_early = any("End of file" in str(w.message) for w in caught)  # the parser ran out of bytes inside an element
+    if len(ds) == 0 and not ended_early:  # a file meta header at most: nothing of the object itself
+        raise SkippedFile("truncated header", f"the file ends inside its header ({len(data):,} bytes); download it again")
     header = header_fields(ds)
     if header["modality"] in NON_IMAGE_MODALITIES:
         raise SkippedFile("non-image object", f"modality {header['modality']}")
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        raise SkippedFile("no pixel data", f"SOP class {ds.get('SOPClassUID', '?')}")
+        sop_class = pydicom.uid.UID(str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or ""))  # the meta's, if the file ends before the data set's
+        if ended_early and PIXEL_DATA_TAG in data:
+            raise SkippedFile("truncated pixel data", f"the file ends inside its pixel data ({len(data):,} bytes); download it again")
+        if ended_early:
+            raise SkippedFile("truncated header", f"the file ends inside a sequence of its header ({len(data):,} bytes); download it again")
+        if _is_image_class(sop_class):
+            raise SkippedFile("truncated file", f"an image object ({sop_class.name}) that ends before its pixel data ({len(data):,} bytes); download it again")
+        raise SkippedFile("no pixel data", f"SOP class {sop_class.name if sop_class else '?'}")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
     if colour and options.colour == "skip":
@@ -128,12 +170,28 @@ def decode(data: bytes, options: ImageOptions) -> DicomSlices:
     except RuntimeError as exc:
         if "missing dependencies" in str(exc):
             raise SkippedFile("missing decoder", f"{ds.file_meta.get('TransferSyntaxUID', '?')}: {exc}") from None
-        raise SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}") from None
+        raise _undecodable(exc, ended_early) from None
     except Exception as exc:
-        raise SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}") from None
+        raise _undecodable(exc, ended_early) from None
     if not images:
         raise SkippedFile("no frames")
     return DicomSlices(header, images)
+
+
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as it is written little-endian
+
+
+def _is_image_class(sop_class: str) -> bool:
+    """An image storage class, or the start of one's UID (a file cut inside that very tag)."""
+    return bool(sop_class) and any(
+        uid.startswith(sop_class) and "Image Storage" in entry[0] for uid, entry in pydicom.uid.UID_dictionary.items()
+    )
+
+
+def _undecodable(exc: Exception, ended_early: bool) -> SkippedFile:
+    if ended_early or "less than expected" in str(exc):
+        return SkippedFile("truncated pixel data", f"{type(exc).__name__}: {exc}; download it again")
+    return SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}")
 
 
 def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:

@@ -18,6 +18,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,9 +47,14 @@ def seed_everything(seed: int) -> None:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r}: hashbench trains on cpu, cuda or mps")
     return device
 
 
@@ -255,7 +261,12 @@ def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optim
     """
     epochs_done = 0
     if path.exists():
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # written atomically, so only damaged from outside: lose the progress, not the cell
+            warnings.warn(f"{path} cannot be read ({type(exc).__name__}); training starts over")
+            path.unlink()
+            return _resume(path, log, network, loss_fn, optimizer, scaler)
         network.load_state_dict(state["network"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])

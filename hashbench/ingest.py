@@ -1,24 +1,33 @@
 """Ingest: decode a tree of DICOM files once, in parallel, into a dataset cache.
 
 Every source file is decoded by a worker process into uint8 slices that are
-appended to one raw array, so training never touches DICOM again. Three rules:
+appended to one raw array, so training never touches DICOM again. Four rules:
 
 - incremental: a file whose size and mtime (or, failing that, content digest) match
   the last ingest is not decoded again; an unchanged tree is a no-op;
-- resumable: the build is appended to ``<name>.partial/`` as it goes, so an
-  interrupted ingest of a large download resumes where it stopped;
+- crash-safe: the build is appended to a hidden ``.<name>@partial/`` folder and
+  committed every few seconds by a journal written last (how many files, slices and
+  bytes are complete); an ingest resumed after any interruption, SIGKILL included,
+  cuts everything after the last commit and redoes it, so it ends identical to a
+  clean ingest; the finished build replaces the old one by renames, and a finished
+  dataset carries checksums that are verified whenever it is opened;
+- one writer: a lock per dataset name; a second ingest of the same name waits;
 - never crashes on data: every file that gives no slice is recorded in the ingest
-  report (``files.csv``) with its path and reason.
+  report (``files.csv``) with its path and reason; a tree that gives no usable slice
+  is refused, with the reasons, rather than stored as an empty dataset.
 """
 
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -33,13 +42,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import hashbench
 from hashbench.cleaning import STAT_COLUMNS, image_stats
-from hashbench import atomic
-from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, content_fingerprint
+from hashbench import atomic, locks
+from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, DatasetError, content_fingerprint, integrity
 from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode
+from hashbench.paths import checked_name
 
 INDEX_COLUMNS = ["slice_id", "label", "label_source", "patient", "study", "series", "modality", "path", "frame", *STAT_COLUMNS]
 FILES_COLUMNS = ["path", "size", "mtime_ns", "digest", "status", "reason", "detail", "first_slice", "n_slices"]
-FLUSH_EVERY_S = 2.0
+COMMIT_EVERY_S = 2.0
+JOURNAL = "journal.json"
+
+
+class EmptyDatasetError(ValueError):
+    """The source gave no usable slice: nothing is stored under the name; the message says why each file was skipped."""
 
 
 @dataclass(frozen=True)
@@ -88,12 +103,20 @@ def ingest(
     ``series_metadata`` maps a SeriesInstanceUID to metadata.csv fields
     (``collection``, ``modality``) for files whose folder moved.
     """
+    name = checked_name(name)
+    destination.mkdir(parents=True, exist_ok=True)
+    with locks.exclusive(destination / f".{name}@lock", wait=True, on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr)):
+        return _ingest(name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest)
+
+
+def _ingest(name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest) -> IngestResult:
     start = time.perf_counter()
     files = sorted(files, key=lambda f: f.relpath)
     if len({f.relpath for f in files}) != len(files):
         raise ValueError("two source files share one relative path")
     target = destination / name
-    partial = destination / f"{name}.partial"
+    partial = destination / f".{name}@partial"
+    _settle_swap(target, destination, name)
     settings = {"options": options.to_dict(), "clean": clean, "format": FORMAT_VERSION}
     stats = {f.relpath: os.stat(f.path) for f in files}
     previous = _previous_build(target, settings)
@@ -129,6 +152,7 @@ def ingest(
                 build.append_decoded(source_file, st, outcome, series_metadata)
                 decoded += 1
             bar(source_file.relpath)
+    _refuse_if_empty(partial, name, source)
     dataset = _finalise(partial, target, build.n_slices, name, kind, source, settings, extra_manifest)
     return IngestResult(dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files))
 
@@ -175,13 +199,27 @@ class _WorkerPool:
 
     def __enter__(self):
         if self.workers > 1:
-            self.executor = ProcessPoolExecutor(self.workers)
+            self.executor = ProcessPoolExecutor(self.workers, initializer=_exit_with_parent, initargs=(os.getpid(),))
             return lambda fn, jobs: self.executor.map(fn, jobs, chunksize=4)
         return lambda fn, jobs: map(fn, jobs)
 
     def __exit__(self, *exc) -> None:
         if self.executor is not None:
             self.executor.shutdown(cancel_futures=True)
+
+
+def _exit_with_parent(ingest: int) -> None:
+    """In each worker: exit as soon as the ingest that started it is gone, even after a SIGKILL: never linger as an orphan.
+
+    Watches the ingest's process id, not the worker's parent: under the forkserver start method the parent is the server.
+    """
+
+    def watch() -> None:
+        while locks.process_alive(ingest):
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-ingest").start()
 
 
 class _ProgressBar:
@@ -216,32 +254,47 @@ class _Previous:
 
 
 def _previous_build(target: Path, settings: dict) -> _Previous:
+    """The finished dataset at ``target`` as a source of reusable slices, unless its settings differ or it is damaged."""
     if not (target / MANIFEST).exists():
         return _Previous()
     dataset = Dataset(target)
+    try:
+        dataset.verify()
+    except DatasetError:  # rebuilt from the source, not reused
+        return _Previous()
     if {k: dataset.manifest.get(k) for k in settings} != settings:
         return _Previous()
     return _Previous(dataset, dataset.files.set_index("path", drop=False).to_dict("index"))
 
 
 class _Partial:
-    """The append-only build folder: images, index rows and file records, flushed often."""
+    """The append-only build folder: images, index rows and file records, committed every few seconds.
+
+    The three files are appended independently, so after a kill any of them may hold more than the
+    others. ``journal.json`` is the commit: written (atomically) only at a point where every file
+    record's slices are complete, after the data reached the disk, it holds each file's committed
+    length. A resume trusts the journal alone and cuts what lies beyond it.
+    """
 
     def __init__(self, records: dict[str, dict], size: int, n_slices: int):
         self.records, self.size, self.n_slices = records, size, n_slices
-        self.last_flush = time.monotonic()
+        self.n_files = len(records)
+        self.folder: Path | None = None
+        self.settings: dict = {}
+        self.consistent = True
+        self.last_commit = time.monotonic()
 
     def start(self, folder: Path, settings: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(folder / MANIFEST, settings)
-        fresh = not self.records
+        self.folder, self.settings = folder, settings
         self.images = open(folder / IMAGES, "ab")
         self.index_file = open(folder / INDEX, "a", newline="")
         self.files_file = open(folder / FILES, "a", newline="")
         self.index_rows, self.file_rows = csv.writer(self.index_file), csv.writer(self.files_file)
-        if fresh:
-            self.index_rows.writerow(INDEX_COLUMNS)
-            self.file_rows.writerow(FILES_COLUMNS)
+        for handle, writer, columns in ((self.index_file, self.index_rows, INDEX_COLUMNS), (self.files_file, self.file_rows, FILES_COLUMNS)):
+            if handle.tell() == 0:  # a new table (one committed with its header only keeps it)
+                writer.writerow(columns)
+        self.commit()
 
     def append_reused(self, source_file: SourceFile, st: os.stat_result, record: dict, previous: _Previous) -> None:
         first = int(record["first_slice"])
@@ -259,49 +312,65 @@ class _Partial:
         self._append(source_file, st, outcome["digest"], "kept", "", "", outcome["images"], index_rows)
 
     def _append(self, source_file, st, digest, status, reason, detail, images, index_rows) -> None:
+        self.consistent = False
         first = self.n_slices
         if images is not None:
             self.images.write(np.ascontiguousarray(images, np.uint8).tobytes())
         for offset, row in enumerate(index_rows):
             self.index_rows.writerow([first + offset, *row])
-        self.n_slices += len(index_rows)
-        # The file record goes last: on resume, a file counts as done only once it is there.
         self.file_rows.writerow([source_file.relpath, st.st_size, st.st_mtime_ns, digest, status, reason, detail, first, len(index_rows)])
-        if time.monotonic() - self.last_flush > FLUSH_EVERY_S:
-            self.flush()
+        self.n_slices += len(index_rows)
+        self.n_files += 1
+        self.consistent = True
+        if time.monotonic() - self.last_commit > COMMIT_EVERY_S:
+            self.commit()
 
-    def flush(self) -> None:
-        for handle in (self.images, self.index_file, self.files_file):
+    def commit(self) -> None:
+        """Make everything appended so far durable, then record its extent in the journal (written last)."""
+        lengths = {}
+        for name, handle in ((IMAGES, self.images), (INDEX, self.index_file), (FILES, self.files_file)):
             handle.flush()
-        self.last_flush = time.monotonic()
+            os.fsync(handle.fileno())
+            lengths[name] = handle.tell()
+        atomic.write_json(self.folder / JOURNAL, {"settings": self.settings, "files": self.n_files, "slices": self.n_slices, "bytes": lengths})
+        self.last_commit = time.monotonic()
 
     def __enter__(self) -> "_Partial":
         return self
 
     def __exit__(self, *exc) -> None:
-        """Close (and so flush) on success and on interrupt alike: finished files stay done."""
-        for handle in (self.images, self.index_file, self.files_file):
-            handle.close()
+        """Commit on success and on interrupt alike, if the last file was appended whole; then close."""
+        try:
+            if self.consistent:
+                self.commit()
+        finally:
+            for handle in (self.images, self.index_file, self.files_file):
+                handle.close()
 
 
 def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result], size: int) -> _Partial:
-    """Recover what an interrupted ingest finished; start over if it cannot be trusted
-    (other settings, or a file finished then has since changed or gone)."""
+    """Recover what an interrupted ingest committed, cutting whatever was written after its last commit;
+    start over if that cannot be trusted (other settings, a file shorter than committed, a finished file changed or gone)."""
     try:
-        if json.loads((folder / MANIFEST).read_text()) != settings:
+        journal = json.loads((folder / JOURNAL).read_text())
+        if journal["settings"] != settings:
             raise ValueError("different settings")
+        for name, length in journal["bytes"].items():
+            if (folder / name).stat().st_size < length:
+                raise ValueError(f"{name} is shorter than committed")
+            os.truncate(folder / name, length)
         files = pd.read_csv(folder / FILES, dtype=FILES_DTYPES, keep_default_na=False)
+        index = pd.read_csv(folder / INDEX, usecols=["slice_id"])
+        n_slices = int(journal["slices"])
+        if len(files) != journal["files"] or len(index) != n_slices or (folder / IMAGES).stat().st_size != n_slices * size * size:
+            raise ValueError("the committed parts do not agree")
+        if n_slices and not np.array_equal(index["slice_id"].to_numpy(), np.arange(n_slices)):
+            raise ValueError("slice ids out of order")
         records = files.set_index("path", drop=False).to_dict("index")
         if not all(_same_stat(record, stats.get(path)) for path, record in records.items()):
             raise ValueError("files changed or removed since")
-        n_slices = int((files["first_slice"] + files["n_slices"]).max()) if len(files) else 0
-        index = pd.read_csv(folder / INDEX, dtype=str, keep_default_na=False)
-        index = index[index["slice_id"].astype(int) < n_slices]
-        index.to_csv(folder / INDEX, index=False)
-        with open(folder / IMAGES, "r+b") as handle:
-            handle.truncate(n_slices * size * size)
         return _Partial(records, size, n_slices)
-    except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, json.JSONDecodeError):  # a hard kill mid-line
+    except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError):
         shutil.rmtree(folder, ignore_errors=True)
         return _Partial({}, size, 0)
 
@@ -319,10 +388,40 @@ def _identifiers(source_file: SourceFile, header: dict[str, str], series_metadat
     return [label, label_source, header["patient_tag"] or source_file.patient, header["study_tag"] or source_file.study, header["series_tag"] or source_file.series, modality]
 
 
+def _refuse_if_empty(partial_dir: Path, name: str, source: Path) -> None:
+    """A source that gives no labelled slice is not a dataset: say why each file was skipped (the build stays, to resume)."""
+    index = pd.read_csv(partial_dir / INDEX, dtype=str, keep_default_na=False, usecols=["label"])
+    if (index["label"] != "").any():
+        return
+    files = pd.read_csv(partial_dir / FILES, dtype=FILES_DTYPES, keep_default_na=False)
+    skipped = files[files["status"] == "skipped"]
+    reasons = "; ".join(
+        f"{reason}: {len(rows)} (e.g. {rows.iloc[0]['path']}{', ' + rows.iloc[0]['detail'] if rows.iloc[0]['detail'] else ''})" for reason, rows in skipped.groupby("reason")
+    )
+    what = f"none of its {len(files)} files gave a slice" if len(index) == 0 else f"its {len(index)} slices have no label"
+    raise EmptyDatasetError(f"{source}: {what}, so no dataset {name!r} was stored. Skipped: {reasons or 'none'}. Point the command at a folder of DICOM series, one folder per collection.")
+
+
+def _settle_swap(target: Path, destination: Path, name: str) -> None:
+    """Finish what a swap interrupted by a kill left: put a retired build back if nothing replaced it, else remove it.
+
+    Only ``.<name>@replaced-*`` folders are touched: the ones a swap of this name created (``@`` is in no name).
+    """
+    for retired in sorted(destination.glob(f".{glob.escape(name)}@replaced-*")):
+        if not (target / MANIFEST).exists() and (retired / MANIFEST).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(retired, target)
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+
+
 def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: str, source: Path, settings: dict, extra: dict | None) -> Dataset:
-    """Write the manifest and default splits, then swap the build into place."""
+    """Write the manifest (with the checksums that let every open verify the files) and default splits, then swap the build into place."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    created = json.loads((target / MANIFEST).read_text()).get("created", now) if (target / MANIFEST).exists() else now
+    try:
+        created = json.loads((target / MANIFEST).read_text()).get("created", now)
+    except (OSError, ValueError, AttributeError):  # none yet, or the damaged build being replaced
+        created = now
     manifest = {
         **settings,
         "name": name,
@@ -333,6 +432,7 @@ def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: s
         "updated": now,
         "hashbench": hashbench.__version__,
         "fingerprint": content_fingerprint(partial_dir, settings),
+        "integrity": integrity(partial_dir),
         **(extra or {}),
     }
     atomic.write_json(partial_dir / MANIFEST, manifest)
@@ -340,11 +440,10 @@ def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: s
     if len(dataset.usable()):
         for protocol in ("patient", "slice"):
             dataset.split(protocol)
-    old = target.with_name(f"{name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    retired = target.with_name(f".{name}@replaced-{os.getpid()}-{time.time_ns()}")
     if target.exists():
-        os.replace(target, old)
+        os.replace(target, retired)
     os.replace(partial_dir, target)
-    shutil.rmtree(old, ignore_errors=True)
+    (target / JOURNAL).unlink(missing_ok=True)
+    shutil.rmtree(retired, ignore_errors=True)
     return Dataset(target)
-

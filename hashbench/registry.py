@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from hashbench.paths import SAFE_NAME, UnsafeNameError, checked_name
 from hashbench.method import Method
 
 ENTRY_POINT_GROUP = "hashbench.methods"
@@ -68,6 +69,7 @@ class Registry:
     # --- registration ------------------------------------------------------------
 
     def register(self, name: str, method: type[Method]) -> type[Method]:
+        checked_name(name, "method name")  # it names the method's folder under every results root
         existing = self.entries.get(name)
         if existing is not None and not (existing.method is None and existing.origin == self._origin):
             raise DuplicateMethodError(f"method {name!r} from {self._origin} is already registered by {existing.origin}")
@@ -107,6 +109,9 @@ class Registry:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = entry_point.dist
             origin = f"{dist.name}=={dist.version}" if dist else f"entry point {entry_point.value}"
+            if not SAFE_NAME.fullmatch(entry_point.name):
+                self._record_failure([entry_point.name], origin, UnsafeNameError(f"method name {entry_point.name!r} is not allowed: use letters, digits and . _ + -"))
+                continue
             if entry_point.name in self.entries:
                 self._record_failure([f"{entry_point.name} ({origin})"], origin, DuplicateMethodError(f"method {entry_point.name!r} from {origin} is already registered by {self.entries[entry_point.name].origin}"))
                 continue

@@ -18,10 +18,17 @@
                       cell as finished
 - ``failed.json``     why the last attempt failed, with its traceback
 - ``.lock``           held by the process working on the cell
+- ``.rerun/``         a forced re-run (``--force``) of a finished cell trains here, beside
+                      the result it will replace: its log, checkpoint, codes, weights and,
+                      last, its record; only then are they moved into place, the record
+                      last. Until then readers see the old result; a kill at any point
+                      leaves either the old result or the new one, never a mix
 
 Every file is written to a temporary name and renamed. A file that cannot be read as
-what it should be (truncated, garbled, a ``codes.npz`` from another cell) raises
-:class:`CellError` naming the file and the fix; it is never read as data.
+what it should be (truncated, garbled, a ``codes.npz`` or ``model.pt`` of another cell,
+arrays whose shapes disagree with the config) raises :class:`CellError` naming the file
+and the fix; it is never read as data. Keys written by a newer hashbench are ignored
+with a warning.
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
+import pickle
+import shutil
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -39,10 +50,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from hashbench import atomic
+from hashbench import atomic, locks
 from hashbench.digest import file_sha256, file_version
 
 CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = "config.json", "metrics.json", "codes.npz", "model.pt", "checkpoint.pt", "failed.json", "train_log.jsonl", ".lock"
+RERUN = ".rerun"
+RESULT_FILES = (LOG, CODES, MODEL)  # moved into place before the record when a re-run replaces a result
+CODE_ARRAYS = ("query_codes", "database_codes", "query_labels", "database_labels", "query_ids", "database_ids", "class_names", "bits")
+FIX = "run the same command again (a damaged cell is trained again) or delete the cell's directory"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
 
 
@@ -82,12 +97,15 @@ class CellConfig:
         self.run_backbone = self.run_backbone or self.backbone
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CellConfig":
-        """Read a stored config: keys of other versions are ignored, missing ones take their defaults."""
+    def from_dict(cls, values: dict[str, Any], source: str = "a stored config") -> "CellConfig":
+        """Read a stored config: keys of other (newer) versions are ignored with a warning, missing ones take their defaults."""
         known = {f.name for f in fields(cls)}
         values = dict(values)
         if "pretrained" in values and "weights" not in values:  # written before weights were recorded per backbone
             values["weights"] = {values.get("backbone", ""): "imagenet (source not recorded)" if values["pretrained"] else "random"}
+        unknown = sorted(set(values) - known - {"pretrained"})
+        if unknown:
+            warnings.warn(f"{source}: ignoring {', '.join(unknown)} (written by a newer hashbench?)", stacklevel=2)
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @property
@@ -137,16 +155,27 @@ class Cell:
     def path(self, name: str) -> Path:
         return self.directory / name
 
+    @property
+    def rerun_directory(self) -> Path:
+        return self.directory / RERUN
+
+    def result_path(self, name: str) -> Path:
+        """Where the current result's file ``name`` is: a re-run's, if its record is complete and not yet all moved into place."""
+        staged = self.rerun_directory / name
+        if name in (RECORD, *RESULT_FILES) and (self.rerun_directory / RECORD).exists() and staged.exists():
+            return staged
+        return self.path(name)
+
     # --- reading -------------------------------------------------------------------
 
     def _json(self, name: str) -> Any:
-        path = self.path(name)
+        path = self.result_path(name)
         try:
             return copy.deepcopy(_read_json(*file_version(path)))
         except FileNotFoundError:
             raise
         except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); run the same command again (a damaged cell is trained again) or delete the cell's directory") from None
+            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); {FIX}") from None
 
     @cached_property
     def config(self) -> CellConfig:
@@ -154,32 +183,43 @@ class Cell:
         the cache), and readers take a new Cell per read."""
         values = self._json(CONFIG)
         try:
-            return CellConfig.from_dict(values)
+            config = CellConfig.from_dict(values, str(self.path(CONFIG)))
         except (TypeError, ValueError, AttributeError) as exc:
-            raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); run the same command again (a damaged cell is trained again) or delete the cell's directory") from None
+            raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); {FIX}") from None
+        in_store = self.directory.parent.name.endswith("bits") and self.directory.name.startswith("seed") and len(self.directory.parents) > 3
+        where = (self.directory.parents[2].name, self.directory.parents[1].name, self.directory.parent.name, self.directory.name.partition("-")[0]) if in_store else None
+        if where and (config.dataset, config.method, f"{config.bits}bits", f"seed{config.seed}") != where:
+            raise CellError(f"{self.path(CONFIG)} belongs to another cell ({config.label()}); {FIX}")
+        return config
 
     @property
     def record(self) -> dict[str, Any]:
         """metrics.json, checked for the fields every reader needs."""
         record = self._json(RECORD)
         if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-            raise CellError(f"{self.path(RECORD)} is damaged (no metrics in it); run the same command again (a damaged cell is trained again) or delete the cell's directory")
+            raise CellError(f"{self.result_path(RECORD)} is damaged (no metrics in it); {FIX}")
         return record
 
-    def status(self) -> str:
+    def status(self, check_model: bool = False) -> str:
         """finished | failed | damaged | incomplete (started, or interrupted, and not finished)."""
-        if self.problem():
+        if self.problem(check_model):
             return "damaged"
-        if self.path(RECORD).exists():
+        if self.result_path(RECORD).exists():
             return "finished"
         return "failed" if self.path(FAILURE).exists() else "incomplete"
 
-    def problem(self) -> str:
-        """Why the cell's files cannot be read as data (naming the file and the fix), else ''."""
+    def problem(self, check_model: bool = False) -> str:
+        """Why the cell's files cannot be read as data (naming the file and the fix), else ''.
+
+        ``check_model`` also verifies model.pt against its checksum: the run does, before it skips a finished cell;
+        readers of metrics do not need the weights and skip the cost.
+        """
         try:
             self.config
-            if self.path(RECORD).exists():
+            if self.result_path(RECORD).exists():
                 self.codes()  # reads the record too
+                if check_model:
+                    self._check_model()
         except CellError as exc:
             return str(exc)
         except FileNotFoundError:  # removed while we looked: not damaged, just not there
@@ -193,18 +233,23 @@ class Cell:
             return {"error": "failed (failed.json unreadable)", "traceback": ""}
 
     def codes(self) -> dict[str, np.ndarray]:
-        """codes.npz, verified against the checksum the record holds (cached per file version)."""
-        path = self.path(CODES)
+        """codes.npz, verified against the checksum the record holds and the config's shapes (cached per file version)."""
+        path = self.result_path(CODES)
         if not path.exists():
-            raise CellError(f"{path} is missing; run the same command again (a damaged cell is trained again) or delete the cell's directory")
+            raise CellError(f"{path} is missing; {FIX}")
         version = file_version(path)
-        expected = self.record.get("codes_sha256")
+        record = self.record
+        expected = record.get("codes_sha256")
         if expected and file_sha256(path) != expected:
-            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); run the same command again (a damaged cell is trained again) or delete the cell's directory")
+            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); {FIX}")
         try:
-            return _read_codes(*version)
+            arrays = _read_codes(*version)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); run the same command again (a damaged cell is trained again) or delete the cell's directory") from None
+            raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); {FIX}") from None
+        wrong = _codes_problem(arrays, self.config.bits, record)
+        if wrong:
+            raise CellError(f"{path} does not fit its cell ({wrong}); {FIX}")
+        return arrays
 
     @property
     def class_names(self) -> list[str]:
@@ -233,7 +278,7 @@ class Cell:
 
     def per_query(self, metric: str) -> np.ndarray:
         """Per-query values of ``metric``: stored when they were computed under the current tie rule, else from the codes."""
-        return _per_query(self, metric.lower(), *file_version(self.path(CODES)))
+        return _per_query(self, metric.lower(), *file_version(self.result_path(CODES)))
 
     def tie_diagnostics(self) -> dict[str, float]:
         """As recorded at the end of training, or computed from the codes for cells that did not record them."""
@@ -287,14 +332,23 @@ class Cell:
         method_cls = REGISTRY.get(config.method)
         context = MethodContext(config.bits, len(self.class_names), len(self.codes()["database_ids"]), config.options, config.seed, config.image_size)
         network, _ = method_cls(context).build(config.run_backbone)  # random init: the cell's weights replace it
+        model = self._check_model()
         try:
-            state = torch.load(self.path(MODEL), map_location="cpu", weights_only=True)
+            state = torch.load(model, map_location="cpu", weights_only=True)
             network.load_state_dict(state)
         except FileNotFoundError:
-            raise CellError(f"{self.path(MODEL)} is missing: the cell's trained weights were not kept, so it cannot encode new images; re-run the cell with --force") from None
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as exc:
-            raise CellError(f"{self.path(MODEL)} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0]}); re-run the cell with --force") from None
+            raise CellError(f"{model} is missing: the cell's trained weights were not kept, so it cannot encode new images; re-run the cell with --force") from None
+        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
+            raise CellError(f"{model} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); re-run the cell with --force") from None
         return network.to(device).eval()
+
+    def _check_model(self) -> Path:
+        """model.pt against the record's checksum; a missing one is not damage (weights are often not kept, e.g. in git)."""
+        model = self.result_path(MODEL)
+        expected = self.record.get("model_sha256")
+        if expected and model.exists() and file_sha256(model) != expected:
+            raise CellError(f"{model} does not match its cell's record (checksum differs: replaced or damaged); {FIX}")
+        return model
 
     # --- writing (the run) ---------------------------------------------------------
 
@@ -302,40 +356,82 @@ class Cell:
     def claim(self, wait: bool) -> Iterator[bool]:
         """Hold the cell's lock while working on it; yields False if another process holds it and ``wait`` is off.
 
-        An OS file lock (flock): released when the holder exits, even by SIGKILL, so no stale locks.
-        Where the OS has none (Windows), cells are not protected across processes.
+        Claiming first completes a re-run's replacement that a kill interrupted.
         """
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.path(LOCK), "a+b") as handle:
-            if not _lock(handle, wait):
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                _unlock(handle)
+        with locks.exclusive(self.path(LOCK), wait) as held:
+            if held:
+                self._complete_replacement()
+            yield held
 
-    def start(self, config: CellConfig) -> None:
-        """Write the config and forget a previous failure (the attempt starting now replaces it)."""
+    def start(self, config: CellConfig, replace: bool = False) -> None:
+        """Write the config and forget a previous failure (the attempt starting now replaces it).
+
+        ``replace`` (a finished cell re-run with ``--force``): train in ``.rerun/`` beside the finished result, which stays
+        until the new one is complete; a re-run that was interrupted resumes there.
+        """
         atomic.write_json(self.path(CONFIG), asdict(config))
         self.__dict__.pop("config", None)
         self.path(FAILURE).unlink(missing_ok=True)
+        self.work_directory = self.rerun_directory if replace else self.directory
+        self.work_directory.mkdir(parents=True, exist_ok=True)
 
-    def discard_progress(self) -> None:
-        """Start training over (``--force``): drop the checkpoint and the log; the finished result stays until replaced."""
-        self.path(CHECKPOINT).unlink(missing_ok=True)
-        self.path(LOG).unlink(missing_ok=True)
+    def work_path(self, name: str) -> Path:
+        """Where the attempt in progress writes ``name``."""
+        return getattr(self, "work_directory", self.directory) / name
 
     def finish(self, arrays: dict[str, np.ndarray], save_model: Callable[[Any], None], record: dict[str, Any]) -> None:
-        """Codes, weights, then the record with the codes' checksum; the checkpoint goes only after the record is in place."""
-        atomic.atomic_write(self.path(CODES), lambda handle: np.savez_compressed(handle, **arrays))
-        atomic.atomic_write(self.path(MODEL), save_model)
-        atomic.write_json(self.path(RECORD), {**record, "codes_sha256": file_sha256(self.path(CODES))})
-        self.path(CHECKPOINT).unlink(missing_ok=True)
+        """Codes, weights, then the record with their checksums; a re-run's files are then moved into place, the record last."""
+        atomic.atomic_write(self.work_path(CODES), lambda handle: np.savez_compressed(handle, **arrays))
+        atomic.atomic_write(self.work_path(MODEL), save_model)
+        record = {**record, "codes_sha256": file_sha256(self.work_path(CODES)), "model_sha256": file_sha256(self.work_path(MODEL))}
+        atomic.write_json(self.work_path(RECORD), record)
+        self.work_path(CHECKPOINT).unlink(missing_ok=True)
+        self._complete_replacement()
         self.path(FAILURE).unlink(missing_ok=True)
+
+    def _complete_replacement(self) -> None:
+        """Move a complete re-run's files into place, the record last (safe to repeat after a kill at any point)."""
+        staged = self.rerun_directory
+        if not (staged / RECORD).exists():
+            if staged.is_dir() and not (staged / CHECKPOINT).exists():  # emptied by a replacement cut before its last step
+                shutil.rmtree(staged, ignore_errors=True)
+            return
+        for name in RESULT_FILES:
+            if (staged / name).exists():
+                os.replace(staged / name, self.path(name))
+        os.replace(staged / RECORD, self.path(RECORD))
+        shutil.rmtree(staged, ignore_errors=True)
+
+    def rerun_pending(self) -> bool:
+        """A forced re-run was interrupted: its progress waits in ``.rerun/`` (the next ``--force`` resumes it)."""
+        return (self.rerun_directory / CHECKPOINT).exists() and not (self.rerun_directory / RECORD).exists()
 
     def fail(self, error: str, traceback_text: str) -> None:
         atomic.write_json(self.path(FAILURE), {"error": error, "traceback": traceback_text})
+
+
+def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, Any]) -> str:
+    """What in a codes file disagrees with its cell (arrays missing, shapes, counts, classes), else ''."""
+    missing = [name for name in CODE_ARRAYS if name not in arrays]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if int(arrays["bits"]) != bits:
+        return f"{int(arrays['bits'])}-bit codes in a {bits}-bit cell"
+    n_classes = len(arrays["class_names"])
+    for side in ("query", "database"):
+        codes, labels, ids = arrays[f"{side}_codes"], arrays[f"{side}_labels"], arrays[f"{side}_ids"]
+        if codes.ndim != 2 or codes.shape[1] != (bits + 7) // 8:
+            return f"{side} codes of shape {codes.shape}, not (n, {(bits + 7) // 8})"
+        if len(labels) != len(codes) or len(ids) != len(codes):
+            return f"{len(codes)} {side} codes but {len(labels)} labels and {len(ids)} ids"
+        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+            return f"{side} labels outside the {n_classes} classes"
+        expected = record.get(f"n_{side}")
+        if expected is not None and expected != len(codes):
+            return f"{len(codes)} {side} codes, the record says {expected}"
+    if "classes" in record and [str(n) for n in arrays["class_names"]] != list(record["classes"]):
+        return "class names differ from the record's"
+    return ""
 
 
 def collapse_note(dead_bits: int, bits: int) -> str:
@@ -352,27 +448,6 @@ def _per_query(cell: Cell, metric: str, path: str, inode: int, mtime_ns: int, si
     if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE:
         return stored
     return cell.evaluate((metric,)).per_query[metric]
-
-
-try:
-    import fcntl
-except ImportError:  # Windows: no cross-process lock; one process per results root there
-    fcntl = None
-
-
-def _lock(handle, wait: bool) -> bool:
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    return True
-
-
-def _unlock(handle) -> None:
-    if fcntl is not None:
-        fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class ResultsStore:
@@ -392,28 +467,14 @@ class ResultsStore:
         """One row per cell: its config, status, stored metrics and a note (failure, damage or collapse)."""
         rows = []
         for cell in self.cells():
-            status = cell.status()
-            if status not in statuses:
-                continue
             try:
-                config = asdict(cell.config)
-            except CellError:
-                config = _config_from_path(cell.directory)
-            if (dataset is not None and config["dataset"] != dataset) or (methods is not None and config["method"] not in methods):
+                row = _row(cell, cell.status())
+            except FileNotFoundError:  # removed, or moved into place by a writer, while we read: not there this time
                 continue
-            row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": "", "pretrained": False}
-            if status == "finished":
-                record = cell.record
-                row.update(record["metrics"])
-                row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained)
-                later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.path(RECORD).stat().st_mtime
-                row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else ""]))
-            elif status == "failed":
-                error = (cell.failure().get("error") or "unknown").splitlines()[0]
-                row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
-            else:
-                row["note"] = f"damaged: {cell.problem()}"
-            rows.append(row)
+            except CellError as exc:  # changed by a writer between two reads
+                row = _row(cell, "damaged", str(exc))
+            if row["status"] in statuses and (dataset is None or row["dataset"] == dataset) and (methods is None or row["method"] in methods):
+                rows.append(row)
         frame = pd.DataFrame(rows)
         if not frame.empty:
             frame["augment_text"] = [_describe_augment(a) for a in frame["augment"]]
@@ -445,6 +506,28 @@ class ResultsStore:
             listed = "; ".join(f"{d} (data {f or 'unrecorded'}) {b} bits protocol {p}" for d, f, b, p in groups.groups)
             raise ValueError(f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories")
         return [Cell(d) for d in chosen["directory"]]
+
+
+def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
+    """One cell's table row: config, status, metrics when finished, and the note (collapse, failure or damage)."""
+    try:
+        config = asdict(cell.config)
+    except CellError:
+        config = _config_from_path(cell.directory)
+    row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": "", "pretrained": False}
+    if status == "finished":
+        record = cell.record
+        row.update(record["metrics"])
+        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained)
+        later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
+        pending = "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" if cell.rerun_pending() else ""
+        row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else "", pending]))
+    elif status == "failed":
+        error = (cell.failure().get("error") or "unknown").splitlines()[0]
+        row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
+    else:
+        row["note"] = f"damaged: {problem or cell.problem()}"
+    return row
 
 
 def _config_from_path(directory: Path) -> dict[str, Any]:

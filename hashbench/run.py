@@ -6,8 +6,10 @@ their weights) before anything is written, so a mistake costs nothing and
 ``--dry-run`` shows exactly what would run. Then each cell is trained by the
 engine, evaluated by the evaluator and stored through its :class:`Cell`:
 
-- a finished cell is skipped (``force`` re-runs it); an interrupted one resumes
-  from its last epoch and ends as an uninterrupted run would;
+- a finished cell is skipped; ``force`` re-runs it beside the finished result,
+  which is replaced only once the new one is complete (an interrupted re-run
+  resumes on the next ``force``); an interrupted cell resumes from its last
+  epoch and ends as an uninterrupted run would;
 - a cell that fails (a NaN loss, out of memory, a bug in a plugin) records why and
   the grid goes on;
 - a cell being run by another process is left to it (a lock per cell), and waited
@@ -17,6 +19,7 @@ engine, evaluated by the evaluator and stored through its :class:`Cell`:
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -35,7 +38,7 @@ from hashbench.evaluate import DEFAULT_METRICS, DEFAULT_TIE_RULE, STORED_METRICS
 from hashbench.method import Method, MethodContext
 from hashbench.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
 from hashbench.registry import REGISTRY
-from hashbench.results import FAILURE, RECORD, Cell, CellConfig, ResultsStore
+from hashbench.results import CHECKPOINT, FAILURE, LOG, RECORD, Cell, CellConfig, ResultsStore
 from hashbench.weights import WeightSource, architectures, cached_revision, ensure_available, is_cached, parse_weights_option, resolve
 
 PAPER_BACKBONE = "tf_efficientnet_b6.aa_in1k"  # timm's efficientnet_b6 has no ImageNet weights; this is B6 ported from TensorFlow, ImageNet-1k
@@ -205,6 +208,7 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     git_state()
     device = engine.resolve_device(request.device)
     planned = plan(request, dataset, device)
+    _check_writable(Path(out))
     ensure_available({source for cell in planned for source in cell.weights.values()})
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
@@ -223,6 +227,17 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     return [outcomes[i] for i in range(len(planned))]
 
 
+def _check_writable(out: Path) -> None:
+    """The results root can take files: found before the first epoch, not after it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to") from None
+
+
 def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.device, request: RunRequest, progress: bool, wait: bool, sweep_start: float) -> CellOutcome | None:
     """Run one cell under its lock; None when another process holds it and ``wait`` is off.
 
@@ -233,18 +248,19 @@ def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.d
     with cell.claim(wait=wait) as claimed:
         if not claimed:
             return None
-        status = cell.status()
+        status = cell.status(check_model=True)
         if status == "finished" and cell.changed_since(RECORD, sweep_start):
             return CellOutcome(config, "skipped", note="finished by another process")
         if status == "failed" and cell.changed_since(FAILURE, sweep_start):
             return CellOutcome(config, "failed", error=cell.failure()["error"], note="failed in another process")
         if status == "finished" and not request.force:
             return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
-        note = f"was damaged ({cell.problem()}); trained it again" if status == "damaged" else ""
-        if request.force:
-            cell.discard_progress()
+        note = f"was damaged ({cell.problem(check_model=True)}); trained it again" if status == "damaged" else ""
+        replace = status == "finished"  # with --force: trained beside the finished result, which stays until the new one is complete
+        if replace and cell.rerun_pending():
+            note = "resumed an interrupted re-run"
         try:
-            metrics = run_cell(planned, dataset, device, cell, request.metrics, progress)
+            metrics = run_cell(planned, dataset, device, cell, request.metrics, progress, replace)
             failure = None
         except KeyboardInterrupt:
             raise
@@ -264,10 +280,12 @@ def class_ids(labels) -> tuple[np.ndarray, list[str]]:
     return np.array([lookup[label] for label in labels], dtype=np.int64), names
 
 
-def run_cell(planned: PlannedCell, dataset: Dataset, device: torch.device, cell: Cell, metrics: tuple[str, ...] = DEFAULT_METRICS, progress: bool = False) -> dict[str, float]:
-    """Train, encode, evaluate and store one cell; returns its metrics."""
+def run_cell(
+    planned: PlannedCell, dataset: Dataset, device: torch.device, cell: Cell, metrics: tuple[str, ...] = DEFAULT_METRICS, progress: bool = False, replace: bool = False,
+) -> dict[str, float]:
+    """Train, encode, evaluate and store one cell; returns its metrics. ``replace``: a finished cell trained again, its result replaced only when done."""
     config = planned.config
-    cell.start(config)
+    cell.start(config, replace)
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     start_memory_watch(device)
     side = dataset.split(config.split, seed=config.split_seed, validation_fraction=config.validation)
@@ -296,10 +314,10 @@ def run_cell(planned: PlannedCell, dataset: Dataset, device: torch.device, cell:
 
     resumed_from = engine.train(
         method, network, loss, train_source, engine.TrainData(database_ids, database_labels, len(class_names)), settings,
-        config.epochs, config.image_size, config.seed, cell.path("checkpoint.pt"), cell.path("train_log.jsonl"), progress, validate,
+        config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
         Augmentation.from_dict(config.augment),
     )
-    epoch_seconds = [json.loads(line)["seconds"] for line in cell.path("train_log.jsonl").read_text().splitlines()]
+    epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
     database_embeddings = engine.encode(network, train_source, database_ids, config.image_size)

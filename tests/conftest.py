@@ -35,9 +35,13 @@ def write_dicom(
     series_uid: str | None = None,
     photometric: str = "MONOCHROME2",
     compress: str | None = None,
+    file_header: bool = True,
     **tags,
 ) -> Path:
-    """Write a minimal but valid DICOM image; ``pixels`` is (rows, cols), (frames, rows, cols) or (rows, cols, 3)."""
+    """Write a minimal but valid DICOM image; ``pixels`` is (rows, cols), (frames, rows, cols) or (rows, cols, 3).
+
+    ``file_header=False`` writes the bare data set, implicit VR, without the Part-10 preamble and file meta, as older writers did.
+    """
     ds = Dataset()
     sop_uid = generate_uid()
     sop_class = {"CT": CTImageStorage, "SEG": SegmentationStorage}.get(modality, MRImageStorage)
@@ -70,7 +74,12 @@ def write_dicom(
     if compress:
         ds.compress(compress, pixels)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+    if file_header:
+        ds.save_as(path, enforce_file_format=True)
+    else:
+        del ds.file_meta
+        ds.save_as(path, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert path.read_bytes()[128:132] != b"DICM"
     return path
 
 

@@ -74,6 +74,13 @@ def test_the_console_script_is_installed():
         (["run", "--bits", "16,32,48", "--epochs", "2"], ["run", "--bits", "16", "--bits", "32", "--bits", "48", "--epochs", "2"]),
         (["run", "--bits=16,32", "--set", "hashnet.alpha=0.2", "lr=0.001", "--force"], ["run", "--bits", "16", "--bits", "32", "--set", "hashnet.alpha=0.2", "--set", "lr=0.001", "--force"]),
         (["run", "--set=dpn.margin=2", "--out", "x"], ["run", "--set", "dpn.margin=2", "--out", "x"]),
+        # positionals are never taken for values: only integers follow --bits/--seeds, elsewhere one value per flag
+        (["list", "--plugin", "examples/my_method.py", "c*"], ["list", "--plugin", "examples/my_method.py", "c*"]),
+        (["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"], ["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"]),
+        (["compare", "dafh", "hashnet", "--bits", "16", "32", "--metrics", "map@1,map@10"], ["compare", "dafh", "hashnet", "--bits", "16", "--bits", "32", "--metrics", "map@1", "--metrics", "map@10"]),
+        (["confusion", "--metrics", "map@1", "CELL"], ["confusion", "--metrics", "map@1", "CELL"]),
+        (["run", "--seeds", "-1", "--bits", "-3"], ["run", "--seeds", "-1", "--bits", "-3"]),  # kept, so the plan can refuse them
+        (["leaderboard", "--metrics", "map@1", "map@10", "--format", "md"], ["leaderboard", "--metrics", "map@1", "--metrics", "map@10", "--format", "md"]),
     ],
 )
 def test_multi_value_options_are_expanded_for_click(argv, expected):
@@ -107,3 +114,68 @@ def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
     assert "| method | 8 bits | 16 bits |" in text and "| hashnet |" in text and "| dpn |" in text and "(n=1" in text
     bad_option = runner.invoke(app, expand_multi_value_options([*argv[:-2], "--set", "hashnet.alpah=1", "--out", str(out)]))
     assert bad_option.exit_code == 2 and "unknown option(s) alpah" in bad_option.output
+
+
+def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused():
+    from hashbench.cli import expand_multi_value_options
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "my_method.py"
+    listed = runner.invoke(app, expand_multi_value_options(["list", "--plugin", str(example), "c*"]))
+    assert listed.exit_code == 0, listed.output
+    assert "center-hash" in listed.output and "broken" not in listed.output and "dafh" not in listed.output
+    negative = runner.invoke(app, expand_multi_value_options(["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"]))
+    assert negative.exit_code == 2 and "--seeds and --split-seed take whole numbers from 0" in negative.output
+
+
+def test_version_suites_and_an_empty_leaderboard_say_what_they_are(tmp_path):
+    import hashbench
+
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.output.strip() == f"hashbench {hashbench.__version__}"
+    suites = runner.invoke(app, ["suites"])
+    assert suites.exit_code == 0 and all(name in suites.output for name in ("paper-table3", "paper-table4", "paper-table5", "Table 5"))
+    wrong_place = runner.invoke(app, ["list", "suites"])
+    assert wrong_place.exit_code == 2 and "`hashbench suites`" in wrong_place.output
+    for output_format in ("rich", "md"):
+        empty = runner.invoke(app, ["leaderboard", "--out", str(tmp_path / "nothing"), "--format", output_format])
+        assert empty.exit_code == 2 and "no finished cells under" in empty.output
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_runs_go_to_runs_by_default_never_into_results():
+    from hashbench.cli import DEFAULT_OUT
+
+    assert DEFAULT_OUT == Path("runs")
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    assert subprocess.run(["git", "check-ignore", "-q", "runs/phantom/dafh/16bits/seed0-x/metrics.json"], cwd=root).returncode == 0
+
+
+BAD_INPUTS = [
+    (["run", "--methods", "nope", "--dry-run"], "unknown method 'nope'"),
+    (["run", "--methods", "dpn", "--bits", "0", "--dry-run"], "--bits 0 is too small"),
+    (["run", "--methods", "dpn", "--bits", "-3", "--dry-run"], "--bits -3 is too small"),
+    (["run", "--methods", "dpn", "--epochs=-2", "--dry-run"], "--epochs -2 is too small"),
+    (["run", "--methods", "dpn", "--epochs", "0", "--dry-run"], "--epochs 0 is too small"),
+    (["run", "--methods", "dpn", "--image-size", "0", "--dry-run"], "--image-size 0 is too small"),
+    (["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"], "take whole numbers from 0"),
+    (["run", "--methods", "dpn", "--split", "nope", "--dry-run"], "unknown split 'nope'; valid: patient, slice"),
+    (["run", "--methods", "dpn", "--dataset", "/tmp", "--dry-run"], "is not allowed"),
+    (["run", "--methods", "dpn", "--dataset", "never-ingested", "--dry-run"], "unknown dataset 'never-ingested'"),
+    (["run", "--methods", "dpn", "--device", "foo", "--dry-run"], "--device 'foo' is not a device"),
+    (["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"], "batch_size=0.5 is not valid"),
+    (["run", "--methods", "dpn", "--set", "dpnn.margin=1", "--dry-run"], "--set names dpnn"),
+    (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/proc/hashbench-cannot-write"], "cannot be written"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a[2:4]) + " " + a[-1] for a, _ in BAD_INPUTS])
+def test_bad_input_exits_2_with_the_problem_and_no_traceback(tiny_phantom, argv, message):
+    from hashbench.cli import expand_multi_value_options
+
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # a message, not an exception that escaped
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output

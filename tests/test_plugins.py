@@ -132,3 +132,19 @@ def test_a_local_plugin_that_redefines_a_built_in_is_broken_not_a_replacement(tm
     names = REGISTRY.load_file(plugin)
     assert REGISTRY.entries[names[0]].error.startswith("hashbench.registry.DuplicateMethodError")
     assert REGISTRY.get("hashnet").origin == "built-in"
+
+
+@pytest.mark.parametrize("name", ["team/dsh", "../../escaped", ".hidden", ""])
+def test_a_method_name_that_is_not_a_plain_folder_name_is_refused(name):
+    """A method's name becomes a folder under every results root: it must never point elsewhere."""
+    from hashbench.paths import UnsafeNameError
+
+    registry = Registry()
+    registry._discovered = True
+
+    class Escaping(Method):
+        pass
+
+    with pytest.raises(UnsafeNameError, match="method name .* is not allowed"):
+        registry.register(name, Escaping)
+    assert name not in registry.entries

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from hashbench import engine, leaderboard
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.results import Cell, ResultsStore
+from hashbench.results import Cell, CellError, ResultsStore
 from hashbench.run import RunRequest, run_grid
 
 runner = CliRunner()
@@ -216,11 +216,161 @@ class _RunsCode:
         return (os.system, ("echo this must never run",))
 
 
-def test_a_checkpoint_is_loaded_as_weights_only_never_as_code(tmp_path):
+def test_a_checkpoint_is_loaded_as_weights_only_never_as_code(tmp_path, capfd):
+    """A checkpoint that would run code is refused by the loader, and, like any unreadable checkpoint, costs the progress, not the cell."""
     import torch
 
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(pickle.dumps({"epochs_done": 1, "network": _RunsCode()}, protocol=2))
     network = torch.nn.Linear(2, 2)
-    with pytest.raises(pickle.UnpicklingError):
-        engine._resume(checkpoint, tmp_path / "log.jsonl", network, torch.nn.Module(), torch.optim.SGD(network.parameters(), lr=0.1))
+    with pytest.warns(UserWarning, match=r"checkpoint.pt cannot be read \(UnpicklingError\); training starts over"):
+        epochs_done = engine._resume(checkpoint, tmp_path / "log.jsonl", network, torch.nn.Module(), torch.optim.SGD(network.parameters(), lr=0.1))
+    assert epochs_done == 0 and not checkpoint.exists()
+    assert "this must never run" not in capfd.readouterr().out
+
+
+def test_a_forced_rerun_killed_mid_epoch_leaves_the_old_result_then_resumes(tiny_phantom, tmp_path):
+    plugin = tmp_path / "pausing.py"
+    plugin.write_text(PAUSING_PLUGIN)
+    out, marker = tmp_path / "out", tmp_path / "paused"
+    first = subprocess.run(hashbench_command(plugin, out, "pausing-dsh", epochs=2), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    cell = cell_of(out, "pausing-dsh")
+    old = {name: cell.path(name).read_bytes() for name in ("metrics.json", "codes.npz", "model.pt", "train_log.jsonl")}
+
+    environment = {**os.environ, "HASHBENCH_TEST_PAUSE": str(marker)}
+    forced = subprocess.Popen(hashbench_command(plugin, out, "pausing-dsh", epochs=2) + ["--force"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for(marker, forced)
+    os.kill(forced.pid, signal.SIGKILL)  # mid-epoch 2 of the re-run
+    forced.wait(timeout=60)
+    assert {name: cell.path(name).read_bytes() for name in old} == old  # the old result, byte for byte
+    assert Cell(cell.directory).status() == "finished" and (cell.directory / ".rerun" / "checkpoint.pt").exists()
+    row = ResultsStore(out).table().iloc[0]
+    assert row["status"] == "finished" and "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" in row["note"]
+    assert row["map@10"] == json.loads(old["metrics.json"])["metrics"]["map@10"]
+
+    again = subprocess.run(hashbench_command(plugin, out, "pausing-dsh", epochs=2) + ["--force"], env=environment, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resumed an interrupted re-run" in again.stdout
+    replaced = Cell(cell.directory)
+    assert replaced.record["resumed_from_epoch"] == 1 and replaced.record["started"] != json.loads(old["metrics.json"])["started"]
+    assert [json.loads(line)["epoch"] for line in replaced.path("train_log.jsonl").read_text().splitlines()] == [1, 2]
+    assert replaced.record["metrics"] == json.loads(old["metrics.json"])["metrics"]  # same seed, same numbers
+    assert not (cell.directory / ".rerun").exists()
+
+
+class _KilledAfter:
+    """Stands in for the os module inside results.py: the n-th os.replace raises, as if the process died there."""
+
+    def __init__(self, calls: int):
+        self.calls = calls
+
+    def replace(self, source, target):
+        self.calls -= 1
+        if self.calls < 0:
+            raise KeyboardInterrupt
+        os.replace(source, target)
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+
+@pytest.mark.parametrize("moved_before_the_kill", [0, 1, 3])
+def test_a_replacement_cut_at_any_point_reads_as_one_result_and_completes_on_the_next_claim(five_cells, tiny_phantom, tmp_path, monkeypatch, moved_before_the_kill):
+    """0: nothing moved yet; 1: the log moved; 3: log, codes and weights moved, the record not."""
+    import shutil
+
+    from hashbench import results
+
+    source, _, originals = five_cells
+    shutil.copytree(source, tmp_path / "out")
+    request = RunRequest(["dpn"], [8], dataset="phantom-tiny-seed0", epochs=1)
+    cell = Cell(originals[0].config.directory(tmp_path / "out"))
+    old_started = cell.record["started"]
+    monkeypatch.setattr(results, "os", _KilledAfter(moved_before_the_kill))
+    with pytest.raises(KeyboardInterrupt):
+        run_grid(RunRequest(["dpn"], [8], dataset="phantom-tiny-seed0", epochs=1, force=True), tiny_phantom.dataset, tmp_path / "out")
+    monkeypatch.setattr(results, "os", os)
+    cut = Cell(cell.directory)
+    assert cut.status() == "finished" and cut.problem(check_model=True) == ""  # the new result, whole: staged files fill in for those not yet moved
+    assert cut.record["started"] != old_started and cut.record["metrics"] == originals[0].metrics
+    assert (cell.directory / ".rerun" / "metrics.json").exists()
+    assert run_grid(request, tiny_phantom.dataset, tmp_path / "out")[0].status == "skipped"
+    assert not (cell.directory / ".rerun").exists() and Cell(cell.directory).record["started"] == cut.record["started"]
+
+
+@pytest.fixture(scope="module")
+def five_cells(tiny_phantom, tmp_path_factory):
+    out = tmp_path_factory.mktemp("five-cells")
+    request = RunRequest(["dpn"], [8], seeds=[0, 1, 2, 3, 4], dataset="phantom-tiny-seed0", epochs=1)
+    outcomes = run_grid(request, tiny_phantom.dataset, out)
+    return out, request, {o.config.seed: o for o in outcomes}
+
+
+def damage(mode: str, path: Path, donor: Path) -> None:
+    data = path.read_bytes()
+    if mode == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif mode == "garble":
+        path.write_bytes(data[: len(data) // 2] + bytes(b ^ 0x5A for b in data[len(data) // 2 : len(data) // 2 + 64]) + data[len(data) // 2 + 64 :])
+    else:  # swap: the same file of another cell
+        path.write_bytes(donor.read_bytes())
+
+
+@pytest.mark.parametrize("mode", ["truncate", "garble", "swap"])
+def test_each_damaged_cell_file_is_reported_by_readers_and_retrained_by_run(five_cells, tiny_phantom, tmp_path, mode):
+    import shutil
+
+    source, request, originals = five_cells
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    directory = {seed: o.config.directory(out) for seed, o in originals.items()}
+    damaged = {0: "config.json", 1: "metrics.json", 2: "codes.npz", 3: "model.pt"}
+    for seed, name in damaged.items():
+        damage(mode, directory[seed] / name, directory[4] / name)
+
+    table = ResultsStore(out).table().set_index("seed")
+    for seed in (0, 1, 2):
+        assert table.loc[seed, "status"] == "damaged", (seed, table.loc[seed, "note"])
+        assert str(directory[seed]) in table.loc[seed, "note"] and "run the same command again" in table.loc[seed, "note"]
+    assert table.loc[4, "status"] == "finished" and table.loc[3, "status"] == "finished"  # readers of metrics never need model.pt
+    with pytest.raises(CellError, match=re.escape(str(directory[3] / "model.pt"))):
+        Cell(directory[3]).build_network()
+    board = leaderboard.build(ResultsStore(out).table(), ("map@10",))[0].table
+    assert "damaged" in board.loc["dpn", "8 bits"] or "(n=2" in board.loc["dpn", "8 bits"]
+
+    if mode != "swap":
+        return
+    again = {o.config.seed: o for o in run_grid(request, tiny_phantom.dataset, out)}
+    for seed in (0, 1, 2, 3):
+        assert again[seed].status == "done" and again[seed].note.startswith("was damaged"), (seed, again[seed])
+        assert again[seed].metrics == originals[seed].metrics  # trained again, to the same numbers
+    assert again[4].status == "skipped"
+    assert (ResultsStore(out).table()["status"] == "finished").all()
+
+
+def test_a_config_key_from_a_newer_version_is_ignored_with_a_warning(five_cells, tmp_path):
+    import shutil
+
+    source, _, originals = five_cells
+    out = tmp_path / "out"
+    shutil.copytree(source, out)
+    config_path = originals[0].config.directory(out) / "config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "calibration": "isotonic"}))
+    with pytest.warns(UserWarning, match=r"config.json: ignoring calibration \(written by a newer hashbench\?\)"):
+        table = ResultsStore(out).table().set_index("seed")
+    assert table.loc[0, "status"] == "finished" and table.loc[0, "map@10"] == originals[0].metrics["map@10"]
+
+
+def test_a_rerun_folder_left_empty_by_a_kill_is_not_taken_for_a_pending_rerun(five_cells, tiny_phantom, tmp_path):
+    """A kill after the record moved into place but before .rerun/ was removed: the result is whole and nothing is pending."""
+    import shutil
+
+    source, request, originals = five_cells
+    shutil.copytree(source, tmp_path / "out")
+    cell = Cell(originals[0].config.directory(tmp_path / "out"))
+    (cell.directory / ".rerun").mkdir()
+    (cell.directory / ".rerun" / "train_log.jsonl").write_text("")
+    assert not cell.rerun_pending() and "re-run" not in ResultsStore(tmp_path / "out").table().set_index("seed").loc[0, "note"]
+    outcomes = run_grid(RunRequest(["dpn"], [8], seeds=[0], dataset="phantom-tiny-seed0", epochs=1), tiny_phantom.dataset, tmp_path / "out")
+    assert outcomes[0].status == "skipped" and not (cell.directory / ".rerun").exists()

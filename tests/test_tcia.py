@@ -95,7 +95,7 @@ def test_ctp_tag_arriving_as_bytes_of_vr_un_is_decoded(tmp_path, dicom):
 
 
 def make_tree_with_broken_files(root, dicom, truncate_codestream):
-    """Eight good files in several encodings and frames, plus five that must be reported."""
+    """Nine good files in several encodings and frames (one without the Part-10 header), plus five that must be reported."""
     series = root / "TCGA-LIHC" / "LIHC-01" / DESCRIPTIVE[0] / DESCRIPTIVE[1]
     good = [
         dicom(series / "1-01.dcm", ct(100), collection_tag="TCGA-LIHC", **CT_TAGS),
@@ -104,6 +104,7 @@ def make_tree_with_broken_files(root, dicom, truncate_codestream):
         dicom(series / "1-04.dcm", ct(0), collection_tag="TCGA-LIHC", compress=JPEGLSLossless, **CT_TAGS),
         dicom(series / "1-05.dcm", np.stack([ct(0), ct(100)]), collection_tag="TCGA-LIHC", **CT_TAGS),  # 2 frames
         dicom(series / "1-06.dcm", ct(0), collection_tag="TCGA-LIHC", photometric="MONOCHROME1", **CT_TAGS),
+        dicom(series / "1-07.dcm", ct(40), collection_tag="TCGA-LIHC", file_header=False, **CT_TAGS),  # no Part-10 header: still DICOM
         dicom(root / "TCGA-LIHC" / "LIHC-02" / DESCRIPTIVE[0] / DESCRIPTIVE[1] / "1-01.dcm", ct(0), patient="LIHC-02", collection_tag="TCGA-LIHC", **CT_TAGS),
         dicom(root / "TCGA-LIHC" / "LIHC-02" / DESCRIPTIVE[0] / DESCRIPTIVE[1] / "1-02.dcm", ct(0), patient="LIHC-02", collection_tag="TCGA-LIHC", **CT_TAGS),
     ]
@@ -118,7 +119,7 @@ def make_tree_with_broken_files(root, dicom, truncate_codestream):
     seg = dicom(bad_series / "seg.dcm", np.zeros((16, 16), np.uint8), modality="SEG")
     noise = np.random.default_rng(2).integers(0, 4000, (64, 64)).astype(np.uint16)
     j2k = truncate_codestream(dicom(bad_series / "cut-j2k.dcm", noise, modality="MR", compress=JPEG2000Lossless))
-    bad = {empty: "empty file", text: "not DICOM", halved: None, seg: "non-image object", j2k: "undecodable pixel data"}
+    bad = {empty: "empty file", text: "not DICOM", halved: "truncated pixel data", seg: "non-image object", j2k: "undecodable pixel data"}
     return good, bad
 
 
@@ -130,7 +131,7 @@ def test_broken_files_are_reported_with_path_and_reason_and_the_rest_is_kept(tmp
     report = dataset.skipped.set_index("path")
     for path, reason in bad.items():
         row = report.loc[path.relative_to(root).as_posix()]
-        assert row["reason"] == reason if reason else row["reason"] in ("undecodable pixel data", "unreadable DICOM header")
+        assert row["reason"] == reason
     assert len(report) == len(bad)
     assert sorted(set(dataset.index["path"])) == sorted(p.relative_to(root).as_posix() for p in good)
     assert len(dataset.index) == len(good) + 1  # the two-frame file gives two slices
@@ -138,7 +139,7 @@ def test_broken_files_are_reported_with_path_and_reason_and_the_rest_is_kept(tmp
     assert frames["frame"].tolist() == [0, 1]
     assert [int(dataset.images[i][0, 0]) for i in frames.index] == [102, 166]
     encoded = dataset.index.set_index("path")
-    expected = {"1-02.dcm": 128, "1-03.dcm": 102, "1-04.dcm": 102, "1-06.dcm": 255 - 102}
+    expected = {"1-02.dcm": 128, "1-03.dcm": 102, "1-04.dcm": 102, "1-06.dcm": 255 - 102, "1-07.dcm": 128}
     for name, grey in expected.items():
         slice_id = dataset.index.index[dataset.index["path"].str.endswith("LIHC-01/" + DESCRIPTIVE[0] + "/" + DESCRIPTIVE[1] + "/" + name)][0]
         assert dataset.images[slice_id][0, 0] == grey, name
@@ -189,7 +190,7 @@ def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, dicom, monkeyp
         return real_decode(job)
 
     monkeypatch.setattr(ingest_module, "_decode_job", interrupted)
-    monkeypatch.setattr(ingest_module, "FLUSH_EVERY_S", 0.0)
+    monkeypatch.setattr(ingest_module, "COMMIT_EVERY_S", 0.0)
     with pytest.raises(KeyboardInterrupt):
         ingest(root, tmp_path)
     monkeypatch.setattr(ingest_module, "_decode_job", real_decode)
@@ -198,7 +199,7 @@ def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, dicom, monkeyp
     fresh = ingest_tcia(root, "fresh", tmp_path / "cache", OPTIONS, workers=1).dataset
     by_path = lambda d: {(r.path, r.frame): d.images[i].tobytes() for i, r in d.index.iterrows()}  # noqa: E731
     assert by_path(resumed.dataset) == by_path(fresh)
-    assert not (tmp_path / "cache" / "test.partial").exists()
+    assert not (tmp_path / "cache" / ".test@partial").exists()
 
 
 def test_changing_image_options_rebuilds_everything(tmp_path, dicom):
