@@ -7,6 +7,7 @@ source, is read through :class:`hashbench.dataset.Dataset`.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from hashbench import locks
@@ -39,6 +40,8 @@ def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset
     if (folder / MANIFEST).exists():
         return Dataset(folder).verify()
     if name == DEFAULT_DATASET:
+        if progress:
+            print("building the phantom collection (first use): generating its DICOM files, then ingesting them", file=sys.stderr, flush=True)
         return ingest_phantom(progress=progress).dataset
     raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`)")
 

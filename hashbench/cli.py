@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -33,7 +34,8 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _global_options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit.")) -> None:
     """hashbench: benchmark deep hashing methods for medical image retrieval."""
-console = Console()
+# On a terminal, rich fits its width; in a log (a pipe, a file, a batch job) 80 columns would wrap every table.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
 
 SizeOption = typer.Option(224, "--size", help="Images are resized to SIZE x SIZE pixels.")
@@ -523,17 +525,26 @@ def ties_command(
     if cells.empty:
         console.print(f"no finished cells under {out}")
         return
-    columns = {"map@1-best": "MAP@1 best", "map@1-worst": "MAP@1 worst", "map@tie": "mAP tie-aware", "map@tie-best": "mAP best", "map@tie-worst": "mAP worst", "nearest_tie_size": "nearest tie (items)", "occupied_buckets": "buckets", "largest_bucket_share": "largest bucket", "bit_balance": "bit balance", "dead_bits": "dead bits"}
-    table = Table(title="tie diagnostics", caption="best / worst: relevant items first / last in every group of equal Hamming distance; bit balance 1 = every bit halves the database", caption_justify="left")
-    for column in ("cell", *columns.values()):
-        table.add_column(column, justify="right" if column != "cell" else "left")
+    columns = {
+        "map@1-best": "MAP@1\nbest", "map@1-worst": "MAP@1\nworst", "map@tie": "mAP\ntie", "map@tie-best": "mAP\nbest", "map@tie-worst": "mAP\nworst",
+        "nearest_tie_size": "tie", "occupied_buckets": "buckets", "largest_bucket_share": "largest", "bit_balance": "balance", "dead_bits": "dead",
+    }
+    caption = (
+        "best / worst: relevant items first / last in every group of equal Hamming distance; tie: items at the nearest distance; "
+        "largest: the fullest bucket's share of the database; balance 1 = every bit halves the database; dead: bits that never change"
+    )
+    table = Table(title="tie diagnostics", caption=caption, caption_justify="left", show_edge=False, pad_edge=False)
+    for column in ("method", "bits", "seed", "split", *columns.values()):
+        table.add_column(column, justify="left" if column in ("method", "split") else "right", no_wrap=column == "method")
+    several_datasets = cells["dataset"].nunique() > 1
     for row in cells.sort_values(["dataset", "method", "bits", "seed"]).itertuples():
-        label = f"{row.dataset}/{row.method}/{row.bits}/seed{row.seed} {row.split}"
+        method = f"{row.dataset}/{row.method}" if several_datasets else row.method
+        cell = (method, str(row.bits), str(row.seed), row.split)
         if row.status != "finished":
-            table.add_row(label, row.note, *[""] * (len(columns) - 1))
+            table.add_row(*cell, row.note, *[""] * (len(columns) - 1))
             continue
         found = Cell(row.directory).tie_diagnostics()
-        table.add_row(label, *(f"{found[k]:.3f}" if isinstance(found[k], float) else str(found[k]) for k in columns))
+        table.add_row(*cell, *(f"{found[k]:.1f}" if k == "nearest_tie_size" else f"{found[k]:.3f}" if isinstance(found[k], float) else str(found[k]) for k in columns))
     console.print(table)
 
 

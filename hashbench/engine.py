@@ -16,6 +16,7 @@ import json
 import queue
 import random
 import re
+import sys
 import threading
 import time
 import warnings
@@ -245,6 +246,9 @@ def train(
                 network.train()
             with open(log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if progress and not bar.console.is_terminal:  # a log file gets one line per epoch instead of a live bar
+                terms_text = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "lr"))
+                print(f"{method.name} {method.bits} bits: epoch {epoch + 1}/{epochs} in {record['seconds']:.1f} s, {terms_text}", file=sys.stderr, flush=True)
             _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
     return first_epoch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,17 @@ def test_bad_input_exits_2_with_the_problem_and_no_traceback(tiny_phantom, argv,
     assert isinstance(result.exception, SystemExit)  # a message, not an exception that escaped
     assert message in " ".join(result.output.split()), result.output
     assert "Traceback" not in result.output
+
+
+def test_a_run_written_to_a_log_gets_one_line_per_epoch_and_readable_ties(tiny_phantom, tmp_path):
+    from hashbench.cli import expand_multi_value_options
+
+    result = runner.invoke(app, expand_multi_value_options(["run", "--methods", "dpn", "--bits", "8", "--epochs", "2", "--dataset", "phantom-tiny-seed0", "--out", str(tmp_path)]))
+    assert result.exit_code == 0, result.output
+    assert re.search(r"dpn 8 bits: epoch 1/2 in \d+\.\d s, polarisation \d", result.output) and "dpn 8 bits: epoch 2/2" in result.output
+    ties = runner.invoke(app, ["ties", "--out", str(tmp_path)])
+    assert ties.exit_code == 0
+    lines = ties.output.splitlines()
+    row = next(line for line in lines if line.startswith("dpn "))
+    assert [cell.strip() for cell in row.split("│")][:4] == ["dpn", "8", "0", "patient"]
+    assert max(len(line) for line in lines if "│" in line or "┃" in line) <= 120
