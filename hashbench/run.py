@@ -208,8 +208,8 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     git_state()
     device = engine.resolve_device(request.device)
     planned = plan(request, dataset, device)
-    _check_writable(Path(out))
     ensure_available({source for cell in planned for source in cell.weights.values()})
+    _check_writable(Path(out))
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
 

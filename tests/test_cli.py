@@ -120,8 +120,13 @@ def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
 def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused():
     from hashbench.cli import expand_multi_value_options
 
+    from hashbench.registry import REGISTRY
+
     example = Path(__file__).resolve().parent.parent / "examples" / "my_method.py"
-    listed = runner.invoke(app, expand_multi_value_options(["list", "--plugin", str(example), "c*"]))
+    try:
+        listed = runner.invoke(app, expand_multi_value_options(["list", "--plugin", str(example), "c*"]))
+    finally:
+        REGISTRY.entries.pop("center-hash", None)  # other tests list the registry's names
     assert listed.exit_code == 0, listed.output
     assert "center-hash" in listed.output and "broken" not in listed.output and "dafh" not in listed.output
     negative = runner.invoke(app, expand_multi_value_options(["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"]))
@@ -168,6 +173,7 @@ BAD_INPUTS = [
     (["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"], "batch_size=0.5 is not valid"),
     (["run", "--methods", "dpn", "--set", "dpnn.margin=1", "--dry-run"], "--set names dpnn"),
     (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/proc/hashbench-cannot-write"], "cannot be written"),
+    (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/dev/null/runs"], "cannot be written"),
 ]
 
 
