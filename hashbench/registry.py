@@ -20,6 +20,7 @@ import importlib.metadata
 import importlib.util
 import pkgutil
 import sys
+import threading
 import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from hashbench.method import Method
 
 ENTRY_POINT_GROUP = "hashbench.methods"
 BUILT_IN = "built-in"
+_DISCOVERY = threading.RLock()  # held while the built-ins and entry points are listed
 
 
 class UnknownMethodError(LookupError):
@@ -96,9 +98,13 @@ class Registry:
 
     def discover(self) -> None:
         """Import the built-ins and list installed plugins (without importing them)."""
-        if self._discovered:
-            return
-        self._discovered = True
+        with _DISCOVERY:  # two sweeps starting at once in one process (threads) must not see a half-filled registry
+            if self._discovered:
+                return
+            self._discovered = True  # set first: importing a built-in registers through this registry
+            self._discover()
+
+    def _discover(self) -> None:
         import hashbench.methods as package
 
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):

@@ -19,7 +19,7 @@ engine, evaluated by the evaluator and stored through its :class:`Cell`:
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -231,9 +231,8 @@ def _check_writable(out: Path) -> None:
     """The results root can take files: found before the first epoch, not after it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):  # a unique name: several sweeps may share a root
+            pass
     except OSError as exc:
         raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to") from None
 
