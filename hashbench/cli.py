@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -234,23 +235,15 @@ def main() -> None:
     app(args=expand_multi_value_options(sys.argv[1:]), prog_name="hashbench")
 
 
-def parse_value(text: str):
-    """CLI override values: JSON literals (numbers, true/false, quoted strings), else plain text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """``method.key=value`` (one method) or ``key=value`` (every method)."""
+    """``method.key=value`` (one method) or ``key=value`` (every method); values stay text until the option's type reads them."""
     overrides: dict[str, dict] = {}
     for item in items:
         if "=" not in item:
             raise typer.BadParameter(f"{item!r}: expected method.key=value or key=value", param_hint="--set")
         key, value = item.split("=", 1)
         method, _, option = key.rpartition(".")
-        overrides.setdefault(method or "*", {})[option] = parse_value(value)
+        overrides.setdefault(method or "*", {})[option] = value
     return overrides
 
 
@@ -285,6 +278,37 @@ def list_command(
         status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
         table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
     console.print(table)
+
+
+@app.command("options")
+def options_command(
+    method: str = typer.Argument(..., help="A method name (see `hashbench list`)."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
+) -> None:
+    """A method's options and train settings: type, default, meaning (change them with --set METHOD.KEY=VALUE)."""
+    from hashbench import options
+    from hashbench.method import TrainSettings
+    from hashbench.registry import REGISTRY
+    from hashbench.run import PROFILES
+
+    _load_plugins(plugin)
+    try:
+        method_cls = REGISTRY.get(method)
+    except (LookupError, RuntimeError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    profiles = "; ".join(f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items()) for name, profile in PROFILES.items() if profile.train)
+    tables = {
+        f"{method}: method options": (options.rows(method_cls.Options), None),
+        f"{method}: train settings": (options.rows(TrainSettings, method_cls.train), f"the method's defaults; a profile may replace some ({profiles}); --dry-run shows what a run will use"),
+    }
+    for title, (rows, caption) in tables.items():
+        table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+        for column in ("option", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table if rows else f"{title}: none")
 
 
 @app.command("run")
@@ -533,7 +557,7 @@ def ties_command(
         "best / worst: relevant items first / last in every group of equal Hamming distance; tie: items at the nearest distance; "
         "largest: the fullest bucket's share of the database; balance 1 = every bit halves the database; dead: bits that never change"
     )
-    table = Table(title="tie diagnostics", caption=caption, caption_justify="left", show_edge=False, pad_edge=False)
+    table = Table(title="tie diagnostics", caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False)
     for column in ("method", "bits", "seed", "split", *columns.values()):
         table.add_column(column, justify="left" if column in ("method", "split") else "right", no_wrap=column == "method")
     several_datasets = cells["dataset"].nunique() > 1
@@ -552,7 +576,7 @@ def ties_command(
 def search_command(
     cell: Path = typer.Argument(..., help="A finished cell's directory: its model encodes the queries, its database codes are searched."),
     queries: List[Path] = typer.Argument(..., help="DICOM files or images (PNG, JPEG, TIFF, BMP) to search with."),
-    k: int = typer.Option(10, "--k", help="Neighbours per query."),
+    k: int = typer.Option(10, "--k", min=1, help="Neighbours per query (the database's size at most)."),
     tie_break: str = typer.Option("embedding", "--tie-break", help="Order within one Hamming distance: embedding (continuous-code distance) or index."),
     faiss: Optional[bool] = typer.Option(None, "--faiss/--no-faiss", help="Rank with faiss IndexBinaryFlat (default: when installed)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),

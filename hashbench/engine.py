@@ -137,7 +137,7 @@ class LrSchedule:
             return cls()
         match = cls.PATTERN.match(text)
         if not match or float(match["every"]) <= 0:
-            raise ValueError(f"lr_schedule={text!r} is not valid; use constant or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5, step:30ep:0.1, step:50%:0.1")
+            raise ValueError(f"lr_schedule={text} is not valid; use constant or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5, step:30ep:0.1, step:50%:0.1")
         return cls(float(match["every"]), match["unit"], float(match["factor"]))
 
     def multiplier(self, step: int, steps_per_epoch: int, epochs: int) -> float:
@@ -247,7 +247,7 @@ def train(
             with open(log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
             if progress and not bar.console.is_terminal:  # a log file gets one line per epoch instead of a live bar
-                terms_text = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "lr"))
+                terms_text = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "lr"))
                 print(f"{method.name} {method.bits} bits: epoch {epoch + 1}/{epochs} in {record['seconds']:.1f} s, {terms_text}", file=sys.stderr, flush=True)
             _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
     return first_epoch

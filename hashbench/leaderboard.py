@@ -173,7 +173,7 @@ def _changed_options(rows: pd.DataFrame) -> str:
     notes = []
     for method, options in rows.drop_duplicates("method")[["method", "options"]].itertuples(index=False):
         try:
-            defaults = REGISTRY.get(method).options
+            defaults = REGISTRY.get(method).default_options()
         except (LookupError, RuntimeError):  # a plugin not loaded here, or broken: nothing to compare with
             continue
         changed = [f"{k}={v}" for k, v in sorted(options.items()) if defaults.get(k) != v]

@@ -8,13 +8,15 @@ know nothing else about it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Iterator, NamedTuple
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Iterator, Literal, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from hashbench import options
+from hashbench.options import option
 from hashbench.weights import WeightSource, create_backbone
 
 
@@ -37,19 +39,19 @@ class StepInfo:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimiser and batch defaults a method declares (its paper's, scaled to the suite)."""
+    """Optimiser and batch defaults a method declares (its paper's, scaled to the suite); typed like method options."""
 
-    optimizer: str = "adam"  # adam | sgd | rmsprop
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    momentum: float = 0.9  # sgd and rmsprop
-    nesterov: bool = False
-    batch_size: int = 64
-    head_lr_scale: float = 1.0  # the hash head's learning rate multiplier (HashNet, DPSH: x10)
-    lr_schedule: str = "constant"  # or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5 (see engine.LrSchedule)
+    optimizer: Literal["adam", "sgd", "rmsprop"] = option("adam", "the optimiser")
+    lr: float = option(1e-4, "learning rate of the backbone", above=0.0)
+    weight_decay: float = option(1e-4, "L2 weight decay", at_least=0.0)
+    momentum: float = option(0.9, "momentum of sgd and rmsprop", at_least=0.0)
+    nesterov: bool = option(False, "Nesterov momentum (sgd)")
+    batch_size: int = option(64, "images per training step", at_least=2)
+    head_lr_scale: float = option(1.0, "the hash head's learning rate multiplier (HashNet, DPSH: x10)", above=0.0)
+    lr_schedule: str = option("constant", "constant, or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5")
 
-    def with_overrides(self, values: dict[str, Any]) -> "TrainSettings":
-        return replace(self, **{k: _coerce(getattr(self, k), v, k) for k, v in values.items()})
+    def with_overrides(self, values: dict[str, Any], owner: str = "train") -> "TrainSettings":
+        return options.parse(TrainSettings, {**asdict(self), **values}, owner)
 
 
 @dataclass
@@ -59,7 +61,7 @@ class MethodContext:
     bits: int
     n_classes: int
     n_train: int
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the method's options as stored in the cell's config
     seed: int = 0  # for anything a method draws at random once (e.g. DPN's class targets)
     image_size: int = 224  # for heads whose width depends on feature-map size (DAFH)
     weights: dict[str, WeightSource] = field(default_factory=dict)  # initial weights per backbone; missing: random init
@@ -99,41 +101,45 @@ class LinearHead(nn.Module):
         return HashOutput(self.linear(features))
 
 
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that has none of its own."""
+
+
 class Method:
     """Base class of every hashing method. Override only what differs.
 
-    Class attributes a method sets: ``paper`` (reference), ``options`` (its own
-    hyperparameters with defaults, each overridable as ``--set name.key=value``),
-    ``choices`` (the valid values of options that take one of a few), ``train``
-    (optimiser and batch defaults). ``name`` and ``origin`` are set by registration.
+    Class attributes a method sets: ``paper`` (reference), ``Options`` (a frozen
+    dataclass of its own hyperparameters, typed, each overridable as
+    ``--set name.key=value``; see :mod:`hashbench.options`), ``train`` (optimiser
+    and batch defaults). ``name`` and ``origin`` are set by registration. An
+    instance reads its options as ``self.opt.<key>``.
     """
 
     name: ClassVar[str] = ""
     origin: ClassVar[str] = ""
     paper: ClassVar[str] = ""
-    options: ClassVar[dict[str, Any]] = {}
-    choices: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    Options: ClassVar[type] = NoOptions
     train: ClassVar[TrainSettings] = TrainSettings()
 
     def __init__(self, context: MethodContext):
         self.context = context
         self.bits = context.bits
-        self.opt = {**self.options, **context.options}
+        self.opt = options.parse(self.Options, context.options, self.name or type(self).__name__)
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return asdict(cls.Options())
 
     @classmethod
     def resolve_options(cls, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split user overrides into (method options, train settings); unknown keys and invalid values are errors."""
-        train_keys = set(TrainSettings.__dataclass_fields__)
-        unknown = set(overrides) - set(cls.options) - train_keys
+        """Split user overrides into (every method option, train overrides); unknown keys and values that do not fit are errors."""
+        option_keys, train_keys = {f.name for f in fields(cls.Options)}, {f.name for f in fields(TrainSettings)}
+        unknown = set(overrides) - option_keys - train_keys
         if unknown:
-            valid = ", ".join(sorted(set(cls.options) | train_keys))
-            raise ValueError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {valid}")
-        options = {k: _coerce(cls.options[k], v, f"{cls.name}.{k}") for k, v in overrides.items() if k in cls.options}
-        for key, value in {**cls.options, **options}.items():
-            if key in cls.choices and value not in cls.choices[key]:
-                raise ValueError(f"{cls.name}: {key}={value!r} is not valid; valid: {', '.join(map(str, cls.choices[key]))}")
-        train = {k: v for k, v in overrides.items() if k in train_keys}
-        return options, train
+            raise ValueError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(option_keys | train_keys))} (see `hashbench options {cls.name}`)")
+        chosen = options.parse(cls.Options, {k: v for k, v in overrides.items() if k in option_keys}, cls.name)
+        return asdict(chosen), {k: v for k, v in overrides.items() if k in train_keys}
 
     def backbones(self, run_backbone: str) -> list[str]:
         """The timm models this method builds when the run's backbone is ``run_backbone`` (a variant may bring its own).
@@ -172,24 +178,3 @@ class Method:
     def schedule(self, model: HashNetwork, info: StepInfo) -> None:
         """Called before every training step, for continuation schedules (e.g. HashNet's beta)."""
 
-
-def _coerce(default: Any, value: Any, name: str = "option") -> Any:
-    """Give an override the type of the option's default (CLI values arrive as text); a value that does not fit is an error."""
-    if isinstance(value, bool) and not isinstance(default, bool) and default is not None:
-        raise ValueError(f"{name}={value!r} is not valid; expected {type(default).__name__}")
-    if default is None or isinstance(value, type(default)):
-        return value
-    if isinstance(default, bool):
-        text = str(value).lower()
-        if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError(f"{name}={value!r} is not valid; expected true or false")
-        return text in ("1", "true", "yes", "on")
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    try:
-        converted = type(default)(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}={value!r} is not valid; expected {type(default).__name__}") from None
-    if isinstance(default, int) and isinstance(value, float) and converted != value:
-        raise ValueError(f"{name}={value!r} is not valid; expected a whole number")
-    return converted

@@ -110,6 +110,8 @@ class CellIndex:
         """The top ``k`` database slices for each query embedding."""
         if tie_break not in ("embedding", "index"):
             raise ValueError(f"tie_break={tie_break!r}; valid: embedding, index")
+        if k < 1:
+            raise ValueError(f"k={k}: ask for at least one neighbour per query")
         if tie_break == "embedding" and self.database_embeddings is None:
             tie_break = "index"  # a cell from before embeddings were stored
         query_codes = pack(binarize(embeddings))

@@ -37,7 +37,8 @@ Variants are registered names: the backbones of Table 4 and the ablations of Tab
 
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
@@ -46,6 +47,7 @@ from torch import nn
 
 from hashbench.components import CBAM, Ptanh, batch_hard_triplets, focal_loss, triplet_batches
 from hashbench.method import HashNetwork, HashOutput, Method, TrainSettings
+from hashbench.options import option, with_defaults
 from hashbench.registry import register_method
 
 
@@ -149,29 +151,44 @@ class DafhLoss(nn.Module):
 @register_method("dafh")
 class DAFH(Method):
     paper = "Wu et al., Deep Attention Fusion Hashing (DAFH) Model for Medical Image Retrieval, Bioengineering 2024"
-    options = {
-        "backbone": "", "attention": True, "attention_inline": True, "fusion": True, "ptanh": True, "fusion_pool": "flatten",
-        "width": 512, "cbam_reduction": 16, "cbam_kernel": 7, "gamma": 1.5, "margin": 0.5, "lam": 1 / 3, "beta": 1.0,
-        "mining": "random", "vit": "", "triplet_reduction": "mean", "classifier_input": "linear1",
-    }
-    choices = {"fusion_pool": ("flatten", "pool"), "mining": ("random", "batch-hard"), "triplet_reduction": ("mean", "sum"), "classifier_input": ("linear1", "hash")}
+
+    @dataclass(frozen=True)
+    class Options:
+        backbone: str | None = option(None, "the CNN (a timm name); none: the run's backbone")
+        attention: bool = option(True, "AT: CBAM on the penultimate stage")
+        attention_inline: bool = option(True, "the attended map also flows on through the last stage")
+        fusion: bool = option(True, "LF: inter-layer fusion of the attended map with the final features")
+        ptanh: bool = option(True, "Ptanh: learnable tanh slope; off: plain tanh")
+        fusion_pool: Literal["flatten", "pool"] = option("flatten", "how the attended map enters Linear1")
+        width: int = option(512, "width of Linear1", at_least=1)
+        cbam_reduction: int = option(16, "CBAM channel reduction", at_least=1)
+        cbam_kernel: int = option(7, "CBAM spatial kernel", at_least=1)
+        gamma: float = option(1.5, "focal loss gamma", at_least=0.0)
+        margin: float = option(0.5, "triplet margin", at_least=0.0)
+        lam: float = option(1 / 3, "weight of the focal terms", at_least=0.0)
+        beta: float = option(1.0, "weight of the triplet term", at_least=0.0)
+        mining: Literal["random", "batch-hard"] = option("random", "triplets as sampled, or the batch's hardest")
+        vit: str | None = option(None, "a ViT (timm name) fused with the CNN (Table 4); none: CNN only")
+        triplet_reduction: Literal["mean", "sum"] = option("mean", "the triplet term as a mean (torch) or a sum (the paper's formula)")
+        classifier_input: Literal["linear1", "hash"] = option("linear1", "the classifier reads Linear1 (section 3.3.2) or the hash codes (Algorithm 1)")
+
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=32)
 
     def backbones(self, run_backbone: str) -> list[str]:
-        cnn = self.opt["backbone"] or run_backbone
-        return [self.opt["vit"], cnn] if self.opt["vit"] else [cnn]
+        cnn = self.opt.backbone or run_backbone
+        return [self.opt.vit, cnn] if self.opt.vit else [cnn]
 
     def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
         opt, size = self.opt, self.context.image_size
-        models = [self.create_backbone(name, num_classes=0, **({"img_size": size} if name == opt["vit"] else {})) for name in self.backbones(backbone)]
-        if opt["vit"]:
+        models = [self.create_backbone(name, num_classes=0, **({"img_size": size} if name == opt.vit else {})) for name in self.backbones(backbone)]
+        if opt.vit:
             encoder = DualBackbone(*models)
             final_dim = encoder.num_features
         else:
-            encoder = TappedBackbone(models[0], opt["attention"], opt["attention_inline"], size, opt["cbam_reduction"], opt["cbam_kernel"])
+            encoder = TappedBackbone(models[0], opt.attention, opt.attention_inline, size, opt.cbam_reduction, opt.cbam_kernel)
             final_dim = encoder.backbone.num_features
-        head = FusionHead(final_dim, encoder.mid_shape, self.context.n_classes, self.bits, opt["fusion"] and encoder.mid_shape is not None, opt["fusion_pool"], opt["width"], opt["ptanh"], opt["classifier_input"])
-        return HashNetwork(encoder, head), DafhLoss(opt["gamma"], opt["margin"], opt["lam"], opt["beta"], opt["mining"], opt["triplet_reduction"])
+        head = FusionHead(final_dim, encoder.mid_shape, self.context.n_classes, self.bits, opt.fusion and encoder.mid_shape is not None, opt.fusion_pool, opt.width, opt.ptanh, opt.classifier_input)
+        return HashNetwork(encoder, head), DafhLoss(opt.gamma, opt.margin, opt.lam, opt.beta, opt.mining, opt.triplet_reduction)
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         return triplet_batches(labels, batch_size, rng)
@@ -179,7 +196,8 @@ class DAFH(Method):
 
 def _variant(name: str, paper_row: str, **options):
     """Register a DAFH variant: the same method with some options fixed."""
-    cls = type(name.replace("-", "_"), (DAFH,), {"options": {**DAFH.options, **options}, "paper": f"{DAFH.paper}; {paper_row}", "__doc__": f"DAFH variant: {paper_row}."})
+    fixed = with_defaults(DAFH.Options, name, **options)
+    cls = type(name.replace("-", "_"), (DAFH,), {"Options": fixed, "paper": f"{DAFH.paper}; {paper_row}", "__doc__": f"DAFH variant: {paper_row}."})
     register_method(name)(cls)
 
 

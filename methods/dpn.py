@@ -15,10 +15,14 @@ Reference code: kamwoh/DPN. Also compared: DeepHash-pytorch (DHP).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from hashbench.method import LinearHead, Method, TrainSettings
+from hashbench.options import option
 from hashbench.registry import register_method
 
 
@@ -49,13 +53,17 @@ class PolarisationLoss(nn.Module):
 @register_method("dpn")
 class DPN(Method):
     paper = "Fan et al., Deep Polarized Network for Supervised Learning of Accurate Binary Hashing Codes, IJCAI 2020"
-    options = {"margin": 1.0, "targets": "random"}
-    choices = {"targets": ("random", "balanced")}
+
+    @dataclass(frozen=True)
+    class Options:
+        margin: float = option(1.0, "polarisation margin", at_least=0.0)
+        targets: Literal["random", "balanced"] = option("random", "class target codes: random bits (authors), or balanced bits")
+
     train = TrainSettings(optimizer="sgd", lr=1e-4, weight_decay=5e-4, momentum=0.9, batch_size=256, lr_schedule="step:50%:0.1")
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits, bias=False)
 
     def build_loss(self) -> nn.Module:
-        targets = class_targets(self.context.n_classes, self.bits, self.context.seed, self.opt["targets"] == "balanced")
-        return PolarisationLoss(targets, self.opt["margin"])
+        targets = class_targets(self.context.n_classes, self.bits, self.context.seed, self.opt.targets == "balanced")
+        return PolarisationLoss(targets, self.opt.margin)

@@ -16,12 +16,15 @@ Reference code: jiangqy/DPSH-pytorch. Also compared: DeepHash-pytorch (DHP).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hashbench.components import similar
 from hashbench.method import LinearHead, Method, TrainSettings
+from hashbench.options import option
 from hashbench.registry import register_method
 
 
@@ -46,12 +49,17 @@ class PairwiseMemoryLoss(nn.Module):
 @register_method("dpsh")
 class DPSH(Method):
     paper = "Li, Wang, Kang, Feature Learning based Deep Supervised Hashing with Pairwise Labels, IJCAI 2016"
-    options = {"lam": 10.0, "eta": 0.0}  # eta 0: lam * bits / n_train
+
+    @dataclass(frozen=True)
+    class Options:
+        lam: float = option(10.0, "the authors' quantisation weight, from which eta is derived", at_least=0.0)
+        eta: float | None = option(None, "weight of the quantisation term; none: lam * bits / training images", above=0.0)
+
     train = TrainSettings(optimizer="sgd", lr=0.05, weight_decay=1e-5, momentum=0.0, batch_size=128, lr_schedule="step:50ep:0.1")
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits)
 
     def build_loss(self) -> nn.Module:
-        eta = self.opt["eta"] or self.opt["lam"] * self.bits / self.context.n_train
+        eta = self.opt.eta or self.opt.lam * self.bits / self.context.n_train
         return PairwiseMemoryLoss(self.context.n_train, self.bits, self.context.n_classes, eta)

@@ -20,11 +20,15 @@ Reference code: the authors' Caffe release. Also compared: DeepHash-pytorch (DHP
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from hashbench.components import similar
 from hashbench.method import LinearHead, Method, TrainSettings
+from hashbench.options import option
 from hashbench.registry import register_method
 
 
@@ -49,12 +53,17 @@ class ContrastivePairLoss(nn.Module):
 @register_method("dsh")
 class DSH(Method):
     paper = "Liu, Wang, Shan, Chen, Deep Supervised Hashing for Fast Image Retrieval, CVPR 2016"
-    options = {"margin": 0.0, "alpha": 0.01, "pair_gradient": "full"}  # margin 0: 2 * bits
-    choices = {"pair_gradient": ("full", "half")}
+
+    @dataclass(frozen=True)
+    class Options:
+        margin: float | None = option(None, "Hamming-space margin of dissimilar pairs; none: 2 * bits", above=0.0)
+        alpha: float = option(0.01, "weight of the regulariser pulling codes to +/-1", at_least=0.0)
+        pair_gradient: Literal["full", "half"] = option("full", "the pair term's gradient: full, or half (the authors' Caffe layer)")
+
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=64)
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits)
 
     def build_loss(self) -> nn.Module:
-        return ContrastivePairLoss(self.opt["margin"] or 2.0 * self.bits, self.opt["alpha"], self.opt["pair_gradient"])
+        return ContrastivePairLoss(self.opt.margin or 2.0 * self.bits, self.opt.alpha, self.opt.pair_gradient)

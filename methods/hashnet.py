@@ -26,6 +26,8 @@ Reference code: thuml/HashNet (Caffe and PyTorch). Also compared: DeepHash-pytor
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,7 @@ from torch import nn
 
 from hashbench.components import similar
 from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
+from hashbench.options import option
 from hashbench.registry import register_method
 
 
@@ -62,16 +65,24 @@ class WeightedPairwiseLoss(nn.Module):
 @register_method("hashnet")
 class HashNet(Method):
     paper = "Cao et al., HashNet: Deep Learning to Hash by Continuation, ICCV 2017"
-    options = {"alpha": 0.0, "gamma": 0.005, "beta_step": 200, "schedule": "authors", "pairing": "halves", "loss_scale": 1.0}  # alpha 0: 10 / bits
-    choices = {"schedule": ("authors", "dhp"), "pairing": ("halves", "all")}
+
+    @dataclass(frozen=True)
+    class Options:
+        alpha: float | None = option(None, "sigmoid sharpness of the pair likelihood; none: 10 / bits", above=0.0)
+        gamma: float = option(0.005, "growth of the tanh scale beta (authors' schedule)", at_least=0.0)
+        beta_step: int = option(200, "steps between beta updates (authors' schedule)", at_least=1)
+        schedule: Literal["authors", "dhp"] = option("authors", "beta continuation: the authors' code, or DeepHash-pytorch's sqrt(epoch // 20 + 1)")
+        pairing: Literal["halves", "all"] = option("halves", "pairs between the batch's two halves (authors), or all pairs")
+        loss_scale: float = option(1.0, "multiplier of the loss", above=0.0)
+
     train = TrainSettings(optimizer="sgd", lr=3e-4, weight_decay=5e-4, momentum=0.9, nesterov=True, batch_size=64, head_lr_scale=10.0, lr_schedule="step:2000it:0.5")
 
     def build_loss(self) -> nn.Module:
-        return WeightedPairwiseLoss(self.opt["alpha"] or 10.0 / self.bits, self.opt["pairing"], self.opt["loss_scale"])
+        return WeightedPairwiseLoss(self.opt.alpha or 10.0 / self.bits, self.opt.pairing, self.opt.loss_scale)
 
     def schedule(self, model: HashNetwork, info: StepInfo) -> None:
-        if self.opt["schedule"] == "dhp":
+        if self.opt.schedule == "dhp":
             beta = math.sqrt(info.epoch // 20 + 1)
         else:
-            beta = math.sqrt(1.0 + self.opt["gamma"] * (info.step // self.opt["beta_step"]) * self.opt["beta_step"])
+            beta = math.sqrt(1.0 + self.opt.gamma * (info.step // self.opt.beta_step) * self.opt.beta_step)
         model.head.scale.fill_(beta)

@@ -97,7 +97,7 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
 
     def fresh():
         engine.seed_everything(0)
-        method = hashnet(MethodContext(16, len(names), len(ids), dict(hashnet.options), 0))
+        method = hashnet(MethodContext(16, len(names), len(ids), {}, 0))
         network, loss = method.build("test_efficientnet")
         return method, network, loss
 

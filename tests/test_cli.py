@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -90,11 +91,11 @@ def test_multi_value_options_are_expanded_for_click(argv, expected):
     assert expand_multi_value_options(argv) == expected
 
 
-def test_overrides_parse_json_literals_per_method_or_for_all():
+def test_overrides_are_per_method_or_for_all_and_stay_text_until_typed():
     from hashbench.cli import parse_overrides
 
-    assert parse_overrides(["hashnet.alpha=0.2", "batch_size=32", "dpn.targets=balanced", "dsh.alpha=1e-3"]) == {
-        "hashnet": {"alpha": 0.2}, "*": {"batch_size": 32}, "dpn": {"targets": "balanced"}, "dsh": {"alpha": 0.001},
+    assert parse_overrides(["hashnet.alpha=0.2", "batch_size=32", "dpn.targets=balanced", "dsh.alpha=1e-3", "lr_schedule=step:2000it:0.5"]) == {
+        "hashnet": {"alpha": "0.2"}, "*": {"batch_size": "32", "lr_schedule": "step:2000it:0.5"}, "dpn": {"targets": "balanced"}, "dsh": {"alpha": "1e-3"},
     }
 
 
@@ -170,7 +171,16 @@ BAD_INPUTS = [
     (["run", "--methods", "dpn", "--dataset", "/tmp", "--dry-run"], "is not allowed"),
     (["run", "--methods", "dpn", "--dataset", "never-ingested", "--dry-run"], "unknown dataset 'never-ingested'"),
     (["run", "--methods", "dpn", "--device", "foo", "--dry-run"], "--device 'foo' is not a device"),
-    (["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"], "batch_size=0.5 is not valid"),
+    (["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"], "dpn.batch_size=0.5 is not valid; expected a whole number"),
+    (["run", "--methods", "dpn", "--set", "batch_size=1", "--dry-run"], "dpn.batch_size=1 is not valid; expected a whole number >= 2"),
+    (["run", "--methods", "dpn", "--set", "lr=0", "--dry-run"], "dpn.lr=0 is not valid; expected a number > 0"),
+    (["run", "--methods", "dpn", "--set", "optimizer=adagrad", "--dry-run"], "dpn.optimizer=adagrad is not valid; expected one of adam, sgd, rmsprop"),
+    (["run", "--methods", "dpn", "--set", "nesterov=maybe", "--dry-run"], "dpn.nesterov=maybe is not valid; expected true or false"),
+    (["run", "--methods", "dpn", "--set", "dpn.targets=even", "--dry-run"], "dpn.targets=even is not valid; expected one of random, balanced"),
+    (["run", "--methods", "dpn", "--set", "dpn.margin=-1", "--dry-run"], "dpn.margin=-1 is not valid; expected a number >= 0"),
+    (["run", "--methods", "dpn", "--set", "dpn.marign=1", "--dry-run"], "dpn: unknown option(s) marign; valid:"),
+    (["run", "--methods", "hashnet", "--set", "hashnet.beta_step=2.5", "--dry-run"], "hashnet.beta_step=2.5 is not valid; expected a whole number >= 1"),
+    (["run", "--methods", "hashnet", "--set", "hashnet.alpha=none!", "--dry-run"], "hashnet.alpha=none! is not valid; expected a number > 0, or none"),
     (["run", "--methods", "dpn", "--set", "dpnn.margin=1", "--dry-run"], "--set names dpnn"),
     (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/proc/hashbench-cannot-write"], "cannot be written"),
     (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/dev/null/runs"], "cannot be written"),
@@ -198,5 +208,26 @@ def test_a_run_written_to_a_log_gets_one_line_per_epoch_and_readable_ties(tiny_p
     assert ties.exit_code == 0
     lines = ties.output.splitlines()
     row = next(line for line in lines if line.startswith("dpn "))
-    assert [cell.strip() for cell in row.split("│")][:4] == ["dpn", "8", "0", "patient"]
-    assert max(len(line) for line in lines if "│" in line or "┃" in line) <= 120
+    assert row.split()[:4] == ["dpn", "8", "0", "patient"] and len(row.split()) == 14
+    assert max(len(line) for line in lines[:lines.index(row) + 1]) <= 120
+
+
+@pytest.mark.parametrize("text, expected", [("false", False), ("False", False), ("no", False), ("off", False), ("0", False), ("true", True), ("on", True)])
+def test_set_nesterov_reaches_the_plan_as_a_boolean(tiny_phantom, text, expected):
+    from hashbench.cli import expand_multi_value_options
+
+    argv = ["run", "--methods", "hashnet", "--bits", "16", "--dataset", "phantom-tiny-seed0", "--set", f"hashnet.nesterov={text}", "--dry-run", "--json"]
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 0, result.output
+    planned = json.loads(result.output.splitlines()[0])
+    assert planned["train"]["nesterov"] is expected and f'"nesterov": {str(expected).lower()}' in result.output
+
+
+def test_derived_options_are_none_in_the_plan_and_an_explicit_value_wins(tiny_phantom):
+    from hashbench.cli import expand_multi_value_options
+
+    argv = ["run", "--methods", "hashnet,dsh", "--bits", "16", "--dataset", "phantom-tiny-seed0", "--set", "dsh.margin=5", "--dry-run", "--json"]
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 0, result.output
+    hashnet, dsh = (json.loads(line) for line in result.output.splitlines())
+    assert hashnet["options"]["alpha"] is None and dsh["options"]["margin"] == 5.0

@@ -16,7 +16,7 @@ INFO = StepInfo(0, 0, 1, 1)
 
 def build(name="dafh", bits=32, image_size=64, backbone="test_efficientnet", n_classes=4, **options):
     cls = REGISTRY.get(name)
-    method = cls(MethodContext(bits, n_classes, 20, {**cls.options, **options}, seed=0, image_size=image_size))
+    method = cls(MethodContext(bits, n_classes, 20, options, seed=0, image_size=image_size))
     network, loss = method.build(backbone)
     return method, network, loss
 
@@ -201,7 +201,7 @@ def test_dafh_learns_on_the_phantom_at_16_32_48_bits(default_phantom, tmp_path, 
 def test_every_variant_trains_and_encodes_through_the_engine(name, tiny_phantom, tmp_path):
     from hashbench.run import RunRequest, run_grid
 
-    light = {k: v for k, v in {"backbone": "test_resnet", "vit": "test_vit"}.items() if REGISTRY.get(name).options[k]}
+    light = {k: v for k, v in {"backbone": "test_resnet", "vit": "test_vit"}.items() if REGISTRY.get(name).default_options()[k]}
     request = RunRequest(methods=[name], bits=[32], epochs=1, dataset="phantom-tiny-seed0", overrides={name: {**light, "batch_size": 16}}, profile="quick")
     outcome = run_grid(request, tiny_phantom.dataset, tmp_path)[0]
     assert outcome.status == "done", outcome.error

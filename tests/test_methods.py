@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args, get_origin
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 
 from hashbench.evaluate import binarize
 from hashbench.method import HashOutput, MethodContext, StepInfo
+from hashbench.options import type_hints
 from hashbench.registry import REGISTRY
 
 BACKBONE = "test_efficientnet"  # timm's tiny EfficientNet for tests
@@ -20,8 +22,8 @@ INFO = StepInfo(epoch=0, step=0, steps_per_epoch=10, epochs=1)
 
 def build(name, bits, n_classes=3, n_train=12, image_size=32, **options):
     cls = REGISTRY.get(name)
-    light = {k: v for k, v in LIGHT.items() if k in cls.options and cls.options[k]}  # tiny stand-ins for the big backbones of Table 4
-    method = cls(MethodContext(bits, n_classes, n_train, {**cls.options, **light, **options}, seed=0, image_size=image_size))
+    light = {k: v for k, v in LIGHT.items() if cls.default_options().get(k)}  # tiny stand-ins for the big backbones of Table 4
+    method = cls(MethodContext(bits, n_classes, n_train, {**light, **options}, seed=0, image_size=image_size))
     network, loss = method.build(BACKBONE)
     return method, network, loss
 
@@ -51,19 +53,25 @@ def test_every_method_builds_trains_a_step_and_gives_plus_minus_one_codes(name, 
     train_a_step(name, bits)
 
 
+def choices(name):
+    """The options of a method typed as a Literal, with their valid values."""
+    hints = type_hints(REGISTRY.get(name).Options)
+    return {key: get_args(hint) for key, hint in hints.items() if get_origin(hint) is Literal}
+
+
 NON_DEFAULT_CHOICES = [
     (name, key, value)
-    for name in ("hashnet", "dsh", "dafh")
-    for key, values in REGISTRY.get(name).choices.items()
+    for name in ("hashnet", "dsh", "dpn", "dafh")
+    for key, values in choices(name).items()
     for value in values
-    if value != REGISTRY.get(name).options[key]
+    if value != REGISTRY.get(name).default_options()[key]
 ]
 
 
 def test_the_non_default_choices_cover_every_option_that_takes_one_of_a_few():
     assert {(name, key) for name, key, _ in NON_DEFAULT_CHOICES} >= {
         ("hashnet", "pairing"), ("hashnet", "schedule"), ("dsh", "pair_gradient"),
-        ("dafh", "triplet_reduction"), ("dafh", "classifier_input"), ("dafh", "fusion_pool"), ("dafh", "mining"),
+        ("dafh", "triplet_reduction"), ("dafh", "classifier_input"), ("dafh", "fusion_pool"), ("dafh", "mining"), ("dpn", "targets"),
     }
 
 
@@ -253,6 +261,7 @@ def test_a_value_outside_the_choices_is_rejected_at_plan_time_with_the_valid_one
     method = REGISTRY.get(name)
     with pytest.raises(ValueError) as caught:
         method.resolve_options({key: value})
-    assert str(caught.value) == f"{name}: {key}={value!r} is not valid; valid: {valid}"
+    assert str(caught.value) == f"{name}.{key}={value} is not valid; expected one of {valid}"
     chosen = valid.split(", ")[-1]
-    assert method.resolve_options({key: chosen}) == ({key: chosen}, {})
+    options, train = method.resolve_options({key: chosen})
+    assert options == {**method.default_options(), key: chosen} and train == {}

@@ -7,6 +7,7 @@ on the path of a fresh ``hashbench`` process, exactly as ``pip install`` leaves 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -84,9 +85,10 @@ def test_entry_point_and_local_file_plugins_run_beside_a_broken_one(site, tiny_p
     out = tmp_path / "out"
     result = hashbench(
         site, "run", "--methods", "demo-hash,center-hash", "dpn", "--bits", "8", "16", "--plugin", str(REPO / "examples" / "my_method.py"),
-        "--dataset", "phantom-tiny-seed0", "--epochs", "1", "--out", str(out), home=hashbench_home,
+        "--dataset", "phantom-tiny-seed0", "--epochs", "1", "--out", str(out), "--set", "center-hash.quantisation=0.1", home=hashbench_home,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"center-hash 8 bits: epoch 1/1 .*centre [\d.]+, quantisation [\d.]+", result.stdout + result.stderr)  # the plugin's typed option reached its loss
     for method in ("demo-hash", "center-hash", "dpn"):
         for bits in (8, 16):
             assert f"done phantom-tiny-seed0/{method}/{bits} bits/seed 0" in result.stdout

@@ -102,13 +102,13 @@ def test_dry_run_of_table_4_on_the_full_profile_lists_the_papers_backbones_and_r
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--set", "dafh.mining=hardest"], "mining='hardest' is not valid; valid: random, batch-hard"),
-        (["--set", "lr_schedule=step:10:0.5"], "lr_schedule='step:10:0.5' is not valid"),
+        (["--set", "dafh.mining=hardest"], "dafh.mining=hardest is not valid; expected one of random, batch-hard"),
+        (["--set", "lr_schedule=step:10:0.5"], "dafh.lr_schedule=step:10:0.5 is not valid"),
         (["--augment", "rotation=-5"], "augmentation rotation=-5.0 must be a finite number >= 0; valid keys: rotation, scale, brightness, noise, blur"),
         (["--split", "study"], "unknown split 'study'"),
         (["--backbone", "efficientnet_b77"], "timm has no model 'efficientnet_b77'; did you mean efficientnet_b7"),
         (["--set", "hashnet.alpha=1"], "--set names hashnet, not in this run (dafh)"),
-        (["--set", "batch_size=many"], "batch_size='many' is not valid"),
+        (["--set", "batch_size=many"], "dafh.batch_size=many is not valid"),
     ],
 )
 def test_the_plan_rejects_bad_input_before_any_cell_is_written(tiny_phantom, tmp_path, argv, message):

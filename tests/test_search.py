@@ -78,3 +78,14 @@ def test_search_with_a_cell_whose_weights_are_gone_says_so_without_a_traceback(t
     query = source_of(dataset, int(dataset.usable().index[0]))
     result = CliRunner().invoke(app, ["search", str(copy), str(query)])
     assert result.exit_code == 2 and "model.pt is missing" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("k", ["0", "-5"])
+def test_search_refuses_a_k_below_one(trained_cell, k):
+    directory, dataset = trained_cell
+    query = source_of(dataset, int(dataset.usable().index[0]))
+    result = CliRunner().invoke(app, ["search", str(directory), str(query), "--k", k])
+    assert result.exit_code == 2 and "--k" in result.output and "Traceback" not in result.output
+    index = CellIndex(directory, "cpu", False)
+    with pytest.raises(ValueError, match="at least one neighbour"):
+        index.search(index.embed(dataset.images[index.database_ids[:1]]), int(k))

@@ -17,4 +17,4 @@ for suite in paper-table3 paper-table4 paper-table5; do
 done
 $hb leaderboard --out runs --metrics map@1 map@1-tie map@10 map@all map@tie map@tie-best map@tie-worst p@r2 --format md --output all-cells.md
 $hb confusion "$(dirname "$(grep -l '"split": "patient"' runs/phantom/dafh/32bits/seed0-*/config.json)")" --output-dir .
-COLUMNS=210 $hb ties --out runs > ties.txt
+COLUMNS=120 $hb ties --out runs > ties.txt
