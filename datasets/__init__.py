@@ -1,7 +1,8 @@
 """Datasets: ingested caches by name, and the sources they are built from.
 
-Sources: ``tcia`` (a TCIA download on disk) and ``phantom`` (the embedded synthetic
-collection, generated and ingested on first use). Every dataset, whatever its
+Sources: ``tcia`` (a TCIA download on disk), ``folder`` (a class-per-folder tree of
+images) and ``phantom`` (the embedded synthetic collection, generated and ingested on
+first use). Every dataset, whatever its
 source, is read through :class:`hashbench.dataset.Dataset`.
 """
 
@@ -18,6 +19,7 @@ from hashbench.paths import SAFE_NAME, checked_name, datasets_dir, sources_dir
 
 SOURCES = {
     "tcia": "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)",
+    "folder": "a class-per-folder tree of PNG, JPEG, TIFF or BMP images",
     "phantom": "synthetic TCIA-like collection, generated locally; the embedded default",
 }
 DEFAULT_DATASET = "phantom"
@@ -43,7 +45,7 @@ def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset
         if progress:
             print("building the phantom collection (first use): generating its DICOM files, then ingesting them", file=sys.stderr, flush=True)
         return ingest_phantom(progress=progress).dataset
-    raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`)")
+    raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`, or a folder of images per class with `hashbench ingest folder PATH --name {name}`)")
 
 
 def ingest_tcia(root: Path, name: str = "tcia", options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False) -> IngestResult:
@@ -51,6 +53,13 @@ def ingest_tcia(root: Path, name: str = "tcia", options: ImageOptions = ImageOpt
     from hashbench.datasets import tcia
 
     return tcia.ingest_tcia(Path(root), name, datasets_dir(), options, clean, workers, progress)
+
+
+def ingest_folder(root: Path, name: str, options: ImageOptions = ImageOptions(), clean: bool = False, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Ingest (or update) a class-per-folder image tree as dataset ``name``."""
+    from hashbench.datasets import folder
+
+    return folder.ingest_folder(Path(root), name, datasets_dir(), options, clean, workers, progress)
 
 
 def ingest_phantom(profile: str = "default", seed: int = 0, name: str | None = None, options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False) -> IngestResult:

@@ -74,6 +74,25 @@ def ingest_tcia_command(
     _print_report(result)
 
 
+@ingest_app.command("folder")
+def ingest_folder_command(
+    path: Path = typer.Argument(..., help="A folder with one subfolder of images per class (PNG, JPEG, TIFF, BMP; any depth below the class folder)."),
+    name: str = typer.Option(..., "--name", help="Dataset name to create or update."),
+    size: int = SizeOption,
+    colour: str = ColourOption,
+    aspect: str = AspectOption,
+    clean: bool = typer.Option(False, "--clean/--no-clean", help="Drop IQR outlier images (the paper's cleaning, meant for CT slices; off by default here)."),
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Ingest a class-per-folder image tree: each top-level folder is a class, each image its own patient."""
+    from hashbench.datasets import ingest_folder
+
+    options = _options(size, "minmax", colour, aspect)
+    with _resumable(name):
+        result = ingest_folder(path, name, options, clean, workers, progress=True)
+    _print_report(result)
+
+
 @ingest_app.command("phantom")
 def ingest_phantom_command(
     profile: str = typer.Option("default", "--profile", help="tiny, default or large."),
@@ -122,6 +141,9 @@ def _print_report(result: IngestResult) -> None:
         f"kept {kept_files} files -> {len(dataset.index)} slices of {summary['patients']} patients in {summary['classes']} classes; "
         f"{summary['outliers']} IQR outliers {clean}; {summary['slices']} slices in use"
     )
+    loose = dataset.manifest.get("unlabelled_files", [])
+    if loose:
+        console.print(f"[yellow]left out {len(loose)} image(s) directly under the source folder[/yellow]: no class folder (e.g. {loose[0]})")
     table = Table(title="classes", show_edge=False)
     for column in ("label", "slices", "patients", "modalities", "label from"):
         table.add_column(column, justify="right" if column in ("slices", "patients") else "left")

@@ -133,6 +133,9 @@ class Dataset:
         if manifest.get("kind") == "phantom":
             phantom = manifest.get("phantom", {})
             return f"hashbench ingest phantom --profile {phantom.get('profile', 'default')} --seed {phantom.get('seed', 0)} --name {name} --size {options.get('size', 224)}"
+        if manifest.get("kind") == "folder":
+            flags = " ".join(f"--{key} {options[key]}" for key in ("size", "colour", "aspect") if key in options)
+            return f"hashbench ingest folder '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{' --clean' if manifest.get('clean') else ''}"
         flags = " ".join(f"--{key} {options[key]}" for key in ("size", "window", "colour", "aspect") if key in options)
         return f"hashbench ingest tcia '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{'' if manifest.get('clean', True) else ' --no-clean'}"
 

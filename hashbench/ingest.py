@@ -1,4 +1,4 @@
-"""Ingest: decode a tree of DICOM files once, in parallel, into a dataset cache.
+"""Ingest: decode a tree of DICOM (or plain image) files once, in parallel, into a dataset cache.
 
 Every source file is decoded by a worker process into uint8 slices that are
 appended to one raw array, so training never touches DICOM again. Four rules:
@@ -44,7 +44,8 @@ import hashbench
 from hashbench.cleaning import STAT_COLUMNS, image_stats
 from hashbench import atomic, locks
 from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, DatasetError, content_fingerprint, integrity
-from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode
+from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile
+from hashbench.images import decode_file
 from hashbench.paths import checked_name
 
 INDEX_COLUMNS = ["slice_id", "label", "label_source", "patient", "study", "series", "modality", "path", "frame", *STAT_COLUMNS]
@@ -181,7 +182,7 @@ def _decode_job(job: tuple[str, str, ImageOptions]) -> dict | str:
     if digest == known_digest:
         return "unchanged"
     try:
-        slices: DicomSlices = decode(data, options)
+        slices: DicomSlices = decode_file(path, data, options)
     except SkippedFile as skip:
         return {"digest": digest, "reason": skip.reason, "detail": skip.detail}
     except Exception as exc:  # a bug in hashbench or a library: report, do not crash the ingest

@@ -21,7 +21,6 @@ from hashbench import engine
 from hashbench.evaluate import binarize, pack
 from hashbench.results import Cell
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 @dataclass
@@ -81,20 +80,15 @@ class CellIndex:
 
     def load_images(self, paths: list[Path]) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
         """uint8 (n, size, size) images decoded as the dataset was, a name per (file, frame), and the files skipped with why."""
-        from PIL import Image, UnidentifiedImageError
-
-        from hashbench.dicom import ImageOptions, SkippedFile, decode, resize
+        from hashbench.dicom import ImageOptions, SkippedFile
+        from hashbench.images import decode_file
 
         options = ImageOptions(**self.dataset.manifest["options"])
         images, names, skipped = [], [], []
         for path in map(Path, paths):
             try:
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    with Image.open(path) as image:
-                        frames = [resize(np.asarray(image.convert("L")), options)]
-                else:
-                    frames = decode(path.read_bytes(), options).images
-            except (SkippedFile, OSError, UnidentifiedImageError) as exc:
+                frames = decode_file(path, path.read_bytes(), options).images
+            except (SkippedFile, OSError) as exc:
                 skipped.append((str(path), str(exc)))
                 continue
             images += frames

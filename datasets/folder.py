@@ -1,0 +1,49 @@
+"""A class-per-folder tree of images: ``ROOT/<class>/.../<image>.png`` (PNG, JPEG, TIFF, BMP; grey or colour, any size).
+
+Each top-level folder is a class; images may sit at any depth below it. Images carry
+no patient, so each image is its own "patient": the patient-level split is then an
+image-level split, and the manifest says so. The paper's IQR cleaning is meant for CT
+slices and is off unless asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hashbench.dicom import ImageOptions
+from hashbench.images import IMAGE_SUFFIXES, is_image_file
+from hashbench.ingest import IngestResult, SourceFile, ingest
+
+
+def scan(root: Path) -> tuple[list[SourceFile], list[str]]:
+    """The images under ``root``, labelled by their top-level folder, and the files that could not be labelled (directly under ``root``)."""
+    root = root.resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    files, loose = [], []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for filename in sorted(filenames):
+            path = Path(folder) / filename
+            if filename.startswith(".") or not is_image_file(path):
+                continue
+            relpath = path.relative_to(root).as_posix()
+            if "/" not in relpath:
+                loose.append(relpath)
+                continue
+            files.append(SourceFile(path=path, relpath=relpath, collection=relpath.split("/", 1)[0], patient=relpath.rsplit(".", 1)[0], study="", series=""))
+    return files, loose
+
+
+def ingest_folder(root: Path, name: str, destination: Path, options: ImageOptions = ImageOptions(), clean: bool = False, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Scan a class-per-folder tree and ingest it as dataset ``name``; a tree with fewer than two classes is refused."""
+    files, loose = scan(root)
+    classes = sorted({f.collection for f in files})
+    where = f" ({len(loose)} image(s) directly under it have no class folder, e.g. {loose[0]})" if loose else ""
+    if not files:
+        raise ValueError(f"{root}: no images in class folders{where}; expected ROOT/<class>/<image> with suffixes {', '.join(IMAGE_SUFFIXES)}")
+    if len(classes) < 2:
+        raise ValueError(f"{root}: one class folder ({classes[0]}); retrieval by class needs at least two, one folder per class")
+    extra = {"layout": "one folder per class", "classes": len(classes), "patients": "one per image (no patient identifiers in image files)", "unlabelled_files": loose}
+    return ingest(name, "folder", root.resolve(), files, destination, options, clean, None, workers, progress, extra)

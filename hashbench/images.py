@@ -1,0 +1,67 @@
+"""Plain image files (PNG, JPEG, TIFF, BMP) decoded like DICOM slices, so every source shares one cache format.
+
+A colour image becomes grey by the same ITU-R BT.601 luma as colour DICOM; a 16-bit
+image is scaled by its own range (it carries no window); a multi-page TIFF gives one
+image per page. Failures are skip reasons, never exceptions that end an ingest.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode, resize
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NO_TAGS = {"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": ""}
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def decode_file(path: str | Path, data: bytes, options: ImageOptions) -> DicomSlices:
+    """One source file, by its suffix: an image file, else DICOM."""
+    return decode_image(data, options) if is_image_file(path) else decode(data, options)
+
+
+def decode_image(data: bytes, options: ImageOptions) -> DicomSlices:
+    """Every page of an image file as uint8 ``size x size`` grey images, or :class:`SkippedFile`."""
+    if not data:
+        raise SkippedFile("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA") and options.colour == "skip":
+                    raise SkippedFile("colour image", f"mode {image.mode}; --colour luma keeps it as grey")
+                frames = [_grey(page) for page in ImageSequence.Iterator(image)]
+                header = {**NO_TAGS, "modality": image.format or ""}  # PNG, JPEG, TIFF, BMP: what the file is
+    except UnidentifiedImageError:
+        raise SkippedFile("not an image", "no PNG, JPEG, TIFF or BMP content") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise SkippedFile("image too large", str(exc)) from None
+    except (OSError, EOFError, SyntaxError, ValueError) as exc:
+        text = str(exc)
+        if isinstance(exc, EOFError) or "truncated" in text.lower() or "end of file" in text.lower():
+            raise SkippedFile("truncated image", f"{text}; copy or download it again") from None
+        raise SkippedFile("undecodable image", f"{type(exc).__name__}: {text}") from None
+    return DicomSlices(header, [resize(frame, options) for frame in frames])
+
+
+def _grey(page: Image.Image) -> np.ndarray:
+    """uint8 grey: 8-bit modes by luma, deeper ones scaled by their own range."""
+    if page.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        values = np.asarray(page, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        return np.zeros(values.shape, np.uint8) if high <= low else np.rint((values - low) / (high - low) * 255).astype(np.uint8)
+    if page.mode in ("RGBA", "LA", "PA") or (page.mode == "P" and "transparency" in page.info):
+        page = page.convert("RGBA")
+        flattened = Image.new("RGB", page.size)  # transparent parts on black, like the padding
+        flattened.paste(page, mask=page.getchannel("A"))
+        page = flattened
+    return np.asarray(page.convert("L"), dtype=np.uint8)
