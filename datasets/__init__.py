@@ -1,7 +1,7 @@
 """Datasets: ingested caches by name, and the sources they are built from.
 
 Sources: ``tcia`` (a TCIA download on disk), ``folder`` (a class-per-folder tree of
-images) and ``phantom`` (the embedded synthetic collection, generated and ingested on
+images), ``medmnist`` (a MedMNIST ``.npz``) and ``phantom`` (the embedded synthetic collection, generated and ingested on
 first use). Every dataset, whatever its
 source, is read through :class:`hashbench.dataset.Dataset`.
 """
@@ -20,6 +20,7 @@ from hashbench.paths import SAFE_NAME, checked_name, datasets_dir, sources_dir
 SOURCES = {
     "tcia": "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)",
     "folder": "a class-per-folder tree of PNG, JPEG, TIFF or BMP images",
+    "medmnist": "a MedMNIST .npz (2-D sets, any size), with its official train/val/test split",
     "phantom": "synthetic TCIA-like collection, generated locally; the embedded default",
 }
 DEFAULT_DATASET = "phantom"
@@ -60,6 +61,17 @@ def ingest_folder(root: Path, name: str, options: ImageOptions = ImageOptions(),
     from hashbench.datasets import folder
 
     return folder.ingest_folder(Path(root), name, datasets_dir(), options, clean, workers, progress)
+
+
+def ingest_medmnist(source: str | Path, name: str | None = None, size: int | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Ingest a MedMNIST ``.npz`` (or fetch a set by name, e.g. pathmnist, through the medmnist package) as dataset ``name`` (default: the file's stem)."""
+    from hashbench.datasets import medmnist
+
+    path = Path(source)
+    if not path.exists() and not path.suffix:
+        path = medmnist.download(str(source), size or 28, sources_dir() / "medmnist")
+    options = ImageOptions(size=size) if size else None
+    return medmnist.ingest_medmnist(path, checked_name(name or path.stem), datasets_dir(), options, workers, progress)
 
 
 def ingest_phantom(profile: str = "default", seed: int = 0, name: str | None = None, options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False) -> IngestResult:

@@ -93,6 +93,23 @@ def ingest_folder_command(
     _print_report(result)
 
 
+@ingest_app.command("medmnist")
+def ingest_medmnist_command(
+    source: str = typer.Argument(..., help="A MedMNIST .npz (e.g. pathmnist_64.npz), or a set's name (pathmnist) to fetch it with the medmnist package."),
+    name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the file's stem)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Images are resized to SIZE x SIZE (default: the file's own size)."),
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Ingest a MedMNIST set; its official split (test = queries, train = database) becomes the default protocol."""
+    from hashbench.datasets import ingest_medmnist
+
+    if size is not None and size < 8:
+        raise typer.BadParameter(f"size={size}: images must be at least 8 px", param_hint="--size")
+    with _resumable(name or Path(source).stem):
+        result = ingest_medmnist(source, name, size, workers, progress=True)
+    _print_report(result)
+
+
 @ingest_app.command("phantom")
 def ingest_phantom_command(
     profile: str = typer.Option("default", "--profile", help="tiny, default or large."),
@@ -346,7 +363,7 @@ def run_command(
     weights: List[str] = typer.Option([], "--weights", help="Local weights: FILE (the run's backbone), MODEL=FILE, or DIR of MODEL.safetensors/.pth files. For machines without internet."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the profile's (quick: 30, full: 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the profile's (quick: 64, full: 224)."),
-    split: str = typer.Option("patient", "--split", help="patient (default) or slice (the paper's)."),
+    split: Optional[str] = typer.Option(None, "--split", help="patient, slice (the paper's) or official (a split the data ships, e.g. MedMNIST's). Default: official where there is one, else patient."),
     validation: float = typer.Option(0.0, "--validation", help="Share of the training side held out; its MAP@10 is logged each epoch (never used to pick an epoch)."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Training-image augmentation: none, paper, or e.g. rotation=10,scale=0.1,brightness=0.1,noise=0.02,blur=1 (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),

@@ -133,6 +133,8 @@ class Dataset:
         if manifest.get("kind") == "phantom":
             phantom = manifest.get("phantom", {})
             return f"hashbench ingest phantom --profile {phantom.get('profile', 'default')} --seed {phantom.get('seed', 0)} --name {name} --size {options.get('size', 224)}"
+        if manifest.get("kind") == "medmnist":
+            return f"hashbench ingest medmnist '{manifest.get('file', 'FILE.npz')}' --name {name} --size {options.get('size', 28)}"
         if manifest.get("kind") == "folder":
             flags = " ".join(f"--{key} {options[key]}" for key in ("size", "colour", "aspect") if key in options)
             return f"hashbench ingest folder '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{' --clean' if manifest.get('clean') else ''}"
@@ -186,10 +188,15 @@ class Dataset:
             saved = pd.read_csv(path, index_col="slice_id")["side"]
             if saved.index.equals(rows.index):
                 return saved
-        side = splits.split(rows, protocol, seed, query_fraction, validation_fraction).rename("side")
+        side = splits.split(rows, protocol, seed, query_fraction, validation_fraction, self.manifest.get("official_split")).rename("side")
         path.parent.mkdir(exist_ok=True)
         atomic.write_csv(path, side.rename_axis("slice_id").reset_index())
         return side
+
+    @property
+    def default_split(self) -> str:
+        """The split protocol a run uses unless told otherwise: the official one where the data ships one."""
+        return self.manifest.get("default_split", "patient")
 
     def summary(self) -> dict:
         """Counts for listings: slices kept, outliers, patients, classes, skipped files, bytes."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,9 +42,9 @@ class ImageOptions:
 
     def __post_init__(self) -> None:
         choices = {"window": ("auto", "percentile", "minmax"), "colour": ("luma", "skip"), "aspect": ("pad", "stretch")}
-        for field, valid in choices.items():
-            if getattr(self, field) not in valid:
-                raise ValueError(f"{field}={getattr(self, field)!r}; valid: {', '.join(valid)}")
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name}={getattr(self, name)!r}; valid: {', '.join(valid)}")
         if self.size < 8:
             raise ValueError(f"size={self.size}: images must be at least 8 px")
 
@@ -63,10 +63,15 @@ class SkippedFile(Exception):
 
 @dataclass
 class DicomSlices:
-    """What one file contributes: its identifiers and one uint8 image per frame."""
+    """What one file contributes: its identifiers and one uint8 image per frame.
+
+    ``frames``: per-frame identifiers (label, patient, series) for sources that hold many
+    labelled images in one file (an ``.npz``); empty when the file's identifiers hold for every frame.
+    """
 
     header: dict[str, str]
     images: list[np.ndarray]
+    frames: list[dict[str, str]] = field(default_factory=list)
 
 
 def read_dataset(data: bytes) -> Dataset:

@@ -24,8 +24,12 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def decode_file(path: str | Path, data: bytes, options: ImageOptions) -> DicomSlices:
-    """One source file, by its suffix: an image file, else DICOM."""
+def decode_file(path: str | Path, data: bytes, options: ImageOptions, part: str = "") -> DicomSlices:
+    """One source file, by its suffix: an image file, a MedMNIST ``.npz`` (its ``part``: train, val or test), else DICOM."""
+    if Path(path).suffix.lower() == ".npz":
+        from hashbench.datasets.medmnist import decode_part
+
+        return decode_part(data, part, options)
     return decode_image(data, options) if is_image_file(path) else decode(data, options)
 
 

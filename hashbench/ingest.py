@@ -48,7 +48,8 @@ from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile
 from hashbench.images import decode_file
 from hashbench.paths import checked_name
 
-INDEX_COLUMNS = ["slice_id", "label", "label_source", "patient", "study", "series", "modality", "path", "frame", *STAT_COLUMNS]
+IDENTIFIER_COLUMNS = ["label", "label_source", "patient", "study", "series", "modality"]
+INDEX_COLUMNS = ["slice_id", *IDENTIFIER_COLUMNS, "path", "frame", *STAT_COLUMNS]
 FILES_COLUMNS = ["path", "size", "mtime_ns", "digest", "status", "reason", "detail", "first_slice", "n_slices"]
 COMMIT_EVERY_S = 2.0
 JOURNAL = "journal.json"
@@ -130,7 +131,7 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
         return IngestResult(previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files))
 
     build.start(partial, settings)
-    jobs = [(str(f.path), previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
+    jobs = [(str(f.path), f.relpath.partition("#")[2], previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
     series_metadata = series_metadata or {}
     decoded = reused = 0
     with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, build:
@@ -169,9 +170,9 @@ def _skip_counts(files: pd.DataFrame) -> dict[str, int]:
 # --- worker side --------------------------------------------------------------------
 
 
-def _decode_job(job: tuple[str, str, ImageOptions]) -> dict | str:
-    """Decode one file in a worker; never raises (a bug becomes a skip reason too)."""
-    path, known_digest, options = job
+def _decode_job(job: tuple[str, str, str, ImageOptions]) -> dict | str:
+    """Decode one file (or one named part of it) in a worker; never raises (a bug becomes a skip reason too)."""
+    path, part, known_digest, options = job
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # failures go to the ingest report instead
     try:
         with open(path, "rb") as handle:
@@ -182,13 +183,13 @@ def _decode_job(job: tuple[str, str, ImageOptions]) -> dict | str:
     if digest == known_digest:
         return "unchanged"
     try:
-        slices: DicomSlices = decode_file(path, data, options)
+        slices: DicomSlices = decode_file(path, data, options, part)
     except SkippedFile as skip:
         return {"digest": digest, "reason": skip.reason, "detail": skip.detail}
     except Exception as exc:  # a bug in hashbench or a library: report, do not crash the ingest
         detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=-1).strip().splitlines()[-1]}"
         return {"digest": digest, "reason": "internal error", "detail": detail}
-    return {"digest": digest, "header": slices.header, "images": np.stack(slices.images), "stats": [image_stats(i) for i in slices.images]}
+    return {"digest": digest, "header": slices.header, "frames": slices.frames, "images": np.stack(slices.images), "stats": [image_stats(i) for i in slices.images]}
 
 
 class _WorkerPool:
@@ -308,8 +309,9 @@ class _Partial:
         if "reason" in outcome:
             self._append(source_file, st, outcome["digest"], "skipped", outcome["reason"], outcome["detail"], None, [])
             return
-        ids = _identifiers(source_file, outcome["header"], series_metadata)
-        index_rows = [[*ids, source_file.relpath, frame, *(s[c] for c in STAT_COLUMNS)] for frame, s in enumerate(outcome["stats"])]
+        ids = dict(zip(IDENTIFIER_COLUMNS, _identifiers(source_file, outcome["header"], series_metadata)))
+        frames = outcome.get("frames") or [{}] * len(outcome["stats"])
+        index_rows = [[*{**ids, **own}.values(), source_file.relpath, frame, *(s[c] for c in STAT_COLUMNS)] for frame, (s, own) in enumerate(zip(outcome["stats"], frames))]
         self._append(source_file, st, outcome["digest"], "kept", "", "", outcome["images"], index_rows)
 
     def _append(self, source_file, st, digest, status, reason, detail, images, index_rows) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from hashbench import splits
 from hashbench.results import Cell, CellError
 from hashbench.stats import bootstrap_interval
 from hashbench.suites import Suite
@@ -90,7 +91,7 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
     profile = first["profile"] or "unrecorded"
     parts = [
         data,
-        f"{first['split']}-level split, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
+        f"{splits.describe(first['split'])}, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
         f"backbone {first['run_backbone']} ({_weights_text(rows)}){_own_backbones(rows)}",
         f"{first['epochs']} epochs", f"{first['image_size']} px", f"augmentation: {first['augment_text']}",
         f"seeds {seeds}{sample}", f"optimiser {' / '.join(optimisers)}",
@@ -150,7 +151,7 @@ def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
         text
         for differs, text in (
             (synthetic, "synthetic data (the paper's: TCIA collections)"),
-            (first["split"] != "slice", f"{first['split']}-level split (the paper's: slice-level)"),
+            (first["split"] != "slice", f"{splits.describe(first['split'])} (the paper's: slice-level)"),
             (first["run_backbone"] != paper.backbone, f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6, {paper.backbone})"),
             (kinds != {"hub"}, "weights " + " / ".join(sorted(kinds)) + " (the paper's: ImageNet weights from the hub)"),
             (first["epochs"] != paper.epochs, f"{first['epochs']} epochs (the paper's: {paper.epochs})"),

@@ -22,7 +22,7 @@ import json
 import tempfile
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -92,7 +92,7 @@ class RunRequest:
     weights: list[str] = field(default_factory=list)  # --weights values: FILE, MODEL=FILE or DIR
     epochs: int | None = None
     image_size: int | None = None
-    split: str = "patient"
+    split: str | None = None  # None: the dataset's own (official where the data ships a split, else patient)
     split_seed: int = 0
     validation: float = 0.0
     device: str = "auto"
@@ -127,6 +127,7 @@ class CellOutcome:
 
 def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[PlannedCell]:
     """Every cell's full configuration; raises ValueError (or the registry's errors) on anything invalid. Writes no cell."""
+    request = replace(request, split=request.split or dataset.default_split)
     profile_name = request.profile or default_profile(dataset, device)
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; valid: {', '.join(PROFILES)}")
@@ -180,12 +181,13 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
 
 
 def _checked_split(dataset: Dataset, request: RunRequest):
-    if request.split not in splits.PROTOCOLS:
-        raise ValueError(f"unknown split {request.split!r}; valid: {', '.join(splits.PROTOCOLS)}")
+    valid = [p for p in splits.PROTOCOLS if p != "official" or dataset.manifest.get("official_split")]
+    if request.split not in valid:
+        raise ValueError(f"unknown split {request.split!r} for {dataset.name}; valid: {', '.join(valid)}")
     sides = dataset.split(request.split, seed=request.split_seed, validation_fraction=request.validation)
     for name in ("database", "query"):
         if not (sides == name).any():
-            raise ValueError(f"{dataset.name}: the {request.split}-level split (seed {request.split_seed}) leaves the {name} side empty; the dataset is too small")
+            raise ValueError(f"{dataset.name}: the {splits.describe(request.split)} (seed {request.split_seed}) leaves the {name} side empty; the dataset is too small")
     return sides
 
 

@@ -8,6 +8,10 @@ as an option so the size of that leak can be measured.
 Sides: ``database`` (= the training set, as in the paper), ``query``, and an
 optional ``validation`` side carved from the database side by the same rule, held
 out of training for methods that monitor something.
+
+``official``: a split that ships with the data (MedMNIST's train / val / test), read
+from each slice's ``series`` with the dataset's mapping of parts to sides; no seed,
+no fractions.
 """
 
 from __future__ import annotations
@@ -15,13 +19,25 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-PROTOCOLS = ("patient", "slice")
+PROTOCOLS = ("patient", "slice", "official")
 
 
-def split(index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0) -> pd.Series:
-    """Side of every row of ``index`` (needs columns label, patient)."""
+def describe(protocol: str) -> str:
+    """How a caption names the split."""
+    return "the dataset's official split" if protocol == "official" else f"{protocol}-level split"
+
+
+def split(index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0, official: dict[str, str] | None = None) -> pd.Series:
+    """Side of every row of ``index`` (needs columns label, patient; series for ``official``, with ``official`` mapping its parts to sides)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown split protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    if protocol == "official":
+        if not official:
+            raise ValueError("this dataset ships no official split; valid: patient, slice")
+        side = index["series"].map(official)
+        if side.isna().any():
+            raise ValueError(f"slices whose part is not in the official split: {', '.join(sorted(set(index['series'][side.isna()])))}")
+        return side.astype(object)
     if not 0 < query_fraction < 1 or not 0 <= validation_fraction < 1:
         raise ValueError("query_fraction must be in (0, 1) and validation_fraction in [0, 1)")
     rng = np.random.default_rng(seed)

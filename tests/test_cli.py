@@ -167,7 +167,7 @@ BAD_INPUTS = [
     (["run", "--methods", "dpn", "--epochs", "0", "--dry-run"], "--epochs 0 is too small"),
     (["run", "--methods", "dpn", "--image-size", "0", "--dry-run"], "--image-size 0 is too small"),
     (["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"], "take whole numbers from 0"),
-    (["run", "--methods", "dpn", "--split", "nope", "--dry-run"], "unknown split 'nope'; valid: patient, slice"),
+    (["run", "--methods", "dpn", "--split", "nope", "--dry-run"], "unknown split 'nope' for phantom; valid: patient, slice"),
     (["run", "--methods", "dpn", "--dataset", "/tmp", "--dry-run"], "is not allowed"),
     (["run", "--methods", "dpn", "--dataset", "never-ingested", "--dry-run"], "unknown dataset 'never-ingested'"),
     (["run", "--methods", "dpn", "--device", "foo", "--dry-run"], "--device 'foo' is not a device"),

@@ -1,0 +1,95 @@
+"""MedMNIST v2/v3 ``.npz`` files (2-D sets; 28, 64, 128 or 224 px) with their official split as the protocol.
+
+An ``.npz`` holds ``train_images``/``train_labels``, ``val_*`` and ``test_*``. Each part
+is ingested as one source unit, so an interrupted ingest resumes part by part. The
+official split is the default protocol: test = queries, train = database, val = the
+held-out validation side. Labels are the class numbers as stored; each image is its
+own patient. Multi-label sets (ChestMNIST) are refused for now: their relevance rule
+(sharing at least one finding) is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, resize
+from hashbench.ingest import IngestResult, SourceFile, ingest
+
+PARTS = ("train", "val", "test")
+SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides
+KEYS = tuple(f"{part}_{kind}" for part in PARTS for kind in ("images", "labels"))
+
+
+def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
+    """The array shapes of a MedMNIST file; ValueError naming what is missing or malformed."""
+    try:
+        with np.load(path, mmap_mode="r", allow_pickle=False) as arrays:
+            shapes = {key: arrays[key].shape for key in arrays.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
+    missing = [key for key in KEYS if key not in shapes]
+    if missing:
+        raise ValueError(f"{path}: missing {', '.join(missing)}; a MedMNIST file holds {', '.join(KEYS)} (found: {', '.join(sorted(shapes)) or 'nothing'})")
+    for part in PARTS:
+        images, labels = shapes[f"{part}_images"], shapes[f"{part}_labels"]
+        if len(images) not in (3, 4) or (len(images) == 4 and images[3] != 3):
+            raise ValueError(f"{path}: {part}_images has shape {images}; expected (n, height, width) or (n, height, width, 3) (3-D MedMNIST sets are not images)")
+        if len(labels) != 2 or labels[0] != images[0]:
+            raise ValueError(f"{path}: {part}_labels has shape {labels} for {images[0]} images; expected ({images[0]}, 1)")
+        if labels[1] != 1:
+            raise ValueError(f"{path}: {part}_labels has {labels[1]} labels per image: a multi-label set (like ChestMNIST), which hashbench does not support yet")
+    return shapes
+
+
+def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
+    """One part's images as uint8 ``size x size`` grey images (colour by BT.601 luma) and a label per image."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"].reshape(-1)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise SkippedFile("unreadable npz", f"{part}: {type(exc).__name__}: {exc}") from None
+    if images.ndim == 4:
+        images = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
+    frames = [{"label": str(int(label)), "label_source": "npz", "patient": f"{part}-{i:06d}", "series": part} for i, label in enumerate(labels)]
+    return DicomSlices({"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST"}, [resize(image, options) for image in images], frames)
+
+
+def ingest_medmnist(path: Path, name: str, destination: Path, options: ImageOptions | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Ingest a MedMNIST ``.npz``; the image size defaults to the file's own."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path} (a MedMNIST .npz, e.g. pathmnist.npz or pathmnist_64.npz)")
+    shapes = check_npz(path)
+    native = shapes["train_images"][1]
+    options = options or ImageOptions(size=native)
+    files = [SourceFile(path=path, relpath=f"{path.name}#{part}", collection=path.stem, patient="", study=path.stem, series=part) for part in PARTS]
+    extra = {
+        "layout": "MedMNIST npz", "file": str(path), "native_size": native, "colour": len(shapes["train_images"]) == 4,
+        "official_split": SIDES, "default_split": "official", "patients": "one per image",
+        "parts": {part: shapes[f"{part}_images"][0] for part in PARTS},
+    }
+    return ingest(name, "medmnist", path.parent, files, destination, options, False, None, workers, progress, extra)
+
+
+def download(flag: str, size: int, root: Path) -> Path:
+    """Fetch ``flag`` (e.g. pathmnist) at ``size`` px through the medmnist package; a message with the fix when that cannot work."""
+    manual = f"download {flag}{'' if size == 28 else f'_{size}'}.npz (zenodo.org, MedMNIST) on a machine with internet and pass its path"
+    try:
+        import medmnist
+    except ImportError:
+        raise ValueError(f"{flag}: no such file, and the medmnist package that downloads it is not installed: pip install medmnist, or {manual}") from None
+    info = medmnist.INFO.get(flag)
+    if info is None or "3d" in flag:
+        sets = ", ".join(sorted(k for k in medmnist.INFO if "3d" not in k))
+        raise ValueError(f"{flag}: not a 2-D MedMNIST set; valid: {sets}")
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        getattr(medmnist, info["python_class"])(split="test", download=True, root=str(root), size=size)
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise ValueError(f"{flag}: the download failed ({type(exc).__name__}: {exc}); offline? {manual}") from None
+    return root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
