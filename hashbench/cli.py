@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import typer
 from rich import box
@@ -69,9 +69,7 @@ def ingest_tcia_command(
     from hashbench.datasets import ingest_tcia
 
     options = _options(size, window, colour, aspect)
-    with _resumable(name):
-        result = ingest_tcia(path, name, options, clean, workers, progress=True)
-    _print_report(result)
+    _ingest_and_report(name, lambda: ingest_tcia(path, name, options, clean, workers, progress=True))
 
 
 @ingest_app.command("folder")
@@ -88,9 +86,7 @@ def ingest_folder_command(
     from hashbench.datasets import ingest_folder
 
     options = _options(size, "minmax", colour, aspect)
-    with _resumable(name):
-        result = ingest_folder(path, name, options, clean, workers, progress=True)
-    _print_report(result)
+    _ingest_and_report(name, lambda: ingest_folder(path, name, options, clean, workers, progress=True))
 
 
 @ingest_app.command("medmnist")
@@ -105,9 +101,7 @@ def ingest_medmnist_command(
 
     if size is not None and size < 8:
         raise typer.BadParameter(f"size={size}: images must be at least 8 px", param_hint="--size")
-    with _resumable(name or Path(source).stem):
-        result = ingest_medmnist(source, name, size, workers, progress=True)
-    _print_report(result)
+    _ingest_and_report(name or Path(source).stem, lambda: ingest_medmnist(source, name, size, workers, progress=True))
 
 
 @ingest_app.command("phantom")
@@ -124,9 +118,7 @@ def ingest_phantom_command(
 
     if profile not in PROFILES:
         raise typer.BadParameter(f"unknown profile {profile!r}; valid: {', '.join(PROFILES)}", param_hint="--profile")
-    with _resumable(name or "phantom"):
-        result = ingest_phantom(profile, seed, name, _options(size, "auto", "luma", "pad"), True, workers, progress=True)
-    _print_report(result)
+    _ingest_and_report(name or "phantom", lambda: ingest_phantom(profile, seed, name, _options(size, "auto", "luma", "pad"), True, workers, progress=True))
 
 
 @contextmanager
@@ -141,6 +133,13 @@ def _resumable(name: str):
     except KeyboardInterrupt:
         console.print(f"\n[yellow]interrupted[/yellow]: the files finished so far are kept; run the same command again to resume {name}.")
         raise typer.Exit(130) from None
+
+
+def _ingest_and_report(name: str, build: Callable[[], IngestResult]) -> None:
+    """Run one ingest under the interrupt and bad-input handling, then print its report."""
+    with _resumable(name):
+        result = build()
+    _print_report(result)
 
 
 def _print_report(result: IngestResult) -> None:
