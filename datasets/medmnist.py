@@ -67,7 +67,7 @@ def ingest_medmnist(path: Path, name: str, destination: Path, options: ImageOpti
     shapes = check_npz(path)
     native = shapes["train_images"][1]
     options = options or ImageOptions(size=native)
-    files = [SourceFile(path=path, relpath=f"{path.name}#{part}", collection=path.stem, patient="", study=path.stem, series=part) for part in PARTS]
+    files = [SourceFile(path=path, relpath=f"{path.name}#{part}", collection=path.stem, patient="", study=path.stem, series=part, part=part) for part in PARTS]
     extra = {
         "layout": "MedMNIST npz", "file": str(path), "native_size": native, "colour": len(shapes["train_images"]) == 4,
         "official_split": SIDES, "default_split": "official", "patients": "one per image",

@@ -61,7 +61,7 @@ class EmptyDatasetError(ValueError):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One file of a source tree, with the identifiers its location implies.
+    """One file of a source tree (or one part of a file that holds several), with the identifiers its location implies.
 
     Folder-derived fields are fallbacks: the file's own tags win when present.
     """
@@ -74,6 +74,7 @@ class SourceFile:
     series: str
     csv_collection: str = ""
     csv_modality: str = ""
+    part: str = ""  # which part of a file that holds several (an npz's train, val or test)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
         return IngestResult(previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files))
 
     build.start(partial, settings)
-    jobs = [(str(f.path), f.relpath.partition("#")[2], previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
+    jobs = [(str(f.path), f.part, previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
     series_metadata = series_metadata or {}
     decoded = reused = 0
     with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, build:
