@@ -2,10 +2,9 @@
 
 A method declares its options as a frozen dataclass. Each field's annotation is its
 type: ``bool``, ``int``, ``float``, ``str``, a ``Literal`` of the valid choices, or
-``X | None`` where None means "derived" (from the code length, the data, the run)
-or "off".
-Bounds and a one-line help live in the field, written with :func:`option`. Every
-bad value is refused with the option's name, the value and what would be valid.
+``X | None`` where None means "derived" (from the code length, the data, the run) or
+"off". Bounds and a one-line help live in the field, written with :func:`option`.
+Every bad value is refused with the option's name, the value and what would be valid.
 """
 
 from __future__ import annotations
