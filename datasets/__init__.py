@@ -1,9 +1,10 @@
 """Datasets: ingested caches by name, and the sources they are built from.
 
 Sources: ``tcia`` (a TCIA download on disk), ``folder`` (a class-per-folder tree of
-images), ``medmnist`` (a MedMNIST ``.npz``) and ``phantom`` (the embedded synthetic collection, generated and ingested on
-first use). Every dataset, whatever its
-source, is read through :class:`hashbench.dataset.Dataset`.
+images), ``medmnist`` (a MedMNIST ``.npz``), ``cifar`` (CIFAR-10's python batches),
+``lists`` (the list files of NUS-WIDE, MS-COCO, ImageNet-100) and ``phantom`` (the
+embedded synthetic collection, generated and ingested on first use). Every dataset,
+whatever its source, is read through :class:`hashbench.dataset.Dataset`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from hashbench.paths import SAFE_NAME, checked_name, datasets_dir, sources_dir
 SOURCES = {
     "tcia": "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)",
     "folder": "a class-per-folder tree of PNG, JPEG, TIFF or BMP images",
-    "medmnist": "a MedMNIST .npz (2-D sets, any size), with its official train/val/test split",
+    "medmnist": "a MedMNIST .npz (2-D sets, any size, multi-label ChestMNIST included), with its official train/val/test split",
+    "cifar": "CIFAR-10's python batches, with the literature's three protocols (1k-5k-54k, 1k-5k-59k, official)",
+    "lists": "list files of the hashing literature (NUS-WIDE, MS-COCO, ImageNet-100): image paths with multi-hot labels",
     "phantom": "synthetic TCIA-like collection, generated locally; the embedded default",
 }
 DEFAULT_DATASET = "phantom"
@@ -63,15 +66,31 @@ def ingest_folder(root: Path, name: str, options: ImageOptions = ImageOptions(),
     return folder.ingest_folder(Path(root), name, datasets_dir(), options, clean, workers, progress)
 
 
-def ingest_medmnist(source: str | Path, name: str | None = None, size: int | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
+def ingest_medmnist(source: str | Path, name: str | None = None, size: int | None = None, colour: str | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
     """Ingest a MedMNIST ``.npz`` (or fetch a set by name, e.g. pathmnist, through the medmnist package) as dataset ``name`` (default: the file's stem)."""
     from hashbench.datasets import medmnist
 
     path = Path(source)
     if not path.exists() and not path.suffix:
         path = medmnist.download(str(source), size or 28, sources_dir() / "medmnist")
-    options = ImageOptions(size=size) if size else None
-    return medmnist.ingest_medmnist(path, checked_name(name or path.stem), datasets_dir(), options, workers, progress)
+    return medmnist.ingest_medmnist(path, checked_name(name or path.stem), datasets_dir(), size, colour, workers, progress)
+
+
+def ingest_cifar(root: Path, name: str = "cifar10", colour: str = "rgb", workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Ingest CIFAR-10's python batches with the literature's three protocols (colour kept unless ``colour='luma'``)."""
+    from hashbench.datasets import cifar
+
+    return cifar.ingest_cifar(Path(root), checked_name(name), datasets_dir(), ImageOptions(size=32, colour=colour), workers, progress)
+
+
+def ingest_lists(
+    lists: dict[str, Path], images: Path, name: str, top_k: int | None = None, class_names: list[str] | None = None,
+    options: ImageOptions = ImageOptions(), workers: int | None = None, progress: bool = False,
+) -> IngestResult:
+    """Ingest a list-file set (query, database and optionally train lists of ``image 0 1 0 ...`` rows) as dataset ``name``."""
+    from hashbench.datasets import imagelist
+
+    return imagelist.ingest_lists(lists, Path(images), checked_name(name), datasets_dir(), top_k, class_names, options, workers, progress)
 
 
 def ingest_phantom(profile: str = "default", seed: int = 0, name: str | None = None, options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False) -> IngestResult:

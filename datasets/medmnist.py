@@ -4,8 +4,9 @@ An ``.npz`` holds ``train_images``/``train_labels``, ``val_*`` and ``test_*``. E
 is ingested as one source unit, so an interrupted ingest resumes part by part. The
 official split is the default protocol: test = queries, train = database, val = the
 held-out validation side. Labels are the class numbers as stored; each image is its
-own patient. Multi-label sets (ChestMNIST) are refused for now: their relevance rule
-(sharing at least one finding) is not implemented yet.
+own patient. Multi-label sets (ChestMNIST: a 0/1 column per finding) keep every
+label, and an image is relevant to a query when they share one; an image with no
+finding gets the label ``none``, so normal images retrieve normal images.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hashbench.dataset import LABEL_SEPARATOR
 from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, resize
+from hashbench.images import colour_pixels
 from hashbench.ingest import IngestResult, SourceFile, ingest
 
 PARTS = ("train", "val", "test")
 SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides
+NO_FINDING = "none"
 KEYS = tuple(f"{part}_{kind}" for part in PARTS for kind in ("images", "labels"))
 
 
@@ -38,39 +42,43 @@ def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
         images, labels = shapes[f"{part}_images"], shapes[f"{part}_labels"]
         if len(images) not in (3, 4) or (len(images) == 4 and images[3] != 3):
             raise ValueError(f"{path}: {part}_images has shape {images}; expected (n, height, width) or (n, height, width, 3) (3-D MedMNIST sets are not images)")
-        if len(labels) != 2 or labels[0] != images[0]:
-            raise ValueError(f"{path}: {part}_labels has shape {labels} for {images[0]} images; expected ({images[0]}, 1)")
-        if labels[1] != 1:
-            raise ValueError(f"{path}: {part}_labels has {labels[1]} labels per image: a multi-label set (like ChestMNIST), which hashbench does not support yet")
+        if len(labels) != 2 or labels[0] != images[0] or labels[1] != shapes["train_labels"][1]:
+            raise ValueError(f"{path}: {part}_labels has shape {labels} for {images[0]} images; expected ({images[0]}, 1), or ({images[0]}, findings) for a multi-label set")
     return shapes
 
 
 def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
-    """One part's images as uint8 ``size x size`` grey images (colour by BT.601 luma) and a label per image."""
+    """One part's images as uint8 ``size x size`` images (colour kept with colour='rgb', else grey by BT.601 luma) and a label per image."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"].reshape(-1)
+            images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise SkippedFile("unreadable npz", f"{part}: {type(exc).__name__}: {exc}") from None
-    if images.ndim == 4:
-        images = images.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-    images = np.clip(np.rint(images), 0, 255).astype(np.uint8)
-    frames = [{"label": str(int(label)), "label_source": "npz", "patient": f"{part}-{i:06d}", "series": part} for i, label in enumerate(labels)]
-    return DicomSlices({"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST"}, [resize(image, options) for image in images], frames)
+    images = np.clip(np.rint(images), 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
+    frames = [{"label": _label(row), "label_source": "npz", "patient": f"{part}-{i:06d}", "series": part} for i, row in enumerate(labels)]
+    return DicomSlices({"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST"}, [resize(colour_pixels(image, options) if image.ndim == 3 else image, options) for image in images], frames)
 
 
-def ingest_medmnist(path: Path, name: str, destination: Path, options: ImageOptions | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
-    """Ingest a MedMNIST ``.npz``; the image size defaults to the file's own."""
+def _label(row: np.ndarray) -> str:
+    """A class number, or the findings of a multi-label row joined (``none`` for an image with none)."""
+    if len(row) == 1:
+        return str(int(row[0]))
+    return LABEL_SEPARATOR.join(str(i) for i in np.flatnonzero(row)) or NO_FINDING
+
+
+def ingest_medmnist(path: Path, name: str, destination: Path, size: int | None = None, colour: str | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
+    """Ingest a MedMNIST ``.npz``; the image size defaults to the file's own, colour to the file's (rgb for colour sets, else grey)."""
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (a MedMNIST .npz, e.g. pathmnist.npz or pathmnist_64.npz)")
     shapes = check_npz(path)
-    native = shapes["train_images"][1]
-    options = options or ImageOptions(size=native)
-    files = [SourceFile(path=path, relpath=f"{path.name}#{part}", collection=path.stem, patient="", study=path.stem, series=part, part=part) for part in PARTS]
+    native, in_colour = shapes["train_images"][1], len(shapes["train_images"]) == 4
+    options = ImageOptions(size=size or native, colour=colour or ("rgb" if in_colour else "luma"))
+    files = [SourceFile(path=path, relpath=f"{path.name}#{part}", collection=path.stem, patient="", study=path.stem, series=part, part=part, decoder="medmnist") for part in PARTS]
     extra = {
-        "layout": "MedMNIST npz", "file": str(path), "native_size": native, "colour": len(shapes["train_images"]) == 4,
-        "official_split": SIDES, "default_split": "official", "patients": "one per image",
+        "layout": "MedMNIST npz", "file": str(path), "native_size": native, "colour": in_colour,
+        "protocols": {"official": {"parts": SIDES, "description": "the dataset's official split (test = queries, train = database, val held out)"}},
+        "default_split": "official", "patients": "one per image", "multi_label": shapes["train_labels"][1] > 1,
         "parts": {part: shapes[f"{part}_images"][0] for part in PARTS},
     }
     return ingest(name, "medmnist", path.parent, files, destination, options, False, None, workers, progress, extra)

@@ -15,6 +15,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from hashbench.dataset import LABEL_SEPARATOR
 from hashbench.dicom import ImageOptions
 from hashbench.evaluate import DEFAULT_METRICS
 from hashbench.ingest import IngestResult
@@ -41,7 +42,7 @@ DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated res
 
 SizeOption = typer.Option(224, "--size", help="Images are resized to SIZE x SIZE pixels.")
 WindowOption = typer.Option("auto", "--window", help="auto (the file's window, else CT 40/400, else percentiles), percentile, or minmax.")
-ColourOption = typer.Option("luma", "--colour", help="luma: colour images to grey; skip: leave them out (reported).")
+ColourOption = typer.Option("luma", "--colour", help="luma: colour images to grey; rgb: keep colour (grey images repeated); skip: leave colour images out (reported).")
 AspectOption = typer.Option("pad", "--aspect", help="pad: keep the aspect ratio; stretch: resize directly.")
 CleanOption = typer.Option(True, "--clean/--no-clean", help="Drop IQR outlier images (the paper's cleaning).")
 WorkersOption = typer.Option(None, "--workers", help="Decoding processes (default: all cores).")
@@ -94,14 +95,65 @@ def ingest_medmnist_command(
     source: str = typer.Argument(..., help="A MedMNIST .npz (e.g. pathmnist_64.npz), or a set's name (pathmnist) to fetch it with the medmnist package."),
     name: Optional[str] = typer.Option(None, "--name", help="Dataset name (default: the file's stem)."),
     size: Optional[int] = typer.Option(None, "--size", help="Images are resized to SIZE x SIZE (default: the file's own size)."),
+    colour: Optional[str] = typer.Option(None, "--colour", help="rgb: keep colour; luma: store grey (default: the file's own, rgb for colour sets)."),
     workers: Optional[int] = WorkersOption,
 ) -> None:
     """Ingest a MedMNIST set; its official split (test = queries, train = database) becomes the default protocol."""
     from hashbench.datasets import ingest_medmnist
 
-    if size is not None and size < 8:
-        raise typer.BadParameter(f"size={size}: images must be at least 8 px", param_hint="--size")
-    _ingest_and_report(name or Path(source).stem, lambda: ingest_medmnist(source, name, size, workers, progress=True))
+    if size is not None:
+        _options(size, "auto", colour or "luma", "pad")
+    if colour is not None and colour not in ("rgb", "luma"):
+        raise typer.BadParameter(f"colour={colour!r}; valid: rgb, luma", param_hint="--colour")
+    _ingest_and_report(name or Path(source).stem, lambda: ingest_medmnist(source, name, size, colour, workers, progress=True))
+
+
+@ingest_app.command("cifar")
+def ingest_cifar_command(
+    path: Path = typer.Argument(..., help="The cifar-10-batches-py folder of CIFAR-10's python version (or the folder holding it)."),
+    name: str = typer.Option("cifar10", "--name", help="Dataset name to create or update."),
+    colour: str = typer.Option("rgb", "--colour", help="rgb: keep colour (as published); luma: store grey."),
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Ingest CIFAR-10 with the literature's protocols: 1k-5k-54k (the default), 1k-5k-59k, official (10,000 / 50,000)."""
+    from hashbench.datasets import ingest_cifar
+
+    if colour not in ("rgb", "luma"):
+        raise typer.BadParameter(f"colour={colour!r}; valid: rgb, luma", param_hint="--colour")
+    _ingest_and_report(name, lambda: ingest_cifar(path, name, colour, workers, progress=True))
+
+
+@ingest_app.command("lists")
+def ingest_lists_command(
+    query: Path = typer.Option(..., "--query", help="The query list: one 'IMAGE 0 1 0 ...' row per image (a 0/1 per class)."),
+    database: Path = typer.Option(..., "--database", help="The database list, same format."),
+    train: Optional[Path] = typer.Option(None, "--train", help="The training list (default: train on the database list)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="The folder the lists' image paths are relative to (default: the query list's folder)."),
+    name: str = typer.Option(..., "--name", help="Dataset name to create or update."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="nus-wide, ms-coco or imagenet-100: their published MAP@k (5000, 5000, 1000)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1, help="The k of the MAP@k these lists are published with (overrides --preset)."),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="A text file with one class name per line, in column order."),
+    size: int = SizeOption,
+    colour: str = ColourOption,
+    aspect: str = AspectOption,
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Ingest a list-file set (NUS-WIDE, MS-COCO, ImageNet-100 style); query / database overlap is measured and reported."""
+    from hashbench.datasets import ingest_lists
+    from hashbench.datasets.imagelist import PRESETS
+
+    if preset is not None and preset not in PRESETS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}", param_hint="--preset")
+    options = _options(size, "minmax", colour, aspect)
+    lists = {"query": query, "database": database, **({"train": train} if train else {})}
+    missing = [f"--{role} {path}" for role, path in lists.items() if not path.is_file()]
+    if classes is not None and not classes.is_file():
+        missing.append(f"--classes {classes}")
+    if missing:
+        raise typer.BadParameter(f"no such file: {', '.join(missing)}")
+    names = [line.strip() for line in classes.read_text().splitlines() if line.strip()] if classes else None
+    k = top_k or (PRESETS[preset] if preset else None)
+    _ingest_and_report(name, lambda: ingest_lists(lists, images or query.parent, name, k, names, options, workers, progress=True))
 
 
 @ingest_app.command("phantom")
@@ -160,10 +212,14 @@ def _print_report(result: IngestResult) -> None:
     loose = dataset.manifest.get("unlabelled_files", [])
     if loose:
         console.print(f"[yellow]left out {len(loose)} image(s) directly under the source folder[/yellow]: no class folder (e.g. {loose[0]})")
-    table = Table(title="classes", show_edge=False)
+    for notice in dataset.manifest.get("notices", []):
+        console.print(f"[yellow]note:[/yellow] {notice}")
+    table = Table(title="classes" + (" (multi-label: an image counts in each of its classes)" if dataset.multi_label else ""), show_edge=False)
     for column in ("label", "slices", "patients", "modalities", "label from"):
         table.add_column(column, justify="right" if column in ("slices", "patients") else "left")
     usable = dataset.usable()
+    if dataset.multi_label:
+        usable = usable.assign(label=usable["label"].str.split(LABEL_SEPARATOR)).explode("label")
     for label, rows in usable.groupby("label"):
         modalities = ", ".join(f"{m or '?'} {n}" for m, n in rows["modality"].value_counts().items())
         table.add_row(label, str(len(rows)), str(rows["patient"].nunique()), modalities, ", ".join(sorted(rows["label_source"].unique())))
@@ -177,6 +233,9 @@ def _print_report(result: IngestResult) -> None:
             first = rows.iloc[0]
             report.add_row(reason, str(len(rows)), f"{first['path']} ({first['detail']})" if first["detail"] else first["path"])
         console.print(report)
+    for protocol, sizes in dataset.protocol_sizes().items():
+        shown = sizes if isinstance(sizes, str) else f"{sizes['query']:,} queries, {sizes['train']:,} training, {sizes['database']:,} database"
+        console.print(f"split {protocol}{' (default)' if protocol == dataset.default_split else ''}: {shown}")
     console.print(f"ingest report (every file, kept or skipped, with its reason): {dataset.root / 'files.csv'}")
 
 
@@ -362,7 +421,7 @@ def run_command(
     weights: List[str] = typer.Option([], "--weights", help="Local weights: FILE (the run's backbone), MODEL=FILE, or DIR of MODEL.safetensors/.pth files. For machines without internet."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the profile's (quick: 30, full: 50)."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the profile's (quick: 64, full: 224)."),
-    split: Optional[str] = typer.Option(None, "--split", help="patient, slice (the paper's) or official (a split the data ships, e.g. MedMNIST's). Default: official where there is one, else patient."),
+    split: Optional[str] = typer.Option(None, "--split", help="patient, slice (the paper's), or a protocol the dataset declares (official for MedMNIST; 1k-5k-54k, 1k-5k-59k, official for CIFAR-10; lists for list files). Default: the dataset's own, else patient."),
     validation: float = typer.Option(0.0, "--validation", help="Share of the training side held out; its MAP@10 is logged each epoch (never used to pick an epoch)."),
     augment: Optional[str] = typer.Option(None, "--augment", help="Training-image augmentation: none, paper, or e.g. rotation=10,scale=0.1,brightness=0.1,noise=0.02,blur=1 (default: the profile's)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ..."),
@@ -666,11 +725,11 @@ def confusion_command(
         console.print(f"[red]error:[/red] {cell} is not a finished cell ({stored.problem() or stored.status()})")
         raise typer.Exit(2)
     target = output_dir or cell
-    by_class = plots.write_confusion(stored, target, tuple(metrics))
+    by_class, written = plots.write_confusion(stored, target, tuple(metrics))
     table = Table(title="per-class metrics (mean over the class's queries)")
     for column in ("class", *metrics):
         table.add_column(column, justify="right")
     for name in stored.class_names:
         table.add_row(name, *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
     console.print(table)
-    console.print(f"wrote {target / 'confusion.png'} and {target / 'confusion.md'}")
+    console.print(f"wrote {' and '.join(map(str, written))}")

@@ -80,9 +80,11 @@ class Ptanh(nn.Module):
 def focal_loss(logits: torch.Tensor, targets: torch.Tensor, gamma: float) -> torch.Tensor:
     """Focal loss (Lin et al., ICCV 2017), mean over the batch: -sum_c y_c (1 - p_c)^gamma log p_c.
 
-    ``targets`` is one-hot (or a distribution); gamma = 0 is cross-entropy.
+    ``targets`` is one-hot, a distribution, or multi-hot (spread evenly over an image's labels);
+    gamma = 0 is cross-entropy.
     """
     log_p = F.log_softmax(logits, dim=1)
+    targets = targets / targets.sum(dim=1, keepdim=True).clamp(min=1)
     return -(targets * (1 - log_p.exp()).pow(gamma) * log_p).sum(dim=1).mean()
 
 
@@ -91,23 +93,52 @@ def triplet_batches(labels: np.ndarray, triplets: int, rng: np.random.Generator)
 
     Every training item is an anchor once (last partial batch dropped); its positive
     is another item of its class (itself only if it is alone), its negative an item
-    of another class.
+    of another class. Multi-hot rows: the positive shares a label with the anchor
+    (through one of its labels drawn at random), the negative shares none.
     """
     labels = np.asarray(labels)
     anchors = rng.permutation(len(labels))
-    positives, negatives = anchors.copy(), anchors.copy()
-    for label in np.unique(labels):
-        members, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
-        mine = np.flatnonzero(labels[anchors] == label)
-        if len(members) > 1:  # draw among the class without the anchor itself
-            rank = np.searchsorted(members, anchors[mine])
-            draw = rng.integers(0, len(members) - 1, len(mine))
-            positives[mine] = members[draw + (draw >= rank)]
-        if len(others):
-            negatives[mine] = others[rng.integers(0, len(others), len(mine))]
+    if labels.ndim == 2:
+        positives, negatives = _multi_label_pairs(labels.astype(bool), anchors, rng)
+    else:
+        positives, negatives = anchors.copy(), anchors.copy()
+        for label in np.unique(labels):
+            members, others = np.flatnonzero(labels == label), np.flatnonzero(labels != label)
+            mine = np.flatnonzero(labels[anchors] == label)
+            positives[mine] = _other_member(members, anchors[mine], rng)
+            if len(others):
+                negatives[mine] = others[rng.integers(0, len(others), len(mine))]
     for start in range(0, max(len(anchors) - triplets, 0) + 1, triplets):
         window = slice(start, start + triplets)
         yield np.concatenate([anchors[window], positives[window], negatives[window]])
+
+
+def _other_member(members: np.ndarray, anchors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each anchor (one of the sorted ``members``), another member drawn uniformly; the anchor itself if it is alone."""
+    if len(members) < 2:
+        return anchors.copy()
+    rank = np.searchsorted(members, anchors)
+    draw = rng.integers(0, len(members) - 1, len(anchors))
+    return members[draw + (draw >= rank)]
+
+
+def _multi_label_pairs(labels: np.ndarray, anchors: np.ndarray, rng: np.random.Generator, tries: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Positives through a random label of each anchor; negatives drawn until they share no label (else searched for)."""
+    chosen = np.argmax(rng.random(labels.shape) * labels[anchors], axis=1)  # a uniform pick among the anchor's labels
+    positives = anchors.copy()
+    for label in np.unique(chosen[labels[anchors].any(axis=1)]):
+        mine = np.flatnonzero((chosen == label) & labels[anchors, label])
+        positives[mine] = _other_member(np.flatnonzero(labels[:, label]), anchors[mine], rng)
+    negatives = rng.integers(0, len(labels), len(anchors))
+    for _ in range(tries):
+        clash = np.flatnonzero((labels[negatives] & labels[anchors]).any(axis=1))
+        if not len(clash):
+            break
+        negatives[clash] = rng.integers(0, len(labels), len(clash))
+    for position in np.flatnonzero((labels[negatives] & labels[anchors]).any(axis=1)):  # rare: few items share no label with it
+        strangers = np.flatnonzero(~(labels & labels[anchors[position]]).any(axis=1))
+        negatives[position] = strangers[rng.integers(len(strangers))] if len(strangers) else anchors[position]
+    return positives, negatives
 
 
 def batch_hard_triplets(codes: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

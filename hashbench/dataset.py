@@ -2,7 +2,7 @@
 
 Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
 
-- ``images.u8``     all slices, uint8, shape (n, size, size), one raw memory-mapped array
+- ``images.u8``     all slices, uint8, shape (n, size, size) (x 3 in colour), one raw memory-mapped array
 - ``index.csv``     one row per slice: label, patient, study, series, modality, source
                     path and frame, image statistics, IQR outlier flag
 - ``files.csv``     one row per source file: size, mtime, digest, kept/skipped and why
@@ -40,6 +40,7 @@ IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", 
 INDEX_DTYPES = {"label": str, "label_source": str, "patient": str, "study": str, "series": str, "modality": str, "path": str}
 FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
 SETTINGS_KEYS = ("options", "clean", "format")
+LABEL_SEPARATOR = "|"  # joins the labels of a multi-label image in its label column
 SLICE_IDENTITY = ["label", "patient", "study", "series", "modality", "path", "frame"]
 
 
@@ -106,7 +107,7 @@ class Dataset:
             expected = self.manifest.get("integrity")
             if expected is None:  # ingested before integrity was recorded
                 return self
-            n_bytes = int(self.manifest["n_slices"]) * self.image_size**2
+            n_bytes = int(self.manifest["n_slices"]) * self.image_size**2 * self.channels
             if expected["images_bytes"] != n_bytes:
                 raise DatasetError(f"its manifest says {self.manifest['n_slices']} slices but its integrity record {expected['images_bytes']} bytes of images")
             found = integrity(self.root)
@@ -134,7 +135,14 @@ class Dataset:
             phantom = manifest.get("phantom", {})
             return f"hashbench ingest phantom --profile {phantom.get('profile', 'default')} --seed {phantom.get('seed', 0)} --name {name} --size {options.get('size', 224)}"
         if manifest.get("kind") == "medmnist":
-            return f"hashbench ingest medmnist '{manifest.get('file', 'FILE.npz')}' --name {name} --size {options.get('size', 28)}"
+            return f"hashbench ingest medmnist '{manifest.get('file', 'FILE.npz')}' --name {name} --size {options.get('size', 28)} --colour {options.get('colour', 'luma')}"
+        if manifest.get("kind") == "cifar":
+            return f"hashbench ingest cifar '{manifest.get('source', 'SOURCE')}' --name {name} --colour {options.get('colour', 'rgb')}"
+        if manifest.get("kind") == "lists":
+            lists = " ".join(f"--{role} '{path}'" for role, path in manifest.get("lists", {}).items())
+            metric = next((spec.get("metric") for spec in manifest.get("protocols", {}).values() if spec.get("metric")), None)
+            top_k = f" --top-k {metric.removeprefix('map@')}" if metric else ""
+            return f"hashbench ingest lists {lists} --images '{manifest.get('source', 'SOURCE')}' --name {name}{top_k} --size {options.get('size', 224)} --colour {options.get('colour', 'luma')}"
         if manifest.get("kind") == "folder":
             flags = " ".join(f"--{key} {options[key]}" for key in ("size", "colour", "aspect") if key in options)
             return f"hashbench ingest folder '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{' --clean' if manifest.get('clean') else ''}"
@@ -144,6 +152,11 @@ class Dataset:
     @property
     def image_size(self) -> int:
         return int(self.manifest["options"]["size"])
+
+    @property
+    def channels(self) -> int:
+        """3 for a dataset stored in colour (its images are (n, size, size, 3)), else 1."""
+        return 3 if self.manifest["options"].get("colour") == "rgb" else 1
 
     @cached_property
     def index(self) -> pd.DataFrame:
@@ -162,8 +175,8 @@ class Dataset:
 
     @cached_property
     def images(self) -> np.ndarray:
-        """uint8 array (n, size, size), memory-mapped: nothing is loaded until indexed."""
-        shape = (int(self.manifest["n_slices"]), self.image_size, self.image_size)
+        """uint8 array (n, size, size), or (n, size, size, 3) in colour, memory-mapped: nothing is loaded until indexed."""
+        shape = (int(self.manifest["n_slices"]), self.image_size, self.image_size, *((3,) if self.channels == 3 else ()))
         if shape[0] == 0:
             return np.zeros(shape, np.uint8)
         return np.memmap(self.root / IMAGES, dtype=np.uint8, mode="r", shape=shape)
@@ -188,15 +201,52 @@ class Dataset:
             saved = pd.read_csv(path, index_col="slice_id")["side"]
             if saved.index.equals(rows.index):
                 return saved
-        side = splits.split(rows, protocol, seed, query_fraction, validation_fraction, self.manifest.get("official_split")).rename("side")
+        side = splits.split(rows, protocol, seed, query_fraction, validation_fraction, self.protocols).rename("side")
         path.parent.mkdir(exist_ok=True)
         atomic.write_csv(path, side.rename_axis("slice_id").reset_index())
         return side
 
     @property
     def default_split(self) -> str:
-        """The split protocol a run uses unless told otherwise: the official one where the data ships one."""
+        """The split protocol a run uses unless told otherwise: the data's own where it ships one."""
         return self.manifest.get("default_split", "patient")
+
+    @property
+    def protocols(self) -> dict[str, dict]:
+        """The split protocols this dataset declares beyond patient and slice (see :mod:`hashbench.splits`)."""
+        return self.manifest.get("protocols", {})
+
+    def protocol_sizes(self) -> dict[str, dict[str, int] | str]:
+        """Queries, training images and database of each declared protocol (split seed 0), or why it cannot be drawn here."""
+        found = {}
+        for protocol in self.protocols:
+            try:
+                found[protocol] = splits.side_sizes(self.split(protocol))
+            except ValueError as exc:
+                found[protocol] = f"not available ({exc})"
+        return found
+
+    def describe_split(self, protocol: str) -> str:
+        """A caption's words for ``protocol`` on this data (a patient-level split of one image per patient is image-level)."""
+        if protocol == "patient" and str(self.manifest.get("patients", "")).startswith("one per image"):
+            return "image-level split (each image its own patient)"
+        return splits.describe(protocol, self.protocols)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether an image may carry several labels (its ``label`` holds them joined by ``|``): relevance is sharing one."""
+        return bool(self.manifest.get("multi_label", False))
+
+    def published_metric(self, protocol: str) -> str | None:
+        """The metric the literature reports under ``protocol`` (CIFAR-10's map@all, NUS-WIDE's map@5000), computed beside the rest."""
+        return self.protocols.get(protocol, {}).get("metric")
+
+    def class_names(self) -> list[str]:
+        """Every class a label names (a multi-label image's labels counted one by one)."""
+        labels = self.index.loc[self.index["label"] != "", "label"]
+        if self.multi_label:
+            return sorted({name for label in labels.unique() for name in label.split(LABEL_SEPARATOR)})
+        return sorted(labels.unique())
 
     def summary(self) -> dict:
         """Counts for listings: slices kept, outliers, patients, classes, skipped files, bytes."""
@@ -208,7 +258,7 @@ class Dataset:
             "slices": int((~index["outlier"]).sum()) if self.manifest["clean"] else len(index),
             "outliers": int(index["outlier"].sum()),
             "patients": int(index["patient"].nunique()),
-            "classes": int(index["label"].nunique()),
+            "classes": len(self.class_names()),
             "files": len(self.files),
             "skipped": len(self.skipped),
             "image_size": self.image_size,

@@ -37,11 +37,11 @@ class ImageOptions:
 
     size: int = 224
     window: str = "auto"  # auto: file's window, else modality default; percentile; minmax
-    colour: str = "luma"  # luma: ITU-R BT.601 grey; skip: report colour images as skipped
+    colour: str = "luma"  # luma: ITU-R BT.601 grey; skip: report colour images as skipped; rgb: keep three channels (grey ones repeated)
     aspect: str = "pad"  # pad: keep aspect ratio, pad to square; stretch: resize directly
 
     def __post_init__(self) -> None:
-        choices = {"window": ("auto", "percentile", "minmax"), "colour": ("luma", "skip"), "aspect": ("pad", "stretch")}
+        choices = {"window": ("auto", "percentile", "minmax"), "colour": ("luma", "skip", "rgb"), "aspect": ("pad", "stretch")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}; valid: {', '.join(valid)}")
@@ -50,6 +50,10 @@ class ImageOptions:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.colour == "rgb" else 1
 
 
 class SkippedFile(Exception):
@@ -275,14 +279,16 @@ def _to_grey(ds: Dataset, frame: np.ndarray, photometric: str) -> np.ndarray:
 
 
 def resize(image: np.ndarray, options: ImageOptions) -> np.ndarray:
-    """To ``size x size``; with aspect='pad' the image is centred on black first."""
+    """To ``size x size`` (x 3 with colour='rgb', a grey image repeated); with aspect='pad' the image is centred on black first."""
+    if options.colour == "rgb" and image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
     if options.aspect == "pad" and image.shape[0] != image.shape[1]:
-        side = max(image.shape)
-        square = np.zeros((side, side), np.uint8)
+        side = max(image.shape[:2])
+        square = np.zeros((side, side, *image.shape[2:]), np.uint8)
         top, left = (side - image.shape[0]) // 2, (side - image.shape[1]) // 2
         square[top : top + image.shape[0], left : left + image.shape[1]] = image
         image = square
-    if image.shape == (options.size, options.size):
+    if image.shape[:2] == (options.size, options.size):
         return np.ascontiguousarray(image)
     return np.asarray(Image.fromarray(image).resize((options.size, options.size), Image.Resampling.BILINEAR))
 

@@ -35,6 +35,7 @@ from hashbench import atomic
 from hashbench.augment import Augmentation, augment
 from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
 
+IMAGENET_MEAN, IMAGENET_STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
 IN_MEMORY_LIMIT = 2 * 2**30
 
@@ -107,12 +108,15 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
 
 
 def to_input(batch: torch.Tensor, device: torch.device, image_size: int, augmentation: Augmentation | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (B, S, S) -> normalised float (B, 3, size, size) on the device, augmented when given an augmentation."""
-    x = batch.to(device, non_blocking=True).float().div_(255.0).unsqueeze(1)
+    """uint8 (B, S, S) grey or (B, S, S, 3) colour -> normalised float (B, 3, size, size) on the device, augmented when given an augmentation."""
+    x = batch.to(device, non_blocking=True).float().div_(255.0)
+    x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)
     if x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     if augmentation is not None and augmentation.enabled:
         x = augment(x, augmentation, generator)
+    if x.shape[1] == 3:
+        return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
     return ((x - GREY_MEAN) / GREY_STD).expand(-1, 3, -1, -1)
 
 
@@ -164,11 +168,17 @@ def build_optimizer(network: HashNetwork, settings: TrainSettings) -> torch.opti
 
 @dataclass
 class TrainData:
-    """The training side: slice ids, class ids (0..C-1) and the number of classes."""
+    """The training side: slice ids, class ids (0..C-1; or multi-hot rows for multi-label data) and the number of classes."""
 
     ids: np.ndarray
     labels: np.ndarray
     n_classes: int
+
+
+def label_rows(labels: np.ndarray, n_classes: int) -> torch.Tensor:
+    """Labels as the float rows every loss takes: one-hot for class ids, as given for multi-hot rows."""
+    labels = torch.from_numpy(np.asarray(labels))
+    return labels.float() if labels.ndim == 2 else F.one_hot(labels.long(), n_classes).float()
 
 
 def _autocast(device: torch.device):
@@ -206,7 +216,7 @@ def train(
     optimizer = build_optimizer(network, settings)
     schedule = LrSchedule.parse(settings.lr_schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
-    onehot = F.one_hot(torch.from_numpy(data.labels).long(), data.n_classes).float().to(device)
+    onehot = label_rows(data.labels, data.n_classes).to(device)
     steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
     first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

@@ -266,8 +266,9 @@ def precision_curve(counts: RankCounts, ks: tuple[int, ...]) -> np.ndarray:
 
 
 def per_class(values: np.ndarray, query_labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """Mean of a per-query metric within each query class (per-class MAP)."""
-    return {name: float(values[query_labels == i].mean()) for i, name in enumerate(class_names) if np.any(query_labels == i)}
+    """Mean of a per-query metric within each query class (per-class MAP); a multi-label query counts in each of its classes."""
+    members = query_labels.astype(bool) if query_labels.ndim == 2 else query_labels[:, None] == np.arange(len(class_names))
+    return {name: float(values[members[:, i]].mean()) for i, name in enumerate(class_names) if members[:, i].any()}
 
 
 def tie_diagnostics(counts: RankCounts, database_bits: np.ndarray) -> dict[str, float]:

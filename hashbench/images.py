@@ -7,6 +7,7 @@ image per page. Failures are skip reasons, never exceptions that end an ingest.
 
 from __future__ import annotations
 
+import importlib
 import io
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode, resize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as for colour DICOM
 NO_TAGS = {"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": ""}
 
 
@@ -24,12 +26,13 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-def decode_file(path: str | Path, data: bytes, options: ImageOptions, part: str = "") -> DicomSlices:
-    """One source file, by its suffix: an image file, a MedMNIST ``.npz`` (its ``part``: train, val or test), else DICOM."""
-    if Path(path).suffix.lower() == ".npz":
-        from hashbench.datasets.medmnist import decode_part
+PART_DECODERS = {"medmnist": "hashbench.datasets.medmnist", "cifar": "hashbench.datasets.cifar"}  # modules with decode_part(data, part, options)
 
-        return decode_part(data, part, options)
+
+def decode_file(path: str | Path, data: bytes, options: ImageOptions, part: str = "", decoder: str = "") -> DicomSlices:
+    """One source file: through a source's own ``decoder`` (with the ``part`` of the file it reads), else an image file or DICOM by suffix."""
+    if decoder:
+        return importlib.import_module(PART_DECODERS[decoder]).decode_part(data, part, options)
     return decode_image(data, options) if is_image_file(path) else decode(data, options)
 
 
@@ -43,7 +46,7 @@ def decode_image(data: bytes, options: ImageOptions) -> DicomSlices:
             with Image.open(io.BytesIO(data)) as image:
                 if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA") and options.colour == "skip":
                     raise SkippedFile("colour image", f"mode {image.mode}; --colour luma keeps it as grey")
-                frames = [_grey(page) for page in ImageSequence.Iterator(image)]
+                frames = [_pixels(page, options.colour == "rgb") for page in ImageSequence.Iterator(image)]
                 header = {**NO_TAGS, "modality": image.format or ""}  # PNG, JPEG, TIFF, BMP: what the file is
     except UnidentifiedImageError:
         raise SkippedFile("not an image", "no PNG, JPEG, TIFF or BMP content") from None
@@ -57,8 +60,15 @@ def decode_image(data: bytes, options: ImageOptions) -> DicomSlices:
     return DicomSlices(header, [resize(frame, options) for frame in frames])
 
 
-def _grey(page: Image.Image) -> np.ndarray:
-    """uint8 grey: 8-bit modes by luma, deeper ones scaled by their own range."""
+def colour_pixels(image: np.ndarray, options: ImageOptions) -> np.ndarray:
+    """A uint8 (h, w, 3) colour image as stored: kept with colour='rgb', else grey by BT.601 luma."""
+    if options.colour == "rgb":
+        return np.ascontiguousarray(image, np.uint8)
+    return np.clip(np.rint(image.astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+
+
+def _pixels(page: Image.Image, rgb: bool) -> np.ndarray:
+    """uint8 grey (or RGB when asked, for colour pages): 8-bit modes by luma, deeper ones scaled by their own range."""
     if page.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(page, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
@@ -68,4 +78,6 @@ def _grey(page: Image.Image) -> np.ndarray:
         flattened = Image.new("RGB", page.size)  # transparent parts on black, like the padding
         flattened.paste(page, mask=page.getchannel("A"))
         page = flattened
+    if rgb and page.mode not in ("L", "1"):
+        return np.asarray(page.convert("RGB"), dtype=np.uint8)
     return np.asarray(page.convert("L"), dtype=np.uint8)

@@ -75,6 +75,9 @@ class SourceFile:
     csv_collection: str = ""
     csv_modality: str = ""
     part: str = ""  # which part of a file that holds several (an npz's train, val or test)
+    decoder: str = ""  # a source's own decoder (hashbench.images.PART_DECODERS); none: an image file or DICOM, by suffix
+    label_names: tuple[str, ...] = ()  # names for the class numbers the decoder gives (CIFAR's batches.meta)
+    label: str = ""  # a label the source states for this file (a list file's row): wins over tags and folders, also when reused
 
 
 @dataclass
@@ -123,16 +126,16 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
     settings = {"options": options.to_dict(), "clean": clean, "format": FORMAT_VERSION}
     stats = {f.relpath: os.stat(f.path) for f in files}
     previous = _previous_build(target, settings)
-    build = _open_partial(partial, settings, stats, options.size)
+    build = _open_partial(partial, settings, stats, options.size**2 * options.channels)
     done_in_partial = set(build.records)
     reuse = {p for p, r in previous.records.items() if p not in done_in_partial and _same_stat(r, stats.get(p))}
     to_decode = [f for f in files if f.relpath not in done_in_partial and f.relpath not in reuse]
-    if previous.dataset is not None and not to_decode and not done_in_partial and set(previous.records) == set(stats):
+    if previous.dataset is not None and not to_decode and not done_in_partial and set(previous.records) == set(stats) and not _relabelled(files, previous.dataset):
         shutil.rmtree(partial, ignore_errors=True)
         return IngestResult(previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files))
 
     build.start(partial, settings)
-    jobs = [(str(f.path), f.part, previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
+    jobs = [(str(f.path), f.decoder, f.part, previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
     series_metadata = series_metadata or {}
     decoded = reused = 0
     with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, build:
@@ -160,6 +163,15 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
     return IngestResult(dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files))
 
 
+def _relabelled(files: list[SourceFile], dataset: Dataset) -> bool:
+    """Whether a label the source states (a list row) differs from the one stored: the images are reused, the index is not."""
+    stated = {f.relpath: f.label for f in files if f.label}
+    if not stated:
+        return False
+    stored = dataset.index.groupby("path")["label"].first()
+    return any(stored.get(path, label) != label for path, label in stated.items())
+
+
 def _same_stat(record: dict | None, st: os.stat_result | None) -> bool:
     return record is not None and st is not None and int(record["size"]) == st.st_size and int(record["mtime_ns"]) == st.st_mtime_ns
 
@@ -171,9 +183,9 @@ def _skip_counts(files: pd.DataFrame) -> dict[str, int]:
 # --- worker side --------------------------------------------------------------------
 
 
-def _decode_job(job: tuple[str, str, str, ImageOptions]) -> dict | str:
+def _decode_job(job: tuple[str, str, str, str, ImageOptions]) -> dict | str:
     """Decode one file (or one named part of it) in a worker; never raises (a bug becomes a skip reason too)."""
-    path, part, known_digest, options = job
+    path, decoder, part, known_digest, options = job
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # failures go to the ingest report instead
     try:
         with open(path, "rb") as handle:
@@ -184,7 +196,7 @@ def _decode_job(job: tuple[str, str, str, ImageOptions]) -> dict | str:
     if digest == known_digest:
         return "unchanged"
     try:
-        slices: DicomSlices = decode_file(path, data, options, part)
+        slices: DicomSlices = decode_file(path, data, options, part, decoder)
     except SkippedFile as skip:
         return {"digest": digest, "reason": skip.reason, "detail": skip.detail}
     except Exception as exc:  # a bug in hashbench or a library: report, do not crash the ingest
@@ -279,8 +291,8 @@ class _Partial:
     length. A resume trusts the journal alone and cuts what lies beyond it.
     """
 
-    def __init__(self, records: dict[str, dict], size: int, n_slices: int):
-        self.records, self.size, self.n_slices = records, size, n_slices
+    def __init__(self, records: dict[str, dict], n_slices: int):
+        self.records, self.n_slices = records, n_slices
         self.n_files = len(records)
         self.folder: Path | None = None
         self.settings: dict = {}
@@ -303,6 +315,7 @@ class _Partial:
         first = int(record["first_slice"])
         rows = previous.dataset.index.loc[first : first + int(record["n_slices"]) - 1]
         images = previous.dataset.images[first : first + len(rows)] if len(rows) else None
+        rows = rows.assign(label=source_file.label, label_source="list") if source_file.label else rows
         index_rows = rows.reset_index()[INDEX_COLUMNS[1:]].to_numpy().tolist()
         self._append(source_file, st, record["digest"], record["status"], record["reason"], record["detail"], images, index_rows)
 
@@ -312,6 +325,8 @@ class _Partial:
             return
         ids = dict(zip(IDENTIFIER_COLUMNS, _identifiers(source_file, outcome["header"], series_metadata)))
         frames = outcome.get("frames") or [{}] * len(outcome["stats"])
+        if source_file.label_names:
+            frames = [{**own, "label": source_file.label_names[int(own["label"])]} if int(own["label"]) < len(source_file.label_names) else own for own in frames]
         index_rows = [[*{**ids, **own}.values(), source_file.relpath, frame, *(s[c] for c in STAT_COLUMNS)] for frame, (s, own) in enumerate(zip(outcome["stats"], frames))]
         self._append(source_file, st, outcome["digest"], "kept", "", "", outcome["images"], index_rows)
 
@@ -352,7 +367,7 @@ class _Partial:
                 handle.close()
 
 
-def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result], size: int) -> _Partial:
+def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result], image_bytes: int) -> _Partial:
     """Recover what an interrupted ingest committed, cutting whatever was written after its last commit;
     start over if that cannot be trusted (other settings, a file shorter than committed, a finished file changed or gone)."""
     try:
@@ -366,23 +381,25 @@ def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result]
         files = pd.read_csv(folder / FILES, dtype=FILES_DTYPES, keep_default_na=False)
         index = pd.read_csv(folder / INDEX, usecols=["slice_id"])
         n_slices = int(journal["slices"])
-        if len(files) != journal["files"] or len(index) != n_slices or (folder / IMAGES).stat().st_size != n_slices * size * size:
+        if len(files) != journal["files"] or len(index) != n_slices or (folder / IMAGES).stat().st_size != n_slices * image_bytes:
             raise ValueError("the committed parts do not agree")
         if n_slices and not np.array_equal(index["slice_id"].to_numpy(), np.arange(n_slices)):
             raise ValueError("slice ids out of order")
         records = files.set_index("path", drop=False).to_dict("index")
         if not all(_same_stat(record, stats.get(path)) for path, record in records.items()):
             raise ValueError("files changed or removed since")
-        return _Partial(records, size, n_slices)
+        return _Partial(records, n_slices)
     except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError):
         shutil.rmtree(folder, ignore_errors=True)
-        return _Partial({}, size, 0)
+        return _Partial({}, 0)
 
 
 def _identifiers(source_file: SourceFile, header: dict[str, str], series_metadata: dict) -> list[str]:
     """label, label_source, patient, study, series, modality: the file's tags first."""
     by_series = series_metadata.get(header["series_tag"], {})
-    if header["collection_tag"]:
+    if source_file.label:
+        label, label_source = source_file.label, "list"
+    elif header["collection_tag"]:
         label, label_source = header["collection_tag"], "tag"
     elif source_file.csv_collection or by_series.get("collection"):
         label, label_source = source_file.csv_collection or by_series["collection"], "metadata.csv"

@@ -91,7 +91,7 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
     profile = first["profile"] or "unrecorded"
     parts = [
         data,
-        f"{splits.describe(first['split'])}, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
+        f"{_split_text(rows)}, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
         f"backbone {first['run_backbone']} ({_weights_text(rows)}){_own_backbones(rows)}",
         f"{first['epochs']} epochs", f"{first['image_size']} px", f"augmentation: {first['augment_text']}",
         f"seeds {seeds}{sample}", f"optimiser {' / '.join(optimisers)}",
@@ -103,6 +103,12 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
 
 def caption(rows: pd.DataFrame) -> str:
     return "; ".join(caption_parts(rows))
+
+
+def _split_text(rows: pd.DataFrame) -> str:
+    """The split as its cells describe it (they know their data: an image-level split, a literature protocol)."""
+    described = rows["split_description"].dropna() if "split_description" in rows else ()
+    return described.iloc[0] if len(described) else splits.describe(rows.iloc[0]["split"])
 
 
 def _weights_text(rows: pd.DataFrame) -> str:
@@ -151,7 +157,7 @@ def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
         text
         for differs, text in (
             (synthetic, "synthetic data (the paper's: TCIA collections)"),
-            (first["split"] != "slice", f"{splits.describe(first['split'])} (the paper's: slice-level)"),
+            (first["split"] != "slice", f"{_split_text(rows)} (the paper's: slice-level)"),
             (first["run_backbone"] != paper.backbone, f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6, {paper.backbone})"),
             (kinds != {"hub"}, "weights " + " / ".join(sorted(kinds)) + " (the paper's: ImageNet weights from the hub)"),
             (first["epochs"] != paper.epochs, f"{first['epochs']} epochs (the paper's: {paper.epochs})"),

@@ -135,14 +135,22 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     return written
 
 
-def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
-    """The paper's Figure 3 for one cell as ``confusion.png`` and ``confusion.md`` (with per-class metrics); returns those metrics."""
-    matrix, names, config = cell.confusion(), cell.class_names, cell.config
+def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], list[Path]]:
+    """The paper's Figure 3 for one cell as ``confusion.png`` and ``confusion.md`` (with per-class metrics); returns those metrics and the files.
+
+    Multi-label cells get the per-class table alone: a top-1 item may share several classes with its query.
+    """
+    names, config = cell.class_names, cell.config
     synthetic = " (synthetic phantom data)" if cell.record.get("synthetic") else ""
     flag = f" [{cell.collapse()}]" if cell.collapse() else ""
-    title = f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
     directory.mkdir(parents=True, exist_ok=True)
-    confusion_png(matrix, names, title, directory / "confusion.png")
     by_class = cell.per_class(metrics)
+    if cell.multi_label:
+        title = f"Per-class metrics: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag} (multi-label: a query counts in each of its classes; no confusion matrix)"
+        (directory / "confusion.md").write_text(f"**{title}**\n\n" + per_class_markdown(by_class, names))
+        return by_class, [directory / "confusion.md"]
+    matrix = cell.confusion()
+    title = f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
+    confusion_png(matrix, names, title, directory / "confusion.png")
     (directory / "confusion.md").write_text(confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names))
-    return by_class
+    return by_class, [directory / "confusion.png", directory / "confusion.md"]

@@ -299,11 +299,17 @@ class Cell:
         except FileNotFoundError:
             return False
 
+    @property
+    def multi_label(self) -> bool:
+        return self.codes()["query_labels"].ndim == 2
+
     def confusion(self) -> np.ndarray:
         """(C, C) counts of query class against the class of its top-1 item (the paper's Figure 3)."""
         from hashbench.evaluate import top1_confusion
 
         codes = self.codes()
+        if self.multi_label:
+            raise ValueError(f"{self.config.label()} is multi-label: a top-1 item can share several classes with its query, so there is no confusion matrix")
         return top1_confusion(self.evaluate(("map@1",)).counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
 
     def per_class(self, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
@@ -424,7 +430,9 @@ def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, A
             return f"{side} codes of shape {codes.shape}, not (n, {(bits + 7) // 8})"
         if len(labels) != len(codes) or len(ids) != len(codes):
             return f"{len(codes)} {side} codes but {len(labels)} labels and {len(ids)} ids"
-        if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        if labels.ndim == 2 and labels.shape[1] != n_classes:
+            return f"{side} labels are rows of {labels.shape[1]} classes, not {n_classes}"
+        if labels.ndim == 1 and len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
             return f"{side} labels outside the {n_classes} classes"
         expected = record.get(f"n_{side}")
         if expected is not None and expected != len(codes):
@@ -518,7 +526,7 @@ def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
     if status == "finished":
         record = cell.record
         row.update(record["metrics"])
-        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained)
+        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained, split_description=record.get("split_description"))
         later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
         pending = "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" if cell.rerun_pending() else ""
         row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else "", pending]))

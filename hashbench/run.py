@@ -32,7 +32,7 @@ import torch
 
 from hashbench import engine, splits
 from hashbench.augment import PAPER_AUGMENTATION, Augmentation
-from hashbench.dataset import Dataset, split_hash
+from hashbench.dataset import LABEL_SEPARATOR, Dataset, split_hash
 from hashbench.digest import file_sha256
 from hashbench.evaluate import DEFAULT_METRICS, DEFAULT_TIE_RULE, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
 from hashbench.method import Method, MethodContext
@@ -67,12 +67,17 @@ PROFILES: dict[str, Profile] = {
         "efficientnet_b0", 50, 224, True, PAPER_AUGMENTATION,
     ),
     "quick": Profile(
-        "a CPU budget for the synthetic phantom: timm's tiny test EfficientNet from random weights, 64 px, 30 epochs, "
+        "a CPU budget for the synthetic phantom: timm's tiny test EfficientNet from random weights, 64 px (or the stored size if smaller), 30 epochs, "
         "no augmentation, Adam 1e-3 with batch 32 and a constant rate for every method (the authors' fine-tuning optimisers need ImageNet weights)",
         "test_efficientnet", 30, 64, False, Augmentation(),
         {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "head_lr_scale": 1.0, "batch_size": 32, "lr_schedule": "constant"},
     ),
 }
+
+
+def _default_image_size(profile: Profile, dataset: Dataset) -> int:
+    """A pretrained backbone's own input size; from random weights, no upsampling beyond the stored images (28-px MedMNIST trains at 28)."""
+    return profile.image_size if profile.pretrained else min(profile.image_size, dataset.image_size)
 
 
 def default_profile(dataset: Dataset, device: torch.device) -> str:
@@ -133,7 +138,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
         raise ValueError(f"unknown profile {profile_name!r}; valid: {', '.join(PROFILES)}")
     profile = PROFILES[profile_name]
     epochs = profile.epochs if request.epochs is None else request.epochs
-    image_size = profile.image_size if request.image_size is None else request.image_size
+    image_size = _default_image_size(profile, dataset) if request.image_size is None else request.image_size
     for name, value, low in (("--bits", min(request.bits, default=1), 1), ("--epochs", epochs, 1), ("--image-size", image_size, 16)):
         if value < low:
             raise ValueError(f"{name} {value} is too small: at least {low}")
@@ -146,11 +151,11 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
         raise ValueError(f"--set names {', '.join(sorted(strangers))}, not in this run ({', '.join(request.methods)}); write key=value for every method or method.key=value for one of them")
     augmentation = profile.augment if request.augment is None else Augmentation.parse(request.augment)
     sides = _checked_split(dataset, request)
-    database = sides == "database"
-    labels = dataset.index.loc[sides.index[database.to_numpy()], "label"]
-    if labels.nunique() < 2:
-        raise ValueError(f"{dataset.name}: the training side holds {labels.nunique()} class(es); retrieval by class needs at least two")
-    n_classes, n_train = dataset.index.loc[sides.index, "label"].nunique(), int(database.sum())
+    trained = sides.isin(splits.TRAINED)
+    _, training_classes = class_ids(dataset.index.loc[sides.index[trained.to_numpy()], "label"], dataset.multi_label)
+    if len(training_classes) < 2:
+        raise ValueError(f"{dataset.name}: the training side holds {len(training_classes)} class(es); retrieval by class needs at least two")
+    n_classes, n_train = len(class_ids(dataset.index.loc[sides.index, "label"], dataset.multi_label)[1]), int(trained.sum())
     run_backbone = request.backbone or profile.backbone
     pretrained = profile.pretrained if request.pretrained is None else request.pretrained
     files = parse_weights_option(request.weights)
@@ -181,13 +186,13 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
 
 
 def _checked_split(dataset: Dataset, request: RunRequest):
-    valid = [p for p in splits.PROTOCOLS if p != "official" or dataset.manifest.get("official_split")]
+    valid = [*splits.BUILT_IN, *dataset.protocols]
     if request.split not in valid:
         raise ValueError(f"unknown split {request.split!r} for {dataset.name}; valid: {', '.join(valid)}")
     sides = dataset.split(request.split, seed=request.split_seed, validation_fraction=request.validation)
-    for name in ("database", "query"):
-        if not (sides == name).any():
-            raise ValueError(f"{dataset.name}: the {splits.describe(request.split)} (seed {request.split_seed}) leaves the {name} side empty; the dataset is too small")
+    for name, members in (("training", splits.TRAINED), ("database", splits.SEARCHED), ("query", ("query",))):
+        if not sides.isin(members).any():
+            raise ValueError(f"{dataset.name}: the {dataset.describe_split(request.split)} (seed {request.split_seed}) leaves the {name} side empty; the dataset is too small")
     return sides
 
 
@@ -271,10 +276,19 @@ def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.d
     return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse()])))
 
 
-def class_ids(labels) -> tuple[np.ndarray, list[str]]:
-    names = sorted(set(labels))
+def class_ids(labels, multi_label: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Class numbers (n,) and the sorted class names; for multi-label data a multi-hot (n, classes) uint8 matrix instead."""
+    if not multi_label:
+        names = sorted(set(labels))
+        lookup = {name: i for i, name in enumerate(names)}
+        return np.array([lookup[label] for label in labels], dtype=np.int64), names
+    sets = [label.split(LABEL_SEPARATOR) if label else [] for label in labels]
+    names = sorted({name for members in sets for name in members})
     lookup = {name: i for i, name in enumerate(names)}
-    return np.array([lookup[label] for label in labels], dtype=np.int64), names
+    matrix = np.zeros((len(sets), len(names)), dtype=np.uint8)
+    for row, members in enumerate(sets):
+        matrix[row, [lookup[name] for name in members]] = 1
+    return matrix, names
 
 
 def run_cell(
@@ -288,17 +302,19 @@ def run_cell(
     side = dataset.split(config.split, seed=config.split_seed, validation_fraction=config.validation)
     if split_hash(side) != config.split_hash:
         raise RuntimeError(f"the {config.split} split of {dataset.name} changed after the run was planned; run again")
-    labels, class_names = class_ids(dataset.index.loc[side.index, "label"])
-    by_side = {name: (side.index.to_numpy()[(side == name).to_numpy()], labels[(side == name).to_numpy()]) for name in ("database", "query", "validation")}
-    (database_ids, database_labels), (query_ids, query_labels) = by_side["database"], by_side["query"]
+    labels, class_names = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
+    members = {"training": splits.TRAINED, "database": splits.SEARCHED, "query": ("query",), "validation": ("validation",)}
+    by_side = {name: (side.index.to_numpy()[side.isin(sides).to_numpy()], labels[side.isin(sides).to_numpy()]) for name, sides in members.items()}
+    (train_ids, train_labels), (database_ids, database_labels), (query_ids, query_labels) = by_side["training"], by_side["database"], by_side["query"]
 
     method_cls = REGISTRY.get(config.method)
     engine.seed_everything(config.seed)
-    method: Method = method_cls(MethodContext(config.bits, len(class_names), len(database_ids), config.options, config.seed, config.image_size, planned.weights))
+    method: Method = method_cls(MethodContext(config.bits, len(class_names), len(train_ids), config.options, config.seed, config.image_size, planned.weights))
     network, loss = method.build(config.run_backbone)
     ran = _check_backbones(config, architectures(network))
     settings = method_cls.train.with_overrides(config.train, config.method)
-    train_source = engine.ImageSource(dataset.images, database_ids, device)
+    train_source = engine.ImageSource(dataset.images, train_ids, device)
+    database_source = train_source if np.array_equal(train_ids, database_ids) else engine.ImageSource(dataset.images, database_ids, device)
     validate = None
     if len(by_side["validation"][0]):
         validation_ids, validation_labels = by_side["validation"]
@@ -306,20 +322,20 @@ def run_cell(
 
         def validate(network) -> dict[str, float]:
             held_out = binarize(engine.encode(network, validation_source, validation_ids, config.image_size))
-            training = binarize(engine.encode(network, train_source, database_ids, config.image_size))
-            return evaluate(held_out, validation_labels, training, database_labels, ("map@10",)).metrics
+            training = binarize(engine.encode(network, train_source, train_ids, config.image_size))
+            return evaluate(held_out, validation_labels, training, train_labels, ("map@10",)).metrics
 
     resumed_from = engine.train(
-        method, network, loss, train_source, engine.TrainData(database_ids, database_labels, len(class_names)), settings,
+        method, network, loss, train_source, engine.TrainData(train_ids, train_labels, len(class_names)), settings,
         config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
         Augmentation.from_dict(config.augment),
     )
     epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
-    database_embeddings = engine.encode(network, train_source, database_ids, config.image_size)
+    database_embeddings = engine.encode(network, database_source, database_ids, config.image_size)
     database_bits = binarize(database_embeddings)
-    wanted = tuple(dict.fromkeys(STORED_METRICS + tuple(metrics)))
+    wanted = tuple(dict.fromkeys(STORED_METRICS + tuple(filter(None, [dataset.published_metric(config.split)])) + tuple(metrics)))
     result = evaluate(query_bits, query_labels, database_bits, database_labels, wanted, device="cpu" if device.type == "cpu" else str(device), **DEFAULT_TIE_RULE)
     arrays = {
         "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query_labels, "database_labels": database_labels,
@@ -347,6 +363,8 @@ def run_cell(
         "synthetic": bool(dataset.manifest.get("synthetic", False)),
         "n_query": len(query_ids),
         "n_database": len(database_ids),
+        "n_train": len(train_ids),
+        "split_description": dataset.describe_split(config.split),
         "classes": class_names,
     }
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)

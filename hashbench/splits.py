@@ -1,17 +1,28 @@
-"""Seeded, stratified database/query splits, by patient (default) or by slice (the paper).
+"""Seeded, stratified splits into sides, by patient (default) or by slice (the paper), or a protocol the data declares.
 
 The paper splits slices 8:2, so neighbouring slices of one patient, which are near
 duplicates, land on both sides and retrieval partly measures memorisation. The
 patient-level split keeps every patient on one side; the slice-level split is kept
-as an option so the size of that leak can be measured.
+as an option so the size of that leak can be measured. Both stratify by label (by
+label set, for multi-label data).
 
-Sides: ``database`` (= the training set, as in the paper), ``query``, and an
+Sides: ``database`` (trained on and searched: the paper's protocol), ``query``, an
 optional ``validation`` side carved from the database side by the same rule, held
-out of training for methods that monitor something.
+out of training for methods that monitor something, and for the hashing
+literature's protocols ``train`` (trained on, not searched) and ``gallery``
+(searched, never trained on).
 
-``official``: a split that ships with the data (MedMNIST's train / val / test), read
-from each slice's ``series`` with the dataset's mapping of parts to sides; no seed,
-no fractions.
+Declared protocols come with a dataset (its manifest's ``protocols``), in two kinds:
+
+- ``parts``: a split the data ships (MedMNIST's train / val / test, CIFAR-10's test
+  batch, the query / database / train lists of a list-file set), read from each
+  slice's ``series`` through a mapping of parts to sides; no seed, no fractions;
+- ``per_class``: seeded counts per class (CIFAR-10's 100 queries and 500 training
+  images per class), the rest the gallery, or the gallery plus the training images
+  (``train_in_database``).
+
+A protocol that documents its ``sizes`` (queries, training images, database) is
+checked against them every time it is drawn.
 """
 
 from __future__ import annotations
@@ -19,25 +30,36 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-PROTOCOLS = ("patient", "slice", "official")
+BUILT_IN = ("patient", "slice")
+SIDES = ("database", "query", "validation", "train", "gallery")
+TRAINED = ("database", "train")
+SEARCHED = ("database", "gallery")
 
 
-def describe(protocol: str) -> str:
+def describe(protocol: str, declared: dict[str, dict] | None = None) -> str:
     """How a caption names the split."""
-    return "the dataset's official split" if protocol == "official" else f"{protocol}-level split"
+    if declared and protocol in declared:
+        return declared[protocol].get("description", f"the dataset's {protocol} split")
+    return f"{protocol}-level split"
 
 
-def split(index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0, official: dict[str, str] | None = None) -> pd.Series:
-    """Side of every row of ``index`` (needs columns label, patient; series for ``official``, with ``official`` mapping its parts to sides)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown split protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
-    if protocol == "official":
-        if not official:
-            raise ValueError("this dataset ships no official split; valid: patient, slice")
-        side = index["series"].map(official)
-        if side.isna().any():
-            raise ValueError(f"slices whose part is not in the official split: {', '.join(sorted(set(index['series'][side.isna()])))}")
-        return side.astype(object)
+def split(
+    index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0,
+    declared: dict[str, dict] | None = None,
+) -> pd.Series:
+    """Side of every row of ``index`` (columns label, patient; series for ``parts`` protocols; path, frame order slices)."""
+    declared = declared or {}
+    if protocol not in BUILT_IN and protocol not in declared:
+        raise ValueError(f"unknown split protocol {protocol!r}; valid: {', '.join([*BUILT_IN, *declared])}")
+    if protocol in declared:
+        spec = declared[protocol]
+        if validation_fraction > 0 and "parts" not in spec:
+            raise ValueError(f"the {protocol} protocol fixes its sides; a validation side is not carved from it (leave --validation at 0)")
+        side = _parts(index, spec["parts"]) if "parts" in spec else _per_class(index, protocol, spec, seed)
+        expected = spec.get("sizes")
+        if expected and validation_fraction == 0 and side_sizes(side) != expected:
+            raise ValueError(f"the {protocol} protocol gives {side_sizes(side)}, not the documented {expected}: the data is not the full set it was written for")
+        return side
     if not 0 < query_fraction < 1 or not 0 <= validation_fraction < 1:
         raise ValueError("query_fraction must be in (0, 1) and validation_fraction in [0, 1)")
     rng = np.random.default_rng(seed)
@@ -52,6 +74,33 @@ def split(index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_f
     return side
 
 
+def side_sizes(side: pd.Series) -> dict[str, int]:
+    """Queries, training images and database size of a split (training and database may overlap)."""
+    return {"query": int((side == "query").sum()), "train": int(side.isin(TRAINED).sum()), "database": int(side.isin(SEARCHED).sum())}
+
+
+def _parts(index: pd.DataFrame, parts: dict[str, str]) -> pd.Series:
+    side = index["series"].map(parts)
+    if side.isna().any():
+        raise ValueError(f"slices whose part is not in the split: {', '.join(sorted(set(index['series'][side.isna()])))}")
+    return side.astype(object)
+
+
+def _per_class(index: pd.DataFrame, protocol: str, spec: dict, seed: int) -> pd.Series:
+    """Exactly ``query`` and ``train`` images of each class, drawn by seed from the images in source order."""
+    rng = np.random.default_rng(seed)
+    n_query, n_train = spec["per_class"]["query"], spec["per_class"]["train"]
+    ordered = index.sort_values(["path", "frame"], kind="stable")
+    side = pd.Series("gallery", index=index.index, dtype=object)
+    for label, members in ordered.groupby("label", sort=True):
+        if len(members) < n_query + n_train:
+            raise ValueError(f"the {protocol} protocol takes {n_query} queries and {n_train} training images of every class, but class {label} has {len(members)} images")
+        drawn = members.index.to_numpy()[rng.permutation(len(members))]
+        side[drawn[:n_query]] = "query"
+        side[drawn[n_query : n_query + n_train]] = "database" if spec.get("train_in_database") else "train"
+    return side
+
+
 def _pick(index: pd.DataFrame, protocol: str, fraction: float, rng: np.random.Generator) -> pd.Index:
     """Rows of the units (patients or slices) chosen to make up ``fraction`` of each class."""
     if protocol == "slice":
@@ -59,8 +108,10 @@ def _pick(index: pd.DataFrame, protocol: str, fraction: float, rng: np.random.Ge
         order = index.sort_values([c for c in ("patient", "path", "frame") if c in index.columns], kind="stable").index
         per_unit = pd.DataFrame({"label": index.loc[order, "label"], "size": 1}, index=order)
     else:
-        # A patient's class is its most frequent label (a TCIA subject belongs to one collection).
-        per_unit = index.groupby("patient", sort=True)["label"].agg(label=lambda s: s.mode().iloc[0], size="size")
+        # A patient's class is its most frequent label, the first by name among equals (a TCIA subject belongs to one collection).
+        counts = index.groupby(["patient", "label"], sort=True).size().rename("n").reset_index()
+        modes = counts.sort_values(["patient", "n", "label"], ascending=[True, False, True], kind="stable").drop_duplicates("patient").set_index("patient")["label"]
+        per_unit = pd.DataFrame({"label": modes, "size": index.groupby("patient", sort=True).size()})
     chosen = []
     for _, members in per_unit.groupby("label", sort=True):
         chosen.extend(_closest_subset(members, fraction, rng))

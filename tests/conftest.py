@@ -128,13 +128,15 @@ def default_phantom(hashbench_home):
     return ingest_phantom(profile="default", workers=2)
 
 
-def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16):
-    """Metrics of random codes on the dataset's patient split, averaged over draws: the floor to clear."""
+def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16, split=None):
+    """Metrics of random codes on the dataset's default split (or ``split``), averaged over draws: the floor to clear."""
     from hashbench.evaluate import evaluate
+    from hashbench.run import class_ids
+    from hashbench.splits import SEARCHED
 
-    side = dataset.split("patient")
-    labels = dataset.index.loc[side.index, "label"].to_numpy()
-    query, database = (side == "query").to_numpy(), (side == "database").to_numpy()
+    side = dataset.split(split or dataset.default_split)
+    labels, _ = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
+    query, database = (side == "query").to_numpy(), side.isin(SEARCHED).to_numpy()
     rng = np.random.default_rng(0)
     draws = [evaluate(rng.random((query.sum(), bits)) < 0.5, labels[query], rng.random((database.sum(), bits)) < 0.5, labels[database], metrics).metrics for _ in range(5)]
     return {m: float(np.mean([d[m] for d in draws])) for m in metrics}
