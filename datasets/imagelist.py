@@ -108,7 +108,7 @@ def ingest_lists(
     found = overlaps(rows)
     sides = {"query": "query", "database": "gallery" if "train" in rows else "database", "train": "train"}
     metric = f"map@{top_k}" if top_k else None
-    sizes = ", ".join(f"{len(rows[role]):,} {role}" for role in ROLES if role in rows)
+    sizes = ", ".join(f"{len(rows[role]):,} {role}" for role in ROLES if role in rows) + " rows listed"
     extra = {
         "layout": "list files", "lists": {role: str(Path(path).resolve()) for role, path in lists.items()}, "patients": "one per image",
         "multi_label": multi_label, "class_names": names, "overlap": found, "missing_files": {"count": len(missing), "examples": missing[:EXAMPLES]},

@@ -208,9 +208,11 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
     for rows in _groups(cells):
         bits = sorted(rows["bits"].unique())
         described = caption(rows)
-        for metric in metrics:
+        published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
+        for metric in (*metrics, *(m for m in published if m not in metrics)):
             table = pd.DataFrame({f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits})
-            boards.append(Leaderboard(metric.upper(), described, table.rename_axis("method")))
+            title = metric.upper() + (" (the metric this protocol is published with)" if metric in published else "")
+            boards.append(Leaderboard(title, described, table.rename_axis("method")))
     return boards
 
 

@@ -526,7 +526,7 @@ def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
     if status == "finished":
         record = cell.record
         row.update(record["metrics"])
-        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained, split_description=record.get("split_description"))
+        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained, split_description=record.get("split_description"), published_metric=record.get("published_metric"))
         later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
         pending = "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" if cell.rerun_pending() else ""
         row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else "", pending]))

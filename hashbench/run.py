@@ -365,6 +365,7 @@ def run_cell(
         "n_database": len(database_ids),
         "n_train": len(train_ids),
         "split_description": dataset.describe_split(config.split),
+        "published_metric": dataset.published_metric(config.split),
         "classes": class_names,
     }
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)

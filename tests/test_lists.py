@@ -78,6 +78,10 @@ def test_the_lists_are_the_protocol_and_a_planted_overlap_is_reported(list_set, 
     floor = chance(dataset)["map@10"]
     assert outcome.metrics["map@10"] > floor + 0.2, (outcome.metrics["map@10"], floor)  # measured 0.86 against random codes' 0.47
     assert "map@50" in outcome.metrics  # the lists' published MAP@k, beside the rest
+    board = runner.invoke(app, ["leaderboard", "--out", str(root / "runs"), "--format", "md", "--output", str(root / "board.md"), "--no-figures"])
+    assert board.exit_code == 0, board.output
+    markdown = (root / "board.md").read_text()
+    assert "MAP@50 (the metric this protocol is published with)" in markdown and "the published lists (30 query, 151 database, 80 train rows listed)" in markdown
 
 
 def test_a_changed_label_in_a_list_reaches_the_index_without_decoding_again(list_set):
