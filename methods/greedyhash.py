@@ -1,0 +1,79 @@
+"""GreedyHash: Towards Fast Optimization for Accurate Hash Coding in CNN (Su, Zhang, Huang, Tian; NeurIPS 2018).
+
+Reference code: ssppp/GreedyHash.
+
+- Head: linear to ``bits`` (u); the code is sign(u) in the forward pass, and the
+  gradient passes through the sign unchanged (straight through: the greedy
+  principle), into a linear classifier without bias that reads the codes.
+- Loss (authors): cross-entropy of the classifier on sign(u), plus ``penalty`` x
+  mean(| |u| - 1 |^3) (0.1) pulling u towards the codes it is read as. Multi-label
+  targets are spread evenly over an image's labels.
+- Optimiser (authors, CIFAR-10): SGD lr 1e-3, momentum 0.9, weight decay 5e-4,
+  batch 32, lr x0.1 after 30 of 50 epochs (60 %).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hashbench.method import HashOutput, Method, TrainSettings
+from hashbench.options import option
+from hashbench.registry import register_method
+
+
+class _SignStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u):
+        return torch.where(u >= 0, torch.ones_like(u), -torch.ones_like(u))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def sign_straight_through(u: torch.Tensor) -> torch.Tensor:
+    """sign(u) (+1 at 0, as hashbench binarises) forward; the identity's gradient backward."""
+    return _SignStraightThrough.apply(u)
+
+
+class GreedyHead(nn.Module):
+    def __init__(self, in_features: int, bits: int, n_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, bits)
+        self.classifier = nn.Linear(bits, n_classes, bias=False)
+
+    def forward(self, features: torch.Tensor) -> HashOutput:
+        u = self.linear(features)
+        return HashOutput(u, self.classifier(sign_straight_through(u)))
+
+
+class GreedyLoss(nn.Module):
+    def __init__(self, penalty: float):
+        super().__init__()
+        self.penalty = penalty
+
+    def forward(self, output, labels, indices, info):
+        targets = labels / labels.sum(dim=1, keepdim=True).clamp(min=1)
+        classification = -(targets * F.log_softmax(output.logits, dim=1)).sum(dim=1).mean()
+        return {"classification": classification, "penalty": self.penalty * (output.code.abs() - 1).abs().pow(3).mean()}
+
+
+@register_method("greedyhash")
+class GreedyHash(Method):
+    paper = "Su, Zhang, Huang, Tian, Greedy Hash: Towards Fast Optimization for Accurate Hash Coding in CNN, NeurIPS 2018"
+
+    @dataclass(frozen=True)
+    class Options:
+        penalty: float = option(0.1, "weight of mean(| |u| - 1 |^3)", at_least=0.0)
+
+    train = TrainSettings(optimizer="sgd", lr=1e-3, weight_decay=5e-4, momentum=0.9, batch_size=32, lr_schedule="step:60%:0.1")
+
+    def build_head(self, in_features: int) -> nn.Module:
+        return GreedyHead(in_features, self.bits, self.context.n_classes)
+
+    def build_loss(self) -> nn.Module:
+        return GreedyLoss(self.opt.penalty)
