@@ -17,9 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from hashbench.components import focal_loss
 from hashbench.method import HashOutput, Method, TrainSettings
 from hashbench.options import option
 from hashbench.registry import register_method
@@ -57,8 +57,7 @@ class GreedyLoss(nn.Module):
         self.penalty = penalty
 
     def forward(self, output, labels, indices, info):
-        targets = labels / labels.sum(dim=1, keepdim=True).clamp(min=1)
-        classification = -(targets * F.log_softmax(output.logits, dim=1)).sum(dim=1).mean()
+        classification = focal_loss(output.logits, labels, gamma=0.0)  # cross-entropy
         return {"classification": classification, "penalty": self.penalty * (output.code.abs() - 1).abs().pow(3).mean()}
 
 

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashbench.components import focal_loss
 from hashbench.method import HashOutput, Method, TrainSettings
 from hashbench.options import option
 from hashbench.registry import register_method
@@ -68,9 +69,8 @@ class OrthoHashLoss(nn.Module):
         self.scale, self.margin, self.quantisation = scale, margin, quantisation
 
     def forward(self, output, labels, indices, info):
-        targets = labels / labels.sum(dim=1, keepdim=True).clamp(min=1)
         logits = self.scale * (output.logits - self.margin * (labels > 0).to(output.logits.dtype))
-        terms = {"classification": -(targets * F.log_softmax(logits, dim=1)).sum(dim=1).mean()}
+        terms = {"classification": focal_loss(logits, labels, gamma=0.0)}  # cross-entropy
         if self.quantisation > 0:
             terms["quantisation"] = self.quantisation * (1 - F.cosine_similarity(output.code, output.code.detach().sign(), dim=1)).mean()
         return terms
