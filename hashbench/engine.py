@@ -296,10 +296,26 @@ def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optim
 @torch.no_grad()
 def encode(network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int = 256) -> np.ndarray:
     """Continuous codes (n, bits) for slices ``ids``, in that order."""
+    return _outputs(lambda x: network(x).code, network, source, ids, image_size, batch_size)
+
+
+def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, log: Path) -> None:
+    """Fit a training-free method: its encoder's features of the training slices set its head's state; one log line."""
+    started = time.perf_counter()
+    network.to(source.device)
+    features = _outputs(network.encoder, network, source, ids, image_size, 256)
+    method.fit(network.head, features.astype(np.float64))
+    network.head.to(source.device)
+    with open(log, "w") as handle:
+        handle.write(json.dumps({"epoch": 0, "seconds": round(time.perf_counter() - started, 3), "fitted_on": len(ids), "feature_dimensions": features.shape[1]}) + "\n")
+
+
+@torch.no_grad()
+def _outputs(function: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
     network.eval()
     chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
-    codes = []
+    outputs = []
     for _, batch in source.batches(chunks):
         with _autocast(source.device):
-            codes.append(network(to_input(batch, source.device, image_size)).code.float().cpu())
-    return torch.cat(codes).numpy() if codes else np.zeros((0, 0), np.float32)
+            outputs.append(function(to_input(batch, source.device, image_size)).float().cpu())
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)

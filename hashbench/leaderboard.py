@@ -134,9 +134,31 @@ def _version_text(dataset: str, fingerprint: str) -> str:
 
 
 def _own_backbones(rows: pd.DataFrame) -> str:
-    """The rows whose method built another backbone than the run's (Table 4's variants), per row."""
-    own = rows.loc[(rows["backbone"] != rows["run_backbone"]) & (rows["status"] != "damaged")].drop_duplicates("row")
-    return "".join(f"; row {row}: backbone {backbone}" for row, backbone in zip(own["row"], own["backbone"]))
+    """The rows that hashed something else than the run's backbone trained: training-free rows, Table 4's own backbones."""
+    parts = []
+    for _, row in rows[rows["status"] != "damaged"].drop_duplicates("row").iterrows():
+        features = _training_free_features(row)
+        if features:
+            parts.append(f"; row {row['row']}: {features}")
+        elif row["backbone"] != row["run_backbone"]:
+            parts.append(f"; row {row['row']}: backbone {row['backbone']}")
+    return "".join(parts)
+
+
+def _training_free_features(row: pd.Series) -> str:
+    """'training-free, on ...' for a method fitted without gradients (what it hashed), else ''."""
+    from hashbench.registry import REGISTRY
+
+    try:
+        fitted = getattr(REGISTRY.get(row["method"]), "fitted", False)
+    except (LookupError, RuntimeError):  # a plugin not loaded here: cannot tell
+        return ""
+    if not fitted:
+        return ""
+    options = row["options"] or {}
+    if options.get("features") == "backbone":
+        return f"training-free, on frozen {row['backbone']} features"
+    return f"training-free, on raw pixels ({options.get('pixels')} x {options.get('pixels')} per channel)"
 
 
 def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:

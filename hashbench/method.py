@@ -178,3 +178,76 @@ class Method:
     def schedule(self, model: HashNetwork, info: StepInfo) -> None:
         """Called before every training step, for continuation schedules (e.g. HashNet's beta)."""
 
+
+class PixelFeatures(nn.Module):
+    """Raw pixels as features: the network's input averaged down to ``side`` x ``side`` per channel, flattened."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(images, self.side).flatten(1)
+
+
+class FrozenFeatures(nn.Module):
+    """A backbone's pooled features, never trained: the input of a training-free method on deep features."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FrozenFeatures":
+        return super().train(False)  # batch norm statistics stay the pretrained ones
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(images)
+
+
+class TrainingFreeMethod(Method):
+    """A method fitted once, in closed form, to the training set's features instead of trained by gradients.
+
+    The encoder gives features (raw pixels by default, or a frozen backbone's), ``fit``
+    turns the training features into the head's state, and from there the run is a
+    deep method's: the same encoding, evaluation and results store. A subclass gives
+    its head (a module whose buffers ``fit`` fills) and ``fit``.
+    """
+
+    fitted: ClassVar[bool] = True
+
+    @dataclass(frozen=True)
+    class Options:
+        features: Literal["pixels", "backbone"] = option("pixels", "what is hashed: raw pixels, or the run's backbone's features (frozen)")
+        pixels: int = option(16, "side of the downsampled image that pixel features are read from", at_least=1)
+
+    def backbones(self, run_backbone: str) -> list[str]:
+        return [run_backbone] if self.opt.features == "backbone" else []
+
+    def build_encoder(self, backbone: str) -> tuple[nn.Module, int]:
+        if self.opt.features == "backbone":
+            encoder, width = super().build_encoder(backbone)
+            return FrozenFeatures(encoder), width
+        return PixelFeatures(self.opt.pixels), 3 * self.opt.pixels**2
+
+    def build_loss(self) -> nn.Module:
+        return nn.Module()  # nothing is trained
+
+    def fit(self, head: nn.Module, features: np.ndarray) -> None:
+        """Fill ``head``'s buffers from the training features (n, d), seeded by the run's seed."""
+        raise NotImplementedError(f"{type(self).__name__} must define fit")
+
+    def check_dimensions(self, width: int, needed: int) -> None:
+        if width < needed:
+            raise ValueError(f"{self.name}: {needed} projections need at least {needed} feature dimensions, the features have {width}; raise --set {self.name}.pixels or use fewer bits")
+
+
+class ProjectionHead(nn.Module):
+    """codes = (x - mean) @ projection: the head of LSH, PCAH and ITQ, its state set by ``fit``."""
+
+    def __init__(self, in_features: int, bits: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(in_features))
+        self.register_buffer("projection", torch.zeros(in_features, bits))
+
+    def forward(self, features: torch.Tensor) -> HashOutput:
+        return HashOutput((features.float() - self.mean) @ self.projection)

@@ -325,11 +325,15 @@ def run_cell(
             training = binarize(engine.encode(network, train_source, train_ids, config.image_size))
             return evaluate(held_out, validation_labels, training, train_labels, ("map@10",)).metrics
 
-    resumed_from = engine.train(
-        method, network, loss, train_source, engine.TrainData(train_ids, train_labels, len(class_names)), settings,
-        config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
-        Augmentation.from_dict(config.augment),
-    )
+    if getattr(method, "fitted", False):
+        engine.fit(method, network, train_source, train_ids, config.image_size, cell.work_path(LOG))
+        resumed_from = 0
+    else:
+        resumed_from = engine.train(
+            method, network, loss, train_source, engine.TrainData(train_ids, train_labels, len(class_names)), settings,
+            config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
+            Augmentation.from_dict(config.augment),
+        )
     epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
@@ -374,7 +378,7 @@ def run_cell(
 
 def _check_backbones(config: CellConfig, ran: list[str]) -> list[str]:
     """The timm models the network holds must be the ones the method declared (the config says what ran)."""
-    declared = [name.split(".")[0] for name in config.backbone.split(" + ")]
+    declared = [name.split(".")[0] for name in config.backbone.split(" + ") if name]
     if ran != declared:
         built = ", ".join(ran) or "no timm model"
         raise RuntimeError(f"{config.method} built {built} but declared {config.backbone}: its backbones() must list what build() creates")

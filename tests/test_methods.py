@@ -32,6 +32,14 @@ def train_a_step(name, bits, **options):
     """Build, run one forward and backward pass, and check the loss, the gradients and the codes."""
     torch.manual_seed(0)
     method, network, loss_fn = build(name, bits, **options)
+    if getattr(method, "fitted", False):  # training-free: fitted to features, nothing to back-propagate
+        images = torch.randn(64, 3, 32, 32)
+        with torch.no_grad():
+            method.fit(network.head, network.encoder(images).double().numpy())
+            output = network(images)
+        assert output.code.shape == (64, bits) and torch.isfinite(output.code).all()
+        assert not [n for n, p in network.named_parameters() if p.requires_grad]
+        return
     labels = F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float()
     images = torch.randn(6, 3, 32, 32)
     method.schedule(network, INFO)
@@ -61,7 +69,7 @@ def choices(name):
 
 NON_DEFAULT_CHOICES = [
     (name, key, value)
-    for name in ("hashnet", "dsh", "dpn", "dafh")
+    for name in ("hashnet", "dsh", "dpn", "dafh", "itq")
     for key, values in choices(name).items()
     for value in values
     if value != REGISTRY.get(name).default_options()[key]
@@ -72,6 +80,7 @@ def test_the_non_default_choices_cover_every_option_that_takes_one_of_a_few():
     assert {(name, key) for name, key, _ in NON_DEFAULT_CHOICES} >= {
         ("hashnet", "pairing"), ("hashnet", "schedule"), ("dsh", "pair_gradient"),
         ("dafh", "triplet_reduction"), ("dafh", "classifier_input"), ("dafh", "fusion_pool"), ("dafh", "mining"), ("dpn", "targets"),
+        ("itq", "features"),
     }
 
 

@@ -1,0 +1,35 @@
+"""PCAH: the top principal directions of the training features, thresholded at zero (Wang, Kumar, Chang, CVPR 2010, as a baseline).
+
+Training-free: codes = sign((x - mean) P), P the ``bits`` leading principal
+directions (scikit-learn's PCA). Needs at least ``bits`` feature dimensions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.decomposition import PCA
+from torch import nn
+
+from hashbench.method import ProjectionHead, TrainingFreeMethod
+from hashbench.registry import register_method
+
+
+def principal_directions(features: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training mean and the ``count`` leading principal directions as columns (d, count)."""
+    pca = PCA(n_components=count, svd_solver="full", random_state=seed).fit(features)
+    return pca.mean_, pca.components_.T
+
+
+@register_method("pcah")
+class PCAH(TrainingFreeMethod):
+    paper = "Wang, Kumar, Chang, Semi-Supervised Hashing for Scalable Image Retrieval, CVPR 2010 (PCA hashing baseline)"
+
+    def build_head(self, in_features: int) -> nn.Module:
+        return ProjectionHead(in_features, self.bits)
+
+    def fit(self, head: nn.Module, features: np.ndarray) -> None:
+        self.check_dimensions(min(features.shape), self.bits)
+        mean, directions = principal_directions(features, self.bits, self.context.seed)
+        head.mean.copy_(torch.from_numpy(mean))
+        head.projection.copy_(torch.from_numpy(directions))
