@@ -413,6 +413,7 @@ def run_command(
     methods: List[str] = typer.Option([], "--methods", help="Methods to run: --methods hashnet dpsh, or hashnet,dpsh."),
     bits: List[int] = typer.Option([], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48 (default 16 32 48, or the suite's)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Run a paper table: paper-table3, paper-table4, paper-table5 (its methods and bits)."),
+    with_baselines: bool = typer.Option(False, "--with-baselines", help="Also run the training-free floor (lsh, pcah, itq, sh) on the same split."),
     seeds: List[int] = typer.Option([0], "--seeds", help="Training seeds; the leaderboard shows mean +/- std over them."),
     split_seed: int = typer.Option(0, "--split-seed", help="Seed of the database/query split; vary it to measure split variance."),
     dataset: str = typer.Option("phantom", "--dataset", help="An ingested dataset (see `hashbench datasets`); phantom is built on first use."),
@@ -439,15 +440,18 @@ def run_command(
     from hashbench.datasets import UnknownDatasetError, load_dataset
     from hashbench.registry import BrokenMethodError, UnknownMethodError
     from hashbench.run import RunRequest, plan, run_grid
+    from hashbench.suites import TRAINING_FREE
     from hashbench.weights import WeightsUnavailableError
 
     _load_plugins(plugin)
     _check_metrics(metrics)
-    chosen = _suite(suite)
+    chosen = _suite(suite, with_baselines)
     methods = list(methods) or (chosen.methods if chosen else [])
     bits = list(bits) or (list(chosen.bits) if chosen else [16, 32, 48])
     if not methods:
         raise typer.BadParameter("name methods (--methods hashnet,dpsh) or a suite (--suite paper-table3)", param_hint="--methods")
+    if with_baselines:
+        methods = list(dict.fromkeys([*methods, *TRAINING_FREE]))
     request = RunRequest(
         methods=methods, bits=bits, seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained, weights=list(weights),
         epochs=epochs, image_size=image_size, split=split, split_seed=split_seed, validation=validation, device=device, profile=profile,
@@ -506,13 +510,14 @@ def _print_plan(planned, out: Path, as_json: bool) -> None:
         console.print(f"{len(planned)} cells planned; nothing was run (--dry-run).")
 
 
-def _suite(name: str | None):
+def _suite(name: str | None, with_baselines: bool = False):
     from hashbench.suites import get_suite
 
     try:
-        return get_suite(name) if name else None
+        chosen = get_suite(name) if name else None
     except KeyError as exc:
         raise typer.BadParameter(exc.args[0], param_hint="--suite") from None
+    return chosen.with_baselines() if chosen and with_baselines else chosen
 
 
 def _cells(out: Path, dataset: str | None, suite=None, directories: set[str] | None = None):
@@ -563,6 +568,7 @@ def leaderboard_command(
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
     output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md, or <out>/<suite>.md)."),
     suite: Optional[str] = typer.Option(None, "--suite", help="Show a paper table (paper-table3/4/5) in the paper's layout, the paper's numbers beside ours."),
+    with_baselines: bool = typer.Option(False, "--with-baselines", help="With --suite: the training-free floor as reference rows below the paper's."),
     figures: bool = typer.Option(True, "--figures/--no-figures", help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown."),
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
@@ -571,7 +577,7 @@ def leaderboard_command(
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     _check_metrics(metrics)
-    chosen = _suite(suite)
+    chosen = _suite(suite, with_baselines)
     boards = _boards(out, tuple(metrics), dataset, chosen)
     if not boards:
         console.print(f"[red]error:[/red] no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root")

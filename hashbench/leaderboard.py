@@ -145,20 +145,23 @@ def _own_backbones(rows: pd.DataFrame) -> str:
     return "".join(parts)
 
 
-def _training_free_features(row: pd.Series) -> str:
-    """'training-free, on ...' for a method fitted without gradients (what it hashed), else ''."""
+def _is_training_free(method: str) -> bool:
     from hashbench.registry import REGISTRY
 
     try:
-        fitted = getattr(REGISTRY.get(row["method"]), "fitted", False)
+        return bool(getattr(REGISTRY.get(method), "fitted", False))
     except (LookupError, RuntimeError):  # a plugin not loaded here: cannot tell
-        return ""
-    if not fitted:
+        return False
+
+
+def _training_free_features(row: pd.Series) -> str:
+    """'fitted on ...' for a method fitted without gradients (what it hashed), else ''."""
+    if not _is_training_free(row["method"]):
         return ""
     options = row["options"] or {}
     if options.get("features") == "backbone":
-        return f"training-free, on frozen {row['backbone']} features"
-    return f"training-free, on raw pixels ({options.get('pixels')} x {options.get('pixels')} per channel)"
+        return f"fitted on frozen {row['backbone']} features"
+    return f"fitted on raw pixels ({options.get('pixels')} x {options.get('pixels')} per channel)"
 
 
 def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
@@ -232,7 +235,7 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
         described = caption(rows)
         published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
         for metric in (*metrics, *(m for m in published if m not in metrics)):
-            table = pd.DataFrame({f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits})
+            table = _reference_rows_last(pd.DataFrame({f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits}))
             title = metric.upper() + (" (the metric this protocol is published with)" if metric in published else "")
             boards.append(Leaderboard(title, described, table.rename_axis("method")))
     return boards
@@ -279,11 +282,23 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 
+REFERENCE = " (training-free)"  # the mark of a reference row
+
+
+def _reference_rows_last(table: pd.DataFrame) -> pd.DataFrame:
+    return table.loc[sorted(table.index, key=lambda row: (row.endswith(REFERENCE), row))]
+
+
 def _row_names(rows: pd.DataFrame) -> pd.Series:
-    """The method's name, with a variant hash when one method ran with several option sets in one group."""
+    """The method's name, with a variant hash when one method ran with several option sets in one group.
+
+    Training-free methods are reference rows: marked so, and sorted below the trained ones.
+    """
     variant = rows[list(VARIANT_KEYS)].apply(lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1)
     variants = variant.groupby(rows["method"]).transform("nunique")
-    return rows["method"].where(variants == 1, rows["method"] + " [" + variant + "]")
+    names = rows["method"].where(variants == 1, rows["method"] + " [" + variant + "]")
+    reference = rows["method"].map(_is_training_free)
+    return names.where(~reference, names + REFERENCE)
 
 
 def to_markdown(boards: list[Leaderboard]) -> str:

@@ -6,7 +6,7 @@ slice-level 8:2 split, 224 px, 50 epochs). A dash in the paper is ``None``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,14 @@ class Suite:
     @property
     def methods(self) -> list[str]:
         return [method for _, method in self.rows]
+
+    def with_baselines(self) -> "Suite":
+        """The same table with the training-free floor as reference rows below the paper's (the paper has no numbers for them)."""
+        extra = tuple((f"{method.upper()} (training-free)", method) for method in TRAINING_FREE if method not in self.methods)
+        return replace(self, rows=self.rows + extra)
+
+
+TRAINING_FREE = ("lsh", "pcah", "itq", "sh")  # the floor `--with-baselines` adds
 
 
 def _by_bits(metric: str, table: dict[str, tuple[float | None, ...]], bits: tuple[int, ...]) -> dict:

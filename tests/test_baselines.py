@@ -95,4 +95,23 @@ def test_lsh_and_itq_run_in_seconds_above_chance_and_are_labelled_training_free(
     for record in records:
         assert record["train_seconds"] < 5 and record["seconds"] < 30  # fitted, not trained: measured about 0.1 s and 1 s
         assert record["metrics"]["map@10"] > floor + 0.05, (record["metrics"]["map@10"], floor)
-    assert "training-free, on raw pixels (16 x 16 per channel)" in " ".join(result.output.split())
+    assert "itq (training-free): fitted on raw pixels (16 x 16 per channel)" in " ".join(result.output.split())
+
+
+def test_with_baselines_adds_the_floor_as_reference_rows_below_the_trained_methods(tiny_phantom, tmp_path):
+    argv = ["run", "--methods", "orthohash", "--bits", "16", "--epochs", "1", "--with-baselines", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(tmp_path)]
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 0, result.output
+    from hashbench import leaderboard
+    from hashbench.results import ResultsStore
+
+    (board,) = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))
+    assert list(board.table.index) == ["orthohash", "itq (training-free)", "lsh (training-free)", "pcah (training-free)", "sh (training-free)"]
+    from hashbench.suites import get_suite
+
+    rows = [label for label, _ in get_suite("paper-table3").with_baselines().rows]  # the paper suite grows the same reference rows, no paper numbers beside them
+    assert rows[:5] == ["HashNet", "DSH", "DPSH", "DPN", "DAFH"] and rows[5:] == [f"{m} (training-free)" for m in ("LSH", "PCAH", "ITQ", "SH")]
+    dry = runner.invoke(app, expand_multi_value_options(["run", "--suite", "paper-table3", "--with-baselines", "--dataset", "phantom-tiny-seed0", "--dry-run", "--json"]))
+    assert dry.exit_code == 0, dry.output
+    planned = {json.loads(line)["method"] for line in dry.output.splitlines() if line.startswith("{")}
+    assert planned == {"hashnet", "dsh", "dpsh", "dpn", "dafh", "lsh", "pcah", "itq", "sh"}
