@@ -85,16 +85,17 @@ def test_spectral_hashing_bits_are_sinusoids_of_the_principal_coordinate():
     assert torch.allclose(head(y).code[:, 0], torch.cos(math.pi * coordinate / width), atol=1e-5)
 
 
-def test_lsh_and_itq_run_in_seconds_above_chance_and_are_labelled_training_free(tiny_phantom, tmp_path, chance):
-    argv = ["run", "--methods", "lsh,itq", "--bits", "16", "32", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(tmp_path)]
+def test_the_floor_runs_in_seconds_far_above_chance_and_is_labelled_training_free(tiny_phantom, tmp_path, chance):
+    argv = ["run", "--methods", "lsh,pcah,itq,sh", "--bits", "16", "32", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(tmp_path)]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     floor = chance(tiny_phantom.dataset)["map@10"]
     records = [json.loads(path.read_text()) for path in tmp_path.rglob("metrics.json")]
-    assert len(records) == 4
+    assert len(records) == 8
     for record in records:
-        assert record["train_seconds"] < 5 and record["seconds"] < 30  # fitted, not trained: measured about 0.1 s and 1 s
-        assert record["metrics"]["map@10"] > floor + 0.05, (record["metrics"]["map@10"], floor)
+        assert record["train_seconds"] < 5 and record["seconds"] < 30  # fitted, not trained: measured about 0.02 s and 0.3 s
+        # measured MAP@10 at 16 / 32 bits: lsh 0.58 / 0.66, pcah 0.58 / 0.50, itq 0.55 / 0.73, sh 0.60 / 0.55; random codes 0.22
+        assert record["metrics"]["map@10"] > floor + 0.2, (record["metrics"]["map@10"], floor)
     assert "itq (training-free): fitted on raw pixels (16 x 16 per channel)" in " ".join(result.output.split())
 
 
