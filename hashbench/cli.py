@@ -395,10 +395,11 @@ def options_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     profiles = "; ".join(f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items()) for name, profile in PROFILES.items() if profile.train)
-    tables = {
-        f"{method}: method options": (options.rows(method_cls.Options), None),
-        f"{method}: train settings": (options.rows(TrainSettings, method_cls.train), f"the method's defaults; a profile may replace some ({profiles}); --dry-run shows what a run will use"),
-    }
+    tables = {f"{method}: method options": (options.rows(method_cls.Options), None)}
+    if getattr(method_cls, "fitted", False):
+        console.print(f"{method} is training-free: fitted in closed form to the training features, so no optimiser or train settings apply.")
+    else:
+        tables[f"{method}: train settings"] = (options.rows(TrainSettings, method_cls.train), f"the method's defaults; a profile may replace some ({profiles}); --dry-run shows what a run will use")
     for title, (rows, caption) in tables.items():
         table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
         for column in ("option", "type", "default", "meaning"):
