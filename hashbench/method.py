@@ -210,7 +210,7 @@ class TrainingFreeMethod(Method):
     The encoder gives features (raw pixels by default, or a frozen backbone's), ``fit``
     turns the training features into the head's state, and from there the run is a
     deep method's: the same encoding, evaluation and results store. A subclass gives
-    its head (a module whose buffers ``fit`` fills) and ``fit``.
+    ``fit``, which fills the head's buffers (a linear projection unless it brings its own head).
     """
 
     fitted: ClassVar[bool] = True
@@ -228,6 +228,9 @@ class TrainingFreeMethod(Method):
             encoder, width = super().build_encoder(backbone)
             return FrozenFeatures(encoder), width
         return PixelFeatures(self.opt.pixels), 3 * self.opt.pixels**2
+
+    def build_head(self, in_features: int) -> nn.Module:
+        return ProjectionHead(in_features, self.bits)
 
     def build_loss(self) -> nn.Module:
         return nn.Module()  # nothing is trained

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.method import ProjectionHead, TrainingFreeMethod
+from hashbench.method import TrainingFreeMethod
 from hashbench.methods.pcah import principal_directions
 from hashbench.options import option
 from hashbench.registry import register_method
@@ -42,9 +42,6 @@ class ITQ(TrainingFreeMethod):
     @dataclass(frozen=True)
     class Options(TrainingFreeMethod.Options):
         iterations: int = option(50, "rotation updates", at_least=0)
-
-    def build_head(self, in_features: int) -> nn.Module:
-        return ProjectionHead(in_features, self.bits)
 
     def fit(self, head: nn.Module, features: np.ndarray) -> None:
         self.check_dimensions(min(features.shape), self.bits)

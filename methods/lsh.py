@@ -12,16 +12,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.method import ProjectionHead, TrainingFreeMethod
+from hashbench.method import TrainingFreeMethod
 from hashbench.registry import register_method
 
 
 @register_method("lsh")
 class LSH(TrainingFreeMethod):
     paper = "Charikar, Similarity Estimation Techniques from Rounding Algorithms, STOC 2002 (sign random projections)"
-
-    def build_head(self, in_features: int) -> nn.Module:
-        return ProjectionHead(in_features, self.bits)
 
     def fit(self, head: nn.Module, features: np.ndarray) -> None:
         generator = torch.Generator().manual_seed(self.context.seed)

@@ -11,7 +11,7 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
-from hashbench.method import ProjectionHead, TrainingFreeMethod
+from hashbench.method import TrainingFreeMethod
 from hashbench.registry import register_method
 
 
@@ -24,9 +24,6 @@ def principal_directions(features: np.ndarray, count: int, seed: int) -> tuple[n
 @register_method("pcah")
 class PCAH(TrainingFreeMethod):
     paper = "Wang, Kumar, Chang, Semi-Supervised Hashing for Scalable Image Retrieval, CVPR 2010 (PCA hashing baseline)"
-
-    def build_head(self, in_features: int) -> nn.Module:
-        return ProjectionHead(in_features, self.bits)
 
     def fit(self, head: nn.Module, features: np.ndarray) -> None:
         self.check_dimensions(min(features.shape), self.bits)
