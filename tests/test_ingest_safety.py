@@ -29,12 +29,17 @@ OPTIONS = ImageOptions(size=32)
 # Ingests argv[1] as dataset argv[3] under argv[2] once a line arrives on stdin, committing every argv[5] seconds
 # (often, so that kills land between commits and mid-batch).
 INGEST_SCRIPT = """
+import os
 import sys
+import time
 from pathlib import Path
 import hashbench.ingest
 from hashbench.datasets import tcia
 from hashbench.dicom import ImageOptions
 hashbench.ingest.COMMIT_EVERY_S = float(sys.argv[5])
+if os.environ.get("DECODE_DELAY_S"):  # a build slow enough that a second ingest surely meets it
+    decode = hashbench.ingest._decode_job
+    hashbench.ingest._decode_job = lambda job: time.sleep(float(os.environ["DECODE_DELAY_S"])) or decode(job)
 if len(sys.argv) > 6:
     import multiprocessing
     multiprocessing.set_start_method(sys.argv[6])
@@ -45,9 +50,10 @@ print("decoded", result.decoded, "up-to-date", result.up_to_date, flush=True)
 """
 
 
-def start_ingest(source: Path, destination: Path, name: str, workers: int = 1, commit_every: float = 0.02, go: bool = True, start_method: str = "") -> subprocess.Popen:
+def start_ingest(source: Path, destination: Path, name: str, workers: int = 1, commit_every: float = 0.02, go: bool = True, start_method: str = "", decode_delay: float = 0.0) -> subprocess.Popen:
     command = [sys.executable, "-c", INGEST_SCRIPT, str(source), str(destination), name, str(workers), str(commit_every), *([start_method] if start_method else [])]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, **({"DECODE_DELAY_S": str(decode_delay)} if decode_delay else {})}
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     assert process.stdout.readline().strip() == "ready", process.stderr.read()
     if go:
         say_go(process)
@@ -159,7 +165,8 @@ def test_unsafe_dataset_names_are_refused_and_nothing_moves(tiny_phantom, tmp_pa
 
 def test_two_ingests_of_one_name_at_once_make_one_writer_and_no_duplicated_work(tiny_phantom, tmp_path):
     source = Path(tiny_phantom.dataset.manifest["source"])
-    first, second = (start_ingest(source, tmp_path, "shared", commit_every=2.0, go=False) for _ in range(2))
+    # each build takes about 2 s (10 ms a file), so whichever starts second meets the first one's lock
+    first, second = (start_ingest(source, tmp_path, "shared", commit_every=2.0, go=False, decode_delay=0.01) for _ in range(2))
     for process in (first, second):
         say_go(process)
     outputs = [process.communicate(timeout=120) for process in (first, second)]
