@@ -435,6 +435,7 @@ def run_command(
     force: bool = typer.Option(False, "--force", help="Re-run finished cells: the old result stays until the new one is complete; an interrupted re-run resumes on the next --force."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan, one line per cell with its full configuration, and run nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per cell."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only the I-th of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. one per job of a SLURM array."),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
     from hashbench import engine
@@ -456,7 +457,7 @@ def run_command(
     request = RunRequest(
         methods=methods, bits=bits, seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained, weights=list(weights),
         epochs=epochs, image_size=image_size, split=split, split_seed=split_seed, validation=validation, device=device, profile=profile,
-        augment=augment, overrides=parse_overrides(overrides), metrics=tuple(metrics), force=force,
+        augment=augment, overrides=parse_overrides(overrides), metrics=tuple(metrics), force=force, shard=_parse_shard(shard),
     )
     try:
         data = load_dataset(dataset, progress=True)
@@ -480,6 +481,13 @@ def run_command(
         for outcome in failed:
             console.print(f"  [red]failed[/red] {outcome.config.label()}: {outcome.error.splitlines()[-1]}  ({outcome.config.directory(out) / 'failed.json'})")
         raise typer.Exit(1)
+
+
+def _parse_shard(text: str | None) -> tuple[int, int] | None:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip()) if text is not None else None
+    if text is not None and (match is None or not 1 <= int(match[1]) <= int(match[2])):
+        raise typer.BadParameter(f"{text!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/8 for the second of eight", param_hint="--shard")
+    return (int(match[1]), int(match[2])) if match else None
 
 
 def _report_cell(outcome, metrics: List[str]) -> None:

@@ -106,6 +106,7 @@ class RunRequest:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name (or "*") -> key -> value
     metrics: tuple[str, ...] = DEFAULT_METRICS
     force: bool = False
+    shard: tuple[int, int] | None = None  # (i, n): run only the i-th of n balanced shares of the grid, 1 <= i <= n
 
 
 @dataclass
@@ -182,7 +183,29 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Pl
     unused = files.models() - {model for cell in cells for model in cell.weights} - {model.split(".")[0] for cell in cells for model in cell.weights}
     if unused:
         raise ValueError(f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})")
-    return cells
+    return shard_cells(cells, *request.shard) if request.shard else cells
+
+
+def estimated_cost(config: CellConfig) -> float:
+    """A cell's relative training cost: epochs x pixels x backbones; a training-free cell costs next to nothing."""
+    if getattr(REGISTRY.get(config.method), "fitted", False):
+        return 1e-3 * config.image_size**2
+    return float(config.epochs * config.image_size**2 * max(1, len(config.backbone.split(" + "))))
+
+
+def shard_cells(cells: list[PlannedCell], index: int, count: int) -> list[PlannedCell]:
+    """The ``index``-th (from 1) of ``count`` shares of the grid: every cell in exactly one share, shares balanced by estimated cost.
+
+    Greedy longest-first onto the least-loaded share; the plan's order breaks ties, so every machine computes the same shares.
+    """
+    if not 1 <= index <= count:
+        raise ValueError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N, e.g. --shard 2/8 for the second of eight")
+    loads, owner = [0.0] * count, {}
+    for position in sorted(range(len(cells)), key=lambda p: (-estimated_cost(cells[p].config), p)):
+        share = min(range(count), key=lambda s: (loads[s], s))
+        owner[position] = share
+        loads[share] += estimated_cost(cells[position].config)
+    return [cell for position, cell in enumerate(cells) if owner[position] == index - 1]
 
 
 def _checked_split(dataset: Dataset, request: RunRequest):
