@@ -41,7 +41,10 @@ class PausingDSH(DSH):
         marker = os.environ.get("HASHBENCH_TEST_PAUSE")
         if marker and info.epoch == 1 and info.step == info.steps_per_epoch + 1 and not Path(marker).exists():
             Path(marker).touch()
-            time.sleep(float(os.environ.get("HASHBENCH_TEST_PAUSE_SECONDS", "600")))
+            deadline = time.monotonic() + float(os.environ.get("HASHBENCH_TEST_PAUSE_SECONDS", "600"))
+            release = os.environ.get("HASHBENCH_TEST_RELEASE")  # ends the pause early once it exists
+            while time.monotonic() < deadline and not (release and Path(release).exists()):
+                time.sleep(0.1)
 '''
 
 # A DSH whose loss turns NaN at its second step.
@@ -138,12 +141,14 @@ def test_a_nan_loss_fails_that_cell_only_and_says_so_everywhere(tiny_phantom, tm
 def test_two_processes_on_one_root_never_duplicate_or_corrupt_a_cell(tiny_phantom, tmp_path):
     plugin = tmp_path / "pausing.py"
     plugin.write_text(PAUSING_PLUGIN)
-    out, marker = tmp_path / "shared", tmp_path / "paused"
-    environment = {**os.environ, "HASHBENCH_TEST_PAUSE": str(marker), "HASHBENCH_TEST_PAUSE_SECONDS": "8"}
+    out, marker, release = tmp_path / "shared", tmp_path / "paused", tmp_path / "release"
+    environment = {**os.environ, "HASHBENCH_TEST_PAUSE": str(marker), "HASHBENCH_TEST_PAUSE_SECONDS": "120", "HASHBENCH_TEST_RELEASE": str(release)}
     command = hashbench_command(plugin, out, "pausing-dsh,dpn,hashnet", epochs=2)
     first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(marker, first)  # the first process holds pausing-dsh, mid-epoch
     second = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for(out / "phantom-tiny-seed0" / "dpn", second)  # the second's sweep has begun (it passed the held cell and took dpn) ...
+    release.touch()  # ... however slow its start was: only now does the first go on
     outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     for method in ("pausing-dsh", "dpn", "hashnet"):
