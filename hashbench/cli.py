@@ -435,7 +435,7 @@ def run_command(
     force: bool = typer.Option(False, "--force", help="Re-run finished cells: the old result stays until the new one is complete; an interrupted re-run resumes on the next --force."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan, one line per cell with its full configuration, and run nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per cell."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only the I-th of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. one per job of a SLURM array."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only share I (counted from 0) of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. --shard $SLURM_ARRAY_TASK_ID/8."),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
     from hashbench import engine
@@ -485,8 +485,8 @@ def run_command(
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
     match = re.fullmatch(r"(\d+)/(\d+)", text.strip()) if text is not None else None
-    if text is not None and (match is None or not 1 <= int(match[1]) <= int(match[2])):
-        raise typer.BadParameter(f"{text!r}: expected I/N with 1 <= I <= N, e.g. --shard 2/8 for the second of eight", param_hint="--shard")
+    if text is not None and (match is None or not 0 <= int(match[1]) < int(match[2])):
+        raise typer.BadParameter(f"{text!r}: expected I/N with 0 <= I < N (shares are counted from 0), e.g. --shard 0/8 ... --shard 7/8", param_hint="--shard")
     return (int(match[1]), int(match[2])) if match else None
 
 

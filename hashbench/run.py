@@ -106,7 +106,7 @@ class RunRequest:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name (or "*") -> key -> value
     metrics: tuple[str, ...] = DEFAULT_METRICS
     force: bool = False
-    shard: tuple[int, int] | None = None  # (i, n): run only the i-th of n balanced shares of the grid, 1 <= i <= n
+    shard: tuple[int, int] | None = None  # (i, n): run only share i of n balanced shares of the grid, 0 <= i < n
 
 
 @dataclass
@@ -194,18 +194,18 @@ def estimated_cost(config: CellConfig) -> float:
 
 
 def shard_cells(cells: list[PlannedCell], index: int, count: int) -> list[PlannedCell]:
-    """The ``index``-th (from 1) of ``count`` shares of the grid: every cell in exactly one share, shares balanced by estimated cost.
+    """Share ``index`` (counted from 0, as scheduler array indices are) of ``count`` shares of the grid: every cell in exactly one share, shares balanced by estimated cost.
 
     Greedy longest-first onto the least-loaded share; the plan's order breaks ties, so every machine computes the same shares.
     """
-    if not 1 <= index <= count:
-        raise ValueError(f"--shard {index}/{count}: expected I/N with 1 <= I <= N, e.g. --shard 2/8 for the second of eight")
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {index}/{count}: expected I/N with 0 <= I < N (shares are counted from 0), e.g. --shard 0/8 ... --shard 7/8")
     loads, owner = [0.0] * count, {}
     for position in sorted(range(len(cells)), key=lambda p: (-estimated_cost(cells[p].config), p)):
         share = min(range(count), key=lambda s: (loads[s], s))
         owner[position] = share
         loads[share] += estimated_cost(cells[position].config)
-    return [cell for position, cell in enumerate(cells) if owner[position] == index - 1]
+    return [cell for position, cell in enumerate(cells) if owner[position] == index]
 
 
 def _checked_split(dataset: Dataset, request: RunRequest):
