@@ -445,6 +445,9 @@ def run_command(
     from hashbench.suites import TRAINING_FREE
     from hashbench.weights import WeightsUnavailableError
 
+    from hashbench import distributed
+
+    console.quiet = distributed.follower()  # under torchrun, the first process speaks for all
     _load_plugins(plugin)
     _check_metrics(metrics)
     chosen = _suite(suite, with_baselines)
@@ -460,12 +463,12 @@ def run_command(
         augment=augment, overrides=parse_overrides(overrides), metrics=tuple(metrics), force=force, shard=_parse_shard(shard),
     )
     try:
-        data = load_dataset(dataset, progress=True)
+        data = load_dataset(dataset, progress=not console.quiet)
         if dry_run:
             planned = plan(request, data, engine.resolve_device(device))
             _print_plan(planned, out, as_json)
             return
-        outcomes = run_grid(request, data, out, progress=True, on_cell=lambda outcome: _report_cell(outcome, metrics))
+        outcomes = run_grid(request, data, out, progress=not console.quiet, on_cell=lambda outcome: _report_cell(outcome, metrics))
     except (UnknownMethodError, BrokenMethodError, UnknownDatasetError, WeightsUnavailableError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}")
         raise typer.Exit(2) from None

@@ -7,7 +7,8 @@ loss term, shows progress with an ETA, and checkpoints every epoch. Every random
 draw of an epoch is seeded from (seed, epoch) and the schedule is a function of the
 step, so a cell resumed from its checkpoint ends exactly where an uninterrupted one
 would on the same machine (on a GPU, up to its non-deterministic kernels). It selects
-nothing on the query set: it trains the configured epochs.
+nothing on the query set: it trains the configured epochs. Under torchrun the same loop
+trains one cell on several processes (see :mod:`hashbench.distributed`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from hashbench import atomic
+from hashbench import atomic, distributed
 from hashbench.augment import Augmentation, augment
 from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
 
@@ -213,12 +214,16 @@ def train(
     device = source.device
     network.to(device).train()
     loss_fn.to(device)
+    if settings.batch_size < distributed.world_size():
+        raise ValueError(f"{method.name}: batch size {settings.batch_size} is smaller than the {distributed.world_size()} processes sharing each batch; raise it (--set batch_size=N)")
+    model = distributed.wrap(network, device)
     optimizer = build_optimizer(network, settings)
     schedule = LrSchedule.parse(settings.lr_schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
     onehot = label_rows(data.labels, data.n_classes).to(device)
     steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
     first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
+    progress = progress and distributed.is_main()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task(f"{method.name} {method.bits} bits", total=epochs * steps_per_epoch, completed=first_epoch * steps_per_epoch, terms="")
@@ -228,8 +233,8 @@ def train(
             augment_generator = torch.Generator(device=device).manual_seed(seed * 1_000_033 + epoch + 1)
             sums: dict[str, float] = {}
             started = time.perf_counter()
-            positions = list(method.batches(data.labels, settings.batch_size, rng))
-            for step_in_epoch, (ids, batch) in enumerate(source.batches(data.ids[p] for p in positions)):
+            positions = list(method.batches(data.labels, settings.batch_size, rng))  # the whole batches, the same on every process
+            for step_in_epoch, (ids, batch) in enumerate(source.batches(data.ids[distributed.my_piece(p)] for p in positions)):
                 info = StepInfo(epoch, epoch * steps_per_epoch + step_in_epoch, steps_per_epoch, epochs)
                 method.schedule(network, info)
                 multiplier = schedule.multiplier(info.step, steps_per_epoch, epochs)
@@ -237,8 +242,9 @@ def train(
                     group["lr"] = group["base_lr"] * multiplier
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
                 with _autocast(device):
-                    output = network(to_input(batch, device, image_size, augmentation, augment_generator))
-                output = type(output)(*(t.float() if t is not None else None for t in output))
+                    output = model(to_input(batch, device, image_size, augmentation, augment_generator))
+                sizes = distributed.piece_sizes(len(index))
+                output = type(output)(*(distributed.gather_rows(t.float(), sizes) if t is not None else None for t in output))
                 terms = loss_fn(output, onehot[index], index, info)
                 total = sum(terms.values())
                 if not torch.isfinite(total):
@@ -254,12 +260,13 @@ def train(
             if validate is not None:
                 record.update({f"validation {k}": v for k, v in validate(network).items()})
                 network.train()
-            with open(log, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            if distributed.is_main():  # the others trained the same epoch: one log line, one checkpoint
+                with open(log, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
             if progress and not bar.console.is_terminal:  # a log file gets one line per epoch instead of a live bar
                 terms_text = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "lr"))
                 print(f"{method.name} {method.bits} bits: epoch {epoch + 1}/{epochs} in {record['seconds']:.1f} s, {terms_text}", file=sys.stderr, flush=True)
-            _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
     return first_epoch
 
 
@@ -268,26 +275,28 @@ def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.o
     atomic.atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def _resume(path: Path, log: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> int:
+def _resume(path: Path | None, log: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> int:
     """Load the checkpoint (if any) and trim the log to the epochs it holds; returns the epochs done.
 
     A kill between an epoch's log line and its checkpoint would otherwise leave that epoch logged twice.
     """
     epochs_done = 0
-    if path.exists():
+    if path is not None and path.exists():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # written atomically, so only damaged from outside: lose the progress, not the cell
             warnings.warn(f"{path} cannot be read ({type(exc).__name__}); training starts over")
-            path.unlink()
-            return _resume(path, log, network, loss_fn, optimizer, scaler)
+            distributed.barrier()  # every process has read it before process 0 removes it
+            if distributed.is_main():
+                path.unlink()
+            return _resume(None, log, network, loss_fn, optimizer, scaler)
         network.load_state_dict(state["network"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         epochs_done = int(state["epochs_done"])
-    if log.exists():
+    if log.exists() and distributed.is_main():
         kept = [line for line in log.read_text().splitlines()[:epochs_done] if line.strip()]
         atomic.write_text(log, "".join(line + "\n" for line in kept))
     return epochs_done
@@ -304,8 +313,10 @@ def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, imag
     started = time.perf_counter()
     network.to(source.device)
     features = _outputs(network.encoder, network, source, ids, image_size, 256)
-    method.fit(network.head, features.astype(np.float64))
+    method.fit(network.head, features.astype(np.float64))  # on every process alike: the features were gathered
     network.head.to(source.device)
+    if not distributed.is_main():
+        return
     with open(log, "w") as handle:
         handle.write(json.dumps({"epoch": 0, "seconds": round(time.perf_counter() - started, 3), "fitted_on": len(ids), "feature_dimensions": features.shape[1]}) + "\n")
 
@@ -313,9 +324,13 @@ def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, imag
 @torch.no_grad()
 def _outputs(function: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
     network.eval()
-    chunks = [ids[i : i + batch_size] for i in range(0, len(ids), batch_size)]
+    shared = distributed.active() and len(ids) >= distributed.world_size()  # each process encodes its piece
+    mine = distributed.my_piece(ids) if shared else ids
+    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     outputs = []
     for _, batch in source.batches(chunks):
         with _autocast(source.device):
             outputs.append(function(to_input(batch, source.device, image_size)).float().cpu())
+    if shared:  # NCCL gathers device tensors, gloo host ones
+        return distributed.gather_rows(torch.cat(outputs).to(source.device), distributed.piece_sizes(len(ids))).cpu().numpy()
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)

@@ -378,8 +378,12 @@ class Cell:
         atomic.write_json(self.path(CONFIG), asdict(config))
         self.__dict__.pop("config", None)
         self.path(FAILURE).unlink(missing_ok=True)
-        self.work_directory = self.rerun_directory if replace else self.directory
+        self.follow(replace)
         self.work_directory.mkdir(parents=True, exist_ok=True)
+
+    def follow(self, replace: bool = False) -> None:
+        """Work where :meth:`start` would, writing nothing: the other processes of a multi-process cell read its checkpoint there."""
+        self.work_directory = self.rerun_directory if replace else self.directory
 
     def work_path(self, name: str) -> Path:
         """Where the attempt in progress writes ``name``."""

@@ -22,6 +22,7 @@ import json
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from hashbench import engine, splits
+from hashbench import distributed, engine, splits
 from hashbench.augment import PAPER_AUGMENTATION, Augmentation
 from hashbench.dataset import LABEL_SEPARATOR, Dataset, split_hash
 from hashbench.digest import file_sha256
@@ -234,8 +235,18 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     git_state()
     device = engine.resolve_device(request.device)
     planned = plan(request, dataset, device)
+    if distributed.launched() and request.shard:
+        raise ValueError("--shard spreads cells over machines, torchrun spreads one cell over processes: use one or the other")
     ensure_available({source for cell in planned for source in cell.weights.values()})
     _check_writable(Path(out))
+    device = distributed.start(device)
+    try:
+        return _run_planned(planned, request, dataset, device, Path(out), progress, on_cell, sweep_start)
+    finally:
+        distributed.stop()
+
+
+def _run_planned(planned: list[PlannedCell], request: RunRequest, dataset: Dataset, device: torch.device, out: Path, progress: bool, on_cell, sweep_start: float) -> list[CellOutcome]:
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
 
@@ -270,20 +281,11 @@ def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.d
     with ``force``: two processes sharing a sweep never train a cell twice.
     """
     config = planned.config
-    with cell.claim(wait=wait) as claimed:
-        if not claimed:
-            return None
-        status = cell.status(check_model=True)
-        if status == "finished" and cell.changed_since(RECORD, sweep_start):
-            return CellOutcome(config, "skipped", note="finished by another process")
-        if status == "failed" and cell.changed_since(FAILURE, sweep_start):
-            return CellOutcome(config, "failed", error=cell.failure()["error"], note="failed in another process")
-        if status == "finished" and not request.force:
-            return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
-        note = f"was damaged ({cell.problem(check_model=True)}); trained it again" if status == "damaged" else ""
-        replace = status == "finished"  # with --force: trained beside the finished result, which stays until the new one is complete
-        if replace and cell.rerun_pending():
-            note = "resumed an interrupted re-run"
+    with cell.claim(wait=wait) if distributed.is_main() else nullcontext(True) as claimed:
+        decision = distributed.broadcast(_decide(config, cell, claimed, request, sweep_start) if distributed.is_main() else None)  # the others follow process 0
+        if decision is None or isinstance(decision, CellOutcome):
+            return decision
+        replace, note = decision
         try:
             metrics = run_cell(planned, dataset, device, cell, request.metrics, progress, replace)
             failure = None
@@ -291,12 +293,31 @@ def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.d
             raise
         except Exception as exc:  # this cell only: record why and go on
             failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            cell.fail(failure, traceback.format_exc())
+            if distributed.is_main():
+                cell.fail(failure, traceback.format_exc())
     if failure is not None:
         if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
             torch.cuda.empty_cache()
         return CellOutcome(config, "failed", error=failure, note=note)
-    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse()])))
+    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse() if distributed.is_main() else ""])))
+
+
+def _decide(config: CellConfig, cell: Cell, claimed: bool, request: RunRequest, sweep_start: float) -> CellOutcome | tuple[bool, str] | None:
+    """What to do with a cell: None (another process holds it), an outcome (nothing to train), or (replace, note) to train it."""
+    if not claimed:
+        return None
+    status = cell.status(check_model=True)
+    if status == "finished" and cell.changed_since(RECORD, sweep_start):
+        return CellOutcome(config, "skipped", note="finished by another process")
+    if status == "failed" and cell.changed_since(FAILURE, sweep_start):
+        return CellOutcome(config, "failed", error=cell.failure()["error"], note="failed in another process")
+    if status == "finished" and not request.force:
+        return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
+    note = f"was damaged ({cell.problem(check_model=True)}); trained it again" if status == "damaged" else ""
+    replace = status == "finished"  # with --force: trained beside the finished result, which stays until the new one is complete
+    if replace and cell.rerun_pending():
+        note = "resumed an interrupted re-run"
+    return replace, note
 
 
 def class_ids(labels, multi_label: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -319,7 +340,11 @@ def run_cell(
 ) -> dict[str, float]:
     """Train, encode, evaluate and store one cell; returns its metrics. ``replace``: a finished cell trained again, its result replaced only when done."""
     config = planned.config
-    cell.start(config, replace)
+    if distributed.is_main():
+        cell.start(config, replace)
+    else:
+        cell.follow(replace)
+    distributed.barrier()  # the work directory is there before any process looks for a checkpoint in it
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     start_memory_watch(device)
     side = dataset.split(config.split, seed=config.split_seed, validation_fraction=config.validation)
@@ -357,10 +382,12 @@ def run_cell(
             config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
             Augmentation.from_dict(config.augment),
         )
-    epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     query_source = engine.ImageSource(dataset.images, query_ids, device)
     query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
     database_embeddings = engine.encode(network, database_source, database_ids, config.image_size)
+    if not distributed.is_main():  # process 0 evaluates and writes
+        return {}
+    epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     database_bits = binarize(database_embeddings)
     wanted = tuple(dict.fromkeys(STORED_METRICS + tuple(filter(None, [dataset.published_metric(config.split)])) + tuple(metrics)))
     result = evaluate(query_bits, query_labels, database_bits, database_labels, wanted, device="cpu" if device.type == "cpu" else str(device), **DEFAULT_TIE_RULE)
@@ -381,6 +408,7 @@ def run_cell(
         "resumed_from_epoch": resumed_from,
         "started": started_at.isoformat(timespec="seconds"),
         "device": describe_device(device),
+        "processes": distributed.world_size(),  # torchrun: one cell trained by this many processes, each on its own device
         "peak_memory_mib": peak_memory_mib(device),
         "git": git_state(),
         "versions": versions(),
