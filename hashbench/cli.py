@@ -435,6 +435,9 @@ def run_command(
     force: bool = typer.Option(False, "--force", help="Re-run finished cells: the old result stays until the new one is complete; an interrupted re-run resumes on the next --force."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan, one line per cell with its full configuration, and run nothing."),
     as_json: bool = typer.Option(False, "--json", help="With --dry-run: one JSON object per cell."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 autocast on CUDA, fp16 with a gradient scaler where bf16 is missing, fp32 on a CPU), fp32, bf16 or fp16."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory layout; default: on CUDA."),
+    compile_model: bool = typer.Option(False, "--compile", help="torch.compile the training forward pass (inductor): slower first epoch, faster later ones."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only share I (counted from 0) of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. --shard $SLURM_ARRAY_TASK_ID/8."),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
@@ -461,6 +464,7 @@ def run_command(
         methods=methods, bits=bits, seeds=list(seeds), dataset=dataset, backbone=backbone, pretrained=pretrained, weights=list(weights),
         epochs=epochs, image_size=image_size, split=split, split_seed=split_seed, validation=validation, device=device, profile=profile,
         augment=augment, overrides=parse_overrides(overrides), metrics=tuple(metrics), force=force, shard=_parse_shard(shard),
+        execution=_execution(precision, channels_last, compile_model),
     )
     try:
         data = load_dataset(dataset, progress=not console.quiet)
@@ -484,6 +488,15 @@ def run_command(
         for outcome in failed:
             console.print(f"  [red]failed[/red] {outcome.config.label()}: {outcome.error.splitlines()[-1]}  ({outcome.config.directory(out) / 'failed.json'})")
         raise typer.Exit(1)
+
+
+def _execution(precision: str, channels_last: bool | None, compile_model: bool):
+    from hashbench.engine import Execution
+
+    try:
+        return Execution(precision, channels_last, "inductor" if compile_model else None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc).removeprefix("--precision "), param_hint="--precision") from None
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:

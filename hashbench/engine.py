@@ -24,7 +24,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -182,11 +182,51 @@ def label_rows(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return labels.float() if labels.ndim == 2 else F.one_hot(labels.long(), n_classes).float()
 
 
-def _autocast(device: torch.device):
-    if device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the engine runs on its device: nothing here changes what a cell computes beyond floating-point rounding.
+
+    ``precision``: ``auto`` is bf16 autocast on CUDA (fp16 with a gradient scaler on GPUs without bf16) and
+    fp32 elsewhere; ``fp16`` and ``bf16`` force one (on a CPU too, where autocast supports both).
+    ``channels_last``: NHWC memory layout (faster convolutions on tensor cores); None means on CUDA.
+    ``compile``: a ``torch.compile`` backend for the training forward pass (``inductor``), or None.
+    """
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: str | None = None
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision {self.precision}: valid: {', '.join(PRECISIONS)}")
+
+    def dtype(self, device: torch.device) -> torch.dtype | None:
+        """The autocast dtype on ``device``; None for fp32."""
+        precision = self.precision
+        if precision == "auto":
+            precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device.type == "cuda" else "fp32"
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+    def nhwc(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.channels_last is None else self.channels_last
+
+    def describe(self, device: torch.device) -> dict[str, Any]:
+        """What actually ran, for the record."""
+        dtype = self.dtype(device)
+        return {"precision": str(dtype).removeprefix("torch.") if dtype else "float32", "gradient_scaler": dtype == torch.float16, "channels_last": self.nhwc(device), "compile": self.compile}
+
+    def autocast(self, device: torch.device):
+        dtype = self.dtype(device)
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+    def prepare(self, network: nn.Module, device: torch.device) -> nn.Module:
+        return network.to(memory_format=torch.channels_last) if self.nhwc(device) else network
+
+    def layout(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.nhwc(device) else x
 
 
 def train(
@@ -204,6 +244,7 @@ def train(
     progress: bool = False,
     validate: Callable[[HashNetwork], dict[str, float]] | None = None,
     augmentation: Augmentation | None = None,
+    execution: Execution = Execution(),
 ) -> int:
     """Train for ``epochs``, resuming from ``checkpoint`` if one is there; returns the epoch it started from.
 
@@ -212,14 +253,16 @@ def train(
     applies to the training batches only.
     """
     device = source.device
-    network.to(device).train()
+    execution.prepare(network.to(device), device).train()
     loss_fn.to(device)
     if settings.batch_size < distributed.world_size():
         raise ValueError(f"{method.name}: batch size {settings.batch_size} is smaller than the {distributed.world_size()} processes sharing each batch; raise it (--set batch_size=N)")
     model = distributed.wrap(network, device)
+    if execution.compile:
+        model = torch.compile(model, backend=execution.compile)
     optimizer = build_optimizer(network, settings)
     schedule = LrSchedule.parse(settings.lr_schedule)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler(device.type, enabled=execution.dtype(device) == torch.float16)
     onehot = label_rows(data.labels, data.n_classes).to(device)
     steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
     first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
@@ -241,8 +284,8 @@ def train(
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * multiplier
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
-                with _autocast(device):
-                    output = model(to_input(batch, device, image_size, augmentation, augment_generator))
+                with execution.autocast(device):
+                    output = model(execution.layout(to_input(batch, device, image_size, augmentation, augment_generator), device))
                 sizes = distributed.piece_sizes(len(index))
                 output = type(output)(*(distributed.gather_rows(t.float(), sizes) if t is not None else None for t in output))
                 terms = loss_fn(output, onehot[index], index, info)
@@ -303,16 +346,16 @@ def _resume(path: Path | None, log: Path, network: nn.Module, loss_fn: nn.Module
 
 
 @torch.no_grad()
-def encode(network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int = 256) -> np.ndarray:
+def encode(network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int = 256, execution: Execution = Execution()) -> np.ndarray:
     """Continuous codes (n, bits) for slices ``ids``, in that order."""
-    return _outputs(lambda x: network(x).code, network, source, ids, image_size, batch_size)
+    return _outputs(lambda x: network(x).code, network, source, ids, image_size, batch_size, execution)
 
 
-def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, log: Path) -> None:
+def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, log: Path, execution: Execution = Execution()) -> None:
     """Fit a training-free method: its encoder's features of the training slices set its head's state; one log line."""
     started = time.perf_counter()
     network.to(source.device)
-    features = _outputs(network.encoder, network, source, ids, image_size, 256)
+    features = _outputs(network.encoder, network, source, ids, image_size, 256, execution)
     method.fit(network.head, features.astype(np.float64))  # on every process alike: the features were gathered
     network.head.to(source.device)
     if not distributed.is_main():
@@ -322,15 +365,15 @@ def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, imag
 
 
 @torch.no_grad()
-def _outputs(function: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int) -> np.ndarray:
-    network.eval()
+def _outputs(function: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int, execution: Execution) -> np.ndarray:
+    execution.prepare(network, source.device).eval()
     shared = distributed.active() and len(ids) >= distributed.world_size()  # each process encodes its piece
     mine = distributed.my_piece(ids) if shared else ids
     chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     outputs = []
     for _, batch in source.batches(chunks):
-        with _autocast(source.device):
-            outputs.append(function(to_input(batch, source.device, image_size)).float().cpu())
+        with execution.autocast(source.device):
+            outputs.append(function(execution.layout(to_input(batch, source.device, image_size), source.device)).float().cpu())
     if shared:  # NCCL gathers device tensors, gloo host ones
         return distributed.gather_rows(torch.cat(outputs).to(source.device), distributed.piece_sizes(len(ids))).cpu().numpy()
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)

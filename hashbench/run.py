@@ -107,6 +107,7 @@ class RunRequest:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name (or "*") -> key -> value
     metrics: tuple[str, ...] = DEFAULT_METRICS
     force: bool = False
+    execution: engine.Execution = field(default_factory=engine.Execution)  # precision, memory layout, compilation
     shard: tuple[int, int] | None = None  # (i, n): run only share i of n balanced shares of the grid, 0 <= i < n
 
 
@@ -287,7 +288,7 @@ def _attempt(planned: PlannedCell, cell: Cell, dataset: Dataset, device: torch.d
             return decision
         replace, note = decision
         try:
-            metrics = run_cell(planned, dataset, device, cell, request.metrics, progress, replace)
+            metrics = run_cell(planned, dataset, device, cell, request.metrics, progress, replace, request.execution)
             failure = None
         except KeyboardInterrupt:
             raise
@@ -337,6 +338,7 @@ def class_ids(labels, multi_label: bool = False) -> tuple[np.ndarray, list[str]]
 
 def run_cell(
     planned: PlannedCell, dataset: Dataset, device: torch.device, cell: Cell, metrics: tuple[str, ...] = DEFAULT_METRICS, progress: bool = False, replace: bool = False,
+    execution: engine.Execution = engine.Execution(),
 ) -> dict[str, float]:
     """Train, encode, evaluate and store one cell; returns its metrics. ``replace``: a finished cell trained again, its result replaced only when done."""
     config = planned.config
@@ -369,22 +371,22 @@ def run_cell(
         validation_source = engine.ImageSource(dataset.images, validation_ids, device)
 
         def validate(network) -> dict[str, float]:
-            held_out = binarize(engine.encode(network, validation_source, validation_ids, config.image_size))
-            training = binarize(engine.encode(network, train_source, train_ids, config.image_size))
+            held_out = binarize(engine.encode(network, validation_source, validation_ids, config.image_size, execution=execution))
+            training = binarize(engine.encode(network, train_source, train_ids, config.image_size, execution=execution))
             return evaluate(held_out, validation_labels, training, train_labels, ("map@10",)).metrics
 
     if getattr(method, "fitted", False):
-        engine.fit(method, network, train_source, train_ids, config.image_size, cell.work_path(LOG))
+        engine.fit(method, network, train_source, train_ids, config.image_size, cell.work_path(LOG), execution)
         resumed_from = 0
     else:
         resumed_from = engine.train(
             method, network, loss, train_source, engine.TrainData(train_ids, train_labels, len(class_names)), settings,
             config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
-            Augmentation.from_dict(config.augment),
+            Augmentation.from_dict(config.augment), execution,
         )
     query_source = engine.ImageSource(dataset.images, query_ids, device)
-    query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size))
-    database_embeddings = engine.encode(network, database_source, database_ids, config.image_size)
+    query_bits = binarize(engine.encode(network, query_source, query_ids, config.image_size, execution=execution))
+    database_embeddings = engine.encode(network, database_source, database_ids, config.image_size, execution=execution)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}
     epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
@@ -408,6 +410,7 @@ def run_cell(
         "resumed_from_epoch": resumed_from,
         "started": started_at.isoformat(timespec="seconds"),
         "device": describe_device(device),
+        "execution": execution.describe(device),
         "processes": distributed.world_size(),  # torchrun: one cell trained by this many processes, each on its own device
         "peak_memory_mib": peak_memory_mib(device),
         "git": git_state(),
