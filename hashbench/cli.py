@@ -275,9 +275,9 @@ def datasets_command() -> None:
 
 # --- methods, runs and leaderboards ---------------------------------------------------
 
-MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics", "--weights"}
-COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics"}
-INTEGER_LISTS = {"--bits", "--seeds"}  # a value's shape is known: several may follow one flag in any command
+MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics", "--weights", "--backbones", "--image-sizes"}
+COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics", "--backbones", "--image-sizes"}
+INTEGER_LISTS = {"--bits", "--seeds", "--image-sizes"}  # a value's shape is known: several may follow one flag in any command
 INTEGERS = re.compile(r"-?\d+(,-?\d+)*")
 
 
@@ -570,6 +570,57 @@ def _print_boards(boards: list) -> None:
         for method, row in board.table.iterrows():
             table.add_row(str(method), *(str(value) for value in row))
         console.print(table)
+
+
+@app.command("bench")
+def bench_command(
+    dataset: str = typer.Option("phantom", "--dataset", help="Whose cache the loader reads."),
+    backbones: List[str] = typer.Option(["tf_efficientnet_b6.aa_in1k"], "--backbones", help="timm models, e.g. --backbones efficientnet_b0,tf_efficientnet_b6.aa_in1k (random weights: rates do not depend on them)."),
+    image_sizes: List[int] = typer.Option([224], "--image-sizes", help="Training image sizes, e.g. --image-sizes 224 384."),
+    method: str = typer.Option("dafh", "--method", help="The method whose network and loss are trained."),
+    bits: int = typer.Option(32, "--bits"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the method's."),
+    steps: int = typer.Option(5, "--steps", help="Training steps per epoch; the second of two epochs is timed."),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as for run)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
+    compile_model: bool = typer.Option(False, "--compile"),
+    slices: int = typer.Option(372_004, "--slices", help="Projection: slices to train on (default: the paper's 372,004)."),
+    epochs: int = typer.Option(50, "--epochs", help="Projection: epochs (default: the paper's 50)."),
+    as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the rates to this file."),
+) -> None:
+    """Images/s for loading, training and encoding on this device, peak memory, and the projected time of a full run."""
+    from hashbench import bench, engine
+    from hashbench.datasets import UnknownDatasetError, load_dataset
+    from hashbench.registry import UnknownMethodError
+
+    execution = _execution(precision, channels_last, compile_model)
+    if steps < 1 or min(image_sizes) < 16:
+        raise typer.BadParameter("--steps takes at least 1 and --image-sizes at least 16", param_hint="--steps/--image-sizes")
+    try:
+        data = load_dataset(dataset, progress=True)
+        where = engine.resolve_device(device)
+        rates = []
+        for backbone in dict.fromkeys(backbones):
+            for size in dict.fromkeys(image_sizes):
+                console.print(f"[dim]measuring {method} on {backbone} at {size} px on {where}...[/dim]")
+                rates.append(bench.measure(data, backbone, size, where, method, bits, batch_size, steps, execution))
+    except (UnknownDatasetError, UnknownMethodError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc.args[0] if exc.args else exc}")
+        raise typer.Exit(2) from None
+    table = Table(box=box.SIMPLE_HEAD, title=f"{rates[0].device}; {rates[0].execution['precision']}; images/s")
+    for column in ("backbone", "px", "batch", "loading", "training", "encoding", "loader / training", "peak memory (MiB)", f"{slices:,} x {epochs} epochs"):
+        table.add_column(column, justify="left" if column == "backbone" else "right")
+    for rate in rates:
+        memory = rate.peak_memory_mib.get("cuda_allocated_mib", rate.peak_memory_mib.get("process_rss_peak_so_far_mib"))
+        table.add_row(rate.backbone, str(rate.image_size), str(rate.batch_size), f"{rate.loading:,.0f}", f"{rate.training:,.1f}", f"{rate.encoding:,.1f}",
+                      f"{rate.loader_margin:,.0f}x", f"{memory:,.0f}", f"{rate.projected_hours(slices, epochs):,.1f} h")
+    console.print(table)
+    console.print(f"{data.name}{' (synthetic)' if data.manifest.get('synthetic') else ''}, stored at {data.image_size} px; loading: memory-mapped cache (warm page cache) "
+                  f"to augmented device tensors; training: {method}, {bits} bits, the engine's loop, second epoch timed; peak memory: "
+                  f"{'GPU allocated' if 'cuda_allocated_mib' in rates[0].peak_memory_mib else 'process resident so far'}; projection: training plus one encoding pass.")
+    if as_json:
+        as_json.write_text(bench.to_json(rates, data, slices, epochs))
 
 
 @app.command("suites")

@@ -70,10 +70,11 @@ class ImageSource:
     in memory a thread would only compete with the compute for the cores.
     """
 
-    def __init__(self, images: np.ndarray, ids: np.ndarray, device: torch.device):
+    def __init__(self, images: np.ndarray, ids: np.ndarray, device: torch.device, in_memory: bool | None = None):
         self.device, self.images = device, images
         self.sorted_ids = np.sort(np.asarray(ids))
-        in_memory = len(self.sorted_ids) * images[0].nbytes <= IN_MEMORY_LIMIT
+        if in_memory is None:  # a benchmark may ask for the memory map, the path of data sets too big to hold
+            in_memory = len(self.sorted_ids) * images[0].nbytes <= IN_MEMORY_LIMIT
         self.memory = np.ascontiguousarray(images[self.sorted_ids]) if in_memory else None
 
     def fetch(self, ids: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,129 @@
+"""``hashbench bench``: how fast this machine loads, trains and encodes, and what a full paper run would take.
+
+Every rate comes from the paths a run takes: the loader reads the dataset's memory-mapped
+cache in random batches (the path of data sets too big to hold in memory; a warm page
+cache) and prepares each batch on the device as training does (resize, normalisation, the
+paper's augmentations); training is the engine's loop on the method's network and loss,
+the loader included, timed over its second epoch; encoding is the engine's. Backbones
+start from random weights: throughput does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hashbench import engine
+from hashbench.augment import PAPER_AUGMENTATION
+from hashbench.dataset import Dataset
+from hashbench.method import MethodContext
+from hashbench.provenance import describe_device, peak_memory_mib, start_memory_watch
+from hashbench.registry import REGISTRY
+from hashbench.run import class_ids
+
+PAPER_SLICES, PAPER_EPOCHS = 372_004, 50  # the paper's TCIA slices, and its epochs
+
+
+@dataclass
+class Rates:
+    """Images per second on one device for one backbone at one image size."""
+
+    method: str
+    backbone: str
+    image_size: int
+    batch_size: int
+    loading: float
+    training: float
+    encoding: float
+    peak_memory_mib: dict[str, float]
+    device: str
+    execution: dict
+
+    def projected_hours(self, slices: int = PAPER_SLICES, epochs: int = PAPER_EPOCHS) -> float:
+        """Training ``slices`` for ``epochs`` and encoding them once, at the measured rates."""
+        return (slices * epochs / self.training + slices / self.encoding) / 3600
+
+    @property
+    def loader_margin(self) -> float:
+        """How many times faster the loader delivers images than training consumes them: below 1, training waits for data."""
+        return self.loading / self.training
+
+
+def _rate(images: int, seconds: float) -> float:
+    return images / max(seconds, 1e-9)
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loading_rate(dataset: Dataset, device: torch.device, image_size: int, batch_size: int, images: int, seed: int = 0) -> float:
+    """Images/s from the memory-mapped cache to augmented, normalised device tensors, in random batches."""
+    rng = np.random.default_rng(seed)
+    ids = dataset.usable().index.to_numpy()
+    source = engine.ImageSource(dataset.images, ids, device, in_memory=False)
+    generator = torch.Generator(device=device).manual_seed(seed)
+
+    def run(count: int) -> int:
+        batches = [rng.choice(ids, batch_size) for _ in range(max(1, count // batch_size))]
+        for _, batch in source.batches(batches):
+            engine.to_input(batch, device, image_size, PAPER_AUGMENTATION, generator)
+        _synchronise(device)
+        return len(batches) * batch_size
+
+    run(2 * batch_size)  # warm-up: first reads, kernel selection
+    started = time.perf_counter()
+    done = run(images)
+    return _rate(done, time.perf_counter() - started)
+
+
+def measure(
+    dataset: Dataset, backbone: str, image_size: int, device: torch.device, method: str = "dafh", bits: int = 32,
+    batch_size: int | None = None, steps: int = 5, execution: engine.Execution = engine.Execution(),
+) -> Rates:
+    """Loading, training and encoding rates for ``method`` on ``backbone`` at ``image_size``."""
+    method_cls = REGISTRY.get(method)
+    if getattr(method_cls, "fitted", False):
+        raise ValueError(f"{method} is training-free: bench measures training; name a trained method (dafh, hashnet, ...)")
+    options, train = method_cls.resolve_options({})
+    settings = method_cls.train.with_overrides({**train, **({"batch_size": batch_size} if batch_size else {})}, method)
+    ids = dataset.usable().index.to_numpy()
+    ids = np.resize(ids, max(steps * settings.batch_size, settings.batch_size))  # repeated when the data set is smaller
+    labels, names = class_ids(dataset.index.loc[ids, "label"], dataset.multi_label)
+    start_memory_watch(device)
+    loading = loading_rate(dataset, device, image_size, settings.batch_size, len(ids))
+
+    engine.seed_everything(0)
+    hasher = method_cls(MethodContext(bits, len(names), len(ids), options, 0, image_size))
+    network, loss = hasher.build(backbone)
+    per_epoch = sum(len(batch) for batch in hasher.batches(labels, settings.batch_size, np.random.default_rng(0)))
+    source = engine.ImageSource(dataset.images, ids, device, in_memory=False)
+    with tempfile.TemporaryDirectory(prefix="hashbench-bench-") as work:
+        log = Path(work) / "log.jsonl"
+        engine.train(hasher, network, loss, source, engine.TrainData(ids, labels, len(names)), settings, 2, image_size, 0,
+                     Path(work) / "checkpoint.pt", log, augmentation=PAPER_AUGMENTATION, execution=execution)
+        second_epoch = json.loads(log.read_text().splitlines()[1])["seconds"]
+    engine.encode(network, source, ids[: settings.batch_size], image_size, settings.batch_size, execution)  # warm-up
+    _synchronise(device)
+    started = time.perf_counter()
+    engine.encode(network, source, ids, image_size, settings.batch_size, execution)
+    encoding = _rate(len(ids), time.perf_counter() - started)
+    return Rates(
+        method, backbone, image_size, settings.batch_size, loading, _rate(per_epoch, second_epoch), encoding,
+        peak_memory_mib(device), describe_device(device), execution.describe(device),
+    )
+
+
+def to_json(rates: list[Rates], dataset: Dataset, slices: int, epochs: int) -> str:
+    return json.dumps({
+        "dataset": dataset.name, "synthetic": bool(dataset.manifest.get("synthetic", False)), "stored_size": dataset.image_size,
+        "projection": {"slices": slices, "epochs": epochs},
+        "rates": [{**asdict(rate), "loader_margin": rate.loader_margin, "projected_hours": rate.projected_hours(slices, epochs)} for rate in rates],
+    }, indent=1)
