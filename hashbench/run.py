@@ -238,12 +238,11 @@ def run_grid(request: RunRequest, dataset: Dataset, out: Path, progress: bool = 
     planned = plan(request, dataset, device)
     if distributed.launched() and request.shard:
         raise ValueError("--shard spreads cells over machines, torchrun spreads one cell over processes: use one or the other")
+    if not distributed.follower():  # under torchrun the first process downloads; the others wait for it to join the group below
+        ensure_available({source for cell in planned for source in cell.weights.values()})
     _check_writable(Path(out))
     device = distributed.start(device)
     try:
-        if distributed.is_main():  # one download, then the others find the weights cached
-            ensure_available({source for cell in planned for source in cell.weights.values()})
-        distributed.barrier()
         return _run_planned(planned, request, dataset, device, Path(out), progress, on_cell, sweep_start)
     finally:
         distributed.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from hashbench import distributed
 from hashbench.results import Cell
@@ -36,23 +36,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _process(rank: int, world: int, port: int, request: RunRequest, out: Path, home: str, plugin: Path | None, pause: str | None) -> None:
-    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), HASHBENCH_HOME=home)
-    if pause:
-        os.environ["HASHBENCH_TEST_PAUSE"] = pause
-    torch.set_num_threads(1)
-    from hashbench.cli import _load_plugins
-    from hashbench.datasets import load_dataset
-
-    _load_plugins([plugin] if plugin else [])
-    run_grid(request, load_dataset(request.dataset), out)
+PROCESS = Path(__file__).with_name("ddp_process.py")
 
 
 def start_processes(request: RunRequest, out: Path, world: int = 2, plugin: Path | None = None, pause: str | None = None) -> list[multiprocessing.Process]:
-    """The processes torchrun would start; forked from a server that imported hashbench once (this process has used OpenMP: no fork)."""
+    """The processes torchrun would start, forked from a server that imported hashbench once (this process has used OpenMP: no fork)."""
     context, port = multiprocessing.get_context("forkserver"), free_port()
     context.set_forkserver_preload(["hashbench.run", "hashbench.cli", "hashbench.datasets"])
-    processes = [context.Process(target=_process, args=(rank, world, port, request, out, os.environ["HASHBENCH_HOME"], plugin, pause)) for rank in range(world)]
+    processes = []
+    for rank in range(world):
+        arguments = dict(rank=rank, world=world, port=port, request=request, out=out, home=os.environ["HASHBENCH_HOME"], plugin=plugin, pause=pause)
+        processes.append(context.Process(target=runpy.run_path, args=(str(PROCESS),), kwargs={"init_globals": arguments}))
     for process in processes:
         process.start()
     return processes
