@@ -44,12 +44,12 @@ def test_each_baseline_learns_far_above_chance(default_phantom, tmp_path, chance
 
 
 def test_csq_orthohash_and_greedyhash_learn_far_above_chance(default_phantom, tmp_path, chance):
-    """Half the budget of the paper's methods above (5 epochs of the quick profile at 16 bits), to keep the suite short."""
+    """Half the budget of the paper's methods above (3 epochs of the quick profile at 16 bits), to keep the suite short."""
     floor = chance(default_phantom.dataset)
-    run = RunRequest(methods=["csq", "orthohash", "greedyhash"], bits=[16], epochs=5, profile="quick")
+    run = RunRequest(methods=["csq", "orthohash", "greedyhash"], bits=[16], epochs=3, profile="quick")
     for outcome in run_grid(run, default_phantom.dataset, tmp_path):
         assert outcome.status == "done", outcome.error
-        # measured MAP@10: csq 0.52, orthohash 0.45, greedyhash 0.48; mAP@all 0.53 to 0.56 (random codes: 0.22, 0.11)
+        # measured MAP@10: csq 0.48, orthohash 0.45, greedyhash 0.56; mAP@all 0.52 to 0.60 (random codes: 0.22, 0.11)
         assert outcome.metrics["map@10"] > floor["map@10"] + 0.12, outcome.config.method
         assert outcome.metrics["map@all"] > 3 * floor["map@all"], outcome.config.method
 
