@@ -4,7 +4,7 @@ Sources: ``tcia`` (a TCIA download on disk), ``folder`` (a class-per-folder tree
 images), ``medmnist`` (a MedMNIST ``.npz``), ``cifar`` (CIFAR-10's python batches),
 ``lists`` (the list files of NUS-WIDE, MS-COCO, ImageNet-100) and ``phantom`` (the
 embedded synthetic collection, generated and ingested on first use). Every dataset,
-whatever its source, is read through :class:`hashbench.dataset.Dataset`.
+whatever its source, is read through :class:`hashbench.data.dataset.Dataset`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hashbench import locks
-from hashbench.dataset import MANIFEST, Dataset
-from hashbench.dicom import ImageOptions
-from hashbench.ingest import IngestResult
-from hashbench.paths import SAFE_NAME, checked_name, datasets_dir, sources_dir
+from hashbench.files import locks
+from hashbench.data.dataset import MANIFEST, Dataset
+from hashbench.data.dicom import ImageOptions
+from hashbench.data.ingest import IngestResult
+from hashbench.files.paths import SAFE_NAME, checked_name, datasets_dir, sources_dir
 
 SOURCES = {
     "tcia": "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)",

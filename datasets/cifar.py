@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, resize
-from hashbench.images import NO_TAGS, colour_pixels
-from hashbench.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
+from hashbench.data.images import NO_TAGS, colour_pixels
+from hashbench.data.ingest import IngestResult, SourceFile, ingest
 
 BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 SIDES = {**{f"data_batch_{i}": "database" for i in range(1, 6)}, "test_batch": "query"}

@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from hashbench.dicom import ImageOptions
-from hashbench.images import IMAGE_SUFFIXES, is_image_file
-from hashbench.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.dicom import ImageOptions
+from hashbench.data.images import IMAGE_SUFFIXES, is_image_file
+from hashbench.data.ingest import IngestResult, SourceFile, ingest
 
 
 def scan(root: Path) -> tuple[list[SourceFile], list[str]]:

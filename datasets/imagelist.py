@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from hashbench.dataset import LABEL_SEPARATOR
-from hashbench.dicom import ImageOptions
-from hashbench.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.dataset import LABEL_SEPARATOR
+from hashbench.data.dicom import ImageOptions
+from hashbench.data.ingest import IngestResult, SourceFile, ingest
 
 PRESETS = {  # the published MAP@k of each set's standard lists
     "nus-wide": 5_000,

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.dataset import LABEL_SEPARATOR
-from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, resize
-from hashbench.images import colour_pixels
-from hashbench.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.dataset import LABEL_SEPARATOR
+from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
+from hashbench.data.images import colour_pixels
+from hashbench.data.ingest import IngestResult, SourceFile, ingest
 
 PARTS = ("train", "val", "test")
 SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides

@@ -18,8 +18,8 @@ import re
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from hashbench.dicom import ImageOptions
-from hashbench.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.dicom import ImageOptions
+from hashbench.data.ingest import IngestResult, SourceFile, ingest
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 UID_FOLDER = re.compile(r"^\d+(\.\d+){2,}$")

@@ -1,7 +1,7 @@
 """An example plugin: a new hashing method in one file.
 
 Run it with ``hashbench run --plugin examples/my_method.py --methods center-hash --bits 16 32``.
-A method subclasses :class:`hashbench.method.Method` and overrides only what differs;
+A method subclasses :class:`hashbench.model.method.Method` and overrides only what differs;
 the engine, evaluator, results store and leaderboards are shared.
 
 Center hashing (in the spirit of CSQ, Yuan et al., CVPR 2020, simplified): every
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hashbench.method import Method, TrainSettings
-from hashbench.options import option
-from hashbench.registry import register_method
+from hashbench.model.method import Method, TrainSettings
+from hashbench.model.options import option
+from hashbench.model.registry import register_method
 
 
 class CentreLoss(nn.Module):

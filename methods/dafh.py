@@ -45,10 +45,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench.components import CBAM, Ptanh, batch_hard_triplets, focal_loss, triplet_batches
-from hashbench.method import HashNetwork, HashOutput, Method, TrainSettings
-from hashbench.options import option, with_defaults
-from hashbench.registry import register_method
+from hashbench.model.components import CBAM, Ptanh, batch_hard_triplets, focal_loss, triplet_batches
+from hashbench.model.method import HashNetwork, HashOutput, Method, TrainSettings
+from hashbench.model.options import option, with_defaults
+from hashbench.model.registry import register_method
 
 
 def penultimate_stage(model: nn.Module) -> nn.Module:

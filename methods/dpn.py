@@ -21,9 +21,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from hashbench.method import LinearHead, Method, TrainSettings
-from hashbench.options import option
-from hashbench.registry import register_method
+from hashbench.model.method import LinearHead, Method, TrainSettings
+from hashbench.model.options import option
+from hashbench.model.registry import register_method
 
 
 def class_targets(n_classes: int, bits: int, seed: int, balanced: bool) -> torch.Tensor:

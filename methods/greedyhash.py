@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hashbench.components import focal_loss
-from hashbench.method import HashOutput, Method, TrainSettings
-from hashbench.options import option
-from hashbench.registry import register_method
+from hashbench.model.components import focal_loss
+from hashbench.model.method import HashOutput, Method, TrainSettings
+from hashbench.model.options import option
+from hashbench.model.registry import register_method
 
 
 class _SignStraightThrough(torch.autograd.Function):

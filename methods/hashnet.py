@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench.components import similar
-from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
-from hashbench.options import option
-from hashbench.registry import register_method
+from hashbench.model.components import similar
+from hashbench.model.method import HashNetwork, Method, StepInfo, TrainSettings
+from hashbench.model.options import option
+from hashbench.model.registry import register_method
 
 
 class WeightedPairwiseLoss(nn.Module):

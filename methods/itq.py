@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.method import TrainingFreeMethod
+from hashbench.model.method import TrainingFreeMethod
 from hashbench.methods.pcah import principal_directions
-from hashbench.options import option
-from hashbench.registry import register_method
+from hashbench.model.options import option
+from hashbench.model.registry import register_method
 
 
 def itq_rotation(projected: np.ndarray, iterations: int, seed: int) -> tuple[np.ndarray, list[float]]:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.method import TrainingFreeMethod
-from hashbench.registry import register_method
+from hashbench.model.method import TrainingFreeMethod
+from hashbench.model.registry import register_method
 
 
 @register_method("lsh")

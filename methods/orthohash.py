@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hashbench.components import focal_loss
-from hashbench.method import HashOutput, Method, TrainSettings
-from hashbench.options import option
-from hashbench.registry import register_method
+from hashbench.model.components import focal_loss
+from hashbench.model.method import HashOutput, Method, TrainSettings
+from hashbench.model.options import option
+from hashbench.model.registry import register_method
 
 
 def class_codes(n_classes: int, bits: int, seed: int, min_distance: float = 0.61, tries: int = 10_000, draws: int = 1024) -> torch.Tensor:

@@ -11,8 +11,8 @@ import torch
 from sklearn.decomposition import PCA
 from torch import nn
 
-from hashbench.method import TrainingFreeMethod
-from hashbench.registry import register_method
+from hashbench.model.method import TrainingFreeMethod
+from hashbench.model.registry import register_method
 
 
 def principal_directions(features: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

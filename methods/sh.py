@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.method import HashOutput, TrainingFreeMethod
+from hashbench.model.method import HashOutput, TrainingFreeMethod
 from hashbench.methods.pcah import principal_directions
-from hashbench.registry import register_method
+from hashbench.model.registry import register_method
 
 
 class SpectralHead(nn.Module):

@@ -130,9 +130,9 @@ def default_phantom(hashbench_home):
 
 def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16, split=None):
     """Metrics of random codes on the dataset's default split (or ``split``), averaged over draws: the floor to clear."""
-    from hashbench.evaluate import evaluate
-    from hashbench.run import class_ids
-    from hashbench.splits import SEARCHED
+    from hashbench.evaluation.evaluate import evaluate
+    from hashbench.runner.run import class_ids
+    from hashbench.data.splits import SEARCHED
 
     side = dataset.split(split or dataset.default_split)
     labels, _ = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
@@ -149,8 +149,8 @@ def chance():
 
 def write_cell(out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy", **config_fields):
     """A finished cell written straight from codes (no training): for tests of what reads the results store."""
-    from hashbench.evaluate import STORED_METRICS, evaluate, pack, tie_diagnostics
-    from hashbench.results import CellConfig, ResultsStore
+    from hashbench.evaluation.evaluate import STORED_METRICS, evaluate, pack, tie_diagnostics
+    from hashbench.store.results import CellConfig, ResultsStore
 
     fields = {"backbone": "none", "epochs": 1, "image_size": 8, "split": "patient", "train": {"optimizer": "adam", "lr": 1e-3}, "weights": {"none": "random"}, "profile": "quick", **config_fields}
     config = CellConfig(dataset=dataset, method=method, bits=query_bits.shape[1], seed=seed, **fields)

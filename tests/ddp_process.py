@@ -12,7 +12,7 @@ torch.set_num_threads(1)  # torchrun's default: one thread a process
 
 from hashbench.cli import _load_plugins  # noqa: E402
 from hashbench.datasets import load_dataset  # noqa: E402
-from hashbench.run import run_grid  # noqa: E402
+from hashbench.runner.run import run_grid  # noqa: E402
 
 _load_plugins([plugin] if plugin else [])  # noqa: F821
 run_grid(request, load_dataset(request.dataset), out)  # noqa: F821

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hashbench.augment import PAPER_AUGMENTATION, Augmentation, _gaussian_kernels, augment
+from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation, _gaussian_kernels, augment
 
 SIZE = 64
 CENTRE = (SIZE - 1) / 2  # the rotation centre in pixel coordinates (align_corners=False)

@@ -12,10 +12,10 @@ from sklearn.decomposition import PCA
 from typer.testing import CliRunner
 
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.method import MethodContext
+from hashbench.model.method import MethodContext
 from hashbench.methods.itq import itq_rotation
 from hashbench.methods.sh import spectral_modes
-from hashbench.registry import REGISTRY
+from hashbench.model.registry import REGISTRY
 
 runner = CliRunner()
 
@@ -103,12 +103,12 @@ def test_with_baselines_adds_the_floor_as_reference_rows_below_the_trained_metho
     argv = ["run", "--methods", "orthohash", "--bits", "16", "--epochs", "1", "--with-baselines", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(tmp_path)]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
-    from hashbench import leaderboard
-    from hashbench.results import ResultsStore
+    from hashbench.report import leaderboard
+    from hashbench.store.results import ResultsStore
 
     (board,) = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))
     assert list(board.table.index) == ["orthohash", "itq (training-free)", "lsh (training-free)", "pcah (training-free)", "sh (training-free)"]
-    from hashbench.suites import get_suite
+    from hashbench.config.suites import get_suite
 
     rows = [label for label, _ in get_suite("paper-table3").with_baselines().rows]  # the paper suite grows the same reference rows, no paper numbers beside them
     assert rows[:5] == ["HashNet", "DSH", "DPSH", "DPN", "DAFH"] and rows[5:] == [f"{m} (training-free)" for m in ("LSH", "PCAH", "ITQ", "SH")]

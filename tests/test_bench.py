@@ -8,7 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hashbench import bench
+from hashbench.training import bench
 from hashbench.cli import app, expand_multi_value_options
 
 runner = CliRunner()

@@ -18,7 +18,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from hashbench.datasets import phantom
 from hashbench.datasets.tcia import ingest_tcia
-from hashbench.dicom import ImageOptions
+from hashbench.data.dicom import ImageOptions
 
 pytestmark = pytest.mark.perf
 
@@ -80,11 +80,11 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
     import torch
     import torch.nn.functional as F
 
-    from hashbench import engine
-    from hashbench.augment import PAPER_AUGMENTATION, augment
-    from hashbench.method import MethodContext, StepInfo
-    from hashbench.registry import REGISTRY
-    from hashbench.run import class_ids
+    from hashbench.training import engine
+    from hashbench.training.augment import PAPER_AUGMENTATION, augment
+    from hashbench.model.method import MethodContext, StepInfo
+    from hashbench.model.registry import REGISTRY
+    from hashbench.runner.run import class_ids
 
     dataset = default_phantom.dataset
     side = dataset.split("patient")
@@ -191,7 +191,7 @@ def per_query_argsort_loop(query_packed, query_labels, database_packed, database
 
 def test_evaluator_against_a_per_query_argsort_loop(benchmark):
     """Q = 1,000 against N = 50,000 at 48 bits: MAP@1, @10, @1000, mAP@all and tie-aware mAP together."""
-    from hashbench.evaluate import evaluate_packed
+    from hashbench.evaluation.evaluate import evaluate_packed
 
     rng = np.random.default_rng(0)
     n_queries, n_items, bits = 1_000, 50_000, 48
@@ -221,7 +221,7 @@ def test_evaluator_against_a_per_query_argsort_loop(benchmark):
 LARGE_EVALUATION = """
 import resource, sys, time
 import numpy as np
-from hashbench.evaluate import evaluate_packed
+from hashbench.evaluation.evaluate import evaluate_packed
 rng = np.random.default_rng(0)
 q, n = 10_000, 1_000_000
 query = rng.integers(0, 256, (q, 8), dtype=np.uint8)

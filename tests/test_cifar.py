@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from hashbench.cli import app
 from hashbench.datasets.cifar import ingest_cifar, load_batch
-from hashbench.dicom import ImageOptions
-from hashbench.run import RunRequest, plan, run_grid
-from hashbench.splits import SEARCHED, TRAINED
+from hashbench.data.dicom import ImageOptions
+from hashbench.runner.run import RunRequest, plan, run_grid
+from hashbench.data.splits import SEARCHED, TRAINED
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cifar_files import NAMES, write_cifar  # noqa: E402

@@ -121,7 +121,7 @@ def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
 def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused():
     from hashbench.cli import expand_multi_value_options
 
-    from hashbench.registry import REGISTRY
+    from hashbench.model.registry import REGISTRY
 
     example = Path(__file__).resolve().parent.parent / "examples" / "my_method.py"
     try:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from hashbench.dicom import ImageOptions, SkippedFile, decode, window_linear
+from hashbench.data.dicom import ImageOptions, SkippedFile, decode, window_linear
 
 NATIVE = ImageOptions(size=16)  # same size as the test images: no resampling, exact pixels
 

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashbench import engine
-from hashbench.augment import PAPER_AUGMENTATION, Augmentation
-from hashbench.results import Cell
-from hashbench.run import RunRequest, run_grid
+from hashbench.training import engine
+from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation
+from hashbench.store.results import Cell
+from hashbench.runner.run import RunRequest, run_grid
 
 
 def test_each_augmentation_changes_training_images(tiny_phantom):

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from hashbench.evaluate import binarize, evaluate, parse_metric, per_class, pr_by_radius, precision_curve, tie_diagnostics, top1_confusion
-from hashbench.ranking import code_words, count_ranks, label_words, tie_order
+from hashbench.evaluation.evaluate import binarize, evaluate, parse_metric, per_class, pr_by_radius, precision_curve, tie_diagnostics, top1_confusion
+from hashbench.evaluation.ranking import code_words, count_ranks, label_words, tie_order
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hashbench import engine
+from hashbench.training import engine
 from hashbench.cli import app
-from hashbench.method import MethodContext
-from hashbench.registry import REGISTRY
-from hashbench.run import class_ids
+from hashbench.model.method import MethodContext
+from hashbench.model.registry import REGISTRY
+from hashbench.runner.run import class_ids
 
 runner = CliRunner()
 

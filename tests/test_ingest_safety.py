@@ -15,13 +15,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from hashbench import atomic
+from hashbench.files import atomic
 from hashbench.cli import app
-from hashbench.dataset import Dataset, DatasetError
+from hashbench.data.dataset import Dataset, DatasetError
 from hashbench.datasets import load_dataset, tcia
-from hashbench.dicom import ImageOptions
-from hashbench.ingest import EmptyDatasetError
-from hashbench.paths import datasets_dir
+from hashbench.data.dicom import ImageOptions
+from hashbench.data.ingest import EmptyDatasetError
+from hashbench.files.paths import datasets_dir
 
 runner = CliRunner()
 OPTIONS = ImageOptions(size=32)
@@ -33,13 +33,13 @@ import os
 import sys
 import time
 from pathlib import Path
-import hashbench.ingest
+import hashbench.data.ingest
 from hashbench.datasets import tcia
-from hashbench.dicom import ImageOptions
-hashbench.ingest.COMMIT_EVERY_S = float(sys.argv[5])
+from hashbench.data.dicom import ImageOptions
+hashbench.data.ingest.COMMIT_EVERY_S = float(sys.argv[5])
 if os.environ.get("DECODE_DELAY_S"):  # a build slow enough that a second ingest surely meets it
-    decode = hashbench.ingest._decode_job
-    hashbench.ingest._decode_job = lambda job: time.sleep(float(os.environ["DECODE_DELAY_S"])) or decode(job)
+    decode = hashbench.data.ingest._decode_job
+    hashbench.data.ingest._decode_job = lambda job: time.sleep(float(os.environ["DECODE_DELAY_S"])) or decode(job)
 if len(sys.argv) > 6:
     import multiprocessing
     multiprocessing.set_start_method(sys.argv[6])

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from hashbench.components import focal_loss, triplet_batches
-from hashbench.dicom import ImageOptions, resize
-from hashbench.engine import label_rows, to_input
-from hashbench.evaluate import per_class
-from hashbench.run import class_ids
-from hashbench.splits import split
+from hashbench.model.components import focal_loss, triplet_batches
+from hashbench.data.dicom import ImageOptions, resize
+from hashbench.training.engine import label_rows, to_input
+from hashbench.evaluation.evaluate import per_class
+from hashbench.runner.run import class_ids
+from hashbench.data.splits import split
 
 
 def test_multi_label_triplets_pair_each_anchor_with_one_that_shares_a_label_and_one_that_shares_none():

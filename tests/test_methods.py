@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hashbench.evaluate import binarize
-from hashbench.method import HashOutput, MethodContext, StepInfo
-from hashbench.options import type_hints
-from hashbench.registry import REGISTRY
+from hashbench.evaluation.evaluate import binarize
+from hashbench.model.method import HashOutput, MethodContext, StepInfo
+from hashbench.model.options import type_hints
+from hashbench.model.registry import REGISTRY
 
 BACKBONE = "test_efficientnet"  # timm's tiny EfficientNet for tests
 LIGHT = {"backbone": "test_resnet", "vit": "test_vit"}

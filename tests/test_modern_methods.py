@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hashbench.method import HashOutput
+from hashbench.model.method import HashOutput
 from hashbench.methods.csq import CentralSimilarityLoss, hadamard, hash_centres
 from hashbench.methods.greedyhash import GreedyLoss, sign_straight_through
 from hashbench.methods.orthohash import OrthoHashLoss, class_codes

@@ -7,10 +7,10 @@ from typing import Literal
 
 import pytest
 
-from hashbench import options
-from hashbench.method import Method, MethodContext, TrainSettings
-from hashbench.options import option
-from hashbench.registry import REGISTRY
+from hashbench.model import options
+from hashbench.model.method import Method, MethodContext, TrainSettings
+from hashbench.model.options import option
+from hashbench.model.registry import REGISTRY
 
 
 @dataclass(frozen=True)

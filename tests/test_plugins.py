@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from hashbench.method import Method
-from hashbench.registry import DuplicateMethodError, Registry
+from hashbench.model.method import Method
+from hashbench.model.registry import DuplicateMethodError, Registry
 
 REPO = Path(__file__).resolve().parents[1]
 HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
@@ -24,8 +24,8 @@ HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
 DEMO_MODULE = '''
 import torch
 from torch import nn
-from hashbench.method import Method, TanhHead
-from hashbench.registry import register_method
+from hashbench.model.method import Method, TanhHead
+from hashbench.model.registry import register_method
 
 
 class PullToClass(nn.Module):
@@ -120,26 +120,26 @@ def test_a_duplicate_name_is_an_error_and_the_first_one_stays(tmp_path):
 
     registry.register("same", First)
     plugin = tmp_path / "dup.py"
-    plugin.write_text("from hashbench.method import Method\n")
+    plugin.write_text("from hashbench.model.method import Method\n")
     with registry._loading_from("file:dup.py"), pytest.raises(DuplicateMethodError, match="already registered by built-in"):
         registry.register("same", Second)
     assert registry.get("same") is First
 
 
 def test_a_local_plugin_that_redefines_a_built_in_is_broken_not_a_replacement(tmp_path):
-    from hashbench.registry import REGISTRY
+    from hashbench.model.registry import REGISTRY
 
     plugin = tmp_path / "impostor.py"
-    plugin.write_text("from hashbench.method import Method\nfrom hashbench.registry import register_method\n\n@register_method('hashnet')\nclass Impostor(Method):\n    pass\n")
+    plugin.write_text("from hashbench.model.method import Method\nfrom hashbench.model.registry import register_method\n\n@register_method('hashnet')\nclass Impostor(Method):\n    pass\n")
     names = REGISTRY.load_file(plugin)
-    assert REGISTRY.entries[names[0]].error.startswith("hashbench.registry.DuplicateMethodError")
+    assert REGISTRY.entries[names[0]].error.startswith("hashbench.model.registry.DuplicateMethodError")
     assert REGISTRY.get("hashnet").origin == "built-in"
 
 
 @pytest.mark.parametrize("name", ["team/dsh", "../../escaped", ".hidden", ""])
 def test_a_method_name_that_is_not_a_plain_folder_name_is_refused(name):
     """A method's name becomes a folder under every results root: it must never point elsewhere."""
-    from hashbench.paths import UnsafeNameError
+    from hashbench.files.paths import UnsafeNameError
 
     registry = Registry()
     registry._discovered = True

@@ -10,14 +10,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hashbench import leaderboard
+from hashbench.report import leaderboard
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.dataset import split_hash
+from hashbench.data.dataset import split_hash
 from hashbench.datasets.tcia import ingest_tcia
-from hashbench.paths import datasets_dir
-from hashbench.results import Cell, ResultsStore
-from hashbench.run import RunRequest, run_grid
-from hashbench.search import CellIndex
+from hashbench.files.paths import datasets_dir
+from hashbench.store.results import Cell, ResultsStore
+from hashbench.runner.run import RunRequest, run_grid
+from hashbench.evaluation.search import CellIndex
 
 runner = CliRunner()
 

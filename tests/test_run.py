@@ -9,13 +9,15 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from hashbench import engine, leaderboard
-from hashbench.augment import PAPER_AUGMENTATION
-from hashbench.evaluate import evaluate
-from hashbench.registry import REGISTRY
-from hashbench.results import Cell, ResultsStore
-from hashbench.run import RunRequest, run_grid
-from hashbench.stats import bootstrap_interval
+from hashbench.training import engine
+
+from hashbench.report import leaderboard
+from hashbench.training.augment import PAPER_AUGMENTATION
+from hashbench.evaluation.evaluate import evaluate
+from hashbench.model.registry import REGISTRY
+from hashbench.store.results import Cell, ResultsStore
+from hashbench.runner.run import RunRequest, run_grid
+from hashbench.evaluation.stats import bootstrap_interval
 
 BACKBONE = "test_efficientnet"
 QUICK = {"*": {"batch_size": 32}}
@@ -180,7 +182,7 @@ def test_a_failing_cell_is_reported_and_the_grid_goes_on(tiny_phantom, tmp_path,
 
 
 def test_unknown_option_and_method_are_caught_before_training(tiny_phantom, tmp_path):
-    from hashbench.registry import UnknownMethodError
+    from hashbench.model.registry import UnknownMethodError
 
     with pytest.raises(ValueError, match="unknown option"):
         run_grid(request(["dpn"], overrides={"dpn": {"margn": 2}}), tiny_phantom.dataset, tmp_path)

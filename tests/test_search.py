@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hashbench.cli import app
-from hashbench.run import RunRequest, run_grid
-from hashbench.search import CellIndex
+from hashbench.runner.run import RunRequest, run_grid
+from hashbench.evaluation.search import CellIndex
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 from typer.testing import CliRunner
 
 from hashbench.cli import app, expand_multi_value_options
-from hashbench import leaderboard
-from hashbench.results import ResultsStore
-from hashbench.run import RunRequest, estimated_cost, plan, run_grid
+from hashbench.report import leaderboard
+from hashbench.store.results import ResultsStore
+from hashbench.runner.run import RunRequest, estimated_cost, plan, run_grid
 
 runner = CliRunner()
 GRID = dict(methods=["hashnet", "dpsh", "dafh", "lsh", "itq"], bits=[16, 32, 48], seeds=[0, 1], dataset="phantom-tiny-seed0", profile="quick")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hashbench.cleaning import image_stats, iqr_outliers
-from hashbench.splits import split
+from hashbench.data.cleaning import image_stats, iqr_outliers
+from hashbench.data.splits import split
 
 
 def synthetic_index(n_classes=5, patients_per_class=10, seed=0) -> pd.DataFrame:

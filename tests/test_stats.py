@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hashbench import stats
+from hashbench.evaluation import stats
 from hashbench.cli import app
 
 
@@ -123,8 +123,8 @@ def test_compare_accepts_cell_directories(toy_results):
 
 
 def test_compare_refuses_cells_of_other_data_versions_even_on_the_same_query_ids(tmp_path, cell_writer):
-    from hashbench.results import Cell
-    from hashbench.stats import compare_cells
+    from hashbench.store.results import Cell
+    from hashbench.evaluation.stats import compare_cells
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 30)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hashbench import leaderboard
+from hashbench.report import leaderboard
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.registry import REGISTRY
-from hashbench.results import Cell, ResultsStore
-from hashbench.run import RunRequest, run_grid
-from hashbench.suites import SUITES
+from hashbench.model.registry import REGISTRY
+from hashbench.store.results import Cell, ResultsStore
+from hashbench.runner.run import RunRequest, run_grid
+from hashbench.config.suites import SUITES
 
 runner = CliRunner()
 
@@ -73,7 +73,7 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     text = (directory / "confusion.md").read_text()
     stored = json.loads((directory / "metrics.json").read_text())["metrics"]["map@1"]
     assert f"MAP@1 = {stored:.3f}" in text
-    from hashbench.evaluate import evaluate_packed, top1_confusion
+    from hashbench.evaluation.evaluate import evaluate_packed, top1_confusion
 
     codes = Cell(directory).codes()
     ranking = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",))
@@ -81,7 +81,7 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     assert np.trace(matrix) / matrix.sum() == pytest.approx(stored, abs=1e-12)
     np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(codes["query_labels"], minlength=len(codes["class_names"])))
     # per-class rows: each class's share of the diagonal is its MAP@1, and the classes' MAP@10 average back to the cell's
-    from hashbench.evaluate import per_class
+    from hashbench.evaluation.evaluate import per_class
 
     names = [str(n) for n in codes["class_names"]]
     by_class = per_class(Cell(directory).per_query("map@10"), codes["query_labels"], names)

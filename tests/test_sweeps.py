@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hashbench import engine, leaderboard
+from hashbench.training import engine
+
+from hashbench.report import leaderboard
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.results import Cell, CellError, ResultsStore
-from hashbench.run import RunRequest, run_grid
+from hashbench.store.results import Cell, CellError, ResultsStore
+from hashbench.runner.run import RunRequest, run_grid
 
 runner = CliRunner()
 HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
@@ -29,7 +31,7 @@ HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
 PAUSING_PLUGIN = '''
 import os, time
 from pathlib import Path
-from hashbench.registry import REGISTRY, register_method
+from hashbench.model.registry import REGISTRY, register_method
 
 DSH = REGISTRY.get("dsh")
 
@@ -50,7 +52,7 @@ class PausingDSH(DSH):
 # A DSH whose loss turns NaN at its second step.
 NAN_PLUGIN = '''
 import torch
-from hashbench.registry import REGISTRY, register_method
+from hashbench.model.registry import REGISTRY, register_method
 
 DSH = REGISTRY.get("dsh")
 
@@ -285,8 +287,7 @@ def test_a_replacement_cut_at_any_point_reads_as_one_result_and_completes_on_the
     """0: nothing moved yet; 1: the log moved; 3: log, codes and weights moved, the record not."""
     import shutil
 
-    from hashbench import results
-
+    from hashbench.store import results
     source, _, originals = five_cells
     shutil.copytree(source, tmp_path / "out")
     request = RunRequest(["dpn"], [8], dataset="phantom-tiny-seed0", epochs=1)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from hashbench import ingest as ingest_module
+from hashbench.data import ingest as ingest_module
 from hashbench.datasets.tcia import ingest_tcia, scan
-from hashbench.dicom import ImageOptions
+from hashbench.data.dicom import ImageOptions
 
 OPTIONS = ImageOptions(size=32)
 DESCRIPTIVE = ("12-01-1998-NA-PETCT HEAD  NECK CA-59359", "5.000000-PET NO AC-52932")
@@ -89,7 +89,7 @@ def test_ctp_tag_arriving_as_bytes_of_vr_un_is_decoded(tmp_path, dicom):
     ds = pydicom.dcmread(path)
     element = ds.get_private_item(0x0013, 0x10, "CTP")
     element.VR, element.value = "UN", b"TCGA-UCEC "
-    from hashbench.dicom import ctp_collection
+    from hashbench.data.dicom import ctp_collection
 
     assert ctp_collection(ds) == "TCGA-UCEC"
 

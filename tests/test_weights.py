@@ -21,7 +21,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RemoteEntryNotFoundError
 from huggingface_hub.file_download import repo_folder_name
 
-from hashbench.weights import (
+from hashbench.model.weights import (
     WeightsUnavailableError,
     WeightSource,
     architectures,

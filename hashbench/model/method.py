@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench import options
-from hashbench.options import option
-from hashbench.weights import WeightSource, create_backbone
+from hashbench.model import options
+from hashbench.model.options import option
+from hashbench.model.weights import WeightSource, create_backbone
 
 
 class HashOutput(NamedTuple):
@@ -111,7 +111,7 @@ class Method:
 
     Class attributes a method sets: ``paper`` (reference), ``Options`` (a frozen
     dataclass of its own hyperparameters, typed, each overridable as
-    ``--set name.key=value``; see :mod:`hashbench.options`), ``train`` (optimiser
+    ``--set name.key=value``; see :mod:`hashbench.model.options`), ``train`` (optimiser
     and batch defaults). ``name`` and ``origin`` are set by registration. An
     instance reads its options as ``self.opt.<key>``.
     """

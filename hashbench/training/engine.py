@@ -8,7 +8,7 @@ draw of an epoch is seeded from (seed, epoch) and the schedule is a function of 
 step, so a cell resumed from its checkpoint ends exactly where an uninterrupted one
 would on the same machine (on a GPU, up to its non-deterministic kernels). It selects
 nothing on the query set: it trains the configured epochs. Under torchrun the same loop
-trains one cell on several processes (see :mod:`hashbench.distributed`).
+trains one cell on several processes (see :mod:`hashbench.training.distributed`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from hashbench import atomic, distributed
-from hashbench.augment import Augmentation, augment
-from hashbench.method import HashNetwork, Method, StepInfo, TrainSettings
+from hashbench.files import atomic
+
+from hashbench.training import distributed
+from hashbench.training.augment import Augmentation, augment
+from hashbench.model.method import HashNetwork, Method, StepInfo, TrainSettings
 
 IMAGENET_MEAN, IMAGENET_STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them

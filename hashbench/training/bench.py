@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hashbench import engine
-from hashbench.augment import PAPER_AUGMENTATION
-from hashbench.dataset import Dataset
-from hashbench.method import MethodContext
-from hashbench.provenance import describe_device, peak_memory_mib, start_memory_watch
-from hashbench.registry import REGISTRY
-from hashbench.run import class_ids
+from hashbench.training import engine
+from hashbench.training.augment import PAPER_AUGMENTATION
+from hashbench.data.dataset import Dataset
+from hashbench.model.method import MethodContext
+from hashbench.runner.provenance import describe_device, peak_memory_mib, start_memory_watch
+from hashbench.model.registry import REGISTRY
+from hashbench.runner.run import class_ids
 
 PAPER_SLICES, PAPER_EPOCHS = 372_004, 50  # the paper's TCIA slices, and its epochs
 

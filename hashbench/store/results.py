@@ -50,8 +50,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from hashbench import atomic, locks
-from hashbench.digest import file_sha256, file_version
+from hashbench.files import atomic, locks
+from hashbench.files.digest import file_sha256, file_version
 
 CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = "config.json", "metrics.json", "codes.npz", "model.pt", "checkpoint.pt", "failed.json", "train_log.jsonl", ".lock"
 RERUN = ".rerun"
@@ -268,7 +268,7 @@ class Cell:
 
     def evaluate(self, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = ()):
         """Metrics recomputed from the stored codes, under the current tie rule."""
-        from hashbench.evaluate import DEFAULT_TIE_RULE, evaluate_packed
+        from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, evaluate_packed
 
         codes = self.codes()
         return evaluate_packed(
@@ -282,7 +282,7 @@ class Cell:
 
     def tie_diagnostics(self) -> dict[str, float]:
         """As recorded at the end of training, or computed from the codes for cells that did not record them."""
-        from hashbench.evaluate import DEFAULT_TIE_RULE, tie_diagnostics
+        from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, tie_diagnostics
 
         if "ties" in self.record and self.evaluation_rule() == DEFAULT_TIE_RULE:
             return self.record["ties"]
@@ -305,7 +305,7 @@ class Cell:
 
     def confusion(self) -> np.ndarray:
         """(C, C) counts of query class against the class of its top-1 item (the paper's Figure 3)."""
-        from hashbench.evaluate import top1_confusion
+        from hashbench.evaluation.evaluate import top1_confusion
 
         codes = self.codes()
         if self.multi_label:
@@ -313,14 +313,14 @@ class Cell:
         return top1_confusion(self.evaluate(("map@1",)).counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
 
     def per_class(self, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        from hashbench.evaluate import per_class
+        from hashbench.evaluation.evaluate import per_class
 
         labels = self.codes()["query_labels"]
         return {metric: per_class(self.per_query(metric), labels, self.class_names) for metric in metrics}
 
     def curves(self, cutoffs: tuple[int, ...]) -> dict[str, np.ndarray]:
         """PR curve by Hamming radius and P@k at ``cutoffs`` (those within the database)."""
-        from hashbench.evaluate import pr_by_radius, precision_curve
+        from hashbench.evaluation.evaluate import pr_by_radius, precision_curve
 
         ks = tuple(k for k in cutoffs if k <= len(self.codes()["database_codes"]))
         counts = self.evaluate((), curve_cutoffs=ks).counts
@@ -331,8 +331,8 @@ class Cell:
         """The trained network, rebuilt from the config and loaded from model.pt (weights only, never code)."""
         import torch
 
-        from hashbench.method import MethodContext
-        from hashbench.registry import REGISTRY
+        from hashbench.model.method import MethodContext
+        from hashbench.model.registry import REGISTRY
 
         config = self.config
         method_cls = REGISTRY.get(config.method)
@@ -454,7 +454,7 @@ def collapse_note(dead_bits: int, bits: int) -> str:
 
 @lru_cache(maxsize=512)
 def _per_query(cell: Cell, metric: str, path: str, inode: int, mtime_ns: int, size: int) -> np.ndarray:
-    from hashbench.evaluate import DEFAULT_TIE_RULE
+    from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE
 
     stored = cell.codes().get(f"per_query/{metric}")
     if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE:
@@ -551,7 +551,7 @@ def _config_from_path(directory: Path) -> dict[str, Any]:
 
 
 def _describe_augment(values: dict[str, float] | None) -> str:
-    from hashbench.augment import Augmentation
+    from hashbench.training.augment import Augmentation
 
     return Augmentation.from_dict(values or {}).describe()
 

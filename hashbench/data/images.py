@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile, decode, resize
+from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, decode, resize
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R BT.601, as for colour DICOM

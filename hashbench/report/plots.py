@@ -69,7 +69,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
     (``<stem>-pr.png`` and so on).
     """
-    from hashbench.results import Cell
+    from hashbench.store.results import Cell
 
     plt = _pyplot()
     if rows.empty:

@@ -31,16 +31,18 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from hashbench import distributed, engine, splits
-from hashbench.augment import PAPER_AUGMENTATION, Augmentation
-from hashbench.dataset import LABEL_SEPARATOR, Dataset, split_hash
-from hashbench.digest import file_sha256
-from hashbench.evaluate import DEFAULT_METRICS, DEFAULT_TIE_RULE, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
-from hashbench.method import Method, MethodContext
-from hashbench.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
-from hashbench.registry import REGISTRY
-from hashbench.results import CHECKPOINT, FAILURE, LOG, RECORD, Cell, CellConfig, ResultsStore
-from hashbench.weights import WeightSource, architectures, cached_revision, ensure_available, is_cached, parse_weights_option, resolve
+from hashbench.training import distributed, engine
+
+from hashbench.data import splits
+from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation
+from hashbench.data.dataset import LABEL_SEPARATOR, Dataset, split_hash
+from hashbench.files.digest import file_sha256
+from hashbench.evaluation.evaluate import DEFAULT_METRICS, DEFAULT_TIE_RULE, STORED_METRICS, binarize, evaluate, pack, tie_diagnostics
+from hashbench.model.method import Method, MethodContext
+from hashbench.runner.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
+from hashbench.model.registry import REGISTRY
+from hashbench.store.results import CHECKPOINT, FAILURE, LOG, RECORD, Cell, CellConfig, ResultsStore
+from hashbench.model.weights import WeightSource, architectures, cached_revision, ensure_available, is_cached, parse_weights_option, resolve
 
 PAPER_BACKBONE = "tf_efficientnet_b6.aa_in1k"  # timm's efficientnet_b6 has no ImageNet weights; this is B6 ported from TensorFlow, ImageNet-1k
 

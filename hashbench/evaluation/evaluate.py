@@ -2,10 +2,10 @@
 
 The definitions are in docs/metrics.md. The ranking is by ascending Hamming distance;
 inside a tie group items are ordered by a fixed seeded random key per database position
-(:func:`hashbench.ranking.tie_order`), so no class gains from how the database is stored,
+(:func:`hashbench.evaluation.ranking.tie_order`), so no class gains from how the database is stored,
 and ``tie_break="index"`` keeps storage order, the convention of published code. The
 tie-aware metrics average over all tie orders instead. The counting itself (no sort, no
-query x database matrix) lives in :mod:`hashbench.ranking`.
+query x database matrix) lives in :mod:`hashbench.evaluation.ranking`.
 
 Metric names (the registry, :func:`parse_metric`):
 
@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from hashbench.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words, tie_order
+from hashbench.evaluation.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words, tie_order
 
 DEFAULT_METRICS = ("map@1", "map@1-tie", "map@10", "map@all", "map@tie")  # what run and leaderboard show unless told
 TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
@@ -205,7 +205,7 @@ def evaluate_packed(
     torch sees one, else the CPU kernel), 'cpu', or a torch device. ``memory_bytes`` bounds the scratch memory
     (CPU: database blocks over all threads; GPU: query chunks); it never changes a result.
 
-    ``tie_break``: 'random' orders each tie group by the key of :func:`~hashbench.ranking.tie_order` with
+    ``tie_break``: 'random' orders each tie group by the key of :func:`~hashbench.evaluation.ranking.tie_order` with
     ``tie_seed``, whatever order the database is stored in; 'index' by database position, the stable
     convention of published code (storage order: an ingested database is sorted by class, which favours the
     lowest class in every tie). Either way ``counts.top1`` holds original database positions.

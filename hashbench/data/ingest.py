@@ -41,12 +41,12 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import hashbench
-from hashbench.cleaning import STAT_COLUMNS, image_stats
-from hashbench import atomic, locks
-from hashbench.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, DatasetError, content_fingerprint, integrity
-from hashbench.dicom import DicomSlices, ImageOptions, SkippedFile
-from hashbench.images import decode_file
-from hashbench.paths import checked_name
+from hashbench.data.cleaning import STAT_COLUMNS, image_stats
+from hashbench.files import atomic, locks
+from hashbench.data.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, DatasetError, content_fingerprint, integrity
+from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile
+from hashbench.data.images import decode_file
+from hashbench.files.paths import checked_name
 
 IDENTIFIER_COLUMNS = ["label", "label_source", "patient", "study", "series", "modality"]
 INDEX_COLUMNS = ["slice_id", *IDENTIFIER_COLUMNS, "path", "frame", *STAT_COLUMNS]
@@ -75,7 +75,7 @@ class SourceFile:
     csv_collection: str = ""
     csv_modality: str = ""
     part: str = ""  # which part of a file that holds several (an npz's train, val or test)
-    decoder: str = ""  # a source's own decoder (hashbench.images.PART_DECODERS); none: an image file or DICOM, by suffix
+    decoder: str = ""  # a source's own decoder (hashbench.data.images.PART_DECODERS); none: an image file or DICOM, by suffix
     label_names: tuple[str, ...] = ()  # names for the class numbers the decoder gives (CIFAR's batches.meta)
     label: str = ""  # a label the source states for this file (a list file's row): wins over tags and folders, also when reused
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from hashbench.paths import SAFE_NAME, UnsafeNameError, checked_name
-from hashbench.method import Method
+from hashbench.files.paths import SAFE_NAME, UnsafeNameError, checked_name
+from hashbench.model.method import Method
 
 ENTRY_POINT_GROUP = "hashbench.methods"
 BUILT_IN = "built-in"

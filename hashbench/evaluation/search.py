@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench import engine
-from hashbench.evaluate import binarize, pack
-from hashbench.results import Cell
+from hashbench.training import engine
+from hashbench.evaluation.evaluate import binarize, pack
+from hashbench.store.results import Cell
 
 
 
@@ -80,8 +80,8 @@ class CellIndex:
 
     def load_images(self, paths: list[Path]) -> tuple[np.ndarray, list[str], list[tuple[str, str]]]:
         """uint8 (n, size, size) images decoded as the dataset was, a name per (file, frame), and the files skipped with why."""
-        from hashbench.dicom import ImageOptions, SkippedFile
-        from hashbench.images import decode_file
+        from hashbench.data.dicom import ImageOptions, SkippedFile
+        from hashbench.data.images import decode_file
 
         options = ImageOptions(**self.dataset.manifest["options"])
         images, names, skipped = [], [], []

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hashbench import splits
-from hashbench.results import Cell, CellError
-from hashbench.stats import bootstrap_interval
-from hashbench.suites import Suite
+from hashbench.data import splits
+from hashbench.store.results import Cell, CellError
+from hashbench.evaluation.stats import bootstrap_interval
+from hashbench.config.suites import Suite
 
 COMPARISON_KEYS = ("dataset", "dataset_fingerprint", "split", "validation", "run_backbone", "pretrained", "epochs", "image_size", "augment_text", "profile")
 VARIANT_KEYS = ("backbone", "options", "train", "weights")  # what makes two cells of one method different methods
@@ -76,7 +76,7 @@ def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
 
 def caption_parts(rows: pd.DataFrame) -> list[str]:
     """What ran: data and its version, split, backbone(s) and weights, budget, augmentation, seeds, optimisers, protocol, options."""
-    from hashbench.run import PROFILES
+    from hashbench.runner.run import PROFILES
 
     first = rows.iloc[0]
     finished = rows[rows["status"] == "finished"]
@@ -123,7 +123,7 @@ def _version_text(dataset: str, fingerprint: str) -> str:
     """The fingerprint, and whether the dataset on this machine has since been re-ingested with other content."""
     if not fingerprint:
         return "unrecorded (cells from before data versions were recorded)"
-    from hashbench.paths import datasets_dir
+    from hashbench.files.paths import datasets_dir
 
     manifest = datasets_dir() / dataset / "manifest.json"
     try:
@@ -146,7 +146,7 @@ def _own_backbones(rows: pd.DataFrame) -> str:
 
 
 def _is_training_free(method: str) -> bool:
-    from hashbench.registry import REGISTRY
+    from hashbench.model.registry import REGISTRY
 
     try:
         return bool(getattr(REGISTRY.get(method), "fitted", False))
@@ -166,8 +166,8 @@ def _training_free_features(row: pd.Series) -> str:
 
 def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
     """'the paper's protocol' only where every setting is the full profile's on real data with the paper's split; else how it differs."""
-    from hashbench.registry import REGISTRY
-    from hashbench.run import PROFILES
+    from hashbench.model.registry import REGISTRY
+    from hashbench.runner.run import PROFILES
 
     paper, first = PROFILES["full"], rows.iloc[0]
     kinds = {source.split(":")[0] for weights in rows["weights"] for source in (weights or {}).values()}
@@ -200,7 +200,7 @@ def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
 
 def _changed_options(rows: pd.DataFrame) -> str:
     """Method options that differ from the registered defaults, so a table says what really ran."""
-    from hashbench.registry import REGISTRY
+    from hashbench.model.registry import REGISTRY
 
     notes = []
     for method, options in rows.drop_duplicates("method")[["method", "options"]].itertuples(index=False):
@@ -267,7 +267,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
 
 def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> str:
     """Write each protocol's figures next to ``markdown`` and return the markdown that shows them."""
-    from hashbench.plots import leaderboard_figures
+    from hashbench.report.plots import leaderboard_figures
 
     parts = []
     if cells.empty:

@@ -1,6 +1,6 @@
 """An ingested dataset on disk, read back: images memory-mapped, index as a table, splits.
 
-Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.ingest`):
+Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.data.ingest`):
 
 - ``images.u8``     all slices, uint8, shape (n, size, size) (x 3 in colour), one raw memory-mapped array
 - ``index.csv``     one row per slice: label, patient, study, series, modality, source
@@ -31,9 +31,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hashbench import atomic, splits
-from hashbench.cleaning import iqr_outliers
-from hashbench.digest import file_sha256
+from hashbench.files import atomic
+
+from hashbench.data import splits
+from hashbench.data.cleaning import iqr_outliers
+from hashbench.files.digest import file_sha256
 
 FORMAT_VERSION = 1
 IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
@@ -213,7 +215,7 @@ class Dataset:
 
     @property
     def protocols(self) -> dict[str, dict]:
-        """The split protocols this dataset declares beyond patient and slice (see :mod:`hashbench.splits`)."""
+        """The split protocols this dataset declares beyond patient and slice (see :mod:`hashbench.data.splits`)."""
         return self.manifest.get("protocols", {})
 
     def protocol_sizes(self) -> dict[str, dict[str, int] | str]:

@@ -15,10 +15,10 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from hashbench.dataset import LABEL_SEPARATOR
-from hashbench.dicom import ImageOptions
-from hashbench.evaluate import DEFAULT_METRICS
-from hashbench.ingest import IngestResult
+from hashbench.data.dataset import LABEL_SEPARATOR
+from hashbench.data.dicom import ImageOptions
+from hashbench.evaluation.evaluate import DEFAULT_METRICS
+from hashbench.data.ingest import IngestResult
 
 app = typer.Typer(help="hashbench: benchmark deep hashing methods for medical image retrieval.", no_args_is_help=True, add_completion=False)
 ingest_app = typer.Typer(help="Turn DICOM data into a dataset once: decoded, cleaned, split.", no_args_is_help=True)
@@ -243,9 +243,9 @@ def _print_report(result: IngestResult) -> None:
 def datasets_command() -> None:
     """List datasets with their sizes once ingested."""
     from hashbench.datasets import DEFAULT_DATASET, SOURCES, dataset_names
-    from hashbench.paths import datasets_dir
+    from hashbench.files.paths import datasets_dir
 
-    from hashbench.dataset import Dataset, DatasetError
+    from hashbench.data.dataset import Dataset, DatasetError
 
     table = Table(title=f"datasets in {datasets_dir()}")
     for column in ("name", "kind", "slices", "outliers", "patients", "classes", "skipped", "px", "MiB"):
@@ -345,7 +345,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 
 def _load_plugins(plugins: list[Path]) -> None:
-    from hashbench.registry import REGISTRY
+    from hashbench.model.registry import REGISTRY
 
     for path in plugins:
         for name in REGISTRY.load_file(path):
@@ -360,7 +360,7 @@ def list_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
 ) -> None:
     """List methods: name, origin, status, paper."""
-    from hashbench.registry import REGISTRY
+    from hashbench.model.registry import REGISTRY
 
     _load_plugins(plugin)
     table = Table(title="methods")
@@ -383,10 +383,10 @@ def options_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
 ) -> None:
     """A method's options and train settings: type, default, meaning (change them with --set METHOD.KEY=VALUE)."""
-    from hashbench import options
-    from hashbench.method import TrainSettings
-    from hashbench.registry import REGISTRY
-    from hashbench.run import PROFILES
+    from hashbench.model import options
+    from hashbench.model.method import TrainSettings
+    from hashbench.model.registry import REGISTRY
+    from hashbench.runner.run import PROFILES
 
     _load_plugins(plugin)
     try:
@@ -441,15 +441,14 @@ def run_command(
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: run only share I (counted from 0) of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. --shard $SLURM_ARRAY_TASK_ID/8."),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
-    from hashbench import engine
+    from hashbench.training import engine
     from hashbench.datasets import UnknownDatasetError, load_dataset
-    from hashbench.registry import BrokenMethodError, UnknownMethodError
-    from hashbench.run import RunRequest, plan, run_grid
-    from hashbench.suites import TRAINING_FREE
-    from hashbench.weights import WeightsUnavailableError
+    from hashbench.model.registry import BrokenMethodError, UnknownMethodError
+    from hashbench.runner.run import RunRequest, plan, run_grid
+    from hashbench.config.suites import TRAINING_FREE
+    from hashbench.model.weights import WeightsUnavailableError
 
-    from hashbench import distributed
-
+    from hashbench.training import distributed
     console.quiet = distributed.follower()  # under torchrun, the first process speaks for all
     _load_plugins(plugin)
     _check_metrics(metrics)
@@ -491,7 +490,7 @@ def run_command(
 
 
 def _execution(precision: str, channels_last: bool | None, compile_model: bool):
-    from hashbench.engine import Execution
+    from hashbench.training.engine import Execution
 
     try:
         return Execution(precision, channels_last, "inductor" if compile_model else None)
@@ -519,7 +518,7 @@ def _report_cell(outcome, metrics: List[str]) -> None:
 
 def _print_plan(planned, out: Path, as_json: bool) -> None:
     """One line per cell: its full configuration and where it would be written."""
-    from hashbench.run import PROFILES
+    from hashbench.runner.run import PROFILES
 
     for cell in planned:
         described = cell.describe(out)
@@ -536,7 +535,7 @@ def _print_plan(planned, out: Path, as_json: bool) -> None:
 
 
 def _suite(name: str | None, with_baselines: bool = False):
-    from hashbench.suites import get_suite
+    from hashbench.config.suites import get_suite
 
     try:
         chosen = get_suite(name) if name else None
@@ -546,7 +545,7 @@ def _suite(name: str | None, with_baselines: bool = False):
 
 
 def _cells(out: Path, dataset: str | None, suite=None, directories: set[str] | None = None):
-    from hashbench.results import ResultsStore
+    from hashbench.store.results import ResultsStore
 
     cells = ResultsStore(out).table(dataset, suite.methods if suite else None)
     if directories is not None and not cells.empty:
@@ -555,8 +554,7 @@ def _cells(out: Path, dataset: str | None, suite=None, directories: set[str] | N
 
 
 def _boards(out: Path, metrics: tuple[str, ...], dataset: str | None, suite=None, directories: set[str] | None = None) -> list:
-    from hashbench import leaderboard
-
+    from hashbench.report import leaderboard
     cells = _cells(out, dataset, suite, directories)
     return leaderboard.build_suite(cells, suite) if suite else leaderboard.build(cells, metrics)
 
@@ -590,9 +588,9 @@ def bench_command(
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the rates to this file."),
 ) -> None:
     """Images/s for loading, training and encoding on this device, peak memory, and the projected time of a full run."""
-    from hashbench import bench, engine
+    from hashbench.training import bench, engine
     from hashbench.datasets import UnknownDatasetError, load_dataset
-    from hashbench.registry import UnknownMethodError
+    from hashbench.model.registry import UnknownMethodError
 
     execution = _execution(precision, channels_last, compile_model)
     if steps < 1 or min(image_sizes) < 16:
@@ -626,7 +624,7 @@ def bench_command(
 @app.command("suites")
 def suites_command() -> None:
     """List the paper suites: what each runs and which table of the paper it reproduces."""
-    from hashbench.suites import SUITES
+    from hashbench.config.suites import SUITES
 
     table = Table(title="suites (hashbench run --suite NAME)")
     for column in ("name", "methods", "bits", "paper table"):
@@ -648,8 +646,7 @@ def leaderboard_command(
     figures: bool = typer.Option(True, "--figures/--no-figures", help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown."),
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
-    from hashbench import leaderboard
-
+    from hashbench.report import leaderboard
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     _check_metrics(metrics)
@@ -680,8 +677,8 @@ def compare_command(
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
-    from hashbench.results import ResultsStore
-    from hashbench.stats import compare_cells
+    from hashbench.store.results import ResultsStore
+    from hashbench.evaluation.stats import compare_cells
 
     _check_metrics(metrics)
     store = ResultsStore(out)
@@ -707,7 +704,7 @@ def compare_command(
 
 
 def _check_metrics(metrics: List[str]) -> None:
-    from hashbench.evaluate import parse_metric
+    from hashbench.evaluation.evaluate import parse_metric
 
     for name in metrics:
         try:
@@ -722,7 +719,7 @@ def ties_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
 ) -> None:
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""
-    from hashbench.results import Cell
+    from hashbench.store.results import Cell
 
     cells = _cells(out, dataset)
     if cells.empty:
@@ -764,8 +761,8 @@ def search_command(
     """The nearest database images of a trained cell for new images or DICOM files."""
     from dataclasses import asdict
 
-    from hashbench.results import CellError
-    from hashbench.search import CellIndex
+    from hashbench.store.results import CellError
+    from hashbench.evaluation.search import CellIndex
 
     try:
         index = CellIndex(cell, device, faiss)
@@ -798,8 +795,8 @@ def confusion_command(
     metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-class metrics to tabulate beside the matrix."),
 ) -> None:
     """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3) and per-class metrics, as PNG and markdown."""
-    from hashbench import plots
-    from hashbench.results import Cell
+    from hashbench.report import plots
+    from hashbench.store.results import Cell
 
     _check_metrics(metrics)
     stored = Cell(cell)

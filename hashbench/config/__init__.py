@@ -1,0 +1,1 @@
+"""What a run starts from: profiles, the paper's protocol and numbers, and suites."""

@@ -1,0 +1,1 @@
+"""Reports from stored cells: leaderboard tables with captions, markdown, and figures."""

@@ -1,0 +1,1 @@
+"""Running a grid: the plan resolves every cell once, the grid claims and runs them, the cell runner trains, evaluates and stores one."""
