@@ -131,7 +131,7 @@ def default_phantom(hashbench_home):
 def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16, split=None):
     """Metrics of random codes on the dataset's default split (or ``split``), averaged over draws: the floor to clear."""
     from hashbench.evaluation.evaluate import evaluate
-    from hashbench.runner.run import class_ids
+    from hashbench.data.sides import class_ids
     from hashbench.data.splits import SEARCHED
 
     side = dataset.split(split or dataset.default_split)

@@ -10,9 +10,8 @@ if pause:  # noqa: F821
     os.environ["HASHBENCH_TEST_PAUSE"] = pause  # noqa: F821
 torch.set_num_threads(1)  # torchrun's default: one thread a process
 
-from hashbench.cli import _load_plugins  # noqa: E402
-from hashbench.datasets import load_dataset  # noqa: E402
-from hashbench.runner.run import run_grid  # noqa: E402
+from hashbench.api import load_dataset, load_plugin, run_grid  # noqa: E402
 
-_load_plugins([plugin] if plugin else [])  # noqa: F821
+if plugin:  # noqa: F821
+    load_plugin(plugin)  # noqa: F821
 run_grid(request, load_dataset(request.dataset), out)  # noqa: F821

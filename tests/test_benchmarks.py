@@ -84,7 +84,7 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
     from hashbench.training.augment import PAPER_AUGMENTATION, augment
     from hashbench.model.method import MethodContext, StepInfo
     from hashbench.model.registry import REGISTRY
-    from hashbench.runner.run import class_ids
+    from hashbench.data.sides import class_ids
 
     dataset = default_phantom.dataset
     side = dataset.split("patient")

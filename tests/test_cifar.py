@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from hashbench.cli import app
 from hashbench.datasets.cifar import ingest_cifar, load_batch
 from hashbench.data.dicom import ImageOptions
-from hashbench.runner.run import RunRequest, plan, run_grid
+from hashbench.api import RunRequest, plan, run_grid
 from hashbench.data.splits import SEARCHED, TRAINED
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -186,7 +186,7 @@ def test_batch_hard_mining_trains():
 
 
 def test_dafh_learns_on_the_phantom_at_16_32_48_bits(default_phantom, tmp_path, chance):
-    from hashbench.runner.run import RunRequest, run_grid
+    from hashbench.api import RunRequest, run_grid
 
     floor = chance(default_phantom.dataset)  # measured: MAP@10 0.22, mAP@all 0.11
     outcomes = run_grid(RunRequest(methods=["dafh"], bits=[16, 32, 48], epochs=5, profile="quick"), default_phantom.dataset, tmp_path)
@@ -199,7 +199,7 @@ def test_dafh_learns_on_the_phantom_at_16_32_48_bits(default_phantom, tmp_path, 
 
 @pytest.mark.parametrize("name", [n for n in REGISTRY.names("dafh*")])
 def test_every_variant_trains_and_encodes_through_the_engine(name, tiny_phantom, tmp_path):
-    from hashbench.runner.run import RunRequest, run_grid
+    from hashbench.api import RunRequest, run_grid
 
     light = {k: v for k, v in {"backbone": "test_resnet", "vit": "test_vit"}.items() if REGISTRY.get(name).default_options()[k]}
     request = RunRequest(methods=[name], bits=[32], epochs=1, dataset="phantom-tiny-seed0", overrides={name: {**light, "batch_size": 16}}, profile="quick")

@@ -22,7 +22,7 @@ import pytest
 
 from hashbench.training import distributed
 from hashbench.store.results import Cell
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 
 GRID = dict(methods=["dpsh", "dafh"], bits=[8], dataset="phantom-tiny-seed0", profile="quick", epochs=3)
 LOSS_TOLERANCE = 1e-4  # relative, per logged epoch mean
@@ -42,7 +42,7 @@ PROCESS = Path(__file__).with_name("ddp_process.py")
 def start_processes(request: RunRequest, out: Path, world: int = 2, plugin: Path | None = None, pause: str | None = None) -> list[multiprocessing.Process]:
     """The processes torchrun would start, forked from a server that imported hashbench once (this process has used OpenMP: no fork)."""
     context, port = multiprocessing.get_context("forkserver"), free_port()
-    context.set_forkserver_preload(["hashbench.runner.run", "hashbench.cli", "hashbench.datasets"])
+    context.set_forkserver_preload(["hashbench.api", "hashbench.cli", "hashbench.datasets"])
     processes = []
     for rank in range(world):
         arguments = dict(rank=rank, world=world, port=port, request=request, out=out, home=os.environ["HASHBENCH_HOME"], plugin=plugin, pause=pause)

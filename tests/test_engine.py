@@ -11,7 +11,7 @@ import torch
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation
 from hashbench.store.results import Cell
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 
 
 def test_each_augmentation_changes_training_images(tiny_phantom):

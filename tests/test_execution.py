@@ -13,7 +13,7 @@ from hashbench.training import engine
 from hashbench.cli import app
 from hashbench.model.method import MethodContext
 from hashbench.model.registry import REGISTRY
-from hashbench.runner.run import class_ids
+from hashbench.data.sides import class_ids
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from hashbench.cli import app
 from hashbench.datasets.folder import ingest_folder
 from hashbench.data.dicom import ImageOptions
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 
 runner = CliRunner()
 SIZE = 16

@@ -13,7 +13,7 @@ from hashbench.model.components import focal_loss, triplet_batches
 from hashbench.data.dicom import ImageOptions, resize
 from hashbench.training.engine import label_rows, to_input
 from hashbench.evaluation.evaluate import per_class
-from hashbench.runner.run import class_ids
+from hashbench.data.sides import class_ids
 from hashbench.data.splits import split
 
 

@@ -70,7 +70,7 @@ def test_the_lists_are_the_protocol_and_a_planted_overlap_is_reported(list_set, 
     dataset = load_dataset("toylists")
     assert dataset.multi_label and dataset.manifest["overlap"]["query_database"]["images"] == 5
     assert dataset.manifest["overlap"]["query_train"]["images"] == 0
-    from hashbench.runner.run import RunRequest, run_grid
+    from hashbench.api import RunRequest, run_grid
 
     outcome = run_grid(RunRequest(["dpsh"], [16], dataset="toylists", epochs=6, profile="quick"), dataset, root / "runs")[0]
     assert outcome.status == "done", outcome.error

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from hashbench.cli import app
 from hashbench.datasets.medmnist import ingest_medmnist
-from hashbench.runner.run import RunRequest, plan, run_grid
+from hashbench.api import RunRequest, plan, run_grid
 
 runner = CliRunner()
 PARTS = {"train": 300, "val": 30, "test": 60}

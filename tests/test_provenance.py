@@ -16,7 +16,7 @@ from hashbench.data.dataset import split_hash
 from hashbench.datasets.tcia import ingest_tcia
 from hashbench.files.paths import datasets_dir
 from hashbench.store.results import Cell, ResultsStore
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 from hashbench.evaluation.search import CellIndex
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ from hashbench.training.augment import PAPER_AUGMENTATION
 from hashbench.evaluation.evaluate import evaluate
 from hashbench.model.registry import REGISTRY
 from hashbench.store.results import Cell, ResultsStore
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 from hashbench.evaluation.stats import bootstrap_interval
 
 BACKBONE = "test_efficientnet"

@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hashbench.cli import app
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 from hashbench.evaluation.search import CellIndex
 
 

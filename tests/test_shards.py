@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.report import leaderboard
 from hashbench.store.results import ResultsStore
-from hashbench.runner.run import RunRequest, estimated_cost, plan, run_grid
+from hashbench.api import RunRequest, plan, run_grid
 
 runner = CliRunner()
 GRID = dict(methods=["hashnet", "dpsh", "dafh", "lsh", "itq"], bits=[16, 32, 48], seeds=[0, 1], dataset="phantom-tiny-seed0", profile="quick")
@@ -25,12 +25,12 @@ def test_shards_cover_the_grid_once_and_balance_its_cost(tiny_phantom):
     cpu = torch.device("cpu")
     everything = plan(RunRequest(**GRID), tiny_phantom.dataset, cpu)
     assert len(everything) == 30
-    heaviest = max(estimated_cost(cell.config) for cell in everything)
+    heaviest = max(cell.estimated_cost() for cell in everything)
     for count in (1, 3, 7):
         shares = [plan(RunRequest(**GRID, shard=(index, count)), tiny_phantom.dataset, cpu) for index in range(count)]
         listed = [path for share in shares for path in identities(share)]
         assert sorted(listed) == sorted(identities(everything))  # each cell once: none lost, none twice
-        loads = [sum(estimated_cost(cell.config) for cell in share) for share in shares]
+        loads = [sum(cell.estimated_cost() for cell in share) for share in shares]
         assert max(loads) - min(loads) <= heaviest  # no share waits on another by more than one cell
         again = [plan(RunRequest(**GRID, shard=(index, count)), tiny_phantom.dataset, cpu) for index in range(count)]
         assert [identities(s) for s in again] == [identities(s) for s in shares]  # deterministic

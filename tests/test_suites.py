@@ -12,7 +12,7 @@ from hashbench.report import leaderboard
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.model.registry import REGISTRY
 from hashbench.store.results import Cell, ResultsStore
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 from hashbench.config.suites import SUITES
 
 runner = CliRunner()

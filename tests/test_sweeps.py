@@ -21,7 +21,7 @@ from hashbench.training import engine
 from hashbench.report import leaderboard
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.store.results import Cell, CellError, ResultsStore
-from hashbench.runner.run import RunRequest, run_grid
+from hashbench.api import RunRequest, run_grid
 
 runner = CliRunner()
 HASHBENCH = str(Path(sys.executable).with_name("hashbench"))

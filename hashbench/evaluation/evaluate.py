@@ -1,41 +1,53 @@
-"""The evaluator: every retrieval metric from one ranking pass, through one metric registry.
+"""The evaluator: every retrieval metric from one ranking pass; the metrics themselves are a table.
 
 The definitions are in docs/metrics.md. The ranking is by ascending Hamming distance;
 inside a tie group items are ordered by a fixed seeded random key per database position
 (:func:`hashbench.evaluation.ranking.tie_order`), so no class gains from how the database is stored,
 and ``tie_break="index"`` keeps storage order, the convention of published code. The
 tie-aware metrics average over all tie orders instead. The counting itself (no sort, no
-query x database matrix) lives in :mod:`hashbench.evaluation.ranking`.
-
-Metric names (the registry, :func:`parse_metric`):
-
-- ``map@K`` / ``map@all``  AP over the top K, normalised by the relevant items found there
-                            (the DAFH / DPSH / DeepHash convention; ``map@all`` is textbook AP)
-- ``p@K`` / ``p@all``      precision of the top K
-- ``p@K-tie``              P@K expected over all tie orders
-- ``map@1-tie``            MAP@1 expected over all tie orders (the same as ``p@1-tie``); there is no
-                            closed form for K > 1, so ``map@K-tie`` is refused there
-- ``map@tie``              tie-aware mAP: AP over the whole ranking, expected over all tie orders
-- ``map@tie-best`` / ``map@tie-worst``  the same AP with relevant items first / last in every tie
-- ``p@rR``                 precision within Hamming radius R (0 for a query with nothing inside)
+query x database matrix) lives in :mod:`hashbench.evaluation.ranking`; the metric names, what each
+needs counted and its per-query function are the table in :mod:`hashbench.evaluation.metrics`
+(:data:`~hashbench.evaluation.metrics.METRICS`, :func:`~hashbench.evaluation.metrics.parse_metric`).
 
 Curves for plots come from the same counts: :func:`pr_by_radius`, :func:`precision_curve`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 
-from hashbench.evaluation.ranking import DEFAULT_MEMORY_BYTES, RankCounts, count_ranks, label_words, packed_words, tie_order
+from hashbench.evaluation.metrics import (  # re-exported: the names callers import from here
+    DEFAULT_METRICS,
+    STORED_METRICS,
+    TIE_METRICS,
+    Metric,
+    average_precision_at,
+    expected_precision_at,
+    harmonic,
+    parse_metric,
+    precision_at,
+    precision_within_radius,
+    ratio,
+    tie_aware_average_precision,
+)
+from hashbench.evaluation.ranking import (
+    DEFAULT_MEMORY_BYTES,
+    RankCounts,
+    count_ranks,
+    label_words,
+    packed_words,
+    tie_order,
+)
 
-DEFAULT_METRICS = ("map@1", "map@1-tie", "map@10", "map@all", "map@tie")  # what run and leaderboard show unless told
-TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
-STORED_METRICS = ("map@1", "map@1-tie", "map@10", "map@100", "map@all", *TIE_METRICS, "p@10", "p@r2")  # every cell stores these per query
+__all__ = [
+    "DEFAULT_METRICS", "DEFAULT_TIE_RULE", "STORED_METRICS", "TIE_METRICS", "Evaluation", "Metric",
+    "average_precision_at", "binarize", "class_masks", "evaluate", "evaluate_packed", "expected_precision_at",
+    "harmonic", "pack", "parse_metric", "per_class", "pr_by_radius", "precision_at", "precision_curve",
+    "precision_within_radius", "tie_aware_average_precision", "tie_diagnostics", "top1_confusion",
+]
+
 TIE_BREAKS = ("random", "index")
 DEFAULT_TIE_BREAK = "random"
 DEFAULT_TIE_SEED = 0
@@ -50,118 +62,6 @@ def binarize(codes: np.ndarray) -> np.ndarray:
 def pack(bits: np.ndarray) -> np.ndarray:
     """Boolean (n, b) to uint8 (n, ceil(b/8)); padding bits are zero for every code, so distances are exact."""
     return np.packbits(np.asarray(bits, dtype=bool), axis=1)
-
-
-# --- metrics -------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=4)
-def harmonic(n: int) -> np.ndarray:
-    """H[0..n], H[i] = 1 + 1/2 + ... + 1/i."""
-    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
-
-
-def _ratio(numerator, denominator) -> np.ndarray:
-    numerator = np.asarray(numerator, dtype=np.float64)
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=np.asarray(denominator) > 0)
-
-
-def _before(counts: np.ndarray) -> np.ndarray:
-    """Items ranked before each distance group."""
-    return np.cumsum(counts, axis=1) - counts
-
-
-def average_precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
-    if not len(counts.cutoffs):  # an empty database: every cutoff was capped to 0
-        return np.zeros(len(counts.hits))
-    column = counts.at(counts.n_database if k is None else k)
-    return _ratio(counts.precision_sums[:, column], counts.hits[:, column])
-
-
-def precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
-    if not len(counts.cutoffs):  # an empty database
-        return np.zeros(len(counts.hits))
-    k = counts.n_database if k is None else min(k, counts.n_database)
-    return _ratio(counts.hits[:, counts.at(k)], k)
-
-
-def expected_precision_at(counts: RankCounts, k: int) -> np.ndarray:
-    """P@k expected over all orders within each tie group, from the histograms alone.
-
-    Each group has as many items in the top k as fit after the N items before it (all of its n, none, or
-    k - N for the group straddling k), and in expectation r / n of them are relevant.
-    """
-    k = min(k, counts.n_database)
-    n, r = counts.distance_counts, counts.relevant_counts
-    in_top = np.clip(k - _before(n), 0, n)
-    return _ratio(_ratio(r * in_top, n).sum(axis=1), k)
-
-
-def tie_aware_average_precision(counts: RankCounts, order: str = "expected") -> np.ndarray:
-    """AP over the whole ranking with each tie group in expected, best or worst order; closed forms per group.
-
-    A group of n items, r relevant, after N items of which R relevant. Expected (McSherry & Najork 2008):
-    (r / n) * sum_{t=1..n} (R + 1 + (t-1)(r-1)/(n-1)) / (N + t). Best: sum_{t=1..r} (R + t) / (N + t).
-    Worst: sum_{t=1..r} (R + t) / (N + n - r + t). Each sum is a difference of harmonic numbers.
-    """
-    n, r = counts.distance_counts, counts.relevant_counts
-    before_n, before_r = _before(n), _before(r)
-    H = harmonic(counts.n_database)
-    if order == "expected":
-        slope = _ratio(r - 1, n - 1)  # 0 for a group of one
-        inner = n * slope + (before_r + 1 - slope * (1 + before_n)) * (H[before_n + n] - H[before_n])
-        groups = _ratio(r * inner, n)
-    elif order == "best":
-        groups = r + (before_r - before_n) * (H[before_n + r] - H[before_n])
-    elif order == "worst":
-        groups = r + (before_r - before_n - n + r) * (H[before_n + n] - H[before_n + n - r])
-    else:
-        raise ValueError(f"order must be expected, best or worst, not {order!r}")
-    return _ratio(groups.sum(axis=1), r.sum(axis=1))
-
-
-def precision_within_radius(counts: RankCounts, radius: int) -> np.ndarray:
-    inside = slice(0, radius + 1)
-    return _ratio(counts.relevant_counts[:, inside].sum(axis=1), counts.distance_counts[:, inside].sum(axis=1))
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-query metric and what the ranking pass must count for it."""
-
-    name: str
-    per_query: Callable[[RankCounts], np.ndarray]
-    cutoff: int | None = None  # a rank cutoff the stable pass tracks; None for none
-    needs_all: bool = False  # tracks the whole ranking (cutoff = database size)
-
-
-METRIC_PATTERN = re.compile(r"^(?P<family>map|p)@(?:(?P<k>\d+)(?P<expected>-tie)?|(?P<all>all)|(?P<tie>tie(?:-best|-worst)?)|r(?P<radius>\d+))$")
-METRIC_HELP = "map@K, map@all, p@K, p@all, p@K-tie, map@1-tie, map@tie, map@tie-best, map@tie-worst, p@rR (precision within Hamming radius R)"
-
-
-def parse_metric(name: str) -> Metric:
-    """A metric by name; unknown names raise with the list of valid forms."""
-    match = METRIC_PATTERN.match(name.lower())
-    if not match or (match["family"] == "p" and match["tie"]) or (match["family"] == "map" and match["radius"]):
-        raise ValueError(f"unknown metric {name!r}; valid: {METRIC_HELP}")
-    family, name = match["family"], name.lower()
-    if match["tie"]:
-        order = {"tie": "expected", "tie-best": "best", "tie-worst": "worst"}[match["tie"]]
-        return Metric(name, lambda counts: tie_aware_average_precision(counts, order))
-    if match["radius"]:
-        radius = int(match["radius"])
-        return Metric(name, lambda counts: precision_within_radius(counts, radius))
-    function = average_precision_at if family == "map" else precision_at
-    if match["all"]:
-        return Metric(name, lambda counts: function(counts, None), needs_all=True)
-    k = int(match["k"])
-    if k == 0:
-        raise ValueError(f"{name}: k must be at least 1")
-    if match["expected"]:
-        if family == "map" and k > 1:
-            raise ValueError(f"{name}: the expected MAP@k over tie orders has no closed form for k > 1; use p@{k}-tie or map@tie")
-        return Metric(name, lambda counts: expected_precision_at(counts, k))  # MAP@1 is P@1
-    return Metric(name, lambda counts: function(counts, k), cutoff=k)
 
 
 # --- evaluation ----------------------------------------------------------------------
@@ -214,7 +114,8 @@ def evaluate_packed(
         raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
     parsed = [parse_metric(name) for name in metrics]
     n_items = len(database_packed)
-    cutoffs = {m.cutoff for m in parsed if m.cutoff} | ({n_items} if any(m.needs_all for m in parsed) else set()) | set(curve_cutoffs)
+    cutoffs = {m.cutoff for m in parsed if m.cutoff} | set(curve_cutoffs)
+    cutoffs |= {n_items} if any(m.needs_all for m in parsed) else set()
     query_masks, database_masks = class_masks(query_labels, database_labels)
     database_words = packed_words(database_packed)
     if tie_break == "random":
@@ -255,8 +156,8 @@ def evaluate(
 def pr_by_radius(counts: RankCounts) -> tuple[np.ndarray, np.ndarray]:
     """Mean precision and recall of the items within Hamming radius r, for r = 0..bits (the hashing PR curve)."""
     within_n, within_r = np.cumsum(counts.distance_counts, axis=1), np.cumsum(counts.relevant_counts, axis=1)
-    precision = _ratio(within_r, within_n).mean(axis=0)
-    recall = _ratio(within_r, counts.relevant_counts.sum(axis=1, keepdims=True)).mean(axis=0)
+    precision = ratio(within_r, within_n).mean(axis=0)
+    recall = ratio(within_r, counts.relevant_counts.sum(axis=1, keepdims=True)).mean(axis=0)
     return precision, recall
 
 
@@ -284,7 +185,7 @@ def tie_diagnostics(counts: RankCounts, database_bits: np.ndarray) -> dict[str, 
         "map@1-worst": float((r[rows, nearest] == n[rows, nearest]).mean()),
         **{name: float(tie_aware_average_precision(counts, order).mean()) for name, order in zip(TIE_METRICS, ("expected", "best", "worst"))},
         "nearest_tie_size": float(n[rows, nearest].mean()),
-        "occupied_buckets": int(len(bucket_sizes)),
+        "occupied_buckets": len(bucket_sizes),
         "largest_bucket_share": float(bucket_sizes.max() / len(database_bits)) if len(database_bits) else 0.0,
         "bit_balance": float(1 - 2 * np.abs(ones - 0.5).mean()),  # 1: every bit splits the database in half
         "dead_bits": int(((ones == 0) | (ones == 1)).sum()),

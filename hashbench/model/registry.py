@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from hashbench.files.paths import SAFE_NAME, UnsafeNameError, checked_name
-from hashbench.model.method import Method
+from hashbench.model.method import Method, MethodContext
 
 ENTRY_POINT_GROUP = "hashbench.methods"
 BUILT_IN = "built-in"
@@ -178,6 +178,16 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def method_class(name: str) -> type[Method]:
+    """The registered class of ``name``; UnknownMethodError names the valid ones, BrokenMethodError the plugin's failure."""
+    return REGISTRY.get(name)
+
+
+def create_method(name: str, context: MethodContext) -> Method:
+    """The one factory of methods (as timm's ``create_model``): ``name``'s class built for ``context``."""
+    return method_class(name)(context)
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -76,7 +76,7 @@ def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
 
 def caption_parts(rows: pd.DataFrame) -> list[str]:
     """What ran: data and its version, split, backbone(s) and weights, budget, augmentation, seeds, optimisers, protocol, options."""
-    from hashbench.runner.run import PROFILES
+    from hashbench.config.profiles import PROFILES
 
     first = rows.iloc[0]
     finished = rows[rows["status"] == "finished"]
@@ -167,7 +167,7 @@ def _training_free_features(row: pd.Series) -> str:
 def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
     """'the paper's protocol' only where every setting is the full profile's on real data with the paper's split; else how it differs."""
     from hashbench.model.registry import REGISTRY
-    from hashbench.runner.run import PROFILES
+    from hashbench.config.profiles import PROFILES
 
     paper, first = PROFILES["full"], rows.iloc[0]
     kinds = {source.split(":")[0] for weights in rows["weights"] for source in (weights or {}).values()}

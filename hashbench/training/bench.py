@@ -25,7 +25,7 @@ from hashbench.data.dataset import Dataset
 from hashbench.model.method import MethodContext
 from hashbench.runner.provenance import describe_device, peak_memory_mib, start_memory_watch
 from hashbench.model.registry import REGISTRY
-from hashbench.runner.run import class_ids
+from hashbench.data.sides import class_ids
 
 PAPER_SLICES, PAPER_EPOCHS = 372_004, 50  # the paper's TCIA slices, and its epochs
 

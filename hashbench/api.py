@@ -1,0 +1,156 @@
+"""hashbench from Python: the calls the command line makes, for scripts, notebooks and tests.
+
+    import hashbench as hb
+
+    dataset = hb.load_dataset("phantom")
+    request = hb.RunRequest(methods=["dpsh", "lsh"], bits=[16, 32])
+    cells = hb.plan(request, dataset)           # every cell resolved, nothing written
+    outcomes = hb.run_grid(request, dataset, "runs")
+    boards = hb.leaderboard("runs")
+    print(hb.to_markdown(boards))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from hashbench.config.suites import TRAINING_FREE, Suite, get_suite
+from hashbench.data.dataset import Dataset
+from hashbench.datasets import UnknownDatasetError, load_dataset
+from hashbench.evaluation.evaluate import DEFAULT_METRICS
+from hashbench.evaluation.stats import CellComparison, compare_cells
+from hashbench.model.registry import REGISTRY, BrokenMethodError, MethodEntry, UnknownMethodError, create_method, method_class
+from hashbench.model.weights import WeightsUnavailableError
+from hashbench.report import leaderboard as boards
+from hashbench.report.leaderboard import Leaderboard, to_markdown
+from hashbench.runner.grid import CellOutcome, run_grid, run_planned
+from hashbench.runner.plan import CellSpec, RunRequest
+from hashbench.runner.plan import plan as plan_cells
+from hashbench.evaluation.search import CellIndex, Hit
+from hashbench.report.plots import write_confusion
+from hashbench.store.results import Cell, CellError, ResultsStore
+from hashbench.training.bench import Rates, measure
+from hashbench.training.bench import to_json as rates_json
+from hashbench.training.engine import Execution, resolve_device
+
+USER_ERRORS = (UnknownMethodError, BrokenMethodError, UnknownDatasetError, WeightsUnavailableError, ValueError)  # bad input: the message says what to change
+
+__all__ = [
+    "SEARCH_ERRORS", "USER_ERRORS", "CellOutcome", "confusion", "CellSpec", "Dataset", "Leaderboard", "RunRequest", "Suite", "bench", "cells", "compare", "create_method", "leaderboard",
+    "list_methods", "load_dataset", "load_plugin", "method_class", "methods_and_bits", "plan", "rates_json", "run_grid", "run_planned", "search", "suite", "to_markdown", "write_leaderboard",
+]
+
+
+def load_plugin(path: str | Path) -> list[MethodEntry]:
+    """Load a local plugin file; the entries it registered (a file that fails to load is one entry carrying its error)."""
+    return [REGISTRY.entries[name] for name in REGISTRY.load_file(path) if name in REGISTRY.entries]
+
+
+def list_methods(pattern: str = "*") -> list[MethodEntry]:
+    """Registered methods whose names match ``pattern``; a broken plugin is listed with its error."""
+    return [REGISTRY.entry(name) for name in REGISTRY.names(pattern)]
+
+
+def methods_and_bits(
+    methods: list[str], bits: list[int], suite: Suite | None = None, with_baselines: bool = False
+) -> tuple[list[str], list[int]]:
+    """What a run covers: the methods and code lengths named, else the suite's (bits default to 16, 32, 48); the training-free floor added when asked."""
+    methods = list(methods) or (list(suite.methods) if suite else [])
+    bits = list(bits) or (list(suite.bits) if suite else [16, 32, 48])
+    if with_baselines:
+        methods = list(dict.fromkeys([*methods, *TRAINING_FREE]))
+    return methods, bits
+
+
+def plan(request: RunRequest, dataset: Dataset, device: torch.device | str | None = None) -> list[CellSpec]:
+    """Every cell of ``request`` resolved and validated (ValueError on anything invalid); nothing is written."""
+    return plan_cells(request, dataset, resolve_device(str(device) if device is not None else request.device))
+
+
+def suite(name: str | None, with_baselines: bool = False) -> Suite | None:
+    """A paper suite by name (KeyError names the valid ones); ``with_baselines`` adds the training-free floor."""
+    chosen = get_suite(name) if name else None
+    return chosen.with_baselines() if chosen and with_baselines else chosen
+
+
+def cells(out: str | Path, dataset: str | None = None, suite: Suite | None = None, directories: set[str] | None = None) -> pd.DataFrame:
+    """The cells under a results root, one row each (finished or not), optionally narrowed to a dataset, a suite's methods or given directories."""
+    table = ResultsStore(Path(out)).table(dataset, suite.methods if suite else None)
+    if directories is not None and not table.empty:
+        table = table[table["directory"].isin(directories)]
+    return table
+
+
+def leaderboard(
+    out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS, dataset: str | None = None, suite: Suite | None = None, directories: set[str] | None = None
+) -> list[Leaderboard]:
+    """The leaderboards of the finished cells under ``out``: one per comparable group, or a paper suite's layout with the paper's numbers."""
+    found = cells(out, dataset, suite, directories)
+    return boards.build_suite(found, suite) if suite else boards.build(found, tuple(metrics))
+
+
+def write_leaderboard(
+    out: str | Path, target: str | Path | None = None, metrics: tuple[str, ...] = DEFAULT_METRICS, dataset: str | None = None,
+    suite: Suite | None = None, figures: bool = True,
+) -> Path | None:
+    """The leaderboards as markdown (and their figures beside it); None when no cell has finished. Returns the file written."""
+    found = leaderboard(out, metrics, dataset, suite)
+    if not found:
+        return None
+    target = Path(target) if target else Path(out) / (f"{suite.name}.md" if suite else "leaderboard.md")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    text = to_markdown(found)
+    if figures:
+        text += "\n" + boards.figures(cells(out, dataset, suite), tuple(suite.metrics if suite else metrics), target)
+    target.write_text(text)
+    return target
+
+
+def compare(
+    a: str, b: str, out: str | Path, bits: int | None = None, dataset: str | None = None, metrics: tuple[str, ...] = ("map@1", "map@10", "map@tie")
+) -> tuple[list[CellComparison], list[str], int]:
+    """Is A better than B (a method name, all its seeds, or a cell directory each)? Per metric: the paired comparison, warnings, and the number of shared queries."""
+    store = ResultsStore(Path(out))
+    sides = [store.select(name, bits, dataset) for name in (a, b)]
+    rows, warnings = compare_cells(*sides, tuple(metrics))
+    return rows, warnings, len(sides[0][0].query_ids())
+
+
+def bench(
+    dataset: Dataset, backbones: list[str], image_sizes: list[int], device: str = "auto", method: str = "dafh", bits: int = 32,
+    batch_size: int | None = None, steps: int = 5, execution: Execution = Execution(), on_measure: Callable | None = None,
+) -> list[Rates]:
+    """Loading, training and encoding rates for each backbone and image size on ``device``; ``on_measure(backbone, size, device)`` before each."""
+    where = resolve_device(device)
+    rates = []
+    for backbone in dict.fromkeys(backbones):
+        for size in dict.fromkeys(image_sizes):
+            if on_measure:
+                on_measure(backbone, size, where)
+            rates.append(measure(dataset, backbone, size, where, method, bits, batch_size, steps, execution))
+    return rates
+
+
+SEARCH_ERRORS = (FileNotFoundError, ImportError, ValueError, LookupError, CellError)  # what `search` reports as bad input
+
+
+def search(
+    cell: str | Path, queries: list[Path], k: int = 10, tie_break: str = "embedding", faiss: bool | None = None, device: str = "auto"
+) -> tuple[CellIndex, list[str], list[list[Hit]], list[tuple[Path, str]]]:
+    """The ``k`` nearest database items of a finished cell for each readable query file: (index, query names, hits, skipped files with reasons)."""
+    index = CellIndex(Path(cell), device, faiss)
+    images, names, skipped = index.load_images(queries)
+    return index, names, index.search(index.embed(images), k, tie_break) if len(images) else [], skipped
+
+
+def confusion(cell: str | Path, directory: str | Path, metrics: tuple[str, ...] = ("map@1", "map@10", "map@tie")):
+    """Write a finished cell's MAP@1 confusion matrix and per-class metrics into ``directory``: (the cell, per-class values, files written)."""
+    stored = Cell(Path(cell))
+    if stored.status() != "finished":
+        raise ValueError(f"{cell} is not a finished cell ({stored.problem() or stored.status()})")
+    by_class, written = write_confusion(stored, Path(directory), tuple(metrics))
+    return stored, by_class, written

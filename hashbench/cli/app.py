@@ -1,0 +1,96 @@
+"""The command line's shared parts: the typer apps, the console, and the parsing every command uses."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="hashbench: benchmark deep hashing methods for medical image retrieval.", no_args_is_help=True, add_completion=False)
+ingest_app = typer.Typer(help="Turn DICOM data into a dataset once: decoded, cleaned, split.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+
+# On a terminal, rich fits its width; in a log (a pipe, a file, a batch job) 80 columns would wrap every table.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
+DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import hashbench
+
+        print(f"hashbench {hashbench.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """hashbench: benchmark deep hashing methods for medical image retrieval."""
+
+
+def fail(message: object) -> NoReturn:
+    """Bad input: the message, exit code 2, no traceback."""
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``method.key=value`` (one method) or ``key=value`` (every method); values stay text until the option's type reads them."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        if "=" not in item:
+            raise typer.BadParameter(f"{item!r}: expected method.key=value or key=value", param_hint="--set")
+        key, value = item.split("=", 1)
+        method, _, option = key.rpartition(".")
+        overrides.setdefault(method or "*", {})[option] = value
+    return overrides
+
+
+def load_plugins(plugins: list[Path]) -> None:
+    """Load local plugin files; a broken one is reported and the command goes on."""
+    from hashbench.api import load_plugin
+
+    for path in plugins:
+        for entry in load_plugin(path):
+            if entry.error:
+                console.print(f"[yellow]plugin {path} is broken[/yellow]: {entry.error}")
+
+
+def check_metrics(metrics: list[str]) -> None:
+    """Every metric name is known (the message lists the valid forms)."""
+    from hashbench.evaluation.evaluate import parse_metric
+
+    for name in metrics:
+        try:
+            parse_metric(name)
+        except ValueError as exc:
+            raise typer.BadParameter(exc.args[0], param_hint="--metrics") from None
+
+
+def chosen_suite(name: str | None, with_baselines: bool = False):
+    """The paper suite ``--suite`` names, with the training-free floor when asked; None without one."""
+    from hashbench.api import suite
+
+    try:
+        return suite(name, with_baselines)
+    except KeyError as exc:
+        raise typer.BadParameter(exc.args[0], param_hint="--suite") from None
+
+
+def print_boards(boards: list) -> None:
+    """Each leaderboard as a rich table, its caption and legend below."""
+    for board in boards:
+        table = Table(title=board.title, caption=f"{board.caption}; {board.legend}", caption_justify="left")
+        table.add_column(board.table.index.name or "method")
+        for column in board.table.columns:
+            table.add_column(column, justify="right")
+        for method, row in board.table.iterrows():
+            table.add_row(str(method), *(str(value) for value in row))
+        console.print(table)

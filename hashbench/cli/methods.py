@@ -1,0 +1,80 @@
+"""Commands about methods and suites: list, options, suites."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import typer
+from rich.table import Table
+
+from hashbench.cli.app import app, console, fail, load_plugins
+
+
+@app.command("list")
+def list_command(
+    pattern: str = typer.Argument("*", help="Wildcard, e.g. 'dafh*'."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
+) -> None:
+    """List methods: name, origin, status, paper."""
+    from hashbench.api import list_methods
+
+    load_plugins(plugin)
+    entries = list_methods(pattern)
+    if not entries:
+        hint = "; the paper suites are listed by `hashbench suites`" if pattern == "suites" or pattern.startswith("paper-") else ""
+        fail(f"no method matches {pattern!r}; methods: {', '.join(entry.name for entry in list_methods())}{hint}")
+    table = Table(title="methods")
+    for column in ("name", "origin", "status", "paper"):
+        table.add_column(column, overflow="fold")
+    for entry in entries:
+        status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
+        table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
+    console.print(table)
+
+
+@app.command("options")
+def options_command(
+    method: str = typer.Argument(..., help="A method name (see `hashbench list`)."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
+) -> None:
+    """A method's options and train settings: type, default, meaning (change them with --set METHOD.KEY=VALUE)."""
+    from hashbench.api import method_class
+    from hashbench.config.profiles import PROFILES
+    from hashbench.model import options
+    from hashbench.model.method import TrainSettings
+
+    load_plugins(plugin)
+    try:
+        method_cls = method_class(method)
+    except (LookupError, RuntimeError) as exc:
+        fail(exc)
+    profiles = "; ".join(
+        f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items()) for name, profile in PROFILES.items() if profile.train
+    )
+    tables = {f"{method}: method options": (options.rows(method_cls.Options), None)}
+    if getattr(method_cls, "fitted", False):
+        console.print(f"{method} is training-free: fitted in closed form to the training features, so no optimiser or train settings apply.")
+    else:
+        caption = f"the method's defaults; a profile may replace some ({profiles}); --dry-run shows what a run will use"
+        tables[f"{method}: train settings"] = (options.rows(TrainSettings, method_cls.train), caption)
+    for title, (rows, caption) in tables.items():
+        table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+        for column in ("option", "type", "default", "meaning"):
+            table.add_column(column, overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table if rows else f"{title}: none")
+
+
+@app.command("suites")
+def suites_command() -> None:
+    """List the paper suites: what each runs and which table of the paper it reproduces."""
+    from hashbench.config.suites import SUITES
+
+    table = Table(title="suites (hashbench run --suite NAME)")
+    for column in ("name", "methods", "bits", "paper table"):
+        table.add_column(column, overflow="fold")
+    for suite in SUITES.values():
+        table.add_row(suite.name, ", ".join(suite.methods), " ".join(map(str, suite.bits)), suite.title)
+    console.print(table)

@@ -1,0 +1,114 @@
+"""One cell, from its spec to its stored result: train (or fit) -> encode -> evaluate -> write."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, pack, tie_diagnostics
+from hashbench.files.digest import file_sha256
+from hashbench.model.weights import architectures, cached_revision
+from hashbench.runner.plan import CellSpec
+from hashbench.runner.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
+from hashbench.store.results import CHECKPOINT, LOG, Cell, CellConfig
+from hashbench.training import distributed, engine
+
+
+def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cell, progress: bool = False, replace: bool = False) -> dict[str, float]:
+    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics.
+
+    ``replace``: a finished cell trained again, its result replaced only when done.
+    """
+    config, split, execution = spec.config, spec.split, spec.execution
+    if distributed.is_main():
+        cell.start(config, replace)
+    else:
+        cell.follow(replace)
+    distributed.barrier()  # the work directory is there before any process looks for a checkpoint in it
+    started_at, started = datetime.now(timezone.utc), time.perf_counter()
+    start_memory_watch(device)
+    training, database, query = split.training, split.database, split.query
+
+    engine.seed_everything(config.seed)
+    method = spec.method(spec.context)
+    network, loss = method.build(config.run_backbone)
+    ran = _check_backbones(config, architectures(network))
+    train_source = engine.ImageSource(images, training.ids, device)
+    database_source = train_source if np.array_equal(training.ids, database.ids) else engine.ImageSource(images, database.ids, device)
+
+    def encode(source: engine.ImageSource, ids: np.ndarray) -> np.ndarray:
+        return engine.encode(network, source, ids, config.image_size, execution=execution)
+
+    validate = None
+    if len(split.validation):
+        validation_source = engine.ImageSource(images, split.validation.ids, device)
+
+        def validate(network) -> dict[str, float]:
+            held_out, trained = binarize(encode(validation_source, split.validation.ids)), binarize(encode(train_source, training.ids))
+            return evaluate(held_out, split.validation.labels, trained, training.labels, ("map@10",)).metrics
+
+    if spec.training_free:
+        engine.fit(method, network, train_source, training.ids, config.image_size, cell.work_path(LOG), execution)
+        resumed_from = 0
+    else:
+        resumed_from = engine.train(
+            method, network, loss, train_source, engine.TrainData(training.ids, training.labels, len(split.class_names)), spec.settings,
+            config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
+            spec.augmentation, execution,
+        )
+    query_bits = binarize(encode(engine.ImageSource(images, query.ids, device), query.ids))
+    database_embeddings = encode(database_source, database.ids)
+    if not distributed.is_main():  # process 0 evaluates and writes
+        return {}
+    epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
+    database_bits = binarize(database_embeddings)
+    result = evaluate(query_bits, query.labels, database_bits, database.labels, spec.metrics, device="cpu" if device.type == "cpu" else str(device), **DEFAULT_TIE_RULE)
+    arrays = {
+        "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query.labels, "database_labels": database.labels,
+        "database_embeddings": database_embeddings.astype(np.float16),  # `hashbench search` breaks Hamming ties with these
+        "query_ids": query.ids, "database_ids": database.ids, "class_names": np.array(split.class_names), "bits": np.array(config.bits),
+        **{f"per_query/{name}": values for name, values in result.per_query.items()},
+    }
+    origin = spec.method.origin
+    record = {
+        "metrics": result.metrics,
+        "ties": tie_diagnostics(result.counts, database_bits),
+        "evaluation": DEFAULT_TIE_RULE,
+        "backbones_ran": ran,
+        "weights": {model: {"source": source.describe(), "revision": cached_revision(source)} for model, source in spec.weights.items()},
+        "seconds": round(time.perf_counter() - started, 2),  # this attempt: training the epochs left, encoding, evaluating
+        "train_seconds": round(sum(epoch_seconds), 2),  # every epoch, over all attempts
+        "resumed_from_epoch": resumed_from,
+        "started": started_at.isoformat(timespec="seconds"),
+        "device": describe_device(device),
+        "execution": execution.describe(device),
+        "processes": distributed.world_size(),  # torchrun: one cell trained by this many processes, each on its own device
+        "peak_memory_mib": peak_memory_mib(device),
+        "git": git_state(),
+        "versions": versions(),
+        "origin": origin,
+        **({"origin_sha256": file_sha256(origin.removeprefix("file:"))} if origin.startswith("file:") else {}),
+        "paper": spec.method.paper,
+        "synthetic": spec.synthetic,
+        "n_query": len(query),
+        "n_database": len(database),
+        "n_train": len(training),
+        "split_description": split.description,
+        "published_metric": split.published_metric,
+        "classes": list(split.class_names),
+    }
+    cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
+    return result.metrics
+
+
+def _check_backbones(config: CellConfig, ran: list[str]) -> list[str]:
+    """The timm models the network holds must be the ones the method declared (the config says what ran)."""
+    declared = [name.split(".")[0] for name in config.backbone.split(" + ") if name]
+    if ran != declared:
+        built = ", ".join(ran) or "no timm model"
+        raise RuntimeError(f"{config.method} built {built} but declared {config.backbone}: its backbones() must list what build() creates")
+    return ran

@@ -1,0 +1,160 @@
+"""Planning a run: the user's request resolved, once, into one :class:`CellSpec` per cell.
+
+Everything is resolved and validated here (profile, methods and their options, optimiser
+and schedule, augmentation, the split and its labels, backbones and their weights)
+before anything is written, so a mistake costs nothing and ``--dry-run`` shows exactly
+what would run. The cell runner consumes a spec as it is and looks nothing up again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hashbench.config.profiles import default_profile, get_profile
+from hashbench.data.dataset import Dataset
+from hashbench.data.sides import DrawnSplit, draw_split
+from hashbench.evaluation.evaluate import DEFAULT_METRICS, STORED_METRICS
+from hashbench.model.method import Method, MethodContext, TrainSettings
+from hashbench.model.registry import create_method, method_class
+from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
+from hashbench.store.results import CellConfig
+from hashbench.training.augment import Augmentation
+from hashbench.training.engine import Execution, LrSchedule
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for; ``None`` means the profile's or the method's default."""
+
+    methods: list[str]
+    bits: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    dataset: str = "phantom"
+    backbone: str | None = None
+    pretrained: bool | None = None
+    weights: list[str] = field(default_factory=list)  # --weights values: FILE, MODEL=FILE or DIR
+    epochs: int | None = None
+    image_size: int | None = None
+    split: str | None = None  # None: the dataset's own (official where the data ships a split, else patient)
+    split_seed: int = 0
+    validation: float = 0.0
+    device: str = "auto"
+    profile: str | None = None
+    augment: str | None = None  # none, paper, or key=value,...; None: the profile's
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method name (or "*") -> key -> value
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    force: bool = False
+    execution: Execution = field(default_factory=Execution)  # precision, memory layout, compilation
+    shard: tuple[int, int] | None = None  # (i, n): run only share i of n balanced shares of the grid, 0 <= i < n
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell as it will run, fully resolved: what the cell runner trains, evaluates and stores."""
+
+    config: CellConfig  # what determines the result (and names its directory)
+    method: type[Method]
+    settings: TrainSettings
+    weights: dict[str, WeightSource]  # initial weights per backbone
+    split: DrawnSplit
+    augmentation: Augmentation
+    metrics: tuple[str, ...]  # computed and stored: the stored set, the protocol's published metric, the requested ones
+    execution: Execution
+    synthetic: bool  # the dataset is generated (records and captions say so)
+
+    @property
+    def context(self) -> MethodContext:
+        """What the method is built for in this cell."""
+        config = self.config
+        return MethodContext(config.bits, len(self.split.class_names), len(self.split.training), config.options, config.seed, config.image_size, self.weights)
+
+    @property
+    def training_free(self) -> bool:
+        return bool(getattr(self.method, "fitted", False))
+
+    def estimated_cost(self) -> float:
+        """Relative training cost: epochs x pixels x backbones; a training-free cell costs next to nothing."""
+        config = self.config
+        if self.training_free:
+            return 1e-3 * config.image_size**2
+        return float(config.epochs * config.image_size**2 * max(1, len(config.backbone.split(" + "))))
+
+    def describe(self, out: Path) -> dict[str, Any]:
+        """The full configuration as plain data, for ``--dry-run``."""
+        weights = {model: source.describe() + ("" if is_cached(source) else " (not cached yet: downloaded before training starts)") for model, source in self.weights.items()}
+        return {"cell": self.config.label(), **asdict(self.config), "weights": weights, "directory": str(self.config.directory(out))}
+
+
+def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[CellSpec]:
+    """Every cell's full specification; raises ValueError (or the registry's errors) on anything invalid. Writes no cell."""
+    profile_name = request.profile or default_profile(bool(dataset.manifest.get("synthetic")), device.type)
+    profile = get_profile(profile_name)
+    epochs = profile.epochs if request.epochs is None else request.epochs
+    image_size = profile.image_size_for(dataset.image_size) if request.image_size is None else request.image_size
+    for name, value, low in (("--bits", min(request.bits, default=1), 1), ("--epochs", epochs, 1), ("--image-size", image_size, 16)):
+        if value < low:
+            raise ValueError(f"{name} {value} is too small: at least {low}")
+    if not request.methods or not request.bits or not request.seeds:
+        raise ValueError("a run needs at least one method, one code length and one seed")
+    if min(request.seeds) < 0 or request.split_seed < 0:
+        raise ValueError("--seeds and --split-seed take whole numbers from 0")
+    strangers = set(request.overrides) - {"*", *request.methods}
+    if strangers:
+        raise ValueError(f"--set names {', '.join(sorted(strangers))}, not in this run ({', '.join(request.methods)}); write key=value for every method or method.key=value for one of them")
+    augmentation = profile.augment if request.augment is None else Augmentation.parse(request.augment)
+    split = draw_split(dataset, request.split or dataset.default_split, request.split_seed, request.validation)
+    metrics = tuple(dict.fromkeys(STORED_METRICS + tuple(filter(None, [split.published_metric])) + tuple(request.metrics)))
+    run_backbone = request.backbone or profile.backbone
+    synthetic = bool(dataset.manifest.get("synthetic", False))
+    pretrained = profile.pretrained if request.pretrained is None else request.pretrained
+    files = parse_weights_option(request.weights)
+    cells = []
+    for name in dict.fromkeys(request.methods):
+        method = method_class(name)
+        user = {**request.overrides.get("*", {}), **request.overrides.get(name, {})}
+        options, train = method.resolve_options(user)
+        settings = method.train.with_overrides({**profile.train, **train}, name)
+        _check_schedule(name, settings)
+        context = MethodContext(request.bits[0], len(split.class_names), len(split.training), options, 0, image_size)
+        backbones = create_method(name, context).backbones(run_backbone)
+        weights = {model: resolve(model, pretrained, files, default_model=run_backbone) for model in backbones}
+        for bits in dict.fromkeys(request.bits):
+            for seed in dict.fromkeys(request.seeds):
+                config = CellConfig(
+                    dataset=dataset.name, method=name, bits=bits, seed=seed, backbone=" + ".join(backbones), epochs=epochs, image_size=image_size,
+                    split=split.protocol, validation=request.validation, options=options, train=asdict(settings),
+                    run_backbone=run_backbone, weights={m: w.identity() for m, w in weights.items()}, augment=augmentation.to_dict(), profile=profile_name,
+                    split_seed=request.split_seed, dataset_fingerprint=dataset.fingerprint, split_hash=split.hash,
+                )
+                cells.append(CellSpec(config, method, settings, weights, split, augmentation, metrics, request.execution, synthetic))
+    unused = files.models() - {model for cell in cells for model in cell.weights} - {model.split(".")[0] for cell in cells for model in cell.weights}
+    if unused:
+        raise ValueError(f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})")
+    return shard_cells(cells, *request.shard) if request.shard else cells
+
+
+def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]:
+    """Share ``index`` (counted from 0, as scheduler array indices are) of ``count`` shares of the grid: every cell in exactly one share, shares balanced by estimated cost.
+
+    Greedy longest-first onto the least-loaded share; the plan's order breaks ties, so every machine computes the same shares.
+    """
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {index}/{count}: expected I/N with 0 <= I < N (shares are counted from 0), e.g. --shard 0/8 ... --shard 7/8")
+    loads, owner = [0.0] * count, {}
+    for position in sorted(range(len(cells)), key=lambda p: (-cells[p].estimated_cost(), p)):
+        share = min(range(count), key=lambda s: (loads[s], s))
+        owner[position] = share
+        loads[share] += cells[position].estimated_cost()
+    return [cell for position, cell in enumerate(cells) if owner[position] == index]
+
+
+def _check_schedule(method: str, settings: TrainSettings) -> None:
+    """The one train setting whose validity is a grammar, not a type."""
+    try:
+        LrSchedule.parse(settings.lr_schedule)
+    except ValueError as exc:
+        raise ValueError(f"{method}.{exc}") from None
