@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import io
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import NO_TAGS, colour_pixels
 from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.sources import Source, argument, register_source
+from hashbench.model.options import option
 
 BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 SIDES = {**{f"data_batch_{i}": "database" for i in range(1, 6)}, "test_batch": "query"}
@@ -130,3 +134,33 @@ def ingest_cifar(root: Path, name: str, destination: Path, options: ImageOptions
         "protocols": protocols, "default_split": "1k-5k-54k" if full else "official", "native_size": 32,
     }
     return ingest(name, "cifar", root, files, destination, options or ImageOptions(size=32, colour="rgb"), False, None, workers, progress, extra)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CifarOptions:
+    path: Path = argument("The cifar-10-batches-py folder of CIFAR-10's python version (or the folder holding it).")
+    colour: str = option("rgb", "rgb: keep colour (as published); luma: store grey.")
+
+    def __post_init__(self) -> None:
+        if self.colour not in ("rgb", "luma"):
+            raise ValueError(f"colour={self.colour!r}; valid: rgb, luma")
+
+
+@register_source("cifar")
+class Cifar(Source):
+    """Ingest CIFAR-10 with the literature's protocols: 1k-5k-54k (the default), 1k-5k-59k, official (10,000 / 50,000)."""
+
+    summary = "CIFAR-10's python batches, with the literature's three protocols (1k-5k-54k, 1k-5k-59k, official)"
+    Options = CifarOptions
+
+    def dataset_name(self, options: CifarOptions) -> str:
+        return "cifar10"
+
+    def ingest(self, options: CifarOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+        return ingest_cifar(Path(options.path), name, destination, ImageOptions(size=32, colour=options.colour), workers, progress)
+
+    def rebuild_command(self, manifest: Manifest, name: str) -> str:
+        return f"hashbench ingest cifar '{manifest.source}' --name {name} --colour {manifest.options.get('colour', 'rgb')}"
+
+    def decode_part(self, data: bytes, part: str, image_options: ImageOptions) -> DicomSlices:
+        return decode_part(data, part, image_options)

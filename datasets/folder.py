@@ -9,11 +9,15 @@ slices and is off unless asked for.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.images import IMAGE_SUFFIXES, is_image_file
 from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, argument, register_source
+from hashbench.model.options import option
 
 
 def scan(root: Path) -> tuple[list[SourceFile], list[str]]:
@@ -47,3 +51,33 @@ def ingest_folder(root: Path, name: str, destination: Path, options: ImageOption
         raise ValueError(f"{root}: one class folder ({classes[0]}); retrieval by class needs at least two, one folder per class")
     extra = {"layout": "one folder per class", "classes": len(classes), "patients": "one per image (no patient identifiers in image files)", "unlabelled_files": loose}
     return ingest(name, "folder", root.resolve(), files, destination, options, clean, None, workers, progress, extra)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FolderOptions:
+    path: Path = argument("A folder with one subfolder of images per class (PNG, JPEG, TIFF, BMP; any depth below the class folder).")
+    size: int = option(224, SIZE_HELP)
+    colour: str = option("luma", COLOUR_HELP)
+    aspect: str = option("pad", ASPECT_HELP)
+    clean: bool = option(False, "Drop IQR outlier images (the paper's cleaning, meant for CT slices; off by default here).")
+
+    def __post_init__(self) -> None:
+        self.image_options()  # refuses a bad size, colour or aspect before anything is read
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(size=self.size, window="minmax", colour=self.colour, aspect=self.aspect)
+
+
+@register_source("folder")
+class Folder(Source):
+    """Ingest a class-per-folder image tree: each top-level folder is a class, each image its own patient."""
+
+    summary = "a class-per-folder tree of PNG, JPEG, TIFF or BMP images"
+    Options = FolderOptions
+
+    def ingest(self, options: FolderOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+        return ingest_folder(Path(options.path), name, destination, options.image_options(), options.clean, workers, progress)
+
+    def rebuild_command(self, manifest: Manifest, name: str) -> str:
+        flags = " ".join(f"--{key} {manifest.options[key]}" for key in ("size", "colour", "aspect") if key in manifest.options)
+        return f"hashbench ingest folder '{manifest.source}' --name {name} {flags}{' --clean' if manifest.clean else ''}"

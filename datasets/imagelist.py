@@ -15,13 +15,14 @@ hides them, so a result on the lists is a result on the lists as published.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass
 from pathlib import Path
 
-
-from hashbench.data.dataset import LABEL_SEPARATOR
+from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, register_source
+from hashbench.model.options import option
 
 PRESETS = {  # the published MAP@k of each set's standard lists
     "nus-wide": 5_000,
@@ -136,3 +137,56 @@ def _notices(found: dict[str, dict], missing: list[str], unlabelled: int) -> lis
     if unlabelled:
         notices.append(f"{unlabelled:,} rows carry no label and were left out (nothing could be relevant to them)")
     return notices
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListsOptions:
+    query: Path = option(MISSING, "The query list: one 'IMAGE 0 1 0 ...' row per image (a 0/1 per class).")
+    database: Path = option(MISSING, "The database list, same format.")
+    train: Path | None = option(None, "The training list (default: train on the database list).")
+    images: Path | None = option(None, "The folder the lists' image paths are relative to (default: the query list's folder).")
+    preset: str | None = option(None, "nus-wide, ms-coco or imagenet-100: their published MAP@k (5000, 5000, 1000).")
+    top_k: int | None = option(None, "The k of the MAP@k these lists are published with (overrides --preset).", at_least=1)
+    classes: Path | None = option(None, "A text file with one class name per line, in column order.")
+    size: int = option(224, SIZE_HELP)
+    colour: str = option("luma", COLOUR_HELP)
+    aspect: str = option("pad", ASPECT_HELP)
+
+    def __post_init__(self) -> None:
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        self.image_options()
+        missing = [f"--{role} {path}" for role, path in self.lists().items() if not path.is_file()]
+        if self.classes is not None and not Path(self.classes).is_file():
+            missing.append(f"--classes {self.classes}")
+        if missing:
+            raise ValueError(f"no such file: {', '.join(missing)}")
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(size=self.size, window="minmax", colour=self.colour, aspect=self.aspect)
+
+    def lists(self) -> dict[str, Path]:
+        """The list file of each role given."""
+        return {"query": Path(self.query), "database": Path(self.database), **({"train": Path(self.train)} if self.train else {})}
+
+
+@register_source("lists")
+class Lists(Source):
+    """Ingest a list-file set (NUS-WIDE, MS-COCO, ImageNet-100 style); query / database overlap is measured and reported."""
+
+    summary = "list files of the hashing literature (NUS-WIDE, MS-COCO, ImageNet-100): image paths with multi-hot labels"
+    Options = ListsOptions
+
+    def ingest(self, options: ListsOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+        classes = Path(options.classes).read_text().splitlines() if options.classes else []
+        names = [line.strip() for line in classes if line.strip()] or None
+        top_k = options.top_k or (PRESETS[options.preset] if options.preset else None)
+        images = Path(options.images) if options.images else Path(options.query).parent
+        return ingest_lists(options.lists(), images, name, destination, top_k, names, options.image_options(), workers, progress)
+
+    def rebuild_command(self, manifest: Manifest, name: str) -> str:
+        lists = " ".join(f"--{role} '{path}'" for role, path in manifest.stored.get("lists", {}).items())
+        metric = next((spec.get("metric") for spec in manifest.protocols.values() if spec.get("metric")), None)
+        top_k = f" --top-k {metric.removeprefix('map@')}" if metric else ""
+        options = manifest.options
+        return f"hashbench ingest lists {lists} --images '{manifest.source}' --name {name}{top_k} --size {options.get('size', 224)} --colour {options.get('colour', 'luma')}"

@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import io
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hashbench.data.dataset import LABEL_SEPARATOR
+from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import colour_pixels
 from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.sources import Source, argument, register_source
+from hashbench.files.paths import sources_dir
+from hashbench.model.options import option
 
 PARTS = ("train", "val", "test")
 SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides
@@ -101,3 +105,46 @@ def download(flag: str, size: int, root: Path) -> Path:
     except (OSError, RuntimeError, ValueError) as exc:
         raise ValueError(f"{flag}: the download failed ({type(exc).__name__}: {exc}); offline? {manual}") from None
     return root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MedmnistOptions:
+    source: str = argument("A MedMNIST .npz (e.g. pathmnist_64.npz), or a set's name (pathmnist) to fetch it with the medmnist package.")
+    size: int | None = option(None, "Images are resized to SIZE x SIZE (default: the file's own size).")
+    colour: str | None = option(None, "rgb: keep colour; luma: store grey (default: the file's own, rgb for colour sets).")
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            ImageOptions(size=self.size, colour=self.colour or "luma")
+        if self.colour is not None and self.colour not in ("rgb", "luma"):
+            raise ValueError(f"colour={self.colour!r}; valid: rgb, luma")
+
+    @property
+    def set_name(self) -> str | None:
+        """The MedMNIST set to fetch when ``source`` names one rather than a file (no such path, no suffix)."""
+        path = Path(self.source)
+        return None if path.exists() or path.suffix else str(self.source)
+
+
+@register_source("medmnist")
+class MedMNIST(Source):
+    """Ingest a MedMNIST set; its official split (test = queries, train = database) becomes the default protocol."""
+
+    summary = "a MedMNIST .npz (2-D sets, any size, multi-label ChestMNIST included), with its official train/val/test split"
+    Options = MedmnistOptions
+
+    def dataset_name(self, options: MedmnistOptions) -> str:
+        """The file's stem; a fetched set's file name (pathmnist, pathmnist_64)."""
+        size = options.size or 28
+        return Path(options.source).stem if options.set_name is None else f"{options.set_name}{'' if size == 28 else f'_{size}'}"
+
+    def ingest(self, options: MedmnistOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+        path = Path(options.source) if options.set_name is None else download(options.set_name, options.size or 28, sources_dir() / "medmnist")
+        return ingest_medmnist(path, name, destination, options.size, options.colour, workers, progress)
+
+    def rebuild_command(self, manifest: Manifest, name: str) -> str:
+        options = manifest.options
+        return f"hashbench ingest medmnist '{manifest.stored.get('file', 'FILE.npz')}' --name {name} --size {options.get('size', 28)} --colour {options.get('colour', 'luma')}"
+
+    def decode_part(self, data: bytes, part: str, image_options: ImageOptions) -> DicomSlices:
+        return decode_part(data, part, image_options)

@@ -30,8 +30,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, MRImageStorage, PositronEmissionTomographyImageStorage, RLELossless, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    MRImageStorage,
+    PositronEmissionTomographyImageStorage,
+    RLELossless,
+    generate_uid,
+)
 from scipy.ndimage import gaussian_filter
+
+from hashbench.data.dataset import Manifest
+from hashbench.data.dicom import ImageOptions
+from hashbench.data.ingest import IngestResult
+from hashbench.data.sources import SIZE_HELP, Source, register_source
+from hashbench.files import locks
+from hashbench.files.paths import sources_dir
+from hashbench.model.options import option
 
 GENERATOR_VERSION = 2
 
@@ -352,3 +368,39 @@ def _save(ds: Dataset, path: Path, encoding: str) -> None:
     elif encoding == "rle":
         ds.compress(RLELossless, generate_instance_uid=False)
     ds.save_as(path, enforce_file_format=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhantomOptions:
+    profile: str = option("default", "tiny, default or large.")
+    seed: int = option(0, "Generator seed: same seed, same files.")
+    size: int = option(224, SIZE_HELP)
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
+        ImageOptions(size=self.size)
+
+
+@register_source("phantom")
+class Phantom(Source):
+    """Generate the synthetic phantom download (once) and ingest it through the TCIA loader."""
+
+    summary = "synthetic TCIA-like collection, generated locally; the embedded default"
+    Options = PhantomOptions
+
+    def dataset_name(self, options: PhantomOptions) -> str:
+        return "phantom" if options.profile == "default" and options.seed == 0 else f"phantom-{options.profile}-seed{options.seed}"
+
+    def ingest(self, options: PhantomOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+        from hashbench.datasets import tcia
+
+        source = sources_dir() / f"phantom-{options.profile}-seed{options.seed}"
+        with locks.exclusive(sources_dir() / f".{source.name}.lock", wait=True):  # two first runs at once generate it once
+            generate(source, options.profile, options.seed)
+        extra = {"synthetic": True, "phantom": {"profile": options.profile, "seed": options.seed}}
+        return tcia.ingest_tcia(source, name, destination, ImageOptions(size=options.size), True, workers, progress, kind="phantom", extra_manifest=extra)
+
+    def rebuild_command(self, manifest: Manifest, name: str) -> str:
+        phantom = manifest.stored.get("phantom", {})
+        return f"hashbench ingest phantom --profile {phantom.get('profile', 'default')} --seed {phantom.get('seed', 0)} --name {name} --size {manifest.options.get('size', 224)}"

@@ -16,10 +16,14 @@ import csv
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, WINDOW_HELP, Source, argument, register_source
+from hashbench.model.options import option
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 UID_FOLDER = re.compile(r"^\d+(\.\d+){2,}$")
@@ -101,3 +105,37 @@ def ingest_tcia(root: Path, name: str, destination: Path, options: ImageOptions 
         raise FileNotFoundError(f"no DICOM files under {root} (looked for *.dcm and files with a DICM preamble)")
     extra = {"layouts": layouts, **(extra_manifest or {})}
     return ingest(name, kind, root.resolve(), files, destination, options, clean, by_series, workers, progress, extra)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TciaOptions:
+    path: Path = argument("A TCIA download: the folder holding the collections (or manifest-*/), or one collection.")
+    size: int = option(224, SIZE_HELP)
+    window: str = option("auto", WINDOW_HELP)
+    colour: str = option("luma", COLOUR_HELP)
+    aspect: str = option("pad", ASPECT_HELP)
+    clean: bool = option(True, "Drop IQR outlier images (the paper's cleaning).")
+
+    def __post_init__(self) -> None:
+        self.image_options()  # a bad window, colour, aspect or size is refused before anything is read
+
+    def image_options(self) -> ImageOptions:
+        return ImageOptions(size=self.size, window=self.window, colour=self.colour, aspect=self.aspect)
+
+
+@register_source("tcia")
+class Tcia(Source):
+    """Ingest a TCIA download (NBIA descriptive or classic layout, with or without metadata.csv)."""
+
+    summary = "a TCIA download on disk (NBIA Data Retriever, descriptive or classic layout)"
+    Options = TciaOptions
+
+    def dataset_name(self, options: TciaOptions) -> str:
+        return "tcia"
+
+    def ingest(self, options: TciaOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+        return ingest_tcia(Path(options.path), name, destination, options.image_options(), options.clean, workers, progress)
+
+    def rebuild_command(self, manifest: Manifest, name: str) -> str:
+        flags = " ".join(f"--{key} {manifest.options[key]}" for key in ("size", "window", "colour", "aspect") if key in manifest.options)
+        return f"hashbench ingest tcia '{manifest.source}' --name {name} {flags}{'' if manifest.clean else ' --no-clean'}"

@@ -24,17 +24,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from hashbench.files import atomic
-
 from hashbench.data import splits
 from hashbench.data.cleaning import iqr_outliers
+from hashbench.files import atomic
 from hashbench.files.digest import file_sha256
 
 FORMAT_VERSION = 1
@@ -78,6 +77,41 @@ def content_fingerprint(root: Path, settings: dict) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Manifest:
+    """The manifest's keys that hashbench reads, typed (``manifest.json`` itself keeps its format)."""
+
+    name: str
+    kind: str  # the source that built it (its registered name)
+    source: str  # where it was built from
+    options: dict  # ImageOptions as a dict
+    clean: bool  # IQR outliers dropped
+    n_slices: int
+    updated: str = ""
+    fingerprint: str = ""
+    integrity: dict | None = None  # absent in datasets ingested before it was recorded
+    synthetic: bool = False
+    protocols: dict[str, dict] = field(default_factory=dict)  # declared split protocols (hashbench.data.splits)
+    default_split: str = "patient"
+    multi_label: bool = False
+    patients: str = ""  # how patients were found ("one per image" for image files)
+    notices: tuple[str, ...] = ()  # what a user must know about the data, said at ingest
+    unlabelled_files: tuple[str, ...] = ()  # images left out for want of a class folder
+    stored: dict = field(default_factory=dict)  # every key as stored, a source's own ones included (phantom, lists, file)
+
+
+def read_manifest(stored: dict) -> Manifest:
+    """The typed view of a manifest as stored; KeyError or TypeError for one that lacks what every dataset has."""
+    return Manifest(
+        name=stored["name"], kind=stored["kind"], source=str(stored.get("source", "")), options=dict(stored["options"]),
+        clean=bool(stored["clean"]), n_slices=int(stored["n_slices"]), updated=stored.get("updated", ""),
+        fingerprint=stored.get("fingerprint") or "", integrity=stored.get("integrity"), synthetic=bool(stored.get("synthetic", False)),
+        protocols=dict(stored.get("protocols", {})), default_split=stored.get("default_split", "patient"),
+        multi_label=bool(stored.get("multi_label", False)), patients=str(stored.get("patients", "")),
+        notices=tuple(stored.get("notices", ())), unlabelled_files=tuple(stored.get("unlabelled_files", ())), stored=stored,
+    )
+
+
 def split_hash(side: pd.Series) -> str:
     """16 hex digits over (slice_id, side) in slice order: two results share queries and training set iff equal."""
     ordered = side.sort_index()
@@ -92,26 +126,32 @@ class Dataset:
 
     @cached_property
     def manifest(self) -> dict:
+        """The manifest as stored (JSON); :attr:`info` is its typed view."""
         return json.loads((self.root / MANIFEST).read_text())
+
+    @cached_property
+    def info(self) -> Manifest:
+        """The manifest, typed."""
+        return read_manifest(self.manifest)
 
     @property
     def name(self) -> str:
-        return self.manifest["name"]
+        return self.info.name
 
     @cached_property
     def fingerprint(self) -> str:
         """The content's fingerprint: written at ingest; computed here for datasets ingested before it was."""
-        return self.manifest.get("fingerprint") or content_fingerprint(self.root, self.manifest)
+        return self.info.fingerprint or content_fingerprint(self.root, self.manifest)
 
-    def verify(self) -> "Dataset":
+    def verify(self) -> Dataset:
         """Raise :class:`DatasetError` if the files differ from what the ingest wrote (truncated, replaced, edited)."""
         try:
-            expected = self.manifest.get("integrity")
+            expected = self.info.integrity
             if expected is None:  # ingested before integrity was recorded
                 return self
-            n_bytes = int(self.manifest["n_slices"]) * self.image_size**2 * self.channels
+            n_bytes = self.info.n_slices * self.image_size**2 * self.channels
             if expected["images_bytes"] != n_bytes:
-                raise DatasetError(f"its manifest says {self.manifest['n_slices']} slices but its integrity record {expected['images_bytes']} bytes of images")
+                raise DatasetError(f"its manifest says {self.info.n_slices} slices but its integrity record {expected['images_bytes']} bytes of images")
             found = integrity(self.root)
         except DatasetError as exc:
             raise DatasetError(self._damaged(str(exc))) from None
@@ -127,38 +167,27 @@ class Dataset:
         return f"dataset {self.root.name} ({self.root}) is damaged: {reason}. Rebuild it: {self.rebuild_command()}"
 
     def rebuild_command(self) -> str:
-        """The ingest command that builds this dataset again from its source (with the options it was built with)."""
+        """The ingest command that builds this dataset again from its source (with the options it was built with), as its source says."""
+        from hashbench.data.sources import source
+
+        name = self.root.name
         try:
-            manifest = self.manifest
-        except (OSError, json.JSONDecodeError):
-            return f"delete {self.root} and ingest its source again (`hashbench ingest tcia SOURCE --name {self.root.name}`)"
-        options, name = manifest.get("options", {}), self.root.name
-        if manifest.get("kind") == "phantom":
-            phantom = manifest.get("phantom", {})
-            return f"hashbench ingest phantom --profile {phantom.get('profile', 'default')} --seed {phantom.get('seed', 0)} --name {name} --size {options.get('size', 224)}"
-        if manifest.get("kind") == "medmnist":
-            return f"hashbench ingest medmnist '{manifest.get('file', 'FILE.npz')}' --name {name} --size {options.get('size', 28)} --colour {options.get('colour', 'luma')}"
-        if manifest.get("kind") == "cifar":
-            return f"hashbench ingest cifar '{manifest.get('source', 'SOURCE')}' --name {name} --colour {options.get('colour', 'rgb')}"
-        if manifest.get("kind") == "lists":
-            lists = " ".join(f"--{role} '{path}'" for role, path in manifest.get("lists", {}).items())
-            metric = next((spec.get("metric") for spec in manifest.get("protocols", {}).values() if spec.get("metric")), None)
-            top_k = f" --top-k {metric.removeprefix('map@')}" if metric else ""
-            return f"hashbench ingest lists {lists} --images '{manifest.get('source', 'SOURCE')}' --name {name}{top_k} --size {options.get('size', 224)} --colour {options.get('colour', 'luma')}"
-        if manifest.get("kind") == "folder":
-            flags = " ".join(f"--{key} {options[key]}" for key in ("size", "colour", "aspect") if key in options)
-            return f"hashbench ingest folder '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{' --clean' if manifest.get('clean') else ''}"
-        flags = " ".join(f"--{key} {options[key]}" for key in ("size", "window", "colour", "aspect") if key in options)
-        return f"hashbench ingest tcia '{manifest.get('source', 'SOURCE')}' --name {name} {flags}{'' if manifest.get('clean', True) else ' --no-clean'}"
+            manifest = self.info
+        except (OSError, KeyError, TypeError, ValueError):
+            return f"delete {self.root} and ingest its source again (`hashbench ingest SOURCE ... --name {name}`)"
+        try:
+            return source(manifest.kind).rebuild_command(manifest, name)
+        except (LookupError, RuntimeError) as exc:  # a source that is not installed here, or broken
+            return f"hashbench ingest {manifest.kind} '{manifest.source}' --name {name} (once its source is available: {exc})"
 
     @property
     def image_size(self) -> int:
-        return int(self.manifest["options"]["size"])
+        return int(self.info.options["size"])
 
     @property
     def channels(self) -> int:
         """3 for a dataset stored in colour (its images are (n, size, size, 3)), else 1."""
-        return 3 if self.manifest["options"].get("colour") == "rgb" else 1
+        return 3 if self.info.options.get("colour") == "rgb" else 1
 
     @cached_property
     def index(self) -> pd.DataFrame:
@@ -178,7 +207,7 @@ class Dataset:
     @cached_property
     def images(self) -> np.ndarray:
         """uint8 array (n, size, size), or (n, size, size, 3) in colour, memory-mapped: nothing is loaded until indexed."""
-        shape = (int(self.manifest["n_slices"]), self.image_size, self.image_size, *((3,) if self.channels == 3 else ()))
+        shape = (self.info.n_slices, self.image_size, self.image_size, *((3,) if self.channels == 3 else ()))
         if shape[0] == 0:
             return np.zeros(shape, np.uint8)
         return np.memmap(self.root / IMAGES, dtype=np.uint8, mode="r", shape=shape)
@@ -190,12 +219,12 @@ class Dataset:
 
     def usable(self, clean: bool | None = None) -> pd.DataFrame:
         """Slices used for training and retrieval: outliers dropped unless cleaning is off."""
-        clean = self.manifest["clean"] if clean is None else clean
+        clean = self.info.clean if clean is None else clean
         return self.index[~self.index["outlier"]] if clean else self.index
 
     def split(self, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0, clean: bool | None = None) -> pd.Series:
         """Side ('database', 'query', 'validation') per usable slice_id; computed once, then read."""
-        clean = self.manifest["clean"] if clean is None else clean
+        clean = self.info.clean if clean is None else clean
         rows = self.usable(clean)
         tag = "clean" if clean else "all"
         path = self.root / SPLITS / f"{protocol}-seed{seed}-q{query_fraction:g}-v{validation_fraction:g}-{tag}.csv"
@@ -211,12 +240,12 @@ class Dataset:
     @property
     def default_split(self) -> str:
         """The split protocol a run uses unless told otherwise: the data's own where it ships one."""
-        return self.manifest.get("default_split", "patient")
+        return self.info.default_split
 
     @property
     def protocols(self) -> dict[str, dict]:
         """The split protocols this dataset declares beyond patient and slice (see :mod:`hashbench.data.splits`)."""
-        return self.manifest.get("protocols", {})
+        return self.info.protocols
 
     def protocol_sizes(self) -> dict[str, dict[str, int] | str]:
         """Queries, training images and database of each declared protocol (split seed 0), or why it cannot be drawn here."""
@@ -230,14 +259,14 @@ class Dataset:
 
     def describe_split(self, protocol: str) -> str:
         """A caption's words for ``protocol`` on this data (a patient-level split of one image per patient is image-level)."""
-        if protocol == "patient" and str(self.manifest.get("patients", "")).startswith("one per image"):
+        if protocol == "patient" and self.info.patients.startswith("one per image"):
             return "image-level split (each image its own patient)"
         return splits.describe(protocol, self.protocols)
 
     @property
     def multi_label(self) -> bool:
         """Whether an image may carry several labels (its ``label`` holds them joined by ``|``): relevance is sharing one."""
-        return bool(self.manifest.get("multi_label", False))
+        return self.info.multi_label
 
     def published_metric(self, protocol: str) -> str | None:
         """The metric the literature reports under ``protocol`` (CIFAR-10's map@all, NUS-WIDE's map@5000), computed beside the rest."""
@@ -256,8 +285,8 @@ class Dataset:
         size = sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
         return {
             "name": self.name,
-            "kind": self.manifest["kind"],
-            "slices": int((~index["outlier"]).sum()) if self.manifest["clean"] else len(index),
+            "kind": self.info.kind,
+            "slices": int((~index["outlier"]).sum()) if self.info.clean else len(index),
             "outliers": int(index["outlier"].sum()),
             "patients": int(index["patient"].nunique()),
             "classes": len(self.class_names()),
@@ -265,6 +294,29 @@ class Dataset:
             "skipped": len(self.skipped),
             "image_size": self.image_size,
             "bytes": size,
-            "source": self.manifest["source"],
-            "updated": self.manifest["updated"],
+            "source": self.info.source,
+            "updated": self.info.updated,
         }
+
+    def class_table(self) -> pd.DataFrame:
+        """Per class (each of a multi-label image's classes): slices, patients, modalities with counts, where labels came from."""
+        usable = self.usable()
+        if self.multi_label:
+            usable = usable.assign(label=usable["label"].str.split(LABEL_SEPARATOR)).explode("label")
+        rows = [
+            {
+                "label": label, "slices": len(group), "patients": group["patient"].nunique(),
+                "modalities": ", ".join(f"{m or '?'} {n}" for m, n in group["modality"].value_counts().items()),
+                "label from": ", ".join(sorted(group["label_source"].unique())),
+            }
+            for label, group in usable.groupby("label")
+        ]
+        return pd.DataFrame(rows, columns=["label", "slices", "patients", "modalities", "label from"])
+
+    def skip_table(self) -> pd.DataFrame:
+        """Skipped files per reason: how many, and the first one as an example (with its detail)."""
+        rows = [
+            {"reason": reason, "files": len(group), "example": group.iloc[0]["path"], "detail": group.iloc[0]["detail"]}
+            for reason, group in self.skipped.groupby("reason")
+        ]
+        return pd.DataFrame(rows, columns=["reason", "files", "example", "detail"])

@@ -7,7 +7,6 @@ image per page. Failures are skip reasons, never exceptions that end an ingest.
 
 from __future__ import annotations
 
-import importlib
 import io
 import warnings
 from pathlib import Path
@@ -26,13 +25,13 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
-PART_DECODERS = {"medmnist": "hashbench.datasets.medmnist", "cifar": "hashbench.datasets.cifar"}  # modules with decode_part(data, part, options)
-
-
 def decode_file(path: str | Path, data: bytes, options: ImageOptions, part: str = "", decoder: str = "") -> DicomSlices:
-    """One source file: through a source's own ``decoder`` (with the ``part`` of the file it reads), else an image file or DICOM by suffix."""
+    """One source file: through the ``decode_part`` of the source named ``decoder`` (with the ``part`` of the file it reads),
+    else an image file or DICOM by suffix."""
     if decoder:
-        return importlib.import_module(PART_DECODERS[decoder]).decode_part(data, part, options)
+        from hashbench.data.sources import source  # sources build on this module
+
+        return source(decoder).decode_part(data, part, options)
     return decode_image(data, options) if is_image_file(path) else decode(data, options)
 
 

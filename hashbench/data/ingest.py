@@ -75,7 +75,7 @@ class SourceFile:
     csv_collection: str = ""
     csv_modality: str = ""
     part: str = ""  # which part of a file that holds several (an npz's train, val or test)
-    decoder: str = ""  # a source's own decoder (hashbench.data.images.PART_DECODERS); none: an image file or DICOM, by suffix
+    decoder: str = ""  # the registered source whose decode_part reads this part; none: an image file or DICOM, by suffix
     label_names: tuple[str, ...] = ()  # names for the class numbers the decoder gives (CIFAR's batches.meta)
     label: str = ""  # a label the source states for this file (a list file's row): wins over tags and folders, also when reused
 

@@ -1,4 +1,4 @@
-"""Where methods come from: built-ins, installed plugins (entry points), local plugin files.
+"""Where methods (and, through :class:`PluginRegistry`, data sources) come from: built-ins, installed plugins, local files.
 
 - Built-ins live in ``methods/`` (``hashbench.methods``) and register with
   :func:`register_method`.
@@ -9,7 +9,9 @@
 
 A name registered twice is an error (a plugin silently replacing a built-in would
 corrupt a leaderboard). A plugin that fails to load is recorded as broken with its
-origin and the cause, and never breaks the others or the listing.
+origin and the cause, and never breaks the others or the listing. These rules live in
+:class:`PluginRegistry`, once for every kind of plugin; :class:`Registry` is the one for methods
+(:mod:`hashbench.data.sources` holds the one for data sources).
 """
 
 from __future__ import annotations
@@ -22,17 +24,19 @@ import pkgutil
 import sys
 import threading
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from hashbench.files.paths import SAFE_NAME, UnsafeNameError, checked_name
-from hashbench.model.method import Method, MethodContext
+
+if TYPE_CHECKING:  # torch is imported with the first method, not by every user of the plugin rules (data sources)
+    from hashbench.model.method import Method, MethodContext
 
 ENTRY_POINT_GROUP = "hashbench.methods"
 BUILT_IN = "built-in"
-_DISCOVERY = threading.RLock()  # held while the built-ins and entry points are listed
 
 
 class UnknownMethodError(LookupError):
@@ -48,36 +52,56 @@ class BrokenMethodError(RuntimeError):
 
 
 @dataclass
-class MethodEntry:
-    """One registered name: loaded (``method``), still lazy (``loader``) or broken (``error``)."""
+class PluginEntry:
+    """One registered name: loaded (``plugin``, the registered class), still lazy (``loader``) or broken (``error``)."""
 
     name: str
     origin: str
-    method: type[Method] | None = None
+    plugin: type | None = None
     loader: Callable[[], None] | None = None
     error: str = ""
 
     @property
     def status(self) -> str:
-        return "broken" if self.error else "ok" if self.method else "not loaded"
+        return "broken" if self.error else "ok" if self.plugin else "not loaded"
 
 
-class Registry:
+class MethodEntry(PluginEntry):
+    """A method's entry; ``method`` is its class once loaded."""
+
+    @property
+    def method(self) -> type[Method] | None:
+        return self.plugin
+
+
+class PluginRegistry:
+    """The plugin rules for one kind of plugin; a subclass names the kind, its base class, where built-ins live and its errors."""
+
+    kind = "plugin"  # how messages name one ("method", "source")
+    base: type = object  # what a plugin registers: a subclass of this
+    entry_point_group = ""
+    built_in_package = ""  # every module of this package is a built-in
+    entry_type = PluginEntry
+    unknown_error: type[Exception] = LookupError
+    duplicate_error: type[Exception] = ValueError
+    broken_error: type[Exception] = RuntimeError
+
     def __init__(self) -> None:
-        self.entries: dict[str, MethodEntry] = {}
+        self.entries: dict[str, PluginEntry] = {}
         self._origin = BUILT_IN
         self._discovered = False
+        self._discovery = threading.RLock()  # held while the built-ins and entry points are listed
 
     # --- registration ------------------------------------------------------------
 
-    def register(self, name: str, method: type[Method]) -> type[Method]:
-        checked_name(name, "method name")  # it names the method's folder under every results root
+    def register(self, name: str, plugin: type) -> type:
+        checked_name(name, f"{self.kind} name")  # it names a folder: a method's under every results root, a source's dataset kind
         existing = self.entries.get(name)
-        if existing is not None and not (existing.method is None and existing.origin == self._origin):
-            raise DuplicateMethodError(f"method {name!r} from {self._origin} is already registered by {existing.origin}")
-        method.name, method.origin = name, self._origin
-        self.entries[name] = MethodEntry(name, self._origin, method)
-        return method
+        if existing is not None and not (existing.plugin is None and existing.origin == self._origin):
+            raise self.duplicate_error(f"{self.kind} {name!r} from {self._origin} is already registered by {existing.origin}")
+        plugin.name, plugin.origin = name, self._origin
+        self.entries[name] = self.entry_type(name, self._origin, plugin)
+        return plugin
 
     @contextmanager
     def _loading_from(self, origin: str) -> Iterator[None]:
@@ -92,45 +116,44 @@ class Registry:
         for name in names:
             if name in self.entries and self.entries[name].origin != origin:
                 continue  # never let a broken plugin mark someone else's method
-            self.entries[name] = MethodEntry(name, origin, error=cause)
+            self.entries[name] = self.entry_type(name, origin, error=cause)
 
     # --- sources -------------------------------------------------------------------
 
     def discover(self) -> None:
         """Import the built-ins and list installed plugins (without importing them)."""
-        with _DISCOVERY:  # two sweeps starting at once in one process (threads) must not see a half-filled registry
+        with self._discovery:  # two sweeps starting at once in one process (threads) must not see a half-filled registry
             if self._discovered:
                 return
             self._discovered = True  # set first: importing a built-in registers through this registry
             self._discover()
 
     def _discover(self) -> None:
-        import hashbench.methods as package
-
+        package = importlib.import_module(self.built_in_package)
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             try:
                 importlib.import_module(module.name)
             except Exception as exc:  # a broken built-in is a bug, but must not hide the rest
                 self._record_failure([module.name.rsplit(".", 1)[-1]], f"{BUILT_IN} ({module.name})", exc)
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
             dist = entry_point.dist
             origin = f"{dist.name}=={dist.version}" if dist else f"entry point {entry_point.value}"
             if not SAFE_NAME.fullmatch(entry_point.name):
-                self._record_failure([entry_point.name], origin, UnsafeNameError(f"method name {entry_point.name!r} is not allowed: use letters, digits and . _ + -"))
+                self._record_failure([entry_point.name], origin, UnsafeNameError(f"{self.kind} name {entry_point.name!r} is not allowed: use letters, digits and . _ + -"))
                 continue
             if entry_point.name in self.entries:
-                self._record_failure([f"{entry_point.name} ({origin})"], origin, DuplicateMethodError(f"method {entry_point.name!r} from {origin} is already registered by {self.entries[entry_point.name].origin}"))
+                self._record_failure([f"{entry_point.name} ({origin})"], origin, self.duplicate_error(f"{self.kind} {entry_point.name!r} from {origin} is already registered by {self.entries[entry_point.name].origin}"))
                 continue
-            self.entries[entry_point.name] = MethodEntry(entry_point.name, origin, loader=lambda ep=entry_point, o=origin: self._load_entry_point(ep, o))
+            self.entries[entry_point.name] = self.entry_type(entry_point.name, origin, loader=lambda ep=entry_point, o=origin: self._load_entry_point(ep, o))
 
     def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint, origin: str) -> None:
         try:
             with self._loading_from(origin):
                 loaded = entry_point.load()
-                if isinstance(loaded, type) and issubclass(loaded, Method) and self.entries[entry_point.name].method is None:
+                if isinstance(loaded, type) and issubclass(loaded, self.base) and self.entries[entry_point.name].plugin is None:
                     self.register(entry_point.name, loaded)
-            if self.entries[entry_point.name].method is None:
-                raise LookupError(f"loading {entry_point.value} registered no method named {entry_point.name!r}")
+            if self.entries[entry_point.name].plugin is None:
+                raise LookupError(f"loading {entry_point.value} registered no {self.kind} named {entry_point.name!r}")
         except Exception as exc:
             self._record_failure([entry_point.name], origin, exc)
 
@@ -160,21 +183,39 @@ class Registry:
         self.discover()
         return sorted(n for n in self.entries if fnmatch.fnmatchcase(n, pattern))
 
-    def entry(self, name: str) -> MethodEntry:
+    def entry(self, name: str) -> PluginEntry:
         self.discover()
         if name not in self.entries:
-            raise UnknownMethodError(f"unknown method {name!r}; valid: {', '.join(self.names())}")
+            raise self.unknown_error(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
         entry = self.entries[name]
-        if entry.loader is not None and entry.method is None and not entry.error:
+        if entry.loader is not None and entry.plugin is None and not entry.error:
             entry.loader()
             entry = self.entries[name]
         return entry
 
-    def get(self, name: str) -> type[Method]:
+    def get(self, name: str) -> type:
         entry = self.entry(name)
         if entry.error:
-            raise BrokenMethodError(f"method {name!r} ({entry.origin}) failed to load: {entry.error}")
-        return entry.method
+            raise self.broken_error(f"{self.kind} {name!r} ({entry.origin}) failed to load: {entry.error}")
+        return entry.plugin
+
+
+class Registry(PluginRegistry):
+    """The methods: built-ins in ``methods/``, entry points of ``hashbench.methods``, ``--plugin`` files."""
+
+    kind = "method"
+    entry_point_group = ENTRY_POINT_GROUP
+    built_in_package = "hashbench.methods"
+    entry_type = MethodEntry
+    unknown_error = UnknownMethodError
+    duplicate_error = DuplicateMethodError
+    broken_error = BrokenMethodError
+
+    @property
+    def base(self) -> type:
+        from hashbench.model.method import Method
+
+        return Method
 
 
 REGISTRY = Registry()
