@@ -17,7 +17,16 @@ from hashbench.data.ingest import IngestResult
 from hashbench.data.sources import ingest
 from hashbench.files.paths import SAFE_NAME, checked_name, datasets_dir
 
-__all__ = ["DEFAULT_DATASET", "DatasetListing", "UnknownDatasetError", "dataset_names", "ingest", "ingest_phantom", "list_datasets", "load_dataset"]
+__all__ = [
+    "DEFAULT_DATASET",
+    "DatasetListing",
+    "UnknownDatasetError",
+    "dataset_names",
+    "ingest",
+    "ingest_phantom",
+    "list_datasets",
+    "load_dataset",
+]
 DEFAULT_DATASET = "phantom"
 
 
@@ -28,7 +37,11 @@ class UnknownDatasetError(LookupError):
 def dataset_names() -> list[str]:
     """Ingested datasets, plus 'phantom' which is built on first use (builds in progress are hidden folders, not listed)."""
     root = datasets_dir()
-    names = {p.parent.name for p in root.glob(f"*/{MANIFEST}") if SAFE_NAME.fullmatch(p.parent.name)} if root.exists() else set()
+    names = (
+        {p.parent.name for p in root.glob(f"*/{MANIFEST}") if SAFE_NAME.fullmatch(p.parent.name)}
+        if root.exists()
+        else set()
+    )
     return sorted(names | {DEFAULT_DATASET})
 
 
@@ -39,12 +52,25 @@ def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset
         return Dataset(folder).verify()
     if name == DEFAULT_DATASET:
         if progress:
-            print("building the phantom collection (first use): generating its DICOM files, then ingesting them", file=sys.stderr, flush=True)
+            print(
+                "building the phantom collection (first use): generating its DICOM files, then ingesting them",
+                file=sys.stderr,
+                flush=True,
+            )
         return ingest_phantom(progress=progress).dataset
-    raise UnknownDatasetError(f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`, or a folder of images per class with `hashbench ingest folder PATH --name {name}`)")
+    raise UnknownDatasetError(
+        f"unknown dataset {name!r}; valid: {', '.join(dataset_names())} (ingest a TCIA download with `hashbench ingest tcia PATH --name {name}`, or a folder of images per class with `hashbench ingest folder PATH --name {name}`)"
+    )
 
 
-def ingest_phantom(profile: str = "default", seed: int = 0, name: str | None = None, size: int = 224, workers: int | None = None, progress: bool = False) -> IngestResult:
+def ingest_phantom(
+    profile: str = "default",
+    seed: int = 0,
+    name: str | None = None,
+    size: int = 224,
+    workers: int | None = None,
+    progress: bool = False,
+) -> IngestResult:
     """Generate the phantom download (once) and ingest it through the TCIA loader (the default dataset, and test fixtures)."""
     return ingest("phantom", profile=profile, seed=seed, size=size, name=name, workers=workers, progress=progress)
 

@@ -40,16 +40,24 @@ SIDES = {**{f"data_batch_{i}": "database" for i in range(1, 6)}, "test_batch": "
 IMAGES_PER_BATCH, PIXELS = 10_000, 32 * 32 * 3
 PROTOCOLS = {
     "1k-5k-54k": {
-        "per_class": {"query": 100, "train": 500}, "train_in_database": False, "sizes": {"query": 1_000, "train": 5_000, "database": 54_000},
-        "metric": "map@all", "description": "CIFAR-10 1k-5k-54k: 1,000 queries, 5,000 training images, the other 54,000 the database (training excluded)",
+        "per_class": {"query": 100, "train": 500},
+        "train_in_database": False,
+        "sizes": {"query": 1_000, "train": 5_000, "database": 54_000},
+        "metric": "map@all",
+        "description": "CIFAR-10 1k-5k-54k: 1,000 queries, 5,000 training images, the other 54,000 the database (training excluded)",
     },
     "1k-5k-59k": {
-        "per_class": {"query": 100, "train": 500}, "train_in_database": True, "sizes": {"query": 1_000, "train": 5_000, "database": 59_000},
-        "metric": "map@all", "description": "CIFAR-10 1k-5k-59k: 1,000 queries, 5,000 training images, database the 59,000 non-queries (training included)",
+        "per_class": {"query": 100, "train": 500},
+        "train_in_database": True,
+        "sizes": {"query": 1_000, "train": 5_000, "database": 59_000},
+        "metric": "map@all",
+        "description": "CIFAR-10 1k-5k-59k: 1,000 queries, 5,000 training images, database the 59,000 non-queries (training included)",
     },
     "official": {
-        "parts": SIDES, "sizes": {"query": 10_000, "train": 50_000, "database": 50_000},
-        "metric": "map@all", "description": "CIFAR-10 official: the test batch's 10,000 queries, the 50,000 training images as training set and database",
+        "parts": SIDES,
+        "sizes": {"query": 10_000, "train": 50_000, "database": 50_000},
+        "metric": "map@all",
+        "description": "CIFAR-10 official: the test batch's 10,000 queries, the 50,000 training images as training set and database",
     },
 }
 
@@ -57,7 +65,13 @@ PROTOCOLS = {
 class _ArraysOnly(pickle.Unpickler):
     """Builds dicts, lists, strings, bytes and numpy arrays; refuses every other global (a pickle that would run code)."""
 
-    ALLOWED = {("_codecs", "encode"), ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+    ALLOWED = {
+        ("_codecs", "encode"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -79,10 +93,14 @@ def load_batch(data: bytes) -> dict[str, object]:
 def _arrays(batch: dict[str, object], name: str) -> tuple[np.ndarray, np.ndarray]:
     data, labels = batch.get("data"), batch.get("labels")
     if data is None or labels is None:
-        raise ValueError(f"{name}: no {'data' if data is None else 'labels'} entry (found: {', '.join(map(str, batch)) or 'nothing'})")
+        raise ValueError(
+            f"{name}: no {'data' if data is None else 'labels'} entry (found: {', '.join(map(str, batch)) or 'nothing'})"
+        )
     data, labels = np.asarray(data), np.asarray(labels)
     if data.ndim != 2 or data.shape[1] != PIXELS or data.dtype != np.uint8 or labels.shape != (len(data),):
-        raise ValueError(f"{name}: data of shape {data.shape} ({data.dtype}) with {labels.shape} labels; expected (n, {PIXELS}) uint8 and n labels")
+        raise ValueError(
+            f"{name}: data of shape {data.shape} ({data.dtype}) with {labels.shape} labels; expected (n, {PIXELS}) uint8 and n labels"
+        )
     return data, labels
 
 
@@ -93,8 +111,13 @@ def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
     except ValueError as exc:
         raise SkippedFile("unreadable CIFAR batch", str(exc)) from None
     images = pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    frames = [{"label": str(int(label)), "label_source": "batch", "patient": f"{part}-{i:05d}", "series": part} for i, label in enumerate(labels)]
-    return DicomSlices({**NO_TAGS, "modality": "CIFAR"}, [resize(colour_pixels(image, options), options) for image in images], frames)
+    frames = [
+        {"label": str(int(label)), "label_source": "batch", "patient": f"{part}-{i:05d}", "series": part}
+        for i, label in enumerate(labels)
+    ]
+    return DicomSlices(
+        {**NO_TAGS, "modality": "CIFAR"}, [resize(colour_pixels(image, options), options) for image in images], frames
+    )
 
 
 def class_names(root: Path) -> tuple[str, ...]:
@@ -106,16 +129,27 @@ def class_names(root: Path) -> tuple[str, ...]:
         return ()
 
 
-def ingest_cifar(root: Path, name: str, destination: Path, options: ImageOptions | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
+def ingest_cifar(
+    root: Path,
+    name: str,
+    destination: Path,
+    options: ImageOptions | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> IngestResult:
     """Ingest a ``cifar-10-batches-py`` folder (or its parent); missing or malformed batches are refused before anything is written."""
     root = Path(root).resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"no such folder: {root} (the cifar-10-batches-py folder of the python version of CIFAR-10)")
+        raise FileNotFoundError(
+            f"no such folder: {root} (the cifar-10-batches-py folder of the python version of CIFAR-10)"
+        )
     if not (root / "test_batch").exists() and (root / "cifar-10-batches-py").is_dir():
         root = root / "cifar-10-batches-py"
     missing = [batch for batch in BATCHES if not (root / batch).is_file()]
     if missing:
-        raise ValueError(f"{root}: missing {', '.join(missing)}; the python version of CIFAR-10 holds {', '.join(BATCHES)} and batches.meta")
+        raise ValueError(
+            f"{root}: missing {', '.join(missing)}; the python version of CIFAR-10 holds {', '.join(BATCHES)} and batches.meta"
+        )
     sizes = {}
     for batch in BATCHES:
         try:
@@ -124,16 +158,53 @@ def ingest_cifar(root: Path, name: str, destination: Path, options: ImageOptions
             raise ValueError(f"{root / batch}: {exc}") from None
     names = class_names(root)
     full = all(n == IMAGES_PER_BATCH for n in sizes.values())
-    files = [SourceFile(path=root / batch, relpath=batch, collection="", patient="", study="cifar-10", series=batch, part=batch, decoder="cifar", label_names=names) for batch in BATCHES]
-    protocols = PROTOCOLS if full else {
-        name: {**{k: v for k, v in spec.items() if k != "sizes"}, "description": f"{spec['description'].split(':')[0]} on a partial CIFAR-10 ({sum(sizes.values()):,} images)"}
-        for name, spec in PROTOCOLS.items()
-    }
+    files = [
+        SourceFile(
+            path=root / batch,
+            relpath=batch,
+            collection="",
+            patient="",
+            study="cifar-10",
+            series=batch,
+            part=batch,
+            decoder="cifar",
+            label_names=names,
+        )
+        for batch in BATCHES
+    ]
+    protocols = (
+        PROTOCOLS
+        if full
+        else {
+            name: {
+                **{k: v for k, v in spec.items() if k != "sizes"},
+                "description": f"{spec['description'].split(':')[0]} on a partial CIFAR-10 ({sum(sizes.values()):,} images)",
+            }
+            for name, spec in PROTOCOLS.items()
+        }
+    )
     extra = {
-        "layout": "CIFAR-10 python batches", "parts": sizes, "full_set": full, "patients": "one per image",
-        "protocols": protocols, "default_split": "1k-5k-54k" if full else "official", "native_size": 32,
+        "layout": "CIFAR-10 python batches",
+        "parts": sizes,
+        "full_set": full,
+        "patients": "one per image",
+        "protocols": protocols,
+        "default_split": "1k-5k-54k" if full else "official",
+        "native_size": 32,
     }
-    return ingest(name, "cifar", root, files, destination, options or ImageOptions(size=32, colour="rgb"), False, None, workers, progress, extra)
+    return ingest(
+        name,
+        "cifar",
+        root,
+        files,
+        destination,
+        options or ImageOptions(size=32, colour="rgb"),
+        False,
+        None,
+        workers,
+        progress,
+        extra,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,11 +227,17 @@ class Cifar(Source):
     def dataset_name(self, options: CifarOptions) -> str:
         return "cifar10"
 
-    def ingest(self, options: CifarOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
-        return ingest_cifar(Path(options.path), name, destination, ImageOptions(size=32, colour=options.colour), workers, progress)
+    def ingest(
+        self, options: CifarOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
+        return ingest_cifar(
+            Path(options.path), name, destination, ImageOptions(size=32, colour=options.colour), workers, progress
+        )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
-        return f"hashbench ingest cifar '{manifest.source}' --name {name} --colour {manifest.options.get('colour', 'rgb')}"
+        return (
+            f"hashbench ingest cifar '{manifest.source}' --name {name} --colour {manifest.options.get('colour', 'rgb')}"
+        )
 
     def decode_part(self, data: bytes, part: str, image_options: ImageOptions) -> DicomSlices:
         return decode_part(data, part, image_options)

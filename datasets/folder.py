@@ -36,30 +36,60 @@ def scan(root: Path) -> tuple[list[SourceFile], list[str]]:
             if "/" not in relpath:
                 loose.append(relpath)
                 continue
-            files.append(SourceFile(path=path, relpath=relpath, collection=relpath.split("/", 1)[0], patient=relpath.rsplit(".", 1)[0], study="", series=""))
+            files.append(
+                SourceFile(
+                    path=path,
+                    relpath=relpath,
+                    collection=relpath.split("/", 1)[0],
+                    patient=relpath.rsplit(".", 1)[0],
+                    study="",
+                    series="",
+                )
+            )
     return files, loose
 
 
-def ingest_folder(root: Path, name: str, destination: Path, options: ImageOptions = ImageOptions(), clean: bool = False, workers: int | None = None, progress: bool = False) -> IngestResult:
+def ingest_folder(
+    root: Path,
+    name: str,
+    destination: Path,
+    options: ImageOptions = ImageOptions(),
+    clean: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> IngestResult:
     """Scan a class-per-folder tree and ingest it as dataset ``name``; a tree with fewer than two classes is refused."""
     files, loose = scan(root)
     classes = sorted({f.collection for f in files})
     where = f" ({len(loose)} image(s) directly under it have no class folder, e.g. {loose[0]})" if loose else ""
     if not files:
-        raise ValueError(f"{root}: no images in class folders{where}; expected ROOT/<class>/<image> with suffixes {', '.join(IMAGE_SUFFIXES)}")
+        raise ValueError(
+            f"{root}: no images in class folders{where}; expected ROOT/<class>/<image> with suffixes {', '.join(IMAGE_SUFFIXES)}"
+        )
     if len(classes) < 2:
-        raise ValueError(f"{root}: one class folder ({classes[0]}); retrieval by class needs at least two, one folder per class")
-    extra = {"layout": "one folder per class", "classes": len(classes), "patients": "one per image (no patient identifiers in image files)", "unlabelled_files": loose}
+        raise ValueError(
+            f"{root}: one class folder ({classes[0]}); retrieval by class needs at least two, one folder per class"
+        )
+    extra = {
+        "layout": "one folder per class",
+        "classes": len(classes),
+        "patients": "one per image (no patient identifiers in image files)",
+        "unlabelled_files": loose,
+    }
     return ingest(name, "folder", root.resolve(), files, destination, options, clean, None, workers, progress, extra)
 
 
 @dataclass(frozen=True, kw_only=True)
 class FolderOptions:
-    path: Path = argument("A folder with one subfolder of images per class (PNG, JPEG, TIFF, BMP; any depth below the class folder).")
+    path: Path = argument(
+        "A folder with one subfolder of images per class (PNG, JPEG, TIFF, BMP; any depth below the class folder)."
+    )
     size: int = option(224, SIZE_HELP)
     colour: str = option("luma", COLOUR_HELP)
     aspect: str = option("pad", ASPECT_HELP)
-    clean: bool = option(False, "Drop IQR outlier images (the paper's cleaning, meant for CT slices; off by default here).")
+    clean: bool = option(
+        False, "Drop IQR outlier images (the paper's cleaning, meant for CT slices; off by default here)."
+    )
 
     def __post_init__(self) -> None:
         self.image_options()  # refuses a bad size, colour or aspect before anything is read
@@ -75,9 +105,17 @@ class Folder(Source):
     summary = "a class-per-folder tree of PNG, JPEG, TIFF or BMP images"
     Options = FolderOptions
 
-    def ingest(self, options: FolderOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
-        return ingest_folder(Path(options.path), name, destination, options.image_options(), options.clean, workers, progress)
+    def ingest(
+        self, options: FolderOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
+        return ingest_folder(
+            Path(options.path), name, destination, options.image_options(), options.clean, workers, progress
+        )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
-        flags = " ".join(f"--{key} {manifest.options[key]}" for key in ("size", "colour", "aspect") if key in manifest.options)
-        return f"hashbench ingest folder '{manifest.source}' --name {name} {flags}{' --clean' if manifest.clean else ''}"
+        flags = " ".join(
+            f"--{key} {manifest.options[key]}" for key in ("size", "colour", "aspect") if key in manifest.options
+        )
+        return (
+            f"hashbench ingest folder '{manifest.source}' --name {name} {flags}{' --clean' if manifest.clean else ''}"
+        )

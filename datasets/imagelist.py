@@ -52,7 +52,9 @@ def read_list(path: Path) -> list[ListRow]:
             continue
         flags = fields[1:]
         if not flags or any(flag not in ("0", "1") for flag in flags):
-            raise ValueError(f"{path}:{number}: expected 'IMAGE 0 1 0 ...' (an image path, then a 0 or 1 per class), got {line.strip()[:80]!r}")
+            raise ValueError(
+                f"{path}:{number}: expected 'IMAGE 0 1 0 ...' (an image path, then a 0 or 1 per class), got {line.strip()[:80]!r}"
+            )
         if width is not None and len(flags) != width:
             raise ValueError(f"{path}:{number}: {len(flags)} label columns where the rows above have {width}")
         width = len(flags)
@@ -74,8 +76,15 @@ def overlaps(lists: dict[str, list[ListRow]]) -> dict[str, dict]:
 
 
 def ingest_lists(
-    lists: dict[str, Path], images: Path, name: str, destination: Path, top_k: int | None = None, class_names: list[str] | None = None,
-    options: ImageOptions = ImageOptions(), workers: int | None = None, progress: bool = False,
+    lists: dict[str, Path],
+    images: Path,
+    name: str,
+    destination: Path,
+    top_k: int | None = None,
+    class_names: list[str] | None = None,
+    options: ImageOptions = ImageOptions(),
+    workers: int | None = None,
+    progress: bool = False,
 ) -> IngestResult:
     """Ingest the images a query and a database list (and optionally a training list) name, under ``images``."""
     if "query" not in lists or "database" not in lists:
@@ -103,18 +112,42 @@ def ingest_lists(
                 missing.append(f"{role}: {row.image}")
             else:
                 label = LABEL_SEPARATOR.join(names[i] for i in row.labels)
-                files.append(SourceFile(path=path, relpath=f"{role}:{row.image}", collection="", patient=row.image, study="", series=role, label=label))
+                files.append(
+                    SourceFile(
+                        path=path,
+                        relpath=f"{role}:{row.image}",
+                        collection="",
+                        patient=row.image,
+                        study="",
+                        series=role,
+                        label=label,
+                    )
+                )
     if not files:
-        raise ValueError(f"none of the {sum(map(len, rows.values()))} listed images is under {images}{_missing_text(missing)}; image paths in the lists are read relative to --images")
+        raise ValueError(
+            f"none of the {sum(map(len, rows.values()))} listed images is under {images}{_missing_text(missing)}; image paths in the lists are read relative to --images"
+        )
     found = overlaps(rows)
     sides = {"query": "query", "database": "gallery" if "train" in rows else "database", "train": "train"}
     metric = f"map@{top_k}" if top_k else None
     sizes = ", ".join(f"{len(rows[role]):,} {role}" for role in ROLES if role in rows) + " rows listed"
     extra = {
-        "layout": "list files", "lists": {role: str(Path(path).resolve()) for role, path in lists.items()}, "patients": "one per image",
-        "multi_label": multi_label, "class_names": names, "overlap": found, "missing_files": {"count": len(missing), "examples": missing[:EXAMPLES]},
-        "unlabelled_rows": unlabelled, "notices": _notices(found, missing, unlabelled),
-        "protocols": {"lists": {"parts": {role: sides[role] for role in rows}, **({"metric": metric} if metric else {}), "description": f"the published lists ({sizes})"}},
+        "layout": "list files",
+        "lists": {role: str(Path(path).resolve()) for role, path in lists.items()},
+        "patients": "one per image",
+        "multi_label": multi_label,
+        "class_names": names,
+        "overlap": found,
+        "missing_files": {"count": len(missing), "examples": missing[:EXAMPLES]},
+        "unlabelled_rows": unlabelled,
+        "notices": _notices(found, missing, unlabelled),
+        "protocols": {
+            "lists": {
+                "parts": {role: sides[role] for role in rows},
+                **({"metric": metric} if metric else {}),
+                "description": f"the published lists ({sizes})",
+            }
+        },
         "default_split": "lists",
     }
     return ingest(name, "lists", images, files, destination, options, False, None, workers, progress, extra)
@@ -131,7 +164,9 @@ def _notices(found: dict[str, dict], missing: list[str], unlabelled: int) -> lis
         if overlap["images"]:
             role = key.removeprefix("query_")
             share = overlap["images"] / overlap["queries"]
-            notices.append(f"{overlap['images']:,} of {overlap['queries']:,} queries ({share:.1%}) are also in the {role} list (e.g. {', '.join(overlap['examples'])}): they are kept as listed")
+            notices.append(
+                f"{overlap['images']:,} of {overlap['queries']:,} queries ({share:.1%}) are also in the {role} list (e.g. {', '.join(overlap['examples'])}): they are kept as listed"
+            )
     if missing:
         notices.append(f"{len(missing):,} listed images are not on disk and were left out{_missing_text(missing)}")
     if unlabelled:
@@ -144,9 +179,13 @@ class ListsOptions:
     query: Path = option(MISSING, "The query list: one 'IMAGE 0 1 0 ...' row per image (a 0/1 per class).")
     database: Path = option(MISSING, "The database list, same format.")
     train: Path | None = option(None, "The training list (default: train on the database list).")
-    images: Path | None = option(None, "The folder the lists' image paths are relative to (default: the query list's folder).")
+    images: Path | None = option(
+        None, "The folder the lists' image paths are relative to (default: the query list's folder)."
+    )
     preset: str | None = option(None, "nus-wide, ms-coco or imagenet-100: their published MAP@k (5000, 5000, 1000).")
-    top_k: int | None = option(None, "The k of the MAP@k these lists are published with (overrides --preset).", at_least=1)
+    top_k: int | None = option(
+        None, "The k of the MAP@k these lists are published with (overrides --preset).", at_least=1
+    )
     classes: Path | None = option(None, "A text file with one class name per line, in column order.")
     size: int = option(224, SIZE_HELP)
     colour: str = option("luma", COLOUR_HELP)
@@ -167,22 +206,32 @@ class ListsOptions:
 
     def lists(self) -> dict[str, Path]:
         """The list file of each role given."""
-        return {"query": Path(self.query), "database": Path(self.database), **({"train": Path(self.train)} if self.train else {})}
+        return {
+            "query": Path(self.query),
+            "database": Path(self.database),
+            **({"train": Path(self.train)} if self.train else {}),
+        }
 
 
 @register_source("lists")
 class Lists(Source):
     """Ingest a list-file set (NUS-WIDE, MS-COCO, ImageNet-100 style); query / database overlap is measured and reported."""
 
-    summary = "list files of the hashing literature (NUS-WIDE, MS-COCO, ImageNet-100): image paths with multi-hot labels"
+    summary = (
+        "list files of the hashing literature (NUS-WIDE, MS-COCO, ImageNet-100): image paths with multi-hot labels"
+    )
     Options = ListsOptions
 
-    def ingest(self, options: ListsOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+    def ingest(
+        self, options: ListsOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
         classes = Path(options.classes).read_text().splitlines() if options.classes else []
         names = [line.strip() for line in classes if line.strip()] or None
         top_k = options.top_k or (PRESETS[options.preset] if options.preset else None)
         images = Path(options.images) if options.images else Path(options.query).parent
-        return ingest_lists(options.lists(), images, name, destination, top_k, names, options.image_options(), workers, progress)
+        return ingest_lists(
+            options.lists(), images, name, destination, top_k, names, options.image_options(), workers, progress
+        )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
         lists = " ".join(f"--{role} '{path}'" for role, path in manifest.stored.get("lists", {}).items())

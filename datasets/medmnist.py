@@ -41,13 +41,19 @@ def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
         raise ValueError(f"{path}: not a readable .npz file ({type(exc).__name__}: {exc})") from None
     missing = [key for key in KEYS if key not in shapes]
     if missing:
-        raise ValueError(f"{path}: missing {', '.join(missing)}; a MedMNIST file holds {', '.join(KEYS)} (found: {', '.join(sorted(shapes)) or 'nothing'})")
+        raise ValueError(
+            f"{path}: missing {', '.join(missing)}; a MedMNIST file holds {', '.join(KEYS)} (found: {', '.join(sorted(shapes)) or 'nothing'})"
+        )
     for part in PARTS:
         images, labels = shapes[f"{part}_images"], shapes[f"{part}_labels"]
         if len(images) not in (3, 4) or (len(images) == 4 and images[3] != 3):
-            raise ValueError(f"{path}: {part}_images has shape {images}; expected (n, height, width) or (n, height, width, 3) (3-D MedMNIST sets are not images)")
+            raise ValueError(
+                f"{path}: {part}_images has shape {images}; expected (n, height, width) or (n, height, width, 3) (3-D MedMNIST sets are not images)"
+            )
         if len(labels) != 2 or labels[0] != images[0] or labels[1] != shapes["train_labels"][1]:
-            raise ValueError(f"{path}: {part}_labels has shape {labels} for {images[0]} images; expected ({images[0]}, 1), or ({images[0]}, findings) for a multi-label set")
+            raise ValueError(
+                f"{path}: {part}_labels has shape {labels} for {images[0]} images; expected ({images[0]}, 1), or ({images[0]}, findings) for a multi-label set"
+            )
     return shapes
 
 
@@ -59,8 +65,15 @@ def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise SkippedFile("unreadable npz", f"{part}: {type(exc).__name__}: {exc}") from None
     images = np.clip(np.rint(images), 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
-    frames = [{"label": _label(row), "label_source": "npz", "patient": f"{part}-{i:06d}", "series": part} for i, row in enumerate(labels)]
-    return DicomSlices({"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST"}, [resize(colour_pixels(image, options) if image.ndim == 3 else image, options) for image in images], frames)
+    frames = [
+        {"label": _label(row), "label_source": "npz", "patient": f"{part}-{i:06d}", "series": part}
+        for i, row in enumerate(labels)
+    ]
+    return DicomSlices(
+        {"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST"},
+        [resize(colour_pixels(image, options) if image.ndim == 3 else image, options) for image in images],
+        frames,
+    )
 
 
 def _label(row: np.ndarray) -> str:
@@ -70,7 +83,15 @@ def _label(row: np.ndarray) -> str:
     return LABEL_SEPARATOR.join(str(i) for i in np.flatnonzero(row)) or NO_FINDING
 
 
-def ingest_medmnist(path: Path, name: str, destination: Path, size: int | None = None, colour: str | None = None, workers: int | None = None, progress: bool = False) -> IngestResult:
+def ingest_medmnist(
+    path: Path,
+    name: str,
+    destination: Path,
+    size: int | None = None,
+    colour: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> IngestResult:
     """Ingest a MedMNIST ``.npz``; the image size defaults to the file's own, colour to the file's (rgb for colour sets, else grey)."""
     path = Path(path).resolve()
     if not path.is_file():
@@ -78,11 +99,33 @@ def ingest_medmnist(path: Path, name: str, destination: Path, size: int | None =
     shapes = check_npz(path)
     native, in_colour = shapes["train_images"][1], len(shapes["train_images"]) == 4
     options = ImageOptions(size=size or native, colour=colour or ("rgb" if in_colour else "luma"))
-    files = [SourceFile(path=path, relpath=f"{path.name}#{part}", collection=path.stem, patient="", study=path.stem, series=part, part=part, decoder="medmnist") for part in PARTS]
+    files = [
+        SourceFile(
+            path=path,
+            relpath=f"{path.name}#{part}",
+            collection=path.stem,
+            patient="",
+            study=path.stem,
+            series=part,
+            part=part,
+            decoder="medmnist",
+        )
+        for part in PARTS
+    ]
     extra = {
-        "layout": "MedMNIST npz", "file": str(path), "native_size": native, "colour": in_colour,
-        "protocols": {"official": {"parts": SIDES, "description": "the dataset's official split (test = queries, train = database, val held out)"}},
-        "default_split": "official", "patients": "one per image", "multi_label": shapes["train_labels"][1] > 1,
+        "layout": "MedMNIST npz",
+        "file": str(path),
+        "native_size": native,
+        "colour": in_colour,
+        "protocols": {
+            "official": {
+                "parts": SIDES,
+                "description": "the dataset's official split (test = queries, train = database, val held out)",
+            }
+        },
+        "default_split": "official",
+        "patients": "one per image",
+        "multi_label": shapes["train_labels"][1] > 1,
         "parts": {part: shapes[f"{part}_images"][0] for part in PARTS},
     }
     return ingest(name, "medmnist", path.parent, files, destination, options, False, None, workers, progress, extra)
@@ -94,7 +137,9 @@ def download(flag: str, size: int, root: Path) -> Path:
     try:
         import medmnist
     except ImportError:
-        raise ValueError(f"{flag}: no such file, and the medmnist package that downloads it is not installed: pip install medmnist, or {manual}") from None
+        raise ValueError(
+            f"{flag}: no such file, and the medmnist package that downloads it is not installed: pip install medmnist, or {manual}"
+        ) from None
     info = medmnist.INFO.get(flag)
     if info is None or "3d" in flag:
         sets = ", ".join(sorted(k for k in medmnist.INFO if "3d" not in k))
@@ -109,9 +154,13 @@ def download(flag: str, size: int, root: Path) -> Path:
 
 @dataclass(frozen=True, kw_only=True)
 class MedmnistOptions:
-    source: str = argument("A MedMNIST .npz (e.g. pathmnist_64.npz), or a set's name (pathmnist) to fetch it with the medmnist package.")
+    source: str = argument(
+        "A MedMNIST .npz (e.g. pathmnist_64.npz), or a set's name (pathmnist) to fetch it with the medmnist package."
+    )
     size: int | None = option(None, "Images are resized to SIZE x SIZE (default: the file's own size).")
-    colour: str | None = option(None, "rgb: keep colour; luma: store grey (default: the file's own, rgb for colour sets).")
+    colour: str | None = option(
+        None, "rgb: keep colour; luma: store grey (default: the file's own, rgb for colour sets)."
+    )
 
     def __post_init__(self) -> None:
         if self.size is not None:
@@ -130,16 +179,28 @@ class MedmnistOptions:
 class MedMNIST(Source):
     """Ingest a MedMNIST set; its official split (test = queries, train = database) becomes the default protocol."""
 
-    summary = "a MedMNIST .npz (2-D sets, any size, multi-label ChestMNIST included), with its official train/val/test split"
+    summary = (
+        "a MedMNIST .npz (2-D sets, any size, multi-label ChestMNIST included), with its official train/val/test split"
+    )
     Options = MedmnistOptions
 
     def dataset_name(self, options: MedmnistOptions) -> str:
         """The file's stem; a fetched set's file name (pathmnist, pathmnist_64)."""
         size = options.size or 28
-        return Path(options.source).stem if options.set_name is None else f"{options.set_name}{'' if size == 28 else f'_{size}'}"
+        return (
+            Path(options.source).stem
+            if options.set_name is None
+            else f"{options.set_name}{'' if size == 28 else f'_{size}'}"
+        )
 
-    def ingest(self, options: MedmnistOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
-        path = Path(options.source) if options.set_name is None else download(options.set_name, options.size or 28, sources_dir() / "medmnist")
+    def ingest(
+        self, options: MedmnistOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
+        path = (
+            Path(options.source)
+            if options.set_name is None
+            else download(options.set_name, options.size or 28, sources_dir() / "medmnist")
+        )
         return ingest_medmnist(path, name, destination, options.size, options.colour, workers, progress)
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:

@@ -133,7 +133,25 @@ COLLECTIONS = (
     Collection("TCGA-LUAD", ("lung_r", "lung_l"), ("CT", "PT"), (30, 300, 8.0), (0.05, 0.09), "solid"),
 )
 SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage, "PT": PositronEmissionTomographyImageStorage}
-METADATA_COLUMNS = ["Series UID", "Collection", "3rd Party Analysis", "Data Description URI", "Subject ID", "Study UID", "Study Description", "Study Date", "Series Description", "Manufacturer", "Modality", "SOP Class Name", "SOP Class UID", "Number of Images", "File Size", "File Location", "Download Timestamp"]
+METADATA_COLUMNS = [
+    "Series UID",
+    "Collection",
+    "3rd Party Analysis",
+    "Data Description URI",
+    "Subject ID",
+    "Study UID",
+    "Study Description",
+    "Study Date",
+    "Series Description",
+    "Manufacturer",
+    "Modality",
+    "SOP Class Name",
+    "SOP Class UID",
+    "Number of Images",
+    "File Size",
+    "File Location",
+    "Download Timestamp",
+]
 
 
 def generate(root: Path, profile: str = "default", seed: int = 0) -> Path:
@@ -180,7 +198,10 @@ def _new_patient(collection: Collection, profile: Profile, rng: np.random.Genera
         width=rng.uniform(0.74, 0.9),
         depth=rng.uniform(0.6, 0.74),
         shift=(rng.uniform(-0.05, 0.05), rng.uniform(-0.05, 0.05)),
-        organ_jitter={name: (rng.normal(0, 0.04), rng.normal(0, 0.04), rng.uniform(0.85, 1.15), rng.normal(0, 0.015)) for name in ANATOMY},
+        organ_jitter={
+            name: (rng.normal(0, 0.04), rng.normal(0, 0.04), rng.uniform(0.85, 1.15), rng.normal(0, 0.015))
+            for name in ANATOMY
+        },
         female=collection.female or bool(rng.random() < 0.5),
         contrast=rng.uniform(0.85, 1.15),
         noise=rng.uniform(0.6, 1.6),
@@ -192,7 +213,9 @@ def _organ_z(organ: Organ, jitter: tuple[float, float, float, float]) -> float:
     return (organ.z[0] + organ.z[1]) / 2 + jitter[3]
 
 
-def _write_patient(root: Path, collection: Collection, patient_index: int, profile: Profile, rng: np.random.Generator, seed: int) -> list[dict]:
+def _write_patient(
+    root: Path, collection: Collection, patient_index: int, profile: Profile, rng: np.random.Generator, seed: int
+) -> list[dict]:
     patient = _new_patient(collection, profile, rng)
     subject = f"{collection.name}-PH{patient_index + 1:03d}"
     organ_name = collection.organs[int(rng.integers(len(collection.organs)))]
@@ -210,7 +233,9 @@ def _write_patient(root: Path, collection: Collection, patient_index: int, profi
     modalities = [collection.modalities[0], *(m for m in collection.modalities[1:] if rng.random() < 0.5)]
     study_uid = generate_uid(entropy_srcs=[str(seed), subject, "study"])
     date = f"{int(rng.integers(1, 13)):02d}-{int(rng.integers(1, 29)):02d}-{int(rng.integers(1995, 2015))}"
-    study_description = {"CT": "CT ABDOMEN PELVIS W CONTRAST", "MR": "MRI ABDOMEN PELVIS", "PT": "PETCT WHOLE BODY"}[modalities[0]]
+    study_description = {"CT": "CT ABDOMEN PELVIS W CONTRAST", "MR": "MRI ABDOMEN PELVIS", "PT": "PETCT WHOLE BODY"}[
+        modalities[0]
+    ]
     study_folder = f"{date}-NA-{study_description}-{study_uid[-5:]}"
     rows = []
     for series_number, modality in enumerate(modalities, start=1):
@@ -230,24 +255,58 @@ def _write_patient(root: Path, collection: Collection, patient_index: int, profi
             z = float(heights[min(i, n - 1)])
             tissue = _slice(patient, lesion, collection, z, modality, profile, rng, blank=i == n)
             ds = _dicom(tissue, modality, window_tags, monochrome1, rng)
-            _identify(ds, collection, subject, study_uid, series_uid, series_number, description, study_description, date, modality, i, z, seed)
+            _identify(
+                ds,
+                collection,
+                subject,
+                study_uid,
+                series_uid,
+                series_number,
+                description,
+                study_description,
+                date,
+                modality,
+                i,
+                z,
+                seed,
+            )
             path = folder / f"1-{i + 1:02d}.dcm"
             _save(ds, path, encoding)
             size += path.stat().st_size
         rows.append(
             {
-                "Series UID": series_uid, "Collection": collection.name, "3rd Party Analysis": "NO", "Data Description URI": "",
-                "Subject ID": subject, "Study UID": study_uid, "Study Description": study_description, "Study Date": date.replace("-", "/"),
-                "Series Description": description, "Manufacturer": "hashbench phantom", "Modality": modality,
-                "SOP Class Name": f"{modality} Image Storage", "SOP Class UID": SOP_CLASSES[modality],
-                "Number of Images": n + int(blank), "File Size": size,
-                "File Location": f"./{collection.name}/{subject}/{study_folder}/{series_folder}", "Download Timestamp": "",
+                "Series UID": series_uid,
+                "Collection": collection.name,
+                "3rd Party Analysis": "NO",
+                "Data Description URI": "",
+                "Subject ID": subject,
+                "Study UID": study_uid,
+                "Study Description": study_description,
+                "Study Date": date.replace("-", "/"),
+                "Series Description": description,
+                "Manufacturer": "hashbench phantom",
+                "Modality": modality,
+                "SOP Class Name": f"{modality} Image Storage",
+                "SOP Class UID": SOP_CLASSES[modality],
+                "Number of Images": n + int(blank),
+                "File Size": size,
+                "File Location": f"./{collection.name}/{subject}/{study_folder}/{series_folder}",
+                "Download Timestamp": "",
             }
         )
     return rows
 
 
-def _slice(patient: _Patient, lesion: dict, collection: Collection, z: float, modality: str, profile: Profile, rng: np.random.Generator, blank: bool) -> np.ndarray:
+def _slice(
+    patient: _Patient,
+    lesion: dict,
+    collection: Collection,
+    z: float,
+    modality: str,
+    profile: Profile,
+    rng: np.random.Generator,
+    blank: bool,
+) -> np.ndarray:
     """The three tissue maps (CT HU, MR signal, PET uptake) of one axial slice: (3, n, n)."""
     n = profile.matrix
     axis = (np.arange(n) - n / 2 + 0.5) / (n / 2)
@@ -284,7 +343,9 @@ def _paint(maps: np.ndarray, mask: np.ndarray, tissue: tuple[float, float, float
         maps[channel][mask] = value
 
 
-def _paint_lesion(maps: np.ndarray, bx: np.ndarray, by: np.ndarray, z: float, lesion: dict, collection: Collection) -> None:
+def _paint_lesion(
+    maps: np.ndarray, bx: np.ndarray, by: np.ndarray, z: float, lesion: dict, collection: Collection
+) -> None:
     """A sphere of the collection's look; its cross-section shrinks away from its centre height."""
     z_radius = 0.06
     if abs(z - lesion["z"]) >= z_radius:
@@ -336,12 +397,31 @@ def _dicom(maps: np.ndarray, modality: str, window_tags: bool, monochrome1: bool
         ds.WindowCenter, ds.WindowWidth = window
     ds.Rows, ds.Columns = stored.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16 if modality == "PT" else 12, 15 if modality == "PT" else 11, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+        16,
+        16 if modality == "PT" else 12,
+        15 if modality == "PT" else 11,
+        0,
+    )
     ds.PixelData = stored.tobytes()
     return ds
 
 
-def _identify(ds: Dataset, collection: Collection, subject: str, study_uid: str, series_uid: str, series_number: int, description: str, study_description: str, date: str, modality: str, index: int, z: float, seed: int) -> None:
+def _identify(
+    ds: Dataset,
+    collection: Collection,
+    subject: str,
+    study_uid: str,
+    series_uid: str,
+    series_number: int,
+    description: str,
+    study_description: str,
+    date: str,
+    modality: str,
+    index: int,
+    z: float,
+    seed: int,
+) -> None:
     """Patient, study and series identity, geometry, and TCIA's CTP collection tag."""
     sop_uid = generate_uid(entropy_srcs=[str(seed), series_uid, str(index)])
     ds.file_meta = FileMetaDataset()
@@ -353,7 +433,12 @@ def _identify(ds: Dataset, collection: Collection, subject: str, study_uid: str,
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
     month, day, year = date.split("-")
     ds.StudyDate, ds.StudyDescription = f"{year}{month}{day}", study_description
-    ds.Modality, ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = modality, series_number, description, index + 1
+    ds.Modality, ds.SeriesNumber, ds.SeriesDescription, ds.InstanceNumber = (
+        modality,
+        series_number,
+        description,
+        index + 1,
+    )
     ds.BodyPartExamined = "ABDOMEN"
     location = round(z * 700.0, 2)  # body height 700 mm
     ds.SliceLocation, ds.ImagePositionPatient = location, [-250.0, -250.0, location]
@@ -390,16 +475,34 @@ class Phantom(Source):
     Options = PhantomOptions
 
     def dataset_name(self, options: PhantomOptions) -> str:
-        return "phantom" if options.profile == "default" and options.seed == 0 else f"phantom-{options.profile}-seed{options.seed}"
+        return (
+            "phantom"
+            if options.profile == "default" and options.seed == 0
+            else f"phantom-{options.profile}-seed{options.seed}"
+        )
 
-    def ingest(self, options: PhantomOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+    def ingest(
+        self, options: PhantomOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
         from hashbench.datasets import tcia
 
         source = sources_dir() / f"phantom-{options.profile}-seed{options.seed}"
-        with locks.exclusive(sources_dir() / f".{source.name}.lock", wait=True):  # two first runs at once generate it once
+        with locks.exclusive(
+            sources_dir() / f".{source.name}.lock", wait=True
+        ):  # two first runs at once generate it once
             generate(source, options.profile, options.seed)
         extra = {"synthetic": True, "phantom": {"profile": options.profile, "seed": options.seed}}
-        return tcia.ingest_tcia(source, name, destination, ImageOptions(size=options.size), True, workers, progress, kind="phantom", extra_manifest=extra)
+        return tcia.ingest_tcia(
+            source,
+            name,
+            destination,
+            ImageOptions(size=options.size),
+            True,
+            workers,
+            progress,
+            kind="phantom",
+            extra_manifest=extra,
+        )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
         phantom = manifest.stored.get("phantom", {})

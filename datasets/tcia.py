@@ -88,7 +88,10 @@ def _read_metadata(root: Path) -> tuple[dict[str, dict[str, str]], dict[str, dic
         base = csv_path.parent.relative_to(root).as_posix()
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             for row in csv.DictReader(handle):
-                fields = {"collection": (row.get("Collection") or "").strip(), "modality": (row.get("Modality") or "").strip().upper()}
+                fields = {
+                    "collection": (row.get("Collection") or "").strip(),
+                    "modality": (row.get("Modality") or "").strip().upper(),
+                }
                 location = (row.get("File Location") or "").replace("\\", "/").strip()
                 if location:
                     relative = PurePosixPath(base, location.removeprefix("./")).as_posix().removeprefix("./")
@@ -98,7 +101,17 @@ def _read_metadata(root: Path) -> tuple[dict[str, dict[str, str]], dict[str, dic
     return by_location, by_series
 
 
-def ingest_tcia(root: Path, name: str, destination: Path, options: ImageOptions = ImageOptions(), clean: bool = True, workers: int | None = None, progress: bool = False, kind: str = "tcia", extra_manifest: dict | None = None) -> IngestResult:
+def ingest_tcia(
+    root: Path,
+    name: str,
+    destination: Path,
+    options: ImageOptions = ImageOptions(),
+    clean: bool = True,
+    workers: int | None = None,
+    progress: bool = False,
+    kind: str = "tcia",
+    extra_manifest: dict | None = None,
+) -> IngestResult:
     """Scan a TCIA tree and ingest it as dataset ``name``."""
     files, by_series, layouts = scan(root)
     if not files:
@@ -133,9 +146,19 @@ class Tcia(Source):
     def dataset_name(self, options: TciaOptions) -> str:
         return "tcia"
 
-    def ingest(self, options: TciaOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
-        return ingest_tcia(Path(options.path), name, destination, options.image_options(), options.clean, workers, progress)
+    def ingest(
+        self, options: TciaOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
+        return ingest_tcia(
+            Path(options.path), name, destination, options.image_options(), options.clean, workers, progress
+        )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
-        flags = " ".join(f"--{key} {manifest.options[key]}" for key in ("size", "window", "colour", "aspect") if key in manifest.options)
-        return f"hashbench ingest tcia '{manifest.source}' --name {name} {flags}{'' if manifest.clean else ' --no-clean'}"
+        flags = " ".join(
+            f"--{key} {manifest.options[key]}"
+            for key in ("size", "window", "colour", "aspect")
+            if key in manifest.options
+        )
+        return (
+            f"hashbench ingest tcia '{manifest.source}' --name {name} {flags}{'' if manifest.clean else ' --no-clean'}"
+        )

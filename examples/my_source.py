@@ -40,7 +40,9 @@ class CsvSource(Source):
     summary = "a CSV file of image paths with a label (and optionally a patient) per row"
     Options = CsvOptions
 
-    def ingest(self, options: CsvOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+    def ingest(
+        self, options: CsvOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
         table = Path(options.table).resolve()
         if not table.is_file():
             raise FileNotFoundError(f"no such file: {table} (a CSV file with a header row path,label[,patient])")
@@ -50,11 +52,35 @@ class CsvSource(Source):
             raise ValueError(f"{table}: expected a header row path,label[,patient] and one row per image")
         with_patients = "patient" in rows[0]
         files = [
-            SourceFile(path=table.parent / row["path"], relpath=row["path"], collection="", patient=row.get("patient") or row["path"], study="", series="", label=row["label"])
+            SourceFile(
+                path=table.parent / row["path"],
+                relpath=row["path"],
+                collection="",
+                patient=row.get("patient") or row["path"],
+                study="",
+                series="",
+                label=row["label"],
+            )
             for row in rows
         ]
-        extra = {"layout": "CSV list", "table": str(table), "patients": "from the patient column" if with_patients else "one per image"}
-        return ingest(name, self.name, table.parent, files, destination, options.image_options(), False, None, workers, progress, extra)
+        extra = {
+            "layout": "CSV list",
+            "table": str(table),
+            "patients": "from the patient column" if with_patients else "one per image",
+        }
+        return ingest(
+            name,
+            self.name,
+            table.parent,
+            files,
+            destination,
+            options.image_options(),
+            False,
+            None,
+            workers,
+            progress,
+            extra,
+        )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
         options = manifest.options

@@ -23,4 +23,18 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *importlib.import_module("hashbench.api").__all__])
 
 
-_SUBPACKAGES = ("api", "cli", "config", "data", "datasets", "evaluation", "files", "methods", "model", "report", "runner", "store", "training")
+_SUBPACKAGES = (
+    "api",
+    "cli",
+    "config",
+    "data",
+    "datasets",
+    "evaluation",
+    "files",
+    "methods",
+    "model",
+    "report",
+    "runner",
+    "store",
+    "training",
+)

@@ -1,13 +1,13 @@
 """hashbench from Python: the calls the command line makes, for scripts, notebooks and tests.
 
-    import hashbench as hb
+import hashbench as hb
 
-    dataset = hb.load_dataset("phantom")
-    request = hb.RunRequest(methods=["dpsh", "lsh"], bits=[16, 32])
-    cells = hb.plan(request, dataset)           # every cell resolved, nothing written
-    outcomes = hb.run_grid(request, dataset, "runs")
-    boards = hb.leaderboard("runs")
-    print(hb.to_markdown(boards))
+dataset = hb.load_dataset("phantom")
+request = hb.RunRequest(methods=["dpsh", "lsh"], bits=[16, 32])
+cells = hb.plan(request, dataset)           # every cell resolved, nothing written
+outcomes = hb.run_grid(request, dataset, "runs")
+boards = hb.leaderboard("runs")
+print(hb.to_markdown(boards))
 """
 
 from __future__ import annotations
@@ -22,26 +22,64 @@ from hashbench.config.suites import TRAINING_FREE, Suite, get_suite
 from hashbench.data.dataset import Dataset
 from hashbench.datasets import UnknownDatasetError, load_dataset
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
+from hashbench.evaluation.search import CellIndex, Hit
 from hashbench.evaluation.stats import CellComparison, compare_cells
-from hashbench.model.registry import REGISTRY, BrokenMethodError, MethodEntry, UnknownMethodError, create_method, method_class
+from hashbench.model.registry import (
+    REGISTRY,
+    BrokenMethodError,
+    MethodEntry,
+    UnknownMethodError,
+    create_method,
+    method_class,
+)
 from hashbench.model.weights import WeightsUnavailableError
 from hashbench.report import leaderboard as boards
 from hashbench.report.leaderboard import Leaderboard, to_markdown
+from hashbench.report.plots import write_confusion
 from hashbench.runner.grid import CellOutcome, run_grid, run_planned
 from hashbench.runner.plan import CellSpec, RunRequest
 from hashbench.runner.plan import plan as plan_cells
-from hashbench.evaluation.search import CellIndex, Hit
-from hashbench.report.plots import write_confusion
 from hashbench.store.results import Cell, CellError, ResultsStore
 from hashbench.training.bench import Rates, measure
 from hashbench.training.bench import to_json as rates_json
 from hashbench.training.engine import Execution, resolve_device
 
-USER_ERRORS = (UnknownMethodError, BrokenMethodError, UnknownDatasetError, WeightsUnavailableError, ValueError)  # bad input: the message says what to change
+USER_ERRORS = (
+    UnknownMethodError,
+    BrokenMethodError,
+    UnknownDatasetError,
+    WeightsUnavailableError,
+    ValueError,
+)  # bad input: the message says what to change
 
 __all__ = [
-    "SEARCH_ERRORS", "USER_ERRORS", "CellOutcome", "confusion", "CellSpec", "Dataset", "Leaderboard", "RunRequest", "Suite", "bench", "cells", "compare", "create_method", "leaderboard",
-    "list_methods", "load_dataset", "load_plugin", "method_class", "methods_and_bits", "plan", "rates_json", "run_grid", "run_planned", "search", "suite", "to_markdown", "write_leaderboard",
+    "SEARCH_ERRORS",
+    "USER_ERRORS",
+    "CellOutcome",
+    "confusion",
+    "CellSpec",
+    "Dataset",
+    "Leaderboard",
+    "RunRequest",
+    "Suite",
+    "bench",
+    "cells",
+    "compare",
+    "create_method",
+    "leaderboard",
+    "list_methods",
+    "load_dataset",
+    "load_plugin",
+    "method_class",
+    "methods_and_bits",
+    "plan",
+    "rates_json",
+    "run_grid",
+    "run_planned",
+    "search",
+    "suite",
+    "to_markdown",
+    "write_leaderboard",
 ]
 
 
@@ -77,7 +115,9 @@ def suite(name: str | None, with_baselines: bool = False) -> Suite | None:
     return chosen.with_baselines() if chosen and with_baselines else chosen
 
 
-def cells(out: str | Path, dataset: str | None = None, suite: Suite | None = None, directories: set[str] | None = None) -> pd.DataFrame:
+def cells(
+    out: str | Path, dataset: str | None = None, suite: Suite | None = None, directories: set[str] | None = None
+) -> pd.DataFrame:
     """The cells under a results root, one row each (finished or not), optionally narrowed to a dataset, a suite's methods or given directories."""
     table = ResultsStore(Path(out)).table(dataset, suite.methods if suite else None)
     if directories is not None and not table.empty:
@@ -86,7 +126,11 @@ def cells(out: str | Path, dataset: str | None = None, suite: Suite | None = Non
 
 
 def leaderboard(
-    out: str | Path, metrics: tuple[str, ...] = DEFAULT_METRICS, dataset: str | None = None, suite: Suite | None = None, directories: set[str] | None = None
+    out: str | Path,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    dataset: str | None = None,
+    suite: Suite | None = None,
+    directories: set[str] | None = None,
 ) -> list[Leaderboard]:
     """The leaderboards of the finished cells under ``out``: one per comparable group, or a paper suite's layout with the paper's numbers."""
     found = cells(out, dataset, suite, directories)
@@ -94,8 +138,12 @@ def leaderboard(
 
 
 def write_leaderboard(
-    out: str | Path, target: str | Path | None = None, metrics: tuple[str, ...] = DEFAULT_METRICS, dataset: str | None = None,
-    suite: Suite | None = None, figures: bool = True,
+    out: str | Path,
+    target: str | Path | None = None,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    dataset: str | None = None,
+    suite: Suite | None = None,
+    figures: bool = True,
 ) -> Path | None:
     """The leaderboards as markdown (and their figures beside it); None when no cell has finished. Returns the file written."""
     found = leaderboard(out, metrics, dataset, suite)
@@ -111,7 +159,12 @@ def write_leaderboard(
 
 
 def compare(
-    a: str, b: str, out: str | Path, bits: int | None = None, dataset: str | None = None, metrics: tuple[str, ...] = ("map@1", "map@10", "map@tie")
+    a: str,
+    b: str,
+    out: str | Path,
+    bits: int | None = None,
+    dataset: str | None = None,
+    metrics: tuple[str, ...] = ("map@1", "map@10", "map@tie"),
 ) -> tuple[list[CellComparison], list[str], int]:
     """Is A better than B (a method name, all its seeds, or a cell directory each)? Per metric: the paired comparison, warnings, and the number of shared queries."""
     store = ResultsStore(Path(out))
@@ -121,8 +174,16 @@ def compare(
 
 
 def bench(
-    dataset: Dataset, backbones: list[str], image_sizes: list[int], device: str = "auto", method: str = "dafh", bits: int = 32,
-    batch_size: int | None = None, steps: int = 5, execution: Execution = Execution(), on_measure: Callable | None = None,
+    dataset: Dataset,
+    backbones: list[str],
+    image_sizes: list[int],
+    device: str = "auto",
+    method: str = "dafh",
+    bits: int = 32,
+    batch_size: int | None = None,
+    steps: int = 5,
+    execution: Execution = Execution(),
+    on_measure: Callable | None = None,
 ) -> list[Rates]:
     """Loading, training and encoding rates for each backbone and image size on ``device``; ``on_measure(backbone, size, device)`` before each."""
     where = resolve_device(device)
@@ -135,11 +196,22 @@ def bench(
     return rates
 
 
-SEARCH_ERRORS = (FileNotFoundError, ImportError, ValueError, LookupError, CellError)  # what `search` reports as bad input
+SEARCH_ERRORS = (
+    FileNotFoundError,
+    ImportError,
+    ValueError,
+    LookupError,
+    CellError,
+)  # what `search` reports as bad input
 
 
 def search(
-    cell: str | Path, queries: list[Path], k: int = 10, tie_break: str = "embedding", faiss: bool | None = None, device: str = "auto"
+    cell: str | Path,
+    queries: list[Path],
+    k: int = 10,
+    tie_break: str = "embedding",
+    faiss: bool | None = None,
+    device: str = "auto",
 ) -> tuple[CellIndex, list[str], list[list[Hit]], list[tuple[Path, str]]]:
     """The ``k`` nearest database items of a finished cell for each readable query file: (index, query names, hits, skipped files with reasons)."""
     index = CellIndex(Path(cell), device, faiss)

@@ -91,11 +91,19 @@ class CSQ(Method):
     @dataclass(frozen=True)
     class Options:
         quantisation: float = option(0.05, "weight of mean((|u| - 1)^2)", at_least=0.0)
-        pairwise: float = option(0.2, "weight of the pairwise likelihood term of the authors' code (the paper's loss: 0)", at_least=0.0)
+        pairwise: float = option(
+            0.2, "weight of the pairwise likelihood term of the authors' code (the paper's loss: 0)", at_least=0.0
+        )
 
-    train = TrainSettings(optimizer="adam", lr=1e-5, weight_decay=0.0, batch_size=64, head_lr_scale=100.0, lr_schedule="step:10ep:0.7")
+    train = TrainSettings(
+        optimizer="adam", lr=1e-5, weight_decay=0.0, batch_size=64, head_lr_scale=100.0, lr_schedule="step:10ep:0.7"
+    )
 
     def build_loss(self) -> nn.Module:
         centres = hash_centres(self.context.n_classes, self.bits, self.context.seed)
-        tie_bits = torch.randint(0, 2, (self.bits,), generator=torch.Generator().manual_seed(self.context.seed + 1)).float() * 2 - 1
+        tie_bits = (
+            torch.randint(0, 2, (self.bits,), generator=torch.Generator().manual_seed(self.context.seed + 1)).float()
+            * 2
+            - 1
+        )
         return CentralSimilarityLoss(centres, tie_bits, self.opt.quantisation, self.opt.pairwise)

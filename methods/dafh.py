@@ -57,13 +57,17 @@ def penultimate_stage(model: nn.Module) -> nn.Module:
         return model.blocks[-2]
     if hasattr(model, "layer3") and hasattr(model, "layer4"):
         return model.layer3
-    raise ValueError(f"{type(model).__name__}: DAFH's attention needs an EfficientNet or ResNet backbone (stages not found)")
+    raise ValueError(
+        f"{type(model).__name__}: DAFH's attention needs an EfficientNet or ResNet backbone (stages not found)"
+    )
 
 
 class TappedBackbone(nn.Module):
     """A timm backbone whose penultimate stage output goes through ``attention`` and is kept for the fusion."""
 
-    def __init__(self, backbone: nn.Module, attention: bool, inline: bool, image_size: int, reduction: int, kernel_size: int):
+    def __init__(
+        self, backbone: nn.Module, attention: bool, inline: bool, image_size: int, reduction: int, kernel_size: int
+    ):
         super().__init__()
         self.backbone = backbone
         stage = penultimate_stage(self.backbone)
@@ -110,7 +114,18 @@ class DualBackbone(nn.Module):
 class FusionHead(nn.Module):
     """Linear1 and Linear2 (-> hash layer), with or without the inter-layer fusion; the classifier reads Linear1 or the hash layer."""
 
-    def __init__(self, final_dim: int, mid_shape, n_classes: int, bits: int, fusion: bool, fusion_pool: str, width: int, ptanh: bool, classifier_input: str):
+    def __init__(
+        self,
+        final_dim: int,
+        mid_shape,
+        n_classes: int,
+        bits: int,
+        fusion: bool,
+        fusion_pool: str,
+        width: int,
+        ptanh: bool,
+        classifier_input: str,
+    ):
         super().__init__()
         self.fusion, self.pool, self.classify_hash = fusion, fusion_pool == "pool", classifier_input == "hash"
         mid_flat = int(np.prod(mid_shape)) if fusion else 0
@@ -139,12 +154,16 @@ class DafhLoss(nn.Module):
         self.triplet_reduction = triplet_reduction
 
     def forward(self, output, labels, indices, info):
-        focal = sum(focal_loss(logits, targets, self.gamma) for logits, targets in zip(output.logits.chunk(3), labels.chunk(3)))
+        focal = sum(
+            focal_loss(logits, targets, self.gamma) for logits, targets in zip(output.logits.chunk(3), labels.chunk(3))
+        )
         if self.mining == "batch-hard":
             anchor, positive, negative = batch_hard_triplets(output.code, labels)
         else:
             anchor, positive, negative = output.code.chunk(3)
-        triplet = F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, reduction=self.triplet_reduction)
+        triplet = F.triplet_margin_loss(
+            anchor, positive, negative, margin=self.margin, reduction=self.triplet_reduction
+        )
         return {"focal": self.lam * focal, "triplet": self.beta * triplet}
 
 
@@ -169,8 +188,12 @@ class DAFH(Method):
         beta: float = option(1.0, "weight of the triplet term", at_least=0.0)
         mining: Literal["random", "batch-hard"] = option("random", "triplets as sampled, or the batch's hardest")
         vit: str | None = option(None, "a ViT (timm name) fused with the CNN (Table 4); none: CNN only")
-        triplet_reduction: Literal["mean", "sum"] = option("mean", "the triplet term as a mean (torch) or a sum (the paper's formula)")
-        classifier_input: Literal["linear1", "hash"] = option("linear1", "the classifier reads Linear1 (section 3.3.2) or the hash codes (Algorithm 1)")
+        triplet_reduction: Literal["mean", "sum"] = option(
+            "mean", "the triplet term as a mean (torch) or a sum (the paper's formula)"
+        )
+        classifier_input: Literal["linear1", "hash"] = option(
+            "linear1", "the classifier reads Linear1 (section 3.3.2) or the hash codes (Algorithm 1)"
+        )
 
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=32)
 
@@ -180,15 +203,32 @@ class DAFH(Method):
 
     def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
         opt, size = self.opt, self.context.image_size
-        models = [self.create_backbone(name, num_classes=0, **({"img_size": size} if name == opt.vit else {})) for name in self.backbones(backbone)]
+        models = [
+            self.create_backbone(name, num_classes=0, **({"img_size": size} if name == opt.vit else {}))
+            for name in self.backbones(backbone)
+        ]
         if opt.vit:
             encoder = DualBackbone(*models)
             final_dim = encoder.num_features
         else:
-            encoder = TappedBackbone(models[0], opt.attention, opt.attention_inline, size, opt.cbam_reduction, opt.cbam_kernel)
+            encoder = TappedBackbone(
+                models[0], opt.attention, opt.attention_inline, size, opt.cbam_reduction, opt.cbam_kernel
+            )
             final_dim = encoder.backbone.num_features
-        head = FusionHead(final_dim, encoder.mid_shape, self.context.n_classes, self.bits, opt.fusion and encoder.mid_shape is not None, opt.fusion_pool, opt.width, opt.ptanh, opt.classifier_input)
-        return HashNetwork(encoder, head), DafhLoss(opt.gamma, opt.margin, opt.lam, opt.beta, opt.mining, opt.triplet_reduction)
+        head = FusionHead(
+            final_dim,
+            encoder.mid_shape,
+            self.context.n_classes,
+            self.bits,
+            opt.fusion and encoder.mid_shape is not None,
+            opt.fusion_pool,
+            opt.width,
+            opt.ptanh,
+            opt.classifier_input,
+        )
+        return HashNetwork(encoder, head), DafhLoss(
+            opt.gamma, opt.margin, opt.lam, opt.beta, opt.mining, opt.triplet_reduction
+        )
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         return triplet_batches(labels, batch_size, rng)
@@ -197,7 +237,11 @@ class DAFH(Method):
 def _variant(name: str, paper_row: str, **options):
     """Register a DAFH variant: the same method with some options fixed."""
     fixed = with_defaults(DAFH.Options, name, **options)
-    cls = type(name.replace("-", "_"), (DAFH,), {"Options": fixed, "paper": f"{DAFH.paper}; {paper_row}", "__doc__": f"DAFH variant: {paper_row}."})
+    cls = type(
+        name.replace("-", "_"),
+        (DAFH,),
+        {"Options": fixed, "paper": f"{DAFH.paper}; {paper_row}", "__doc__": f"DAFH variant: {paper_row}."},
+    )
     register_method(name)(cls)
 
 
@@ -212,4 +256,11 @@ _variant("dafh-ab-at-lf", "Table 5, EfficientNet + AT + LF", attention=True, fus
 # Table 4: other backbones inside DAFH (the EfficientNet row is dafh itself).
 _variant("dafh-resnet50", "Table 4, ResNet-50", backbone="resnet50", attention=False)
 _variant("dafh-resnet50-at", "Table 4, ResNet-50 + Attention", backbone="resnet50", attention=True)
-_variant("dafh-vit-resnet50", "Table 4, ViT + ResNet-50 (feature fusion)", backbone="resnet50", vit="vit_base_patch16_224", attention=False, fusion=False)
+_variant(
+    "dafh-vit-resnet50",
+    "Table 4, ViT + ResNet-50 (feature fusion)",
+    backbone="resnet50",
+    vit="vit_base_patch16_224",
+    attention=False,
+    fusion=False,
+)

@@ -57,9 +57,13 @@ class DPN(Method):
     @dataclass(frozen=True)
     class Options:
         margin: float = option(1.0, "polarisation margin", at_least=0.0)
-        targets: Literal["random", "balanced"] = option("random", "class target codes: random bits (authors), or balanced bits")
+        targets: Literal["random", "balanced"] = option(
+            "random", "class target codes: random bits (authors), or balanced bits"
+        )
 
-    train = TrainSettings(optimizer="sgd", lr=1e-4, weight_decay=5e-4, momentum=0.9, batch_size=256, lr_schedule="step:50%:0.1")
+    train = TrainSettings(
+        optimizer="sgd", lr=1e-4, weight_decay=5e-4, momentum=0.9, batch_size=256, lr_schedule="step:50%:0.1"
+    )
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits, bias=False)

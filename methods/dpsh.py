@@ -53,9 +53,13 @@ class DPSH(Method):
     @dataclass(frozen=True)
     class Options:
         lam: float = option(10.0, "the authors' quantisation weight, from which eta is derived", at_least=0.0)
-        eta: float | None = option(None, "weight of the quantisation term; none: lam * bits / training images", above=0.0)
+        eta: float | None = option(
+            None, "weight of the quantisation term; none: lam * bits / training images", above=0.0
+        )
 
-    train = TrainSettings(optimizer="sgd", lr=0.05, weight_decay=1e-5, momentum=0.0, batch_size=128, lr_schedule="step:50ep:0.1")
+    train = TrainSettings(
+        optimizer="sgd", lr=0.05, weight_decay=1e-5, momentum=0.0, batch_size=128, lr_schedule="step:50ep:0.1"
+    )
 
     def build_head(self, in_features: int) -> nn.Module:
         return LinearHead(in_features, self.bits)

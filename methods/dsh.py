@@ -58,7 +58,9 @@ class DSH(Method):
     class Options:
         margin: float | None = option(None, "Hamming-space margin of dissimilar pairs; none: 2 * bits", above=0.0)
         alpha: float = option(0.01, "weight of the regulariser pulling codes to +/-1", at_least=0.0)
-        pair_gradient: Literal["full", "half"] = option("full", "the pair term's gradient: full, or half (the authors' Caffe layer)")
+        pair_gradient: Literal["full", "half"] = option(
+            "full", "the pair term's gradient: full, or half (the authors' Caffe layer)"
+        )
 
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=1e-4, batch_size=64)
 

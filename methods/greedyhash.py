@@ -63,13 +63,17 @@ class GreedyLoss(nn.Module):
 
 @register_method("greedyhash")
 class GreedyHash(Method):
-    paper = "Su, Zhang, Huang, Tian, Greedy Hash: Towards Fast Optimization for Accurate Hash Coding in CNN, NeurIPS 2018"
+    paper = (
+        "Su, Zhang, Huang, Tian, Greedy Hash: Towards Fast Optimization for Accurate Hash Coding in CNN, NeurIPS 2018"
+    )
 
     @dataclass(frozen=True)
     class Options:
         penalty: float = option(0.1, "weight of mean(| |u| - 1 |^3)", at_least=0.0)
 
-    train = TrainSettings(optimizer="sgd", lr=1e-3, weight_decay=5e-4, momentum=0.9, batch_size=32, lr_schedule="step:60%:0.1")
+    train = TrainSettings(
+        optimizer="sgd", lr=1e-3, weight_decay=5e-4, momentum=0.9, batch_size=32, lr_schedule="step:60%:0.1"
+    )
 
     def build_head(self, in_features: int) -> nn.Module:
         return GreedyHead(in_features, self.bits, self.context.n_classes)

@@ -54,7 +54,9 @@ class WeightedPairwiseLoss(nn.Module):
         weights = torch.where(s > 0, n_total / n_similar.clamp(min=1), n_total / n_dissimilar.clamp(min=1))
         return {"pairwise": self.scale * (weights * pair_loss).sum() / n_total}
 
-    def pairs(self, u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def pairs(
+        self, u: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Codes and labels of the pairs' rows and columns: the batch's two halves, or the whole batch twice."""
         if self.pairing == "all":
             return u, u, labels, labels
@@ -71,11 +73,24 @@ class HashNet(Method):
         alpha: float | None = option(None, "sigmoid sharpness of the pair likelihood; none: 10 / bits", above=0.0)
         gamma: float = option(0.005, "growth of the tanh scale beta (authors' schedule)", at_least=0.0)
         beta_step: int = option(200, "steps between beta updates (authors' schedule)", at_least=1)
-        schedule: Literal["authors", "dhp"] = option("authors", "beta continuation: the authors' code, or DeepHash-pytorch's sqrt(epoch // 20 + 1)")
-        pairing: Literal["halves", "all"] = option("halves", "pairs between the batch's two halves (authors), or all pairs")
+        schedule: Literal["authors", "dhp"] = option(
+            "authors", "beta continuation: the authors' code, or DeepHash-pytorch's sqrt(epoch // 20 + 1)"
+        )
+        pairing: Literal["halves", "all"] = option(
+            "halves", "pairs between the batch's two halves (authors), or all pairs"
+        )
         loss_scale: float = option(1.0, "multiplier of the loss", above=0.0)
 
-    train = TrainSettings(optimizer="sgd", lr=3e-4, weight_decay=5e-4, momentum=0.9, nesterov=True, batch_size=64, head_lr_scale=10.0, lr_schedule="step:2000it:0.5")
+    train = TrainSettings(
+        optimizer="sgd",
+        lr=3e-4,
+        weight_decay=5e-4,
+        momentum=0.9,
+        nesterov=True,
+        batch_size=64,
+        head_lr_scale=10.0,
+        lr_schedule="step:2000it:0.5",
+    )
 
     def build_loss(self) -> nn.Module:
         return WeightedPairwiseLoss(self.opt.alpha or 10.0 / self.bits, self.opt.pairing, self.opt.loss_scale)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.model.method import TrainingFreeMethod
 from hashbench.methods.pcah import principal_directions
+from hashbench.model.method import TrainingFreeMethod
 from hashbench.model.options import option
 from hashbench.model.registry import register_method
 

@@ -28,7 +28,9 @@ from hashbench.model.options import option
 from hashbench.model.registry import register_method
 
 
-def class_codes(n_classes: int, bits: int, seed: int, min_distance: float = 0.61, tries: int = 10_000, draws: int = 1024) -> torch.Tensor:
+def class_codes(
+    n_classes: int, bits: int, seed: int, min_distance: float = 0.61, tries: int = 10_000, draws: int = 1024
+) -> torch.Tensor:
     """Seeded +/-1 codes, each at least min_distance x bits from the earlier ones (bound lowered by 0.01 after ``tries`` misses).
 
     The authors' search one draw at a time, run on ``draws`` candidates at once: the first that fits is taken.
@@ -72,7 +74,9 @@ class OrthoHashLoss(nn.Module):
         logits = self.scale * (output.logits - self.margin * (labels > 0).to(output.logits.dtype))
         terms = {"classification": focal_loss(logits, labels, gamma=0.0)}  # cross-entropy
         if self.quantisation > 0:
-            terms["quantisation"] = self.quantisation * (1 - F.cosine_similarity(output.code, output.code.detach().sign(), dim=1)).mean()
+            terms["quantisation"] = (
+                self.quantisation * (1 - F.cosine_similarity(output.code, output.code.detach().sign(), dim=1)).mean()
+            )
         return terms
 
 
@@ -85,12 +89,18 @@ class OrthoHash(Method):
         scale: float = option(8.0, "scale of the cosine logits", above=0.0)
         margin: float = option(0.2, "cosine margin at the true class", at_least=0.0)
         quantisation: float = option(0.0, "weight of mean(1 - cos(u, sign(u)))", at_least=0.0)
-        min_distance: float = option(0.61, "least Hamming distance between class codes, as a share of the bits", at_least=0.0)
+        min_distance: float = option(
+            0.61, "least Hamming distance between class codes, as a share of the bits", at_least=0.0
+        )
 
     train = TrainSettings(optimizer="adam", lr=1e-4, weight_decay=0.0, batch_size=256)
 
     def build_head(self, in_features: int) -> nn.Module:
-        return CosineHead(in_features, self.bits, class_codes(self.context.n_classes, self.bits, self.context.seed, self.opt.min_distance))
+        return CosineHead(
+            in_features,
+            self.bits,
+            class_codes(self.context.n_classes, self.bits, self.context.seed, self.opt.min_distance),
+        )
 
     def build_loss(self) -> nn.Module:
         return OrthoHashLoss(self.opt.scale, self.opt.margin, self.opt.quantisation)

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from hashbench.model.method import HashOutput, TrainingFreeMethod
 from hashbench.methods.pcah import principal_directions
+from hashbench.model.method import HashOutput, TrainingFreeMethod
 from hashbench.model.registry import register_method
 
 
@@ -40,7 +40,9 @@ class SpectralHead(nn.Module):
 
 def spectral_modes(ranges: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``bits`` lowest-frequency eigenfunctions: their direction and frequency k pi / range (ties: first direction, then k)."""
-    candidates = [(k / r, direction, k * math.pi / r) for direction, r in enumerate(ranges) if r > 0 for k in range(1, bits + 1)]
+    candidates = [
+        (k / r, direction, k * math.pi / r) for direction, r in enumerate(ranges) if r > 0 for k in range(1, bits + 1)
+    ]
     chosen = sorted(candidates, key=lambda c: (c[0], c[1]))[:bits]
     return np.array([c[1] for c in chosen]), np.array([c[2] for c in chosen])
 
@@ -61,5 +63,11 @@ class SH(TrainingFreeMethod):
         direction, frequency = spectral_modes(high - low, self.bits)
         if len(direction) < self.bits:
             raise ValueError(f"sh: the training features vary along too few directions for {self.bits} bits")
-        for name, value in (("mean", mean), ("directions", directions), ("low", low), ("direction", direction), ("frequency", frequency)):
+        for name, value in (
+            ("mean", mean),
+            ("directions", directions),
+            ("low", low),
+            ("direction", direction),
+            ("frequency", frequency),
+        ):
             getattr(head, name).copy_(torch.from_numpy(value))

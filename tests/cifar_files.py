@@ -20,9 +20,16 @@ def write_cifar(root: Path, per_batch: int = 10_000, classes: int = 10, noise: i
     for batch in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         labels = np.arange(per_batch) % classes
         rng.shuffle(labels)
-        colour = HUES[labels % len(HUES)].astype(np.int16)[:, :, None] + rng.integers(-noise, noise + 1, (per_batch, 3, 1024), dtype=np.int16)
+        colour = HUES[labels % len(HUES)].astype(np.int16)[:, :, None] + rng.integers(
+            -noise, noise + 1, (per_batch, 3, 1024), dtype=np.int16
+        )
         data = np.clip(colour, 0, 255).astype(np.uint8).reshape(per_batch, 3072)
-        content = {b"batch_label": batch.encode(), b"labels": labels.tolist(), b"data": data, b"filenames": [f"{batch}_{i}.png".encode() for i in range(per_batch)]}
+        content = {
+            b"batch_label": batch.encode(),
+            b"labels": labels.tolist(),
+            b"data": data,
+            b"filenames": [f"{batch}_{i}.png".encode() for i in range(per_batch)],
+        }
         (folder / batch).write_bytes(pickle.dumps(content, protocol=2))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": NAMES[:classes], b"num_vis": 3072}, protocol=2))
     return folder

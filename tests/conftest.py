@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.encaps import encapsulate, generate_frames
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, SegmentationStorage, generate_uid
 
 # Rich sizes its output from COLUMNS when it is created: wide, so CLI tests see unwrapped lines.
@@ -130,15 +130,24 @@ def default_phantom(hashbench_home):
 
 def chance_metrics(dataset, metrics=("map@10", "map@all"), bits=16, split=None):
     """Metrics of random codes on the dataset's default split (or ``split``), averaged over draws: the floor to clear."""
-    from hashbench.evaluation.evaluate import evaluate
     from hashbench.data.sides import class_ids
     from hashbench.data.splits import SEARCHED
+    from hashbench.evaluation.evaluate import evaluate
 
     side = dataset.split(split or dataset.default_split)
     labels, _ = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
     query, database = (side == "query").to_numpy(), side.isin(SEARCHED).to_numpy()
     rng = np.random.default_rng(0)
-    draws = [evaluate(rng.random((query.sum(), bits)) < 0.5, labels[query], rng.random((database.sum(), bits)) < 0.5, labels[database], metrics).metrics for _ in range(5)]
+    draws = [
+        evaluate(
+            rng.random((query.sum(), bits)) < 0.5,
+            labels[query],
+            rng.random((database.sum(), bits)) < 0.5,
+            labels[database],
+            metrics,
+        ).metrics
+        for _ in range(5)
+    ]
     return {m: float(np.mean([d[m] for d in draws])) for m in metrics}
 
 
@@ -147,24 +156,45 @@ def chance():
     return chance_metrics
 
 
-def write_cell(out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy", **config_fields):
+def write_cell(
+    out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy", **config_fields
+):
     """A finished cell written straight from codes (no training): for tests of what reads the results store."""
     from hashbench.evaluation.evaluate import STORED_METRICS, evaluate, pack, tie_diagnostics
     from hashbench.store.results import CellConfig, ResultsStore
 
-    fields = {"backbone": "none", "epochs": 1, "image_size": 8, "split": "patient", "train": {"optimizer": "adam", "lr": 1e-3}, "weights": {"none": "random"}, "profile": "quick", **config_fields}
+    fields = {
+        "backbone": "none",
+        "epochs": 1,
+        "image_size": 8,
+        "split": "patient",
+        "train": {"optimizer": "adam", "lr": 1e-3},
+        "weights": {"none": "random"},
+        "profile": "quick",
+        **config_fields,
+    }
     config = CellConfig(dataset=dataset, method=method, bits=query_bits.shape[1], seed=seed, **fields)
     cell = ResultsStore(out).cell(config)
     cell.directory.mkdir(parents=True)
     result = evaluate(query_bits, query_labels, database_bits, database_labels, STORED_METRICS)
     cell.start(config)
     arrays = {
-        "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query_labels, "database_labels": database_labels,
-        "query_ids": np.arange(len(query_bits)), "database_ids": np.arange(len(database_bits)) + len(query_bits),
-        "class_names": np.array([f"class{i}" for i in range(int(max(query_labels.max(), database_labels.max())) + 1)]), "bits": np.array(query_bits.shape[1]),
+        "query_codes": pack(query_bits),
+        "database_codes": pack(database_bits),
+        "query_labels": query_labels,
+        "database_labels": database_labels,
+        "query_ids": np.arange(len(query_bits)),
+        "database_ids": np.arange(len(database_bits)) + len(query_bits),
+        "class_names": np.array([f"class{i}" for i in range(int(max(query_labels.max(), database_labels.max())) + 1)]),
+        "bits": np.array(query_bits.shape[1]),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},
     }
-    record = {"metrics": result.metrics, "ties": tie_diagnostics(result.counts, database_bits), "evaluation": {"tie_break": "random", "tie_seed": 0}, "synthetic": True}
+    record = {
+        "metrics": result.metrics,
+        "ties": tie_diagnostics(result.counts, database_bits),
+        "evaluation": {"tie_break": "random", "tie_seed": 0},
+        "synthetic": True,
+    }
     cell.finish(arrays, lambda handle: handle.write(b""), record)
     return cell.directory
 

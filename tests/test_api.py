@@ -28,7 +28,9 @@ def test_the_readme_python_snippet_plans_runs_and_publishes(default_phantom, tmp
     assert (tmp_path / "runs" / "phantom" / "dpsh" / "16bits").is_dir()
     board = namespace["hb"].leaderboard(tmp_path / "runs", ("map@10",))[0]
     scores = {name: float(str(value).split()[0]) for name, value in board.table.iloc[:, 0].items()}
-    assert len(scores) == 2 and min(scores.values()) > 0.22  # both above a random ranking's MAP@10 on the phantom (about 0.22)
+    assert (
+        len(scores) == 2 and min(scores.values()) > 0.22
+    )  # both above a random ranking's MAP@10 on the phantom (about 0.22)
 
 
 def test_import_hashbench_is_cheap_and_gives_the_api():

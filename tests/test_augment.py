@@ -58,13 +58,17 @@ def test_rotation_alone_moves_an_off_centre_dot_along_its_circle_by_at_most_the_
 def test_rotation_is_rigid_in_pixels_on_non_square_images():
     height, width = 48, 96
     centre_x, centre_y = (width - 1) / 2, (height - 1) / 2
-    images = torch.cat([dot(16, centre_x + 15, centre_y, height, width), dot(16, centre_x, centre_y + 15, height, width)])
+    images = torch.cat(
+        [dot(16, centre_x + 15, centre_y, height, width), dot(16, centre_x, centre_y + 15, height, width)]
+    )
     x, y = centroids(augment(images, Augmentation(rotation=20.0), seeded()))
     assert torch.hypot(x - centre_x, y - centre_y).sub(15).abs().max() < 0.1
 
 
 def test_rotation_alone_keeps_a_centred_disc_and_its_radial_profile():
-    images = torch.sigmoid((14.0 - torch.hypot(*(c - CENTRE for c in pixel_grid()))) / 1.0).expand(16, 1, SIZE, SIZE).clone()
+    images = (
+        torch.sigmoid((14.0 - torch.hypot(*(c - CENTRE for c in pixel_grid()))) / 1.0).expand(16, 1, SIZE, SIZE).clone()
+    )
     rotated = augment(images, Augmentation(rotation=30.0), seeded())
     assert (rotated - images).abs().max() < 0.03  # bilinear resampling of a 1-px edge
     assert rotated.mean(dim=(1, 2, 3)) == pytest.approx(images.mean(dim=(1, 2, 3)), rel=1e-3)
@@ -74,7 +78,11 @@ def test_rotation_alone_keeps_a_centred_disc_and_its_radial_profile():
 
 def test_scale_alone_changes_the_disc_radius_within_the_range():
     scale, radius = 0.2, 14.0
-    images = torch.sigmoid((radius - torch.hypot(*(c - CENTRE for c in pixel_grid()))) / 1.0).expand(64, 1, SIZE, SIZE).clone()
+    images = (
+        torch.sigmoid((radius - torch.hypot(*(c - CENTRE for c in pixel_grid()))) / 1.0)
+        .expand(64, 1, SIZE, SIZE)
+        .clone()
+    )
     scaled = augment(images, Augmentation(scale=scale), seeded())
     ratios = torch.sqrt(scaled.sum(dim=(1, 2, 3)) / images.sum(dim=(1, 2, 3)))  # radius from the disc's area
     assert ratios.min() >= 1 - scale - 0.01 and ratios.max() <= 1 + scale + 0.01
@@ -167,7 +175,13 @@ def test_parse_round_trips_through_the_dict(text):
 def test_parse_reads_the_named_settings_and_leaves_the_rest_off():
     assert Augmentation.parse("none") == Augmentation() and not Augmentation().enabled
     assert Augmentation.parse("paper") == PAPER_AUGMENTATION and PAPER_AUGMENTATION.enabled
-    assert Augmentation.parse("rotation=5,noise=0.01").to_dict() == {"rotation": 5.0, "scale": 0.0, "brightness": 0.0, "noise": 0.01, "blur": 0.0}
+    assert Augmentation.parse("rotation=5,noise=0.01").to_dict() == {
+        "rotation": 5.0,
+        "scale": 0.0,
+        "brightness": 0.0,
+        "noise": 0.01,
+        "blur": 0.0,
+    }
 
 
 @pytest.mark.parametrize(

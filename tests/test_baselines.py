@@ -12,9 +12,9 @@ from sklearn.decomposition import PCA
 from typer.testing import CliRunner
 
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.model.method import MethodContext
 from hashbench.methods.itq import itq_rotation
 from hashbench.methods.sh import spectral_modes
+from hashbench.model.method import MethodContext
 from hashbench.model.registry import REGISTRY
 
 runner = CliRunner()
@@ -39,7 +39,9 @@ def test_itq_rotation_is_orthogonal_and_its_quantisation_loss_never_increases():
     rotation, losses = itq_rotation(projected, 50, seed=0)
     assert np.allclose(rotation.T @ rotation, np.eye(8), atol=1e-10)
     assert all(later <= earlier + 1e-9 for earlier, later in zip(losses, losses[1:]))
-    assert losses[-1] < 0.5 * losses[0]  # a far better rotation than the random start (measured 0.39 of it; a local optimum)
+    assert (
+        losses[-1] < 0.5 * losses[0]
+    )  # a far better rotation than the random start (measured 0.39 of it; a local optimum)
 
 
 def test_itq_codes_are_pca_then_the_rotation():
@@ -48,12 +50,18 @@ def test_itq_codes_are_pca_then_the_rotation():
     pca = PCA(8, svd_solver="full").fit(features)
     rotation, _ = itq_rotation(pca.transform(features), 5, seed=0)
     expected = pca.transform(features) @ rotation
-    assert np.allclose(((torch.from_numpy(features) - head.mean.double()) @ head.projection.double()).numpy(), expected, atol=1e-4)
+    assert np.allclose(
+        ((torch.from_numpy(features) - head.mean.double()) @ head.projection.double()).numpy(), expected, atol=1e-4
+    )
 
 
 def test_lsh_with_a_fixed_seed_is_reproducible_and_another_seed_is_not():
     features = correlated()
-    first, again, other = fitted("lsh", 16, features, seed=3), fitted("lsh", 16, features, seed=3), fitted("lsh", 16, features, seed=4)
+    first, again, other = (
+        fitted("lsh", 16, features, seed=3),
+        fitted("lsh", 16, features, seed=3),
+        fitted("lsh", 16, features, seed=4),
+    )
     assert torch.equal(first.projection, again.projection) and not torch.equal(first.projection, other.projection)
     assert torch.allclose(first.mean.double(), torch.from_numpy(features.mean(axis=0)))
     codes = first(torch.from_numpy(features).float()).code >= 0
@@ -68,7 +76,9 @@ def test_pcah_projects_on_the_leading_principal_directions():
 
 
 def test_spectral_modes_are_the_lowest_frequencies_over_all_directions():
-    directions, frequencies = spectral_modes(np.array([2.0, 1.0]), 3)  # eigenvalues k / range: 0.5, 1.0 (dir 0), 1.0 (dir 1), ...
+    directions, frequencies = spectral_modes(
+        np.array([2.0, 1.0]), 3
+    )  # eigenvalues k / range: 0.5, 1.0 (dir 0), 1.0 (dir 1), ...
     assert directions.tolist() == [0, 0, 1]
     assert frequencies == pytest.approx([math.pi / 2, math.pi, math.pi])
 
@@ -86,33 +96,87 @@ def test_spectral_hashing_bits_are_sinusoids_of_the_principal_coordinate():
 
 
 def test_the_floor_runs_in_seconds_far_above_chance_and_is_labelled_training_free(tiny_phantom, tmp_path, chance):
-    argv = ["run", "--methods", "lsh,pcah,itq,sh", "--bits", "16", "32", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(tmp_path)]
+    argv = [
+        "run",
+        "--methods",
+        "lsh,pcah,itq,sh",
+        "--bits",
+        "16",
+        "32",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--profile",
+        "quick",
+        "--out",
+        str(tmp_path),
+    ]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     floor = chance(tiny_phantom.dataset)["map@10"]
     records = [json.loads(path.read_text()) for path in tmp_path.rglob("metrics.json")]
     assert len(records) == 8
     for record in records:
-        assert record["train_seconds"] < 5 and record["seconds"] < 30  # fitted, not trained: measured about 0.02 s and 0.3 s
+        assert (
+            record["train_seconds"] < 5 and record["seconds"] < 30
+        )  # fitted, not trained: measured about 0.02 s and 0.3 s
         # measured MAP@10 at 16 / 32 bits: lsh 0.58 / 0.66, pcah 0.58 / 0.50, itq 0.55 / 0.73, sh 0.60 / 0.55; random codes 0.22
         assert record["metrics"]["map@10"] > floor + 0.2, (record["metrics"]["map@10"], floor)
     assert "itq (training-free): fitted on raw pixels (16 x 16 per channel)" in " ".join(result.output.split())
 
 
 def test_with_baselines_adds_the_floor_as_reference_rows_below_the_trained_methods(tiny_phantom, tmp_path):
-    argv = ["run", "--methods", "orthohash", "--bits", "16", "--epochs", "1", "--with-baselines", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(tmp_path)]
+    argv = [
+        "run",
+        "--methods",
+        "orthohash",
+        "--bits",
+        "16",
+        "--epochs",
+        "1",
+        "--with-baselines",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--profile",
+        "quick",
+        "--out",
+        str(tmp_path),
+    ]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     from hashbench.report import leaderboard
     from hashbench.store.results import ResultsStore
 
     (board,) = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))
-    assert list(board.table.index) == ["orthohash", "itq (training-free)", "lsh (training-free)", "pcah (training-free)", "sh (training-free)"]
+    assert list(board.table.index) == [
+        "orthohash",
+        "itq (training-free)",
+        "lsh (training-free)",
+        "pcah (training-free)",
+        "sh (training-free)",
+    ]
     from hashbench.config.suites import get_suite
 
-    rows = [label for label, _ in get_suite("paper-table3").with_baselines().rows]  # the paper suite grows the same reference rows, no paper numbers beside them
-    assert rows[:5] == ["HashNet", "DSH", "DPSH", "DPN", "DAFH"] and rows[5:] == [f"{m} (training-free)" for m in ("LSH", "PCAH", "ITQ", "SH")]
-    dry = runner.invoke(app, expand_multi_value_options(["run", "--suite", "paper-table3", "--with-baselines", "--dataset", "phantom-tiny-seed0", "--dry-run", "--json"]))
+    rows = [
+        label for label, _ in get_suite("paper-table3").with_baselines().rows
+    ]  # the paper suite grows the same reference rows, no paper numbers beside them
+    assert rows[:5] == ["HashNet", "DSH", "DPSH", "DPN", "DAFH"] and rows[5:] == [
+        f"{m} (training-free)" for m in ("LSH", "PCAH", "ITQ", "SH")
+    ]
+    dry = runner.invoke(
+        app,
+        expand_multi_value_options(
+            [
+                "run",
+                "--suite",
+                "paper-table3",
+                "--with-baselines",
+                "--dataset",
+                "phantom-tiny-seed0",
+                "--dry-run",
+                "--json",
+            ]
+        ),
+    )
     assert dry.exit_code == 0, dry.output
     planned = {json.loads(line)["method"] for line in dry.output.splitlines() if line.startswith("{")}
     assert planned == {"hashnet", "dsh", "dpsh", "dpn", "dafh", "lsh", "pcah", "itq", "sh"}

@@ -8,15 +8,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hashbench.training import bench
 from hashbench.cli import app, expand_multi_value_options
+from hashbench.training import bench
 
 runner = CliRunner()
 
 
 def test_the_cached_loader_delivers_ten_times_what_efficientnet_b0_trains_on_at_224_px(tiny_phantom):
     # HashNet: B0 and one linear layer, the fastest consumer of images, so the strictest test of the loader
-    rates = bench.measure(tiny_phantom.dataset, "efficientnet_b0", 224, torch.device("cpu"), method="hashnet", batch_size=8, steps=1)
+    rates = bench.measure(
+        tiny_phantom.dataset, "efficientnet_b0", 224, torch.device("cpu"), method="hashnet", batch_size=8, steps=1
+    )
     assert rates.loading >= 10 * rates.training, (rates.loading, rates.training)
     assert rates.loader_margin == pytest.approx(rates.loading / rates.training)
     assert 0 < rates.training < rates.encoding  # a training step also runs backward
@@ -27,16 +29,41 @@ def test_the_cached_loader_delivers_ten_times_what_efficientnet_b0_trains_on_at_
 
 def test_the_command_prints_and_writes_the_rates_and_refuses_a_training_free_method(tiny_phantom, tmp_path):
     out = tmp_path / "rates.json"
-    argv = ["bench", "--dataset", "phantom-tiny-seed0", "--backbones", "test_efficientnet", "--image-sizes", "32", "48", "--method", "dpsh",
-            "--batch-size", "8", "--steps", "1", "--slices", "1000", "--epochs", "2", "--json", str(out)]
+    argv = [
+        "bench",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--backbones",
+        "test_efficientnet",
+        "--image-sizes",
+        "32",
+        "48",
+        "--method",
+        "dpsh",
+        "--batch-size",
+        "8",
+        "--steps",
+        "1",
+        "--slices",
+        "1000",
+        "--epochs",
+        "2",
+        "--json",
+        str(out),
+    ]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     written = json.loads(out.read_text())
-    assert [rate["image_size"] for rate in written["rates"]] == [32, 48] and written["projection"] == {"slices": 1000, "epochs": 2}
+    assert [rate["image_size"] for rate in written["rates"]] == [32, 48] and written["projection"] == {
+        "slices": 1000,
+        "epochs": 2,
+    }
     for rate in written["rates"]:
         assert rate["loading"] > 0 and rate["training"] > 0 and rate["encoding"] > 0
         assert rate["projected_hours"] == pytest.approx((1000 * 2 / rate["training"] + 1000 / rate["encoding"]) / 3600)
         assert f"{rate['projected_hours']:,.1f} h" in result.output
     assert written["synthetic"] is True and "1,000 x 2 epochs" in result.output
-    refused = runner.invoke(app, ["bench", "--dataset", "phantom-tiny-seed0", "--method", "itq", "--backbones", "test_efficientnet"])
+    refused = runner.invoke(
+        app, ["bench", "--dataset", "phantom-tiny-seed0", "--method", "itq", "--backbones", "test_efficientnet"]
+    )
     assert refused.exit_code == 2 and "training-free" in refused.output and "Traceback" not in refused.output

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from hashbench.data.dicom import ImageOptions
 from hashbench.datasets import phantom
 from hashbench.datasets.tcia import ingest_tcia
-from hashbench.data.dicom import ImageOptions
 
 pytestmark = pytest.mark.perf
 
@@ -66,8 +66,12 @@ def test_ingest_throughput_against_naive_png_conversion(benchmark, tmp_path_fact
     naive_s = best_of(3, naive)
     slices = len(result.dataset.index)
     ratio = naive_s / ours_s
-    benchmark.extra_info.update(files=len(files), slices=slices, cores=os.cpu_count(), naive_s=naive_s, ours_s=ours_s, ratio=ratio)
-    print(f"\ningest {len(files)} files -> {slices} slices on {os.cpu_count()} cores: hashbench {slices / ours_s:.0f} slices/s, naive pydicom+PIL PNG {slices / naive_s:.0f} slices/s, ratio {ratio:.2f}x")
+    benchmark.extra_info.update(
+        files=len(files), slices=slices, cores=os.cpu_count(), naive_s=naive_s, ours_s=ours_s, ratio=ratio
+    )
+    print(
+        f"\ningest {len(files)} files -> {slices} slices on {os.cpu_count()} cores: hashbench {slices / ours_s:.0f} slices/s, naive pydicom+PIL PNG {slices / naive_s:.0f} slices/s, ratio {ratio:.2f}x"
+    )
     assert ratio > 1.2
 
 
@@ -80,11 +84,11 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
     import torch
     import torch.nn.functional as F
 
-    from hashbench.training import engine
-    from hashbench.training.augment import PAPER_AUGMENTATION, augment
+    from hashbench.data.sides import class_ids
     from hashbench.model.method import MethodContext, StepInfo
     from hashbench.model.registry import REGISTRY
-    from hashbench.data.sides import class_ids
+    from hashbench.training import engine
+    from hashbench.training.augment import PAPER_AUGMENTATION, augment
 
     dataset = default_phantom.dataset
     side = dataset.split("patient")
@@ -92,7 +96,9 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
     labels, names = class_ids(dataset.index.loc[ids, "label"])
     device = torch.device("cpu")
     hashnet = REGISTRY.get("hashnet")
-    settings = hashnet.train.with_overrides({"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "lr_schedule": "constant"})
+    settings = hashnet.train.with_overrides(
+        {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "lr_schedule": "constant"}
+    )
     source = engine.ImageSource(dataset.images, ids, device)
 
     def fresh():
@@ -105,14 +111,29 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
         method, network, loss = fresh()
         for name in ("checkpoint.pt", "log.jsonl"):
             (tmp_path / name).unlink(missing_ok=True)
-        engine.train(method, network, loss, source, engine.TrainData(ids, labels, len(names)), settings, 1, 64, 0, tmp_path / "checkpoint.pt", tmp_path / "log.jsonl", augmentation=augmentation)
+        engine.train(
+            method,
+            network,
+            loss,
+            source,
+            engine.TrainData(ids, labels, len(names)),
+            settings,
+            1,
+            64,
+            0,
+            tmp_path / "checkpoint.pt",
+            tmp_path / "log.jsonl",
+            augmentation=augmentation,
+        )
 
     def plain(augmentation=None):
         method, network, loss = fresh()
         optimizer = engine.build_optimizer(network, settings)
         onehot = F.one_hot(torch.from_numpy(labels), len(names)).float()
         positions = list(method.batches(labels, settings.batch_size, np.random.default_rng([0, 0])))
-        batches = [(torch.from_numpy(p), torch.from_numpy(np.ascontiguousarray(dataset.images[ids[p]]))) for p in positions]
+        batches = [
+            (torch.from_numpy(p), torch.from_numpy(np.ascontiguousarray(dataset.images[ids[p]]))) for p in positions
+        ]
         generator = torch.Generator().manual_seed(1)
         network.train()
         for step, (index, images) in enumerate(batches):
@@ -140,7 +161,12 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
         augmenting.append(0.0)
         ours(PAPER_AUGMENTATION)
 
-    variants = {"ours": ours, "plain": plain, "ours augmented": ours_augmented, "plain augmented": lambda: plain(PAPER_AUGMENTATION)}
+    variants = {
+        "ours": ours,
+        "plain": plain,
+        "ours augmented": ours_augmented,
+        "plain augmented": lambda: plain(PAPER_AUGMENTATION),
+    }
     times = {name: [] for name in variants}
     engine.augment = timed_augment
     try:
@@ -152,7 +178,14 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
     ours_s, plain_s, ours_augmented_s, plain_augmented_s = (min(times[name]) for name in variants)
     overhead, augmented_overhead = ours_s / plain_s - 1, ours_augmented_s / plain_augmented_s - 1
     augmentation_share = min(augmenting) / plain_s
-    benchmark.extra_info.update(ours_s=ours_s, plain_s=plain_s, overhead=overhead, ours_augmented_s=ours_augmented_s, plain_augmented_s=plain_augmented_s, augmentation_share=augmentation_share)
+    benchmark.extra_info.update(
+        ours_s=ours_s,
+        plain_s=plain_s,
+        overhead=overhead,
+        ours_augmented_s=ours_augmented_s,
+        plain_augmented_s=plain_augmented_s,
+        augmentation_share=augmentation_share,
+    )
     print(
         f"\none HashNet epoch on the default phantom (test_efficientnet, 64 px, batch 32, CPU): engine {ours_s:.2f} s vs plain loop {plain_s:.2f} s, overhead {overhead:+.1%}; "
         f"with the paper's augmentation: engine {ours_augmented_s:.2f} s vs plain loop augmenting alike {plain_augmented_s:.2f} s, overhead {augmented_overhead:+.1%}; "
@@ -184,7 +217,9 @@ def per_query_argsort_loop(query_packed, query_labels, database_packed, database
         group_relevant = np.add.reduceat(relevant, first)
         before, before_relevant = first, hits[first] - relevant[first]
         slope = np.divide(group_relevant - 1, sizes - 1, out=np.zeros(len(sizes)), where=sizes > 1)
-        inner = sizes * slope + (before_relevant + 1 - slope * (1 + before)) * (harmonic[before + sizes] - harmonic[before])
+        inner = sizes * slope + (before_relevant + 1 - slope * (1 + before)) * (
+            harmonic[before + sizes] - harmonic[before]
+        )
         tie_aware[q] = (group_relevant * inner / sizes).sum() / hits[-1] if hits[-1] else 0.0
     return aps, tie_aware
 
@@ -201,20 +236,26 @@ def test_evaluator_against_a_per_query_argsort_loop(benchmark):
     names = ("map@1", "map@10", "map@1000", "map@all", "map@tie")
 
     def ours():  # index ties: the loop's stable argsort
-        return evaluate_packed(query_packed, query_labels, database_packed, database_labels, bits, names, device="cpu", tie_break="index")
+        return evaluate_packed(
+            query_packed, query_labels, database_packed, database_labels, bits, names, device="cpu", tie_break="index"
+        )
 
     ours()  # compile (cached on disk after the first run)
     result = benchmark.pedantic(ours, rounds=10, iterations=1, warmup_rounds=1)
     ours_s = benchmark.stats.stats.median
     start = time.perf_counter()
-    aps, tie_aware = per_query_argsort_loop(query_packed, query_labels, database_packed, database_labels, (1, 10, 1000, n_items))
+    aps, tie_aware = per_query_argsort_loop(
+        query_packed, query_labels, database_packed, database_labels, (1, 10, 1000, n_items)
+    )
     loop_s = time.perf_counter() - start
     for i, name in enumerate(names[:4]):
         np.testing.assert_allclose(result.per_query[name], aps[:, i], rtol=0, atol=1e-12, err_msg=name)
     np.testing.assert_allclose(result.per_query["map@tie"], tie_aware, rtol=0, atol=1e-12)
     ratio = loop_s / ours_s
     benchmark.extra_info.update(loop_s=loop_s, ours_s=ours_s, ratio=ratio, cores=os.cpu_count())
-    print(f"\nevaluate Q={n_queries} x N={n_items} at {bits} bits, 5 metrics on {os.cpu_count()} cores: hashbench {ours_s * 1e3:.0f} ms (median), per-query argsort loop {loop_s:.2f} s, ratio {ratio:.0f}x")
+    print(
+        f"\nevaluate Q={n_queries} x N={n_items} at {bits} bits, 5 metrics on {os.cpu_count()} cores: hashbench {ours_s * 1e3:.0f} ms (median), per-query argsort loop {loop_s:.2f} s, ratio {ratio:.0f}x"
+    )
     assert ratio >= 50
 
 
@@ -239,7 +280,11 @@ def test_evaluator_at_ten_thousand_by_a_million_in_bounded_memory():
     import subprocess
     import sys
 
-    output = subprocess.run([sys.executable, "-c", LARGE_EVALUATION], capture_output=True, text=True, check=True).stdout.split()
+    output = subprocess.run(
+        [sys.executable, "-c", LARGE_EVALUATION], capture_output=True, text=True, check=True
+    ).stdout.split()
     seconds, peak = float(output[0]), int(output[1])
-    print(f"\nevaluate Q=10,000 x N=1,000,000 at 64 bits, 5 metrics on {os.cpu_count()} cores: {seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB; means {output[2:]}")
+    print(
+        f"\nevaluate Q=10,000 x N=1,000,000 at 64 bits, 5 metrics on {os.cpu_count()} cores: {seconds:.1f} s, peak RSS {peak / 2**30:.2f} GiB; means {output[2:]}"
+    )
     assert peak < 4 * 2**30

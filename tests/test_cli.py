@@ -23,7 +23,13 @@ def make_download(root, dicom):
     for patient in ("OV-1", "OV-2"):
         for i in range(3):
             pixels = np.full((32, 32), 1024 + 10 * i, np.uint16)
-            dicom(root / "TCGA-OV" / patient / SERIES[0] / SERIES[1] / f"1-0{i}.dcm", pixels, patient=patient, RescaleIntercept=-1024, RescaleSlope=1)
+            dicom(
+                root / "TCGA-OV" / patient / SERIES[0] / SERIES[1] / f"1-0{i}.dcm",
+                pixels,
+                patient=patient,
+                RescaleIntercept=-1024,
+                RescaleSlope=1,
+            )
     broken = root / "TCGA-OV" / "OV-2" / SERIES[0] / SERIES[1] / "broken.dcm"
     broken.write_text("not an image")
     return broken
@@ -31,7 +37,9 @@ def make_download(root, dicom):
 
 def test_ingest_tcia_prints_what_was_kept_and_skipped_then_is_a_no_op(tmp_path, dicom):
     broken = make_download(tmp_path / "dl", dicom)
-    result = runner.invoke(app, ["ingest", "tcia", str(tmp_path / "dl"), "--name", "cli-test", "--size", "32", "--workers", "1"])
+    result = runner.invoke(
+        app, ["ingest", "tcia", str(tmp_path / "dl"), "--name", "cli-test", "--size", "32", "--workers", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "kept 6 files -> 6 slices of 2 patients in 1 classes" in result.output
     assert "skipped 1 files" in result.output and "not DICOM" in result.output
@@ -72,17 +80,38 @@ def test_the_console_script_is_installed():
 @pytest.mark.parametrize(
     "argv, expected",
     [
-        (["run", "--methods", "dafh,hashnet", "--bits", "16", "32", "48"], ["run", "--methods", "dafh", "--methods", "hashnet", "--bits", "16", "--bits", "32", "--bits", "48"]),
-        (["run", "--bits", "16,32,48", "--epochs", "2"], ["run", "--bits", "16", "--bits", "32", "--bits", "48", "--epochs", "2"]),
-        (["run", "--bits=16,32", "--set", "hashnet.alpha=0.2", "lr=0.001", "--force"], ["run", "--bits", "16", "--bits", "32", "--set", "hashnet.alpha=0.2", "--set", "lr=0.001", "--force"]),
+        (
+            ["run", "--methods", "dafh,hashnet", "--bits", "16", "32", "48"],
+            ["run", "--methods", "dafh", "--methods", "hashnet", "--bits", "16", "--bits", "32", "--bits", "48"],
+        ),
+        (
+            ["run", "--bits", "16,32,48", "--epochs", "2"],
+            ["run", "--bits", "16", "--bits", "32", "--bits", "48", "--epochs", "2"],
+        ),
+        (
+            ["run", "--bits=16,32", "--set", "hashnet.alpha=0.2", "lr=0.001", "--force"],
+            ["run", "--bits", "16", "--bits", "32", "--set", "hashnet.alpha=0.2", "--set", "lr=0.001", "--force"],
+        ),
         (["run", "--set=dpn.margin=2", "--out", "x"], ["run", "--set", "dpn.margin=2", "--out", "x"]),
         # positionals are never taken for values: only integers follow --bits/--seeds, elsewhere one value per flag
         (["list", "--plugin", "examples/my_method.py", "c*"], ["list", "--plugin", "examples/my_method.py", "c*"]),
-        (["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"], ["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"]),
-        (["compare", "dafh", "hashnet", "--bits", "16", "32", "--metrics", "map@1,map@10"], ["compare", "dafh", "hashnet", "--bits", "16", "--bits", "32", "--metrics", "map@1", "--metrics", "map@10"]),
+        (
+            ["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"],
+            ["compare", "--metrics", "map@10", "dafh", "hashnet", "--bits", "32"],
+        ),
+        (
+            ["compare", "dafh", "hashnet", "--bits", "16", "32", "--metrics", "map@1,map@10"],
+            ["compare", "dafh", "hashnet", "--bits", "16", "--bits", "32", "--metrics", "map@1", "--metrics", "map@10"],
+        ),
         (["confusion", "--metrics", "map@1", "CELL"], ["confusion", "--metrics", "map@1", "CELL"]),
-        (["run", "--seeds", "-1", "--bits", "-3"], ["run", "--seeds", "-1", "--bits", "-3"]),  # kept, so the plan can refuse them
-        (["leaderboard", "--metrics", "map@1", "map@10", "--format", "md"], ["leaderboard", "--metrics", "map@1", "--metrics", "map@10", "--format", "md"]),
+        (
+            ["run", "--seeds", "-1", "--bits", "-3"],
+            ["run", "--seeds", "-1", "--bits", "-3"],
+        ),  # kept, so the plan can refuse them
+        (
+            ["leaderboard", "--metrics", "map@1", "map@10", "--format", "md"],
+            ["leaderboard", "--metrics", "map@1", "--metrics", "map@10", "--format", "md"],
+        ),
     ],
 )
 def test_multi_value_options_are_expanded_for_click(argv, expected):
@@ -94,8 +123,13 @@ def test_multi_value_options_are_expanded_for_click(argv, expected):
 def test_overrides_are_per_method_or_for_all_and_stay_text_until_typed():
     from hashbench.cli import parse_overrides
 
-    assert parse_overrides(["hashnet.alpha=0.2", "batch_size=32", "dpn.targets=balanced", "dsh.alpha=1e-3", "lr_schedule=step:2000it:0.5"]) == {
-        "hashnet": {"alpha": "0.2"}, "*": {"batch_size": "32", "lr_schedule": "step:2000it:0.5"}, "dpn": {"targets": "balanced"}, "dsh": {"alpha": "1e-3"},
+    assert parse_overrides(
+        ["hashnet.alpha=0.2", "batch_size=32", "dpn.targets=balanced", "dsh.alpha=1e-3", "lr_schedule=step:2000it:0.5"]
+    ) == {
+        "hashnet": {"alpha": "0.2"},
+        "*": {"batch_size": "32", "lr_schedule": "step:2000it:0.5"},
+        "dpn": {"targets": "balanced"},
+        "dsh": {"alpha": "1e-3"},
     }
 
 
@@ -103,7 +137,22 @@ def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
     from hashbench.cli import expand_multi_value_options
 
     out = tmp_path / "results"
-    argv = ["run", "--methods", "hashnet,dpn", "--bits", "8", "16", "--dataset", "phantom-tiny-seed0", "--epochs", "1", "--set", "hashnet.alpha=0.2", "--out", str(out)]
+    argv = [
+        "run",
+        "--methods",
+        "hashnet,dpn",
+        "--bits",
+        "8",
+        "16",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--epochs",
+        "1",
+        "--set",
+        "hashnet.alpha=0.2",
+        "--out",
+        str(out),
+    ]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     assert result.output.count("done phantom-tiny-seed0/") == 4
@@ -114,13 +163,14 @@ def test_run_then_leaderboard_end_to_end(tiny_phantom, tmp_path):
     assert markdown.exit_code == 0
     text = (out / "leaderboard.md").read_text()
     assert "| method | 8 bits | 16 bits |" in text and "| hashnet |" in text and "| dpn |" in text and "(n=1" in text
-    bad_option = runner.invoke(app, expand_multi_value_options([*argv[:-2], "--set", "hashnet.alpah=1", "--out", str(out)]))
+    bad_option = runner.invoke(
+        app, expand_multi_value_options([*argv[:-2], "--set", "hashnet.alpah=1", "--out", str(out)])
+    )
     assert bad_option.exit_code == 2 and "unknown option(s) alpah" in bad_option.output
 
 
 def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused():
     from hashbench.cli import expand_multi_value_options
-
     from hashbench.model.registry import REGISTRY
 
     example = Path(__file__).resolve().parent.parent / "examples" / "my_method.py"
@@ -140,7 +190,9 @@ def test_version_suites_and_an_empty_leaderboard_say_what_they_are(tmp_path):
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and version.output.strip() == f"hashbench {hashbench.__version__}"
     suites = runner.invoke(app, ["suites"])
-    assert suites.exit_code == 0 and all(name in suites.output for name in ("paper-table3", "paper-table4", "paper-table5", "Table 5"))
+    assert suites.exit_code == 0 and all(
+        name in suites.output for name in ("paper-table3", "paper-table4", "paper-table5", "Table 5")
+    )
     wrong_place = runner.invoke(app, ["list", "suites"])
     assert wrong_place.exit_code == 2 and "`hashbench suites`" in wrong_place.output
     for output_format in ("rich", "md"):
@@ -156,7 +208,12 @@ def test_runs_go_to_runs_by_default_never_into_results():
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
-    assert subprocess.run(["git", "check-ignore", "-q", "runs/phantom/dafh/16bits/seed0-x/metrics.json"], cwd=root).returncode == 0
+    assert (
+        subprocess.run(
+            ["git", "check-ignore", "-q", "runs/phantom/dafh/16bits/seed0-x/metrics.json"], cwd=root
+        ).returncode
+        == 0
+    )
 
 
 BAD_INPUTS = [
@@ -167,22 +224,52 @@ BAD_INPUTS = [
     (["run", "--methods", "dpn", "--epochs", "0", "--dry-run"], "--epochs 0 is too small"),
     (["run", "--methods", "dpn", "--image-size", "0", "--dry-run"], "--image-size 0 is too small"),
     (["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"], "take whole numbers from 0"),
-    (["run", "--methods", "dpn", "--split", "nope", "--dry-run"], "unknown split 'nope' for phantom; valid: patient, slice"),
+    (
+        ["run", "--methods", "dpn", "--split", "nope", "--dry-run"],
+        "unknown split 'nope' for phantom; valid: patient, slice",
+    ),
     (["run", "--methods", "dpn", "--dataset", "/tmp", "--dry-run"], "is not allowed"),
     (["run", "--methods", "dpn", "--dataset", "never-ingested", "--dry-run"], "unknown dataset 'never-ingested'"),
     (["run", "--methods", "dpn", "--device", "foo", "--dry-run"], "--device 'foo' is not a device"),
-    (["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"], "dpn.batch_size=0.5 is not valid; expected a whole number"),
-    (["run", "--methods", "dpn", "--set", "batch_size=1", "--dry-run"], "dpn.batch_size=1 is not valid; expected a whole number >= 2"),
+    (
+        ["run", "--methods", "dpn", "--set", "batch_size=0.5", "--dry-run"],
+        "dpn.batch_size=0.5 is not valid; expected a whole number",
+    ),
+    (
+        ["run", "--methods", "dpn", "--set", "batch_size=1", "--dry-run"],
+        "dpn.batch_size=1 is not valid; expected a whole number >= 2",
+    ),
     (["run", "--methods", "dpn", "--set", "lr=0", "--dry-run"], "dpn.lr=0 is not valid; expected a number > 0"),
-    (["run", "--methods", "dpn", "--set", "optimizer=adagrad", "--dry-run"], "dpn.optimizer=adagrad is not valid; expected one of adam, sgd, rmsprop"),
-    (["run", "--methods", "dpn", "--set", "nesterov=maybe", "--dry-run"], "dpn.nesterov=maybe is not valid; expected true or false"),
-    (["run", "--methods", "dpn", "--set", "dpn.targets=even", "--dry-run"], "dpn.targets=even is not valid; expected one of random, balanced"),
-    (["run", "--methods", "dpn", "--set", "dpn.margin=-1", "--dry-run"], "dpn.margin=-1 is not valid; expected a number >= 0"),
+    (
+        ["run", "--methods", "dpn", "--set", "optimizer=adagrad", "--dry-run"],
+        "dpn.optimizer=adagrad is not valid; expected one of adam, sgd, rmsprop",
+    ),
+    (
+        ["run", "--methods", "dpn", "--set", "nesterov=maybe", "--dry-run"],
+        "dpn.nesterov=maybe is not valid; expected true or false",
+    ),
+    (
+        ["run", "--methods", "dpn", "--set", "dpn.targets=even", "--dry-run"],
+        "dpn.targets=even is not valid; expected one of random, balanced",
+    ),
+    (
+        ["run", "--methods", "dpn", "--set", "dpn.margin=-1", "--dry-run"],
+        "dpn.margin=-1 is not valid; expected a number >= 0",
+    ),
     (["run", "--methods", "dpn", "--set", "dpn.marign=1", "--dry-run"], "dpn: unknown option(s) marign; valid:"),
-    (["run", "--methods", "hashnet", "--set", "hashnet.beta_step=2.5", "--dry-run"], "hashnet.beta_step=2.5 is not valid; expected a whole number >= 1"),
-    (["run", "--methods", "hashnet", "--set", "hashnet.alpha=none!", "--dry-run"], "hashnet.alpha=none! is not valid; expected a number > 0, or none"),
+    (
+        ["run", "--methods", "hashnet", "--set", "hashnet.beta_step=2.5", "--dry-run"],
+        "hashnet.beta_step=2.5 is not valid; expected a whole number >= 1",
+    ),
+    (
+        ["run", "--methods", "hashnet", "--set", "hashnet.alpha=none!", "--dry-run"],
+        "hashnet.alpha=none! is not valid; expected a number > 0, or none",
+    ),
     (["run", "--methods", "dpn", "--set", "dpnn.margin=1", "--dry-run"], "--set names dpnn"),
-    (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/proc/hashbench-cannot-write"], "cannot be written"),
+    (
+        ["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/proc/hashbench-cannot-write"],
+        "cannot be written",
+    ),
     (["run", "--methods", "dpn", "--bits", "8", "--epochs", "1", "--out", "/dev/null/runs"], "cannot be written"),
 ]
 
@@ -201,22 +288,57 @@ def test_bad_input_exits_2_with_the_problem_and_no_traceback(tiny_phantom, argv,
 def test_a_run_written_to_a_log_gets_one_line_per_epoch_and_readable_ties(tiny_phantom, tmp_path):
     from hashbench.cli import expand_multi_value_options
 
-    result = runner.invoke(app, expand_multi_value_options(["run", "--methods", "dpn", "--bits", "8", "--epochs", "2", "--dataset", "phantom-tiny-seed0", "--out", str(tmp_path)]))
+    result = runner.invoke(
+        app,
+        expand_multi_value_options(
+            [
+                "run",
+                "--methods",
+                "dpn",
+                "--bits",
+                "8",
+                "--epochs",
+                "2",
+                "--dataset",
+                "phantom-tiny-seed0",
+                "--out",
+                str(tmp_path),
+            ]
+        ),
+    )
     assert result.exit_code == 0, result.output
-    assert re.search(r"dpn 8 bits: epoch 1/2 in \d+\.\d s, polarisation \d", result.output) and "dpn 8 bits: epoch 2/2" in result.output
+    assert (
+        re.search(r"dpn 8 bits: epoch 1/2 in \d+\.\d s, polarisation \d", result.output)
+        and "dpn 8 bits: epoch 2/2" in result.output
+    )
     ties = runner.invoke(app, ["ties", "--out", str(tmp_path)])
     assert ties.exit_code == 0
     lines = ties.output.splitlines()
     row = next(line for line in lines if line.startswith("dpn "))
     assert row.split()[:4] == ["dpn", "8", "0", "patient"] and len(row.split()) == 14
-    assert max(len(line) for line in lines[:lines.index(row) + 1]) <= 120
+    assert max(len(line) for line in lines[: lines.index(row) + 1]) <= 120
 
 
-@pytest.mark.parametrize("text, expected", [("false", False), ("False", False), ("no", False), ("off", False), ("0", False), ("true", True), ("on", True)])
+@pytest.mark.parametrize(
+    "text, expected",
+    [("false", False), ("False", False), ("no", False), ("off", False), ("0", False), ("true", True), ("on", True)],
+)
 def test_set_nesterov_reaches_the_plan_as_a_boolean(tiny_phantom, text, expected):
     from hashbench.cli import expand_multi_value_options
 
-    argv = ["run", "--methods", "hashnet", "--bits", "16", "--dataset", "phantom-tiny-seed0", "--set", f"hashnet.nesterov={text}", "--dry-run", "--json"]
+    argv = [
+        "run",
+        "--methods",
+        "hashnet",
+        "--bits",
+        "16",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--set",
+        f"hashnet.nesterov={text}",
+        "--dry-run",
+        "--json",
+    ]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     planned = json.loads(result.output.splitlines()[0])
@@ -226,7 +348,19 @@ def test_set_nesterov_reaches_the_plan_as_a_boolean(tiny_phantom, text, expected
 def test_derived_options_are_none_in_the_plan_and_an_explicit_value_wins(tiny_phantom):
     from hashbench.cli import expand_multi_value_options
 
-    argv = ["run", "--methods", "hashnet,dsh", "--bits", "16", "--dataset", "phantom-tiny-seed0", "--set", "dsh.margin=5", "--dry-run", "--json"]
+    argv = [
+        "run",
+        "--methods",
+        "hashnet,dsh",
+        "--bits",
+        "16",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--set",
+        "dsh.margin=5",
+        "--dry-run",
+        "--json",
+    ]
     result = runner.invoke(app, expand_multi_value_options(argv))
     assert result.exit_code == 0, result.output
     hashnet, dsh = (json.loads(line) for line in result.output.splitlines())

@@ -24,8 +24,15 @@ def build(name="dafh", bits=32, image_size=64, backbone="test_efficientnet", n_c
 @pytest.mark.parametrize(
     "backbone, image_size, mid_shape",
     [
-        ("efficientnet_b0", 224, (192, 7, 7)), ("efficientnet_b0", 64, (192, 2, 2)), ("efficientnet_b2", 224, (208, 7, 7)), ("efficientnet_b2", 64, (208, 2, 2)),
-        ("tf_efficientnet_b6.aa_in1k", 64, (344, 2, 2)),  # the paper's backbone, as the full profile runs it (here from random weights)
+        ("efficientnet_b0", 224, (192, 7, 7)),
+        ("efficientnet_b0", 64, (192, 2, 2)),
+        ("efficientnet_b2", 224, (208, 7, 7)),
+        ("efficientnet_b2", 64, (208, 2, 2)),
+        (
+            "tf_efficientnet_b6.aa_in1k",
+            64,
+            (344, 2, 2),
+        ),  # the paper's backbone, as the full profile runs it (here from random weights)
     ],
 )
 def test_shapes_through_dafh(backbone, image_size, mid_shape):
@@ -100,9 +107,11 @@ def test_focal_loss_by_hand_and_gamma_zero_is_cross_entropy():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]], dtype=torch.float64)
     targets = torch.tensor([[1.0, 0, 0], [0, 0, 1]], dtype=torch.float64)
     p = torch.softmax(logits, dim=1)
-    by_hand = (-(1 - p[0, 0]) ** 1.5 * torch.log(p[0, 0]) - (1 - p[1, 2]) ** 1.5 * torch.log(p[1, 2])) / 2
+    by_hand = (-((1 - p[0, 0]) ** 1.5) * torch.log(p[0, 0]) - (1 - p[1, 2]) ** 1.5 * torch.log(p[1, 2])) / 2
     assert focal_loss(logits, targets, 1.5).item() == pytest.approx(by_hand.item(), abs=1e-12)
-    assert focal_loss(logits, targets, 0.0).item() == pytest.approx(F.cross_entropy(logits, torch.tensor([0, 2])).item(), abs=1e-12)
+    assert focal_loss(logits, targets, 0.0).item() == pytest.approx(
+        F.cross_entropy(logits, torch.tensor([0, 2])).item(), abs=1e-12
+    )
 
 
 def test_dafh_loss_is_lambda_times_three_focal_terms_plus_triplet():
@@ -129,7 +138,10 @@ def test_triplet_reduction_sum_is_the_papers_sum_over_triplets_and_b_times_the_m
     code = torch.tensor(anchors + positives + negatives, dtype=torch.float64)
     labels = F.one_hot(torch.tensor([0, 1, 2, 0, 1, 2, 3, 0, 1]), 4).double()
     output = HashOutput(code, torch.randn(9, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
-    hinges = [max(torch_triplet_distance(a, p) - torch_triplet_distance(a, n) + 0.5, 0.0) for a, p, n in zip(anchors, positives, negatives)]
+    hinges = [
+        max(torch_triplet_distance(a, p) - torch_triplet_distance(a, n) + 0.5, 0.0)
+        for a, p, n in zip(anchors, positives, negatives)
+    ]
     assert hinges[0] == 0 and min(hinges[1:]) > 0
     summed = build(triplet_reduction="sum")[2](output, labels, torch.arange(9), INFO)["triplet"].item()
     mean = build()[2](output, labels, torch.arange(9), INFO)["triplet"].item()
@@ -189,7 +201,9 @@ def test_dafh_learns_on_the_phantom_at_16_32_48_bits(default_phantom, tmp_path, 
     from hashbench.api import RunRequest, run_grid
 
     floor = chance(default_phantom.dataset)  # measured: MAP@10 0.22, mAP@all 0.11
-    outcomes = run_grid(RunRequest(methods=["dafh"], bits=[16, 32, 48], epochs=5, profile="quick"), default_phantom.dataset, tmp_path)
+    outcomes = run_grid(
+        RunRequest(methods=["dafh"], bits=[16, 32, 48], epochs=5, profile="quick"), default_phantom.dataset, tmp_path
+    )
     for outcome in outcomes:
         assert outcome.status == "done", outcome.error
         # measured after 5 quick epochs: MAP@10 0.39, 0.50, 0.60 and mAP@all 0.41, 0.54, 0.58 at 16, 32, 48 bits
@@ -201,8 +215,19 @@ def test_dafh_learns_on_the_phantom_at_16_32_48_bits(default_phantom, tmp_path, 
 def test_every_variant_trains_and_encodes_through_the_engine(name, tiny_phantom, tmp_path):
     from hashbench.api import RunRequest, run_grid
 
-    light = {k: v for k, v in {"backbone": "test_resnet", "vit": "test_vit"}.items() if REGISTRY.get(name).default_options()[k]}
-    request = RunRequest(methods=[name], bits=[32], epochs=1, dataset="phantom-tiny-seed0", overrides={name: {**light, "batch_size": 16}}, profile="quick")
+    light = {
+        k: v
+        for k, v in {"backbone": "test_resnet", "vit": "test_vit"}.items()
+        if REGISTRY.get(name).default_options()[k]
+    }
+    request = RunRequest(
+        methods=[name],
+        bits=[32],
+        epochs=1,
+        dataset="phantom-tiny-seed0",
+        overrides={name: {**light, "batch_size": 16}},
+        profile="quick",
+    )
     outcome = run_grid(request, tiny_phantom.dataset, tmp_path)[0]
     assert outcome.status == "done", outcome.error
     assert 0 <= outcome.metrics["map@10"] <= 1

@@ -43,7 +43,14 @@ def test_ct_without_window_tags_uses_the_soft_tissue_default(tmp_path, dicom):
 
 def test_multi_valued_window_takes_the_first_preset(tmp_path, dicom):
     stored = np.full((16, 16), 1124, np.uint16)
-    path = dicom(tmp_path / "ct.dcm", stored, RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=[40, -600], WindowWidth=[400, 1500])
+    path = dicom(
+        tmp_path / "ct.dcm",
+        stored,
+        RescaleIntercept=-1024,
+        RescaleSlope=1,
+        WindowCenter=[40, -600],
+        WindowWidth=[400, 1500],
+    )
     assert decoded(path).images[0][0, 0] == 166
 
 
@@ -57,7 +64,11 @@ def test_mr_without_window_is_windowed_by_percentiles(tmp_path, dicom, ramp_imag
 def test_monochrome1_comes_out_inverted(tmp_path, dicom, ramp_image):
     pixels = ramp_image()
     normal = decoded(dicom(tmp_path / "m2.dcm", pixels, modality="MR", WindowCenter=1000, WindowWidth=2000)).images[0]
-    inverted = decoded(dicom(tmp_path / "m1.dcm", pixels, modality="MR", photometric="MONOCHROME1", WindowCenter=1000, WindowWidth=2000)).images[0]
+    inverted = decoded(
+        dicom(
+            tmp_path / "m1.dcm", pixels, modality="MR", photometric="MONOCHROME1", WindowCenter=1000, WindowWidth=2000
+        )
+    ).images[0]
     np.testing.assert_array_equal(inverted, 255 - normal)
     assert normal[0, 0] == 0 and inverted[0, 0] == 255  # the lowest stored value is white in MONOCHROME1
 
@@ -89,7 +100,9 @@ def test_rgb_becomes_bt601_grey_or_is_skipped_on_request(tmp_path, dicom):
 
 def test_resize_keeps_aspect_by_padding(tmp_path, dicom):
     pixels = np.full((16, 32), 1124, np.uint16)  # wide image, all 100 HU
-    path = dicom(tmp_path / "wide.dcm", pixels, RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=40, WindowWidth=400)
+    path = dicom(
+        tmp_path / "wide.dcm", pixels, RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=40, WindowWidth=400
+    )
     padded = decoded(path, ImageOptions(size=32)).images[0]
     assert padded.shape == (32, 32)
     assert padded[0, 16] == 0 and padded[16, 16] == 166  # black bands above and below

@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hashbench.training import distributed
-from hashbench.store.results import Cell
 from hashbench.api import RunRequest, run_grid
+from hashbench.store.results import Cell
+from hashbench.training import distributed
 
 GRID = dict(methods=["dpsh", "dafh"], bits=[8], dataset="phantom-tiny-seed0", profile="quick", epochs=3)
 LOSS_TOLERANCE = 1e-4  # relative, per logged epoch mean
 EMBEDDING_TOLERANCE = 2e-3  # stored as float16 (spacing 2.4e-4 near 1)
-METRIC_TOLERANCE = 0.05  # bits whose embedding is within EMBEDDING_TOLERANCE of zero may flip sign, and reorder a few ties
+METRIC_TOLERANCE = (
+    0.05  # bits whose embedding is within EMBEDDING_TOLERANCE of zero may flip sign, and reorder a few ties
+)
 
 
 def free_port() -> int:
@@ -39,14 +41,27 @@ def free_port() -> int:
 PROCESS = Path(__file__).with_name("ddp_process.py")
 
 
-def start_processes(request: RunRequest, out: Path, world: int = 2, plugin: Path | None = None, pause: str | None = None) -> list[multiprocessing.Process]:
+def start_processes(
+    request: RunRequest, out: Path, world: int = 2, plugin: Path | None = None, pause: str | None = None
+) -> list[multiprocessing.Process]:
     """The processes torchrun would start, forked from a server that imported hashbench once (this process has used OpenMP: no fork)."""
     context, port = multiprocessing.get_context("forkserver"), free_port()
     context.set_forkserver_preload(["hashbench.api", "hashbench.cli", "hashbench.datasets"])
     processes = []
     for rank in range(world):
-        arguments = dict(rank=rank, world=world, port=port, request=request, out=out, home=os.environ["HASHBENCH_HOME"], plugin=plugin, pause=pause)
-        processes.append(context.Process(target=runpy.run_path, args=(str(PROCESS),), kwargs={"init_globals": arguments}))
+        arguments = dict(
+            rank=rank,
+            world=world,
+            port=port,
+            request=request,
+            out=out,
+            home=os.environ["HASHBENCH_HOME"],
+            plugin=plugin,
+            pause=pause,
+        )
+        processes.append(
+            context.Process(target=runpy.run_path, args=(str(PROCESS),), kwargs={"init_globals": arguments})
+        )
     for process in processes:
         process.start()
     return processes
@@ -80,14 +95,20 @@ def one_and_two_processes(tiny_phantom, tmp_path_factory):
 def test_two_processes_train_the_one_process_cell(one_and_two_processes, method):
     one, two = (cell_of(one_and_two_processes / name, method) for name in ("one", "two"))
     assert one.record["processes"] == 1 and two.record["processes"] == 2
-    for single, shared in zip(log_of(one), log_of(two), strict=True):  # the whole-batch loss: the same gradient every step
+    for single, shared in zip(
+        log_of(one), log_of(two), strict=True
+    ):  # the whole-batch loss: the same gradient every step
         for term in single.keys() - {"epoch", "seconds", "lr"}:
             assert shared[term] == pytest.approx(single[term], rel=LOSS_TOLERANCE), (single["epoch"], term)
     codes_one, codes_two = one.codes(), two.codes()
-    embeddings_one, embeddings_two = (codes["database_embeddings"].astype(np.float32) for codes in (codes_one, codes_two))
+    embeddings_one, embeddings_two = (
+        codes["database_embeddings"].astype(np.float32) for codes in (codes_one, codes_two)
+    )
     np.testing.assert_allclose(embeddings_two, embeddings_one, atol=EMBEDDING_TOLERANCE)
     flipped = np.unpackbits(codes_one["database_codes"], axis=1) != np.unpackbits(codes_two["database_codes"], axis=1)
-    assert np.all(np.abs(embeddings_one[flipped[:, : embeddings_one.shape[1]]]) < EMBEDDING_TOLERANCE)  # only bits on the fence
+    assert np.all(
+        np.abs(embeddings_one[flipped[:, : embeddings_one.shape[1]]]) < EMBEDDING_TOLERANCE
+    )  # only bits on the fence
     for metric, value in one.record["metrics"].items():
         assert two.record["metrics"][metric] == pytest.approx(value, abs=METRIC_TOLERANCE), metric
     np.testing.assert_array_equal(codes_two["query_ids"], codes_one["query_ids"])
@@ -113,14 +134,20 @@ class PausingDPSH(REGISTRY.get("dpsh")):
 '''
 
 
-def test_a_killed_two_process_cell_resumes_under_torchrun_to_the_uninterrupted_result(one_and_two_processes, tiny_phantom, tmp_path):
+def test_a_killed_two_process_cell_resumes_under_torchrun_to_the_uninterrupted_result(
+    one_and_two_processes, tiny_phantom, tmp_path
+):
     plugin = tmp_path / "pausing.py"
     plugin.write_text(PAUSING_DPSH)
     out, marker = tmp_path / "out", tmp_path / "paused"
-    processes = start_processes(RunRequest(**{**GRID, "methods": ["pausing-dpsh"]}), out, plugin=plugin, pause=str(marker))
+    processes = start_processes(
+        RunRequest(**{**GRID, "methods": ["pausing-dpsh"]}), out, plugin=plugin, pause=str(marker)
+    )
     deadline = time.monotonic() + 120
     while not Path(f"{marker}.0").exists():
-        assert time.monotonic() < deadline and all(process.is_alive() for process in processes), "never reached the second epoch"
+        assert time.monotonic() < deadline and all(process.is_alive() for process in processes), (
+            "never reached the second epoch"
+        )
         time.sleep(0.1)
     for process in processes:
         os.kill(process.pid, signal.SIGKILL)
@@ -129,9 +156,35 @@ def test_a_killed_two_process_cell_resumes_under_torchrun_to_the_uninterrupted_r
     assert killed.status() == "incomplete" and len(log_of(killed)) == 1 and killed.path("checkpoint.pt").exists()
 
     marker.touch()  # no pause this time
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", "hashbench", "run",
-               "--plugin", str(plugin), "--methods", "pausing-dpsh", "--bits", "8", "--epochs", "3", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--out", str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "hashbench",
+        "run",
+        "--plugin",
+        str(plugin),
+        "--methods",
+        "pausing-dpsh",
+        "--bits",
+        "8",
+        "--epochs",
+        "3",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--profile",
+        "quick",
+        "--out",
+        str(out),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("done phantom-tiny-seed0/pausing-dpsh") == 1  # one process speaks
     resumed, uninterrupted = cell_of(out, "pausing-dpsh"), cell_of(one_and_two_processes / "two", "dpsh")

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from hashbench.api import RunRequest, run_grid
+from hashbench.store.results import Cell
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation
-from hashbench.store.results import Cell
-from hashbench.api import RunRequest, run_grid
 
 
 def test_each_augmentation_changes_training_images(tiny_phantom):
@@ -19,9 +19,16 @@ def test_each_augmentation_changes_training_images(tiny_phantom):
     batch = torch.from_numpy(dataset.images[dataset.usable().index[:16]])
     plain = engine.to_input(batch, torch.device("cpu"), 64)
     for key, value in PAPER_AUGMENTATION.to_dict().items():
-        augmented = engine.to_input(batch, torch.device("cpu"), 64, Augmentation(**{key: value}), torch.Generator().manual_seed(0))
-        change = (augmented - plain).abs().amax(dim=(1, 2, 3))  # per image, in normalised units (one grey level is 0.017)
-        assert augmented.shape == plain.shape and change.max() > 0.2 and (change > 0.017).float().mean() >= 0.5, (key, change)
+        augmented = engine.to_input(
+            batch, torch.device("cpu"), 64, Augmentation(**{key: value}), torch.Generator().manual_seed(0)
+        )
+        change = (
+            (augmented - plain).abs().amax(dim=(1, 2, 3))
+        )  # per image, in normalised units (one grey level is 0.017)
+        assert augmented.shape == plain.shape and change.max() > 0.2 and (change > 0.017).float().mean() >= 0.5, (
+            key,
+            change,
+        )
     assert torch.equal(engine.to_input(batch, torch.device("cpu"), 64, Augmentation(), torch.Generator()), plain)
 
 
@@ -40,13 +47,17 @@ def test_training_batches_are_augmented_and_queries_and_database_never(tiny_phan
     assert outcome.status == "done", outcome.error
     cell = Cell(outcome.config.directory(tmp_path))
     n_train, batch = len(cell.codes()["database_ids"]), cell.config.train["batch_size"]
-    assert len(calls) == 2 * (n_train // batch)  # every training step of both epochs, nothing else: encoding queries and database adds none
+    assert len(calls) == 2 * (
+        n_train // batch
+    )  # every training step of both epochs, nothing else: encoding queries and database adds none
     assert all(size == batch and changed for size, changed in calls)
     assert cell.config.augment == PAPER_AUGMENTATION.to_dict()
     # the stored database codes are those of the plain images
     network = cell.build_network("cpu")
     ids = cell.codes()["database_ids"]
-    plain = engine.encode(network, engine.ImageSource(dataset.images, ids, torch.device("cpu")), ids, cell.config.image_size)
+    plain = engine.encode(
+        network, engine.ImageSource(dataset.images, ids, torch.device("cpu")), ids, cell.config.image_size
+    )
     np.testing.assert_array_equal(plain.astype(np.float16), cell.codes()["database_embeddings"])
 
 
@@ -72,7 +83,9 @@ def test_a_bad_schedule_names_the_valid_forms(text):
 
 def test_the_engine_follows_the_schedule_and_a_resume_keeps_one_log_line_per_epoch(tiny_phantom, tmp_path):
     dataset = tiny_phantom.dataset
-    request = RunRequest(["dsh"], [8], dataset=dataset.name, epochs=3, overrides={"dsh": {"lr_schedule": "step:1ep:0.5"}})
+    request = RunRequest(
+        ["dsh"], [8], dataset=dataset.name, epochs=3, overrides={"dsh": {"lr_schedule": "step:1ep:0.5"}}
+    )
     outcome = run_grid(request, dataset, tmp_path)[0]
     log = Cell(outcome.config.directory(tmp_path)).path("train_log.jsonl")
     lrs = [json.loads(line)["lr"] for line in log.read_text().splitlines()]

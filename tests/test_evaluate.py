@@ -7,7 +7,16 @@ import itertools
 import numpy as np
 import pytest
 
-from hashbench.evaluation.evaluate import binarize, evaluate, parse_metric, per_class, pr_by_radius, precision_curve, tie_diagnostics, top1_confusion
+from hashbench.evaluation.evaluate import (
+    binarize,
+    evaluate,
+    parse_metric,
+    per_class,
+    pr_by_radius,
+    precision_curve,
+    tie_diagnostics,
+    top1_confusion,
+)
 from hashbench.evaluation.ranking import code_words, count_ranks, label_words, tie_order
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
@@ -66,8 +75,13 @@ def reference(query_bits, query_labels, db_bits, db_labels, ks, tie_keys=index_t
 def every_tie_order(query, query_label, db_bits, db_labels):
     """The relevance list of the ranking under every order of every tie group, by enumeration."""
     distances = distances_of(query, db_bits)
-    groups = [[db_labels[i] == query_label for i in range(len(db_bits)) if distances[i] == d] for d in sorted(set(distances))]
-    return [[x for group in orders for x in group] for orders in itertools.product(*[list(itertools.permutations(g)) for g in groups])]
+    groups = [
+        [db_labels[i] == query_label for i in range(len(db_bits)) if distances[i] == d] for d in sorted(set(distances))
+    ]
+    return [
+        [x for group in orders for x in group]
+        for orders in itertools.product(*[list(itertools.permutations(g)) for g in groups])
+    ]
 
 
 def tie_reference(query, query_label, db_bits, db_labels):
@@ -79,7 +93,12 @@ def tie_reference(query, query_label, db_bits, db_labels):
 
 def heavy_ties(seed, n_queries, n_items, bits, classes):
     rng = np.random.default_rng(seed)
-    return rng.random((n_queries, bits)) < 0.5, rng.integers(0, classes, n_queries), rng.random((n_items, bits)) < 0.5, rng.integers(0, classes, n_items)
+    return (
+        rng.random((n_queries, bits)) < 0.5,
+        rng.integers(0, classes, n_queries),
+        rng.random((n_items, bits)) < 0.5,
+        rng.integers(0, classes, n_items),
+    )
 
 
 RANK_METRICS = ("map@1", "map@10", "map@100", "map@all", "p@1", "p@10", "p@100", "p@all")
@@ -135,7 +154,9 @@ def test_expected_precision_and_map_at_1_are_the_expectation_over_all_tie_orders
             orders = every_tie_order(query_bits[q], query_labels[q], db_bits, db_labels)
             for k in ks:
                 top = min(k, 9)
-                assert result.per_query[f"p@{k}-tie"][q] == pytest.approx(np.mean([sum(order[:top]) / top for order in orders]), abs=1e-9)
+                assert result.per_query[f"p@{k}-tie"][q] == pytest.approx(
+                    np.mean([sum(order[:top]) / top for order in orders]), abs=1e-9
+                )
             assert result.per_query["map@1-tie"][q] == pytest.approx(np.mean([order[0] for order in orders]), abs=1e-9)
 
 
@@ -150,7 +171,12 @@ def class_sorted_collapsed_database(classes=5, per_class=400, queries_per_class=
 
     db_codes = np.concatenate([draw(c, per_class) for c in range(classes)])
     query_codes = np.concatenate([draw(c, queries_per_class) for c in range(classes)])
-    return query_codes, np.repeat(np.arange(classes), queries_per_class), db_codes, np.repeat(np.arange(classes), per_class)
+    return (
+        query_codes,
+        np.repeat(np.arange(classes), queries_per_class),
+        db_codes,
+        np.repeat(np.arange(classes), per_class),
+    )
 
 
 def test_class_sorted_database_with_massive_ties_is_order_neutral():
@@ -165,7 +191,10 @@ def test_class_sorted_database_with_massive_ties_is_order_neutral():
     """
     classes, bits, seeds = 5, 4, 40
     query_codes, query_labels, db_codes, db_labels = class_sorted_collapsed_database(classes, bits=bits)
-    as_bits = lambda values: ((values[:, None] >> np.arange(bits)) & 1).astype(bool)
+
+    def as_bits(values):
+        return ((values[:, None] >> np.arange(bits)) & 1).astype(bool)
+
     query_bits = as_bits(query_codes)
     databases = {"stored": (as_bits(db_codes), db_labels), "reversed": (as_bits(db_codes[::-1]), db_labels[::-1])}
     names = [str(c) for c in range(classes)]
@@ -176,7 +205,12 @@ def test_class_sorted_database_with_massive_ties_is_order_neutral():
     in_bucket = np.array([np.bincount(db_codes[db_labels == c], minlength=2**bits) for c in range(classes)])
     assert in_bucket.min() > 0  # every class in every bucket
     share = in_bucket / in_bucket.sum(axis=0)  # p_cb
-    weight = np.array([np.bincount(query_codes[query_labels == c], minlength=2**bits) / np.sum(query_labels == c) for c in range(classes)])  # w_cb
+    weight = np.array(
+        [
+            np.bincount(query_codes[query_labels == c], minlength=2**bits) / np.sum(query_labels == c)
+            for c in range(classes)
+        ]
+    )  # w_cb
     standard_error = np.sqrt((weight**2 * share * (1 - share)).sum(axis=1) / seeds)
     assert 8 * standard_error.max() < 0.25  # the widest tolerance below, far inside the index order's gap of 1.0
 
@@ -184,7 +218,18 @@ def test_class_sorted_database_with_massive_ties_is_order_neutral():
     for order, (db_bits, labels) in databases.items():
         tie_free = evaluate(query_bits, query_labels, db_bits, labels, ("map@1-tie", "p@10-tie"))
         expected[order], p10_tie[order] = class_means(tie_free, "map@1-tie"), class_means(tie_free, "p@10-tie")
-        runs = [evaluate(query_bits, query_labels, db_bits, labels, ("map@1", "map@10", "p@10"), tie_break="random", tie_seed=seed) for seed in range(seeds)]
+        runs = [
+            evaluate(
+                query_bits,
+                query_labels,
+                db_bits,
+                labels,
+                ("map@1", "map@10", "p@10"),
+                tie_break="random",
+                tie_seed=seed,
+            )
+            for seed in range(seeds)
+        ]
         random_map1[order] = np.array([class_means(run, "map@1") for run in runs])
         random_map10[order] = np.array([class_means(run, "map@10") for run in runs])
         random_p10[order] = np.array([class_means(run, "p@10") for run in runs])
@@ -196,10 +241,16 @@ def test_class_sorted_database_with_massive_ties_is_order_neutral():
         assert np.all(np.abs(random_map1[order].mean(axis=0) - expected[order]) <= 4 * standard_error), order
         p10_error = random_p10[order].std(axis=0, ddof=1) / np.sqrt(seeds)
         assert np.all(np.abs(random_p10[order].mean(axis=0) - p10_tie[order]) <= 4 * p10_error + 1e-12), order
-    assert np.all(np.abs(random_map1["stored"].mean(axis=0) - random_map1["reversed"].mean(axis=0)) <= 8 * standard_error)
+    assert np.all(
+        np.abs(random_map1["stored"].mean(axis=0) - random_map1["reversed"].mean(axis=0)) <= 8 * standard_error
+    )
     # MAP@10 has no closed-form expectation: its standard errors from the spread over seeds
-    map10_error = np.sqrt((random_map10["stored"].var(axis=0, ddof=1) + random_map10["reversed"].var(axis=0, ddof=1)) / seeds)
-    assert np.all(np.abs(random_map10["stored"].mean(axis=0) - random_map10["reversed"].mean(axis=0)) <= 4 * map10_error)
+    map10_error = np.sqrt(
+        (random_map10["stored"].var(axis=0, ddof=1) + random_map10["reversed"].var(axis=0, ddof=1)) / seeds
+    )
+    assert np.all(
+        np.abs(random_map10["stored"].mean(axis=0) - random_map10["reversed"].mean(axis=0)) <= 4 * map10_error
+    )
     assert map10_error.max() < 0.05
 
     # index ties: storage order decides. Class 0 leads every bucket when stored first and trails when reversed
@@ -211,9 +262,14 @@ def test_class_sorted_database_with_massive_ties_is_order_neutral():
             assert by_class[first] == 1.0 and by_class[last] == 0.0, (order, metric, by_class)
         # and it is exactly the stable-index brute force (the ranking depends on the query's code alone)
         stored_codes = db_codes if order == "stored" else db_codes[::-1]
-        rankings = {code: sorted(range(len(stored_codes)), key=lambda i: (bin(code ^ stored_codes[i]).count("1"), i)) for code in set(query_codes.tolist())}
+        rankings = {
+            code: sorted(range(len(stored_codes)), key=lambda i: (bin(code ^ stored_codes[i]).count("1"), i))
+            for code in set(query_codes.tolist())
+        }
         for k in (1, 10):
-            expected_ap = [ap([labels[i] == label for i in rankings[code][:k]]) for code, label in zip(query_codes, query_labels)]
+            expected_ap = [
+                ap([labels[i] == label for i in rankings[code][:k]]) for code, label in zip(query_codes, query_labels)
+            ]
             np.testing.assert_allclose(index.per_query[f"map@{k}"], expected_ap, rtol=0, atol=1e-12)
 
 
@@ -221,7 +277,9 @@ def test_torch_path_matches_the_kernel_under_the_random_tie_rule():
     query_bits, query_labels, db_bits, db_labels = heavy_ties(11, 30, 500, 12, 6)
     names = ("map@1", "map@10", "map@all", "p@100", "map@tie")
     kernel = evaluate(query_bits, query_labels, db_bits, db_labels, names, device="cpu", tie_seed=3)
-    on_torch = evaluate(query_bits, query_labels, db_bits, db_labels, names, device="torch:cpu", memory_bytes=4 * 500 * 64, tie_seed=3)
+    on_torch = evaluate(
+        query_bits, query_labels, db_bits, db_labels, names, device="torch:cpu", memory_bytes=4 * 500 * 64, tie_seed=3
+    )
     for name in ("distance_counts", "relevant_counts", "cutoffs", "hits", "top1"):
         np.testing.assert_array_equal(getattr(on_torch.counts, name), getattr(kernel.counts, name), err_msg=name)
     np.testing.assert_allclose(on_torch.counts.precision_sums, kernel.counts.precision_sums, rtol=0, atol=1e-12)
@@ -274,7 +332,13 @@ def test_tie_aware_map_equals_map_at_all_when_no_distance_ties():
     db_bits = db_bits[np.argsort(db_bits.sum(axis=1), kind="stable")]
     distances = db_bits.sum(axis=1)
     keep = np.r_[True, distances[1:] != distances[:-1]]  # one item per distance: no ties
-    result = evaluate(query, np.array([1]), db_bits[keep], rng.integers(0, 2, keep.sum()), ("map@all", "map@tie", "map@tie-best", "map@tie-worst"))
+    result = evaluate(
+        query,
+        np.array([1]),
+        db_bits[keep],
+        rng.integers(0, 2, keep.sum()),
+        ("map@all", "map@tie", "map@tie-best", "map@tie-worst"),
+    )
     assert len(set(round(v, 12) for v in result.metrics.values())) == 1
 
 
@@ -308,7 +372,14 @@ def test_precision_curve_uses_the_stable_order():
 def test_torch_path_gives_the_same_counts_in_small_chunks():
     """The GPU path (+/-1 matmul, one sort of unique keys) checked on the CPU, four queries a chunk."""
     query_bits, query_labels, db_bits, db_labels = heavy_ties(9, 30, 500, 20, 6)
-    args = (code_words(query_bits), label_words(query_labels, 6), code_words(db_bits), label_words(db_labels, 6), 20, (1, 10, 100, 500))
+    args = (
+        code_words(query_bits),
+        label_words(query_labels, 6),
+        code_words(db_bits),
+        label_words(db_labels, 6),
+        20,
+        (1, 10, 100, 500),
+    )
     kernel = count_ranks(*args)
     torch_counts = count_ranks(*args, device="torch:cpu", memory_bytes=4 * 500 * 40)
     for name in ("distance_counts", "relevant_counts", "cutoffs", "hits", "top1"):
@@ -323,9 +394,15 @@ def test_tie_diagnostics_on_collapsed_codes():
     result = evaluate(np.zeros((1, 4), bool), np.array([1]), db_bits, np.array([0, 0, 1, 0, 0, 0]), ("map@1",))
     diagnostics = tie_diagnostics(result.counts, db_bits)
     assert diagnostics["map@1-best"] == 1.0 and diagnostics["map@1-worst"] == 0.0
-    assert diagnostics["nearest_tie_size"] == 6 and diagnostics["occupied_buckets"] == 1 and diagnostics["largest_bucket_share"] == 1.0
+    assert (
+        diagnostics["nearest_tie_size"] == 6
+        and diagnostics["occupied_buckets"] == 1
+        and diagnostics["largest_bucket_share"] == 1.0
+    )
     assert diagnostics["dead_bits"] == 4 and diagnostics["bit_balance"] == 0.0
-    assert diagnostics["map@tie"] == pytest.approx(sum(1 / t for t in range(1, 7)) / 6)  # mean of 1/rank over ranks 1..6
+    assert diagnostics["map@tie"] == pytest.approx(
+        sum(1 / t for t in range(1, 7)) / 6
+    )  # mean of 1/rank over ranks 1..6
     assert diagnostics["map@tie-best"] == 1.0 and diagnostics["map@tie-worst"] == pytest.approx(1 / 6)
 
 
@@ -339,12 +416,16 @@ def test_map_at_all_equals_sklearn_average_precision_with_distinct_distances():
     distances = np.array(distances_of(query_bits[0], db_bits), dtype=float)
     scores = -distances - np.arange(50) * 1e-6  # distinct scores, the stable order
     expected = average_precision_score(labels == 1, scores)
-    assert evaluate(query_bits, np.array([1]), db_bits, labels, ("map@all",), tie_break="index").metrics["map@all"] == pytest.approx(expected, abs=1e-9)
+    assert evaluate(query_bits, np.array([1]), db_bits, labels, ("map@all",), tie_break="index").metrics[
+        "map@all"
+    ] == pytest.approx(expected, abs=1e-9)
 
 
 def test_string_labels_and_empty_sides():
     query, database = np.array([[0, 1]], bool), np.array([[0, 1], [1, 1]], bool)
-    assert evaluate(query, np.array(["lung"]), database, np.array(["liver", "lung"]), ("map@1",)).metrics["map@1"] == 0.0
+    assert (
+        evaluate(query, np.array(["lung"]), database, np.array(["liver", "lung"]), ("map@1",)).metrics["map@1"] == 0.0
+    )
     empty = evaluate(np.zeros((0, 2), bool), np.array([], dtype=int), database, np.array([0, 1]), ("map@10", "map@tie"))
     assert np.isnan(empty.metrics["map@10"]) and len(empty.per_query["map@tie"]) == 0
 
@@ -364,7 +445,9 @@ def test_index_tie_rule_breaks_ties_by_database_index():
     database = np.array([[1, 0], [0, 1], [0, 0]], bool)  # distances 1, 1, 0
     # ranking: item 2 (d=0), then item 0, item 1 (tie by index)
     labels = np.array([1, 0, 0])
-    assert evaluate(query, np.array([1]), database, labels, ("map@2",), tie_break="index").metrics["map@2"] == pytest.approx(1 / 2)
+    assert evaluate(query, np.array([1]), database, labels, ("map@2",), tie_break="index").metrics[
+        "map@2"
+    ] == pytest.approx(1 / 2)
     assert evaluate(query, np.array([0]), database, labels, ("map@1",), tie_break="index").metrics["map@1"] == 1.0
 
 
@@ -381,7 +464,9 @@ def test_multi_label_relevance_means_sharing_any_label():
     database = np.array([[0, 0], [0, 1]], bool)
     query_labels = np.array([[1, 1, 0]])
     database_labels = np.array([[0, 0, 1], [0, 1, 0]])
-    assert evaluate(query, query_labels, database, database_labels, ("map@all",)).metrics["map@all"] == pytest.approx(1 / 2)
+    assert evaluate(query, query_labels, database, database_labels, ("map@all",)).metrics["map@all"] == pytest.approx(
+        1 / 2
+    )
 
 
 def test_sign_of_zero_is_plus_one_and_padding_bits_do_not_count():
@@ -400,7 +485,14 @@ def test_unknown_metric_lists_the_families():
 
 def test_database_blocks_bound_the_kernel_scratch_without_changing_any_count():
     query_bits, query_labels, db_bits, db_labels = heavy_ties(10, 25, 3000, 24, 7)
-    args = (code_words(query_bits), label_words(query_labels, 7), code_words(db_bits), label_words(db_labels, 7), 24, (1, 10, 1000, 3000))
+    args = (
+        code_words(query_bits),
+        label_words(query_labels, 7),
+        code_words(db_bits),
+        label_words(db_labels, 7),
+        24,
+        (1, 10, 1000, 3000),
+    )
     whole, blocked = count_ranks(*args), count_ranks(*args, memory_bytes=1)  # 64-item blocks: 47 of them
     for name in ("distance_counts", "relevant_counts", "hits", "top1"):
         np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name), err_msg=name)

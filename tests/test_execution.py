@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from hashbench.training import engine
 from hashbench.cli import app
+from hashbench.data.sides import class_ids
 from hashbench.model.method import MethodContext
 from hashbench.model.registry import REGISTRY
-from hashbench.data.sides import class_ids
+from hashbench.training import engine
 
 runner = CliRunner()
 
@@ -27,10 +27,25 @@ def train_dpsh(dataset, tmp_path, execution: engine.Execution, epochs: int = 2) 
     engine.seed_everything(0)
     method = dpsh(MethodContext(16, len(names), len(ids), options, 0, 32))
     network, loss = method.build("test_efficientnet")
-    settings = dpsh.train.with_overrides({"optimizer": "adam", "lr": 1e-3, "batch_size": BATCH, "lr_schedule": "constant"}, "dpsh")
+    settings = dpsh.train.with_overrides(
+        {"optimizer": "adam", "lr": 1e-3, "batch_size": BATCH, "lr_schedule": "constant"}, "dpsh"
+    )
     checkpoint, log = tmp_path / f"{execution.precision}.pt", tmp_path / f"{execution.precision}.jsonl"
     source = engine.ImageSource(dataset.images, ids, torch.device("cpu"))
-    engine.train(method, network, loss, source, engine.TrainData(ids, labels, len(names)), settings, epochs, 32, 0, checkpoint, log, execution=execution)
+    engine.train(
+        method,
+        network,
+        loss,
+        source,
+        engine.TrainData(ids, labels, len(names)),
+        settings,
+        epochs,
+        32,
+        0,
+        checkpoint,
+        log,
+        execution=execution,
+    )
     return [json.loads(line) for line in log.read_text().splitlines()], torch.load(checkpoint, weights_only=True)
 
 
@@ -79,10 +94,31 @@ def test_channels_last_and_compile_compute_what_the_plain_path_computes(tiny_pha
 
 
 def test_the_record_says_how_the_cell_ran_and_a_bad_precision_exits_2(tiny_phantom, tmp_path):
-    result = runner.invoke(app, ["run", "--methods", "lsh", "--bits", "8", "--dataset", "phantom-tiny-seed0", "--out", str(tmp_path), "--precision", "fp16", "--channels-last"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "--methods",
+            "lsh",
+            "--bits",
+            "8",
+            "--dataset",
+            "phantom-tiny-seed0",
+            "--out",
+            str(tmp_path),
+            "--precision",
+            "fp16",
+            "--channels-last",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(path.read_text()) for path in tmp_path.rglob("metrics.json")]
-    assert record["execution"] == {"precision": "float16", "gradient_scaler": True, "channels_last": True, "compile": None}
+    assert record["execution"] == {
+        "precision": "float16",
+        "gradient_scaler": True,
+        "channels_last": True,
+        "compile": None,
+    }
     assert record["processes"] == 1
     bad = runner.invoke(app, ["run", "--methods", "lsh", "--dataset", "phantom-tiny-seed0", "--precision", "fp8"])
     assert bad.exit_code == 2 and "valid: auto, fp32, bf16, fp16" in bad.output and "Traceback" not in bad.output

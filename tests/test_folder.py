@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from hashbench.cli import app
-from hashbench.datasets.folder import ingest_folder
-from hashbench.data.dicom import ImageOptions
 from hashbench.api import RunRequest, run_grid
+from hashbench.cli import app
+from hashbench.data.dicom import ImageOptions
+from hashbench.datasets.folder import ingest_folder
 
 runner = CliRunner()
 SIZE = 16
@@ -30,7 +30,9 @@ def write_tree(root: Path) -> dict[str, int]:
             if label == "striped":
                 grey[::4] = 255
             Image.fromarray(grey).save(folder / f"grey{i}.png")
-        Image.fromarray(np.stack([np.full((24, 24), brightness, np.uint8)] * 3, axis=-1)).save(folder / "colour.jpg", quality=95)
+        Image.fromarray(np.stack([np.full((24, 24), brightness, np.uint8)] * 3, axis=-1)).save(
+            folder / "colour.jpg", quality=95
+        )
         Image.fromarray(np.full((12, 40), brightness, np.uint8)).save(folder / "wide.bmp")
         Image.fromarray((np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 16)).save(folder / "deep.tif")
     pages = [Image.fromarray(np.full((10, 10), v, np.uint8)) for v in (30, 60)]
@@ -55,7 +57,9 @@ def test_a_mixed_tree_is_ingested_with_every_bad_file_reported(tmp_path):
     skipped = dict(zip(dataset.skipped["path"], dataset.skipped["reason"]))
     assert skipped == {"bright/cut.png": "truncated image", "dark/notes.jpg": "not an image"}
     assert dataset.manifest["unlabelled_files"] == ["loose.png"] and dataset.manifest["kind"] == "folder"
-    assert dataset.index["patient"].nunique() == len(dataset.index) - 1  # one patient per image; the two TIFF pages share their file
+    assert (
+        dataset.index["patient"].nunique() == len(dataset.index) - 1
+    )  # one patient per image; the two TIFF pages share their file
     slice_of = {(row.path, int(row.frame)): slice_id for slice_id, row in dataset.index.iterrows()}
     colour = dataset.images[slice_of["bright/colour.jpg", 0]]
     assert abs(int(np.median(colour)) - 200) <= 2  # luma of a grey-valued colour image
@@ -73,7 +77,9 @@ def test_a_mixed_tree_is_ingested_with_every_bad_file_reported(tmp_path):
 
 def test_a_method_runs_end_to_end_on_a_folder_dataset(tmp_path):
     write_tree(tmp_path / "tree")
-    dataset = ingest_folder(tmp_path / "tree", "mixed", tmp_path / "datasets", ImageOptions(size=SIZE), workers=1).dataset
+    dataset = ingest_folder(
+        tmp_path / "tree", "mixed", tmp_path / "datasets", ImageOptions(size=SIZE), workers=1
+    ).dataset
     request = RunRequest(["dpsh"], [8], dataset="mixed", epochs=2, image_size=SIZE, profile="quick", split="slice")
     outcome = run_grid(request, dataset, tmp_path / "runs")[0]
     assert outcome.status == "done", outcome.error
@@ -108,7 +114,9 @@ def test_bad_folders_exit_2_with_the_reason(tmp_path, layout, message):
 
 def test_hashnet_and_dpsh_learn_real_handwritten_digits_far_above_chance(tmp_path, chance):
     """scikit-learn's digits (1,797 real scans, 10 classes) written as a folder tree, as the README shows."""
-    spec = importlib.util.spec_from_file_location("digits_folder", Path(__file__).resolve().parent.parent / "examples" / "digits_folder.py")
+    spec = importlib.util.spec_from_file_location(
+        "digits_folder", Path(__file__).resolve().parent.parent / "examples" / "digits_folder.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.write_digits(tmp_path / "digits") == 1797

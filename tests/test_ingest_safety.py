@@ -15,12 +15,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from hashbench.files import atomic
 from hashbench.cli import app
 from hashbench.data.dataset import Dataset, DatasetError
-from hashbench.datasets import load_dataset, tcia
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import EmptyDatasetError
+from hashbench.datasets import load_dataset, tcia
+from hashbench.files import atomic
 from hashbench.files.paths import datasets_dir
 
 runner = CliRunner()
@@ -50,10 +50,31 @@ print("decoded", result.decoded, "up-to-date", result.up_to_date, flush=True)
 """
 
 
-def start_ingest(source: Path, destination: Path, name: str, workers: int = 1, commit_every: float = 0.02, go: bool = True, start_method: str = "", decode_delay: float = 0.0) -> subprocess.Popen:
-    command = [sys.executable, "-c", INGEST_SCRIPT, str(source), str(destination), name, str(workers), str(commit_every), *([start_method] if start_method else [])]
+def start_ingest(
+    source: Path,
+    destination: Path,
+    name: str,
+    workers: int = 1,
+    commit_every: float = 0.02,
+    go: bool = True,
+    start_method: str = "",
+    decode_delay: float = 0.0,
+) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-c",
+        INGEST_SCRIPT,
+        str(source),
+        str(destination),
+        name,
+        str(workers),
+        str(commit_every),
+        *([start_method] if start_method else []),
+    ]
     env = {**os.environ, **({"DECODE_DELAY_S": str(decode_delay)} if decode_delay else {})}
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     assert process.stdout.readline().strip() == "ready", process.stderr.read()
     if go:
         say_go(process)
@@ -67,7 +88,12 @@ def say_go(process: subprocess.Popen) -> None:
 
 def contents(dataset: Dataset) -> tuple[pd.DataFrame, np.ndarray, pd.DataFrame, dict[str, pd.Series]]:
     files = dataset.files.drop(columns=["mtime_ns"])
-    return dataset.index, np.asarray(dataset.images), files, {protocol: dataset.split(protocol) for protocol in ("patient", "slice")}
+    return (
+        dataset.index,
+        np.asarray(dataset.images),
+        files,
+        {protocol: dataset.split(protocol) for protocol in ("patient", "slice")},
+    )
 
 
 def assert_same_dataset(got: Dataset, expected: Dataset) -> None:
@@ -85,7 +111,9 @@ def test_sigkill_at_random_points_then_resume_ends_identical_to_a_clean_ingest(t
     clean, build_seconds = built.dataset, built.seconds
     rng = random.Random(20261123)
     interrupted_builds = 0
-    for round_number, commit_every in enumerate((0.02, 2.0, 0.02)):  # 2 s, the default: kills before the first commit after the header
+    for round_number, commit_every in enumerate(
+        (0.02, 2.0, 0.02)
+    ):  # 2 s, the default: kills before the first commit after the header
         destination = tmp_path / f"round{round_number}"
         for _ in range(5):
             process = start_ingest(source, destination, "victim", commit_every=commit_every)
@@ -99,7 +127,9 @@ def test_sigkill_at_random_points_then_resume_ends_identical_to_a_clean_ingest(t
         assert_same_dataset(Dataset(destination / "victim").verify(), clean)
         again = tcia.ingest_tcia(source, "victim", destination, OPTIONS, workers=1)
         assert again.up_to_date
-    assert interrupted_builds >= 5, f"only {interrupted_builds} of 15 kills landed mid-build"  # most kills landed mid-build, not before it started or after it ended
+    assert interrupted_builds >= 5, (
+        f"only {interrupted_builds} of 15 kills landed mid-build"
+    )  # most kills landed mid-build, not before it started or after it ended
 
 
 @pytest.mark.parametrize("start_method", ["fork", "forkserver", "spawn"])
@@ -166,7 +196,9 @@ def test_unsafe_dataset_names_are_refused_and_nothing_moves(tiny_phantom, tmp_pa
 def test_two_ingests_of_one_name_at_once_make_one_writer_and_no_duplicated_work(tiny_phantom, tmp_path):
     source = Path(tiny_phantom.dataset.manifest["source"])
     # each build takes about 2 s (10 ms a file), so whichever starts second meets the first one's lock
-    first, second = (start_ingest(source, tmp_path, "shared", commit_every=2.0, go=False, decode_delay=0.01) for _ in range(2))
+    first, second = (
+        start_ingest(source, tmp_path, "shared", commit_every=2.0, go=False, decode_delay=0.01) for _ in range(2)
+    )
     for process in (first, second):
         say_go(process)
     outputs = [process.communicate(timeout=120) for process in (first, second)]
@@ -175,7 +207,10 @@ def test_two_ingests_of_one_name_at_once_make_one_writer_and_no_duplicated_work(
     n_files = len(Dataset(tmp_path / "shared").files)
     assert decoded == [0, n_files]  # one decoded everything, the other found it done
     assert any("waiting: dataset shared is being ingested by process" in err for _, err in outputs)
-    assert_same_dataset(Dataset(tmp_path / "shared").verify(), tcia.ingest_tcia(source, "clean", tmp_path / "clean", OPTIONS, workers=1).dataset)
+    assert_same_dataset(
+        Dataset(tmp_path / "shared").verify(),
+        tcia.ingest_tcia(source, "clean", tmp_path / "clean", OPTIONS, workers=1).dataset,
+    )
 
 
 def test_a_damaged_dataset_is_reported_with_the_command_that_rebuilds_it(tiny_phantom, tmp_path):
@@ -185,14 +220,19 @@ def test_a_damaged_dataset_is_reported_with_the_command_that_rebuilds_it(tiny_ph
     images = built.root / "images.u8"
     with open(images, "r+b") as handle:
         handle.truncate(images.stat().st_size - 32 * 32 * 3)
-    with pytest.raises(DatasetError, match=r"images.u8 has .* bytes, not .*Rebuild it: hashbench ingest tcia '.*phantom-tiny-seed0' --name damaged --size 32"):
+    with pytest.raises(
+        DatasetError,
+        match=r"images.u8 has .* bytes, not .*Rebuild it: hashbench ingest tcia '.*phantom-tiny-seed0' --name damaged --size 32",
+    ):
         load_dataset("damaged")
     listing = runner.invoke(app, ["datasets"])
     assert listing.exit_code == 0 and "damaged: dataset damaged" in listing.output.replace("\n", " ")
     refused = runner.invoke(app, ["run", "--methods", "dpn", "--dataset", "damaged", "--dry-run"])
     assert refused.exit_code == 2 and "Rebuild it" in refused.output
     rebuilt = tcia.ingest_tcia(source, "damaged", datasets_dir(), OPTIONS, workers=2)
-    assert rebuilt.decoded == len(rebuilt.dataset.files) and not rebuilt.up_to_date  # nothing of the damaged build was reused
+    assert (
+        rebuilt.decoded == len(rebuilt.dataset.files) and not rebuilt.up_to_date
+    )  # nothing of the damaged build was reused
     assert_same_dataset(load_dataset("damaged"), clean)
     index = load_dataset("damaged").root / "index.csv"
     index.write_text(index.read_text().replace("TCGA-LUAD", "TCGA-LUSC", 1))
@@ -204,8 +244,13 @@ def test_a_swap_cut_between_its_two_renames_is_settled_by_the_next_ingest(tiny_p
     source = Path(tiny_phantom.dataset.manifest["source"])
     clean = tcia.ingest_tcia(source, "clean", tmp_path / "clean", OPTIONS, workers=1).dataset
     tcia.ingest_tcia(source, "swapped", tmp_path, OPTIONS, workers=1)
-    os.replace(tmp_path / "swapped", tmp_path / ".swapped@replaced-1-1")  # the old build moved aside, the new one never moved in
-    for other in ("swapped.b", "swapped.replaced-x"):  # other names' (a name may look like a prefix): not this ingest's to touch
+    os.replace(
+        tmp_path / "swapped", tmp_path / ".swapped@replaced-1-1"
+    )  # the old build moved aside, the new one never moved in
+    for other in (
+        "swapped.b",
+        "swapped.replaced-x",
+    ):  # other names' (a name may look like a prefix): not this ingest's to touch
         (tmp_path / f".{other}@replaced-1-1").mkdir()
     again = tcia.ingest_tcia(source, "swapped", tmp_path, OPTIONS, workers=1)
     assert again.up_to_date and again.decoded == 0
@@ -238,7 +283,11 @@ def test_stale_temporary_files_of_killed_writers_are_removed_by_the_next_write(t
     stale = tmp_path / f".metrics.json.{atomic.HOST}.{dead.pid}.tmp"
     live = tmp_path / f".metrics.json.{atomic.HOST}.{os.getppid()}.tmp"
     elsewhere = tmp_path / f".metrics.json.another-node.{dead.pid}.tmp"  # a shared root: that pid means nothing here
-    for path, text in ((stale, "half a file"), (live, "another writer, still at work"), (elsewhere, "a writer on another node")):
+    for path, text in (
+        (stale, "half a file"),
+        (live, "another writer, still at work"),
+        (elsewhere, "a writer on another node"),
+    ):
         path.write_text(text)
     atomic.write_json(target, {"ok": True})
     assert not stale.exists() and live.exists() and elsewhere.exists() and target.read_text().startswith("{")

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from hashbench.model.components import focal_loss, triplet_batches
 from hashbench.data.dicom import ImageOptions, resize
-from hashbench.training.engine import label_rows, to_input
-from hashbench.evaluation.evaluate import per_class
 from hashbench.data.sides import class_ids
 from hashbench.data.splits import split
+from hashbench.evaluation.evaluate import per_class
+from hashbench.model.components import focal_loss, triplet_batches
+from hashbench.training.engine import label_rows, to_input
 
 
 def test_multi_label_triplets_pair_each_anchor_with_one_that_shares_a_label_and_one_that_shares_none():
@@ -29,7 +29,9 @@ def test_multi_label_triplets_pair_each_anchor_with_one_that_shares_a_label_and_
         assert shared.all() and (anchors != positives).all()
         has_stranger = ((labels[anchors] @ labels.T) == 0).any(axis=1)
         assert not (labels[anchors] & labels[negatives]).any(axis=1)[has_stranger].any()
-        assert (negatives[~has_stranger] == anchors[~has_stranger]).all()  # shares a label with everyone: no negative exists
+        assert (
+            negatives[~has_stranger] == anchors[~has_stranger]
+        ).all()  # shares a label with everyone: no negative exists
     again = list(triplet_batches(labels, 50, np.random.default_rng(1)))
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
 
@@ -74,4 +76,6 @@ def test_colour_images_keep_their_channels_through_resize_and_the_input_path():
     x = to_input(torch.from_numpy(square[None]), torch.device("cpu"), 20)
     assert x.shape == (1, 3, 20, 20)
     assert x[0, :, 10, 10].tolist() == pytest.approx([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225], rel=1e-5)
-    assert to_input(torch.full((1, 4, 4), 255, dtype=torch.uint8), torch.device("cpu"), 4)[0, :, 0, 0].tolist() == pytest.approx([(1 - 0.449) / 0.226] * 3, rel=1e-5)
+    assert to_input(torch.full((1, 4, 4), 255, dtype=torch.uint8), torch.device("cpu"), 4)[
+        0, :, 0, 0
+    ].tolist() == pytest.approx([(1 - 0.449) / 0.226] * 3, rel=1e-5)

@@ -48,12 +48,32 @@ def list_set(tmp_path, monkeypatch):
     planted = query[:5]
     database = database[:145] + planted + [("images/99/gone.png", np.array([1, 0, 0, 0]))]
     train = database[:79] + [(database[79][0], np.array([0, 0, 0, 0]))]
-    lists = {"query": write_list(tmp_path / "test.txt", query), "database": write_list(tmp_path / "database.txt", database), "train": write_list(tmp_path / "train.txt", train)}
+    lists = {
+        "query": write_list(tmp_path / "test.txt", query),
+        "database": write_list(tmp_path / "database.txt", database),
+        "train": write_list(tmp_path / "train.txt", train),
+    }
     return tmp_path, lists
 
 
 def ingest(lists, *extra):
-    return runner.invoke(app, ["ingest", "lists", *(arg for role, path in lists.items() for arg in (f"--{role}", str(path))), "--name", "toylists", "--size", str(SIZE), "--top-k", "50", "--workers", "1", *extra])
+    return runner.invoke(
+        app,
+        [
+            "ingest",
+            "lists",
+            *(arg for role, path in lists.items() for arg in (f"--{role}", str(path))),
+            "--name",
+            "toylists",
+            "--size",
+            str(SIZE),
+            "--top-k",
+            "50",
+            "--workers",
+            "1",
+            *extra,
+        ],
+    )
 
 
 def test_the_lists_are_the_protocol_and_a_planted_overlap_is_reported(list_set, chance):
@@ -72,16 +92,36 @@ def test_the_lists_are_the_protocol_and_a_planted_overlap_is_reported(list_set, 
     assert dataset.manifest["overlap"]["query_train"]["images"] == 0
     from hashbench.api import RunRequest, run_grid
 
-    outcome = run_grid(RunRequest(["dpsh"], [16], dataset="toylists", epochs=6, profile="quick"), dataset, root / "runs")[0]
+    outcome = run_grid(
+        RunRequest(["dpsh"], [16], dataset="toylists", epochs=6, profile="quick"), dataset, root / "runs"
+    )[0]
     assert outcome.status == "done", outcome.error
     assert outcome.config.split == "lists" and outcome.config.image_size == SIZE
     floor = chance(dataset)["map@10"]
-    assert outcome.metrics["map@10"] > floor + 0.2, (outcome.metrics["map@10"], floor)  # measured 0.86 against random codes' 0.47
+    assert outcome.metrics["map@10"] > floor + 0.2, (
+        outcome.metrics["map@10"],
+        floor,
+    )  # measured 0.86 against random codes' 0.47
     assert "map@50" in outcome.metrics  # the lists' published MAP@k, beside the rest
-    board = runner.invoke(app, ["leaderboard", "--out", str(root / "runs"), "--format", "md", "--output", str(root / "board.md"), "--no-figures"])
+    board = runner.invoke(
+        app,
+        [
+            "leaderboard",
+            "--out",
+            str(root / "runs"),
+            "--format",
+            "md",
+            "--output",
+            str(root / "board.md"),
+            "--no-figures",
+        ],
+    )
     assert board.exit_code == 0, board.output
     markdown = (root / "board.md").read_text()
-    assert "MAP@50 (the metric this protocol is published with)" in markdown and "the published lists (30 query, 151 database, 80 train rows listed)" in markdown
+    assert (
+        "MAP@50 (the metric this protocol is published with)" in markdown
+        and "the published lists (30 query, 151 database, 80 train rows listed)" in markdown
+    )
 
 
 def test_a_changed_label_in_a_list_reaches_the_index_without_decoding_again(list_set):
@@ -98,14 +138,32 @@ def test_a_changed_label_in_a_list_reaches_the_index_without_decoding_again(list
     from hashbench.datasets import load_dataset
 
     index = load_dataset("toylists").index
-    assert index.loc[index["path"] == f"database:{image}", "label"].tolist() == ["|".join(str(c) for c, flag in enumerate(flags) if flag)]
+    assert index.loc[index["path"] == f"database:{image}", "label"].tolist() == [
+        "|".join(str(c) for c, flag in enumerate(flags) if flag)
+    ]
 
 
 def test_single_label_lists_are_not_multi_label(tmp_path, monkeypatch):
     monkeypatch.setenv("HASHBENCH_HOME", str(tmp_path / "home"))
     rows = [(image, np.eye(4, dtype=int)[i % 4]) for i, (image, _) in enumerate(write_images(tmp_path, 40))]
     lists = {"query": write_list(tmp_path / "q.txt", rows[:10]), "database": write_list(tmp_path / "db.txt", rows[10:])}
-    result = runner.invoke(app, ["ingest", "lists", "--query", str(lists["query"]), "--database", str(lists["database"]), "--name", "onehot", "--preset", "imagenet-100", "--size", "16"])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            "lists",
+            "--query",
+            str(lists["query"]),
+            "--database",
+            str(lists["database"]),
+            "--name",
+            "onehot",
+            "--preset",
+            "imagenet-100",
+            "--size",
+            "16",
+        ],
+    )
     assert result.exit_code == 0, result.output
     from hashbench.datasets import load_dataset
 
@@ -117,11 +175,27 @@ def test_single_label_lists_are_not_multi_label(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "spoil, message",
     [
-        (lambda root, lists: [write_list(path, [(f"nowhere/{role}.png", [1, 0, 0, 0])]) for role, path in lists.items()], "none of the 3 listed images is under"),
-        (lambda root, lists: lists["query"].write_text("images/00/img0000.png 1 0 0 x\n"), "test.txt:1: expected 'IMAGE 0 1 0 ...'"),
-        (lambda root, lists: lists["train"].write_text("images/00/img0000.png 1 0 0 0\nimages/00/img0001.png 1 0\n"), "train.txt:2: 2 label columns where the rows above have 4"),
+        (
+            lambda root, lists: [
+                write_list(path, [(f"nowhere/{role}.png", [1, 0, 0, 0])]) for role, path in lists.items()
+            ],
+            "none of the 3 listed images is under",
+        ),
+        (
+            lambda root, lists: lists["query"].write_text("images/00/img0000.png 1 0 0 x\n"),
+            "test.txt:1: expected 'IMAGE 0 1 0 ...'",
+        ),
+        (
+            lambda root, lists: lists["train"].write_text("images/00/img0000.png 1 0 0 0\nimages/00/img0001.png 1 0\n"),
+            "train.txt:2: 2 label columns where the rows above have 4",
+        ),
         (lambda root, lists: lists["database"].unlink(), "no such file: --database"),
-        (lambda root, lists: lists["database"].write_text(lists["database"].read_text() + lists["database"].read_text().splitlines()[0] + "\n"), "is listed twice"),
+        (
+            lambda root, lists: lists["database"].write_text(
+                lists["database"].read_text() + lists["database"].read_text().splitlines()[0] + "\n"
+            ),
+            "is listed twice",
+        ),
     ],
     ids=["all images missing", "malformed row", "ragged rows", "no list file", "duplicate row"],
 )

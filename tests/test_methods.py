@@ -22,7 +22,9 @@ INFO = StepInfo(epoch=0, step=0, steps_per_epoch=10, epochs=1)
 
 def build(name, bits, n_classes=3, n_train=12, image_size=32, **options):
     cls = REGISTRY.get(name)
-    light = {k: v for k, v in LIGHT.items() if cls.default_options().get(k)}  # tiny stand-ins for the big backbones of Table 4
+    light = {
+        k: v for k, v in LIGHT.items() if cls.default_options().get(k)
+    }  # tiny stand-ins for the big backbones of Table 4
     method = cls(MethodContext(bits, n_classes, n_train, {**light, **options}, seed=0, image_size=image_size))
     network, loss = method.build(BACKBONE)
     return method, network, loss
@@ -49,7 +51,11 @@ def train_a_step(name, bits, **options):
     total = sum(terms.values())
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
     total.backward()
-    missing = [n for n, p in network.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    missing = [
+        n
+        for n, p in network.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
     assert not missing, f"parameters without a finite gradient: {missing[:5]}"
     codes = 2 * binarize(output.code.detach().numpy()).astype(int) - 1
     assert set(np.unique(codes)) <= {-1, 1}
@@ -78,20 +84,30 @@ NON_DEFAULT_CHOICES = [
 
 def test_the_non_default_choices_cover_every_option_that_takes_one_of_a_few():
     assert {(name, key) for name, key, _ in NON_DEFAULT_CHOICES} >= {
-        ("hashnet", "pairing"), ("hashnet", "schedule"), ("dsh", "pair_gradient"),
-        ("dafh", "triplet_reduction"), ("dafh", "classifier_input"), ("dafh", "fusion_pool"), ("dafh", "mining"), ("dpn", "targets"),
+        ("hashnet", "pairing"),
+        ("hashnet", "schedule"),
+        ("dsh", "pair_gradient"),
+        ("dafh", "triplet_reduction"),
+        ("dafh", "classifier_input"),
+        ("dafh", "fusion_pool"),
+        ("dafh", "mining"),
+        ("dpn", "targets"),
         ("itq", "features"),
     }
 
 
-@pytest.mark.parametrize("name, key, value", NON_DEFAULT_CHOICES, ids=[f"{n}-{k}={v}" for n, k, v in NON_DEFAULT_CHOICES])
+@pytest.mark.parametrize(
+    "name, key, value", NON_DEFAULT_CHOICES, ids=[f"{n}-{k}={v}" for n, k, v in NON_DEFAULT_CHOICES]
+)
 def test_every_non_default_choice_builds_and_trains_a_step(name, key, value):
     train_a_step(name, 16, **{key: value})
 
 
 # --- brute-force references on hand-made codes ------------------------------------------
 
-U = torch.tensor([[0.9, -0.2, 0.5, -1.0], [0.8, -0.1, -0.4, -0.9], [-0.7, 0.6, 0.3, 0.2], [0.1, 0.3, -0.8, 0.7]], dtype=torch.float64)
+U = torch.tensor(
+    [[0.9, -0.2, 0.5, -1.0], [0.8, -0.1, -0.4, -0.9], [-0.7, 0.6, 0.3, 0.2], [0.1, 0.3, -0.8, 0.7]], dtype=torch.float64
+)
 CLASSES = [0, 0, 1, 2]
 Y = F.one_hot(torch.tensor(CLASSES), 3).double()
 
@@ -118,7 +134,9 @@ def hashnet_by_hand(codes, classes, alpha, pairs):
 
 def hashnet_loss(codes, classes, **options):
     _, _, loss_fn = build("hashnet", codes.shape[1], **options)
-    return loss_fn(HashOutput(codes), F.one_hot(torch.tensor(classes), 3).double(), torch.arange(len(codes)), INFO)["pairwise"]
+    return loss_fn(HashOutput(codes), F.one_hot(torch.tensor(classes), 3).double(), torch.arange(len(codes)), INFO)[
+        "pairwise"
+    ]
 
 
 HALVES_CLASSES = [0, 1, 0, 2]  # across the halves: one similar pair (0, 2), three dissimilar
@@ -126,7 +144,9 @@ HALVES_CLASSES = [0, 1, 0, 2]  # across the halves: one similar pair (0, 2), thr
 
 def test_hashnet_by_default_pairs_the_first_half_of_the_batch_with_the_second():
     halves = [(i, j) for i in (0, 1) for j in (2, 3)]
-    assert hashnet_loss(U, HALVES_CLASSES, alpha=0.5).item() == pytest.approx(hashnet_by_hand(U, HALVES_CLASSES, 0.5, halves), abs=1e-12)
+    assert hashnet_loss(U, HALVES_CLASSES, alpha=0.5).item() == pytest.approx(
+        hashnet_by_hand(U, HALVES_CLASSES, 0.5, halves), abs=1e-12
+    )
 
 
 def test_hashnet_all_pairs_include_self_pairs_as_in_deephash_pytorch():
@@ -150,7 +170,9 @@ def test_hashnet_halves_leave_the_last_item_of_an_odd_batch_out():
 @pytest.mark.parametrize("pairing", ["halves", "all"])
 def test_hashnet_loss_scale_one_half_is_the_authors_train_py_loss(pairing):
     full = hashnet_loss(U, HALVES_CLASSES, pairing=pairing)
-    assert full.item() > 0 and hashnet_loss(U, HALVES_CLASSES, pairing=pairing, loss_scale=0.5).item() == 0.5 * full.item()
+    assert (
+        full.item() > 0 and hashnet_loss(U, HALVES_CLASSES, pairing=pairing, loss_scale=0.5).item() == 0.5 * full.item()
+    )
 
 
 def test_hashnet_alpha_defaults_to_ten_over_bits_and_beta_follows_the_authors_continuation():
@@ -166,7 +188,10 @@ def test_dpsh_loss_uses_and_updates_the_memory_by_hand():
     n_train, eta = 6, 0.3
     _, _, loss_fn = build("dpsh", 4, n_train=n_train, eta=eta)
     loss_fn.double()
-    memory = torch.tensor([[1.0, 1, -1, -1], [-1, -1, 1, 1], [1, -1, 1, -1], [0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], [-1, 1, -1, 1]], dtype=torch.float64)
+    memory = torch.tensor(
+        [[1.0, 1, -1, -1], [-1, -1, 1, 1], [1, -1, 1, -1], [0, 0, 0, 0], [0.5, 0.5, 0.5, 0.5], [-1, 1, -1, 1]],
+        dtype=torch.float64,
+    )
     memory_classes = [0, 1, 2, 0, 1, 2]
     loss_fn.codes.copy_(memory)
     loss_fn.labels.copy_(F.one_hot(torch.tensor(memory_classes), 3).double())
@@ -219,7 +244,9 @@ def test_dsh_half_pair_gradient_keeps_the_value_and_halves_only_the_pair_terms_g
     (half_pairs,) = torch.autograd.grad(half["pairs"], codes)
     assert full_pairs.abs().min() > 0
     assert torch.equal(half_pairs, 0.5 * full_pairs)
-    assert torch.equal(torch.autograd.grad(half["regulariser"], codes)[0], torch.autograd.grad(full["regulariser"], codes)[0])
+    assert torch.equal(
+        torch.autograd.grad(half["regulariser"], codes)[0], torch.autograd.grad(full["regulariser"], codes)[0]
+    )
 
 
 def test_dsh_margin_defaults_to_twice_the_bits():

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from hashbench.model.method import HashOutput
 from hashbench.methods.csq import CentralSimilarityLoss, hadamard, hash_centres
 from hashbench.methods.greedyhash import GreedyLoss, sign_straight_through
 from hashbench.methods.orthohash import OrthoHashLoss, class_codes
+from hashbench.model.method import HashOutput
 
 
 def test_hadamard_centres_are_pairwise_at_half_the_bits():
@@ -57,12 +57,16 @@ def test_csq_loss_against_a_loop_reference_single_and_multi_label():
     u = rng.uniform(-0.95, 0.95, (6, 8))
     centres = hash_centres(4, 8, seed=0)
     tie_bits = torch.tensor([1.0, -1, 1, -1, -1, 1, 1, -1])
-    labels = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 1, 0, 0], [1, 0, 1, 0]], dtype=float)  # rows 3-6 multi-label
+    labels = np.array(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 1], [0, 1, 0, 0], [1, 0, 1, 0]], dtype=float
+    )  # rows 3-6 multi-label
     loss = CentralSimilarityLoss(centres, tie_bits, quantisation=0.05, pairwise=0.2).double()
     terms = loss(HashOutput(torch.tensor(u)), torch.tensor(labels), None, None)
     expected = csq_loop(u, labels, centres.double().numpy(), tie_bits.numpy(), 0.05, 0.2)
     assert sum(terms.values()).item() == pytest.approx(expected, rel=1e-9)
-    both = centres[0] + centres[1]  # a two-label image: its centre agrees with both where they agree, the run's tie bits elsewhere
+    both = (
+        centres[0] + centres[1]
+    )  # a two-label image: its centre agrees with both where they agree, the run's tie bits elsewhere
     assert (loss.targets(torch.tensor(labels[2:3]))[0].float() == torch.where(both == 0, tie_bits, both.sign())).all()
 
 
@@ -82,16 +86,24 @@ def test_orthohash_loss_against_a_loop_reference_single_and_multi_label():
     u = rng.normal(size=(5, 16))
     codes = class_codes(3, 16, seed=0)
     labels = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1]], dtype=float)
-    cosines = torch.nn.functional.normalize(torch.tensor(u), dim=1) @ torch.nn.functional.normalize(codes.double(), dim=1).T
-    terms = OrthoHashLoss(scale=8.0, margin=0.2, quantisation=0.0)(HashOutput(torch.tensor(u), cosines), torch.tensor(labels), None, None)
-    assert terms["classification"].item() == pytest.approx(orthohash_loop(u, labels, codes.double().numpy(), 8.0, 0.2), rel=1e-9)
+    cosines = (
+        torch.nn.functional.normalize(torch.tensor(u), dim=1) @ torch.nn.functional.normalize(codes.double(), dim=1).T
+    )
+    terms = OrthoHashLoss(scale=8.0, margin=0.2, quantisation=0.0)(
+        HashOutput(torch.tensor(u), cosines), torch.tensor(labels), None, None
+    )
+    assert terms["classification"].item() == pytest.approx(
+        orthohash_loop(u, labels, codes.double().numpy(), 8.0, 0.2), rel=1e-9
+    )
 
 
 def test_orthohash_class_codes_are_seeded_and_far_apart():
     codes = class_codes(10, 32, seed=0)
     assert torch.equal(codes, class_codes(10, 32, seed=0))
     distance = (32 - codes @ codes.T) / 2 / 32
-    assert distance[~torch.eye(10, dtype=torch.bool)].min() >= 0.5  # the bound starts at 0.61 and is lowered only when no draw fits
+    assert (
+        distance[~torch.eye(10, dtype=torch.bool)].min() >= 0.5
+    )  # the bound starts at 0.61 and is lowered only when no draw fits
 
 
 def test_greedyhash_forward_is_the_sign_and_its_gradient_that_of_the_identity():

@@ -26,13 +26,30 @@ class Example:
 @pytest.mark.parametrize(
     "key, value, expected",
     [
-        ("flag", "false", False), ("flag", "False", False), ("flag", "no", False), ("flag", "off", False), ("flag", "0", False),
-        ("flag", "true", True), ("flag", "ON", True), ("flag", "1", True), ("flag", True, True),
-        ("count", "7", 7), ("count", 7, 7), ("count", 7.0, 7), ("count", "7.0", 7),
-        ("rate", "0.25", 0.25), ("rate", 2, 2.0), ("rate", "1e-3", 0.001),
-        ("mode", "b", "b"), ("mode", " b ", "b"),
-        ("scale", "none", None), ("scale", "None", None), ("scale", None, None), ("scale", "2", 2.0),
-        ("name", "resnet50", "resnet50"), ("name", "null", None),
+        ("flag", "false", False),
+        ("flag", "False", False),
+        ("flag", "no", False),
+        ("flag", "off", False),
+        ("flag", "0", False),
+        ("flag", "true", True),
+        ("flag", "ON", True),
+        ("flag", "1", True),
+        ("flag", True, True),
+        ("count", "7", 7),
+        ("count", 7, 7),
+        ("count", 7.0, 7),
+        ("count", "7.0", 7),
+        ("rate", "0.25", 0.25),
+        ("rate", 2, 2.0),
+        ("rate", "1e-3", 0.001),
+        ("mode", "b", "b"),
+        ("mode", " b ", "b"),
+        ("scale", "none", None),
+        ("scale", "None", None),
+        ("scale", None, None),
+        ("scale", "2", 2.0),
+        ("name", "resnet50", "resnet50"),
+        ("name", "null", None),
     ],
 )
 def test_values_from_the_command_line_or_a_config_get_the_declared_type(key, value, expected):
@@ -67,17 +84,29 @@ def test_a_value_that_does_not_fit_names_the_option_the_value_and_what_is_valid(
 
 
 def test_values_are_shown_as_typed():
-    assert [options.shown(v) for v in ("0.5", "adagrad", "", " x", None, 0.5, True)] == ["0.5", "adagrad", "''", "' x'", "none", "0.5", "True"]
+    assert [options.shown(v) for v in ("0.5", "adagrad", "", " x", None, 0.5, True)] == [
+        "0.5",
+        "adagrad",
+        "''",
+        "' x'",
+        "none",
+        "0.5",
+        "True",
+    ]
 
 
 def test_unknown_keys_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"example: unknown option\(s\) cuont; valid: count, flag, mode, name, rate, scale"):
+    with pytest.raises(
+        ValueError, match=r"example: unknown option\(s\) cuont; valid: count, flag, mode, name, rate, scale"
+    ):
         options.parse(Example, {"cuont": 2}, "example")
 
 
 def test_a_variant_is_the_same_options_with_other_defaults_and_a_bad_default_fails_when_declared():
     variant = options.with_defaults(Example, "variant", count=5, mode="b")
-    assert options.parse(variant, {}, "variant") == variant(flag=False, count=5, rate=0.5, mode="b", scale=None, name=None)
+    assert options.parse(variant, {}, "variant") == variant(
+        flag=False, count=5, rate=0.5, mode="b", scale=None, name=None
+    )
     assert options.type_hints(variant) == options.type_hints(Example)
     with pytest.raises(ValueError, match="variant.mode=z is not valid"):
         options.with_defaults(Example, "variant", mode="z")

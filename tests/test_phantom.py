@@ -14,7 +14,11 @@ from hashbench.files.paths import sources_dir
 
 
 def digest_tree(root):
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_generation_is_deterministic_byte_for_byte(tmp_path, tiny_phantom):
@@ -85,7 +89,11 @@ def test_classes_are_learnable_but_not_trivial_and_the_slice_split_leaks(tiny_ph
 def test_neighbouring_slices_are_near_duplicates(tiny_phantom):
     dataset = tiny_phantom.dataset
     index = dataset.index[~dataset.index["outlier"]]
-    adjacent = [np.abs(np.diff(np.asarray(dataset.images[rows.index.to_numpy()], float), axis=0)).mean() for _, rows in index.groupby("series") if len(rows) > 1]
+    adjacent = [
+        np.abs(np.diff(np.asarray(dataset.images[rows.index.to_numpy()], float), axis=0)).mean()
+        for _, rows in index.groupby("series")
+        if len(rows) > 1
+    ]
     rng = np.random.default_rng(0)
     a, b = rng.choice(index.index.to_numpy(), (2, 200))
     unrelated = np.abs(np.asarray(dataset.images[a], float) - np.asarray(dataset.images[b], float)).mean()

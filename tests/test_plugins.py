@@ -21,7 +21,7 @@ from hashbench.model.registry import DuplicateMethodError, Registry
 REPO = Path(__file__).resolve().parents[1]
 HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
 
-DEMO_MODULE = '''
+DEMO_MODULE = """
 import torch
 from torch import nn
 from hashbench.model.method import Method, TanhHead
@@ -43,15 +43,19 @@ class DemoHash(Method):
 
     def build_loss(self):
         return PullToClass(self.context.n_classes, self.bits)
-'''
+"""
 
 
-def fake_distribution(site: Path, name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]) -> None:
+def fake_distribution(
+    site: Path, name: str, version: str, entry_points: dict[str, str], modules: dict[str, str]
+) -> None:
     """What ``pip install`` leaves: the modules and a dist-info with METADATA and entry_points.txt."""
     info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    (info / "entry_points.txt").write_text("[hashbench.methods]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items()))
+    (info / "entry_points.txt").write_text(
+        "[hashbench.methods]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    )
     for module, source in modules.items():
         (site / f"{module}.py").write_text(textwrap.dedent(source))
 
@@ -60,7 +64,13 @@ def fake_distribution(site: Path, name: str, version: str, entry_points: dict[st
 def site(tmp_path):
     site = tmp_path / "site"
     fake_distribution(site, "hb-demo-plugin", "0.3", {"demo-hash": "hb_demo_plugin"}, {"hb_demo_plugin": DEMO_MODULE})
-    fake_distribution(site, "hb-broken-plugin", "1.0", {"broken-hash": "hb_broken_plugin"}, {"hb_broken_plugin": "import a_dependency_that_is_not_installed\n"})
+    fake_distribution(
+        site,
+        "hb-broken-plugin",
+        "1.0",
+        {"broken-hash": "hb_broken_plugin"},
+        {"hb_broken_plugin": "import a_dependency_that_is_not_installed\n"},
+    )
     return site
 
 
@@ -84,11 +94,30 @@ def test_listing_shows_plugins_with_origin_and_a_broken_one_with_its_cause(site,
 def test_entry_point_and_local_file_plugins_run_beside_a_broken_one(site, tiny_phantom, hashbench_home, tmp_path):
     out = tmp_path / "out"
     result = hashbench(
-        site, "run", "--methods", "demo-hash,center-hash", "dpn", "--bits", "8", "16", "--plugin", str(REPO / "examples" / "my_method.py"),
-        "--dataset", "phantom-tiny-seed0", "--epochs", "1", "--out", str(out), "--set", "center-hash.quantisation=0.1", home=hashbench_home,
+        site,
+        "run",
+        "--methods",
+        "demo-hash,center-hash",
+        "dpn",
+        "--bits",
+        "8",
+        "16",
+        "--plugin",
+        str(REPO / "examples" / "my_method.py"),
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        "--set",
+        "center-hash.quantisation=0.1",
+        home=hashbench_home,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"center-hash 8 bits: epoch 1/1 .*centre [\d.]+, quantisation [\d.]+", result.stdout + result.stderr)  # the plugin's typed option reached its loss
+    assert re.search(
+        r"center-hash 8 bits: epoch 1/1 .*centre [\d.]+, quantisation [\d.]+", result.stdout + result.stderr
+    )  # the plugin's typed option reached its loss
     for method in ("demo-hash", "center-hash", "dpn"):
         for bits in (8, 16):
             assert f"done phantom-tiny-seed0/{method}/{bits} bits/seed 0" in result.stdout
@@ -102,10 +131,39 @@ def test_entry_point_and_local_file_plugins_run_beside_a_broken_one(site, tiny_p
 
 
 def test_asking_for_a_broken_or_unknown_method_is_an_actionable_error(site, tiny_phantom, hashbench_home, tmp_path):
-    broken = hashbench(site, "run", "--methods", "broken-hash", "--dataset", "phantom-tiny-seed0", "--out", str(tmp_path), home=hashbench_home)
-    assert broken.returncode == 2 and "hb-broken-plugin==1.0" in broken.stdout and "a_dependency_that_is_not_installed" in broken.stdout
-    unknown = hashbench(site, "run", "--methods", "hashnett", "--dataset", "phantom-tiny-seed0", "--out", str(tmp_path), home=hashbench_home)
-    assert unknown.returncode == 2 and "unknown method 'hashnett'; valid:" in unknown.stdout and "demo-hash" in unknown.stdout and "dpsh" in unknown.stdout
+    broken = hashbench(
+        site,
+        "run",
+        "--methods",
+        "broken-hash",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--out",
+        str(tmp_path),
+        home=hashbench_home,
+    )
+    assert (
+        broken.returncode == 2
+        and "hb-broken-plugin==1.0" in broken.stdout
+        and "a_dependency_that_is_not_installed" in broken.stdout
+    )
+    unknown = hashbench(
+        site,
+        "run",
+        "--methods",
+        "hashnett",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--out",
+        str(tmp_path),
+        home=hashbench_home,
+    )
+    assert (
+        unknown.returncode == 2
+        and "unknown method 'hashnett'; valid:" in unknown.stdout
+        and "demo-hash" in unknown.stdout
+        and "dpsh" in unknown.stdout
+    )
 
 
 def test_a_duplicate_name_is_an_error_and_the_first_one_stays(tmp_path):
@@ -121,7 +179,10 @@ def test_a_duplicate_name_is_an_error_and_the_first_one_stays(tmp_path):
     registry.register("same", First)
     plugin = tmp_path / "dup.py"
     plugin.write_text("from hashbench.model.method import Method\n")
-    with registry._loading_from("file:dup.py"), pytest.raises(DuplicateMethodError, match="already registered by built-in"):
+    with (
+        registry._loading_from("file:dup.py"),
+        pytest.raises(DuplicateMethodError, match="already registered by built-in"),
+    ):
         registry.register("same", Second)
     assert registry.get("same") is First
 
@@ -130,7 +191,9 @@ def test_a_local_plugin_that_redefines_a_built_in_is_broken_not_a_replacement(tm
     from hashbench.model.registry import REGISTRY
 
     plugin = tmp_path / "impostor.py"
-    plugin.write_text("from hashbench.model.method import Method\nfrom hashbench.model.registry import register_method\n\n@register_method('hashnet')\nclass Impostor(Method):\n    pass\n")
+    plugin.write_text(
+        "from hashbench.model.method import Method\nfrom hashbench.model.registry import register_method\n\n@register_method('hashnet')\nclass Impostor(Method):\n    pass\n"
+    )
     names = REGISTRY.load_file(plugin)
     assert REGISTRY.entries[names[0]].error.startswith("hashbench.model.registry.DuplicateMethodError")
     assert REGISTRY.get("hashnet").origin == "built-in"

@@ -9,22 +9,30 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from hashbench.training import engine
-
-from hashbench.report import leaderboard
-from hashbench.training.augment import PAPER_AUGMENTATION
-from hashbench.evaluation.evaluate import evaluate
-from hashbench.model.registry import REGISTRY
-from hashbench.store.results import Cell, ResultsStore
 from hashbench.api import RunRequest, run_grid
+from hashbench.evaluation.evaluate import evaluate
 from hashbench.evaluation.stats import bootstrap_interval
+from hashbench.model.registry import REGISTRY
+from hashbench.report import leaderboard
+from hashbench.store.results import Cell, ResultsStore
+from hashbench.training import engine
+from hashbench.training.augment import PAPER_AUGMENTATION
 
 BACKBONE = "test_efficientnet"
 QUICK = {"*": {"batch_size": 32}}
 
 
 def request(methods, bits=(16,), seeds=(0,), epochs=20, **kw):
-    return RunRequest(methods=list(methods), bits=list(bits), seeds=list(seeds), dataset="phantom-tiny-seed0", backbone=BACKBONE, epochs=epochs, overrides=kw.pop("overrides", QUICK), **kw)
+    return RunRequest(
+        methods=list(methods),
+        bits=list(bits),
+        seeds=list(seeds),
+        dataset="phantom-tiny-seed0",
+        backbone=BACKBONE,
+        epochs=epochs,
+        overrides=kw.pop("overrides", QUICK),
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,11 @@ def test_a_cell_stores_config_codes_metrics_and_versions(baseline_runs):
     config = json.loads((directory / "config.json").read_text())
     assert config["method"] == "hashnet" and config["backbone"] == BACKBONE and config["train"]["batch_size"] == 32
     record = json.loads((directory / "metrics.json").read_text())
-    assert record["origin"] == "built-in" and record["synthetic"] is True and set(record["versions"]) >= {"hashbench", "torch", "timm"}
+    assert (
+        record["origin"] == "built-in"
+        and record["synthetic"] is True
+        and set(record["versions"]) >= {"hashbench", "torch", "timm"}
+    )
     assert not (directory / "checkpoint.pt").exists() and (directory / "model.pt").exists()
     assert len((directory / "train_log.jsonl").read_text().splitlines()) == 3
     codes = Cell(directory).codes()
@@ -72,7 +84,9 @@ def test_a_cell_stores_config_codes_metrics_and_versions(baseline_runs):
     again = evaluate(query, codes["query_labels"], database, codes["database_labels"], ("map@10",))
     assert again.metrics["map@10"] == pytest.approx(record["metrics"]["map@10"], abs=1e-12)
     np.testing.assert_allclose(codes["per_query/map@10"], again.per_query["map@10"])
-    expected_top1 = evaluate(query, codes["query_labels"], database, codes["database_labels"], ("map@1-tie",)).metrics["map@1-tie"]
+    expected_top1 = evaluate(query, codes["query_labels"], database, codes["database_labels"], ("map@1-tie",)).metrics[
+        "map@1-tie"
+    ]
     assert record["metrics"]["map@1-tie"] == pytest.approx(expected_top1, abs=1e-12)  # stored beside MAP@1
     assert not set(codes["query_ids"]) & set(codes["database_ids"])
 
@@ -94,14 +108,26 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
     board = boards[0]
     assert list(board.table.columns) == ["8 bits", "16 bits"] and list(board.table.index) == ["dpn"]
     values = [o.metrics["map@10"] for o in outcomes if o.config.bits == 8]
-    per_seed = np.stack([Cell(o.config.directory(tmp_path)).per_query("map@10") for o in outcomes if o.config.bits == 8])
+    per_seed = np.stack(
+        [Cell(o.config.directory(tmp_path)).per_query("map@10") for o in outcomes if o.config.bits == 8]
+    )
     np.testing.assert_allclose(per_seed.mean(axis=1), values, atol=1e-12)  # the stored per-query values are the cell's
     low, high = bootstrap_interval(per_seed)
     assert low <= np.mean(values) <= high
-    assert board.table.loc["dpn", "8 bits"].startswith(f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} [{low:.3f}, {high:.3f}] (n=2")  # then any dead-bit flags
-    assert "synthetic phantom" in board.caption and "patient-level split" in board.caption and BACKBONE in board.caption and "2 epochs" in board.caption
+    assert board.table.loc["dpn", "8 bits"].startswith(
+        f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} [{low:.3f}, {high:.3f}] (n=2"
+    )  # then any dead-bit flags
+    assert (
+        "synthetic phantom" in board.caption
+        and "patient-level split" in board.caption
+        and BACKBONE in board.caption
+        and "2 epochs" in board.caption
+    )
     assert "one run per cell" not in board.caption  # two seeds a cell
-    assert "differs from the paper's protocol in synthetic data" in board.caption and "64 px (the paper's: 224)" in board.caption
+    assert (
+        "differs from the paper's protocol in synthetic data" in board.caption
+        and "64 px (the paper's: 224)" in board.caption
+    )
     text = leaderboard.to_markdown(boards)
     assert "| method | 8 bits | 16 bits |" in text and "### MAP@10" in text
     more = run_grid(request(["dsh"], bits=(8,), epochs=2), tiny_phantom.dataset, tmp_path)  # dsh has no 16-bit cell
@@ -113,7 +139,9 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
 def test_a_collapsed_cell_is_flagged_beside_its_number(tmp_path, cell_writer):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 30)
-    cell_writer(tmp_path, "collapsed", np.zeros((9, 16), bool), labels[::10], np.zeros((90, 16), bool), labels)  # one bucket: every code equal
+    cell_writer(
+        tmp_path, "collapsed", np.zeros((9, 16), bool), labels[::10], np.zeros((90, 16), bool), labels
+    )  # one bucket: every code equal
     partly = rng.random((90, 16)) < 0.5
     partly[:, :3] = True  # three bits never change
     cell_writer(tmp_path, "partly", rng.random((9, 16)) < 0.5, labels[::10], partly, labels)
@@ -121,28 +149,59 @@ def test_a_collapsed_cell_is_flagged_beside_its_number(tmp_path, cell_writer):
     table = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))[0].table
     assert table.loc["collapsed", "16 bits"].endswith("(n=1; collapsed: 16/16 dead bits)")
     assert table.loc["partly", "16 bits"].endswith("(n=1; partly collapsed: 3/16 dead bits)")
-    assert re.fullmatch(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\] \(n=1\)", table.loc["healthy", "16 bits"])  # no flag on healthy codes
+    assert re.fullmatch(
+        r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\] \(n=1\)", table.loc["healthy", "16 bits"]
+    )  # no flag on healthy codes
 
 
 PAPERLIKE = {
-    "split": "slice", "run_backbone": "tf_efficientnet_b6.aa_in1k", "backbone": "tf_efficientnet_b6.aa_in1k", "epochs": 50, "image_size": 224,
-    "weights": {"tf_efficientnet_b6.aa_in1k": "hub:timm/tf_efficientnet_b6.aa_in1k"}, "augment": PAPER_AUGMENTATION.to_dict(),
+    "split": "slice",
+    "run_backbone": "tf_efficientnet_b6.aa_in1k",
+    "backbone": "tf_efficientnet_b6.aa_in1k",
+    "epochs": 50,
+    "image_size": 224,
+    "weights": {"tf_efficientnet_b6.aa_in1k": "hub:timm/tf_efficientnet_b6.aa_in1k"},
+    "augment": PAPER_AUGMENTATION.to_dict(),
 }
 
 
 @pytest.mark.parametrize(
     "fields, expected",
     [
-        ({"profile": "full", "train": asdict(REGISTRY.get("dpn").train)}, "profile full: the paper's protocol (augmentation magnitudes are hashbench's choice"),
-        ({"profile": "quick", "train": {**asdict(REGISTRY.get("dpn").train), "optimizer": "adam", "lr": 1e-3}}, "differs from the paper's protocol in optimisers changed (the paper's: each method's own)"),
-        ({"profile": "full", "train": asdict(REGISTRY.get("dpn").train), "split": "patient"}, "differs from the paper's protocol in patient-level split (the paper's: slice-level)"),
-        ({"profile": "full", "train": asdict(REGISTRY.get("dpn").train), "weights": {"tf_efficientnet_b6.aa_in1k": "file:sha256:00"}}, "differs from the paper's protocol in weights file"),
+        (
+            {"profile": "full", "train": asdict(REGISTRY.get("dpn").train)},
+            "profile full: the paper's protocol (augmentation magnitudes are hashbench's choice",
+        ),
+        (
+            {"profile": "quick", "train": {**asdict(REGISTRY.get("dpn").train), "optimizer": "adam", "lr": 1e-3}},
+            "differs from the paper's protocol in optimisers changed (the paper's: each method's own)",
+        ),
+        (
+            {"profile": "full", "train": asdict(REGISTRY.get("dpn").train), "split": "patient"},
+            "differs from the paper's protocol in patient-level split (the paper's: slice-level)",
+        ),
+        (
+            {
+                "profile": "full",
+                "train": asdict(REGISTRY.get("dpn").train),
+                "weights": {"tf_efficientnet_b6.aa_in1k": "file:sha256:00"},
+            },
+            "differs from the paper's protocol in weights file",
+        ),
     ],
 )
 def test_the_caption_calls_a_protocol_the_papers_only_where_every_setting_is(tmp_path, cell_writer, fields, expected):
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 30)
-    directory = cell_writer(tmp_path, "dpn", rng.random((9, 16)) < 0.5, labels[::10], rng.random((90, 16)) < 0.5, labels, **{**PAPERLIKE, **fields})
+    directory = cell_writer(
+        tmp_path,
+        "dpn",
+        rng.random((9, 16)) < 0.5,
+        labels[::10],
+        rng.random((90, 16)) < 0.5,
+        labels,
+        **{**PAPERLIKE, **fields},
+    )
     record = json.loads((directory / "metrics.json").read_text())
     (directory / "metrics.json").write_text(json.dumps({**record, "synthetic": False}))  # as if on TCIA data
     (board,) = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))
@@ -164,7 +223,10 @@ def test_an_interrupted_cell_resumes_from_its_last_epoch(tiny_phantom, tmp_path,
     monkeypatch.setattr(engine, "_save", real_save)
     outcome = run_grid(request(["dsh"], epochs=4), tiny_phantom.dataset, tmp_path)[0]
     assert outcome.status == "done"
-    log = [json.loads(line)["epoch"] for line in (outcome.config.directory(tmp_path) / "train_log.jsonl").read_text().splitlines()]
+    log = [
+        json.loads(line)["epoch"]
+        for line in (outcome.config.directory(tmp_path) / "train_log.jsonl").read_text().splitlines()
+    ]
     assert log == [1, 2, 3, 4]  # epochs 1-2 before the interruption, 3-4 after: none repeated
 
 
@@ -199,4 +261,8 @@ def test_a_validation_side_is_held_out_of_training_and_logged_each_epoch(tiny_ph
     side = tiny_phantom.dataset.split("patient", validation_fraction=0.2)
     codes = Cell(directory).codes()
     validation_ids = set(side.index[side == "validation"])
-    assert validation_ids and not validation_ids & set(codes["database_ids"]) and not validation_ids & set(codes["query_ids"])
+    assert (
+        validation_ids
+        and not validation_ids & set(codes["database_ids"])
+        and not validation_ids & set(codes["query_ids"])
+    )

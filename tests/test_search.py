@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from hashbench.cli import app
 from hashbench.api import RunRequest, run_grid
+from hashbench.cli import app
 from hashbench.evaluation.search import CellIndex
 
 

@@ -8,13 +8,19 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
+from hashbench.api import RunRequest, plan, run_grid
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.report import leaderboard
 from hashbench.store.results import ResultsStore
-from hashbench.api import RunRequest, plan, run_grid
 
 runner = CliRunner()
-GRID = dict(methods=["hashnet", "dpsh", "dafh", "lsh", "itq"], bits=[16, 32, 48], seeds=[0, 1], dataset="phantom-tiny-seed0", profile="quick")
+GRID = dict(
+    methods=["hashnet", "dpsh", "dafh", "lsh", "itq"],
+    bits=[16, 32, 48],
+    seeds=[0, 1],
+    dataset="phantom-tiny-seed0",
+    profile="quick",
+)
 
 
 def identities(cells):
@@ -37,7 +43,21 @@ def test_shards_cover_the_grid_once_and_balance_its_cost(tiny_phantom):
 
 
 def test_shards_0_and_1_of_2_list_the_whole_grid_once_and_a_shard_outside_it_is_refused(tiny_phantom):
-    argv = ["run", "--methods", "hashnet,dpsh,lsh,itq", "--bits", "16", "32", "48", "--dataset", "phantom-tiny-seed0", "--profile", "quick", "--dry-run", "--json"]
+    argv = [
+        "run",
+        "--methods",
+        "hashnet,dpsh,lsh,itq",
+        "--bits",
+        "16",
+        "32",
+        "48",
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--profile",
+        "quick",
+        "--dry-run",
+        "--json",
+    ]
     listed = []
     for shard in ("0/2", "1/2"):
         result = runner.invoke(app, expand_multi_value_options([*argv, "--shard", shard]))
@@ -48,8 +68,14 @@ def test_shards_0_and_1_of_2_list_the_whole_grid_once_and_a_shard_outside_it_is_
     everything = {(method, bits, 0) for method in ("hashnet", "dpsh", "lsh", "itq") for bits in (16, 32, 48)}
     assert len(listed) == len(set(listed)) == 12 and set(listed) == everything
     for bad in ("2/2", "3/2", "-1/2", "2", "a/b"):
-        result = runner.invoke(app, ["run", "--methods", "lsh", "--dataset", "phantom-tiny-seed0", "--dry-run", "--shard", bad])
-        assert result.exit_code == 2 and "expected I/N with 0 <= I < N" in " ".join(result.output.split()) and "Traceback" not in result.output
+        result = runner.invoke(
+            app, ["run", "--methods", "lsh", "--dataset", "phantom-tiny-seed0", "--dry-run", "--shard", bad]
+        )
+        assert (
+            result.exit_code == 2
+            and "expected I/N with 0 <= I < N" in " ".join(result.output.split())
+            and "Traceback" not in result.output
+        )
 
 
 def test_two_shards_into_one_root_give_the_unsharded_leaderboard(tiny_phantom, tmp_path):

@@ -53,7 +53,12 @@ def test_a_local_source_plugin_ingests_through_the_cli_and_a_method_runs_on_it(h
 
     dataset = load_dataset("csvset")
     assert dataset.info.kind == "csv" and "--plugin" in dataset.rebuild_command()
-    run = runner.invoke(app, expand_multi_value_options(["run", "--methods", "lsh", "--bits", "8", "--dataset", "csvset", "--out", str(tmp_path / "runs")]))
+    run = runner.invoke(
+        app,
+        expand_multi_value_options(
+            ["run", "--methods", "lsh", "--bits", "8", "--dataset", "csvset", "--out", str(tmp_path / "runs")]
+        ),
+    )
     assert run.exit_code == 0, run.output
     assert "MAP@10" in run.output
     metrics = json.loads(next((tmp_path / "runs").rglob("metrics.json")).read_text())
@@ -61,24 +66,36 @@ def test_a_local_source_plugin_ingests_through_the_cli_and_a_method_runs_on_it(h
     floor = chance(dataset, bits=8)["map@10"]
     assert found > floor + 0.1, (found, floor)
     listing = runner.invoke(app, ["datasets"])
-    assert listing.exit_code == 0 and "csvset" in listing.output and "csv: a CSV file of image paths" in " ".join(listing.output.split())
+    assert (
+        listing.exit_code == 0
+        and "csvset" in listing.output
+        and "csv: a CSV file of image paths" in " ".join(listing.output.split())
+    )
 
 
 def test_an_installed_source_is_found_by_its_entry_point_listed_and_ingests(home, tmp_path, monkeypatch):
     site = tmp_path / "site"
     site.mkdir()
-    (site / "hb_csv_source.py").write_text(EXAMPLE.read_text().replace('register_source("csv")', 'register_source("csv-installed")'))
+    (site / "hb_csv_source.py").write_text(
+        EXAMPLE.read_text().replace('register_source("csv")', 'register_source("csv-installed")')
+    )
     monkeypatch.syspath_prepend(str(site))
     entry_point = importlib.metadata.EntryPoint("csv-installed", "hb_csv_source", "hashbench.datasets")
     real = importlib.metadata.entry_points
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda **kw: [entry_point] if kw.get("group") == "hashbench.datasets" else real(**kw))
+    monkeypatch.setattr(
+        importlib.metadata,
+        "entry_points",
+        lambda **kw: [entry_point] if kw.get("group") == "hashbench.datasets" else real(**kw),
+    )
     registry = SourceRegistry()
     monkeypatch.setattr("hashbench.data.sources.SOURCES", registry)
     assert "csv-installed" in registry.names()
     assert "hb_csv_source" not in sys.modules  # found without importing it
     source = registry.get("csv-installed")()
     assert "csv-installed" in [listed.name for listed in list_sources()]
-    result = source.ingest(source.Options(table=write_csv_set(tmp_path / "images"), size=16), "installed", home / "datasets", workers=1)
+    result = source.ingest(
+        source.Options(table=write_csv_set(tmp_path / "images"), size=16), "installed", home / "datasets", workers=1
+    )
     assert len(result.dataset.index) == 36 and result.dataset.info.kind == "csv-installed"
 
 
@@ -86,7 +103,22 @@ def test_a_broken_source_plugin_is_reported_and_the_built_ins_still_ingest(home,
     broken = tmp_path / "broken_source.py"
     broken.write_text("import a_dependency_that_is_not_installed\n")
     root = write_csv_set(tmp_path / "images").parent
-    result = runner.invoke(app, ["ingest", "folder", str(root), "--name", "folderset", "--size", "16", "--workers", "1", "--plugin", str(broken)])
+    result = runner.invoke(
+        app,
+        [
+            "ingest",
+            "folder",
+            str(root),
+            "--name",
+            "folderset",
+            "--size",
+            "16",
+            "--workers",
+            "1",
+            "--plugin",
+            str(broken),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "is broken" in result.output and "a_dependency_that_is_not_installed" in result.output
     assert "kept 36 files" in " ".join(result.output.split())
@@ -107,11 +139,16 @@ def test_a_source_name_registered_twice_is_refused(home, tmp_path):
         pass
 
     registry.register("same", First)
-    with registry._loading_from("file:dup.py"), pytest.raises(DuplicateSourceError, match="already registered by built-in"):
+    with (
+        registry._loading_from("file:dup.py"),
+        pytest.raises(DuplicateSourceError, match="already registered by built-in"),
+    ):
         registry.register("same", Second)
     assert registry.get("same") is First
     impostor = tmp_path / "impostor.py"
-    impostor.write_text("from hashbench.data.sources import Source, register_source\n\n@register_source('tcia')\nclass Impostor(Source):\n    pass\n")
+    impostor.write_text(
+        "from hashbench.data.sources import Source, register_source\n\n@register_source('tcia')\nclass Impostor(Source):\n    pass\n"
+    )
     names = SOURCES.load_file(impostor)
     assert SOURCES.entries[names[0]].error.startswith("hashbench.data.sources.DuplicateSourceError")
     assert SOURCES.get("tcia").origin == "built-in"

@@ -84,7 +84,9 @@ def test_iqr_rule_flags_images_outside_the_fences_of_their_group_only():
     # Q3 = 105.125 (linear interpolation), IQR = 10.75, fences at 78.25 and 121.25.
     means = [*np.linspace(90, 110, 41), 0.0, 78.0, 119.0]
     rows = [{"label": "A", "modality": "CT", "mean": m, "variance": 900.0} for m in means]
-    rows += [{"label": "A", "modality": "PT", "mean": m, "variance": 100.0} for m in np.linspace(15, 25, 11)]  # darker, a group of its own
+    rows += [
+        {"label": "A", "modality": "PT", "mean": m, "variance": 100.0} for m in np.linspace(15, 25, 11)
+    ]  # darker, a group of its own
     outlier = iqr_outliers(pd.DataFrame(rows))
     assert outlier[outlier].index.tolist() == [41, 42]
 
@@ -95,5 +97,7 @@ def test_histogram_stats_match_numpy_on_random_images(shape):
     for levels in (256, 3):  # dense and heavily tied grey levels
         image = (rng.integers(0, levels, shape) * (255 // (levels - 1))).astype(np.uint8)
         stats = image_stats(image)
-        np.testing.assert_allclose([stats["q1"], stats["median"], stats["q3"]], np.percentile(image, (25, 50, 75)), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(
+            [stats["q1"], stats["median"], stats["q3"]], np.percentile(image, (25, 50, 75)), rtol=0, atol=1e-9
+        )
         np.testing.assert_allclose([stats["mean"], stats["variance"]], [image.mean(), image.var()], rtol=1e-12)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hashbench.evaluation import stats
 from hashbench.cli import app
+from hashbench.evaluation import stats
 
 
 def test_bootstrap_interval_of_a_constant_is_a_point_and_of_coin_flips_has_the_normal_width():
@@ -37,7 +37,9 @@ def test_clearly_different_sides_give_small_p_on_queries_and_seeds():
 
 def test_noise_alone_is_rarely_significant():
     rng = np.random.default_rng(3)
-    p_values = [stats.compare(rng.random((1, 100)), rng.random((1, 100)), rounds=500, seed=i).p_queries for i in range(40)]
+    p_values = [
+        stats.compare(rng.random((1, 100)), rng.random((1, 100)), rounds=500, seed=i).p_queries for i in range(40)
+    ]
     assert 0.0 <= np.mean(np.array(p_values) < 0.05) <= 0.15  # about 5 % false positives under the null
 
 
@@ -60,7 +62,15 @@ def toy_results(tmp_path, cell_writer):
         query, database = noisy(query_labels), noisy(database_labels)
         cell_writer(tmp_path, "coded", query, query_labels, database, database_labels, seed)
         cell_writer(tmp_path, "copy", query, query_labels, database, database_labels, seed)
-        cell_writer(tmp_path, "random", rng.random((120, 16)) < 0.5, query_labels, rng.random((600, 16)) < 0.5, database_labels, seed)
+        cell_writer(
+            tmp_path,
+            "random",
+            rng.random((120, 16)) < 0.5,
+            query_labels,
+            rng.random((600, 16)) < 0.5,
+            database_labels,
+            seed,
+        )
     return tmp_path
 
 
@@ -70,10 +80,14 @@ def test_compare_cli_identical_methods_p_one_different_methods_p_small(toy_resul
     assert same.exit_code == 0, same.output
     cells = [c.strip() for c in next(line for line in same.output.splitlines() if " map@10 " in line).split("│")]
     assert cells[4] == "+0.000" and float(cells[6]) == 1.0 and float(cells[7]) == 1.0
-    different = runner.invoke(app, ["compare", "coded", "random", "--out", str(toy_results), "--metrics", "map@10", "--metrics", "map@tie"])
+    different = runner.invoke(
+        app, ["compare", "coded", "random", "--out", str(toy_results), "--metrics", "map@10", "--metrics", "map@tie"]
+    )
     assert different.exit_code == 0, different.output
     for metric in ("map@10", "map@tie"):
-        cells = [c.strip() for c in next(line for line in different.output.splitlines() if f" {metric} " in line).split("│")]
+        cells = [
+            c.strip() for c in next(line for line in different.output.splitlines() if f" {metric} " in line).split("│")
+        ]
         assert float(cells[4]) > 0.3  # A - B
         assert float(cells[6]) < 0.01 and float(cells[7]) < 0.01  # p (queries), p (seeds)
 
@@ -86,7 +100,9 @@ def test_compare_cli_errors_name_what_exists(toy_results):
 
 
 def test_leaderboard_cells_carry_bootstrap_intervals_and_metrics_computed_on_demand(toy_results):
-    result = CliRunner().invoke(app, ["leaderboard", "--out", str(toy_results), "--metrics", "map@10", "--metrics", "p@5"])
+    result = CliRunner().invoke(
+        app, ["leaderboard", "--out", str(toy_results), "--metrics", "map@10", "--metrics", "p@5"]
+    )
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("coded"))
     assert "[" in line and "(n=3)" in line and "±" in line
@@ -95,7 +111,22 @@ def test_leaderboard_cells_carry_bootstrap_intervals_and_metrics_computed_on_dem
 
 def test_markdown_leaderboard_writes_its_figures_beside_it(toy_results, tmp_path):
     target = tmp_path / "board" / "leaderboard.md"
-    result = CliRunner().invoke(app, ["leaderboard", "--out", str(toy_results), "--format", "md", "--output", str(target), "--metrics", "map@10", "--metrics", "map@tie"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "leaderboard",
+            "--out",
+            str(toy_results),
+            "--format",
+            "md",
+            "--output",
+            str(target),
+            "--metrics",
+            "map@10",
+            "--metrics",
+            "map@tie",
+        ],
+    )
     assert result.exit_code == 0, result.output
     text = target.read_text()
     for name in ("leaderboard-pr.png", "leaderboard-precision-at-k.png", "leaderboard-metrics-vs-bits.png"):
@@ -106,7 +137,9 @@ def test_ties_command_reports_bounds_buckets_and_balance(toy_results):
     result = CliRunner().invoke(app, ["ties", "--out", str(toy_results)])
     assert result.exit_code == 0, result.output
     rows = [line.split() for line in result.output.splitlines()]
-    cells = next(row for row in rows if row[:3] == ["random", "16", "0"])  # method, bits, seed, split, then the diagnostics
+    cells = next(
+        row for row in rows if row[:3] == ["random", "16", "0"]
+    )  # method, bits, seed, split, then the diagnostics
     best, worst, tie_aware, map_best, map_worst = map(float, cells[4:9])
     assert worst <= best and map_worst <= tie_aware <= map_best
     assert int(cells[13]) == 0  # random codes: no dead bit
@@ -116,24 +149,44 @@ def test_ties_command_reports_bounds_buckets_and_balance(toy_results):
 def test_compare_accepts_cell_directories(toy_results):
     coded = sorted((toy_results / "toy" / "coded" / "16bits").iterdir())[0].resolve()
     copy = sorted((toy_results / "toy" / "copy" / "16bits").iterdir())[0]
-    result = CliRunner().invoke(app, ["compare", str(coded), str(copy), "--out", str(toy_results), "--metrics", "map@10"])
+    result = CliRunner().invoke(
+        app, ["compare", str(coded), str(copy), "--out", str(toy_results), "--metrics", "map@10"]
+    )
     assert result.exit_code == 0, result.output
     cells = [c.strip() for c in next(line for line in result.output.splitlines() if " map@10 " in line).split("│")]
     assert cells[2].endswith("(n=1)") and cells[4] == "+0.000" and cells[7] == "n/a (one seed)"
 
 
 def test_compare_refuses_cells_of_other_data_versions_even_on_the_same_query_ids(tmp_path, cell_writer):
-    from hashbench.store.results import Cell
     from hashbench.evaluation.stats import compare_cells
+    from hashbench.store.results import Cell
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 30)
     codes = lambda n: rng.random((n, 16)) < 0.5  # noqa: E731
-    old = cell_writer(tmp_path, "a", codes(9), labels[::10], codes(90), labels, dataset_fingerprint="1111", split_hash="aaaa")
-    new = cell_writer(tmp_path, "b", codes(9), labels[::10], codes(90), labels, dataset_fingerprint="2222", split_hash="aaaa")
-    same = cell_writer(tmp_path, "c", codes(9), labels[::10], np.zeros((90, 16), bool), labels, dataset_fingerprint="1111", split_hash="aaaa", epochs=5)
-    with pytest.raises(ValueError, match="data version 2222.*data version 1111.*compare cells of one data version and split"):
+    old = cell_writer(
+        tmp_path, "a", codes(9), labels[::10], codes(90), labels, dataset_fingerprint="1111", split_hash="aaaa"
+    )
+    new = cell_writer(
+        tmp_path, "b", codes(9), labels[::10], codes(90), labels, dataset_fingerprint="2222", split_hash="aaaa"
+    )
+    same = cell_writer(
+        tmp_path,
+        "c",
+        codes(9),
+        labels[::10],
+        np.zeros((90, 16), bool),
+        labels,
+        dataset_fingerprint="1111",
+        split_hash="aaaa",
+        epochs=5,
+    )
+    with pytest.raises(
+        ValueError, match="data version 2222.*data version 1111.*compare cells of one data version and split"
+    ):
         compare_cells([Cell(old)], [Cell(new)], ("map@10",))
     rows, warnings = compare_cells([Cell(old)], [Cell(same)], ("map@10",))
     assert rows[0].metric == "map@10" and rows[0].result.n_queries == 9
-    assert "the sides differ in epochs: 1 vs 5" in warnings and any(w.startswith("B has dead bits (collapsed: 16/16 dead bits)") for w in warnings)
+    assert "the sides differ in epochs: 1 vs 5" in warnings and any(
+        w.startswith("B has dead bits (collapsed: 16/16 dead bits)") for w in warnings
+    )

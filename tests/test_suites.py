@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hashbench.report import leaderboard
-from hashbench.cli import app, expand_multi_value_options
-from hashbench.model.registry import REGISTRY
-from hashbench.store.results import Cell, ResultsStore
 from hashbench.api import RunRequest, run_grid
+from hashbench.cli import app, expand_multi_value_options
 from hashbench.config.suites import SUITES
+from hashbench.model.registry import REGISTRY
+from hashbench.report import leaderboard
+from hashbench.store.results import Cell, ResultsStore
 
 runner = CliRunner()
 
@@ -21,7 +21,11 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def table3_cells(tiny_phantom, tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    outcomes = run_grid(RunRequest(methods=["dpn", "hashnet"], bits=[16, 32], epochs=1, dataset="phantom-tiny-seed0", profile="quick"), tiny_phantom.dataset, out)
+    outcomes = run_grid(
+        RunRequest(methods=["dpn", "hashnet"], bits=[16, 32], epochs=1, dataset="phantom-tiny-seed0", profile="quick"),
+        tiny_phantom.dataset,
+        out,
+    )
     assert all(o.status == "done" for o in outcomes)
     return out, outcomes
 
@@ -44,11 +48,19 @@ def test_suite_table_in_the_papers_layout_with_its_numbers_beside_ours(table3_ce
     assert list(table.index) == ["HashNet (hashnet)", "DSH (dsh)", "DPSH (dpsh)", "DPN (dpn)", "DAFH (dafh)"]
     assert list(table.columns) == ["16 bits", "16 bits paper", "32 bits", "32 bits paper", "48 bits", "48 bits paper"]
     dpn16 = next(o for o in outcomes if o.config.method == "dpn" and o.config.bits == 16)
-    assert table.loc["DPN (dpn)", "16 bits"].startswith(f"{dpn16.metrics['map@10']:.3f} [") and "(n=1" in table.loc["DPN (dpn)", "16 bits"]
+    assert (
+        table.loc["DPN (dpn)", "16 bits"].startswith(f"{dpn16.metrics['map@10']:.3f} [")
+        and "(n=1" in table.loc["DPN (dpn)", "16 bits"]
+    )
     assert table.loc["DPN (dpn)", "16 bits paper"] == "0.679"
     assert table.loc["DAFH (dafh)", "32 bits"] == "-" and table.loc["DAFH (dafh)", "32 bits paper"] == "0.754"
     assert table.loc["HashNet (hashnet)", "48 bits"] == "-"
-    assert "synthetic phantom" in boards[0].caption and "Paper: TCIA" in boards[0].caption and "EfficientNet-B6" in boards[0].caption and "B0" not in boards[0].caption
+    assert (
+        "synthetic phantom" in boards[0].caption
+        and "Paper: TCIA" in boards[0].caption
+        and "EfficientNet-B6" in boards[0].caption
+        and "B0" not in boards[0].caption
+    )
 
 
 def test_leaderboard_suite_markdown_through_the_cli(table3_cells):
@@ -76,10 +88,19 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     from hashbench.evaluation.evaluate import evaluate_packed, top1_confusion
 
     codes = Cell(directory).codes()
-    ranking = evaluate_packed(codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]), ("map@1",))
+    ranking = evaluate_packed(
+        codes["query_codes"],
+        codes["query_labels"],
+        codes["database_codes"],
+        codes["database_labels"],
+        int(codes["bits"]),
+        ("map@1",),
+    )
     matrix = top1_confusion(ranking.counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
     assert np.trace(matrix) / matrix.sum() == pytest.approx(stored, abs=1e-12)
-    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(codes["query_labels"], minlength=len(codes["class_names"])))
+    np.testing.assert_array_equal(
+        matrix.sum(axis=1), np.bincount(codes["query_labels"], minlength=len(codes["class_names"]))
+    )
     # per-class rows: each class's share of the diagonal is its MAP@1, and the classes' MAP@10 average back to the cell's
     from hashbench.evaluation.evaluate import per_class
 
@@ -87,7 +108,9 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     by_class = per_class(Cell(directory).per_query("map@10"), codes["query_labels"], names)
     counts = np.bincount(codes["query_labels"], minlength=len(names))
     overall = sum(by_class[n] * counts[i] for i, n in enumerate(names) if n in by_class) / counts.sum()
-    assert overall == pytest.approx(json.loads((directory / "metrics.json").read_text())["metrics"]["map@10"], abs=1e-12)
+    assert overall == pytest.approx(
+        json.loads((directory / "metrics.json").read_text())["metrics"]["map@10"], abs=1e-12
+    )
     for i, name in enumerate(names):
         if counts[i]:
             assert f"| {name} | {matrix[i, i] / counts[i]:.3f} | {by_class[name]:.3f} |" in text

@@ -16,19 +16,18 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hashbench.training import engine
-
-from hashbench.report import leaderboard
-from hashbench.cli import app, expand_multi_value_options
-from hashbench.store.results import Cell, CellError, ResultsStore
 from hashbench.api import RunRequest, run_grid
+from hashbench.cli import app, expand_multi_value_options
+from hashbench.report import leaderboard
+from hashbench.store.results import Cell, CellError, ResultsStore
+from hashbench.training import engine
 
 runner = CliRunner()
 HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
 
 # A DSH that, when HASHBENCH_TEST_PAUSE names a marker file not yet there, creates it in the middle of its
 # second epoch and sleeps HASHBENCH_TEST_PAUSE_SECONDS: a test then knows the process is mid-epoch.
-PAUSING_PLUGIN = '''
+PAUSING_PLUGIN = """
 import os, time
 from pathlib import Path
 from hashbench.model.registry import REGISTRY, register_method
@@ -47,10 +46,10 @@ class PausingDSH(DSH):
             release = os.environ.get("HASHBENCH_TEST_RELEASE")  # ends the pause early once it exists
             while time.monotonic() < deadline and not (release and Path(release).exists()):
                 time.sleep(0.1)
-'''
+"""
 
 # A DSH whose loss turns NaN at its second step.
-NAN_PLUGIN = '''
+NAN_PLUGIN = """
 import torch
 from hashbench.model.registry import REGISTRY, register_method
 
@@ -73,11 +72,26 @@ class NanAtSecondStep(torch.nn.Module):
 class NanDSH(DSH):
     def build_loss(self):
         return NanAtSecondStep(super().build_loss())
-'''
+"""
 
 
 def hashbench_command(plugin: Path, out: Path, methods: str, epochs: int = 3) -> list[str]:
-    return [HASHBENCH, "run", "--plugin", str(plugin), "--methods", methods, "--bits", "8", "--epochs", str(epochs), "--dataset", "phantom-tiny-seed0", "--out", str(out)]
+    return [
+        HASHBENCH,
+        "run",
+        "--plugin",
+        str(plugin),
+        "--methods",
+        methods,
+        "--bits",
+        "8",
+        "--epochs",
+        str(epochs),
+        "--dataset",
+        "phantom-tiny-seed0",
+        "--out",
+        str(out),
+    ]
 
 
 def wait_for(path: Path, process: subprocess.Popen, seconds: float = 240) -> None:
@@ -97,12 +111,19 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_metrics(tiny_phanto
     plugin = tmp_path / "pausing.py"
     plugin.write_text(PAUSING_PLUGIN)
     reference, swept = tmp_path / "reference", tmp_path / "swept"
-    done = subprocess.run(hashbench_command(plugin, reference, "dpn,pausing-dsh"), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        hashbench_command(plugin, reference, "dpn,pausing-dsh"), capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
     marker = tmp_path / "paused"
     environment = {**os.environ, "HASHBENCH_TEST_PAUSE": str(marker)}
-    process = subprocess.Popen(hashbench_command(plugin, swept, "dpn,pausing-dsh"), env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        hashbench_command(plugin, swept, "dpn,pausing-dsh"),
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     wait_for(marker, process)
     os.kill(process.pid, signal.SIGKILL)  # mid-epoch 2 of the second cell; the first cell is finished
     process.wait(timeout=60)
@@ -112,14 +133,22 @@ def test_kill_9_mid_epoch_then_rerun_gives_the_uninterrupted_metrics(tiny_phanto
     assert interrupted.status() == "incomplete" and interrupted.path("checkpoint.pt").exists()
     assert len(interrupted.path("train_log.jsonl").read_text().splitlines()) == 1  # epoch 1 finished, epoch 2 cut
 
-    again = subprocess.run(hashbench_command(plugin, swept, "dpn,pausing-dsh"), env=environment, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        hashbench_command(plugin, swept, "dpn,pausing-dsh"),
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "skipped phantom-tiny-seed0/dpn" in again.stdout and "done phantom-tiny-seed0/pausing-dsh" in again.stdout
     assert finished_first.path("metrics.json").stat().st_mtime_ns == stamp  # the finished cell was not touched
     resumed, uninterrupted = cell_of(swept, "pausing-dsh"), cell_of(reference, "pausing-dsh")
     log = [json.loads(line) for line in resumed.path("train_log.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in log] == [1, 2, 3]
-    assert resumed.record["resumed_from_epoch"] == 1 and resumed.record["train_seconds"] == pytest.approx(sum(line["seconds"] for line in log), abs=0.01)
+    assert resumed.record["resumed_from_epoch"] == 1 and resumed.record["train_seconds"] == pytest.approx(
+        sum(line["seconds"] for line in log), abs=0.01
+    )
     assert resumed.record["metrics"] == uninterrupted.record["metrics"]  # identical, not close
     for name in ("query_codes", "database_codes", "database_embeddings"):
         np.testing.assert_array_equal(resumed.codes()[name], uninterrupted.codes()[name], err_msg=name)
@@ -129,27 +158,59 @@ def test_a_nan_loss_fails_that_cell_only_and_says_so_everywhere(tiny_phantom, tm
     plugin = tmp_path / "nan.py"
     plugin.write_text(NAN_PLUGIN)
     out = tmp_path / "out"
-    result = runner.invoke(app, expand_multi_value_options(["run", "--plugin", str(plugin), "--methods", "nan-dsh,dpn", "--bits", "8", "--epochs", "1", "--dataset", "phantom-tiny-seed0", "--out", str(out)]))
+    result = runner.invoke(
+        app,
+        expand_multi_value_options(
+            [
+                "run",
+                "--plugin",
+                str(plugin),
+                "--methods",
+                "nan-dsh,dpn",
+                "--bits",
+                "8",
+                "--epochs",
+                "1",
+                "--dataset",
+                "phantom-tiny-seed0",
+                "--out",
+                str(out),
+            ]
+        ),
+    )
     assert result.exit_code == 1, result.output
     assert "2 cells: 1 done, 0 skipped, 1 failed" in result.output and "FloatingPointError" in result.output
     failure = json.loads(cell_of(out, "nan-dsh").path("failed.json").read_text())
-    assert "loss is nan at epoch 0, step 1" in failure["error"] and "Traceback" in failure["traceback"] and "FloatingPointError" in failure["traceback"]
+    assert (
+        "loss is nan at epoch 0, step 1" in failure["error"]
+        and "Traceback" in failure["traceback"]
+        and "FloatingPointError" in failure["traceback"]
+    )
     assert cell_of(out, "dpn").status() == "finished"
     table = leaderboard.build(ResultsStore(out).table(), ("map@10",))[0].table
     assert table.loc["nan-dsh", "8 bits"].startswith("failed: FloatingPointError: nan-dsh: loss is nan")
-    assert re.match(r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\] \(n=1", table.loc["dpn", "8 bits"])  # the other cell has its number
+    assert re.match(
+        r"0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\] \(n=1", table.loc["dpn", "8 bits"]
+    )  # the other cell has its number
 
 
 def test_two_processes_on_one_root_never_duplicate_or_corrupt_a_cell(tiny_phantom, tmp_path):
     plugin = tmp_path / "pausing.py"
     plugin.write_text(PAUSING_PLUGIN)
     out, marker, release = tmp_path / "shared", tmp_path / "paused", tmp_path / "release"
-    environment = {**os.environ, "HASHBENCH_TEST_PAUSE": str(marker), "HASHBENCH_TEST_PAUSE_SECONDS": "120", "HASHBENCH_TEST_RELEASE": str(release)}
+    environment = {
+        **os.environ,
+        "HASHBENCH_TEST_PAUSE": str(marker),
+        "HASHBENCH_TEST_PAUSE_SECONDS": "120",
+        "HASHBENCH_TEST_RELEASE": str(release),
+    }
     command = hashbench_command(plugin, out, "pausing-dsh,dpn,hashnet", epochs=2)
     first = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for(marker, first)  # the first process holds pausing-dsh, mid-epoch
     second = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for(out / "phantom-tiny-seed0" / "dpn", second)  # the second's sweep has begun (it passed the held cell and took dpn) ...
+    wait_for(
+        out / "phantom-tiny-seed0" / "dpn", second
+    )  # the second's sweep has begun (it passed the held cell and took dpn) ...
     release.touch()  # ... however slow its start was: only now does the first go on
     outputs = [process.communicate(timeout=600)[0] for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
@@ -198,8 +259,15 @@ def test_a_truncated_or_garbled_cell_file_is_reported_never_read(tmp_path, cell_
 
     table = ResultsStore(tmp_path).table().set_index("method")
     assert table.loc["good", "status"] == "finished"
-    assert table.loc["truncated", "status"] == "damaged" and str(truncated / "metrics.json") in table.loc["truncated", "note"]
-    assert table.loc["garbled", "status"] == "damaged" and "checksum" in table.loc["garbled", "note"] and str(garbled / "codes.npz") in table.loc["garbled", "note"]
+    assert (
+        table.loc["truncated", "status"] == "damaged"
+        and str(truncated / "metrics.json") in table.loc["truncated", "note"]
+    )
+    assert (
+        table.loc["garbled", "status"] == "damaged"
+        and "checksum" in table.loc["garbled", "note"]
+        and str(garbled / "codes.npz") in table.loc["garbled", "note"]
+    )
     board = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))[0].table
     assert board.loc["truncated", "16 bits"].startswith("damaged: ") and board.loc["good", "16 bits"].endswith("(n=1)")
     listing = runner.invoke(app, ["ties", "--out", str(tmp_path)])
@@ -231,7 +299,13 @@ def test_a_checkpoint_is_loaded_as_weights_only_never_as_code(tmp_path, capfd):
     checkpoint.write_bytes(pickle.dumps({"epochs_done": 1, "network": _RunsCode()}, protocol=2))
     network = torch.nn.Linear(2, 2)
     with pytest.warns(UserWarning, match=r"checkpoint.pt cannot be read \(UnpicklingError\); training starts over"):
-        epochs_done = engine._resume(checkpoint, tmp_path / "log.jsonl", network, torch.nn.Module(), torch.optim.SGD(network.parameters(), lr=0.1))
+        epochs_done = engine._resume(
+            checkpoint,
+            tmp_path / "log.jsonl",
+            network,
+            torch.nn.Module(),
+            torch.optim.SGD(network.parameters(), lr=0.1),
+        )
     assert epochs_done == 0 and not checkpoint.exists()
     assert "this must never run" not in capfd.readouterr().out
 
@@ -240,27 +314,46 @@ def test_a_forced_rerun_killed_mid_epoch_leaves_the_old_result_then_resumes(tiny
     plugin = tmp_path / "pausing.py"
     plugin.write_text(PAUSING_PLUGIN)
     out, marker = tmp_path / "out", tmp_path / "paused"
-    first = subprocess.run(hashbench_command(plugin, out, "pausing-dsh", epochs=2), capture_output=True, text=True, timeout=600)
+    first = subprocess.run(
+        hashbench_command(plugin, out, "pausing-dsh", epochs=2), capture_output=True, text=True, timeout=600
+    )
     assert first.returncode == 0, first.stdout + first.stderr
     cell = cell_of(out, "pausing-dsh")
     old = {name: cell.path(name).read_bytes() for name in ("metrics.json", "codes.npz", "model.pt", "train_log.jsonl")}
 
     environment = {**os.environ, "HASHBENCH_TEST_PAUSE": str(marker)}
-    forced = subprocess.Popen(hashbench_command(plugin, out, "pausing-dsh", epochs=2) + ["--force"], env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    forced = subprocess.Popen(
+        hashbench_command(plugin, out, "pausing-dsh", epochs=2) + ["--force"],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     wait_for(marker, forced)
     os.kill(forced.pid, signal.SIGKILL)  # mid-epoch 2 of the re-run
     forced.wait(timeout=60)
     assert {name: cell.path(name).read_bytes() for name in old} == old  # the old result, byte for byte
     assert Cell(cell.directory).status() == "finished" and (cell.directory / ".rerun" / "checkpoint.pt").exists()
     row = ResultsStore(out).table().iloc[0]
-    assert row["status"] == "finished" and "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" in row["note"]
+    assert (
+        row["status"] == "finished"
+        and "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" in row["note"]
+    )
     assert row["map@10"] == json.loads(old["metrics.json"])["metrics"]["map@10"]
 
-    again = subprocess.run(hashbench_command(plugin, out, "pausing-dsh", epochs=2) + ["--force"], env=environment, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        hashbench_command(plugin, out, "pausing-dsh", epochs=2) + ["--force"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resumed an interrupted re-run" in again.stdout
     replaced = Cell(cell.directory)
-    assert replaced.record["resumed_from_epoch"] == 1 and replaced.record["started"] != json.loads(old["metrics.json"])["started"]
+    assert (
+        replaced.record["resumed_from_epoch"] == 1
+        and replaced.record["started"] != json.loads(old["metrics.json"])["started"]
+    )
     assert [json.loads(line)["epoch"] for line in replaced.path("train_log.jsonl").read_text().splitlines()] == [1, 2]
     assert replaced.record["metrics"] == json.loads(old["metrics.json"])["metrics"]  # same seed, same numbers
     assert not (cell.directory / ".rerun").exists()
@@ -283,11 +376,14 @@ class _KilledAfter:
 
 
 @pytest.mark.parametrize("moved_before_the_kill", [0, 1, 3])
-def test_a_replacement_cut_at_any_point_reads_as_one_result_and_completes_on_the_next_claim(five_cells, tiny_phantom, tmp_path, monkeypatch, moved_before_the_kill):
+def test_a_replacement_cut_at_any_point_reads_as_one_result_and_completes_on_the_next_claim(
+    five_cells, tiny_phantom, tmp_path, monkeypatch, moved_before_the_kill
+):
     """0: nothing moved yet; 1: the log moved; 3: log, codes and weights moved, the record not."""
     import shutil
 
     from hashbench.store import results
+
     source, _, originals = five_cells
     shutil.copytree(source, tmp_path / "out")
     request = RunRequest(["dpn"], [8], dataset="phantom-tiny-seed0", epochs=1)
@@ -295,10 +391,16 @@ def test_a_replacement_cut_at_any_point_reads_as_one_result_and_completes_on_the
     old_started = cell.record["started"]
     monkeypatch.setattr(results, "os", _KilledAfter(moved_before_the_kill))
     with pytest.raises(KeyboardInterrupt):
-        run_grid(RunRequest(["dpn"], [8], dataset="phantom-tiny-seed0", epochs=1, force=True), tiny_phantom.dataset, tmp_path / "out")
+        run_grid(
+            RunRequest(["dpn"], [8], dataset="phantom-tiny-seed0", epochs=1, force=True),
+            tiny_phantom.dataset,
+            tmp_path / "out",
+        )
     monkeypatch.setattr(results, "os", os)
     cut = Cell(cell.directory)
-    assert cut.status() == "finished" and cut.problem(check_model=True) == ""  # the new result, whole: staged files fill in for those not yet moved
+    assert (
+        cut.status() == "finished" and cut.problem(check_model=True) == ""
+    )  # the new result, whole: staged files fill in for those not yet moved
     assert cut.record["started"] != old_started and cut.record["metrics"] == originals[0].metrics
     assert (cell.directory / ".rerun" / "metrics.json").exists()
     assert run_grid(request, tiny_phantom.dataset, tmp_path / "out")[0].status == "skipped"
@@ -318,7 +420,11 @@ def damage(mode: str, path: Path, donor: Path) -> None:
     if mode == "truncate":
         path.write_bytes(data[: len(data) // 2])
     elif mode == "garble":
-        path.write_bytes(data[: len(data) // 2] + bytes(b ^ 0x5A for b in data[len(data) // 2 : len(data) // 2 + 64]) + data[len(data) // 2 + 64 :])
+        path.write_bytes(
+            data[: len(data) // 2]
+            + bytes(b ^ 0x5A for b in data[len(data) // 2 : len(data) // 2 + 64])
+            + data[len(data) // 2 + 64 :]
+        )
     else:  # swap: the same file of another cell
         path.write_bytes(donor.read_bytes())
 
@@ -338,8 +444,12 @@ def test_each_damaged_cell_file_is_reported_by_readers_and_retrained_by_run(five
     table = ResultsStore(out).table().set_index("seed")
     for seed in (0, 1, 2):
         assert table.loc[seed, "status"] == "damaged", (seed, table.loc[seed, "note"])
-        assert str(directory[seed]) in table.loc[seed, "note"] and "run the same command again" in table.loc[seed, "note"]
-    assert table.loc[4, "status"] == "finished" and table.loc[3, "status"] == "finished"  # readers of metrics never need model.pt
+        assert (
+            str(directory[seed]) in table.loc[seed, "note"] and "run the same command again" in table.loc[seed, "note"]
+        )
+    assert (
+        table.loc[4, "status"] == "finished" and table.loc[3, "status"] == "finished"
+    )  # readers of metrics never need model.pt
     with pytest.raises(CellError, match=re.escape(str(directory[3] / "model.pt"))):
         Cell(directory[3]).build_network()
     board = leaderboard.build(ResultsStore(out).table(), ("map@10",))[0].table
@@ -377,6 +487,13 @@ def test_a_rerun_folder_left_empty_by_a_kill_is_not_taken_for_a_pending_rerun(fi
     cell = Cell(originals[0].config.directory(tmp_path / "out"))
     (cell.directory / ".rerun").mkdir()
     (cell.directory / ".rerun" / "train_log.jsonl").write_text("")
-    assert not cell.rerun_pending() and "re-run" not in ResultsStore(tmp_path / "out").table().set_index("seed").loc[0, "note"]
-    outcomes = run_grid(RunRequest(["dpn"], [8], seeds=[0], dataset="phantom-tiny-seed0", epochs=1), tiny_phantom.dataset, tmp_path / "out")
+    assert (
+        not cell.rerun_pending()
+        and "re-run" not in ResultsStore(tmp_path / "out").table().set_index("seed").loc[0, "note"]
+    )
+    outcomes = run_grid(
+        RunRequest(["dpn"], [8], seeds=[0], dataset="phantom-tiny-seed0", epochs=1),
+        tiny_phantom.dataset,
+        tmp_path / "out",
+    )
     assert outcomes[0].status == "skipped" and not (cell.directory / ".rerun").exists()

@@ -10,8 +10,8 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from hashbench.data import ingest as ingest_module
-from hashbench.datasets.tcia import ingest_tcia, scan
 from hashbench.data.dicom import ImageOptions
+from hashbench.datasets.tcia import ingest_tcia, scan
 
 OPTIONS = ImageOptions(size=32)
 DESCRIPTIVE = ("12-01-1998-NA-PETCT HEAD  NECK CA-59359", "5.000000-PET NO AC-52932")
@@ -26,7 +26,25 @@ CT_TAGS = dict(RescaleIntercept=-1024, RescaleSlope=1, WindowCenter=40, WindowWi
 
 
 def write_metadata(root, rows):
-    columns = ["Series UID", "Collection", "3rd Party Analysis", "Data Description URI", "Subject ID", "Study UID", "Study Description", "Study Date", "Series Description", "Manufacturer", "Modality", "SOP Class Name", "SOP Class UID", "Number of Images", "File Size", "File Location", "Download Timestamp"]
+    columns = [
+        "Series UID",
+        "Collection",
+        "3rd Party Analysis",
+        "Data Description URI",
+        "Subject ID",
+        "Study UID",
+        "Study Description",
+        "Study Date",
+        "Series Description",
+        "Manufacturer",
+        "Modality",
+        "SOP Class Name",
+        "SOP Class UID",
+        "Number of Images",
+        "File Size",
+        "File Location",
+        "Download Timestamp",
+    ]
     with open(root / "metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, restval="")
         writer.writeheader()
@@ -41,7 +59,11 @@ def ingest(root, tmp_path, **kw):
 @pytest.mark.parametrize("wrapper", ["", "manifest-1700000000000"], ids=["root", "manifest-folder"])
 def test_every_nbia_layout_parses(tmp_path, dicom, layout, wrapper):
     root = tmp_path / "download"
-    series = root / wrapper / "TCGA-LUAD" / "TCGA-05-4244" / layout[0] / layout[1] if wrapper else root / "TCGA-LUAD" / "TCGA-05-4244" / layout[0] / layout[1]
+    series = (
+        root / wrapper / "TCGA-LUAD" / "TCGA-05-4244" / layout[0] / layout[1]
+        if wrapper
+        else root / "TCGA-LUAD" / "TCGA-05-4244" / layout[0] / layout[1]
+    )
     for i in range(3):
         dicom(series / f"1-0{i + 1}.dcm", ct(), patient=None, **CT_TAGS)
     files, _, layouts = scan(root)
@@ -62,16 +84,45 @@ def test_a_single_collection_folder_is_its_own_label(tmp_path, dicom):
 def test_label_from_tag_then_metadata_csv_then_folder(tmp_path, dicom):
     root = tmp_path / "download"
     study = "01-01-2000-NA-CT-12345"
-    tagged = dicom(root / "FOLDER-A" / "P1" / study / "1.000000-A-11111" / "1-01.dcm", ct(), patient="P1", collection_tag="TCGA-KIRP", **CT_TAGS)
-    by_location = dicom(root / "FOLDER-B" / "P2" / study / "1.000000-B-22222" / "1-01.dcm", ct(), patient="P2", **CT_TAGS)
-    by_uid = dicom(root / "FOLDER-C" / "P3" / study / "1.000000-C-33333" / "1-01.dcm", ct(), patient="P3", series_uid="1.2.3.4.5", **CT_TAGS)
-    from_folder = dicom(root / "FOLDER-D" / "P4" / study / "1.000000-D-44444" / "1-01.dcm", ct(), patient="P4", **CT_TAGS)
+    tagged = dicom(
+        root / "FOLDER-A" / "P1" / study / "1.000000-A-11111" / "1-01.dcm",
+        ct(),
+        patient="P1",
+        collection_tag="TCGA-KIRP",
+        **CT_TAGS,
+    )
+    by_location = dicom(
+        root / "FOLDER-B" / "P2" / study / "1.000000-B-22222" / "1-01.dcm", ct(), patient="P2", **CT_TAGS
+    )
+    by_uid = dicom(
+        root / "FOLDER-C" / "P3" / study / "1.000000-C-33333" / "1-01.dcm",
+        ct(),
+        patient="P3",
+        series_uid="1.2.3.4.5",
+        **CT_TAGS,
+    )
+    from_folder = dicom(
+        root / "FOLDER-D" / "P4" / study / "1.000000-D-44444" / "1-01.dcm", ct(), patient="P4", **CT_TAGS
+    )
     write_metadata(
         root,
         [
-            {"Collection": "TCGA-LIHC", "File Location": "./FOLDER-A/P1/" + study + "/1.000000-A-11111", "Modality": "CT"},  # the tag wins
-            {"Collection": "TCGA-STAD", "File Location": "./FOLDER-B/P2/" + study + "/1.000000-B-22222", "Modality": "CT"},
-            {"Collection": "TCGA-ESCA", "Series UID": "1.2.3.4.5", "File Location": "./moved/elsewhere", "Modality": "CT"},
+            {
+                "Collection": "TCGA-LIHC",
+                "File Location": "./FOLDER-A/P1/" + study + "/1.000000-A-11111",
+                "Modality": "CT",
+            },  # the tag wins
+            {
+                "Collection": "TCGA-STAD",
+                "File Location": "./FOLDER-B/P2/" + study + "/1.000000-B-22222",
+                "Modality": "CT",
+            },
+            {
+                "Collection": "TCGA-ESCA",
+                "Series UID": "1.2.3.4.5",
+                "File Location": "./moved/elsewhere",
+                "Modality": "CT",
+            },
         ],
     )
     index = ingest(root, tmp_path).dataset.index.set_index("path")
@@ -104,9 +155,23 @@ def make_tree_with_broken_files(root, dicom, truncate_codestream):
         dicom(series / "1-04.dcm", ct(0), collection_tag="TCGA-LIHC", compress=JPEGLSLossless, **CT_TAGS),
         dicom(series / "1-05.dcm", np.stack([ct(0), ct(100)]), collection_tag="TCGA-LIHC", **CT_TAGS),  # 2 frames
         dicom(series / "1-06.dcm", ct(0), collection_tag="TCGA-LIHC", photometric="MONOCHROME1", **CT_TAGS),
-        dicom(series / "1-07.dcm", ct(40), collection_tag="TCGA-LIHC", file_header=False, **CT_TAGS),  # no Part-10 header: still DICOM
-        dicom(root / "TCGA-LIHC" / "LIHC-02" / DESCRIPTIVE[0] / DESCRIPTIVE[1] / "1-01.dcm", ct(0), patient="LIHC-02", collection_tag="TCGA-LIHC", **CT_TAGS),
-        dicom(root / "TCGA-LIHC" / "LIHC-02" / DESCRIPTIVE[0] / DESCRIPTIVE[1] / "1-02.dcm", ct(0), patient="LIHC-02", collection_tag="TCGA-LIHC", **CT_TAGS),
+        dicom(
+            series / "1-07.dcm", ct(40), collection_tag="TCGA-LIHC", file_header=False, **CT_TAGS
+        ),  # no Part-10 header: still DICOM
+        dicom(
+            root / "TCGA-LIHC" / "LIHC-02" / DESCRIPTIVE[0] / DESCRIPTIVE[1] / "1-01.dcm",
+            ct(0),
+            patient="LIHC-02",
+            collection_tag="TCGA-LIHC",
+            **CT_TAGS,
+        ),
+        dicom(
+            root / "TCGA-LIHC" / "LIHC-02" / DESCRIPTIVE[0] / DESCRIPTIVE[1] / "1-02.dcm",
+            ct(0),
+            patient="LIHC-02",
+            collection_tag="TCGA-LIHC",
+            **CT_TAGS,
+        ),
     ]
     bad_series = root / "TCGA-LIHC" / "LIHC-03" / DESCRIPTIVE[0] / "300.000000-Segmentation-99999"
     empty = bad_series / "empty.dcm"
@@ -119,7 +184,13 @@ def make_tree_with_broken_files(root, dicom, truncate_codestream):
     seg = dicom(bad_series / "seg.dcm", np.zeros((16, 16), np.uint8), modality="SEG")
     noise = np.random.default_rng(2).integers(0, 4000, (64, 64)).astype(np.uint16)
     j2k = truncate_codestream(dicom(bad_series / "cut-j2k.dcm", noise, modality="MR", compress=JPEG2000Lossless))
-    bad = {empty: "empty file", text: "not DICOM", halved: "truncated pixel data", seg: "non-image object", j2k: "undecodable pixel data"}
+    bad = {
+        empty: "empty file",
+        text: "not DICOM",
+        halved: "truncated pixel data",
+        seg: "non-image object",
+        j2k: "undecodable pixel data",
+    }
     return good, bad
 
 
@@ -141,7 +212,9 @@ def test_broken_files_are_reported_with_path_and_reason_and_the_rest_is_kept(tmp
     encoded = dataset.index.set_index("path")
     expected = {"1-02.dcm": 128, "1-03.dcm": 102, "1-04.dcm": 102, "1-06.dcm": 255 - 102, "1-07.dcm": 128}
     for name, grey in expected.items():
-        slice_id = dataset.index.index[dataset.index["path"].str.endswith("LIHC-01/" + DESCRIPTIVE[0] + "/" + DESCRIPTIVE[1] + "/" + name)][0]
+        slice_id = dataset.index.index[
+            dataset.index["path"].str.endswith("LIHC-01/" + DESCRIPTIVE[0] + "/" + DESCRIPTIVE[1] + "/" + name)
+        ][0]
         assert dataset.images[slice_id][0, 0] == grey, name
     assert result.skipped_by_reason["empty file"] == 1
     assert set(encoded["label"]) == {"TCGA-LIHC"}
@@ -170,7 +243,9 @@ def test_reingesting_an_unchanged_tree_is_a_no_op_and_changes_are_picked_up(tmp_
     changed = ingest(root, tmp_path)
     assert (changed.decoded, changed.reused) == (2, 2)
     index = changed.dataset.index.set_index("path")
-    assert changed.dataset.images[list(changed.dataset.index["path"]).index(paths[1].relative_to(root).as_posix())][0, 0] == round(((200 - 39.5) / 399 + 0.5) * 255)
+    assert changed.dataset.images[list(changed.dataset.index["path"]).index(paths[1].relative_to(root).as_posix())][
+        0, 0
+    ] == round(((200 - 39.5) / 399 + 0.5) * 255)
     assert paths[3].relative_to(root).as_posix() not in index.index
     assert len(index) == 4
 

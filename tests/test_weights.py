@@ -22,8 +22,8 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from huggingface_hub.file_download import repo_folder_name
 
 from hashbench.model.weights import (
-    WeightsUnavailableError,
     WeightSource,
+    WeightsUnavailableError,
     architectures,
     cached_revision,
     create_backbone,
@@ -55,7 +55,9 @@ def hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hub_constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
     return cache
 
 
@@ -101,7 +103,14 @@ def test_offline_with_an_empty_cache_fails_at_once_naming_the_fixes():
         ensure_available([source])
     assert time.perf_counter() - started < 2
     message = str(caught.value)
-    for part in ("test_efficientnet", TEST_HUB_ID, "offline", "--weights test_efficientnet=PATH", "--no-pretrained", f"hf download {TEST_HUB_ID}"):
+    for part in (
+        "test_efficientnet",
+        TEST_HUB_ID,
+        "offline",
+        "--weights test_efficientnet=PATH",
+        "--no-pretrained",
+        f"hf download {TEST_HUB_ID}",
+    ):
         assert part in message
     with pytest.raises(WeightsUnavailableError):
         create_backbone(source, num_classes=0)
@@ -123,7 +132,9 @@ def test_a_missing_format_falls_back_to_the_next_and_each_source_is_fetched_once
     def probe(url, timeout=None):
         probed.append(url.rsplit("/", 1)[1])
         if url.endswith("/model.safetensors"):
-            raise RemoteEntryNotFoundError("404: no such file", response=httpx2.Response(404, request=httpx2.Request("HEAD", url)))
+            raise RemoteEntryNotFoundError(
+                "404: no such file", response=httpx2.Response(404, request=httpx2.Request("HEAD", url))
+            )
 
     def download(repo_id, filename, revision=None):
         downloaded.append(filename)
@@ -134,7 +145,9 @@ def test_a_missing_format_falls_back_to_the_next_and_each_source_is_fetched_once
     source = resolve("test_efficientnet", True)
     ensure_available([source, source, resolve("test_efficientnet", False)])
     assert (probed, downloaded) == (["model.safetensors", "pytorch_model.bin"], ["pytorch_model.bin"])
-    assert is_cached(source) and cached_revision(source) == "0123456789abcdef0123456789abcdef01234567"  # the commit a record names
+    assert (
+        is_cached(source) and cached_revision(source) == "0123456789abcdef0123456789abcdef01234567"
+    )  # the commit a record names
     assert cached_revision(resolve("test_efficientnet", False)) == ""
     ensure_available([source])
     assert len(probed) == 2
@@ -149,7 +162,9 @@ def test_the_first_failure_to_reach_the_hub_is_final(monkeypatch):
         raise ConnectionError("connection refused\nsecond line")
 
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", refused)
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *args, **kwargs: pytest.fail("downloaded after a failed probe"))
+    monkeypatch.setattr(
+        huggingface_hub, "hf_hub_download", lambda *args, **kwargs: pytest.fail("downloaded after a failed probe")
+    )
     with pytest.raises(WeightsUnavailableError, match=r"ConnectionError: connection refused\)"):
         ensure_available([resolve("test_efficientnet", True)])
     assert len(probed) == 1
@@ -175,7 +190,9 @@ def test_a_file_named_for_the_model_is_loaded_exactly_and_identified_by_content(
     assert source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert source.identity() == f"file:sha256:{source.sha256}"
     torch.manual_seed(2)
-    assert not torch.equal(timm.create_model("test_efficientnet", num_classes=0).conv_stem.weight, state["conv_stem.weight"])
+    assert not torch.equal(
+        timm.create_model("test_efficientnet", num_classes=0).conv_stem.weight, state["conv_stem.weight"]
+    )
     torch.manual_seed(2)
     assert_holds(create_backbone(source, num_classes=0), state)
 
@@ -185,7 +202,10 @@ def test_a_directory_is_searched_with_the_tag_first(tmp_path):
     save(tagged, tmp_path / "test_efficientnet.r160_in1k.pth")
     save(untagged, tmp_path / "test_efficientnet.safetensors")
     files = parse_weights_option([str(tmp_path)])
-    with_tag, without_tag = resolve("test_efficientnet.r160_in1k", False, files), resolve("test_efficientnet", False, files)
+    with_tag, without_tag = (
+        resolve("test_efficientnet.r160_in1k", False, files),
+        resolve("test_efficientnet", False, files),
+    )
     assert with_tag.location.endswith("test_efficientnet.r160_in1k.pth")
     assert without_tag.location.endswith("test_efficientnet.safetensors")
     assert_holds(create_backbone(with_tag, num_classes=0), tagged)
@@ -207,12 +227,18 @@ def test_a_bare_file_is_for_the_default_backbone_only(tmp_path):
 def test_identity_follows_the_content_and_describe_names_the_path(tmp_path):
     first = save(seeded_state(), tmp_path / "a" / "w.safetensors")
     second = shutil.copy(first, tmp_path / "b.safetensors")
-    one, other = (resolve("test_efficientnet", False, parse_weights_option([f"test_efficientnet={path}"])) for path in (first, second))
+    one, other = (
+        resolve("test_efficientnet", False, parse_weights_option([f"test_efficientnet={path}"]))
+        for path in (first, second)
+    )
     assert one.location != other.location
     assert one.identity() == other.identity()
     assert str(first.resolve()) in one.describe() and one.sha256[:12] in one.describe()
     different = save(seeded_state(seed=4), tmp_path / "c.safetensors")
-    assert resolve("test_efficientnet", False, parse_weights_option([f"test_efficientnet={different}"])).identity() != one.identity()
+    assert (
+        resolve("test_efficientnet", False, parse_weights_option([f"test_efficientnet={different}"])).identity()
+        != one.identity()
+    )
 
 
 def test_a_file_changed_after_resolving_is_refused(tmp_path):
@@ -227,7 +253,9 @@ def test_a_file_whose_names_do_not_match_the_model_is_refused_not_ignored(tmp_pa
     prefixed = {f"encoder.{name}": value for name, value in seeded_state().items()}
     path = save(prefixed, tmp_path / "network.safetensors")
     with pytest.raises(ValueError, match="conv_stem.weight"):
-        create_backbone(resolve("test_efficientnet", False, parse_weights_option([f"test_efficientnet={path}"])), num_classes=0)
+        create_backbone(
+            resolve("test_efficientnet", False, parse_weights_option([f"test_efficientnet={path}"])), num_classes=0
+        )
 
 
 def test_hub_sources_follow_timms_pretrained_configs():
@@ -255,12 +283,19 @@ def test_weights_timm_fetches_from_a_plain_url_are_refused_with_the_url():
 
 
 def test_architectures_reports_the_timm_models_that_ran():
-    network = torch.nn.ModuleDict({
-        "first": timm.create_model("test_resnet", pretrained=False, num_classes=0),
-        "second": torch.nn.Sequential(timm.create_model("test_efficientnet", pretrained=False, num_classes=0), torch.nn.Linear(4, 2)),
-        "again": timm.create_model("test_resnet", pretrained=False, num_classes=0),
-    })
-    assert architectures(network) == ["test_resnet", "test_efficientnet"]  # architectures only: timm tags even random init
+    network = torch.nn.ModuleDict(
+        {
+            "first": timm.create_model("test_resnet", pretrained=False, num_classes=0),
+            "second": torch.nn.Sequential(
+                timm.create_model("test_efficientnet", pretrained=False, num_classes=0), torch.nn.Linear(4, 2)
+            ),
+            "again": timm.create_model("test_resnet", pretrained=False, num_classes=0),
+        }
+    )
+    assert architectures(network) == [
+        "test_resnet",
+        "test_efficientnet",
+    ]  # architectures only: timm tags even random init
     assert architectures(torch.nn.Linear(2, 2)) == []
 
 

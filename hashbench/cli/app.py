@@ -11,7 +11,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(help="hashbench: benchmark deep hashing methods for medical image retrieval.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(
+    help="hashbench: benchmark deep hashing methods for medical image retrieval.",
+    no_args_is_help=True,
+    add_completion=False,
+)
 ingest_app = typer.Typer(help="Turn DICOM data into a dataset once: decoded, cleaned, split.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 
@@ -30,7 +34,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """hashbench: benchmark deep hashing methods for medical image retrieval."""
 

@@ -8,9 +8,23 @@ import typer
 
 from hashbench.cli.app import app
 
-MULTI_VALUE_OPTIONS = {"--methods", "--bits", "--seeds", "--plugin", "--set", "--metrics", "--weights", "--backbones", "--image-sizes"}
+MULTI_VALUE_OPTIONS = {
+    "--methods",
+    "--bits",
+    "--seeds",
+    "--plugin",
+    "--set",
+    "--metrics",
+    "--weights",
+    "--backbones",
+    "--image-sizes",
+}
 COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics", "--backbones", "--image-sizes"}
-INTEGER_LISTS = {"--bits", "--seeds", "--image-sizes"}  # a value's shape is known: several may follow one flag in any command
+INTEGER_LISTS = {
+    "--bits",
+    "--seeds",
+    "--image-sizes",
+}  # a value's shape is known: several may follow one flag in any command
 INTEGERS = re.compile(r"-?\d+(,-?\d+)*")
 
 
@@ -34,8 +48,14 @@ def expand_multi_value_options(argv: list[str]) -> list[str]:
             continue
         values = [inline] if has_value else argv[position : position + 1]  # the first value, whatever its shape
         position += 0 if has_value else len(values)
-        while not has_value and position < len(argv) and not argv[position].startswith("--") and (
-            (name in INTEGER_LISTS and INTEGERS.fullmatch(argv[position])) or (free_values and not argv[position].startswith("-"))
+        while (
+            not has_value
+            and position < len(argv)
+            and not argv[position].startswith("--")
+            and (
+                (name in INTEGER_LISTS and INTEGERS.fullmatch(argv[position]))
+                or (free_values and not argv[position].startswith("-"))
+            )
         ):
             values.append(argv[position])
             position += 1

@@ -70,6 +70,7 @@ def source_command(name: str):
     """The click command of source ``name``: its Options as arguments and flags; a broken plugin's says why."""
     entry = SOURCES.entry(name)
     if entry.error:
+
         def broken() -> None:
             fail(f"source {name!r} ({entry.origin}) failed to load: {entry.error}")
 
@@ -99,7 +100,9 @@ def _parameters(source: type[Source]) -> list[inspect.Parameter]:
     parameters = []
     for field in fields(source.Options):
         if field.name in COMMON_PARAMETERS:
-            raise TypeError(f"source {source.name!r}: option {field.name!r} would hide the common --{field.name}; rename it")
+            raise TypeError(
+                f"source {source.name!r}: option {field.name!r} would hide the common --{field.name}; rename it"
+            )
         help, flag = field.metadata.get("help", ""), f"--{field.name.replace('_', '-')}"
         default = ... if field.default is MISSING and field.default_factory is MISSING else field.default
         if field.metadata.get("argument"):
@@ -109,14 +112,28 @@ def _parameters(source: type[Source]) -> list[inspect.Parameter]:
         else:
             at_least = field.metadata.get("at_least")
             declared = typer.Option(default, flag, help=help, **({"min": at_least} if at_least is not None else {}))
-        parameters.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=declared, annotation=hints[field.name]))
-    name_help = "Dataset name to create or update" + (f" (default: {source.name}'s own)" if source.dataset_name is not Source.dataset_name else "") + "."
+        parameters.append(
+            inspect.Parameter(
+                field.name, inspect.Parameter.KEYWORD_ONLY, default=declared, annotation=hints[field.name]
+            )
+        )
+    name_help = (
+        "Dataset name to create or update"
+        + (f" (default: {source.name}'s own)" if source.dataset_name is not Source.dataset_name else "")
+        + "."
+    )
     common = {
         "name": (str | None, typer.Option(None, "--name", help=name_help)),
         "workers": (int | None, typer.Option(None, "--workers", help="Decoding processes (default: all cores).")),
-        "plugin": (list[Path] | None, typer.Option(None, "--plugin", help="A local source plugin file, loaded before the command is read.")),
+        "plugin": (
+            list[Path] | None,
+            typer.Option(None, "--plugin", help="A local source plugin file, loaded before the command is read."),
+        ),
     }
-    return parameters + [inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=hint) for key, (hint, value) in common.items()]
+    return parameters + [
+        inspect.Parameter(key, inspect.Parameter.KEYWORD_ONLY, default=value, annotation=hint)
+        for key, (hint, value) in common.items()
+    ]
 
 
 @contextmanager
@@ -129,7 +146,9 @@ def _resumable(name: str):
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print(f"\n[yellow]interrupted[/yellow]: the files finished so far are kept; run the same command again to resume {name}.")
+        console.print(
+            f"\n[yellow]interrupted[/yellow]: the files finished so far are kept; run the same command again to resume {name}."
+        )
         raise typer.Exit(130) from None
 
 
@@ -138,9 +157,13 @@ def _print_report(result: IngestResult) -> None:
     dataset = result.dataset
     summary = dataset.summary()
     if result.up_to_date:
-        console.print(f"[green]{dataset.name}[/green] is up to date ({summary['files']} files unchanged): nothing to do.")
+        console.print(
+            f"[green]{dataset.name}[/green] is up to date ({summary['files']} files unchanged): nothing to do."
+        )
     else:
-        done = f"{result.decoded} decoded, {result.reused} unchanged and reused" + (f", {result.resumed} from an interrupted run" if result.resumed else "")
+        done = f"{result.decoded} decoded, {result.reused} unchanged and reused" + (
+            f", {result.resumed} from an interrupted run" if result.resumed else ""
+        )
         console.print(f"[green]{dataset.name}[/green]: {summary['files']} files in {result.seconds:.1f} s ({done}).")
     kept_files = summary["files"] - summary["skipped"]
     clean = "dropped" if dataset.info.clean else "flagged only (--no-clean)"
@@ -150,10 +173,15 @@ def _print_report(result: IngestResult) -> None:
     )
     loose = dataset.info.unlabelled_files
     if loose:
-        console.print(f"[yellow]left out {len(loose)} image(s) directly under the source folder[/yellow]: no class folder (e.g. {loose[0]})")
+        console.print(
+            f"[yellow]left out {len(loose)} image(s) directly under the source folder[/yellow]: no class folder (e.g. {loose[0]})"
+        )
     for notice in dataset.info.notices:
         console.print(f"[yellow]note:[/yellow] {notice}")
-    table = Table(title="classes" + (" (multi-label: an image counts in each of its classes)" if dataset.multi_label else ""), show_edge=False)
+    table = Table(
+        title="classes" + (" (multi-label: an image counts in each of its classes)" if dataset.multi_label else ""),
+        show_edge=False,
+    )
     classes = dataset.class_table()
     for column in classes.columns:
         table.add_column(column, justify="right" if column in ("slices", "patients") else "left")
@@ -169,7 +197,11 @@ def _print_report(result: IngestResult) -> None:
             report.add_row(row.reason, str(row.files), f"{row.example} ({row.detail})" if row.detail else row.example)
         console.print(report)
     for protocol, sizes in dataset.protocol_sizes().items():
-        shown = sizes if isinstance(sizes, str) else f"{sizes['query']:,} queries, {sizes['train']:,} training, {sizes['database']:,} database"
+        shown = (
+            sizes
+            if isinstance(sizes, str)
+            else f"{sizes['query']:,} queries, {sizes['train']:,} training, {sizes['database']:,} database"
+        )
         console.print(f"split {protocol}{' (default)' if protocol == dataset.default_split else ''}: {shown}")
     console.print(f"ingest report (every file, kept or skipped, with its reason): {dataset.root / 'files.csv'}")
 
@@ -190,18 +222,32 @@ def datasets_command() -> None:
         if s is None:
             table.add_row(listing.name, "damaged" if listing.error else "phantom", *["-"] * 7)
             continue
-        cells = (s["slices"], s["outliers"], s["patients"], s["classes"], s["skipped"], s["image_size"], f"{s['bytes'] / 2**20:.1f}")
+        cells = (
+            s["slices"],
+            s["outliers"],
+            s["patients"],
+            s["classes"],
+            s["skipped"],
+            s["image_size"],
+            f"{s['bytes'] / 2**20:.1f}",
+        )
         table.add_row(listing.name, s["kind"], *map(str, cells))
     console.print(table)
     for listing in listings:
         if listing.error:
             console.print(f"[red]damaged:[/red] {listing.error}")
-    console.print("slices: in use after cleaning; skipped: source files that gave no image (see the dataset's files.csv).")
+    console.print(
+        "slices: in use after cleaning; skipped: source files that gave no image (see the dataset's files.csv)."
+    )
     if any(listing.name == DEFAULT_DATASET and listing.summary is None and not listing.error for listing in listings):
-        console.print(f"{DEFAULT_DATASET} is generated and ingested on first use, or now with `hashbench ingest phantom`.")
+        console.print(
+            f"{DEFAULT_DATASET} is generated and ingested on first use, or now with `hashbench ingest phantom`."
+        )
     sources = [
-        f"[red]{source.name}[/red]: broken plugin ({source.origin}): {source.error}" if source.error
-        else f"[bold]{source.name}[/bold]: {source.summary}" + ("" if source.origin == "built-in" else f" ({source.origin})")
+        f"[red]{source.name}[/red]: broken plugin ({source.origin}): {source.error}"
+        if source.error
+        else f"[bold]{source.name}[/bold]: {source.summary}"
+        + ("" if source.origin == "built-in" else f" ({source.origin})")
         for source in list_sources()
     ]
     console.print("sources: " + "; ".join(sources))

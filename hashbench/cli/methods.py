@@ -22,7 +22,11 @@ def list_command(
     load_plugins(plugin)
     entries = list_methods(pattern)
     if not entries:
-        hint = "; the paper suites are listed by `hashbench suites`" if pattern == "suites" or pattern.startswith("paper-") else ""
+        hint = (
+            "; the paper suites are listed by `hashbench suites`"
+            if pattern == "suites" or pattern.startswith("paper-")
+            else ""
+        )
         fail(f"no method matches {pattern!r}; methods: {', '.join(entry.name for entry in list_methods())}{hint}")
     table = Table(title="methods")
     for column in ("name", "origin", "status", "paper"):
@@ -50,11 +54,15 @@ def options_command(
     except (LookupError, RuntimeError) as exc:
         fail(exc)
     profiles = "; ".join(
-        f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items()) for name, profile in PROFILES.items() if profile.train
+        f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items())
+        for name, profile in PROFILES.items()
+        if profile.train
     )
     tables = {f"{method}: method options": (options.rows(method_cls.Options), None)}
     if getattr(method_cls, "fitted", False):
-        console.print(f"{method} is training-free: fitted in closed form to the training features, so no optimiser or train settings apply.")
+        console.print(
+            f"{method} is training-free: fitted in closed form to the training features, so no optimiser or train settings apply."
+        )
     else:
         caption = f"the method's defaults; a profile may replace some ({profiles}); --dry-run shows what a run will use"
         tables[f"{method}: train settings"] = (options.rows(TrainSettings, method_cls.train), caption)

@@ -20,10 +20,22 @@ def leaderboard_command(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to show."),
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
-    output: Optional[Path] = typer.Option(None, "--output", help="With --format md: write here (default: <out>/leaderboard.md, or <out>/<suite>.md)."),
-    suite: Optional[str] = typer.Option(None, "--suite", help="Show a paper table (paper-table3/4/5) in the paper's layout, the paper's numbers beside ours."),
-    with_baselines: bool = typer.Option(False, "--with-baselines", help="With --suite: the training-free floor as reference rows below the paper's."),
-    figures: bool = typer.Option(True, "--figures/--no-figures", help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="With --format md: write here (default: <out>/leaderboard.md, or <out>/<suite>.md)."
+    ),
+    suite: Optional[str] = typer.Option(
+        None,
+        "--suite",
+        help="Show a paper table (paper-table3/4/5) in the paper's layout, the paper's numbers beside ours.",
+    ),
+    with_baselines: bool = typer.Option(
+        False, "--with-baselines", help="With --suite: the training-free floor as reference rows below the paper's."
+    ),
+    figures: bool = typer.Option(
+        True,
+        "--figures/--no-figures",
+        help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown.",
+    ),
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
     from hashbench import api
@@ -51,7 +63,9 @@ def compare_command(
     b: str = typer.Argument(..., help="The other side, the same way."),
     bits: Optional[int] = typer.Option(None, "--bits", help="Code length, where a method ran several."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset, where a method ran on several."),
-    metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."),
+    metrics: List[str] = typer.Option(
+        ["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."
+    ),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
@@ -73,9 +87,16 @@ def compare_command(
     for row in rows:
         result = row.result
         p_seeds = "n/a (one seed)" if result.p_seeds is None else f"{result.p_seeds:.3g}"
-        table.add_row(row.metric, f"{row.mean_a:.3f} (n={result.seeds[0]})", f"{row.mean_b:.3f} (n={result.seeds[1]})", f"{result.difference:+.3f}", f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]", f"{result.p_queries:.3g}", p_seeds)
+        table.add_row(
+            row.metric,
+            f"{row.mean_a:.3f} (n={result.seeds[0]})",
+            f"{row.mean_b:.3f} (n={result.seeds[1]})",
+            f"{result.difference:+.3f}",
+            f"[{result.interval[0]:+.3f}, {result.interval[1]:+.3f}]",
+            f"{result.p_queries:.3g}",
+            p_seeds,
+        )
     console.print(table)
-
 
 
 @app.command("ties")
@@ -92,16 +113,34 @@ def ties_command(
         console.print(f"no finished cells under {out}")
         return
     columns = {
-        "map@1-best": "MAP@1\nbest", "map@1-worst": "MAP@1\nworst", "map@tie": "mAP\ntie", "map@tie-best": "mAP\nbest", "map@tie-worst": "mAP\nworst",
-        "nearest_tie_size": "tie", "occupied_buckets": "buckets", "largest_bucket_share": "largest", "bit_balance": "balance", "dead_bits": "dead",
+        "map@1-best": "MAP@1\nbest",
+        "map@1-worst": "MAP@1\nworst",
+        "map@tie": "mAP\ntie",
+        "map@tie-best": "mAP\nbest",
+        "map@tie-worst": "mAP\nworst",
+        "nearest_tie_size": "tie",
+        "occupied_buckets": "buckets",
+        "largest_bucket_share": "largest",
+        "bit_balance": "balance",
+        "dead_bits": "dead",
     }
     caption = (
         "best / worst: relevant items first / last in every group of equal Hamming distance; tie: items at the nearest distance; "
         "largest: the fullest bucket's share of the database; balance 1 = every bit halves the database; dead: bits that never change"
     )
-    table = Table(title="tie diagnostics", caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), show_edge=False, pad_edge=False)
+    table = Table(
+        title="tie diagnostics",
+        caption=caption,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+        pad_edge=False,
+    )
     for column in ("method", "bits", "seed", "split", *columns.values()):
-        table.add_column(column, justify="left" if column in ("method", "split") else "right", no_wrap=column == "method")
+        table.add_column(
+            column, justify="left" if column in ("method", "split") else "right", no_wrap=column == "method"
+        )
     several_datasets = cells["dataset"].nunique() > 1
     for row in cells.sort_values(["dataset", "method", "bits", "seed"]).itertuples():
         method = f"{row.dataset}/{row.method}" if several_datasets else row.method
@@ -110,17 +149,35 @@ def ties_command(
             table.add_row(*cell, row.note, *[""] * (len(columns) - 1))
             continue
         found = Cell(row.directory).tie_diagnostics()
-        table.add_row(*cell, *(f"{found[k]:.1f}" if k == "nearest_tie_size" else f"{found[k]:.3f}" if isinstance(found[k], float) else str(found[k]) for k in columns))
+        table.add_row(
+            *cell,
+            *(
+                f"{found[k]:.1f}"
+                if k == "nearest_tie_size"
+                else f"{found[k]:.3f}"
+                if isinstance(found[k], float)
+                else str(found[k])
+                for k in columns
+            ),
+        )
     console.print(table)
 
 
 @app.command("search")
 def search_command(
-    cell: Path = typer.Argument(..., help="A finished cell's directory: its model encodes the queries, its database codes are searched."),
+    cell: Path = typer.Argument(
+        ..., help="A finished cell's directory: its model encodes the queries, its database codes are searched."
+    ),
     queries: List[Path] = typer.Argument(..., help="DICOM files or images (PNG, JPEG, TIFF, BMP) to search with."),
     k: int = typer.Option(10, "--k", min=1, help="Neighbours per query (the database's size at most)."),
-    tie_break: str = typer.Option("embedding", "--tie-break", help="Order within one Hamming distance: embedding (continuous-code distance) or index."),
-    faiss: Optional[bool] = typer.Option(None, "--faiss/--no-faiss", help="Rank with faiss IndexBinaryFlat (default: when installed)."),
+    tie_break: str = typer.Option(
+        "embedding",
+        "--tie-break",
+        help="Order within one Hamming distance: embedding (continuous-code distance) or index.",
+    ),
+    faiss: Optional[bool] = typer.Option(
+        None, "--faiss/--no-faiss", help="Rank with faiss IndexBinaryFlat (default: when installed)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
     as_json: bool = typer.Option(False, "--json", help="Print the hits as JSON lines instead of tables."),
 ) -> None:
@@ -140,7 +197,11 @@ def search_command(
             print(json.dumps({"query": name, "hits": [asdict(hit) for hit in hits]}))
             continue
         flag = f"; [yellow]{index.collapse}[/yellow]" if index.collapse else ""
-        table = Table(title=f"{name}", caption=f"{index.config.method}, {index.config.bits} bits, {index.config.dataset}; {index.backend}; ties by {tie_break}{flag}", caption_justify="left")
+        table = Table(
+            title=f"{name}",
+            caption=f"{index.config.method}, {index.config.bits} bits, {index.config.dataset}; {index.backend}; ties by {tie_break}{flag}",
+            caption_justify="left",
+        )
         for column in ("rank", "distance", "slice", "label", "patient", "path"):
             table.add_column(column, overflow="fold")
         for hit in hits:
@@ -153,8 +214,12 @@ def search_command(
 @app.command("confusion")
 def confusion_command(
     cell: Path = typer.Argument(..., help="A finished cell's directory (it holds codes.npz and metrics.json)."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="Where to write confusion.png and confusion.md (default: the cell's directory)."),
-    metrics: List[str] = typer.Option(["map@1", "map@10", "map@tie"], "--metrics", help="Per-class metrics to tabulate beside the matrix."),
+    output_dir: Optional[Path] = typer.Option(
+        None, "--output-dir", help="Where to write confusion.png and confusion.md (default: the cell's directory)."
+    ),
+    metrics: List[str] = typer.Option(
+        ["map@1", "map@10", "map@tie"], "--metrics", help="Per-class metrics to tabulate beside the matrix."
+    ),
 ) -> None:
     """The MAP@1 confusion matrix of a stored cell (the paper's Figure 3) and per-class metrics, as PNG and markdown."""
     from hashbench import api

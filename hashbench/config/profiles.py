@@ -30,17 +30,36 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "full": Profile(
         "the paper's training protocol: EfficientNet-B6 with ImageNet weights, 224 px, 50 epochs, augmented training images, each method's own optimiser and schedule",
-        PAPER_BACKBONE, 50, 224, True, PAPER_AUGMENTATION,
+        PAPER_BACKBONE,
+        50,
+        224,
+        True,
+        PAPER_AUGMENTATION,
     ),
     "full-b0": Profile(
         "the full profile on EfficientNet-B0: a cheaper backbone than the paper's B6",
-        "efficientnet_b0", 50, 224, True, PAPER_AUGMENTATION,
+        "efficientnet_b0",
+        50,
+        224,
+        True,
+        PAPER_AUGMENTATION,
     ),
     "quick": Profile(
         "a CPU budget for the synthetic phantom: timm's tiny test EfficientNet from random weights, 64 px (or the stored size if smaller), 30 epochs, "
         "no augmentation, Adam 1e-3 with batch 32 and a constant rate for every method (the authors' fine-tuning optimisers need ImageNet weights)",
-        "test_efficientnet", 30, 64, False, Augmentation(),
-        {"optimizer": "adam", "lr": 1e-3, "weight_decay": 1e-5, "head_lr_scale": 1.0, "batch_size": 32, "lr_schedule": "constant"},
+        "test_efficientnet",
+        30,
+        64,
+        False,
+        Augmentation(),
+        {
+            "optimizer": "adam",
+            "lr": 1e-3,
+            "weight_decay": 1e-5,
+            "head_lr_scale": 1.0,
+            "batch_size": 32,
+            "lr_schedule": "constant",
+        },
     ),
 }
 

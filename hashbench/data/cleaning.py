@@ -31,7 +31,13 @@ def image_stats(image: np.ndarray) -> dict[str, float]:
         below = int(position)
         low, high = np.searchsorted(cumulative, [below, min(below + 1, n - 1)], side="right")
         quartiles.append(low + (position - below) * (high - low))
-    return {"mean": mean, "variance": counts @ (levels - mean) ** 2 / n, "q1": quartiles[0], "median": quartiles[1], "q3": quartiles[2]}
+    return {
+        "mean": mean,
+        "variance": counts @ (levels - mean) ** 2 / n,
+        "q1": quartiles[0],
+        "median": quartiles[1],
+        "q3": quartiles[2],
+    }
 
 
 def iqr_outliers(index: pd.DataFrame, k: float = 1.5, by: tuple[str, ...] = ("label", "modality")) -> pd.Series:

@@ -38,7 +38,15 @@ from hashbench.files.digest import file_sha256
 
 FORMAT_VERSION = 1
 IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
-INDEX_DTYPES = {"label": str, "label_source": str, "patient": str, "study": str, "series": str, "modality": str, "path": str}
+INDEX_DTYPES = {
+    "label": str,
+    "label_source": str,
+    "patient": str,
+    "study": str,
+    "series": str,
+    "modality": str,
+    "path": str,
+}
 FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
 SETTINGS_KEYS = ("options", "clean", "format")
 LABEL_SEPARATOR = "|"  # joins the labels of a multi-label image in its label column
@@ -97,18 +105,31 @@ class Manifest:
     patients: str = ""  # how patients were found ("one per image" for image files)
     notices: tuple[str, ...] = ()  # what a user must know about the data, said at ingest
     unlabelled_files: tuple[str, ...] = ()  # images left out for want of a class folder
-    stored: dict = field(default_factory=dict)  # every key as stored, a source's own ones included (phantom, lists, file)
+    stored: dict = field(
+        default_factory=dict
+    )  # every key as stored, a source's own ones included (phantom, lists, file)
 
 
 def read_manifest(stored: dict) -> Manifest:
     """The typed view of a manifest as stored; KeyError or TypeError for one that lacks what every dataset has."""
     return Manifest(
-        name=stored["name"], kind=stored["kind"], source=str(stored.get("source", "")), options=dict(stored["options"]),
-        clean=bool(stored["clean"]), n_slices=int(stored["n_slices"]), updated=stored.get("updated", ""),
-        fingerprint=stored.get("fingerprint") or "", integrity=stored.get("integrity"), synthetic=bool(stored.get("synthetic", False)),
-        protocols=dict(stored.get("protocols", {})), default_split=stored.get("default_split", "patient"),
-        multi_label=bool(stored.get("multi_label", False)), patients=str(stored.get("patients", "")),
-        notices=tuple(stored.get("notices", ())), unlabelled_files=tuple(stored.get("unlabelled_files", ())), stored=stored,
+        name=stored["name"],
+        kind=stored["kind"],
+        source=str(stored.get("source", "")),
+        options=dict(stored["options"]),
+        clean=bool(stored["clean"]),
+        n_slices=int(stored["n_slices"]),
+        updated=stored.get("updated", ""),
+        fingerprint=stored.get("fingerprint") or "",
+        integrity=stored.get("integrity"),
+        synthetic=bool(stored.get("synthetic", False)),
+        protocols=dict(stored.get("protocols", {})),
+        default_split=stored.get("default_split", "patient"),
+        multi_label=bool(stored.get("multi_label", False)),
+        patients=str(stored.get("patients", "")),
+        notices=tuple(stored.get("notices", ())),
+        unlabelled_files=tuple(stored.get("unlabelled_files", ())),
+        stored=stored,
     )
 
 
@@ -151,7 +172,9 @@ class Dataset:
                 return self
             n_bytes = self.info.n_slices * self.image_size**2 * self.channels
             if expected["images_bytes"] != n_bytes:
-                raise DatasetError(f"its manifest says {self.info.n_slices} slices but its integrity record {expected['images_bytes']} bytes of images")
+                raise DatasetError(
+                    f"its manifest says {self.info.n_slices} slices but its integrity record {expected['images_bytes']} bytes of images"
+                )
             found = integrity(self.root)
         except DatasetError as exc:
             raise DatasetError(self._damaged(str(exc))) from None
@@ -159,7 +182,11 @@ class Dataset:
             raise DatasetError(self._damaged(f"{type(exc).__name__}: {exc}")) from None
         wrong = [name for name in expected if found.get(name) != expected[name]]
         if wrong:
-            files = {"images_bytes": f"{IMAGES} has {found['images_bytes']:,} bytes, not {expected['images_bytes']:,}", "index_sha256": f"{INDEX} was changed", "files_sha256": f"{FILES} was changed"}
+            files = {
+                "images_bytes": f"{IMAGES} has {found['images_bytes']:,} bytes, not {expected['images_bytes']:,}",
+                "index_sha256": f"{INDEX} was changed",
+                "files_sha256": f"{FILES} was changed",
+            }
             raise DatasetError(self._damaged("; ".join(files[name] for name in wrong)))
         return self
 
@@ -222,7 +249,14 @@ class Dataset:
         clean = self.info.clean if clean is None else clean
         return self.index[~self.index["outlier"]] if clean else self.index
 
-    def split(self, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0, clean: bool | None = None) -> pd.Series:
+    def split(
+        self,
+        protocol: str = "patient",
+        seed: int = 0,
+        query_fraction: float = 0.2,
+        validation_fraction: float = 0.0,
+        clean: bool | None = None,
+    ) -> pd.Series:
         """Side ('database', 'query', 'validation') per usable slice_id; computed once, then read."""
         clean = self.info.clean if clean is None else clean
         rows = self.usable(clean)
@@ -305,7 +339,9 @@ class Dataset:
             usable = usable.assign(label=usable["label"].str.split(LABEL_SEPARATOR)).explode("label")
         rows = [
             {
-                "label": label, "slices": len(group), "patients": group["patient"].nunique(),
+                "label": label,
+                "slices": len(group),
+                "patients": group["patient"].nunique(),
                 "modalities": ", ".join(f"{m or '?'} {n}" for m, n in group["modality"].value_counts().items()),
                 "label from": ", ".join(sorted(group["label_source"].unique())),
             }

@@ -18,8 +18,8 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.pixels import apply_color_lut, iter_pixels
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # Objects that carry no image slice to learn from (masks, contours, reports, plans).
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "KO", "PR", "REG", "DOC", "FID", "RWV"}
@@ -41,7 +41,11 @@ class ImageOptions:
     aspect: str = "pad"  # pad: keep aspect ratio, pad to square; stretch: resize directly
 
     def __post_init__(self) -> None:
-        choices = {"window": ("auto", "percentile", "minmax"), "colour": ("luma", "skip", "rgb"), "aspect": ("pad", "stretch")}
+        choices = {
+            "window": ("auto", "percentile", "minmax"),
+            "colour": ("luma", "skip", "rgb"),
+            "aspect": ("pad", "stretch"),
+        }
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}={getattr(self, name)!r}; valid: {', '.join(valid)}")
@@ -102,9 +106,13 @@ def _without_file_header(data: bytes) -> Dataset | None:
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
         if "PixelData" in ds and "Rows" in ds and "Columns" in ds:
-            if "TransferSyntaxUID" not in ds.file_meta:  # without file meta the pixels are native: the encoding the parser found
+            if (
+                "TransferSyntaxUID" not in ds.file_meta
+            ):  # without file meta the pixels are native: the encoding the parser found
                 implicit, little = ds.original_encoding
-                ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+                ds.file_meta.TransferSyntaxUID = (
+                    ImplicitVRLittleEndian if implicit else (ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+                )
             return ds
     except Exception:  # not DICOM after all: the caller reports it so
         pass
@@ -147,18 +155,30 @@ def _decode(data: bytes, options: ImageOptions, caught: list[warnings.WarningMes
     ds = read_dataset(data)
     ended_early = any("End of file" in str(w.message) for w in caught)  # the parser ran out of bytes inside an element
     if len(ds) == 0 and not ended_early:  # a file meta header at most: nothing of the object itself
-        raise SkippedFile("truncated header", f"the file ends inside its header ({len(data):,} bytes); download it again")
+        raise SkippedFile(
+            "truncated header", f"the file ends inside its header ({len(data):,} bytes); download it again"
+        )
     header = header_fields(ds)
     if header["modality"] in NON_IMAGE_MODALITIES:
         raise SkippedFile("non-image object", f"modality {header['modality']}")
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        sop_class = pydicom.uid.UID(str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or ""))  # the meta's, if the file ends before the data set's
+        sop_class = pydicom.uid.UID(
+            str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
+        )  # the meta's, if the file ends before the data set's
         if ended_early and PIXEL_DATA_TAG in data:
-            raise SkippedFile("truncated pixel data", f"the file ends inside its pixel data ({len(data):,} bytes); download it again")
+            raise SkippedFile(
+                "truncated pixel data", f"the file ends inside its pixel data ({len(data):,} bytes); download it again"
+            )
         if ended_early:
-            raise SkippedFile("truncated header", f"the file ends inside a sequence of its header ({len(data):,} bytes); download it again")
+            raise SkippedFile(
+                "truncated header",
+                f"the file ends inside a sequence of its header ({len(data):,} bytes); download it again",
+            )
         if _is_image_class(sop_class):
-            raise SkippedFile("truncated file", f"an image object ({sop_class.name}) that ends before its pixel data ({len(data):,} bytes); download it again")
+            raise SkippedFile(
+                "truncated file",
+                f"an image object ({sop_class.name}) that ends before its pixel data ({len(data):,} bytes); download it again",
+            )
         raise SkippedFile("no pixel data", f"SOP class {sop_class.name if sop_class else '?'}")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
@@ -223,7 +243,11 @@ def _first(value: Any) -> float:
 
 def _rescaled(ds: Dataset, index: int, frame: np.ndarray) -> np.ndarray:
     """Modality LUT: stored values to physical units (HU for CT) via slope and intercept."""
-    source = ds if "RescaleSlope" in ds or "RescaleIntercept" in ds else _frame_item(ds, index, "PixelValueTransformationSequence")
+    source = (
+        ds
+        if "RescaleSlope" in ds or "RescaleIntercept" in ds
+        else _frame_item(ds, index, "PixelValueTransformationSequence")
+    )
     slope = float(source.get("RescaleSlope", 1.0) or 1.0) if source is not None else 1.0
     intercept = float(source.get("RescaleIntercept", 0.0) or 0.0) if source is not None else 0.0
     return frame.astype(np.float64) * slope + intercept
@@ -291,4 +315,3 @@ def resize(image: np.ndarray, options: ImageOptions) -> np.ndarray:
     if image.shape[:2] == (options.size, options.size):
         return np.ascontiguousarray(image)
     return np.asarray(Image.fromarray(image).resize((options.size, options.size), Image.Resampling.BILINEAR))
-

@@ -43,7 +43,10 @@ def decode_image(data: bytes, options: ImageOptions) -> DicomSlices:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                if image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA") and options.colour == "skip":
+                if (
+                    image.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "LA", "PA")
+                    and options.colour == "skip"
+                ):
                     raise SkippedFile("colour image", f"mode {image.mode}; --colour luma keeps it as grey")
                 frames = [_pixels(page, options.colour == "rgb") for page in ImageSequence.Iterator(image)]
                 header = {**NO_TAGS, "modality": image.format or ""}  # PNG, JPEG, TIFF, BMP: what the file is
@@ -71,7 +74,11 @@ def _pixels(page: Image.Image, rgb: bool) -> np.ndarray:
     if page.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
         values = np.asarray(page, dtype=np.float64)
         low, high = float(values.min()), float(values.max())
-        return np.zeros(values.shape, np.uint8) if high <= low else np.rint((values - low) / (high - low) * 255).astype(np.uint8)
+        return (
+            np.zeros(values.shape, np.uint8)
+            if high <= low
+            else np.rint((values - low) / (high - low) * 255).astype(np.uint8)
+        )
     if page.mode in ("RGBA", "LA", "PA") or (page.mode == "P" and "transparency" in page.info):
         page = page.convert("RGBA")
         flattened = Image.new("RGB", page.size)  # transparent parts on black, like the padding

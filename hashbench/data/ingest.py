@@ -42,10 +42,21 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import hashbench
 from hashbench.data.cleaning import STAT_COLUMNS, image_stats
-from hashbench.files import atomic, locks
-from hashbench.data.dataset import FILES, FILES_DTYPES, FORMAT_VERSION, IMAGES, INDEX, MANIFEST, Dataset, DatasetError, content_fingerprint, integrity
+from hashbench.data.dataset import (
+    FILES,
+    FILES_DTYPES,
+    FORMAT_VERSION,
+    IMAGES,
+    INDEX,
+    MANIFEST,
+    Dataset,
+    DatasetError,
+    content_fingerprint,
+    integrity,
+)
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile
 from hashbench.data.images import decode_file
+from hashbench.files import atomic, locks
 from hashbench.files.paths import checked_name
 
 IDENTIFIER_COLUMNS = ["label", "label_source", "patient", "study", "series", "modality"]
@@ -75,9 +86,13 @@ class SourceFile:
     csv_collection: str = ""
     csv_modality: str = ""
     part: str = ""  # which part of a file that holds several (an npz's train, val or test)
-    decoder: str = ""  # the registered source whose decode_part reads this part; none: an image file or DICOM, by suffix
+    decoder: str = (
+        ""  # the registered source whose decode_part reads this part; none: an image file or DICOM, by suffix
+    )
     label_names: tuple[str, ...] = ()  # names for the class numbers the decoder gives (CIFAR's batches.meta)
-    label: str = ""  # a label the source states for this file (a list file's row): wins over tags and folders, also when reused
+    label: str = (
+        ""  # a label the source states for this file (a list file's row): wins over tags and folders, also when reused
+    )
 
 
 @dataclass
@@ -111,11 +126,19 @@ def ingest(
     """
     name = checked_name(name)
     destination.mkdir(parents=True, exist_ok=True)
-    with locks.exclusive(destination / f".{name}@lock", wait=True, on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr)):
-        return _ingest(name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest)
+    with locks.exclusive(
+        destination / f".{name}@lock",
+        wait=True,
+        on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr),
+    ):
+        return _ingest(
+            name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest
+        )
 
 
-def _ingest(name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest) -> IngestResult:
+def _ingest(
+    name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest
+) -> IngestResult:
     start = time.perf_counter()
     files = sorted(files, key=lambda f: f.relpath)
     if len({f.relpath for f in files}) != len(files):
@@ -130,15 +153,30 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
     done_in_partial = set(build.records)
     reuse = {p for p, r in previous.records.items() if p not in done_in_partial and _same_stat(r, stats.get(p))}
     to_decode = [f for f in files if f.relpath not in done_in_partial and f.relpath not in reuse]
-    if previous.dataset is not None and not to_decode and not done_in_partial and set(previous.records) == set(stats) and not _relabelled(files, previous.dataset):
+    if (
+        previous.dataset is not None
+        and not to_decode
+        and not done_in_partial
+        and set(previous.records) == set(stats)
+        and not _relabelled(files, previous.dataset)
+    ):
         shutil.rmtree(partial, ignore_errors=True)
-        return IngestResult(previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files))
+        return IngestResult(
+            previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files)
+        )
 
     build.start(partial, settings)
-    jobs = [(str(f.path), f.decoder, f.part, previous.records.get(f.relpath, {}).get("digest", ""), options) for f in to_decode]
+    jobs = [
+        (str(f.path), f.decoder, f.part, previous.records.get(f.relpath, {}).get("digest", ""), options)
+        for f in to_decode
+    ]
     series_metadata = series_metadata or {}
     decoded = reused = 0
-    with _ProgressBar(progress, len(files) - len(done_in_partial)) as bar, _WorkerPool(workers, len(jobs)) as pool, build:
+    with (
+        _ProgressBar(progress, len(files) - len(done_in_partial)) as bar,
+        _WorkerPool(workers, len(jobs)) as pool,
+        build,
+    ):
         results = pool(_decode_job, jobs)
         for source_file in files:
             if source_file.relpath in done_in_partial:
@@ -160,7 +198,9 @@ def _ingest(name, kind, source, files, destination, options, clean, series_metad
             bar(source_file.relpath)
     _refuse_if_empty(partial, name, source)
     dataset = _finalise(partial, target, build.n_slices, name, kind, source, settings, extra_manifest)
-    return IngestResult(dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files))
+    return IngestResult(
+        dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files)
+    )
 
 
 def _relabelled(files: list[SourceFile], dataset: Dataset) -> bool:
@@ -173,7 +213,12 @@ def _relabelled(files: list[SourceFile], dataset: Dataset) -> bool:
 
 
 def _same_stat(record: dict | None, st: os.stat_result | None) -> bool:
-    return record is not None and st is not None and int(record["size"]) == st.st_size and int(record["mtime_ns"]) == st.st_mtime_ns
+    return (
+        record is not None
+        and st is not None
+        and int(record["size"]) == st.st_size
+        and int(record["mtime_ns"]) == st.st_mtime_ns
+    )
 
 
 def _skip_counts(files: pd.DataFrame) -> dict[str, int]:
@@ -202,7 +247,13 @@ def _decode_job(job: tuple[str, str, str, str, ImageOptions]) -> dict | str:
     except Exception as exc:  # a bug in hashbench or a library: report, do not crash the ingest
         detail = f"{type(exc).__name__}: {exc} | {traceback.format_exc(limit=-1).strip().splitlines()[-1]}"
         return {"digest": digest, "reason": "internal error", "detail": detail}
-    return {"digest": digest, "header": slices.header, "frames": slices.frames, "images": np.stack(slices.images), "stats": [image_stats(i) for i in slices.images]}
+    return {
+        "digest": digest,
+        "header": slices.header,
+        "frames": slices.frames,
+        "images": np.stack(slices.images),
+        "stats": [image_stats(i) for i in slices.images],
+    }
 
 
 class _WorkerPool:
@@ -246,7 +297,15 @@ class _ProgressBar:
     def __enter__(self):
         if not self.enabled:
             return lambda _: None
-        columns = (TextColumn("[bold]ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("files"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+        columns = (
+            TextColumn("[bold]ingest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("files"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
         self.progress = Progress(*columns)
         self.progress.start()
         task = self.progress.add_task("ingest", total=self.total)
@@ -306,7 +365,10 @@ class _Partial:
         self.index_file = open(folder / INDEX, "a", newline="")
         self.files_file = open(folder / FILES, "a", newline="")
         self.index_rows, self.file_rows = csv.writer(self.index_file), csv.writer(self.files_file)
-        for handle, writer, columns in ((self.index_file, self.index_rows, INDEX_COLUMNS), (self.files_file, self.file_rows, FILES_COLUMNS)):
+        for handle, writer, columns in (
+            (self.index_file, self.index_rows, INDEX_COLUMNS),
+            (self.files_file, self.file_rows, FILES_COLUMNS),
+        ):
             if handle.tell() == 0:  # a new table (one committed with its header only keeps it)
                 writer.writerow(columns)
         self.commit()
@@ -317,7 +379,9 @@ class _Partial:
         images = previous.dataset.images[first : first + len(rows)] if len(rows) else None
         rows = rows.assign(label=source_file.label, label_source="list") if source_file.label else rows
         index_rows = rows.reset_index()[INDEX_COLUMNS[1:]].to_numpy().tolist()
-        self._append(source_file, st, record["digest"], record["status"], record["reason"], record["detail"], images, index_rows)
+        self._append(
+            source_file, st, record["digest"], record["status"], record["reason"], record["detail"], images, index_rows
+        )
 
     def append_decoded(self, source_file: SourceFile, st: os.stat_result, outcome: dict, series_metadata: dict) -> None:
         if "reason" in outcome:
@@ -326,8 +390,16 @@ class _Partial:
         ids = dict(zip(IDENTIFIER_COLUMNS, _identifiers(source_file, outcome["header"], series_metadata)))
         frames = outcome.get("frames") or [{}] * len(outcome["stats"])
         if source_file.label_names:
-            frames = [{**own, "label": source_file.label_names[int(own["label"])]} if int(own["label"]) < len(source_file.label_names) else own for own in frames]
-        index_rows = [[*{**ids, **own}.values(), source_file.relpath, frame, *(s[c] for c in STAT_COLUMNS)] for frame, (s, own) in enumerate(zip(outcome["stats"], frames))]
+            frames = [
+                {**own, "label": source_file.label_names[int(own["label"])]}
+                if int(own["label"]) < len(source_file.label_names)
+                else own
+                for own in frames
+            ]
+        index_rows = [
+            [*{**ids, **own}.values(), source_file.relpath, frame, *(s[c] for c in STAT_COLUMNS)]
+            for frame, (s, own) in enumerate(zip(outcome["stats"], frames))
+        ]
         self._append(source_file, st, outcome["digest"], "kept", "", "", outcome["images"], index_rows)
 
     def _append(self, source_file, st, digest, status, reason, detail, images, index_rows) -> None:
@@ -337,7 +409,9 @@ class _Partial:
             self.images.write(np.ascontiguousarray(images, np.uint8).tobytes())
         for offset, row in enumerate(index_rows):
             self.index_rows.writerow([first + offset, *row])
-        self.file_rows.writerow([source_file.relpath, st.st_size, st.st_mtime_ns, digest, status, reason, detail, first, len(index_rows)])
+        self.file_rows.writerow(
+            [source_file.relpath, st.st_size, st.st_mtime_ns, digest, status, reason, detail, first, len(index_rows)]
+        )
         self.n_slices += len(index_rows)
         self.n_files += 1
         self.consistent = True
@@ -351,7 +425,10 @@ class _Partial:
             handle.flush()
             os.fsync(handle.fileno())
             lengths[name] = handle.tell()
-        atomic.write_json(self.folder / JOURNAL, {"settings": self.settings, "files": self.n_files, "slices": self.n_slices, "bytes": lengths})
+        atomic.write_json(
+            self.folder / JOURNAL,
+            {"settings": self.settings, "files": self.n_files, "slices": self.n_slices, "bytes": lengths},
+        )
         self.last_commit = time.monotonic()
 
     def __enter__(self) -> "_Partial":
@@ -381,7 +458,11 @@ def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result]
         files = pd.read_csv(folder / FILES, dtype=FILES_DTYPES, keep_default_na=False)
         index = pd.read_csv(folder / INDEX, usecols=["slice_id"])
         n_slices = int(journal["slices"])
-        if len(files) != journal["files"] or len(index) != n_slices or (folder / IMAGES).stat().st_size != n_slices * image_bytes:
+        if (
+            len(files) != journal["files"]
+            or len(index) != n_slices
+            or (folder / IMAGES).stat().st_size != n_slices * image_bytes
+        ):
             raise ValueError("the committed parts do not agree")
         if n_slices and not np.array_equal(index["slice_id"].to_numpy(), np.arange(n_slices)):
             raise ValueError("slice ids out of order")
@@ -389,7 +470,15 @@ def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result]
         if not all(_same_stat(record, stats.get(path)) for path, record in records.items()):
             raise ValueError("files changed or removed since")
         return _Partial(records, n_slices)
-    except (OSError, ValueError, TypeError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError, json.JSONDecodeError):
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        KeyError,
+        pd.errors.ParserError,
+        pd.errors.EmptyDataError,
+        json.JSONDecodeError,
+    ):
         shutil.rmtree(folder, ignore_errors=True)
         return _Partial({}, 0)
 
@@ -406,7 +495,14 @@ def _identifiers(source_file: SourceFile, header: dict[str, str], series_metadat
     else:
         label, label_source = source_file.collection, "folder"
     modality = header["modality"] or source_file.csv_modality or by_series.get("modality", "")
-    return [label, label_source, header["patient_tag"] or source_file.patient, header["study_tag"] or source_file.study, header["series_tag"] or source_file.series, modality]
+    return [
+        label,
+        label_source,
+        header["patient_tag"] or source_file.patient,
+        header["study_tag"] or source_file.study,
+        header["series_tag"] or source_file.series,
+        modality,
+    ]
 
 
 def _refuse_if_empty(partial_dir: Path, name: str, source: Path) -> None:
@@ -417,10 +513,15 @@ def _refuse_if_empty(partial_dir: Path, name: str, source: Path) -> None:
     files = pd.read_csv(partial_dir / FILES, dtype=FILES_DTYPES, keep_default_na=False)
     skipped = files[files["status"] == "skipped"]
     reasons = "; ".join(
-        f"{reason}: {len(rows)} (e.g. {rows.iloc[0]['path']}{', ' + rows.iloc[0]['detail'] if rows.iloc[0]['detail'] else ''})" for reason, rows in skipped.groupby("reason")
+        f"{reason}: {len(rows)} (e.g. {rows.iloc[0]['path']}{', ' + rows.iloc[0]['detail'] if rows.iloc[0]['detail'] else ''})"
+        for reason, rows in skipped.groupby("reason")
     )
-    what = f"none of its {len(files)} files gave a slice" if len(index) == 0 else f"its {len(index)} slices have no label"
-    raise EmptyDatasetError(f"{source}: {what}, so no dataset {name!r} was stored. Skipped: {reasons or 'none'}. Point the command at a folder of DICOM series, one folder per collection.")
+    what = (
+        f"none of its {len(files)} files gave a slice" if len(index) == 0 else f"its {len(index)} slices have no label"
+    )
+    raise EmptyDatasetError(
+        f"{source}: {what}, so no dataset {name!r} was stored. Skipped: {reasons or 'none'}. Point the command at a folder of DICOM series, one folder per collection."
+    )
 
 
 def _settle_swap(target: Path, destination: Path, name: str) -> None:
@@ -436,7 +537,16 @@ def _settle_swap(target: Path, destination: Path, name: str) -> None:
             shutil.rmtree(retired, ignore_errors=True)
 
 
-def _finalise(partial_dir: Path, target: Path, n_slices: int, name: str, kind: str, source: Path, settings: dict, extra: dict | None) -> Dataset:
+def _finalise(
+    partial_dir: Path,
+    target: Path,
+    n_slices: int,
+    name: str,
+    kind: str,
+    source: Path,
+    settings: dict,
+    extra: dict | None,
+) -> Dataset:
     """Write the manifest (with the checksums that let every open verify the files) and default splits, then swap the build into place."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:

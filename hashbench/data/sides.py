@@ -64,14 +64,30 @@ def draw_split(dataset: Dataset, protocol: str, seed: int = 0, validation_fracti
     side = dataset.split(protocol, seed=seed, validation_fraction=validation_fraction)
     for name, members in (("training", splits.TRAINED), ("database", splits.SEARCHED), ("query", ("query",))):
         if not side.isin(members).any():
-            raise ValueError(f"{dataset.name}: the {dataset.describe_split(protocol)} (seed {seed}) leaves the {name} side empty; the dataset is too small")
+            raise ValueError(
+                f"{dataset.name}: the {dataset.describe_split(protocol)} (seed {seed}) leaves the {name} side empty; the dataset is too small"
+            )
     labels, class_names = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
     ids = side.index.to_numpy()
-    sides = {name: Side(ids[side.isin(members).to_numpy()], labels[side.isin(members).to_numpy()]) for name, members in MEMBERS.items()}
+    sides = {
+        name: Side(ids[side.isin(members).to_numpy()], labels[side.isin(members).to_numpy()])
+        for name, members in MEMBERS.items()
+    }
     training_labels = sides["training"].labels
-    training_classes = int((training_labels.sum(axis=0) > 0).sum()) if dataset.multi_label else len(np.unique(training_labels))
+    training_classes = (
+        int((training_labels.sum(axis=0) > 0).sum()) if dataset.multi_label else len(np.unique(training_labels))
+    )
     if training_classes < 2:
-        raise ValueError(f"{dataset.name}: the training side holds {training_classes} class(es); retrieval by class needs at least two")
+        raise ValueError(
+            f"{dataset.name}: the training side holds {training_classes} class(es); retrieval by class needs at least two"
+        )
     return DrawnSplit(
-        protocol, seed, validation_fraction, split_hash(side), dataset.describe_split(protocol), dataset.published_metric(protocol), tuple(class_names), **sides
+        protocol,
+        seed,
+        validation_fraction,
+        split_hash(side),
+        dataset.describe_split(protocol),
+        dataset.published_metric(protocol),
+        tuple(class_names),
+        **sides,
     )

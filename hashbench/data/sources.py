@@ -37,7 +37,9 @@ from hashbench.model.registry import PluginEntry, PluginRegistry
 ENTRY_POINT_GROUP = "hashbench.datasets"
 SIZE_HELP = "Images are resized to SIZE x SIZE pixels."
 WINDOW_HELP = "auto (the file's window, else CT 40/400, else percentiles), percentile, or minmax."
-COLOUR_HELP = "luma: colour images to grey; rgb: keep colour (grey images repeated); skip: leave colour images out (reported)."
+COLOUR_HELP = (
+    "luma: colour images to grey; rgb: keep colour (grey images repeated); skip: leave colour images out (reported)."
+)
 ASPECT_HELP = "pad: keep the aspect ratio; stretch: resize directly."
 
 
@@ -75,7 +77,9 @@ class Source:
         """The dataset's name when none is given; None makes ``--name`` required."""
         return None
 
-    def ingest(self, options: Any, name: str, destination: Path, workers: int | None = None, progress: bool = False) -> IngestResult:
+    def ingest(
+        self, options: Any, name: str, destination: Path, workers: int | None = None, progress: bool = False
+    ) -> IngestResult:
         raise NotImplementedError(f"source {self.name!r} does not implement ingest()")
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
@@ -142,7 +146,15 @@ def list_sources() -> list[SourceListing]:
     return found
 
 
-def ingest(source_name: str, *, name: str | None = None, workers: int | None = None, progress: bool = False, destination: Path | None = None, **options: Any) -> IngestResult:
+def ingest(
+    source_name: str,
+    *,
+    name: str | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+    destination: Path | None = None,
+    **options: Any,
+) -> IngestResult:
     """Ingest (or update) with source ``source_name`` as dataset ``name``: the one entry point, for the CLI and scripts.
 
     ``options`` are the source's ``Options`` fields; a bad one is a ValueError naming it and what is valid.

@@ -44,7 +44,11 @@ def describe(protocol: str, declared: dict[str, dict] | None = None) -> str:
 
 
 def split(
-    index: pd.DataFrame, protocol: str = "patient", seed: int = 0, query_fraction: float = 0.2, validation_fraction: float = 0.0,
+    index: pd.DataFrame,
+    protocol: str = "patient",
+    seed: int = 0,
+    query_fraction: float = 0.2,
+    validation_fraction: float = 0.0,
     declared: dict[str, dict] | None = None,
 ) -> pd.Series:
     """Side of every row of ``index`` (columns label, patient; series for ``parts`` protocols; path, frame order slices)."""
@@ -54,11 +58,15 @@ def split(
     if protocol in declared:
         spec = declared[protocol]
         if validation_fraction > 0 and "parts" not in spec:
-            raise ValueError(f"the {protocol} protocol fixes its sides; a validation side is not carved from it (leave --validation at 0)")
+            raise ValueError(
+                f"the {protocol} protocol fixes its sides; a validation side is not carved from it (leave --validation at 0)"
+            )
         side = _parts(index, spec["parts"]) if "parts" in spec else _per_class(index, protocol, spec, seed)
         expected = spec.get("sizes")
         if expected and validation_fraction == 0 and side_sizes(side) != expected:
-            raise ValueError(f"the {protocol} protocol gives {side_sizes(side)}, not the documented {expected}: the data is not the full set it was written for")
+            raise ValueError(
+                f"the {protocol} protocol gives {side_sizes(side)}, not the documented {expected}: the data is not the full set it was written for"
+            )
         return side
     if not 0 < query_fraction < 1 or not 0 <= validation_fraction < 1:
         raise ValueError("query_fraction must be in (0, 1) and validation_fraction in [0, 1)")
@@ -76,13 +84,19 @@ def split(
 
 def side_sizes(side: pd.Series) -> dict[str, int]:
     """Queries, training images and database size of a split (training and database may overlap)."""
-    return {"query": int((side == "query").sum()), "train": int(side.isin(TRAINED).sum()), "database": int(side.isin(SEARCHED).sum())}
+    return {
+        "query": int((side == "query").sum()),
+        "train": int(side.isin(TRAINED).sum()),
+        "database": int(side.isin(SEARCHED).sum()),
+    }
 
 
 def _parts(index: pd.DataFrame, parts: dict[str, str]) -> pd.Series:
     side = index["series"].map(parts)
     if side.isna().any():
-        raise ValueError(f"slices whose part is not in the split: {', '.join(sorted(set(index['series'][side.isna()])))}")
+        raise ValueError(
+            f"slices whose part is not in the split: {', '.join(sorted(set(index['series'][side.isna()])))}"
+        )
     return side.astype(object)
 
 
@@ -94,7 +108,9 @@ def _per_class(index: pd.DataFrame, protocol: str, spec: dict, seed: int) -> pd.
     side = pd.Series("gallery", index=index.index, dtype=object)
     for label, members in ordered.groupby("label", sort=True):
         if len(members) < n_query + n_train:
-            raise ValueError(f"the {protocol} protocol takes {n_query} queries and {n_train} training images of every class, but class {label} has {len(members)} images")
+            raise ValueError(
+                f"the {protocol} protocol takes {n_query} queries and {n_train} training images of every class, but class {label} has {len(members)} images"
+            )
         drawn = members.index.to_numpy()[rng.permutation(len(members))]
         side[drawn[:n_query]] = "query"
         side[drawn[n_query : n_query + n_train]] = "database" if spec.get("train_in_database") else "train"
@@ -110,7 +126,11 @@ def _pick(index: pd.DataFrame, protocol: str, fraction: float, rng: np.random.Ge
     else:
         # A patient's class is its most frequent label, the first by name among equals (a TCIA subject belongs to one collection).
         counts = index.groupby(["patient", "label"], sort=True).size().rename("n").reset_index()
-        modes = counts.sort_values(["patient", "n", "label"], ascending=[True, False, True], kind="stable").drop_duplicates("patient").set_index("patient")["label"]
+        modes = (
+            counts.sort_values(["patient", "n", "label"], ascending=[True, False, True], kind="stable")
+            .drop_duplicates("patient")
+            .set_index("patient")["label"]
+        )
         per_unit = pd.DataFrame({"label": modes, "size": index.groupby("patient", sort=True).size()})
     chosen = []
     for _, members in per_unit.groupby("label", sort=True):

@@ -42,10 +42,29 @@ from hashbench.evaluation.ranking import (
 )
 
 __all__ = [
-    "DEFAULT_METRICS", "DEFAULT_TIE_RULE", "STORED_METRICS", "TIE_METRICS", "Evaluation", "Metric",
-    "average_precision_at", "binarize", "class_masks", "evaluate", "evaluate_packed", "expected_precision_at",
-    "harmonic", "pack", "parse_metric", "per_class", "pr_by_radius", "precision_at", "precision_curve",
-    "precision_within_radius", "tie_aware_average_precision", "tie_diagnostics", "top1_confusion",
+    "DEFAULT_METRICS",
+    "DEFAULT_TIE_RULE",
+    "STORED_METRICS",
+    "TIE_METRICS",
+    "Evaluation",
+    "Metric",
+    "average_precision_at",
+    "binarize",
+    "class_masks",
+    "evaluate",
+    "evaluate_packed",
+    "expected_precision_at",
+    "harmonic",
+    "pack",
+    "parse_metric",
+    "per_class",
+    "pr_by_radius",
+    "precision_at",
+    "precision_curve",
+    "precision_within_radius",
+    "tie_aware_average_precision",
+    "tie_diagnostics",
+    "top1_confusion",
 ]
 
 TIE_BREAKS = ("random", "index")
@@ -123,8 +142,15 @@ def evaluate_packed(
         order = tie_order(n_items, tie_seed)
         database_words, database_masks = database_words[order], database_masks[order]
     counts = count_ranks(
-        packed_words(query_packed), query_masks, database_words, database_masks, n_bits,
-        sorted(cutoffs), stable=bool(cutoffs), device=device, memory_bytes=memory_bytes,
+        packed_words(query_packed),
+        query_masks,
+        database_words,
+        database_masks,
+        n_bits,
+        sorted(cutoffs),
+        stable=bool(cutoffs),
+        device=device,
+        memory_bytes=memory_bytes,
     )
     if tie_break == "random":
         ranked = counts.top1 >= 0  # -1: an empty database
@@ -147,7 +173,17 @@ def evaluate(
 ) -> Evaluation:
     """All ``metrics`` for boolean (n, bits) codes; the tie rule and ``options`` as for :func:`evaluate_packed`."""
     query_bits, database_bits = np.asarray(query_bits, dtype=bool), np.asarray(database_bits, dtype=bool)
-    return evaluate_packed(pack(query_bits), query_labels, pack(database_bits), database_labels, query_bits.shape[1], metrics, tie_break=tie_break, tie_seed=tie_seed, **options)
+    return evaluate_packed(
+        pack(query_bits),
+        query_labels,
+        pack(database_bits),
+        database_labels,
+        query_bits.shape[1],
+        metrics,
+        tie_break=tie_break,
+        tie_seed=tie_seed,
+        **options,
+    )
 
 
 # --- curves and breakdowns -----------------------------------------------------------
@@ -168,7 +204,9 @@ def precision_curve(counts: RankCounts, ks: tuple[int, ...]) -> np.ndarray:
 
 def per_class(values: np.ndarray, query_labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
     """Mean of a per-query metric within each query class (per-class MAP); a multi-label query counts in each of its classes."""
-    members = query_labels.astype(bool) if query_labels.ndim == 2 else query_labels[:, None] == np.arange(len(class_names))
+    members = (
+        query_labels.astype(bool) if query_labels.ndim == 2 else query_labels[:, None] == np.arange(len(class_names))
+    )
     return {name: float(values[members[:, i]].mean()) for i, name in enumerate(class_names) if members[:, i].any()}
 
 
@@ -183,7 +221,10 @@ def tie_diagnostics(counts: RankCounts, database_bits: np.ndarray) -> dict[str, 
     return {
         "map@1-best": float((r[rows, nearest] > 0).mean()),
         "map@1-worst": float((r[rows, nearest] == n[rows, nearest]).mean()),
-        **{name: float(tie_aware_average_precision(counts, order).mean()) for name, order in zip(TIE_METRICS, ("expected", "best", "worst"))},
+        **{
+            name: float(tie_aware_average_precision(counts, order).mean())
+            for name, order in zip(TIE_METRICS, ("expected", "best", "worst"))
+        },
         "nearest_tie_size": float(n[rows, nearest].mean()),
         "occupied_buckets": len(bucket_sizes),
         "largest_bucket_share": float(bucket_sizes.max() / len(database_bits)) if len(database_bits) else 0.0,
@@ -192,7 +233,9 @@ def tie_diagnostics(counts: RankCounts, database_bits: np.ndarray) -> dict[str, 
     }
 
 
-def top1_confusion(counts: RankCounts, query_labels: np.ndarray, database_labels: np.ndarray, n_classes: int) -> np.ndarray:
+def top1_confusion(
+    counts: RankCounts, query_labels: np.ndarray, database_labels: np.ndarray, n_classes: int
+) -> np.ndarray:
     """(C, C) counts: the query's class (row) against the class of its top-1 item (column), under the evaluation's tie rule.
 
     The paper's Figure 3 (its 'MAP@1 confusion matrix'); the diagonal share of a row is that class's MAP@1.

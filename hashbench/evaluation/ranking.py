@@ -32,7 +32,9 @@ from numba.extending import intrinsic
 
 DEFAULT_MEMORY_BYTES = 1 << 30  # scratch: CPU database blocks over all threads; GPU query chunks
 CPU_BYTES_PER_ITEM = 12  # per database item in a block, per thread: key, relevance flag, packed rank
-GPU_BYTES_PER_PAIR = 64  # per (query, item): int64 key, order and hit count, float64 precision and its sum, float32 product, relevance
+GPU_BYTES_PER_PAIR = (
+    64  # per (query, item): int64 key, order and hit count, float64 precision and its sum, float32 product, relevance
+)
 
 
 @dataclass
@@ -139,7 +141,21 @@ def _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, data
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _count_kernel(query_codes, query_labels, database_codes_t, database_labels_t, key_prototype, block, cutoffs, distance_counts, relevant_counts, hits, precision_sums, top1, stable):
+def _count_kernel(
+    query_codes,
+    query_labels,
+    database_codes_t,
+    database_labels_t,
+    key_prototype,
+    block,
+    cutoffs,
+    distance_counts,
+    relevant_counts,
+    hits,
+    precision_sums,
+    top1,
+    stable,
+):
     """Per query and database block: keys, their histogram; then, with the whole histogram known, the stable pass.
 
     With one block the keys are kept between the passes; with several they are recomputed, so the scratch
@@ -166,9 +182,13 @@ def _count_kernel(query_codes, query_labels, database_codes_t, database_labels_t
             for j in range(whole, size):
                 histogram[0, keys[j]] += 1
         for d in range(n_bins):
-            relevant = histogram[0, 2 * d + 1] + histogram[1, 2 * d + 1] + histogram[2, 2 * d + 1] + histogram[3, 2 * d + 1]
+            relevant = (
+                histogram[0, 2 * d + 1] + histogram[1, 2 * d + 1] + histogram[2, 2 * d + 1] + histogram[3, 2 * d + 1]
+            )
             relevant_counts[q, d] = relevant
-            distance_counts[q, d] = relevant + histogram[0, 2 * d] + histogram[1, 2 * d] + histogram[2, 2 * d] + histogram[3, 2 * d]
+            distance_counts[q, d] = (
+                relevant + histogram[0, 2 * d] + histogram[1, 2 * d] + histogram[2, 2 * d] + histogram[3, 2 * d]
+            )
         if not stable or n_items == 0:
             continue
         # Per distance, one int64 packs (hits << 32) + rank of the latest item seen there, starting from the
@@ -213,7 +233,17 @@ def _count_kernel(query_codes, query_labels, database_codes_t, database_labels_t
         precision_sums[q, :] = precision_sum
 
 
-def count_ranks(query_words: np.ndarray, query_label_words: np.ndarray, database_words: np.ndarray, database_label_words: np.ndarray, n_bits: int, cutoffs=(), stable: bool = True, device: str = "cpu", memory_bytes: int = DEFAULT_MEMORY_BYTES) -> RankCounts:
+def count_ranks(
+    query_words: np.ndarray,
+    query_label_words: np.ndarray,
+    database_words: np.ndarray,
+    database_label_words: np.ndarray,
+    n_bits: int,
+    cutoffs=(),
+    stable: bool = True,
+    device: str = "cpu",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+) -> RankCounts:
     """The ranking counts for every query.
 
     ``stable`` False skips the second pass (cutoff sums and top-1): the histograms alone serve the tie-aware
@@ -222,24 +252,45 @@ def count_ranks(query_words: np.ndarray, query_label_words: np.ndarray, database
     on the CPU (to check it against the kernel).
     """
     n_items = len(database_words)
-    cuts = np.unique(np.minimum(np.asarray(list(cutoffs), dtype=np.int64), n_items)) if len(cutoffs) else np.zeros(0, np.int64)
+    cuts = (
+        np.unique(np.minimum(np.asarray(list(cutoffs), dtype=np.int64), n_items))
+        if len(cutoffs)
+        else np.zeros(0, np.int64)
+    )
     cuts = cuts[cuts > 0]
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device != "cpu":
-        return _count_torch(query_words, query_label_words, database_words, database_label_words, n_bits, cuts, device, memory_bytes)
+        return _count_torch(
+            query_words, query_label_words, database_words, database_label_words, n_bits, cuts, device, memory_bytes
+        )
     n_queries = len(query_words)
     counts = RankCounts(
-        np.zeros((n_queries, n_bits + 1), np.int64), np.zeros((n_queries, n_bits + 1), np.int64), cuts,
-        np.zeros((n_queries, len(cuts)), np.int64), np.zeros((n_queries, len(cuts)), np.float64), np.full(n_queries, -1, np.int64),
+        np.zeros((n_queries, n_bits + 1), np.int64),
+        np.zeros((n_queries, n_bits + 1), np.int64),
+        cuts,
+        np.zeros((n_queries, len(cuts)), np.int64),
+        np.zeros((n_queries, len(cuts)), np.float64),
+        np.full(n_queries, -1, np.int64),
     )
     key_type = np.uint8 if 2 * n_bits + 1 <= 255 else np.uint16
     block = max(64, memory_bytes // (numba.get_num_threads() * CPU_BYTES_PER_ITEM))
     _count_kernel(
-        np.ascontiguousarray(query_words), np.ascontiguousarray(query_label_words), np.ascontiguousarray(database_words.T), np.ascontiguousarray(database_label_words.T),
-        np.zeros(0, key_type), block, cuts, counts.distance_counts, counts.relevant_counts, counts.hits, counts.precision_sums, counts.top1, stable,
+        np.ascontiguousarray(query_words),
+        np.ascontiguousarray(query_label_words),
+        np.ascontiguousarray(database_words.T),
+        np.ascontiguousarray(database_label_words.T),
+        np.zeros(0, key_type),
+        block,
+        cuts,
+        counts.distance_counts,
+        counts.relevant_counts,
+        counts.hits,
+        counts.precision_sums,
+        counts.top1,
+        stable,
     )
     return counts
 
@@ -251,14 +302,18 @@ def _unpacked_signs(words: np.ndarray, n_bits: int):
     return torch.from_numpy(bits.astype(np.float32) * 2 - 1)
 
 
-def _count_torch(query_words, query_label_words, database_words, database_label_words, n_bits, cuts, device, memory_bytes) -> RankCounts:
+def _count_torch(
+    query_words, query_label_words, database_words, database_label_words, n_bits, cuts, device, memory_bytes
+) -> RankCounts:
     """The same counts on a GPU: distances from a +/-1 matmul, the stable order from one sort of unique keys."""
     import torch
 
     device = torch.device(device.removeprefix("torch:"))
     n_queries, n_items = len(query_words), len(database_words)
     database = _unpacked_signs(database_words, n_bits).to(device)
-    database_labels = torch.from_numpy(np.unpackbits(database_label_words.view(np.uint8), axis=1).astype(np.float32)).to(device)
+    database_labels = torch.from_numpy(
+        np.unpackbits(database_label_words.view(np.uint8), axis=1).astype(np.float32)
+    ).to(device)
     queries = _unpacked_signs(query_words, n_bits)
     query_labels = torch.from_numpy(np.unpackbits(query_label_words.view(np.uint8), axis=1).astype(np.float32))
     index = torch.arange(n_items, device=device)
@@ -271,15 +326,32 @@ def _count_torch(query_words, query_label_words, database_words, database_label_
         # +/-1 codes: <a, b> = bits - 2 * hamming; exact in float32 for any practical code length
         distances = ((n_bits - q @ database.T) / 2).round().long()
         relevant = (query_labels[start : start + chunk].to(device) @ database_labels.T) > 0
-        n_at = torch.zeros(len(q), n_bits + 1, dtype=torch.long, device=device).scatter_add_(1, distances, torch.ones_like(distances))
+        n_at = torch.zeros(len(q), n_bits + 1, dtype=torch.long, device=device).scatter_add_(
+            1, distances, torch.ones_like(distances)
+        )
         r_at = torch.zeros_like(n_at).scatter_add_(1, distances, relevant.long())
         order = torch.argsort(distances * n_items + index, dim=1)  # unique keys: the stable order
         in_order = relevant.gather(1, order)
         found = torch.cumsum(in_order, dim=1)
         precision = torch.where(in_order, found / ranks, 0.0)
         summed = torch.cumsum(precision, dim=1)
-        parts.append([n_at, r_at, found[:, cut_columns], summed[:, cut_columns], order[:, 0] if n_items else torch.full((len(q),), -1, device=device)])
+        parts.append(
+            [
+                n_at,
+                r_at,
+                found[:, cut_columns],
+                summed[:, cut_columns],
+                order[:, 0] if n_items else torch.full((len(q),), -1, device=device),
+            ]
+        )
     if not parts:  # no queries
-        return RankCounts(np.zeros((0, n_bits + 1), np.int64), np.zeros((0, n_bits + 1), np.int64), cuts, np.zeros((0, len(cuts)), np.int64), np.zeros((0, len(cuts))), np.zeros(0, np.int64))
+        return RankCounts(
+            np.zeros((0, n_bits + 1), np.int64),
+            np.zeros((0, n_bits + 1), np.int64),
+            cuts,
+            np.zeros((0, len(cuts)), np.int64),
+            np.zeros((0, len(cuts))),
+            np.zeros(0, np.int64),
+        )
     n_at, r_at, found, summed, top1 = (torch.cat([part[i] for part in parts]).cpu().numpy() for i in range(5))
     return RankCounts(n_at, r_at, cuts, found.astype(np.int64), summed.astype(np.float64), top1.astype(np.int64))

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.training import engine
 from hashbench.evaluation.evaluate import binarize, pack
 from hashbench.store.results import Cell
-
+from hashbench.training import engine
 
 
 @dataclass
@@ -113,7 +112,11 @@ class CellIndex:
         results = []
         for q in range(len(query_codes)):
             candidates, distances = self._within_kth_distance(query_codes[q], k)
-            second = np.zeros(len(candidates)) if tie_break == "index" else np.linalg.norm(self.database_embeddings[candidates].astype(np.float32) - embeddings[q], axis=1)
+            second = (
+                np.zeros(len(candidates))
+                if tie_break == "index"
+                else np.linalg.norm(self.database_embeddings[candidates].astype(np.float32) - embeddings[q], axis=1)
+            )
             order = np.lexsort((candidates, second, distances))[:k]
             results.append([self._hit(rank, candidates[i], distances[i]) for rank, i in enumerate(order, start=1)])
         return results

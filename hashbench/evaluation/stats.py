@@ -24,13 +24,20 @@ def _per_query(per_seed: np.ndarray) -> np.ndarray:
     return per_seed.mean(axis=0)
 
 
-def bootstrap_interval(per_seed: np.ndarray, level: float = 0.95, rounds: int = ROUNDS, seed: int = 0) -> tuple[float, float]:
+def bootstrap_interval(
+    per_seed: np.ndarray, level: float = 0.95, rounds: int = ROUNDS, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of the cell's mean when the queries are resampled with replacement."""
     values = _per_query(per_seed)
     if len(values) == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    means = np.concatenate([values[rng.integers(0, len(values), (min(BATCH, rounds - start), len(values)))].mean(axis=1) for start in range(0, rounds, BATCH)])
+    means = np.concatenate(
+        [
+            values[rng.integers(0, len(values), (min(BATCH, rounds - start), len(values)))].mean(axis=1)
+            for start in range(0, rounds, BATCH)
+        ]
+    )
     tail = (1 - level) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return float(low), float(high)
@@ -52,7 +59,9 @@ def compare(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -
     """Paired comparison of per-query values ``a`` and ``b``, each (seeds, queries) over the same queries."""
     a, b = np.atleast_2d(np.asarray(a, dtype=np.float64)), np.atleast_2d(np.asarray(b, dtype=np.float64))
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"the two sides have {a.shape[1]} and {b.shape[1]} queries: compare cells on the same dataset and split")
+        raise ValueError(
+            f"the two sides have {a.shape[1]} and {b.shape[1]} queries: compare cells on the same dataset and split"
+        )
     differences = _per_query(a) - _per_query(b)
     observed = differences.mean()
     rng = np.random.default_rng(seed)
@@ -68,7 +77,14 @@ def compare(a: np.ndarray, b: np.ndarray, rounds: int = 10_000, seed: int = 0) -
         p_seeds = float(ttest_ind(a_means, b_means, equal_var=False).pvalue)
         if np.isnan(p_seeds):  # no spread on either side: the means are equal or they are not
             p_seeds = 1.0 if a_means.mean() == b_means.mean() else 0.0
-    return Comparison(float(observed), bootstrap_interval(differences, rounds=rounds, seed=seed), (1 + extreme) / (1 + rounds), p_seeds, len(differences), (len(a), len(b)))
+    return Comparison(
+        float(observed),
+        bootstrap_interval(differences, rounds=rounds, seed=seed),
+        (1 + extreme) / (1 + rounds),
+        p_seeds,
+        len(differences),
+        (len(a), len(b)),
+    )
 
 
 @dataclass
@@ -94,14 +110,20 @@ def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> tuple[list[Cell
     first = a[0].config
     for cell in (*a, *b):
         config = cell.config
-        if (config.dataset, config.dataset_fingerprint, config.split_hash) != (first.dataset, first.dataset_fingerprint, first.split_hash):
+        if (config.dataset, config.dataset_fingerprint, config.split_hash) != (
+            first.dataset,
+            first.dataset_fingerprint,
+            first.split_hash,
+        ):
             raise ValueError(
                 f"{cell.directory} ran on {config.dataset} data version {config.dataset_fingerprint or 'unrecorded'}, split {config.split_hash or 'unrecorded'}; "
                 f"{a[0].directory} on {first.dataset} data version {first.dataset_fingerprint or 'unrecorded'}, split {first.split_hash or 'unrecorded'}: "
                 "compare cells of one data version and split"
             )
         if not np.array_equal(cell.query_ids(), a[0].query_ids()):
-            raise ValueError(f"{cell.directory} was evaluated on other queries than {a[0].directory}: compare cells of one data version and split")
+            raise ValueError(
+                f"{cell.directory} was evaluated on other queries than {a[0].directory}: compare cells of one data version and split"
+            )
     warnings = []
     for name in PROTOCOL_FIELDS:
         values = [sorted({str(getattr(cell.config, name)) for cell in side}) for side in (a, b)]
@@ -110,7 +132,9 @@ def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> tuple[list[Cell
     for label, side in (("A", a), ("B", b)):
         notes = sorted({cell.collapse() for cell in side} - {""})
         if notes:
-            warnings.append(f"{label} has dead bits ({'; '.join(notes)}): its scores are the tie order's as much as the model's")
+            warnings.append(
+                f"{label} has dead bits ({'; '.join(notes)}): its scores are the tie order's as much as the model's"
+            )
     rows = []
     for metric in metrics:
         values = [np.stack([cell.per_query(metric) for cell in side]) for side in (a, b)]

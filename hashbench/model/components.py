@@ -24,7 +24,11 @@ class ChannelAttention(nn.Module):
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
         hidden = max(channels // reduction, 1)
-        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1, bias=False), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1, bias=False))
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=False),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = self.mlp(F.adaptive_avg_pool2d(x, 1)) + self.mlp(F.adaptive_max_pool2d(x, 1))
@@ -122,7 +126,9 @@ def _other_member(members: np.ndarray, anchors: np.ndarray, rng: np.random.Gener
     return members[draw + (draw >= rank)]
 
 
-def _multi_label_pairs(labels: np.ndarray, anchors: np.ndarray, rng: np.random.Generator, tries: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def _multi_label_pairs(
+    labels: np.ndarray, anchors: np.ndarray, rng: np.random.Generator, tries: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
     """Positives through a random label of each anchor; negatives drawn until they share no label (else searched for)."""
     chosen = np.argmax(rng.random(labels.shape) * labels[anchors], axis=1)  # a uniform pick among the anchor's labels
     positives = anchors.copy()
@@ -135,7 +141,9 @@ def _multi_label_pairs(labels: np.ndarray, anchors: np.ndarray, rng: np.random.G
         if not len(clash):
             break
         negatives[clash] = rng.integers(0, len(labels), len(clash))
-    for position in np.flatnonzero((labels[negatives] & labels[anchors]).any(axis=1)):  # rare: few items share no label with it
+    for position in np.flatnonzero(
+        (labels[negatives] & labels[anchors]).any(axis=1)
+    ):  # rare: few items share no label with it
         strangers = np.flatnonzero(~(labels & labels[anchors[position]]).any(axis=1))
         negatives[position] = strangers[rng.integers(len(strangers))] if len(strangers) else anchors[position]
     return positives, negatives

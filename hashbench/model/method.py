@@ -137,7 +137,9 @@ class Method:
         option_keys, train_keys = {f.name for f in fields(cls.Options)}, {f.name for f in fields(TrainSettings)}
         unknown = set(overrides) - option_keys - train_keys
         if unknown:
-            raise ValueError(f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(option_keys | train_keys))} (see `hashbench options {cls.name}`)")
+            raise ValueError(
+                f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(option_keys | train_keys))} (see `hashbench options {cls.name}`)"
+            )
         chosen = options.parse(cls.Options, {k: v for k, v in overrides.items() if k in option_keys}, cls.name)
         return asdict(chosen), {k: v for k, v in overrides.items() if k in train_keys}
 
@@ -217,7 +219,9 @@ class TrainingFreeMethod(Method):
 
     @dataclass(frozen=True)
     class Options:
-        features: Literal["pixels", "backbone"] = option("pixels", "what is hashed: raw pixels, or the run's backbone's features (frozen)")
+        features: Literal["pixels", "backbone"] = option(
+            "pixels", "what is hashed: raw pixels, or the run's backbone's features (frozen)"
+        )
         pixels: int = option(16, "side of the downsampled image that pixel features are read from", at_least=1)
 
     def backbones(self, run_backbone: str) -> list[str]:
@@ -241,7 +245,9 @@ class TrainingFreeMethod(Method):
 
     def check_dimensions(self, width: int, needed: int) -> None:
         if width < needed:
-            raise ValueError(f"{self.name}: {needed} projections need at least {needed} feature dimensions, the features have {width}; raise --set {self.name}.pixels or use fewer bits")
+            raise ValueError(
+                f"{self.name}: {needed} projections need at least {needed} feature dimensions, the features have {width}; raise --set {self.name}.pixels or use fewer bits"
+            )
 
 
 class ProjectionHead(nn.Module):

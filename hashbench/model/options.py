@@ -36,7 +36,9 @@ def describe(hint: Any, bounds: Mapping[str, Any] | None = None) -> str:
     if get_origin(inner) is Literal:
         text = "one of " + ", ".join(map(str, get_args(inner)))
     else:
-        text = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(inner, getattr(inner, "__name__", str(inner)))
+        text = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(
+            inner, getattr(inner, "__name__", str(inner))
+        )
     at_least, above = (bounds or {}).get("at_least"), (bounds or {}).get("above")
     text += f" >= {at_least:g}" if at_least is not None else f" > {above:g}" if above is not None else ""
     return f"{text}, or none" if optional else text
@@ -51,7 +53,11 @@ def coerce(value: Any, hint: Any, name: str, bounds: Mapping[str, Any] | None = 
         raise ValueError(f"{name}={shown(value)} is not valid; expected {describe(hint, bounds)}")
     converted = _convert(value, inner)
     at_least, above = (bounds or {}).get("at_least"), (bounds or {}).get("above")
-    if converted is MISSING or (at_least is not None and converted < at_least) or (above is not None and converted <= above):
+    if (
+        converted is MISSING
+        or (at_least is not None and converted < at_least)
+        or (above is not None and converted <= above)
+    ):
         raise ValueError(f"{name}={shown(value)} is not valid; expected {describe(hint, bounds)}")
     return converted
 
@@ -68,9 +74,13 @@ def parse(options_cls: type, values: Mapping[str, Any], owner: str) -> Any:
     known = {f.name: f for f in fields(options_cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ValueError(f"{owner}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known)) or 'none'}")
+        raise ValueError(
+            f"{owner}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known)) or 'none'}"
+        )
     hints = type_hints(options_cls)
-    return options_cls(**{key: coerce(value, hints[key], f"{owner}.{key}", known[key].metadata) for key, value in values.items()})
+    return options_cls(
+        **{key: coerce(value, hints[key], f"{owner}.{key}", known[key].metadata) for key, value in values.items()}
+    )
 
 
 def with_defaults(options_cls: type, name: str, **defaults: Any) -> type:
@@ -79,7 +89,10 @@ def with_defaults(options_cls: type, name: str, **defaults: Any) -> type:
     hints = type_hints(options_cls)
     return make_dataclass(
         options_cls.__name__,
-        [(f.name, hints[f.name], field(default=defaults.get(f.name, f.default), metadata=f.metadata)) for f in fields(options_cls)],
+        [
+            (f.name, hints[f.name], field(default=defaults.get(f.name, f.default), metadata=f.metadata))
+            for f in fields(options_cls)
+        ],
         frozen=True,
     )
 
@@ -87,11 +100,27 @@ def with_defaults(options_cls: type, name: str, **defaults: Any) -> type:
 def rows(options_cls: type, defaults: Any = None) -> list[tuple[str, str, str, str]]:
     """(name, type, default, help) of every option, for people choosing what to change; ``defaults``: an instance whose values are the defaults."""
     hints = type_hints(options_cls)
-    return [(f.name, describe(hints[f.name], f.metadata), _default_text(getattr(defaults, f.name, f.default)), f.metadata.get("help", "")) for f in fields(options_cls)]
+    return [
+        (
+            f.name,
+            describe(hints[f.name], f.metadata),
+            _default_text(getattr(defaults, f.name, f.default)),
+            f.metadata.get("help", ""),
+        )
+        for f in fields(options_cls)
+    ]
 
 
 def _default_text(value: Any) -> str:
-    return "none" if value is None else str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+    return (
+        "none"
+        if value is None
+        else str(value).lower()
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
 def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
@@ -106,7 +135,10 @@ def _convert(value: Any, kind: Any) -> Any:
     """``value`` as ``kind``, or MISSING when it does not fit (never a silent truncation or truthiness)."""
     text = value.strip() if isinstance(value, str) else None
     if get_origin(kind) is Literal:
-        return next((choice for choice in get_args(kind) if choice == value or (text is not None and str(choice) == text)), MISSING)
+        return next(
+            (choice for choice in get_args(kind) if choice == value or (text is not None and str(choice) == text)),
+            MISSING,
+        )
     if kind is bool:
         if isinstance(value, bool):
             return value

@@ -95,10 +95,14 @@ class PluginRegistry:
     # --- registration ------------------------------------------------------------
 
     def register(self, name: str, plugin: type) -> type:
-        checked_name(name, f"{self.kind} name")  # it names a folder: a method's under every results root, a source's dataset kind
+        checked_name(
+            name, f"{self.kind} name"
+        )  # it names a folder: a method's under every results root, a source's dataset kind
         existing = self.entries.get(name)
         if existing is not None and not (existing.plugin is None and existing.origin == self._origin):
-            raise self.duplicate_error(f"{self.kind} {name!r} from {self._origin} is already registered by {existing.origin}")
+            raise self.duplicate_error(
+                f"{self.kind} {name!r} from {self._origin} is already registered by {existing.origin}"
+            )
         plugin.name, plugin.origin = name, self._origin
         self.entries[name] = self.entry_type(name, self._origin, plugin)
         return plugin
@@ -122,7 +126,9 @@ class PluginRegistry:
 
     def discover(self) -> None:
         """Import the built-ins and list installed plugins (without importing them)."""
-        with self._discovery:  # two sweeps starting at once in one process (threads) must not see a half-filled registry
+        with (
+            self._discovery
+        ):  # two sweeps starting at once in one process (threads) must not see a half-filled registry
             if self._discovered:
                 return
             self._discovered = True  # set first: importing a built-in registers through this registry
@@ -139,18 +145,36 @@ class PluginRegistry:
             dist = entry_point.dist
             origin = f"{dist.name}=={dist.version}" if dist else f"entry point {entry_point.value}"
             if not SAFE_NAME.fullmatch(entry_point.name):
-                self._record_failure([entry_point.name], origin, UnsafeNameError(f"{self.kind} name {entry_point.name!r} is not allowed: use letters, digits and . _ + -"))
+                self._record_failure(
+                    [entry_point.name],
+                    origin,
+                    UnsafeNameError(
+                        f"{self.kind} name {entry_point.name!r} is not allowed: use letters, digits and . _ + -"
+                    ),
+                )
                 continue
             if entry_point.name in self.entries:
-                self._record_failure([f"{entry_point.name} ({origin})"], origin, self.duplicate_error(f"{self.kind} {entry_point.name!r} from {origin} is already registered by {self.entries[entry_point.name].origin}"))
+                self._record_failure(
+                    [f"{entry_point.name} ({origin})"],
+                    origin,
+                    self.duplicate_error(
+                        f"{self.kind} {entry_point.name!r} from {origin} is already registered by {self.entries[entry_point.name].origin}"
+                    ),
+                )
                 continue
-            self.entries[entry_point.name] = self.entry_type(entry_point.name, origin, loader=lambda ep=entry_point, o=origin: self._load_entry_point(ep, o))
+            self.entries[entry_point.name] = self.entry_type(
+                entry_point.name, origin, loader=lambda ep=entry_point, o=origin: self._load_entry_point(ep, o)
+            )
 
     def _load_entry_point(self, entry_point: importlib.metadata.EntryPoint, origin: str) -> None:
         try:
             with self._loading_from(origin):
                 loaded = entry_point.load()
-                if isinstance(loaded, type) and issubclass(loaded, self.base) and self.entries[entry_point.name].plugin is None:
+                if (
+                    isinstance(loaded, type)
+                    and issubclass(loaded, self.base)
+                    and self.entries[entry_point.name].plugin is None
+                ):
                     self.register(entry_point.name, loaded)
             if self.entries[entry_point.name].plugin is None:
                 raise LookupError(f"loading {entry_point.value} registered no {self.kind} named {entry_point.name!r}")

@@ -106,7 +106,9 @@ class WeightFiles:
                 return self.by_model[name]
         if None in self.by_model:
             if default_model is None:
-                raise ValueError(f"--weights {self.by_model[None]} names no model and there is no default backbone; write --weights MODEL=FILE")
+                raise ValueError(
+                    f"--weights {self.by_model[None]} names no model and there is no default backbone; write --weights MODEL=FILE"
+                )
             if model == default_model:
                 return self.by_model[None]
         for directory in self.directories:
@@ -139,7 +141,9 @@ def parse_weights_option(values: Iterable[str]) -> WeightFiles:
             directories.append(path)
             continue
         if model in by_model:
-            raise ValueError(f"--weights names two files for {model or 'the default backbone'}: {by_model[model]} and {path}")
+            raise ValueError(
+                f"--weights names two files for {model or 'the default backbone'}: {by_model[model]} and {path}"
+            )
         by_model[model] = path
     return WeightFiles(by_model, tuple(directories))
 
@@ -154,10 +158,14 @@ def _timm_cfg(model: str) -> PretrainedCfg:
         return get_pretrained_cfg(model)
     except RuntimeError as error:  # timm's answer to an unknown tag
         tagged = timm.list_pretrained(f"{architecture}.*")
-        raise ValueError(f"timm has no tag {model.partition('.')[2]!r} for {architecture}; its tagged weights are: {', '.join(tagged) or 'none'}") from error
+        raise ValueError(
+            f"timm has no tag {model.partition('.')[2]!r} for {architecture}; its tagged weights are: {', '.join(tagged) or 'none'}"
+        ) from error
 
 
-def resolve(model: str, pretrained: bool, files: WeightFiles | None = None, default_model: str | None = None) -> WeightSource:
+def resolve(
+    model: str, pretrained: bool, files: WeightFiles | None = None, default_model: str | None = None
+) -> WeightSource:
     """Decide where ``model``'s weights come from: a file given for it, else timm's hub weights if ``pretrained``, else random init."""
     cfg = _timm_cfg(model)
     path = files.for_model(model, default_model) if files is not None else None
@@ -173,7 +181,11 @@ def resolve(model: str, pretrained: bool, files: WeightFiles | None = None, defa
             f"before training: download that file and run with --weights {model}=PATH, or run with --no-pretrained"
         )
     with_weights = timm.list_pretrained(f"*{cfg.architecture}*")[:10]
-    suggestion = f"models with weights: {', '.join(with_weights)}" if with_weights else "timm.list_pretrained() lists the models with weights"
+    suggestion = (
+        f"models with weights: {', '.join(with_weights)}"
+        if with_weights
+        else "timm.list_pretrained() lists the models with weights"
+    )
     raise ValueError(f"timm has no pretrained weights for {model}; {suggestion}; or run with --no-pretrained")
 
 
@@ -181,7 +193,10 @@ def is_cached(source: WeightSource) -> bool:
     """Whether the weights can be loaded without the network."""
     if source.kind == "hub":
         repo_id, revision = hf_split(source.location)
-        return any(isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision), str) for name in HUB_FILENAMES)
+        return any(
+            isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision), str)
+            for name in HUB_FILENAMES
+        )
     if source.kind == "file":
         return Path(source.location).is_file()
     return True
@@ -197,19 +212,26 @@ def ensure_available(sources: Iterable[WeightSource]) -> None:
 def _download(source: WeightSource) -> None:
     """Fetch the file timm will load into the Hugging Face cache; the first failure to reach the hub is final."""
     if hub_constants.HF_HUB_OFFLINE:
-        raise WeightsUnavailableError(source, f"offline (HF_HUB_OFFLINE is set) and not in the Hugging Face cache {hub_constants.HF_HUB_CACHE}")
+        raise WeightsUnavailableError(
+            source, f"offline (HF_HUB_OFFLINE is set) and not in the Hugging Face cache {hub_constants.HF_HUB_CACHE}"
+        )
     repo_id, revision = hf_split(source.location)
     for filename in HUB_FILENAMES:
         try:
             # One request without retries first: hf_hub_download retries an unreachable hub for about 20 s.
-            huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(repo_id, filename, revision=revision), timeout=hub_constants.HF_HUB_ETAG_TIMEOUT)
+            huggingface_hub.get_hf_file_metadata(
+                huggingface_hub.hf_hub_url(repo_id, filename, revision=revision),
+                timeout=hub_constants.HF_HUB_ETAG_TIMEOUT,
+            )
             huggingface_hub.hf_hub_download(repo_id, filename, revision=revision)
             return
         except RemoteEntryNotFoundError:
             continue  # the repository lacks this format; timm would read the next
         except Exception as error:  # unreachable, unknown repository, gated: no weights either way
             first_line = (str(error).strip().splitlines() or [""])[0]
-            raise WeightsUnavailableError(source, f"the download failed ({type(error).__name__}: {first_line})") from error
+            raise WeightsUnavailableError(
+                source, f"the download failed ({type(error).__name__}: {first_line})"
+            ) from error
     raise WeightsUnavailableError(source, f"the repository holds none of {', '.join(HUB_FILENAMES)}")
 
 
@@ -221,8 +243,12 @@ def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
         ensure_available([source])
         return timm.create_model(source.model, pretrained=True, **kwargs)
     if file_sha256(Path(source.location)) != source.sha256:
-        raise ValueError(f"{source.location} changed since it was chosen (sha256 {source.sha256[:12]}…); start the run again")
-    network = timm.create_model(source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location), **kwargs)
+        raise ValueError(
+            f"{source.location} changed since it was chosen (sha256 {source.sha256[:12]}…); start the run again"
+        )
+    network = timm.create_model(
+        source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location), **kwargs
+    )
     _check_file_loaded(network, source)
     return network
 
@@ -231,9 +257,12 @@ def _check_file_loaded(network: torch.nn.Module, source: WeightSource) -> None:
     """timm loads a file leniently when it adapts the classifier, so a file whose tensor names differ (another model, a prefix) would leave the backbone random."""
     in_file = set(load_state_dict(source.location))
     classifiers = network.pretrained_cfg.get("classifier") or ()
-    classifier_prefixes = tuple(f"{name}." for name in ((classifiers,) if isinstance(classifiers, str) else classifiers))
+    classifier_prefixes = tuple(
+        f"{name}." for name in ((classifiers,) if isinstance(classifiers, str) else classifiers)
+    )
     missing = [
-        name for name in network.state_dict()
+        name
+        for name in network.state_dict()
         if name not in in_file and not name.endswith("num_batches_tracked") and not name.startswith(classifier_prefixes)
     ]
     if missing:

@@ -20,12 +20,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hashbench.data import splits
-from hashbench.store.results import Cell, CellError
-from hashbench.evaluation.stats import bootstrap_interval
 from hashbench.config.suites import Suite
+from hashbench.data import splits
+from hashbench.evaluation.stats import bootstrap_interval
+from hashbench.store.results import Cell, CellError
 
-COMPARISON_KEYS = ("dataset", "dataset_fingerprint", "split", "validation", "run_backbone", "pretrained", "epochs", "image_size", "augment_text", "profile")
+COMPARISON_KEYS = (
+    "dataset",
+    "dataset_fingerprint",
+    "split",
+    "validation",
+    "run_backbone",
+    "pretrained",
+    "epochs",
+    "image_size",
+    "augment_text",
+    "profile",
+)
 VARIANT_KEYS = ("backbone", "options", "train", "weights")  # what makes two cells of one method different methods
 CELL_LEGEND = "cells: mean ± std over runs [95 % bootstrap interval over queries] (n = runs: seeds x split seeds)"
 
@@ -56,7 +67,9 @@ def summarise(rows: pd.DataFrame, metric: str) -> str:
         return "; ".join(problems) or "-"
     means = np.array([values.mean() for values in per_run])
     spread = f" ± {np.std(means, ddof=1):.3f}" if len(means) > 1 else ""
-    same_queries = all(np.array_equal(ids, queries[0]) for ids in queries)  # else runs of several split seeds: pool their queries
+    same_queries = all(
+        np.array_equal(ids, queries[0]) for ids in queries
+    )  # else runs of several split seeds: pool their queries
     low, high = bootstrap_interval(np.stack(per_run) if same_queries else np.concatenate(per_run)[None])
     flags = _flags([n for n in finished["note"] if n], len(finished), problems)
     return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"
@@ -65,7 +78,11 @@ def summarise(rows: pd.DataFrame, metric: str) -> str:
 def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
     parts = []
     if collapsed:
-        parts.append(collapsed[0] if runs == 1 else f"{len(collapsed)} of {runs} runs with dead bits ({'; '.join(sorted(set(collapsed)))})")
+        parts.append(
+            collapsed[0]
+            if runs == 1
+            else f"{len(collapsed)} of {runs} runs with dead bits ({'; '.join(sorted(set(collapsed)))})"
+        )
     failed = sum(p.startswith("failed") for p in problems)
     if failed:
         parts.append(f"{failed} failed")
@@ -86,15 +103,29 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
     seeds = ", ".join(str(s) for s in sorted(finished["seed"].unique())) or "none finished"
     runs = finished.groupby(["row", "bits"]).size()
-    sample = "; one run per cell: each number is a single sample, its seed-to-seed spread unmeasured" if len(runs) and runs.max() == 1 else ""
-    optimisers = sorted({f"{t['optimizer']} lr {t['lr']:g}" + ("" if t.get("lr_schedule", "constant") == "constant" else f" ({t['lr_schedule']})") for t in rows["train"] if "optimizer" in t})
+    sample = (
+        "; one run per cell: each number is a single sample, its seed-to-seed spread unmeasured"
+        if len(runs) and runs.max() == 1
+        else ""
+    )
+    optimisers = sorted(
+        {
+            f"{t['optimizer']} lr {t['lr']:g}"
+            + ("" if t.get("lr_schedule", "constant") == "constant" else f" ({t['lr_schedule']})")
+            for t in rows["train"]
+            if "optimizer" in t
+        }
+    )
     profile = first["profile"] or "unrecorded"
     parts = [
         data,
         f"{_split_text(rows)}, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
         f"backbone {first['run_backbone']} ({_weights_text(rows)}){_own_backbones(rows)}",
-        f"{first['epochs']} epochs", f"{first['image_size']} px", f"augmentation: {first['augment_text']}",
-        f"seeds {seeds}{sample}", f"optimiser {' / '.join(optimisers)}",
+        f"{first['epochs']} epochs",
+        f"{first['image_size']} px",
+        f"augmentation: {first['augment_text']}",
+        f"seeds {seeds}{sample}",
+        f"optimiser {' / '.join(optimisers)}",
         f"profile {profile}: {_paper_comparison(rows, synthetic)}" if profile in PROFILES else f"profile {profile}",
     ]
     changed = _changed_options(rows)
@@ -113,7 +144,11 @@ def _split_text(rows: pd.DataFrame) -> str:
 
 def _weights_text(rows: pd.DataFrame) -> str:
     """Where the run backbone's weights came from, over every row that built it."""
-    sources = {weights[backbone] for weights, backbone in zip(rows["weights"], rows["run_backbone"]) if backbone in (weights or {})}
+    sources = {
+        weights[backbone]
+        for weights, backbone in zip(rows["weights"], rows["run_backbone"])
+        if backbone in (weights or {})
+    }
     kinds = {source.split(":")[0] for source in sources}
     texts = {"random": "random init", "hub": "pretrained weights from the hub", "file": "weights from a local file"}
     return " / ".join(texts.get(kind, kind) for kind in sorted(kinds)) or "built by no row"
@@ -130,7 +165,11 @@ def _version_text(dataset: str, fingerprint: str) -> str:
         current = json.loads(manifest.read_text()).get("fingerprint")
     except (OSError, json.JSONDecodeError):
         current = None
-    return fingerprint + (" (superseded: the dataset was re-ingested with other content since)" if current and current != fingerprint else "")
+    return fingerprint + (
+        " (superseded: the dataset was re-ingested with other content since)"
+        if current and current != fingerprint
+        else ""
+    )
 
 
 def _own_backbones(rows: pd.DataFrame) -> str:
@@ -166,8 +205,8 @@ def _training_free_features(row: pd.Series) -> str:
 
 def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
     """'the paper's protocol' only where every setting is the full profile's on real data with the paper's split; else how it differs."""
-    from hashbench.model.registry import REGISTRY
     from hashbench.config.profiles import PROFILES
+    from hashbench.model.registry import REGISTRY
 
     paper, first = PROFILES["full"], rows.iloc[0]
     kinds = {source.split(":")[0] for weights in rows["weights"] for source in (weights or {}).values()}
@@ -183,12 +222,24 @@ def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
         for differs, text in (
             (synthetic, "synthetic data (the paper's: TCIA collections)"),
             (first["split"] != "slice", f"{_split_text(rows)} (the paper's: slice-level)"),
-            (first["run_backbone"] != paper.backbone, f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6, {paper.backbone})"),
-            (kinds != {"hub"}, "weights " + " / ".join(sorted(kinds)) + " (the paper's: ImageNet weights from the hub)"),
+            (
+                first["run_backbone"] != paper.backbone,
+                f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6, {paper.backbone})",
+            ),
+            (
+                kinds != {"hub"},
+                "weights " + " / ".join(sorted(kinds)) + " (the paper's: ImageNet weights from the hub)",
+            ),
             (first["epochs"] != paper.epochs, f"{first['epochs']} epochs (the paper's: {paper.epochs})"),
             (first["image_size"] != paper.image_size, f"{first['image_size']} px (the paper's: {paper.image_size})"),
-            (first["augment_text"] != paper.augment.describe(), f"augmentation {first['augment_text']} (the paper's: rotation, scaling, brightness, noise, blur)"),
-            (not all(own_optimiser(m, t) for m, t in zip(rows["method"], rows["train"])), "optimisers changed (the paper's: each method's own)"),
+            (
+                first["augment_text"] != paper.augment.describe(),
+                f"augmentation {first['augment_text']} (the paper's: rotation, scaling, brightness, noise, blur)",
+            ),
+            (
+                not all(own_optimiser(m, t) for m, t in zip(rows["method"], rows["train"])),
+                "optimisers changed (the paper's: each method's own)",
+            ),
             (bool(first["validation"]), "part of training held out for validation"),
         )
         if differs
@@ -235,7 +286,17 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
         described = caption(rows)
         published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
         for metric in (*metrics, *(m for m in published if m not in metrics)):
-            table = _reference_rows_last(pd.DataFrame({f"{b} bits": {row: summarise(group[group["bits"] == b], metric) for row, group in rows.groupby("row", sort=True)} for b in bits}))
+            table = _reference_rows_last(
+                pd.DataFrame(
+                    {
+                        f"{b} bits": {
+                            row: summarise(group[group["bits"] == b], metric)
+                            for row, group in rows.groupby("row", sort=True)
+                        }
+                        for b in bits
+                    }
+                )
+            )
             title = metric.upper() + (" (the metric this protocol is published with)" if metric in published else "")
             boards.append(Leaderboard(title, described, table.rename_axis("method")))
     return boards
@@ -278,7 +339,9 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
         paths = leaderboard_figures(rows[rows["status"] == "finished"], metrics, "; ".join(described), stem)
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
-            parts.append(f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}")
+            parts.append(
+                f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}"
+            )
     return "\n\n".join(parts) + ("\n" if parts else "")
 
 
@@ -294,7 +357,9 @@ def _row_names(rows: pd.DataFrame) -> pd.Series:
 
     Training-free methods are reference rows: marked so, and sorted below the trained ones.
     """
-    variant = rows[list(VARIANT_KEYS)].apply(lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1)
+    variant = rows[list(VARIANT_KEYS)].apply(
+        lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1
+    )
     variants = variant.groupby(rows["method"]).transform("nunique")
     names = rows["method"].where(variants == 1, rows["method"] + " [" + variant + "]")
     reference = rows["method"].map(_is_training_free)

@@ -17,9 +17,18 @@ def confusion_markdown(matrix: np.ndarray, names: list[str], title: str) -> str:
     shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     header = "| query class \\ top-1 class | " + " | ".join(names) + " | queries |"
     rule = "|" + "---|" * (len(names) + 2)
-    rows = [f"| {name} | " + " | ".join(f"**{v:.2f}**" if i == j else f"{v:.2f}" for j, v in enumerate(shares[i])) + f" | {matrix[i].sum()} |" for i, name in enumerate(names)]
+    rows = [
+        f"| {name} | "
+        + " | ".join(f"**{v:.2f}**" if i == j else f"{v:.2f}" for j, v in enumerate(shares[i]))
+        + f" | {matrix[i].sum()} |"
+        for i, name in enumerate(names)
+    ]
     overall = np.trace(matrix) / max(matrix.sum(), 1)
-    return f"### {title}\n\nMAP@1 = {overall:.3f} over {matrix.sum()} queries.\n\n" + "\n".join([header, rule, *rows]) + "\n"
+    return (
+        f"### {title}\n\nMAP@1 = {overall:.3f} over {matrix.sum()} queries.\n\n"
+        + "\n".join([header, rule, *rows])
+        + "\n"
+    )
 
 
 def per_class_markdown(by_class: dict[str, dict[str, float]], names: list[str]) -> str:
@@ -27,7 +36,10 @@ def per_class_markdown(by_class: dict[str, dict[str, float]], names: list[str]) 
     metrics = list(by_class)
     header = "| class | " + " | ".join(m.upper() for m in metrics) + " |"
     rule = "|" + "---|" * (len(metrics) + 1)
-    rows = [f"| {name} | " + " | ".join(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics) + " |" for name in names]
+    rows = [
+        f"| {name} | " + " | ".join(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics) + " |"
+        for name in names
+    ]
     return "### Per-class metrics (mean over each class's queries)\n\n" + "\n".join([header, rule, *rows]) + "\n"
 
 
@@ -43,7 +55,15 @@ def confusion_png(matrix: np.ndarray, names: list[str], title: str, path: Path) 
     axes.set_ylabel("query class")
     for i in range(len(names)):
         for j in range(len(names)):
-            axes.text(j, i, f"{shares[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if shares[i, j] > 0.5 else "black")
+            axes.text(
+                j,
+                i,
+                f"{shares[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if shares[i, j] > 0.5 else "black",
+            )
     figure.colorbar(image, ax=axes, fraction=0.046)
     axes.set_title(title, fontsize=9)
     figure.tight_layout()
@@ -77,8 +97,13 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     bits = sorted(rows["bits"].unique())
     methods = sorted(rows["row"].unique())
     flagged = {method for method, note in zip(rows["row"], rows["note"]) if note}
-    label = {method: f"{method} (dead bits)" if method in flagged else method for method in methods}  # a collapsed model's curve is not the model's
-    curves = {(m, b): [Cell(d).curves(PRECISION_CUTOFFS) for d in group["directory"]] for (m, b), group in rows.groupby(["row", "bits"])}
+    label = {
+        method: f"{method} (dead bits)" if method in flagged else method for method in methods
+    }  # a collapsed model's curve is not the model's
+    curves = {
+        (m, b): [Cell(d).curves(PRECISION_CUTOFFS) for d in group["directory"]]
+        for (m, b), group in rows.groupby(["row", "bits"])
+    }
     written = []
 
     def panels(name: str, draw) -> None:
@@ -118,7 +143,9 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         for method in methods:
             mine = rows[rows["row"] == method]
             present = [b for b in bits if (mine["bits"] == b).any()]
-            per_run = [[Cell(d).per_query(metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]] for b in present]
+            per_run = [
+                [Cell(d).per_query(metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]] for b in present
+            ]
             means, spread = [np.mean(v) for v in per_run], [np.std(v) for v in per_run]
             axis.errorbar(present, means, yerr=spread, marker="o", capsize=3, label=label[method])
         axis.set_xticks(bits)
@@ -150,7 +177,11 @@ def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[di
         (directory / "confusion.md").write_text(f"**{title}**\n\n" + per_class_markdown(by_class, names))
         return by_class, [directory / "confusion.md"]
     matrix = cell.confusion()
-    title = f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
+    title = (
+        f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
+    )
     confusion_png(matrix, names, title, directory / "confusion.png")
-    (directory / "confusion.md").write_text(confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names))
+    (directory / "confusion.md").write_text(
+        confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names)
+    )
     return by_class, [directory / "confusion.png", directory / "confusion.md"]

@@ -18,7 +18,9 @@ from hashbench.store.results import CHECKPOINT, LOG, Cell, CellConfig
 from hashbench.training import distributed, engine
 
 
-def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cell, progress: bool = False, replace: bool = False) -> dict[str, float]:
+def run_cell(
+    spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cell, progress: bool = False, replace: bool = False
+) -> dict[str, float]:
     """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics.
 
     ``replace``: a finished cell trained again, its result replaced only when done.
@@ -38,7 +40,9 @@ def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cel
     network, loss = method.build(config.run_backbone)
     ran = _check_backbones(config, architectures(network))
     train_source = engine.ImageSource(images, training.ids, device)
-    database_source = train_source if np.array_equal(training.ids, database.ids) else engine.ImageSource(images, database.ids, device)
+    database_source = (
+        train_source if np.array_equal(training.ids, database.ids) else engine.ImageSource(images, database.ids, device)
+    )
 
     def encode(source: engine.ImageSource, ids: np.ndarray) -> np.ndarray:
         return engine.encode(network, source, ids, config.image_size, execution=execution)
@@ -48,7 +52,10 @@ def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cel
         validation_source = engine.ImageSource(images, split.validation.ids, device)
 
         def validate(network) -> dict[str, float]:
-            held_out, trained = binarize(encode(validation_source, split.validation.ids)), binarize(encode(train_source, training.ids))
+            held_out, trained = (
+                binarize(encode(validation_source, split.validation.ids)),
+                binarize(encode(train_source, training.ids)),
+            )
             return evaluate(held_out, split.validation.labels, trained, training.labels, ("map@10",)).metrics
 
     if spec.training_free:
@@ -56,9 +63,21 @@ def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cel
         resumed_from = 0
     else:
         resumed_from = engine.train(
-            method, network, loss, train_source, engine.TrainData(training.ids, training.labels, len(split.class_names)), spec.settings,
-            config.epochs, config.image_size, config.seed, cell.work_path(CHECKPOINT), cell.work_path(LOG), progress, validate,
-            spec.augmentation, execution,
+            method,
+            network,
+            loss,
+            train_source,
+            engine.TrainData(training.ids, training.labels, len(split.class_names)),
+            spec.settings,
+            config.epochs,
+            config.image_size,
+            config.seed,
+            cell.work_path(CHECKPOINT),
+            cell.work_path(LOG),
+            progress,
+            validate,
+            spec.augmentation,
+            execution,
         )
     query_bits = binarize(encode(engine.ImageSource(images, query.ids, device), query.ids))
     database_embeddings = encode(database_source, database.ids)
@@ -66,11 +85,27 @@ def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cel
         return {}
     epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     database_bits = binarize(database_embeddings)
-    result = evaluate(query_bits, query.labels, database_bits, database.labels, spec.metrics, device="cpu" if device.type == "cpu" else str(device), **DEFAULT_TIE_RULE)
+    result = evaluate(
+        query_bits,
+        query.labels,
+        database_bits,
+        database.labels,
+        spec.metrics,
+        device="cpu" if device.type == "cpu" else str(device),
+        **DEFAULT_TIE_RULE,
+    )
     arrays = {
-        "query_codes": pack(query_bits), "database_codes": pack(database_bits), "query_labels": query.labels, "database_labels": database.labels,
-        "database_embeddings": database_embeddings.astype(np.float16),  # `hashbench search` breaks Hamming ties with these
-        "query_ids": query.ids, "database_ids": database.ids, "class_names": np.array(split.class_names), "bits": np.array(config.bits),
+        "query_codes": pack(query_bits),
+        "database_codes": pack(database_bits),
+        "query_labels": query.labels,
+        "database_labels": database.labels,
+        "database_embeddings": database_embeddings.astype(
+            np.float16
+        ),  # `hashbench search` breaks Hamming ties with these
+        "query_ids": query.ids,
+        "database_ids": database.ids,
+        "class_names": np.array(split.class_names),
+        "bits": np.array(config.bits),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},
     }
     origin = spec.method.origin
@@ -79,8 +114,13 @@ def run_cell(spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cel
         "ties": tie_diagnostics(result.counts, database_bits),
         "evaluation": DEFAULT_TIE_RULE,
         "backbones_ran": ran,
-        "weights": {model: {"source": source.describe(), "revision": cached_revision(source)} for model, source in spec.weights.items()},
-        "seconds": round(time.perf_counter() - started, 2),  # this attempt: training the epochs left, encoding, evaluating
+        "weights": {
+            model: {"source": source.describe(), "revision": cached_revision(source)}
+            for model, source in spec.weights.items()
+        },
+        "seconds": round(
+            time.perf_counter() - started, 2
+        ),  # this attempt: training the epochs left, encoding, evaluating
         "train_seconds": round(sum(epoch_seconds), 2),  # every epoch, over all attempts
         "resumed_from_epoch": resumed_from,
         "started": started_at.isoformat(timespec="seconds"),
@@ -110,5 +150,7 @@ def _check_backbones(config: CellConfig, ran: list[str]) -> list[str]:
     declared = [name.split(".")[0] for name in config.backbone.split(" + ") if name]
     if ran != declared:
         built = ", ".join(ran) or "no timm model"
-        raise RuntimeError(f"{config.method} built {built} but declared {config.backbone}: its backbones() must list what build() creates")
+        raise RuntimeError(
+            f"{config.method} built {built} but declared {config.backbone}: its backbones() must list what build() creates"
+        )
     return ran

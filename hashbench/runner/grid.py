@@ -42,7 +42,11 @@ class CellOutcome:
 
 
 def run_grid(
-    request: RunRequest, dataset: Dataset, out: Path, progress: bool = False, on_cell: Callable[[CellOutcome], None] | None = None
+    request: RunRequest,
+    dataset: Dataset,
+    out: Path,
+    progress: bool = False,
+    on_cell: Callable[[CellOutcome], None] | None = None,
 ) -> list[CellOutcome]:
     """Plan, make sure every backbone's weights are at hand, then run each cell; returns the outcomes in plan order."""
     sweep_start = time.time()
@@ -51,17 +55,27 @@ def run_grid(
     device = resolve_device(request.device)
     planned = plan(request, dataset, device)
     if distributed.launched() and request.shard:
-        raise ValueError("--shard spreads cells over machines, torchrun spreads one cell over processes: use one or the other")
+        raise ValueError(
+            "--shard spreads cells over machines, torchrun spreads one cell over processes: use one or the other"
+        )
     return run_planned(planned, dataset, Path(out), device, request.force, progress, on_cell, sweep_start)
 
 
 def run_planned(
-    planned: list[CellSpec], dataset: Dataset, out: Path, device: torch.device, force: bool = False, progress: bool = False,
-    on_cell: Callable[[CellOutcome], None] | None = None, sweep_start: float | None = None,
+    planned: list[CellSpec],
+    dataset: Dataset,
+    out: Path,
+    device: torch.device,
+    force: bool = False,
+    progress: bool = False,
+    on_cell: Callable[[CellOutcome], None] | None = None,
+    sweep_start: float | None = None,
 ) -> list[CellOutcome]:
     """Run the cells of a plan into the results root ``out``: cells another process holds are taken last, waiting for them."""
     sweep_start = time.time() if sweep_start is None else sweep_start
-    if not distributed.follower():  # under torchrun the first process downloads; the others wait for it to join the group below
+    if (
+        not distributed.follower()
+    ):  # under torchrun the first process downloads; the others wait for it to join the group below
         ensure_available({source for spec in planned for source in spec.weights.values()})
     _check_writable(out)
     device = distributed.start(device)
@@ -90,14 +104,25 @@ def _check_writable(out: Path) -> None:
     """The results root can take files: found before the first epoch, not after it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):  # a unique name: several sweeps may share a root
+        with tempfile.NamedTemporaryFile(
+            dir=out, prefix=".write-test-"
+        ):  # a unique name: several sweeps may share a root
             pass
     except OSError as exc:
-        raise ValueError(f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to") from None
+        raise ValueError(
+            f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to"
+        ) from None
 
 
 def _attempt(
-    spec: CellSpec, cell: Cell, dataset: Dataset, device: torch.device, force: bool, progress: bool, wait: bool, sweep_start: float
+    spec: CellSpec,
+    cell: Cell,
+    dataset: Dataset,
+    device: torch.device,
+    force: bool,
+    progress: bool,
+    wait: bool,
+    sweep_start: float,
 ) -> CellOutcome | None:
     """Run one cell under its lock; None when another process holds it and ``wait`` is off.
 
@@ -106,7 +131,9 @@ def _attempt(
     """
     config = spec.config
     with cell.claim(wait=wait) if distributed.is_main() else nullcontext(True) as claimed:
-        decision = distributed.broadcast(_decide(config, cell, claimed, force, sweep_start) if distributed.is_main() else None)  # the others follow process 0
+        decision = distributed.broadcast(
+            _decide(config, cell, claimed, force, sweep_start) if distributed.is_main() else None
+        )  # the others follow process 0
         if decision is None or isinstance(decision, CellOutcome):
             return decision
         replace, note = decision
@@ -123,10 +150,14 @@ def _attempt(
         if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
             torch.cuda.empty_cache()
         return CellOutcome(config, "failed", error=failure, note=note)
-    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse() if distributed.is_main() else ""])))
+    return CellOutcome(
+        config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse() if distributed.is_main() else ""]))
+    )
 
 
-def _decide(config: CellConfig, cell: Cell, claimed: bool, force: bool, sweep_start: float) -> CellOutcome | tuple[bool, str] | None:
+def _decide(
+    config: CellConfig, cell: Cell, claimed: bool, force: bool, sweep_start: float
+) -> CellOutcome | tuple[bool, str] | None:
     """What to do with a cell: None (another process holds it), an outcome (nothing to train), or (replace, note) to train it."""
     if not claimed:
         return None
@@ -138,7 +169,9 @@ def _decide(config: CellConfig, cell: Cell, claimed: bool, force: bool, sweep_st
     if status == "finished" and not force:
         return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
     note = f"was damaged ({cell.problem(check_model=True)}); trained it again" if status == "damaged" else ""
-    replace = status == "finished"  # with --force: trained beside the finished result, which stays until the new one is complete
+    replace = (
+        status == "finished"
+    )  # with --force: trained beside the finished result, which stays until the new one is complete
     if replace and cell.rerun_pending():
         note = "resumed an interrupted re-run"
     return replace, note

@@ -70,7 +70,15 @@ class CellSpec:
     def context(self) -> MethodContext:
         """What the method is built for in this cell."""
         config = self.config
-        return MethodContext(config.bits, len(self.split.class_names), len(self.split.training), config.options, config.seed, config.image_size, self.weights)
+        return MethodContext(
+            config.bits,
+            len(self.split.class_names),
+            len(self.split.training),
+            config.options,
+            config.seed,
+            config.image_size,
+            self.weights,
+        )
 
     @property
     def training_free(self) -> bool:
@@ -85,8 +93,17 @@ class CellSpec:
 
     def describe(self, out: Path) -> dict[str, Any]:
         """The full configuration as plain data, for ``--dry-run``."""
-        weights = {model: source.describe() + ("" if is_cached(source) else " (not cached yet: downloaded before training starts)") for model, source in self.weights.items()}
-        return {"cell": self.config.label(), **asdict(self.config), "weights": weights, "directory": str(self.config.directory(out))}
+        weights = {
+            model: source.describe()
+            + ("" if is_cached(source) else " (not cached yet: downloaded before training starts)")
+            for model, source in self.weights.items()
+        }
+        return {
+            "cell": self.config.label(),
+            **asdict(self.config),
+            "weights": weights,
+            "directory": str(self.config.directory(out)),
+        }
 
 
 def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[CellSpec]:
@@ -95,7 +112,11 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Ce
     profile = get_profile(profile_name)
     epochs = profile.epochs if request.epochs is None else request.epochs
     image_size = profile.image_size_for(dataset.image_size) if request.image_size is None else request.image_size
-    for name, value, low in (("--bits", min(request.bits, default=1), 1), ("--epochs", epochs, 1), ("--image-size", image_size, 16)):
+    for name, value, low in (
+        ("--bits", min(request.bits, default=1), 1),
+        ("--epochs", epochs, 1),
+        ("--image-size", image_size, 16),
+    ):
         if value < low:
             raise ValueError(f"{name} {value} is too small: at least {low}")
     if not request.methods or not request.bits or not request.seeds:
@@ -104,10 +125,14 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Ce
         raise ValueError("--seeds and --split-seed take whole numbers from 0")
     strangers = set(request.overrides) - {"*", *request.methods}
     if strangers:
-        raise ValueError(f"--set names {', '.join(sorted(strangers))}, not in this run ({', '.join(request.methods)}); write key=value for every method or method.key=value for one of them")
+        raise ValueError(
+            f"--set names {', '.join(sorted(strangers))}, not in this run ({', '.join(request.methods)}); write key=value for every method or method.key=value for one of them"
+        )
     augmentation = profile.augment if request.augment is None else Augmentation.parse(request.augment)
     split = draw_split(dataset, request.split or dataset.default_split, request.split_seed, request.validation)
-    metrics = tuple(dict.fromkeys(STORED_METRICS + tuple(filter(None, [split.published_metric])) + tuple(request.metrics)))
+    metrics = tuple(
+        dict.fromkeys(STORED_METRICS + tuple(filter(None, [split.published_metric])) + tuple(request.metrics))
+    )
     run_backbone = request.backbone or profile.backbone
     synthetic = bool(dataset.manifest.get("synthetic", False))
     pretrained = profile.pretrained if request.pretrained is None else request.pretrained
@@ -125,15 +150,39 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Ce
         for bits in dict.fromkeys(request.bits):
             for seed in dict.fromkeys(request.seeds):
                 config = CellConfig(
-                    dataset=dataset.name, method=name, bits=bits, seed=seed, backbone=" + ".join(backbones), epochs=epochs, image_size=image_size,
-                    split=split.protocol, validation=request.validation, options=options, train=asdict(settings),
-                    run_backbone=run_backbone, weights={m: w.identity() for m, w in weights.items()}, augment=augmentation.to_dict(), profile=profile_name,
-                    split_seed=request.split_seed, dataset_fingerprint=dataset.fingerprint, split_hash=split.hash,
+                    dataset=dataset.name,
+                    method=name,
+                    bits=bits,
+                    seed=seed,
+                    backbone=" + ".join(backbones),
+                    epochs=epochs,
+                    image_size=image_size,
+                    split=split.protocol,
+                    validation=request.validation,
+                    options=options,
+                    train=asdict(settings),
+                    run_backbone=run_backbone,
+                    weights={m: w.identity() for m, w in weights.items()},
+                    augment=augmentation.to_dict(),
+                    profile=profile_name,
+                    split_seed=request.split_seed,
+                    dataset_fingerprint=dataset.fingerprint,
+                    split_hash=split.hash,
                 )
-                cells.append(CellSpec(config, method, settings, weights, split, augmentation, metrics, request.execution, synthetic))
-    unused = files.models() - {model for cell in cells for model in cell.weights} - {model.split(".")[0] for cell in cells for model in cell.weights}
+                cells.append(
+                    CellSpec(
+                        config, method, settings, weights, split, augmentation, metrics, request.execution, synthetic
+                    )
+                )
+    unused = (
+        files.models()
+        - {model for cell in cells for model in cell.weights}
+        - {model.split(".")[0] for cell in cells for model in cell.weights}
+    )
     if unused:
-        raise ValueError(f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})")
+        raise ValueError(
+            f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})"
+        )
     return shard_cells(cells, *request.shard) if request.shard else cells
 
 
@@ -143,7 +192,9 @@ def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]
     Greedy longest-first onto the least-loaded share; the plan's order breaks ties, so every machine computes the same shares.
     """
     if not 0 <= index < count:
-        raise ValueError(f"--shard {index}/{count}: expected I/N with 0 <= I < N (shares are counted from 0), e.g. --shard 0/8 ... --shard 7/8")
+        raise ValueError(
+            f"--shard {index}/{count}: expected I/N with 0 <= I < N (shares are counted from 0), e.g. --shard 0/8 ... --shard 7/8"
+        )
     loads, owner = [0.0] * count, {}
     for position in sorted(range(len(cells)), key=lambda p: (-cells[p].estimated_cost(), p)):
         share = min(range(count), key=lambda s: (loads[s], s))

@@ -18,7 +18,12 @@ try:
 except ImportError:  # Windows
     resource = None
 
-CODE_PATHS = ("hashbench", "methods", "datasets", "pyproject.toml")  # what a result depends on; results and docs do not count
+CODE_PATHS = (
+    "hashbench",
+    "methods",
+    "datasets",
+    "pyproject.toml",
+)  # what a result depends on; results and docs do not count
 
 
 @lru_cache(maxsize=1)
@@ -30,14 +35,23 @@ def git_state() -> dict[str, object]:
     source = Path(hashbench.__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(source), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
 
     try:
         if Path(git("rev-parse", "--show-toplevel")).resolve() != source:
             raise ValueError("hashbench is installed inside another repository")
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS))}
+        return {
+            "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS)),
+        }
     except (OSError, ValueError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None, "note": "not a git checkout (an installed package): see versions.hashbench"}
+        return {
+            "commit": None,
+            "dirty": None,
+            "note": "not a git checkout (an installed package): see versions.hashbench",
+        }
 
 
 @lru_cache(maxsize=1)
@@ -46,8 +60,13 @@ def versions() -> dict[str, str]:
     import timm
 
     return {
-        "hashbench": hashbench.__version__, "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "none",
-        "timm": timm.__version__, "numpy": np.__version__, "pydicom": pydicom.__version__,
+        "hashbench": hashbench.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "none",
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "pydicom": pydicom.__version__,
     }
 
 
@@ -68,7 +87,9 @@ def peak_memory_mib(device: torch.device) -> dict[str, float]:
     peak = {}
     if resource is not None:
         scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-        peak["process_rss_peak_so_far_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+        peak["process_rss_peak_so_far_mib"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1
+        )
     if device.type == "cuda":
         peak["cuda_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return peak

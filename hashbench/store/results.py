@@ -53,10 +53,28 @@ import pandas as pd
 from hashbench.files import atomic, locks
 from hashbench.files.digest import file_sha256, file_version
 
-CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = "config.json", "metrics.json", "codes.npz", "model.pt", "checkpoint.pt", "failed.json", "train_log.jsonl", ".lock"
+CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = (
+    "config.json",
+    "metrics.json",
+    "codes.npz",
+    "model.pt",
+    "checkpoint.pt",
+    "failed.json",
+    "train_log.jsonl",
+    ".lock",
+)
 RERUN = ".rerun"
 RESULT_FILES = (LOG, CODES, MODEL)  # moved into place before the record when a re-run replaces a result
-CODE_ARRAYS = ("query_codes", "database_codes", "query_labels", "database_labels", "query_ids", "database_ids", "class_names", "bits")
+CODE_ARRAYS = (
+    "query_codes",
+    "database_codes",
+    "query_labels",
+    "database_labels",
+    "query_ids",
+    "database_ids",
+    "class_names",
+    "bits",
+)
 FIX = "run the same command again (a damaged cell is trained again) or delete the cell's directory"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
 
@@ -102,7 +120,9 @@ class CellConfig:
         known = {f.name for f in fields(cls)}
         values = dict(values)
         if "pretrained" in values and "weights" not in values:  # written before weights were recorded per backbone
-            values["weights"] = {values.get("backbone", ""): "imagenet (source not recorded)" if values["pretrained"] else "random"}
+            values["weights"] = {
+                values.get("backbone", ""): "imagenet (source not recorded)" if values["pretrained"] else "random"
+            }
         unknown = sorted(set(values) - known - {"pretrained"})
         if unknown:
             warnings.warn(f"{source}: ignoring {', '.join(unknown)} (written by a newer hashbench?)", stacklevel=2)
@@ -186,8 +206,21 @@ class Cell:
             config = CellConfig.from_dict(values, str(self.path(CONFIG)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); {FIX}") from None
-        in_store = self.directory.parent.name.endswith("bits") and self.directory.name.startswith("seed") and len(self.directory.parents) > 3
-        where = (self.directory.parents[2].name, self.directory.parents[1].name, self.directory.parent.name, self.directory.name.partition("-")[0]) if in_store else None
+        in_store = (
+            self.directory.parent.name.endswith("bits")
+            and self.directory.name.startswith("seed")
+            and len(self.directory.parents) > 3
+        )
+        where = (
+            (
+                self.directory.parents[2].name,
+                self.directory.parents[1].name,
+                self.directory.parent.name,
+                self.directory.name.partition("-")[0],
+            )
+            if in_store
+            else None
+        )
         if where and (config.dataset, config.method, f"{config.bits}bits", f"seed{config.seed}") != where:
             raise CellError(f"{self.path(CONFIG)} belongs to another cell ({config.label()}); {FIX}")
         return config
@@ -272,8 +305,14 @@ class Cell:
 
         codes = self.codes()
         return evaluate_packed(
-            codes["query_codes"], codes["query_labels"], codes["database_codes"], codes["database_labels"], int(codes["bits"]),
-            metrics, curve_cutoffs=curve_cutoffs, **DEFAULT_TIE_RULE,
+            codes["query_codes"],
+            codes["query_labels"],
+            codes["database_codes"],
+            codes["database_labels"],
+            int(codes["bits"]),
+            metrics,
+            curve_cutoffs=curve_cutoffs,
+            **DEFAULT_TIE_RULE,
         )
 
     def per_query(self, metric: str) -> np.ndarray:
@@ -309,8 +348,12 @@ class Cell:
 
         codes = self.codes()
         if self.multi_label:
-            raise ValueError(f"{self.config.label()} is multi-label: a top-1 item can share several classes with its query, so there is no confusion matrix")
-        return top1_confusion(self.evaluate(("map@1",)).counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"]))
+            raise ValueError(
+                f"{self.config.label()} is multi-label: a top-1 item can share several classes with its query, so there is no confusion matrix"
+            )
+        return top1_confusion(
+            self.evaluate(("map@1",)).counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"])
+        )
 
     def per_class(self, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
         from hashbench.evaluation.evaluate import per_class
@@ -336,16 +379,27 @@ class Cell:
 
         config = self.config
         method_cls = REGISTRY.get(config.method)
-        context = MethodContext(config.bits, len(self.class_names), len(self.codes()["database_ids"]), config.options, config.seed, config.image_size)
+        context = MethodContext(
+            config.bits,
+            len(self.class_names),
+            len(self.codes()["database_ids"]),
+            config.options,
+            config.seed,
+            config.image_size,
+        )
         network, _ = method_cls(context).build(config.run_backbone)  # random init: the cell's weights replace it
         model = self._check_model()
         try:
             state = torch.load(model, map_location="cpu", weights_only=True)
             network.load_state_dict(state)
         except FileNotFoundError:
-            raise CellError(f"{model} is missing: the cell's trained weights were not kept, so it cannot encode new images; re-run the cell with --force") from None
+            raise CellError(
+                f"{model} is missing: the cell's trained weights were not kept, so it cannot encode new images; re-run the cell with --force"
+            ) from None
         except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-            raise CellError(f"{model} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); re-run the cell with --force") from None
+            raise CellError(
+                f"{model} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); re-run the cell with --force"
+            ) from None
         return network.to(device).eval()
 
     def _check_model(self) -> Path:
@@ -393,7 +447,11 @@ class Cell:
         """Codes, weights, then the record with their checksums; a re-run's files are then moved into place, the record last."""
         atomic.atomic_write(self.work_path(CODES), lambda handle: np.savez_compressed(handle, **arrays))
         atomic.atomic_write(self.work_path(MODEL), save_model)
-        record = {**record, "codes_sha256": file_sha256(self.work_path(CODES)), "model_sha256": file_sha256(self.work_path(MODEL))}
+        record = {
+            **record,
+            "codes_sha256": file_sha256(self.work_path(CODES)),
+            "model_sha256": file_sha256(self.work_path(MODEL)),
+        }
         atomic.write_json(self.work_path(RECORD), record)
         self.work_path(CHECKPOINT).unlink(missing_ok=True)
         self._complete_replacement()
@@ -403,7 +461,9 @@ class Cell:
         """Move a complete re-run's files into place, the record last (safe to repeat after a kill at any point)."""
         staged = self.rerun_directory
         if not (staged / RECORD).exists():
-            if staged.is_dir() and not (staged / CHECKPOINT).exists():  # emptied by a replacement cut before its last step
+            if (
+                staged.is_dir() and not (staged / CHECKPOINT).exists()
+            ):  # emptied by a replacement cut before its last step
                 shutil.rmtree(staged, ignore_errors=True)
             return
         for name in RESULT_FILES:
@@ -475,7 +535,12 @@ class ResultsStore:
         """Every cell directory under the root (one that holds a config.json), in path order."""
         return [Cell(path.parent) for path in sorted(self.root.glob(f"*/*/*bits/seed*/{CONFIG}"))]
 
-    def table(self, dataset: str | None = None, methods: list[str] | None = None, statuses: tuple[str, ...] = ("finished", "failed", "damaged")) -> pd.DataFrame:
+    def table(
+        self,
+        dataset: str | None = None,
+        methods: list[str] | None = None,
+        statuses: tuple[str, ...] = ("finished", "failed", "damaged"),
+    ) -> pd.DataFrame:
         """One row per cell: its config, status, stored metrics and a note (failure, damage or collapse)."""
         rows = []
         for cell in self.cells():
@@ -485,7 +550,11 @@ class ResultsStore:
                 continue
             except CellError as exc:  # changed by a writer between two reads
                 row = _row(cell, "damaged", str(exc))
-            if row["status"] in statuses and (dataset is None or row["dataset"] == dataset) and (methods is None or row["method"] in methods):
+            if (
+                row["status"] in statuses
+                and (dataset is None or row["dataset"] == dataset)
+                and (methods is None or row["method"] in methods)
+            ):
                 rows.append(row)
         frame = pd.DataFrame(rows)
         if not frame.empty:
@@ -516,7 +585,9 @@ class ResultsStore:
         groups = chosen.groupby(["dataset", "dataset_fingerprint", "bits", "identity"])
         if groups.ngroups > 1:
             listed = "; ".join(f"{d} (data {f or 'unrecorded'}) {b} bits protocol {p}" for d, f, b, p in groups.groups)
-            raise ValueError(f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories")
+            raise ValueError(
+                f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories"
+            )
         return [Cell(d) for d in chosen["directory"]]
 
 
@@ -526,14 +597,44 @@ def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
         config = asdict(cell.config)
     except CellError:
         config = _config_from_path(cell.directory)
-    row = {**config, "status": status, "directory": str(cell.directory), "identity": cell.directory.name.rpartition("-")[2], "note": "", "pretrained": False}
+    row = {
+        **config,
+        "status": status,
+        "directory": str(cell.directory),
+        "identity": cell.directory.name.rpartition("-")[2],
+        "note": "",
+        "pretrained": False,
+    }
     if status == "finished":
         record = cell.record
         row.update(record["metrics"])
-        row.update(seconds=record.get("seconds"), origin=record.get("origin"), synthetic=record.get("synthetic", False), pretrained=cell.config.pretrained, split_description=record.get("split_description"), published_metric=record.get("published_metric"))
-        later_failure = cell.path(FAILURE).exists() and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
-        pending = "an interrupted re-run (--force) waits in .rerun/: this is the earlier result" if cell.rerun_pending() else ""
-        row["note"] = "; ".join(filter(None, [cell.collapse(), "a later re-run failed: this is the earlier result" if later_failure else "", pending]))
+        row.update(
+            seconds=record.get("seconds"),
+            origin=record.get("origin"),
+            synthetic=record.get("synthetic", False),
+            pretrained=cell.config.pretrained,
+            split_description=record.get("split_description"),
+            published_metric=record.get("published_metric"),
+        )
+        later_failure = (
+            cell.path(FAILURE).exists()
+            and cell.path(FAILURE).stat().st_mtime > cell.result_path(RECORD).stat().st_mtime
+        )
+        pending = (
+            "an interrupted re-run (--force) waits in .rerun/: this is the earlier result"
+            if cell.rerun_pending()
+            else ""
+        )
+        row["note"] = "; ".join(
+            filter(
+                None,
+                [
+                    cell.collapse(),
+                    "a later re-run failed: this is the earlier result" if later_failure else "",
+                    pending,
+                ],
+            )
+        )
     elif status == "failed":
         error = (cell.failure().get("error") or "unknown").splitlines()[0]
         row["note"] = f"failed: {error if len(error) <= 100 else error[:99] + '…'}"
@@ -546,7 +647,16 @@ def _config_from_path(directory: Path) -> dict[str, Any]:
     """What a cell's path says, for a cell whose config.json is damaged."""
     seed = directory.name.partition("-")[0].removeprefix("seed")
     bits = directory.parent.name.removesuffix("bits")
-    config = CellConfig(directory.parents[2].name, directory.parents[1].name, int(bits) if bits.isdigit() else 0, int(seed) if seed.isdigit() else -1, "?", 0, 0, "?")
+    config = CellConfig(
+        directory.parents[2].name,
+        directory.parents[1].name,
+        int(bits) if bits.isdigit() else 0,
+        int(seed) if seed.isdigit() else -1,
+        "?",
+        0,
+        0,
+        "?",
+    )
     return asdict(config)
 
 
@@ -554,4 +664,3 @@ def _describe_augment(values: dict[str, float] | None) -> str:
     from hashbench.training.augment import Augmentation
 
     return Augmentation.from_dict(values or {}).describe()
-

@@ -50,10 +50,14 @@ class Augmentation:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"augmentation {name}={value!r} is not a number; valid keys: {_valid_keys()}")
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"augmentation {name}={value!r} must be a finite number >= 0; valid keys: {_valid_keys()}")
+                raise ValueError(
+                    f"augmentation {name}={value!r} must be a finite number >= 0; valid keys: {_valid_keys()}"
+                )
             object.__setattr__(self, name, float(value))
         if self.scale >= 1:
-            raise ValueError(f"augmentation scale={self.scale!r} must be below 1: the smallest zoom factor is 1 - scale")
+            raise ValueError(
+                f"augmentation scale={self.scale!r} must be below 1: the smallest zoom factor is 1 - scale"
+            )
 
     @property
     def enabled(self) -> bool:
@@ -67,7 +71,9 @@ class Augmentation:
         """The inverse of ``to_dict``; unknown keys are errors, missing keys are off."""
         unknown = sorted(set(values) - set(_field_names()))
         if unknown:
-            raise ValueError(f"unknown augmentation key(s) {', '.join(map(repr, unknown))}; valid keys: {_valid_keys()}")
+            raise ValueError(
+                f"unknown augmentation key(s) {', '.join(map(repr, unknown))}; valid keys: {_valid_keys()}"
+            )
         return cls(**values)
 
     @classmethod
@@ -82,7 +88,9 @@ class Augmentation:
         for pair in spec.split(","):
             key, separator, value = (part.strip() for part in pair.partition("="))
             if not separator or not key:
-                raise ValueError(f"augmentation {pair.strip()!r} is not key=value; give none, paper or key=value pairs with valid keys: {_valid_keys()}")
+                raise ValueError(
+                    f"augmentation {pair.strip()!r} is not key=value; give none, paper or key=value pairs with valid keys: {_valid_keys()}"
+                )
             if key in values:
                 raise ValueError(f"augmentation key {key!r} given twice; valid keys: {_valid_keys()}")
             try:
@@ -145,7 +153,9 @@ def _uniform_signed(shape: tuple[int, ...], like: torch.Tensor, generator: torch
     return torch.rand(shape, generator=generator, device=like.device, dtype=like.dtype) * 2 - 1
 
 
-def _rotate_and_scale(x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator) -> torch.Tensor:
+def _rotate_and_scale(
+    x: torch.Tensor, max_degrees: float, max_scale: float, generator: torch.Generator
+) -> torch.Tensor:
     """One resampling per batch: each image rotated and zoomed about its centre, zeros outside."""
     batch, _, height, width = x.shape
     angle = torch.deg2rad(max_degrees * _uniform_signed((batch,), x, generator))
@@ -168,8 +178,12 @@ def _blur(x: torch.Tensor, max_sigma: float, generator: torch.Generator) -> torc
     radius = min(math.ceil(3 * max_sigma), height - 1, width - 1)  # reflect padding needs radius < size
     kernels = _gaussian_kernels(sigma, radius).repeat_interleave(channels, dim=0)  # (B*C, 2r+1)
     planes = x.reshape(1, batch * channels, height, width)
-    planes = F.conv2d(F.pad(planes, (radius, radius, 0, 0), mode="reflect"), kernels[:, None, None, :], groups=batch * channels)
-    planes = F.conv2d(F.pad(planes, (0, 0, radius, radius), mode="reflect"), kernels[:, None, :, None], groups=batch * channels)
+    planes = F.conv2d(
+        F.pad(planes, (radius, radius, 0, 0), mode="reflect"), kernels[:, None, None, :], groups=batch * channels
+    )
+    planes = F.conv2d(
+        F.pad(planes, (0, 0, radius, radius), mode="reflect"), kernels[:, None, :, None], groups=batch * channels
+    )
     return planes.reshape(batch, channels, height, width)
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hashbench.data.dataset import Dataset
+from hashbench.data.sides import class_ids
+from hashbench.model.method import MethodContext
+from hashbench.model.registry import REGISTRY
+from hashbench.runner.provenance import describe_device, peak_memory_mib, start_memory_watch
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION
-from hashbench.data.dataset import Dataset
-from hashbench.model.method import MethodContext
-from hashbench.runner.provenance import describe_device, peak_memory_mib, start_memory_watch
-from hashbench.model.registry import REGISTRY
-from hashbench.data.sides import class_ids
 
 PAPER_SLICES, PAPER_EPOCHS = 372_004, 50  # the paper's TCIA slices, and its epochs
 
@@ -64,7 +64,9 @@ def _synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def loading_rate(dataset: Dataset, device: torch.device, image_size: int, batch_size: int, images: int, seed: int = 0) -> float:
+def loading_rate(
+    dataset: Dataset, device: torch.device, image_size: int, batch_size: int, images: int, seed: int = 0
+) -> float:
     """Images/s from the memory-mapped cache to augmented, normalised device tensors, in random batches."""
     rng = np.random.default_rng(seed)
     ids = dataset.usable().index.to_numpy()
@@ -85,13 +87,22 @@ def loading_rate(dataset: Dataset, device: torch.device, image_size: int, batch_
 
 
 def measure(
-    dataset: Dataset, backbone: str, image_size: int, device: torch.device, method: str = "dafh", bits: int = 32,
-    batch_size: int | None = None, steps: int = 5, execution: engine.Execution = engine.Execution(),
+    dataset: Dataset,
+    backbone: str,
+    image_size: int,
+    device: torch.device,
+    method: str = "dafh",
+    bits: int = 32,
+    batch_size: int | None = None,
+    steps: int = 5,
+    execution: engine.Execution = engine.Execution(),
 ) -> Rates:
     """Loading, training and encoding rates for ``method`` on ``backbone`` at ``image_size``."""
     method_cls = REGISTRY.get(method)
     if getattr(method_cls, "fitted", False):
-        raise ValueError(f"{method} is training-free: bench measures training; name a trained method (dafh, hashnet, ...)")
+        raise ValueError(
+            f"{method} is training-free: bench measures training; name a trained method (dafh, hashnet, ...)"
+        )
     options, train = method_cls.resolve_options({})
     settings = method_cls.train.with_overrides({**train, **({"batch_size": batch_size} if batch_size else {})}, method)
     ids = dataset.usable().index.to_numpy()
@@ -107,8 +118,21 @@ def measure(
     source = engine.ImageSource(dataset.images, ids, device, in_memory=False)
     with tempfile.TemporaryDirectory(prefix="hashbench-bench-") as work:
         log = Path(work) / "log.jsonl"
-        engine.train(hasher, network, loss, source, engine.TrainData(ids, labels, len(names)), settings, 2, image_size, 0,
-                     Path(work) / "checkpoint.pt", log, augmentation=PAPER_AUGMENTATION, execution=execution)
+        engine.train(
+            hasher,
+            network,
+            loss,
+            source,
+            engine.TrainData(ids, labels, len(names)),
+            settings,
+            2,
+            image_size,
+            0,
+            Path(work) / "checkpoint.pt",
+            log,
+            augmentation=PAPER_AUGMENTATION,
+            execution=execution,
+        )
         second_epoch = json.loads(log.read_text().splitlines()[1])["seconds"]
     engine.encode(network, source, ids[: settings.batch_size], image_size, settings.batch_size, execution)  # warm-up
     _synchronise(device)
@@ -116,14 +140,34 @@ def measure(
     engine.encode(network, source, ids, image_size, settings.batch_size, execution)
     encoding = _rate(len(ids), time.perf_counter() - started)
     return Rates(
-        method, backbone, image_size, settings.batch_size, loading, _rate(per_epoch, second_epoch), encoding,
-        peak_memory_mib(device), describe_device(device), execution.describe(device),
+        method,
+        backbone,
+        image_size,
+        settings.batch_size,
+        loading,
+        _rate(per_epoch, second_epoch),
+        encoding,
+        peak_memory_mib(device),
+        describe_device(device),
+        execution.describe(device),
     )
 
 
 def to_json(rates: list[Rates], dataset: Dataset, slices: int, epochs: int) -> str:
-    return json.dumps({
-        "dataset": dataset.name, "synthetic": bool(dataset.manifest.get("synthetic", False)), "stored_size": dataset.image_size,
-        "projection": {"slices": slices, "epochs": epochs},
-        "rates": [{**asdict(rate), "loader_margin": rate.loader_margin, "projected_hours": rate.projected_hours(slices, epochs)} for rate in rates],
-    }, indent=1)
+    return json.dumps(
+        {
+            "dataset": dataset.name,
+            "synthetic": bool(dataset.manifest.get("synthetic", False)),
+            "stored_size": dataset.image_size,
+            "projection": {"slices": slices, "epochs": epochs},
+            "rates": [
+                {
+                    **asdict(rate),
+                    "loader_margin": rate.loader_margin,
+                    "projected_hours": rate.projected_hours(slices, epochs),
+                }
+                for rate in rates
+            ],
+        },
+        indent=1,
+    )

@@ -185,4 +185,6 @@ def wrap(network: nn.Module, device: torch.device) -> nn.Module:
         return network
     whole_batch_batch_norm(network)
     # static_graph: a plugin whose loss leaves some parameters unused (the same ones every step) still trains
-    return nn.parallel.DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True)
+    return nn.parallel.DistributedDataParallel(
+        network, device_ids=[device.index] if device.type == "cuda" else None, static_graph=True
+    )

@@ -33,12 +33,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from hashbench.files import atomic
-
+from hashbench.model.method import HashNetwork, Method, StepInfo, TrainSettings
 from hashbench.training import distributed
 from hashbench.training.augment import Augmentation, augment
-from hashbench.model.method import HashNetwork, Method, StepInfo, TrainSettings
 
-IMAGENET_MEAN, IMAGENET_STD = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+IMAGENET_MEAN, IMAGENET_STD = (
+    torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+    torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+)
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
 IN_MEMORY_LIMIT = 2 * 2**30
 
@@ -111,7 +113,13 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         yield item
 
 
-def to_input(batch: torch.Tensor, device: torch.device, image_size: int, augmentation: Augmentation | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def to_input(
+    batch: torch.Tensor,
+    device: torch.device,
+    image_size: int,
+    augmentation: Augmentation | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """uint8 (B, S, S) grey or (B, S, S, 3) colour -> normalised float (B, 3, size, size) on the device, augmented when given an augmentation."""
     x = batch.to(device, non_blocking=True).float().div_(255.0)
     x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)
@@ -145,28 +153,50 @@ class LrSchedule:
             return cls()
         match = cls.PATTERN.match(text)
         if not match or float(match["every"]) <= 0:
-            raise ValueError(f"lr_schedule={text} is not valid; use constant or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5, step:30ep:0.1, step:50%:0.1")
+            raise ValueError(
+                f"lr_schedule={text} is not valid; use constant or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5, step:30ep:0.1, step:50%:0.1"
+            )
         return cls(float(match["every"]), match["unit"], float(match["factor"]))
 
     def multiplier(self, step: int, steps_per_epoch: int, epochs: int) -> float:
         if not self.every:
             return 1.0
-        period = {"it": self.every, "ep": self.every * steps_per_epoch, "%": self.every / 100 * epochs * steps_per_epoch}[self.unit]
+        period = {
+            "it": self.every,
+            "ep": self.every * steps_per_epoch,
+            "%": self.every / 100 * epochs * steps_per_epoch,
+        }[self.unit]
         return self.factor ** (step // max(1, round(period)))
 
 
 def build_optimizer(network: HashNetwork, settings: TrainSettings) -> torch.optim.Optimizer:
     groups = [
-        {"params": [p for p in network.encoder.parameters() if p.requires_grad], "lr": settings.lr, "base_lr": settings.lr},
-        {"params": [p for p in network.head.parameters() if p.requires_grad], "lr": settings.lr * settings.head_lr_scale, "base_lr": settings.lr * settings.head_lr_scale},
+        {
+            "params": [p for p in network.encoder.parameters() if p.requires_grad],
+            "lr": settings.lr,
+            "base_lr": settings.lr,
+        },
+        {
+            "params": [p for p in network.head.parameters() if p.requires_grad],
+            "lr": settings.lr * settings.head_lr_scale,
+            "base_lr": settings.lr * settings.head_lr_scale,
+        },
     ]
     groups = [g for g in groups if g["params"]]
     if settings.optimizer == "adam":
         return torch.optim.Adam(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov, weight_decay=settings.weight_decay)
+        return torch.optim.SGD(
+            groups,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            nesterov=settings.nesterov,
+            weight_decay=settings.weight_decay,
+        )
     if settings.optimizer == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        return torch.optim.RMSprop(
+            groups, lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
     raise ValueError(f"unknown optimizer {settings.optimizer!r}; valid: adam, sgd, rmsprop")
 
 
@@ -219,7 +249,12 @@ class Execution:
     def describe(self, device: torch.device) -> dict[str, Any]:
         """What actually ran, for the record."""
         dtype = self.dtype(device)
-        return {"precision": str(dtype).removeprefix("torch.") if dtype else "float32", "gradient_scaler": dtype == torch.float16, "channels_last": self.nhwc(device), "compile": self.compile}
+        return {
+            "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+            "gradient_scaler": dtype == torch.float16,
+            "channels_last": self.nhwc(device),
+            "compile": self.compile,
+        }
 
     def autocast(self, device: torch.device):
         dtype = self.dtype(device)
@@ -259,7 +294,9 @@ def train(
     execution.prepare(network.to(device), device).train()
     loss_fn.to(device)
     if settings.batch_size < distributed.world_size():
-        raise ValueError(f"{method.name}: batch size {settings.batch_size} is smaller than the {distributed.world_size()} processes sharing each batch; raise it (--set batch_size=N)")
+        raise ValueError(
+            f"{method.name}: batch size {settings.batch_size} is smaller than the {distributed.world_size()} processes sharing each batch; raise it (--set batch_size=N)"
+        )
     model = distributed.wrap(network, device)
     if execution.compile:
         model = torch.compile(model, backend=execution.compile)
@@ -270,17 +307,34 @@ def train(
     steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
     first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
     progress = progress and distributed.is_main()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[terms]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[terms]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"{method.name} {method.bits} bits", total=epochs * steps_per_epoch, completed=first_epoch * steps_per_epoch, terms="")
+        task = bar.add_task(
+            f"{method.name} {method.bits} bits",
+            total=epochs * steps_per_epoch,
+            completed=first_epoch * steps_per_epoch,
+            terms="",
+        )
         for epoch in range(first_epoch, epochs):
             rng = np.random.default_rng([seed, epoch])
             torch.manual_seed(seed * 100_003 + epoch)
             augment_generator = torch.Generator(device=device).manual_seed(seed * 1_000_033 + epoch + 1)
             sums: dict[str, float] = {}
             started = time.perf_counter()
-            positions = list(method.batches(data.labels, settings.batch_size, rng))  # the whole batches, the same on every process
-            for step_in_epoch, (ids, batch) in enumerate(source.batches(data.ids[distributed.my_piece(p)] for p in positions)):
+            positions = list(
+                method.batches(data.labels, settings.batch_size, rng)
+            )  # the whole batches, the same on every process
+            for step_in_epoch, (ids, batch) in enumerate(
+                source.batches(data.ids[distributed.my_piece(p)] for p in positions)
+            ):
                 info = StepInfo(epoch, epoch * steps_per_epoch + step_in_epoch, steps_per_epoch, epochs)
                 method.schedule(network, info)
                 multiplier = schedule.multiplier(info.step, steps_per_epoch, epochs)
@@ -288,21 +342,34 @@ def train(
                     group["lr"] = group["base_lr"] * multiplier
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
                 with execution.autocast(device):
-                    output = model(execution.layout(to_input(batch, device, image_size, augmentation, augment_generator), device))
+                    output = model(
+                        execution.layout(to_input(batch, device, image_size, augmentation, augment_generator), device)
+                    )
                 sizes = distributed.piece_sizes(len(index))
-                output = type(output)(*(distributed.gather_rows(t.float(), sizes) if t is not None else None for t in output))
+                output = type(output)(
+                    *(distributed.gather_rows(t.float(), sizes) if t is not None else None for t in output)
+                )
                 terms = loss_fn(output, onehot[index], index, info)
                 total = sum(terms.values())
                 if not torch.isfinite(total):
-                    raise FloatingPointError(f"{method.name}: loss is {total.item()} at epoch {epoch}, step {step_in_epoch}; terms {({k: v.item() for k, v in terms.items()})}")
+                    raise FloatingPointError(
+                        f"{method.name}: loss is {total.item()} at epoch {epoch}, step {step_in_epoch}; terms { ({k: v.item() for k, v in terms.items()}) }"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
                 scaler.step(optimizer)
                 scaler.update()
                 for key, value in terms.items():
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
-                bar.update(task, advance=1, terms=" ".join(f"{k} {v / (step_in_epoch + 1):.3f}" for k, v in sums.items()))
-            record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - started, 3), "lr": optimizer.param_groups[0]["lr"], **{k: v / max(len(positions), 1) for k, v in sums.items()}}
+                bar.update(
+                    task, advance=1, terms=" ".join(f"{k} {v / (step_in_epoch + 1):.3f}" for k, v in sums.items())
+                )
+            record = {
+                "epoch": epoch + 1,
+                "seconds": round(time.perf_counter() - started, 3),
+                "lr": optimizer.param_groups[0]["lr"],
+                **{k: v / max(len(positions), 1) for k, v in sums.items()},
+            }
             if validate is not None:
                 record.update({f"validation {k}": v for k, v in validate(network).items()})
                 network.train()
@@ -312,16 +379,40 @@ def train(
                 _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
             if progress and not bar.console.is_terminal:  # a log file gets one line per epoch instead of a live bar
                 terms_text = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "lr"))
-                print(f"{method.name} {method.bits} bits: epoch {epoch + 1}/{epochs} in {record['seconds']:.1f} s, {terms_text}", file=sys.stderr, flush=True)
+                print(
+                    f"{method.name} {method.bits} bits: epoch {epoch + 1}/{epochs} in {record['seconds']:.1f} s, {terms_text}",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return first_epoch
 
 
-def _save(path: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, epochs_done: int, scaler: torch.amp.GradScaler | None = None) -> None:
-    state = {"epochs_done": epochs_done, "network": network.state_dict(), "loss": loss_fn.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {}}
+def _save(
+    path: Path,
+    network: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epochs_done: int,
+    scaler: torch.amp.GradScaler | None = None,
+) -> None:
+    state = {
+        "epochs_done": epochs_done,
+        "network": network.state_dict(),
+        "loss": loss_fn.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler else {},
+    }
     atomic.atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def _resume(path: Path | None, log: Path, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None) -> int:
+def _resume(
+    path: Path | None,
+    log: Path,
+    network: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None = None,
+) -> int:
     """Load the checkpoint (if any) and trim the log to the epochs it holds; returns the epochs done.
 
     A kill between an epoch's log line and its checkpoint would otherwise leave that epoch logged twice.
@@ -349,12 +440,27 @@ def _resume(path: Path | None, log: Path, network: nn.Module, loss_fn: nn.Module
 
 
 @torch.no_grad()
-def encode(network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int = 256, execution: Execution = Execution()) -> np.ndarray:
+def encode(
+    network: HashNetwork,
+    source: ImageSource,
+    ids: np.ndarray,
+    image_size: int,
+    batch_size: int = 256,
+    execution: Execution = Execution(),
+) -> np.ndarray:
     """Continuous codes (n, bits) for slices ``ids``, in that order."""
     return _outputs(lambda x: network(x).code, network, source, ids, image_size, batch_size, execution)
 
 
-def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, log: Path, execution: Execution = Execution()) -> None:
+def fit(
+    method,
+    network: HashNetwork,
+    source: ImageSource,
+    ids: np.ndarray,
+    image_size: int,
+    log: Path,
+    execution: Execution = Execution(),
+) -> None:
     """Fit a training-free method: its encoder's features of the training slices set its head's state; one log line."""
     started = time.perf_counter()
     network.to(source.device)
@@ -364,11 +470,29 @@ def fit(method, network: HashNetwork, source: ImageSource, ids: np.ndarray, imag
     if not distributed.is_main():
         return
     with open(log, "w") as handle:
-        handle.write(json.dumps({"epoch": 0, "seconds": round(time.perf_counter() - started, 3), "fitted_on": len(ids), "feature_dimensions": features.shape[1]}) + "\n")
+        handle.write(
+            json.dumps(
+                {
+                    "epoch": 0,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "fitted_on": len(ids),
+                    "feature_dimensions": features.shape[1],
+                }
+            )
+            + "\n"
+        )
 
 
 @torch.no_grad()
-def _outputs(function: Callable[[torch.Tensor], torch.Tensor], network: nn.Module, source: ImageSource, ids: np.ndarray, image_size: int, batch_size: int, execution: Execution) -> np.ndarray:
+def _outputs(
+    function: Callable[[torch.Tensor], torch.Tensor],
+    network: nn.Module,
+    source: ImageSource,
+    ids: np.ndarray,
+    image_size: int,
+    batch_size: int,
+    execution: Execution,
+) -> np.ndarray:
     execution.prepare(network, source.device).eval()
     shared = distributed.active() and len(ids) >= distributed.world_size()  # each process encodes its piece
     mine = distributed.my_piece(ids) if shared else ids
@@ -376,7 +500,13 @@ def _outputs(function: Callable[[torch.Tensor], torch.Tensor], network: nn.Modul
     outputs = []
     for _, batch in source.batches(chunks):
         with execution.autocast(source.device):
-            outputs.append(function(execution.layout(to_input(batch, source.device, image_size), source.device)).float().cpu())
+            outputs.append(
+                function(execution.layout(to_input(batch, source.device, image_size), source.device)).float().cpu()
+            )
     if shared:  # NCCL gathers device tensors, gloo host ones
-        return distributed.gather_rows(torch.cat(outputs).to(source.device), distributed.piece_sizes(len(ids))).cpu().numpy()
+        return (
+            distributed.gather_rows(torch.cat(outputs).to(source.device), distributed.piece_sizes(len(ids)))
+            .cpu()
+            .numpy()
+        )
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
