@@ -31,7 +31,7 @@ import numpy as np
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import NO_TAGS, colour_pixels
-from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.model.options import option
 
@@ -193,17 +193,18 @@ def ingest_cifar(
         "native_size": 32,
     }
     return ingest(
-        name,
-        "cifar",
-        root,
-        files,
-        destination,
-        options or ImageOptions(size=32, colour="rgb"),
-        False,
-        None,
-        workers,
-        progress,
-        extra,
+        IngestJob(
+            name,
+            "cifar",
+            root,
+            files,
+            destination,
+            options=options or ImageOptions(size=32, colour="rgb"),
+            clean=False,
+            workers=workers,
+            progress=progress,
+            extra_manifest=extra,
+        )
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
 from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, register_source
 from hashbench.model.options import option
 
@@ -150,7 +150,20 @@ def ingest_lists(
         },
         "default_split": "lists",
     }
-    return ingest(name, "lists", images, files, destination, options, False, None, workers, progress, extra)
+    return ingest(
+        IngestJob(
+            name,
+            "lists",
+            images,
+            files,
+            destination,
+            options=options,
+            clean=False,
+            workers=workers,
+            progress=progress,
+            extra_manifest=extra,
+        )
+    )
 
 
 def _missing_text(missing: list[str]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, WINDOW_HELP, Source, argument, register_source
 from hashbench.model.options import option
 
@@ -117,7 +117,21 @@ def ingest_tcia(
     if not files:
         raise FileNotFoundError(f"no DICOM files under {root} (looked for *.dcm and files with a DICM preamble)")
     extra = {"layouts": layouts, **(extra_manifest or {})}
-    return ingest(name, kind, root.resolve(), files, destination, options, clean, by_series, workers, progress, extra)
+    return ingest(
+        IngestJob(
+            name,
+            kind,
+            root.resolve(),
+            files,
+            destination,
+            options=options,
+            clean=clean,
+            series_metadata=by_series,
+            workers=workers,
+            progress=progress,
+            extra_manifest=extra,
+        )
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
 from hashbench.data.sources import COLOUR_HELP, SIZE_HELP, Source, argument, register_source
 from hashbench.model.options import option
 
@@ -69,17 +69,18 @@ class CsvSource(Source):
             "patients": "from the patient column" if with_patients else "one per image",
         }
         return ingest(
-            name,
-            self.name,
-            table.parent,
-            files,
-            destination,
-            options.image_options(),
-            False,
-            None,
-            workers,
-            progress,
-            extra,
+            IngestJob(
+                name,
+                self.name,
+                table.parent,
+                files,
+                destination,
+                options=options.image_options(),
+                clean=False,
+                workers=workers,
+                progress=progress,
+                extra_manifest=extra,
+            )
         )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:

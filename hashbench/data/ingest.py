@@ -106,33 +106,48 @@ class IngestResult:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
 
 
-def ingest(
-    name: str,
-    kind: str,
-    source: Path,
-    files: Iterable[SourceFile],
-    destination: Path,
-    options: ImageOptions = ImageOptions(),
-    clean: bool = True,
-    series_metadata: dict[str, dict[str, str]] | None = None,
-    workers: int | None = None,
-    progress: bool = False,
-    extra_manifest: dict | None = None,
-) -> IngestResult:
-    """Build or update the dataset ``destination/name`` from ``files``.
+@dataclass(frozen=True)
+class IngestJob:
+    """One build or update of a dataset: the files a source listed, how to decode them, and where the dataset goes.
 
-    ``series_metadata`` maps a SeriesInstanceUID to metadata.csv fields
-    (``collection``, ``modality``) for files whose folder moved.
+    ``series_metadata`` maps a SeriesInstanceUID to metadata.csv fields (``collection``, ``modality``) for files
+    whose folder moved; ``extra_manifest`` is what the source records beside the generic manifest.
     """
-    name = checked_name(name)
-    destination.mkdir(parents=True, exist_ok=True)
+
+    name: str
+    kind: str  # the source's registered name, recorded in the manifest
+    source: Path
+    files: Iterable[SourceFile]
+    destination: Path
+    options: ImageOptions = ImageOptions()
+    clean: bool = True
+    series_metadata: dict[str, dict[str, str]] | None = None
+    workers: int | None = None
+    progress: bool = False
+    extra_manifest: dict | None = None
+
+
+def ingest(job: IngestJob) -> IngestResult:
+    """Build or update the dataset ``job.destination/job.name`` from ``job.files``; one writer at a time per name."""
+    name = checked_name(job.name)
+    job.destination.mkdir(parents=True, exist_ok=True)
     with locks.exclusive(
-        destination / f".{name}@lock",
+        job.destination / f".{name}@lock",
         wait=True,
         on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr),
     ):
         return _ingest(
-            name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest
+            name,
+            job.kind,
+            job.source,
+            job.files,
+            job.destination,
+            job.options,
+            job.clean,
+            job.series_metadata,
+            job.workers,
+            job.progress,
+            job.extra_manifest,
         )
 
 

@@ -62,7 +62,7 @@ def run_cell(
         engine.fit(method, network, train_source, training.ids, config.image_size, cell.work_path(LOG), execution)
         resumed_from = 0
     else:
-        resumed_from = engine.train(
+        job = engine.TrainJob(
             method,
             network,
             loss,
@@ -74,11 +74,11 @@ def run_cell(
             config.seed,
             cell.work_path(CHECKPOINT),
             cell.work_path(LOG),
-            progress,
-            validate,
             spec.augmentation,
             execution,
+            validate,
         )
+        resumed_from = engine.train(job, progress)
     query_bits = binarize(encode(engine.ImageSource(images, query.ids, device), query.ids))
     database_embeddings = encode(database_source, database.ids)
     if not distributed.is_main():  # process 0 evaluates and writes

@@ -118,20 +118,24 @@ def measure(
     source = engine.ImageSource(dataset.images, ids, device, in_memory=False)
     with tempfile.TemporaryDirectory(prefix="hashbench-bench-") as work:
         log = Path(work) / "log.jsonl"
+        data = engine.TrainData(ids, labels, len(names))
+        checkpoint = Path(work) / "checkpoint.pt"
         engine.train(
-            hasher,
-            network,
-            loss,
-            source,
-            engine.TrainData(ids, labels, len(names)),
-            settings,
-            2,
-            image_size,
-            0,
-            Path(work) / "checkpoint.pt",
-            log,
-            augmentation=PAPER_AUGMENTATION,
-            execution=execution,
+            engine.TrainJob(
+                hasher,
+                network,
+                loss,
+                source,
+                data,
+                settings,
+                2,
+                image_size,
+                0,
+                checkpoint,
+                log,
+                PAPER_AUGMENTATION,
+                execution,
+            )
         )
         second_epoch = json.loads(log.read_text().splitlines()[1])["seconds"]
     engine.encode(network, source, ids[: settings.batch_size], image_size, settings.batch_size, execution)  # warm-up

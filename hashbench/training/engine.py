@@ -267,29 +267,42 @@ class Execution:
         return x.contiguous(memory_format=torch.channels_last) if self.nhwc(device) else x
 
 
-def train(
-    method: Method,
-    network: HashNetwork,
-    loss_fn: nn.Module,
-    source: ImageSource,
-    data: TrainData,
-    settings: TrainSettings,
-    epochs: int,
-    image_size: int,
-    seed: int,
-    checkpoint: Path,
-    log: Path,
-    progress: bool = False,
-    validate: Callable[[HashNetwork], dict[str, float]] | None = None,
-    augmentation: Augmentation | None = None,
-    execution: Execution = Execution(),
-) -> int:
-    """Train for ``epochs``, resuming from ``checkpoint`` if one is there; returns the epoch it started from.
+@dataclass(frozen=True)
+class TrainJob:
+    """One training run as the engine takes it: what trains, on which images, for how long, and where its state lives.
 
-    ``validate`` (optional) is called after every epoch and its numbers are logged;
-    they are for watching training, never for picking an epoch. ``augmentation``
-    applies to the training batches only.
+    ``validate`` (optional) is called after every epoch and its numbers are logged; they are for watching
+    training, never for picking an epoch. ``augmentation`` applies to the training batches only.
     """
+
+    method: Method
+    network: HashNetwork
+    loss: nn.Module
+    source: ImageSource
+    data: TrainData
+    settings: TrainSettings
+    epochs: int
+    image_size: int
+    seed: int
+    checkpoint: Path  # written after every epoch; a run finds it and resumes
+    log: Path  # one line of loss terms per epoch
+    augmentation: Augmentation | None = None
+    execution: Execution = Execution()
+    validate: Callable[[HashNetwork], dict[str, float]] | None = None
+
+
+def train(job: TrainJob, progress: bool = False) -> int:
+    """Train for ``job.epochs``, resuming from ``job.checkpoint`` if one is there; returns the epoch it started from."""
+    method, network, loss_fn, source, data, settings = (
+        job.method,
+        job.network,
+        job.loss,
+        job.source,
+        job.data,
+        job.settings,
+    )
+    epochs, image_size, seed, checkpoint, log = job.epochs, job.image_size, job.seed, job.checkpoint, job.log
+    augmentation, execution, validate = job.augmentation, job.execution, job.validate
     device = source.device
     execution.prepare(network.to(device), device).train()
     loss_fn.to(device)

@@ -115,7 +115,7 @@ def test_bad_folders_exit_2_with_the_reason(tmp_path, layout, message):
 def test_hashnet_and_dpsh_learn_real_handwritten_digits_far_above_chance(tmp_path, chance):
     """scikit-learn's digits (1,797 real scans, 10 classes) written as a folder tree, as the README shows."""
     spec = importlib.util.spec_from_file_location(
-        "digits_folder", Path(__file__).resolve().parent.parent / "examples" / "digits_folder.py"
+        "digits_folder", Path(__file__).resolve().parents[2] / "examples" / "digits_folder.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

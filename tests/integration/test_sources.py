@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.data.sources import SOURCES, DuplicateSourceError, Source, SourceRegistry, list_sources
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "my_source.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "my_source.py"
 runner = CliRunner()
 
 

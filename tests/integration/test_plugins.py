@@ -18,7 +18,7 @@ import pytest
 from hashbench.model.method import Method
 from hashbench.model.registry import DuplicateMethodError, Registry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HASHBENCH = str(Path(sys.executable).with_name("hashbench"))
 
 DEMO_MODULE = """

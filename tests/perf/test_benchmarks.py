@@ -111,19 +111,10 @@ def test_engine_overhead_against_a_plain_pytorch_loop(benchmark, default_phantom
         method, network, loss = fresh()
         for name in ("checkpoint.pt", "log.jsonl"):
             (tmp_path / name).unlink(missing_ok=True)
+        data = engine.TrainData(ids, labels, len(names))
+        checkpoint, log = tmp_path / "checkpoint.pt", tmp_path / "log.jsonl"
         engine.train(
-            method,
-            network,
-            loss,
-            source,
-            engine.TrainData(ids, labels, len(names)),
-            settings,
-            1,
-            64,
-            0,
-            tmp_path / "checkpoint.pt",
-            tmp_path / "log.jsonl",
-            augmentation=augmentation,
+            engine.TrainJob(method, network, loss, source, data, settings, 1, 64, 0, checkpoint, log, augmentation)
         )
 
     def plain(augmentation=None):

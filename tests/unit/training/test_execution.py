@@ -32,19 +32,11 @@ def train_dpsh(dataset, tmp_path, execution: engine.Execution, epochs: int = 2) 
     )
     checkpoint, log = tmp_path / f"{execution.precision}.pt", tmp_path / f"{execution.precision}.jsonl"
     source = engine.ImageSource(dataset.images, ids, torch.device("cpu"))
+    data = engine.TrainData(ids, labels, len(names))
     engine.train(
-        method,
-        network,
-        loss,
-        source,
-        engine.TrainData(ids, labels, len(names)),
-        settings,
-        epochs,
-        32,
-        0,
-        checkpoint,
-        log,
-        execution=execution,
+        engine.TrainJob(
+            method, network, loss, source, data, settings, epochs, 32, 0, checkpoint, log, execution=execution
+        )
     )
     return [json.loads(line) for line in log.read_text().splitlines()], torch.load(checkpoint, weights_only=True)
 

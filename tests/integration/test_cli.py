@@ -173,7 +173,7 @@ def test_a_plugin_flag_never_swallows_the_pattern_and_negative_seeds_are_refused
     from hashbench.cli import expand_multi_value_options
     from hashbench.model.registry import REGISTRY
 
-    example = Path(__file__).resolve().parent.parent / "examples" / "my_method.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "my_method.py"
     try:
         listed = runner.invoke(app, expand_multi_value_options(["list", "--plugin", str(example), "c*"]))
     finally:
@@ -205,7 +205,7 @@ def test_runs_go_to_runs_by_default_never_into_results():
     from hashbench.cli import DEFAULT_OUT
 
     assert DEFAULT_OUT == Path("runs")
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
     assert (
