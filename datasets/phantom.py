@@ -62,7 +62,7 @@ class Profile:
     blank_slice_rate: float = 0.2  # share of series that end in a blank (outlier) slice
 
 
-PROFILES = {
+PHANTOM_SIZES = {
     "tiny": Profile(patients_per_collection=3, slices_per_series=4, matrix=64),
     "default": Profile(patients_per_collection=8, slices_per_series=12, matrix=192),
     "large": Profile(patients_per_collection=40, slices_per_series=24, matrix=256),
@@ -156,9 +156,9 @@ METADATA_COLUMNS = [
 
 def generate(root: Path, profile: str = "default", seed: int = 0) -> Path:
     """Write the phantom download under ``root`` (skipped when already complete); returns it."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown phantom profile {profile!r}; valid: {', '.join(PROFILES)}")
-    stamp = {"generator": GENERATOR_VERSION, "profile": profile, "seed": seed, **asdict(PROFILES[profile])}
+    if profile not in PHANTOM_SIZES:
+        raise ValueError(f"unknown phantom profile {profile!r}; valid: {', '.join(PHANTOM_SIZES)}")
+    stamp = {"generator": GENERATOR_VERSION, "profile": profile, "seed": seed, **asdict(PHANTOM_SIZES[profile])}
     marker = root / "phantom.json"
     if marker.exists() and json.loads(marker.read_text()) == stamp:
         return root
@@ -166,9 +166,9 @@ def generate(root: Path, profile: str = "default", seed: int = 0) -> Path:
     root.mkdir(parents=True)
     rows = []
     for class_index, collection in enumerate(COLLECTIONS):
-        for patient_index in range(PROFILES[profile].patients_per_collection):
+        for patient_index in range(PHANTOM_SIZES[profile].patients_per_collection):
             rng = np.random.default_rng([seed, class_index, patient_index])
-            rows.extend(_write_patient(root, collection, patient_index, PROFILES[profile], rng, seed))
+            rows.extend(_write_patient(root, collection, patient_index, PHANTOM_SIZES[profile], rng, seed))
     with open(root / "metadata.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, METADATA_COLUMNS)
         writer.writeheader()
@@ -462,8 +462,8 @@ class PhantomOptions:
     size: int = option(224, SIZE_HELP)
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES:
-            raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PROFILES)}")
+        if self.profile not in PHANTOM_SIZES:
+            raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PHANTOM_SIZES)}")
         ImageOptions(size=self.size)
 
 

@@ -106,6 +106,7 @@ def ties_command(
 ) -> None:
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""
     from hashbench import api
+    from hashbench.evaluation.stored import cell_tie_diagnostics
     from hashbench.store.results import Cell
 
     cells = api.cells(out, dataset)
@@ -148,7 +149,7 @@ def ties_command(
         if row.status != "finished":
             table.add_row(*cell, row.note, *[""] * (len(columns) - 1))
             continue
-        found = Cell(row.directory).tie_diagnostics()
+        found = cell_tie_diagnostics(Cell(row.directory))
         table.add_row(
             *cell,
             *(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset as DicomHeader  # pydicom's parsed file (hashbench's own Dataset is a cache)
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, iter_pixels
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -82,7 +82,7 @@ class DicomSlices:
     frames: list[dict[str, str]] = field(default_factory=list)
 
 
-def read_dataset(data: bytes) -> Dataset:
+def read_dataset(data: bytes) -> DicomHeader:
     """Parse DICOM bytes, turning parser failures into skip reasons."""
     if not data:
         raise SkippedFile("empty file")
@@ -97,7 +97,7 @@ def read_dataset(data: bytes) -> Dataset:
         raise SkippedFile("unreadable DICOM header", f"{type(exc).__name__}: {exc}") from None
 
 
-def _without_file_header(data: bytes) -> Dataset | None:
+def _without_file_header(data: bytes) -> DicomHeader | None:
     """A DICOM data set stored without the Part-10 preamble and file meta (older writers do this), or None.
 
     Read with ``force``: taken only when it parses to an image (rows, columns and pixel data), so
@@ -119,7 +119,7 @@ def _without_file_header(data: bytes) -> Dataset | None:
     return None
 
 
-def ctp_collection(ds: Dataset) -> str:
+def ctp_collection(ds: DicomHeader) -> str:
     """TCIA's collection name from the CTP private block (0013,xx10), or ''."""
     try:
         value = ds.get_private_item(0x0013, 0x10, "CTP").value
@@ -130,7 +130,7 @@ def ctp_collection(ds: Dataset) -> str:
     return str(value).strip(" \x00")
 
 
-def header_fields(ds: Dataset) -> dict[str, str]:
+def header_fields(ds: DicomHeader) -> dict[str, str]:
     """The identifiers a slice keeps (empty where the file lacks them)."""
     return {
         "collection_tag": ctp_collection(ds),
@@ -223,7 +223,7 @@ def _undecodable(exc: Exception, ended_early: bool) -> SkippedFile:
     return SkippedFile("undecodable pixel data", f"{type(exc).__name__}: {exc}")
 
 
-def _frame_item(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+def _frame_item(ds: DicomHeader, index: int, sequence: str) -> DicomHeader | None:
     """Enhanced multi-frame objects keep rescale/window per frame in functional groups."""
     for groups in (ds.get("PerFrameFunctionalGroupsSequence"), ds.get("SharedFunctionalGroupsSequence")):
         if not groups:
@@ -241,7 +241,7 @@ def _first(value: Any) -> float:
     return float(value)
 
 
-def _rescaled(ds: Dataset, index: int, frame: np.ndarray) -> np.ndarray:
+def _rescaled(ds: DicomHeader, index: int, frame: np.ndarray) -> np.ndarray:
     """Modality LUT: stored values to physical units (HU for CT) via slope and intercept."""
     source = (
         ds
@@ -253,7 +253,7 @@ def _rescaled(ds: Dataset, index: int, frame: np.ndarray) -> np.ndarray:
     return frame.astype(np.float64) * slope + intercept
 
 
-def _window_tags(ds: Dataset, index: int) -> tuple[float, float] | None:
+def _window_tags(ds: DicomHeader, index: int) -> tuple[float, float] | None:
     source = ds if "WindowCenter" in ds and "WindowWidth" in ds else _frame_item(ds, index, "FrameVOILUTSequence")
     if source is None or "WindowCenter" not in source or "WindowWidth" not in source:
         return None
@@ -276,7 +276,7 @@ def _stretch(values: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.clip(np.rint((values - low) / (high - low) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _window(ds: Dataset, index: int, frame: np.ndarray, modality: str, options: ImageOptions) -> np.ndarray:
+def _window(ds: DicomHeader, index: int, frame: np.ndarray, modality: str, options: ImageOptions) -> np.ndarray:
     values = _rescaled(ds, index, frame)
     if options.window == "minmax":
         return _stretch(values, float(values.min()), float(values.max()))
@@ -290,7 +290,7 @@ def _window(ds: Dataset, index: int, frame: np.ndarray, modality: str, options: 
     return _stretch(values, float(low), float(high))
 
 
-def _to_grey(ds: Dataset, frame: np.ndarray, photometric: str) -> np.ndarray:
+def _to_grey(ds: DicomHeader, frame: np.ndarray, photometric: str) -> np.ndarray:
     """Colour frames to grey with BT.601 luma (pydicom already turned YBR into RGB)."""
     if photometric == "PALETTE COLOR":
         frame = apply_color_lut(frame, ds)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from hashbench.evaluation.evaluate import binarize, pack
+from hashbench.evaluation.stored import cell_collapse_note
+from hashbench.model.trained import load_trained_network
 from hashbench.store.results import Cell
 from hashbench.training import engine
 
@@ -63,8 +65,8 @@ class CellIndex:
                 f"the cell's {recorded}): its slice ids no longer name the same images. Re-run the cell on the current data."
             )
         self.device = engine.resolve_device(device)
-        self.network = cell.build_network(str(self.device))
-        self.collapse = cell.collapse()
+        self.network = load_trained_network(cell, str(self.device))
+        self.collapse = cell_collapse_note(cell)
         faiss = _faiss() if use_faiss is not False else None
         if use_faiss and faiss is None:
             raise ImportError("faiss is not installed: pip install faiss-cpu, or search without it")

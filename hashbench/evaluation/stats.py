@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hashbench.evaluation.stored import cell_collapse_note, cell_per_query
+
 ROUNDS = 2000
 BATCH = 256  # resampling rounds per vectorised step: bounds memory at BATCH x queries
 
@@ -130,13 +132,13 @@ def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> tuple[list[Cell
         if values[0] != values[1]:
             warnings.append(f"the sides differ in {name}: {', '.join(values[0])} vs {', '.join(values[1])}")
     for label, side in (("A", a), ("B", b)):
-        notes = sorted({cell.collapse() for cell in side} - {""})
+        notes = sorted({cell_collapse_note(cell) for cell in side} - {""})
         if notes:
             warnings.append(
                 f"{label} has dead bits ({'; '.join(notes)}): its scores are the tie order's as much as the model's"
             )
     rows = []
     for metric in metrics:
-        values = [np.stack([cell.per_query(metric) for cell in side]) for side in (a, b)]
+        values = [np.stack([cell_per_query(cell, metric) for cell in side]) for side in (a, b)]
         rows.append(CellComparison(metric, float(values[0].mean()), float(values[1].mean()), compare(*values)))
     return rows, warnings

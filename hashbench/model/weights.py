@@ -296,3 +296,14 @@ def cached_revision(source: WeightSource) -> str:
         if isinstance(path, str):
             return Path(path).parent.name  # .../snapshots/<commit>/<file>
     return ""
+
+
+def declared_backbones_ran(network: torch.nn.Module, declared: str, method: str) -> list[str]:
+    """The timm models ``network`` holds, checked against the `` + ``-joined ones the method declared: a cell's config says what ran."""
+    ran = architectures(network)
+    expected = [name.split(".")[0] for name in declared.split(" + ") if name]
+    if ran != expected:
+        raise RuntimeError(
+            f"{method} built {', '.join(ran) or 'no timm model'} but declared {declared}: its backbones() must list what build() creates"
+        )
+    return ran

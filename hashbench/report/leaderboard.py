@@ -23,6 +23,7 @@ import pandas as pd
 from hashbench.config.suites import Suite
 from hashbench.data import splits
 from hashbench.evaluation.stats import bootstrap_interval
+from hashbench.evaluation.stored import cell_per_query
 from hashbench.store.results import Cell, CellError
 
 COMPARISON_KEYS = (
@@ -59,7 +60,7 @@ def summarise(rows: pd.DataFrame, metric: str) -> str:
     for directory in finished["directory"]:
         try:
             cell = Cell(directory)
-            per_run.append(cell.per_query(metric))
+            per_run.append(cell_per_query(cell, metric))
             queries.append(cell.query_ids())
         except CellError as exc:
             problems.append(f"damaged: {exc}")
@@ -265,12 +266,22 @@ def _changed_options(rows: pd.DataFrame) -> str:
     return "; ".join(notes)
 
 
+def with_augment_text(cells: pd.DataFrame) -> pd.DataFrame:
+    """The cells with an ``augment_text`` column: each cell's augmentation as a caption says it (and compares it)."""
+    from hashbench.training.augment import Augmentation
+
+    if cells.empty or "augment_text" in cells:
+        return cells
+    return cells.assign(augment_text=[Augmentation.from_dict(a or {}).describe() for a in cells["augment"]])
+
+
 def _groups(cells: pd.DataFrame):
     """(rows with a 'row' label) per comparable group of cells.
 
     Runs of several split seeds share a table; runs of one split seed whose splits differ (another
     cleaning or split rule) do not.
     """
+    cells = with_augment_text(cells)
     for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
         consistent = rows.groupby("split_seed")["split_hash"].nunique().max() == 1
         for _, part in [(None, rows)] if consistent else rows.groupby("split_hash", sort=True):

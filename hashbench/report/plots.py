@@ -89,6 +89,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
     (``<stem>-pr.png`` and so on).
     """
+    from hashbench.evaluation.stored import cell_curves, cell_per_query
     from hashbench.store.results import Cell
 
     plt = _pyplot()
@@ -101,7 +102,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         method: f"{method} (dead bits)" if method in flagged else method for method in methods
     }  # a collapsed model's curve is not the model's
     curves = {
-        (m, b): [Cell(d).curves(PRECISION_CUTOFFS) for d in group["directory"]]
+        (m, b): [cell_curves(Cell(d), PRECISION_CUTOFFS) for d in group["directory"]]
         for (m, b), group in rows.groupby(["row", "bits"])
     }
     written = []
@@ -144,7 +145,8 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
             mine = rows[rows["row"] == method]
             present = [b for b in bits if (mine["bits"] == b).any()]
             per_run = [
-                [Cell(d).per_query(metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]] for b in present
+                [cell_per_query(Cell(d), metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]]
+                for b in present
             ]
             means, spread = [np.mean(v) for v in per_run], [np.std(v) for v in per_run]
             axis.errorbar(present, means, yerr=spread, marker="o", capsize=3, label=label[method])
@@ -167,16 +169,19 @@ def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[di
 
     Multi-label cells get the per-class table alone: a top-1 item may share several classes with its query.
     """
+    from hashbench.evaluation.stored import cell_collapse_note, cell_confusion, cell_per_class
+
     names, config = cell.class_names, cell.config
     synthetic = " (synthetic phantom data)" if cell.record.get("synthetic") else ""
-    flag = f" [{cell.collapse()}]" if cell.collapse() else ""
+    collapse = cell_collapse_note(cell)
+    flag = f" [{collapse}]" if collapse else ""
     directory.mkdir(parents=True, exist_ok=True)
-    by_class = cell.per_class(metrics)
+    by_class = cell_per_class(cell, metrics)
     if cell.multi_label:
         title = f"Per-class metrics: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag} (multi-label: a query counts in each of its classes; no confusion matrix)"
         (directory / "confusion.md").write_text(f"**{title}**\n\n" + per_class_markdown(by_class, names))
         return by_class, [directory / "confusion.md"]
-    matrix = cell.confusion()
+    matrix = cell_confusion(cell)
     title = (
         f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
     )

@@ -11,10 +11,10 @@ import torch
 
 from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, pack, tie_diagnostics
 from hashbench.files.digest import file_sha256
-from hashbench.model.weights import architectures, cached_revision
+from hashbench.model.weights import cached_revision, declared_backbones_ran
 from hashbench.runner.plan import CellSpec
 from hashbench.runner.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
-from hashbench.store.results import CHECKPOINT, LOG, Cell, CellConfig
+from hashbench.store.results import CHECKPOINT, LOG, Cell
 from hashbench.training import distributed, engine
 
 
@@ -38,7 +38,7 @@ def run_cell(
     engine.seed_everything(config.seed)
     method = spec.method(spec.context)
     network, loss = method.build(config.run_backbone)
-    ran = _check_backbones(config, architectures(network))
+    ran = declared_backbones_ran(network, config.backbone, config.method)
     train_source = engine.ImageSource(images, training.ids, device)
     database_source = (
         train_source if np.array_equal(training.ids, database.ids) else engine.ImageSource(images, database.ids, device)
@@ -143,14 +143,3 @@ def run_cell(
     }
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
     return result.metrics
-
-
-def _check_backbones(config: CellConfig, ran: list[str]) -> list[str]:
-    """The timm models the network holds must be the ones the method declared (the config says what ran)."""
-    declared = [name.split(".")[0] for name in config.backbone.split(" + ") if name]
-    if ran != declared:
-        built = ", ".join(ran) or "no timm model"
-        raise RuntimeError(
-            f"{config.method} built {built} but declared {config.backbone}: its backbones() must list what build() creates"
-        )
-    return ran

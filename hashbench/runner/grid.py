@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from hashbench.data.dataset import Dataset
+from hashbench.evaluation.stored import cell_collapse_note
 from hashbench.model.weights import ensure_available
 from hashbench.runner.cell import run_cell
 from hashbench.runner.plan import CellSpec, RunRequest, plan
@@ -151,7 +152,10 @@ def _attempt(
             torch.cuda.empty_cache()
         return CellOutcome(config, "failed", error=failure, note=note)
     return CellOutcome(
-        config, "done", metrics, note="; ".join(filter(None, [note, cell.collapse() if distributed.is_main() else ""]))
+        config,
+        "done",
+        metrics,
+        note="; ".join(filter(None, [note, cell_collapse_note(cell) if distributed.is_main() else ""])),
     )
 
 

@@ -23,7 +23,7 @@ from hashbench.model.registry import create_method, method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
 from hashbench.store.results import CellConfig
 from hashbench.training.augment import Augmentation
-from hashbench.training.engine import Execution, LrSchedule
+from hashbench.training.engine import Execution
 
 
 @dataclass
@@ -143,7 +143,6 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Ce
         user = {**request.overrides.get("*", {}), **request.overrides.get(name, {})}
         options, train = method.resolve_options(user)
         settings = method.train.with_overrides({**profile.train, **train}, name)
-        _check_schedule(name, settings)
         context = MethodContext(request.bits[0], len(split.class_names), len(split.training), options, 0, image_size)
         backbones = create_method(name, context).backbones(run_backbone)
         weights = {model: resolve(model, pretrained, files, default_model=run_backbone) for model in backbones}
@@ -201,11 +200,3 @@ def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]
         owner[position] = share
         loads[share] += cells[position].estimated_cost()
     return [cell for position, cell in enumerate(cells) if owner[position] == index]
-
-
-def _check_schedule(method: str, settings: TrainSettings) -> None:
-    """The one train setting whose validity is a grammar, not a type."""
-    try:
-        LrSchedule.parse(settings.lr_schedule)
-    except ValueError as exc:
-        raise ValueError(f"{method}.{exc}") from None

@@ -9,8 +9,8 @@
 - ``checkpoint.pt``   while training: model, optimiser and loss state after the last epoch
 - ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
                       the database's continuous codes (float16, for search), per-query metric
-                      values; any other metric is computed from the codes, so new metrics
-                      never need retraining
+                      values; any other metric is computed from the codes (by
+                      hashbench.evaluation.stored), so new metrics never need retraining
 - ``model.pt``        the trained weights
 - ``metrics.json``    the record: metrics, tie diagnostics, the evaluator's tie rule,
                       provenance (backbones that ran, weights, git, versions, device, time,
@@ -37,7 +37,6 @@ import copy
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import warnings
 import zipfile
@@ -158,7 +157,11 @@ def _read_codes(path: str, inode: int, mtime_ns: int, size: int) -> dict[str, np
 
 
 class Cell:
-    """One cell's directory: reads and writes every file in it, and what is derived from them."""
+    """One cell's directory: reads, verifies and writes every file in it.
+
+    Metrics recomputed from the stored codes are hashbench.evaluation.stored's; the trained network rebuilt from
+    model.pt is hashbench.model.trained's.
+    """
 
     def __init__(self, directory: Path | str):
         self.directory = Path(directory)
@@ -252,7 +255,7 @@ class Cell:
             if self.result_path(RECORD).exists():
                 self.codes()  # reads the record too
                 if check_model:
-                    self._check_model()
+                    self.verified_model_path()
         except CellError as exc:
             return str(exc)
         except FileNotFoundError:  # removed while we looked: not damaged, just not there
@@ -299,37 +302,15 @@ class Cell:
         """The tie rule the stored per-query values were computed with (cells from before: database index)."""
         return self.record.get("evaluation", {"tie_break": "index", "tie_seed": 0})
 
-    def evaluate(self, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = ()):
-        """Metrics recomputed from the stored codes, under the current tie rule."""
-        from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, evaluate_packed
-
-        codes = self.codes()
-        return evaluate_packed(
-            codes["query_codes"],
-            codes["query_labels"],
-            codes["database_codes"],
-            codes["database_labels"],
-            int(codes["bits"]),
-            metrics,
-            curve_cutoffs=curve_cutoffs,
-            **DEFAULT_TIE_RULE,
-        )
-
-    def per_query(self, metric: str) -> np.ndarray:
-        """Per-query values of ``metric``: stored when they were computed under the current tie rule, else from the codes."""
-        return _per_query(self, metric.lower(), *file_version(self.result_path(CODES)))
-
-    def tie_diagnostics(self) -> dict[str, float]:
-        """As recorded at the end of training, or computed from the codes for cells that did not record them."""
-        from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, tie_diagnostics
-
-        if "ties" in self.record and self.evaluation_rule() == DEFAULT_TIE_RULE:
-            return self.record["ties"]
-        return tie_diagnostics(self.evaluate(("map@1",)).counts, self.database_bits())
-
-    def collapse(self) -> str:
-        """'' for healthy codes; else what is dead: a collapsed cell's score is not a plain score."""
-        return collapse_note(int(self.tie_diagnostics()["dead_bits"]), self.config.bits)
+    def dead_bits(self) -> int:
+        """Bits constant over the whole database: as the record says, or counted in the stored codes for cells from
+        before the record held it (the count does not depend on any tie rule)."""
+        ties = self.record.get("ties")
+        recorded = ties.get("dead_bits") if isinstance(ties, dict) else None
+        if recorded is not None:
+            return int(recorded)
+        database = self.database_bits()
+        return int((~database.any(axis=0) | database.all(axis=0)).sum())
 
     def changed_since(self, name: str, moment: float) -> bool:
         """Whether file ``name`` was written at or after ``moment`` (a time.time()): by another process during this sweep."""
@@ -342,68 +323,9 @@ class Cell:
     def multi_label(self) -> bool:
         return self.codes()["query_labels"].ndim == 2
 
-    def confusion(self) -> np.ndarray:
-        """(C, C) counts of query class against the class of its top-1 item (the paper's Figure 3)."""
-        from hashbench.evaluation.evaluate import top1_confusion
-
-        codes = self.codes()
-        if self.multi_label:
-            raise ValueError(
-                f"{self.config.label()} is multi-label: a top-1 item can share several classes with its query, so there is no confusion matrix"
-            )
-        return top1_confusion(
-            self.evaluate(("map@1",)).counts, codes["query_labels"], codes["database_labels"], len(codes["class_names"])
-        )
-
-    def per_class(self, metrics: tuple[str, ...]) -> dict[str, dict[str, float]]:
-        from hashbench.evaluation.evaluate import per_class
-
-        labels = self.codes()["query_labels"]
-        return {metric: per_class(self.per_query(metric), labels, self.class_names) for metric in metrics}
-
-    def curves(self, cutoffs: tuple[int, ...]) -> dict[str, np.ndarray]:
-        """PR curve by Hamming radius and P@k at ``cutoffs`` (those within the database)."""
-        from hashbench.evaluation.evaluate import pr_by_radius, precision_curve
-
-        ks = tuple(k for k in cutoffs if k <= len(self.codes()["database_codes"]))
-        counts = self.evaluate((), curve_cutoffs=ks).counts
-        precision, recall = pr_by_radius(counts)
-        return {"precision": precision, "recall": recall, "ks": np.array(ks), "p_at_k": precision_curve(counts, ks)}
-
-    def build_network(self, device: str = "cpu"):
-        """The trained network, rebuilt from the config and loaded from model.pt (weights only, never code)."""
-        import torch
-
-        from hashbench.model.method import MethodContext
-        from hashbench.model.registry import REGISTRY
-
-        config = self.config
-        method_cls = REGISTRY.get(config.method)
-        context = MethodContext(
-            config.bits,
-            len(self.class_names),
-            len(self.codes()["database_ids"]),
-            config.options,
-            config.seed,
-            config.image_size,
-        )
-        network, _ = method_cls(context).build(config.run_backbone)  # random init: the cell's weights replace it
-        model = self._check_model()
-        try:
-            state = torch.load(model, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-        except FileNotFoundError:
-            raise CellError(
-                f"{model} is missing: the cell's trained weights were not kept, so it cannot encode new images; re-run the cell with --force"
-            ) from None
-        except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as exc:
-            raise CellError(
-                f"{model} cannot be loaded ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); re-run the cell with --force"
-            ) from None
-        return network.to(device).eval()
-
-    def _check_model(self) -> Path:
-        """model.pt against the record's checksum; a missing one is not damage (weights are often not kept, e.g. in git)."""
+    def verified_model_path(self) -> Path:
+        """Where model.pt is, checked against the record's checksum; a missing one is not damage (weights are often
+        not kept, e.g. in git), so the path may not exist: whoever loads it says so."""
         model = self.result_path(MODEL)
         expected = self.record.get("model_sha256")
         if expected and model.exists() and file_sha256(model) != expected:
@@ -512,16 +434,6 @@ def collapse_note(dead_bits: int, bits: int) -> str:
     return f"partly collapsed: {dead_bits}/{bits} dead bits" if dead_bits else ""
 
 
-@lru_cache(maxsize=512)
-def _per_query(cell: Cell, metric: str, path: str, inode: int, mtime_ns: int, size: int) -> np.ndarray:
-    from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE
-
-    stored = cell.codes().get(f"per_query/{metric}")
-    if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE:
-        return stored
-    return cell.evaluate((metric,)).per_query[metric]
-
-
 class ResultsStore:
     """All cells under one results root."""
 
@@ -558,7 +470,6 @@ class ResultsStore:
                 rows.append(row)
         frame = pd.DataFrame(rows)
         if not frame.empty:
-            frame["augment_text"] = [_describe_augment(a) for a in frame["augment"]]
             frame["synthetic"] = frame.get("synthetic", pd.Series(False, index=frame.index)).fillna(False).astype(bool)
         return frame
 
@@ -629,7 +540,7 @@ def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
             filter(
                 None,
                 [
-                    cell.collapse(),
+                    collapse_note(cell.dead_bits(), cell.config.bits),
                     "a later re-run failed: this is the earlier result" if later_failure else "",
                     pending,
                 ],
@@ -658,9 +569,3 @@ def _config_from_path(directory: Path) -> dict[str, Any]:
         "?",
     )
     return asdict(config)
-
-
-def _describe_augment(values: dict[str, float] | None) -> str:
-    from hashbench.training.augment import Augmentation
-
-    return Augmentation.from_dict(values or {}).describe()

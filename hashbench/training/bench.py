@@ -22,7 +22,7 @@ import torch
 from hashbench.data.dataset import Dataset
 from hashbench.data.sides import class_ids
 from hashbench.model.method import MethodContext
-from hashbench.model.registry import REGISTRY
+from hashbench.model.registry import create_method, method_class
 from hashbench.runner.provenance import describe_device, peak_memory_mib, start_memory_watch
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION
@@ -98,7 +98,7 @@ def measure(
     execution: engine.Execution = engine.Execution(),
 ) -> Rates:
     """Loading, training and encoding rates for ``method`` on ``backbone`` at ``image_size``."""
-    method_cls = REGISTRY.get(method)
+    method_cls = method_class(method)
     if getattr(method_cls, "fitted", False):
         raise ValueError(
             f"{method} is training-free: bench measures training; name a trained method (dafh, hashnet, ...)"
@@ -112,7 +112,7 @@ def measure(
     loading = loading_rate(dataset, device, image_size, settings.batch_size, len(ids))
 
     engine.seed_everything(0)
-    hasher = method_cls(MethodContext(bits, len(names), len(ids), options, 0, image_size))
+    hasher = create_method(method, MethodContext(bits, len(names), len(ids), options, 0, image_size))
     network, loss = hasher.build(backbone)
     per_epoch = sum(len(batch) for batch in hasher.batches(labels, settings.batch_size, np.random.default_rng(0)))
     source = engine.ImageSource(dataset.images, ids, device, in_memory=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import queue
 import random
-import re
 import sys
 import threading
 import time
@@ -33,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from hashbench.files import atomic
-from hashbench.model.method import HashNetwork, Method, StepInfo, TrainSettings
+from hashbench.model.method import HashNetwork, LrSchedule, Method, StepInfo, TrainSettings
 from hashbench.training import distributed
 from hashbench.training.augment import Augmentation, augment
 
@@ -130,43 +129,6 @@ def to_input(
     if x.shape[1] == 3:
         return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
     return ((x - GREY_MEAN) / GREY_STD).expand(-1, 3, -1, -1)
-
-
-@dataclass(frozen=True)
-class LrSchedule:
-    """The learning rate as a function of the global step: constant, or times ``factor`` every ``every`` units.
-
-    Written ``constant`` or ``step:<every><unit>:<factor>`` with unit ``it`` (iterations), ``ep``
-    (epochs) or ``%`` (of all training steps): HashNet's authors ``step:2000it:0.5``, DPN's
-    ``step:50%:0.1`` (x0.1 at half the epochs). Stateless, so a resumed cell follows it exactly.
-    """
-
-    every: float = 0.0
-    unit: str = "it"
-    factor: float = 1.0
-
-    PATTERN = re.compile(r"^step:(?P<every>\d+(?:\.\d+)?)(?P<unit>it|ep|%):(?P<factor>\d+(?:\.\d+)?(?:e-?\d+)?)$")
-
-    @classmethod
-    def parse(cls, text: str) -> "LrSchedule":
-        if text == "constant":
-            return cls()
-        match = cls.PATTERN.match(text)
-        if not match or float(match["every"]) <= 0:
-            raise ValueError(
-                f"lr_schedule={text} is not valid; use constant or step:<every><it|ep|%>:<factor>, e.g. step:2000it:0.5, step:30ep:0.1, step:50%:0.1"
-            )
-        return cls(float(match["every"]), match["unit"], float(match["factor"]))
-
-    def multiplier(self, step: int, steps_per_epoch: int, epochs: int) -> float:
-        if not self.every:
-            return 1.0
-        period = {
-            "it": self.every,
-            "ep": self.every * steps_per_epoch,
-            "%": self.every / 100 * epochs * steps_per_epoch,
-        }[self.unit]
-        return self.factor ** (step // max(1, round(period)))
 
 
 def build_optimizer(network: HashNetwork, settings: TrainSettings) -> torch.optim.Optimizer:

@@ -12,6 +12,7 @@ import pytest
 from hashbench.api import RunRequest, run_grid
 from hashbench.evaluation.evaluate import evaluate
 from hashbench.evaluation.stats import bootstrap_interval
+from hashbench.evaluation.stored import cell_per_query
 from hashbench.model.registry import REGISTRY
 from hashbench.report import leaderboard
 from hashbench.store.results import Cell, ResultsStore
@@ -109,7 +110,7 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
     assert list(board.table.columns) == ["8 bits", "16 bits"] and list(board.table.index) == ["dpn"]
     values = [o.metrics["map@10"] for o in outcomes if o.config.bits == 8]
     per_seed = np.stack(
-        [Cell(o.config.directory(tmp_path)).per_query("map@10") for o in outcomes if o.config.bits == 8]
+        [cell_per_query(Cell(o.config.directory(tmp_path)), "map@10") for o in outcomes if o.config.bits == 8]
     )
     np.testing.assert_allclose(per_seed.mean(axis=1), values, atol=1e-12)  # the stored per-query values are the cell's
     low, high = bootstrap_interval(per_seed)

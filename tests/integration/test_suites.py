@@ -103,9 +103,10 @@ def test_confusion_matrix_of_a_cell_matches_its_map_at_1(table3_cells):
     )
     # per-class rows: each class's share of the diagonal is its MAP@1, and the classes' MAP@10 average back to the cell's
     from hashbench.evaluation.evaluate import per_class
+    from hashbench.evaluation.stored import cell_per_query
 
     names = [str(n) for n in codes["class_names"]]
-    by_class = per_class(Cell(directory).per_query("map@10"), codes["query_labels"], names)
+    by_class = per_class(cell_per_query(Cell(directory), "map@10"), codes["query_labels"], names)
     counts = np.bincount(codes["query_labels"], minlength=len(names))
     overall = sum(by_class[n] * counts[i] for i, n in enumerate(names) if n in by_class) / counts.sum()
     assert overall == pytest.approx(

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from hashbench.api import RunRequest, run_grid
 from hashbench.cli import app, expand_multi_value_options
+from hashbench.model.trained import load_trained_network
 from hashbench.report import leaderboard
 from hashbench.store.results import Cell, CellError, ResultsStore
 from hashbench.training import engine
@@ -451,7 +452,7 @@ def test_each_damaged_cell_file_is_reported_by_readers_and_retrained_by_run(five
         table.loc[4, "status"] == "finished" and table.loc[3, "status"] == "finished"
     )  # readers of metrics never need model.pt
     with pytest.raises(CellError, match=re.escape(str(directory[3] / "model.pt"))):
-        Cell(directory[3]).build_network()
+        load_trained_network(Cell(directory[3]))
     board = leaderboard.build(ResultsStore(out).table(), ("map@10",))[0].table
     assert "damaged" in board.loc["dpn", "8 bits"] or "(n=2" in board.loc["dpn", "8 bits"]
 

@@ -9,6 +9,7 @@ from hashbench.api import RunRequest, run_grid
 from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, evaluate, parse_metric
 from hashbench.evaluation.metrics import METRICS, MetricFamily
 from hashbench.evaluation.ranking import tie_order
+from hashbench.evaluation.stored import cell_per_query
 from hashbench.report import leaderboard
 from hashbench.store.results import Cell, ResultsStore
 
@@ -78,7 +79,7 @@ def test_a_new_metric_appears_in_the_leaderboard_from_the_stored_codes(hits_metr
     assert value.startswith(f"{np.mean(expected):.3f} [")
     markdown = leaderboard.to_markdown(boards)
     assert "### HITS@10\n" in markdown and f"| lsh (training-free) | {value} |" in markdown
-    np.testing.assert_array_equal(cell.per_query("hits@10"), expected)
+    np.testing.assert_array_equal(cell_per_query(cell, "hits@10"), expected)
 
 
 def test_the_unknown_metric_message_lists_the_table(hits_metric):

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from hashbench.api import RunRequest, run_grid
+from hashbench.model.method import LrSchedule
+from hashbench.model.trained import load_trained_network
 from hashbench.store.results import Cell
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation
@@ -53,7 +55,7 @@ def test_training_batches_are_augmented_and_queries_and_database_never(tiny_phan
     assert all(size == batch and changed for size, changed in calls)
     assert cell.config.augment == PAPER_AUGMENTATION.to_dict()
     # the stored database codes are those of the plain images
-    network = cell.build_network("cpu")
+    network = load_trained_network(cell, "cpu")
     ids = cell.codes()["database_ids"]
     plain = engine.encode(
         network, engine.ImageSource(dataset.images, ids, torch.device("cpu")), ids, cell.config.image_size
@@ -71,14 +73,14 @@ def test_training_batches_are_augmented_and_queries_and_database_never(tiny_phan
     ],
 )
 def test_learning_rate_schedules(text, steps, expected):
-    schedule = engine.LrSchedule.parse(text)
+    schedule = LrSchedule.parse(text)
     assert [schedule.multiplier(step, 10, 10) for step in steps] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("text", ["step:0it:0.5", "step:10:0.5", "cosine", "step:10it"])
 def test_a_bad_schedule_names_the_valid_forms(text):
     with pytest.raises(ValueError, match="constant or step:<every><it|ep|%>:<factor>"):
-        engine.LrSchedule.parse(text)
+        LrSchedule.parse(text)
 
 
 def test_the_engine_follows_the_schedule_and_a_resume_keeps_one_log_line_per_epoch(tiny_phantom, tmp_path):
