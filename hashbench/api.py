@@ -106,7 +106,7 @@ def methods_and_bits(
 
 def plan(request: RunRequest, dataset: Dataset, device: torch.device | str | None = None) -> list[CellSpec]:
     """Every cell of ``request`` resolved and validated (ValueError on anything invalid); nothing is written."""
-    return plan_cells(request, dataset, resolve_device(str(device) if device is not None else request.device))
+    return plan_cells(request, dataset, None if device is None else resolve_device(str(device)))
 
 
 def suite(name: str | None, with_baselines: bool = False) -> Suite | None:

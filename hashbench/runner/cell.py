@@ -14,14 +14,17 @@ from hashbench.files.digest import file_sha256
 from hashbench.model.weights import cached_revision, declared_backbones_ran
 from hashbench.runner.plan import CellSpec
 from hashbench.runner.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
-from hashbench.store.results import CHECKPOINT, LOG, Cell
+from hashbench.store.results import CHECKPOINT, LOG, Cell, collapse_note
 from hashbench.training import distributed, engine
 
 
 def run_cell(
     spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cell, progress: bool = False, replace: bool = False
-) -> dict[str, float]:
-    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics.
+) -> tuple[dict[str, float], str]:
+    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics and its collapse note.
+
+    The note is '' for healthy codes, else what is dead (a collapsed cell's score is not a plain score); both are
+    empty on every process of a torchrun group but the first, which alone evaluates.
 
     ``replace``: a finished cell trained again, its result replaced only when done.
     """
@@ -82,7 +85,7 @@ def run_cell(
     query_bits = binarize(encode(engine.ImageSource(images, query.ids, device), query.ids))
     database_embeddings = encode(database_source, database.ids)
     if not distributed.is_main():  # process 0 evaluates and writes
-        return {}
+        return {}, ""
     epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     database_bits = binarize(database_embeddings)
     result = evaluate(
@@ -141,5 +144,6 @@ def run_cell(
         "published_metric": split.published_metric,
         "classes": list(split.class_names),
     }
+    collapse = collapse_note(record["ties"]["dead_bits"], config.bits)
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
-    return result.metrics
+    return result.metrics, collapse

@@ -23,14 +23,12 @@ from typing import Callable
 import torch
 
 from hashbench.data.dataset import Dataset
-from hashbench.evaluation.stored import cell_collapse_note
 from hashbench.model.weights import ensure_available
 from hashbench.runner.cell import run_cell
 from hashbench.runner.plan import CellSpec, RunRequest, plan
 from hashbench.runner.provenance import git_state
 from hashbench.store.results import FAILURE, RECORD, Cell, CellConfig, ResultsStore
 from hashbench.training import distributed
-from hashbench.training.engine import resolve_device
 
 
 @dataclass
@@ -53,33 +51,33 @@ def run_grid(
     sweep_start = time.time()
     git_state.cache_clear()  # the code as this sweep starts is what its cells record
     git_state()
-    device = resolve_device(request.device)
-    planned = plan(request, dataset, device)
+    planned = plan(request, dataset)
     if distributed.launched() and request.shard:
         raise ValueError(
             "--shard spreads cells over machines, torchrun spreads one cell over processes: use one or the other"
         )
-    return run_planned(planned, dataset, Path(out), device, request.force, progress, on_cell, sweep_start)
+    return run_planned(planned, dataset, Path(out), request.force, progress, on_cell, sweep_start)
 
 
 def run_planned(
     planned: list[CellSpec],
     dataset: Dataset,
     out: Path,
-    device: torch.device,
     force: bool = False,
     progress: bool = False,
     on_cell: Callable[[CellOutcome], None] | None = None,
     sweep_start: float | None = None,
 ) -> list[CellOutcome]:
     """Run the cells of a plan into the results root ``out``: cells another process holds are taken last, waiting for them."""
+    if not planned:  # an empty share of a sharded grid
+        return []
     sweep_start = time.time() if sweep_start is None else sweep_start
     if (
         not distributed.follower()
     ):  # under torchrun the first process downloads; the others wait for it to join the group below
         ensure_available({source for spec in planned for source in spec.weights.values()})
     _check_writable(out)
-    device = distributed.start(device)
+    device = distributed.start(planned[0].device)  # under torchrun: this process's own device of that type
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
 
@@ -139,7 +137,7 @@ def _attempt(
             return decision
         replace, note = decision
         try:
-            metrics = run_cell(spec, dataset.images, device, cell, progress, replace)
+            metrics, collapse = run_cell(spec, dataset.images, device, cell, progress, replace)
             failure = None
         except KeyboardInterrupt:
             raise
@@ -155,7 +153,7 @@ def _attempt(
         config,
         "done",
         metrics,
-        note="; ".join(filter(None, [note, cell_collapse_note(cell) if distributed.is_main() else ""])),
+        note="; ".join(filter(None, [note, collapse])),
     )
 
 

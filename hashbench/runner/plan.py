@@ -23,7 +23,7 @@ from hashbench.model.registry import create_method, method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
 from hashbench.store.results import CellConfig
 from hashbench.training.augment import Augmentation
-from hashbench.training.engine import Execution
+from hashbench.training.engine import Execution, resolve_device
 
 
 @dataclass
@@ -65,6 +65,7 @@ class CellSpec:
     metrics: tuple[str, ...]  # computed and stored: the stored set, the protocol's published metric, the requested ones
     execution: Execution
     synthetic: bool  # the dataset is generated (records and captions say so)
+    device: torch.device  # where the cell trains, encodes and ranks (under torchrun, each process its own of this type)
 
     @property
     def context(self) -> MethodContext:
@@ -106,8 +107,12 @@ class CellSpec:
         }
 
 
-def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[CellSpec]:
-    """Every cell's full specification; raises ValueError (or the registry's errors) on anything invalid. Writes no cell."""
+def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = None) -> list[CellSpec]:
+    """Every cell's full specification; raises ValueError (or the registry's errors) on anything invalid. Writes no cell.
+
+    ``device``: where the cells will run; by default the request's (``auto``: CUDA when present).
+    """
+    device = resolve_device(request.device) if device is None else device
     profile_name = request.profile or default_profile(bool(dataset.manifest.get("synthetic")), device.type)
     profile = get_profile(profile_name)
     epochs = profile.epochs if request.epochs is None else request.epochs
@@ -170,7 +175,16 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device) -> list[Ce
                 )
                 cells.append(
                     CellSpec(
-                        config, method, settings, weights, split, augmentation, metrics, request.execution, synthetic
+                        config,
+                        method,
+                        settings,
+                        weights,
+                        split,
+                        augmentation,
+                        metrics,
+                        request.execution,
+                        synthetic,
+                        device,
                     )
                 )
     unused = (

@@ -92,7 +92,7 @@ def test_a_method_learns_colour_only_classes_on_a_small_cifar_and_reports_map_at
         and "partial CIFAR-10" in dataset.describe_split("official")
     )
     request = RunRequest(["dpsh"], [16], dataset="tinycifar", epochs=6, profile="quick")
-    planned = plan(request, dataset, __import__("torch").device("cpu"))
+    planned = plan(request, dataset, "cpu")
     assert planned[0].config.image_size == 32  # the stored size, not the quick profile's 64
     outcome = run_grid(request, dataset, tmp_path / "runs")[0]
     assert outcome.status == "done", outcome.error
