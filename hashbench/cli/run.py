@@ -213,9 +213,8 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def _report_cell(outcome, metrics: List[str]) -> None:
     label = outcome.config.label()
-    note = (
-        f" [yellow]({outcome.note})[/yellow]" if outcome.note and outcome.status != "skipped" else ""
-    )  # collapse, damage, another process
+    # the note says why a cell is special: collapse, damage, another process
+    note = f" [yellow]({outcome.note})[/yellow]" if outcome.note and outcome.status != "skipped" else ""
     if outcome.status == "done":
         shown = ", ".join(f"{k} {outcome.metrics[k]:.3f}" for k in metrics if k in outcome.metrics)
         console.print(f"[green]done[/green] {label}: {shown}{note}")

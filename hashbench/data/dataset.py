@@ -105,9 +105,8 @@ class Manifest:
     patients: str = ""  # how patients were found ("one per image" for image files)
     notices: tuple[str, ...] = ()  # what a user must know about the data, said at ingest
     unlabelled_files: tuple[str, ...] = ()  # images left out for want of a class folder
-    stored: dict = field(
-        default_factory=dict
-    )  # every key as stored, a source's own ones included (phantom, lists, file)
+    # every key as stored, a source's own ones included (phantom, lists, file)
+    stored: dict = field(default_factory=dict)
 
 
 def read_manifest(stored: dict) -> Manifest:

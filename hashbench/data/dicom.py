@@ -162,9 +162,10 @@ def _decode(data: bytes, options: ImageOptions, caught: list[warnings.WarningMes
     if header["modality"] in NON_IMAGE_MODALITIES:
         raise SkippedFile("non-image object", f"modality {header['modality']}")
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        # the meta's, if the file ends before the data set's
         sop_class = pydicom.uid.UID(
             str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", "") or "")
-        )  # the meta's, if the file ends before the data set's
+        )
         if ended_early and PIXEL_DATA_TAG in data:
             raise SkippedFile(
                 "truncated pixel data", f"the file ends inside its pixel data ({len(data):,} bytes); download it again"

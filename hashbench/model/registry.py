@@ -95,9 +95,8 @@ class PluginRegistry:
     # --- registration ------------------------------------------------------------
 
     def register(self, name: str, plugin: type) -> type:
-        checked_name(
-            name, f"{self.kind} name"
-        )  # it names a folder: a method's under every results root, a source's dataset kind
+        # it names a folder: a method's under every results root, a source's dataset kind
+        checked_name(name, f"{self.kind} name")
         existing = self.entries.get(name)
         if existing is not None and not (existing.plugin is None and existing.origin == self._origin):
             raise self.duplicate_error(

@@ -68,9 +68,7 @@ def summarise(rows: pd.DataFrame, metric: str) -> str:
         return "; ".join(problems) or "-"
     means = np.array([values.mean() for values in per_run])
     spread = f" ± {np.std(means, ddof=1):.3f}" if len(means) > 1 else ""
-    same_queries = all(
-        np.array_equal(ids, queries[0]) for ids in queries
-    )  # else runs of several split seeds: pool their queries
+    same_queries = all(np.array_equal(ids, queries[0]) for ids in queries)  # else several split seeds: pool queries
     low, high = bootstrap_interval(np.stack(per_run) if same_queries else np.concatenate(per_run)[None])
     flags = _flags([n for n in finished["note"] if n], len(finished), problems)
     return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"

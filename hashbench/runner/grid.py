@@ -130,9 +130,10 @@ def _attempt(
     """
     config = spec.config
     with cell.claim(wait=wait) if distributed.is_main() else nullcontext(True) as claimed:
+        # process 0 decides; the others follow it
         decision = distributed.broadcast(
             _decide(config, cell, claimed, force, sweep_start) if distributed.is_main() else None
-        )  # the others follow process 0
+        )
         if decision is None or isinstance(decision, CellOutcome):
             return decision
         replace, note = decision
@@ -171,9 +172,8 @@ def _decide(
     if status == "finished" and not force:
         return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
     note = f"was damaged ({cell.problem(check_model=True)}); trained it again" if status == "damaged" else ""
-    replace = (
-        status == "finished"
-    )  # with --force: trained beside the finished result, which stays until the new one is complete
+    # with --force: trained beside the finished result, which stays until the new one is complete
+    replace = status == "finished"
     if replace and cell.rerun_pending():
         note = "resumed an interrupted re-run"
     return replace, note

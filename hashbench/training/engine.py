@@ -304,9 +304,8 @@ def train(job: TrainJob, progress: bool = False) -> int:
             augment_generator = torch.Generator(device=device).manual_seed(seed * 1_000_033 + epoch + 1)
             sums: dict[str, float] = {}
             started = time.perf_counter()
-            positions = list(
-                method.batches(data.labels, settings.batch_size, rng)
-            )  # the whole batches, the same on every process
+            # the whole batches, the same on every process
+            positions = list(method.batches(data.labels, settings.batch_size, rng))
             for step_in_epoch, (ids, batch) in enumerate(
                 source.batches(data.ids[distributed.my_piece(p)] for p in positions)
             ):
