@@ -31,7 +31,7 @@ import numpy as np
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import NO_TAGS, colour_pixels
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.model.options import option
 
@@ -192,7 +192,7 @@ def ingest_cifar(
         "default_split": "1k-5k-54k" if full else "official",
         "native_size": 32,
     }
-    return ingest(
+    return build_dataset(
         IngestJob(
             name,
             "cifar",

@@ -15,7 +15,7 @@ from pathlib import Path
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.images import IMAGE_SUFFIXES, is_image_file
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, argument, register_source
 from hashbench.model.options import option
 
@@ -76,7 +76,7 @@ def ingest_folder(
         "patients": "one per image (no patient identifiers in image files)",
         "unlabelled_files": loose,
     }
-    return ingest(
+    return build_dataset(
         IngestJob(
             name,
             "folder",

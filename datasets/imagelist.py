@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
 from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, register_source
 from hashbench.model.options import option
 
@@ -150,7 +150,7 @@ def ingest_lists(
         },
         "default_split": "lists",
     }
-    return ingest(
+    return build_dataset(
         IngestJob(
             name,
             "lists",

@@ -21,7 +21,7 @@ import numpy as np
 from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import colour_pixels
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.files.paths import sources_dir
 from hashbench.model.options import option
@@ -128,7 +128,7 @@ def ingest_medmnist(
         "multi_label": shapes["train_labels"][1] > 1,
         "parts": {part: shapes[f"{part}_images"][0] for part in PARTS},
     }
-    return ingest(
+    return build_dataset(
         IngestJob(
             name,
             "medmnist",

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, WINDOW_HELP, Source, argument, register_source
 from hashbench.model.options import option
 
@@ -117,7 +117,7 @@ def ingest_tcia(
     if not files:
         raise FileNotFoundError(f"no DICOM files under {root} (looked for *.dcm and files with a DICM preamble)")
     extra = {"layouts": layouts, **(extra_manifest or {})}
-    return ingest(
+    return build_dataset(
         IngestJob(
             name,
             kind,

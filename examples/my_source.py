@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, ingest
+from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.sources import COLOUR_HELP, SIZE_HELP, Source, argument, register_source
 from hashbench.model.options import option
 
@@ -68,7 +68,7 @@ class CsvSource(Source):
             "table": str(table),
             "patients": "from the patient column" if with_patients else "one per image",
         }
-        return ingest(
+        return build_dataset(
             IngestJob(
                 name,
                 self.name,

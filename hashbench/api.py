@@ -20,6 +20,7 @@ import torch
 
 from hashbench.config.suites import TRAINING_FREE, Suite, get_suite
 from hashbench.data.dataset import Dataset
+from hashbench.data.sources import ingest, list_sources
 from hashbench.datasets import UnknownDatasetError, load_dataset
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 from hashbench.evaluation.search import CellIndex, Hit
@@ -67,7 +68,9 @@ __all__ = [
     "compare",
     "create_method",
     "leaderboard",
+    "ingest",
     "list_methods",
+    "list_sources",
     "load_dataset",
     "load_plugin",
     "method_class",

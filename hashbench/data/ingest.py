@@ -127,7 +127,7 @@ class IngestJob:
     extra_manifest: dict | None = None
 
 
-def ingest(job: IngestJob) -> IngestResult:
+def build_dataset(job: IngestJob) -> IngestResult:
     """Build or update the dataset ``job.destination/job.name`` from ``job.files``; one writer at a time per name."""
     name = checked_name(job.name)
     job.destination.mkdir(parents=True, exist_ok=True)
