@@ -28,10 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import NO_TAGS, colour_pixels
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
+from hashbench.data.manifest import Manifest
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.model.options import option
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
-from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
+from hashbench.data.dataset import LABEL_SEPARATOR
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
+from hashbench.data.manifest import Manifest
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, register_source
 from hashbench.model.options import option
 

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hashbench.data.dataset import LABEL_SEPARATOR, Manifest
+from hashbench.data.dataset import LABEL_SEPARATOR
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import colour_pixels
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
+from hashbench.data.manifest import Manifest
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.files.paths import sources_dir
 from hashbench.model.options import option

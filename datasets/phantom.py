@@ -41,9 +41,9 @@ from pydicom.uid import (
 )
 from scipy.ndimage import gaussian_filter
 
-from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestResult
+from hashbench.data.manifest import Manifest
 from hashbench.data.sources import SIZE_HELP, Source, register_source
 from hashbench.files import locks
 from hashbench.files.paths import sources_dir

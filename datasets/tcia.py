@@ -19,9 +19,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
+from hashbench.data.manifest import Manifest
 from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, WINDOW_HELP, Source, argument, register_source
 from hashbench.model.options import option
 

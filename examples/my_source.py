@@ -13,9 +13,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
+from hashbench.data.manifest import Manifest
 from hashbench.data.sources import COLOUR_HELP, SIZE_HELP, Source, argument, register_source
 from hashbench.model.options import option
 

@@ -26,13 +26,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from hashbench.data.dataset import Manifest
 from hashbench.data.dicom import DicomSlices, ImageOptions
-from hashbench.data.ingest import IngestResult
+from hashbench.data.manifest import Manifest
 from hashbench.files.paths import checked_name, datasets_dir
 from hashbench.model.registry import PluginEntry, PluginRegistry
+
+if TYPE_CHECKING:  # the builder imports the decoders, which look sources up here
+    from hashbench.data.ingest import IngestResult
 
 ENTRY_POINT_GROUP = "hashbench.datasets"
 SIZE_HELP = "Images are resized to SIZE x SIZE pixels."
