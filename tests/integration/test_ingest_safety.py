@@ -195,12 +195,16 @@ def test_unsafe_dataset_names_are_refused_and_nothing_moves(tiny_phantom, tmp_pa
 
 def test_two_ingests_of_one_name_at_once_make_one_writer_and_no_duplicated_work(tiny_phantom, tmp_path):
     source = Path(tiny_phantom.dataset.manifest["source"])
-    # each build takes about 2 s (10 ms a file), so whichever starts second meets the first one's lock
+    # each build takes about 2 s (10 ms a file); the second is told to go once the first holds the dataset's lock,
+    # so it always meets that lock, however slowly either process started
     first, second = (
         start_ingest(source, tmp_path, "shared", commit_every=2.0, go=False, decode_delay=0.01) for _ in range(2)
     )
-    for process in (first, second):
-        say_go(process)
+    say_go(first)
+    lock, deadline = tmp_path / ".shared@lock", time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().startswith("process")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    say_go(second)
     outputs = [process.communicate(timeout=120) for process in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0], outputs
     decoded = sorted(int(out.split()[1]) for out, _ in outputs)
