@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from hashbench.data.dicom import DicomSlices, ImageOptions
 from hashbench.data.manifest import Manifest
 from hashbench.files.paths import checked_name, datasets_dir
-from hashbench.model.registry import PluginEntry, PluginRegistry
+from hashbench.model.registry import PluginRegistry
 
 if TYPE_CHECKING:  # the builder imports the decoders, which look sources up here
     from hashbench.data.ingest import IngestResult
@@ -91,14 +91,6 @@ class Source:
         raise NotImplementedError(f"source {self.name!r} has no decoder for parts of a file (decode_part)")
 
 
-class SourceEntry(PluginEntry):
-    """A source's entry; ``source`` is its class once loaded."""
-
-    @property
-    def source(self) -> type[Source] | None:
-        return self.plugin
-
-
 class SourceRegistry(PluginRegistry):
     """The data sources: built-ins in ``datasets/``, entry points of ``hashbench.datasets``, ``--plugin`` files."""
 
@@ -106,7 +98,6 @@ class SourceRegistry(PluginRegistry):
     base = Source
     entry_point_group = ENTRY_POINT_GROUP
     built_in_package = "hashbench.datasets"
-    entry_type = SourceEntry
     unknown_error = UnknownSourceError
     duplicate_error = DuplicateSourceError
     broken_error = BrokenSourceError
