@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from hashbench.data.dataset import MANIFEST, Dataset, DatasetError
 from hashbench.data.ingest import IngestResult
 from hashbench.data.sources import ingest
-from hashbench.files.paths import SAFE_NAME, checked_name, datasets_dir
+from hashbench.store.paths import SAFE_NAME, checked_name, datasets_dir
 
 __all__ = [
     "DEFAULT_DATASET",

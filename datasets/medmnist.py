@@ -24,8 +24,8 @@ from hashbench.data.images import colour_pixels
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import Source, argument, register_source
-from hashbench.files.paths import sources_dir
 from hashbench.model.options import option
+from hashbench.store.paths import sources_dir
 
 PARTS = ("train", "val", "test")
 SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides

@@ -45,9 +45,9 @@ from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestResult
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import SIZE_HELP, Source, register_source
-from hashbench.files import locks
-from hashbench.files.paths import sources_dir
 from hashbench.model.options import option
+from hashbench.store import locks
+from hashbench.store.paths import sources_dir
 
 GENERATOR_VERSION = 2
 

@@ -23,7 +23,6 @@ from hashbench.data.dataset import Dataset
 from hashbench.data.sources import ingest, list_sources
 from hashbench.datasets import UnknownDatasetError, load_dataset
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
-from hashbench.evaluation.search import CellIndex, Hit
 from hashbench.evaluation.stats import CellComparison, compare_cells
 from hashbench.model.registry import (
     REGISTRY,
@@ -37,13 +36,15 @@ from hashbench.model.weights import WeightsUnavailableError
 from hashbench.report import leaderboard as boards
 from hashbench.report.leaderboard import Leaderboard, to_markdown
 from hashbench.report.plots import write_confusion
-from hashbench.runner.grid import CellOutcome, run_grid, run_planned
-from hashbench.runner.plan import CellSpec, RunRequest
+from hashbench.runner.bench import Rates, measure
+from hashbench.runner.bench import to_json as rates_json
+from hashbench.runner.cell import CellOutcome
+from hashbench.runner.grid import run_grid, run_planned
+from hashbench.runner.plan import CellSpec, RunRequest, resolve_device
 from hashbench.runner.plan import plan as plan_cells
+from hashbench.runner.search import CellIndex, Hit
 from hashbench.store.results import Cell, CellError, ResultsStore
-from hashbench.training.bench import Rates, measure
-from hashbench.training.bench import to_json as rates_json
-from hashbench.training.engine import Execution, resolve_device
+from hashbench.training.engine import Execution
 
 USER_ERRORS = (
     UnknownMethodError,

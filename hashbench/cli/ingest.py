@@ -211,7 +211,7 @@ def datasets_command() -> None:
     """List datasets with their sizes once ingested, and the sources datasets are ingested from."""
     from hashbench.data.sources import list_sources
     from hashbench.datasets import DEFAULT_DATASET, list_datasets
-    from hashbench.files.paths import datasets_dir
+    from hashbench.store.paths import datasets_dir
 
     table = Table(title=f"datasets in {datasets_dir()}")
     for column in ("name", "kind", "slices", "outliers", "patients", "classes", "skipped", "px", "MiB"):

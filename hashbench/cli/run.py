@@ -125,8 +125,7 @@ def run_command(
     ),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
-    from hashbench import api
-    from hashbench.training import distributed
+    from hashbench import api, distributed
 
     console.quiet = distributed.follower()  # under torchrun, the first process speaks for all
     load_plugins(plugin)

@@ -1,4 +1,4 @@
-"""An ingested dataset on disk, read back: images memory-mapped, index as a table, splits.
+"""An ingested dataset on disk, read back: images memory-mapped, index as a table, splits drawn from it.
 
 Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.data.ingest`):
 
@@ -10,7 +10,6 @@ Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.data.ingest`):
 - ``manifest.json`` what was ingested from where, with which image options, the
                     data's fingerprint, and the integrity record every open checks
                     (counts, the image array's size, checksums of both tables)
-- ``splits/``       seeded splits, one CSV each, computed once and reused
 
 A dataset's **fingerprint** names what it was built from, not where or when: the
 image options, the cleaning switch, the cache format, every source file's path and
@@ -34,11 +33,10 @@ import pandas as pd
 from hashbench.data import splits
 from hashbench.data.cleaning import iqr_outliers
 from hashbench.data.manifest import Manifest, read_manifest
-from hashbench.files import atomic
-from hashbench.files.digest import file_sha256
+from hashbench.store.digest import file_sha256
 
 FORMAT_VERSION = 1
-IMAGES, INDEX, FILES, MANIFEST, SPLITS = "images.u8", "index.csv", "files.csv", "manifest.json", "splits"
+IMAGES, INDEX, FILES, MANIFEST = "images.u8", "index.csv", "files.csv", "manifest.json"
 INDEX_DTYPES = {
     "label": str,
     "label_source": str,
@@ -210,18 +208,13 @@ class Dataset:
         validation_fraction: float = 0.0,
         clean: bool | None = None,
     ) -> pd.Series:
-        """Side ('database', 'query', 'validation') per usable slice_id; computed once, then read."""
-        clean = self.info.clean if clean is None else clean
-        rows = self.usable(clean)
-        tag = "clean" if clean else "all"
-        path = self.root / SPLITS / f"{protocol}-seed{seed}-q{query_fraction:g}-v{validation_fraction:g}-{tag}.csv"
-        if path.exists():
-            saved = pd.read_csv(path, index_col="slice_id")["side"]
-            if saved.index.equals(rows.index):
-                return saved
+        """Side ('database', 'query', 'validation') per usable slice_id.
+
+        Drawn afresh each time (under a second for the paper's 372,004 slices): a split kept on disk would outlive the
+        code that drew it, and each cell names the split it used by its hash.
+        """
+        rows = self.usable(self.info.clean if clean is None else clean)
         side = splits.split(rows, protocol, seed, query_fraction, validation_fraction, self.protocols).rename("side")
-        path.parent.mkdir(exist_ok=True)
-        atomic.write_csv(path, side.rename_axis("slice_id").reset_index())
         return side
 
     @property

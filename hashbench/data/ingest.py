@@ -56,8 +56,8 @@ from hashbench.data.dataset import (
 )
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile
 from hashbench.data.images import decode_file
-from hashbench.files import atomic, locks
-from hashbench.files.paths import checked_name
+from hashbench.store import atomic, locks
+from hashbench.store.paths import checked_name
 
 IDENTIFIER_COLUMNS = ["label", "label_source", "patient", "study", "series", "modality"]
 INDEX_COLUMNS = ["slice_id", *IDENTIFIER_COLUMNS, "path", "frame", *STAT_COLUMNS]
@@ -562,7 +562,7 @@ def _finalise(
     settings: dict,
     extra: dict | None,
 ) -> Dataset:
-    """Write the manifest (with the checksums that let every open verify the files) and default splits, then swap the build into place."""
+    """Write the manifest (with the checksums that let every open verify the files), then swap the build into place."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     try:
         created = json.loads((target / MANIFEST).read_text()).get("created", now)
@@ -582,10 +582,6 @@ def _finalise(
         **(extra or {}),
     }
     atomic.write_json(partial_dir / MANIFEST, manifest)
-    dataset = Dataset(partial_dir)
-    if len(dataset.usable()):
-        for protocol in ("patient", "slice"):
-            dataset.split(protocol)
     retired = target.with_name(f".{name}@replaced-{os.getpid()}-{time.time_ns()}")
     if target.exists():
         os.replace(target, retired)

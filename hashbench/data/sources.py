@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from hashbench.data.dicom import DicomSlices, ImageOptions
 from hashbench.data.manifest import Manifest
-from hashbench.files.paths import checked_name, datasets_dir
 from hashbench.model.registry import PluginRegistry
+from hashbench.store.paths import checked_name, datasets_dir
 
 if TYPE_CHECKING:  # the builder imports the decoders, which look sources up here
     from hashbench.data.ingest import IngestResult

@@ -1,1 +1,1 @@
-"""Evaluation: the ranking kernel, the metric table, statistics over queries and seeds, and search with a trained cell."""
+"""Evaluation: the ranking kernel, the metric table, metrics of stored cells, and statistics over queries and seeds."""

@@ -21,7 +21,7 @@ from hashbench.evaluation.evaluate import (
     tie_diagnostics,
     top1_confusion,
 )
-from hashbench.files.digest import file_version
+from hashbench.store.digest import file_version
 from hashbench.store.results import CODES, Cell, collapse_note
 
 

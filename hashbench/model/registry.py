@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hashbench.files.paths import SAFE_NAME, UnsafeNameError, checked_name
+from hashbench.store.paths import SAFE_NAME, UnsafeNameError, checked_name
 
 if TYPE_CHECKING:  # torch is imported with the first method, not by every user of the plugin rules (data sources)
     from hashbench.model.method import Method, MethodContext

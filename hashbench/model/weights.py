@@ -34,7 +34,7 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict
 from timm.models._hub import hf_split
 
-from hashbench.files.digest import file_sha256
+from hashbench.store.digest import file_sha256
 
 KINDS = ("random", "hub", "file")
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order

@@ -157,7 +157,7 @@ def _version_text(dataset: str, fingerprint: str) -> str:
     """The fingerprint, and whether the dataset on this machine has since been re-ingested with other content."""
     if not fingerprint:
         return "unrecorded (cells from before data versions were recorded)"
-    from hashbench.files.paths import datasets_dir
+    from hashbench.store.paths import datasets_dir
 
     manifest = datasets_dir() / dataset / "manifest.json"
     try:

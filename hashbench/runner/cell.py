@@ -1,21 +1,77 @@
-"""One cell, from its spec to its stored result: train (or fit) -> encode -> evaluate -> write."""
+"""One cell, from its spec to its stored result: claim -> train (or fit) -> encode -> evaluate -> write.
+
+A cell that fails (a NaN loss, out of memory, a bug in a plugin) records why, and its outcome says so: the sweep goes
+on. Under torchrun, process 0 claims, decides, evaluates and writes; the other processes follow its decision and train
+beside it.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import numpy as np
 import torch
 
+from hashbench import distributed
 from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, pack, tie_diagnostics
-from hashbench.files.digest import file_sha256
 from hashbench.model.weights import cached_revision, declared_backbones_ran
 from hashbench.runner.plan import CellSpec
-from hashbench.runner.provenance import describe_device, git_state, peak_memory_mib, start_memory_watch, versions
-from hashbench.store.results import CHECKPOINT, LOG, Cell, collapse_note
-from hashbench.training import distributed, engine
+from hashbench.runner.provenance import git_state, versions
+from hashbench.store.digest import file_sha256
+from hashbench.store.results import CHECKPOINT, LOG, Cell, CellConfig, ResultsStore, collapse_note
+from hashbench.training import engine
+from hashbench.training.device import describe_device, peak_memory_mib, start_memory_watch
+
+
+@dataclass
+class CellOutcome:
+    config: CellConfig
+    status: str  # done | skipped | failed
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    note: str = ""
+
+
+def attempt(
+    spec: CellSpec,
+    store: ResultsStore,
+    images: np.ndarray,
+    device: torch.device,
+    force: bool = False,
+    progress: bool = False,
+    wait: bool = True,
+    sweep_start: float = 0.0,
+) -> CellOutcome | None:
+    """Run one cell under its lock, as the store decides (:meth:`Cell.decide`); None when another process holds it and
+    ``wait`` is off."""
+    config = spec.config
+    cell = store.cell(config)
+    main = distributed.is_main()
+    with cell.claim(wait=wait) if main else nullcontext(True) as claimed:
+        decision = distributed.broadcast(cell.decide(force, sweep_start) if main and claimed else None)
+        if decision is None:
+            return None
+        if not decision.train:
+            return CellOutcome(config, decision.status, error=decision.error, note=decision.note)
+        try:
+            metrics, collapse = run_cell(spec, images, device, cell, progress, decision.replace)
+            failure = None
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # this cell only: record why and go on
+            failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            if main:
+                cell.fail(failure, traceback.format_exc())
+    if failure is not None:
+        if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
+            torch.cuda.empty_cache()
+        return CellOutcome(config, "failed", error=failure, note=decision.note)
+    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [decision.note, collapse])))
 
 
 def run_cell(
@@ -33,6 +89,7 @@ def run_cell(
         cell.start(config, replace)
     else:
         cell.follow(replace)
+    checkpoint, log = cell.work_path(CHECKPOINT), cell.work_path(LOG)
     distributed.barrier()  # the work directory is there before any process looks for a checkpoint in it
     started_at, started = datetime.now(timezone.utc), time.perf_counter()
     start_memory_watch(device)
@@ -41,7 +98,6 @@ def run_cell(
     engine.seed_everything(config.seed)
     method = spec.method(spec.context)
     network, loss = method.build(config.run_backbone)
-    ran = declared_backbones_ran(network, config.backbone, config.method)
     train_source = engine.ImageSource(images, training.ids, device)
     database_source = (
         train_source if np.array_equal(training.ids, database.ids) else engine.ImageSource(images, database.ids, device)
@@ -62,7 +118,7 @@ def run_cell(
             return evaluate(held_out, split.validation.labels, trained, training.labels, ("map@10",)).metrics
 
     if spec.training_free:
-        engine.fit(method, network, train_source, training.ids, config.image_size, cell.work_path(LOG), execution)
+        engine.fit(method, network, train_source, training.ids, config.image_size, log, execution)
         resumed_from = 0
     else:
         job = engine.TrainJob(
@@ -75,8 +131,8 @@ def run_cell(
             config.epochs,
             config.image_size,
             config.seed,
-            cell.work_path(CHECKPOINT),
-            cell.work_path(LOG),
+            checkpoint,
+            log,
             spec.augmentation,
             execution,
             validate,
@@ -86,7 +142,6 @@ def run_cell(
     database_embeddings = encode(database_source, database.ids)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
-    epoch_seconds = [json.loads(line)["seconds"] for line in cell.work_path(LOG).read_text().splitlines()]
     database_bits = binarize(database_embeddings)
     result = evaluate(
         query_bits,
@@ -97,6 +152,18 @@ def run_cell(
         device="cpu" if device.type == "cpu" else str(device),
         **DEFAULT_TIE_RULE,
     )
+    ran_on = {
+        "device": describe_device(device),
+        "execution": execution.describe(device),
+        "processes": distributed.world_size(),  # torchrun: one cell trained by this many processes, each on its own device
+        "peak_memory_mib": peak_memory_mib(device),  # training, encoding and evaluating
+    }
+    backbones_ran = declared_backbones_ran(network, config.backbone, config.method)
+    weights = {
+        model: {"source": source.describe(), "revision": cached_revision(source)}
+        for model, source in spec.weights.items()
+    }
+    ties = tie_diagnostics(result.counts, database_bits)
     arrays = {
         "query_codes": pack(query_bits),
         "database_codes": pack(database_bits),
@@ -114,23 +181,17 @@ def run_cell(
     origin = spec.method.origin
     record = {
         "metrics": result.metrics,
-        "ties": tie_diagnostics(result.counts, database_bits),
+        "ties": ties,
         "evaluation": DEFAULT_TIE_RULE,
-        "backbones_ran": ran,
-        "weights": {
-            model: {"source": source.describe(), "revision": cached_revision(source)}
-            for model, source in spec.weights.items()
-        },
+        "backbones_ran": backbones_ran,
+        "weights": weights,
         "seconds": round(
             time.perf_counter() - started, 2
         ),  # this attempt: training the epochs left, encoding, evaluating
-        "train_seconds": round(sum(epoch_seconds), 2),  # every epoch, over all attempts
+        "train_seconds": round(sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()), 2),
         "resumed_from_epoch": resumed_from,
         "started": started_at.isoformat(timespec="seconds"),
-        "device": describe_device(device),
-        "execution": execution.describe(device),
-        "processes": distributed.world_size(),  # torchrun: one cell trained by this many processes, each on its own device
-        "peak_memory_mib": peak_memory_mib(device),
+        **ran_on,
         "git": git_state(),
         "versions": versions(),
         "origin": origin,
@@ -144,6 +205,6 @@ def run_cell(
         "published_metric": split.published_metric,
         "classes": list(split.class_names),
     }
-    collapse = collapse_note(record["ties"]["dead_bits"], config.bits)
+    collapse = collapse_note(ties["dead_bits"], config.bits)
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
     return result.metrics, collapse

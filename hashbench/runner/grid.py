@@ -5,7 +5,7 @@
   ``force``); an interrupted cell resumes from its last epoch and ends as an
   uninterrupted run would;
 - a cell that fails (a NaN loss, out of memory, a bug in a plugin) records why and the
-  grid goes on;
+  grid goes on (:mod:`hashbench.runner.cell`);
 - a cell being run by another process is left to it (a lock per cell), and waited for at
   the end, so several processes can share one sweep.
 """
@@ -14,30 +14,16 @@ from __future__ import annotations
 
 import tempfile
 import time
-import traceback
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
+from hashbench import distributed
 from hashbench.data.dataset import Dataset
 from hashbench.model.weights import ensure_available
-from hashbench.runner.cell import run_cell
+from hashbench.runner.cell import CellOutcome, attempt
 from hashbench.runner.plan import CellSpec, RunRequest, plan
 from hashbench.runner.provenance import git_state
-from hashbench.store.results import FAILURE, RECORD, Cell, CellConfig, ResultsStore
-from hashbench.training import distributed
-
-
-@dataclass
-class CellOutcome:
-    config: CellConfig
-    status: str  # done | skipped | failed
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str = ""
-    note: str = ""
+from hashbench.store.results import ResultsStore
 
 
 def run_grid(
@@ -51,11 +37,11 @@ def run_grid(
     sweep_start = time.time()
     git_state.cache_clear()  # the code as this sweep starts is what its cells record
     git_state()
-    planned = plan(request, dataset)
     if distributed.launched() and request.shard:
         raise ValueError(
             "--shard spreads cells over machines, torchrun spreads one cell over processes: use one or the other"
         )
+    planned = plan(request, dataset)
     return run_planned(planned, dataset, Path(out), request.force, progress, on_cell, sweep_start)
 
 
@@ -72,28 +58,22 @@ def run_planned(
     if not planned:  # an empty share of a sharded grid
         return []
     sweep_start = time.time() if sweep_start is None else sweep_start
-    if (
-        not distributed.follower()
-    ):  # under torchrun the first process downloads; the others wait for it to join the group below
+    if not distributed.follower():  # under torchrun the first process downloads; the others wait for it in start()
         ensure_available({source for spec in planned for source in spec.weights.values()})
-    _check_writable(out)
+    _check_writable(out)  # after the weights: a run that cannot start leaves no folder behind
     device = distributed.start(planned[0].device)  # under torchrun: this process's own device of that type
     store = ResultsStore(out)
     outcomes: dict[int, CellOutcome] = {}
-
-    def try_cell(position: int, wait: bool) -> bool:
-        spec = planned[position]
-        outcome = _attempt(spec, store.cell(spec.config), dataset, device, force, progress, wait, sweep_start)
-        if outcome is not None:
-            outcomes[position] = outcome
-            if on_cell:
-                on_cell(outcome)
-        return outcome is not None
-
     try:
-        held_elsewhere = [position for position in range(len(planned)) if not try_cell(position, wait=False)]
-        for position in held_elsewhere:
-            try_cell(position, wait=True)
+        for wait in (False, True):  # first every cell that is free; then, waiting, those another process held
+            for position, spec in enumerate(planned):
+                if position in outcomes:
+                    continue
+                outcome = attempt(spec, store, dataset.images, device, force, progress, wait, sweep_start)
+                if outcome is not None:
+                    outcomes[position] = outcome
+                    if on_cell:
+                        on_cell(outcome)
     finally:
         distributed.stop()
     return [outcomes[i] for i in range(len(planned))]
@@ -111,69 +91,3 @@ def _check_writable(out: Path) -> None:
         raise ValueError(
             f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to"
         ) from None
-
-
-def _attempt(
-    spec: CellSpec,
-    cell: Cell,
-    dataset: Dataset,
-    device: torch.device,
-    force: bool,
-    progress: bool,
-    wait: bool,
-    sweep_start: float,
-) -> CellOutcome | None:
-    """Run one cell under its lock; None when another process holds it and ``wait`` is off.
-
-    A cell that another process finished or failed since this sweep started is left as it is, even
-    with ``force``: two processes sharing a sweep never train a cell twice.
-    """
-    config = spec.config
-    with cell.claim(wait=wait) if distributed.is_main() else nullcontext(True) as claimed:
-        # process 0 decides; the others follow it
-        decision = distributed.broadcast(
-            _decide(config, cell, claimed, force, sweep_start) if distributed.is_main() else None
-        )
-        if decision is None or isinstance(decision, CellOutcome):
-            return decision
-        replace, note = decision
-        try:
-            metrics, collapse = run_cell(spec, dataset.images, device, cell, progress, replace)
-            failure = None
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # this cell only: record why and go on
-            failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            if distributed.is_main():
-                cell.fail(failure, traceback.format_exc())
-    if failure is not None:
-        if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
-            torch.cuda.empty_cache()
-        return CellOutcome(config, "failed", error=failure, note=note)
-    return CellOutcome(
-        config,
-        "done",
-        metrics,
-        note="; ".join(filter(None, [note, collapse])),
-    )
-
-
-def _decide(
-    config: CellConfig, cell: Cell, claimed: bool, force: bool, sweep_start: float
-) -> CellOutcome | tuple[bool, str] | None:
-    """What to do with a cell: None (another process holds it), an outcome (nothing to train), or (replace, note) to train it."""
-    if not claimed:
-        return None
-    status = cell.status(check_model=True)
-    if status == "finished" and cell.changed_since(RECORD, sweep_start):
-        return CellOutcome(config, "skipped", note="finished by another process")
-    if status == "failed" and cell.changed_since(FAILURE, sweep_start):
-        return CellOutcome(config, "failed", error=cell.failure()["error"], note="failed in another process")
-    if status == "finished" and not force:
-        return CellOutcome(config, "skipped", note="finished earlier (--force to re-run)")
-    note = f"was damaged ({cell.problem(check_model=True)}); trained it again" if status == "damaged" else ""
-    # with --force: trained beside the finished result, which stays until the new one is complete
-    replace = status == "finished"
-    if replace and cell.rerun_pending():
-        note = "resumed an interrupted re-run"
-    return replace, note

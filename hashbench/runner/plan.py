@@ -23,7 +23,7 @@ from hashbench.model.registry import create_method, method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
 from hashbench.store.results import CellConfig
 from hashbench.training.augment import Augmentation
-from hashbench.training.engine import Execution, resolve_device
+from hashbench.training.engine import Execution
 
 
 @dataclass
@@ -107,6 +107,21 @@ class CellSpec:
         }
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """The device a name asks for (``auto``: CUDA when present); ValueError naming the valid ones."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name!r}: hashbench trains on cpu, cuda or mps")
+    return device
+
+
 def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = None) -> list[CellSpec]:
     """Every cell's full specification; raises ValueError (or the registry's errors) on anything invalid. Writes no cell.
 
@@ -142,6 +157,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
     synthetic = bool(dataset.manifest.get("synthetic", False))
     pretrained = profile.pretrained if request.pretrained is None else request.pretrained
     files = parse_weights_option(request.weights)
+    named = files.models()
     cells = []
     for name in dict.fromkeys(request.methods):
         method = method_class(name)
@@ -188,9 +204,9 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
                     )
                 )
     unused = (
-        files.models()
+        named
         - {model for cell in cells for model in cell.weights}
-        - {model.split(".")[0] for cell in cells for model in cell.weights}
+        - {model.partition(".")[0] for cell in cells for model in cell.weights}
     )
     if unused:
         raise ValueError(

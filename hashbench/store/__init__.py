@@ -1,1 +1,3 @@
-"""The results store: one directory per cell, written atomically and verified on reading; it knows no method and no metric."""
+"""Everything hashbench keeps on disk, kept so that nothing finished is lost: atomic writes, locks, content digests,
+safe names and the hashbench home, and the results store (one directory per cell, verified on reading), which knows
+no method and no metric."""

@@ -49,8 +49,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pandas as pd
 
-from hashbench.files import atomic, locks
-from hashbench.files.digest import file_sha256, file_version
+from hashbench.store import atomic, locks
+from hashbench.store.digest import file_sha256, file_version
 
 CONFIG, RECORD, CODES, MODEL, CHECKPOINT, FAILURE, LOG, LOCK = (
     "config.json",
@@ -154,6 +154,18 @@ def _read_codes(path: str, inode: int, mtime_ns: int, size: int) -> dict[str, np
     for array in arrays.values():
         array.flags.writeable = False  # cached: shared by every reader of this file version
     return arrays
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a sweep does with a cell it holds: ``train`` it (``replace``: beside its finished result), or leave it with
+    ``status`` skipped or failed."""
+
+    train: bool
+    status: str = ""
+    note: str = ""
+    error: str = ""
+    replace: bool = False
 
 
 class Cell:
@@ -344,6 +356,24 @@ class Cell:
             if held:
                 self._complete_replacement()
             yield held
+
+    def decide(self, force: bool, since: float) -> "Decision":
+        """Train this claimed cell, or leave it as it is.
+
+        A cell that another process finished or failed at or after ``since`` (the sweep's start) is left as it is, even
+        with ``force``: two processes sharing a sweep never train a cell twice.
+        """
+        status = self.status(check_model=True)
+        if status == "finished" and self.changed_since(RECORD, since):
+            return Decision(False, "skipped", "finished by another process")
+        if status == "failed" and self.changed_since(FAILURE, since):
+            return Decision(False, "failed", "failed in another process", self.failure()["error"])
+        if status == "finished" and not force:
+            return Decision(False, "skipped", "finished earlier (--force to re-run)")
+        if status == "finished":  # trained beside the finished result, which stays until the new one is complete
+            return Decision(True, note="resumed an interrupted re-run" if self.rerun_pending() else "", replace=True)
+        damaged = f"was damaged ({self.problem(check_model=True)}); trained it again" if status == "damaged" else ""
+        return Decision(True, note=damaged)
 
     def start(self, config: CellConfig, replace: bool = False) -> None:
         """Write the config and forget a previous failure (the attempt starting now replaces it).

@@ -1,1 +1,1 @@
-"""Training and encoding: the engine's loop, the input pipeline, augmentation, execution options and several processes."""
+"""Training and encoding: the engine's loop, the input pipeline, augmentation, execution options, the device at work."""

@@ -8,7 +8,7 @@ draw of an epoch is seeded from (seed, epoch) and the schedule is a function of 
 step, so a cell resumed from its checkpoint ends exactly where an uninterrupted one
 would on the same machine (on a GPU, up to its non-deterministic kernels). It selects
 nothing on the query set: it trains the configured epochs. Under torchrun the same loop
-trains one cell on several processes (see :mod:`hashbench.training.distributed`).
+trains one cell on several processes (see :mod:`hashbench.distributed`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
 
-from hashbench.files import atomic
+from hashbench import distributed
 from hashbench.model.method import HashNetwork, LrSchedule, Method, StepInfo, TrainSettings
-from hashbench.training import distributed
+from hashbench.store import atomic
 from hashbench.training.augment import Augmentation, augment
 
 IMAGENET_MEAN, IMAGENET_STD = (
@@ -48,20 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # all devices
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device; valid: auto, cpu, cuda, cuda:N, mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    if device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name!r}: hashbench trains on cpu, cuda or mps")
-    return device
 
 
 class ImageSource:

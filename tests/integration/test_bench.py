@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from hashbench.cli import app, expand_multi_value_options
-from hashbench.training import bench
+from hashbench.runner import bench
 
 runner = CliRunner()
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hashbench import distributed
 from hashbench.api import RunRequest, run_grid
 from hashbench.store.results import Cell
-from hashbench.training import distributed
 
 GRID = dict(methods=["dpsh", "dafh"], bits=[8], dataset="phantom-tiny-seed0", profile="quick", epochs=3)
 LOSS_TOLERANCE = 1e-4  # relative, per logged epoch mean

@@ -20,8 +20,8 @@ from hashbench.data.dataset import Dataset, DatasetError
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import EmptyDatasetError
 from hashbench.datasets import load_dataset, tcia
-from hashbench.files import atomic
-from hashbench.files.paths import datasets_dir
+from hashbench.store import atomic
+from hashbench.store.paths import datasets_dir
 
 runner = CliRunner()
 OPTIONS = ImageOptions(size=32)

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from hashbench.datasets import phantom
-from hashbench.files.paths import sources_dir
+from hashbench.store.paths import sources_dir
 
 
 def digest_tree(root):

@@ -204,7 +204,7 @@ def test_a_local_plugin_that_redefines_a_built_in_is_broken_not_a_replacement(tm
 @pytest.mark.parametrize("name", ["team/dsh", "../../escaped", ".hidden", ""])
 def test_a_method_name_that_is_not_a_plain_folder_name_is_refused(name):
     """A method's name becomes a folder under every results root: it must never point elsewhere."""
-    from hashbench.files.paths import UnsafeNameError
+    from hashbench.store.paths import UnsafeNameError
 
     registry = Registry()
     registry._discovered = True

@@ -14,9 +14,9 @@ from hashbench.api import RunRequest, run_grid
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.data.dataset import split_hash
 from hashbench.datasets.tcia import ingest_tcia
-from hashbench.evaluation.search import CellIndex
-from hashbench.files.paths import datasets_dir
 from hashbench.report import leaderboard
+from hashbench.runner.search import CellIndex
+from hashbench.store.paths import datasets_dir
 from hashbench.store.results import Cell, ResultsStore
 
 runner = CliRunner()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hashbench.api import RunRequest, run_grid
 from hashbench.cli import app
-from hashbench.evaluation.search import CellIndex
+from hashbench.runner.search import CellIndex
 
 
 @pytest.fixture(scope="module")

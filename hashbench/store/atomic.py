@@ -18,7 +18,7 @@ from typing import IO, Any, Callable
 
 import pandas as pd
 
-from hashbench.files.locks import process_alive
+from hashbench.store.locks import process_alive
 
 HOST = socket.gethostname().replace("/", "_") or "host"
 

@@ -20,6 +20,7 @@ import numpy as np
 from hashbench.evaluation.evaluate import binarize, pack
 from hashbench.evaluation.stored import cell_collapse_note
 from hashbench.model.trained import load_trained_network
+from hashbench.runner.plan import resolve_device
 from hashbench.store.results import Cell
 from hashbench.training import engine
 
@@ -64,7 +65,7 @@ class CellIndex:
                 f"{self.config.dataset} was re-ingested with other content since this cell was trained (data version {self.dataset.fingerprint}, "
                 f"the cell's {recorded}): its slice ids no longer name the same images. Re-run the cell on the current data."
             )
-        self.device = engine.resolve_device(device)
+        self.device = resolve_device(device)
         self.network = load_trained_network(cell, str(self.device))
         self.collapse = cell_collapse_note(cell)
         faiss = _faiss() if use_faiss is not False else None

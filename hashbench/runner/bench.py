@@ -23,9 +23,9 @@ from hashbench.data.dataset import Dataset
 from hashbench.data.sides import class_ids
 from hashbench.model.method import MethodContext
 from hashbench.model.registry import create_method, method_class
-from hashbench.runner.provenance import describe_device, peak_memory_mib, start_memory_watch
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION
+from hashbench.training.device import describe_device, peak_memory_mib, start_memory_watch
 
 PAPER_SLICES, PAPER_EPOCHS = 372_004, 50  # the paper's TCIA slices, and its epochs
 
