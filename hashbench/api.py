@@ -24,6 +24,7 @@ from hashbench.data.sources import ingest, list_sources
 from hashbench.datasets import UnknownDatasetError, load_dataset
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 from hashbench.evaluation.stats import CellComparison, compare_cells
+from hashbench.evaluation.stored import EXCLUSIONS, NO_EXCLUSION, check_exclusion
 from hashbench.model.registry import (
     REGISTRY,
     BrokenMethodError,
@@ -60,6 +61,7 @@ __all__ = [
     "CellOutcome",
     "confusion",
     "CellSpec",
+    "EXCLUSIONS",
     "Dataset",
     "Leaderboard",
     "RunRequest",
@@ -135,10 +137,13 @@ def leaderboard(
     dataset: str | None = None,
     suite: Suite | None = None,
     directories: set[str] | None = None,
+    exclude: str = NO_EXCLUSION,
 ) -> list[Leaderboard]:
-    """The leaderboards of the finished cells under ``out``: one per comparable group, or a paper suite's layout with the paper's numbers."""
+    """The leaderboards of the finished cells under ``out``: one per comparable group, or a paper suite's layout with the
+    paper's numbers; ``exclude`` (same-patient, same-study, same-series) leaves each query's own out of its ranking."""
+    check_exclusion(exclude)
     found = cells(out, dataset, suite, directories)
-    return boards.build_suite(found, suite) if suite else boards.build(found, tuple(metrics))
+    return boards.build_suite(found, suite, exclude) if suite else boards.build(found, tuple(metrics), exclude)
 
 
 def write_leaderboard(
@@ -148,16 +153,18 @@ def write_leaderboard(
     dataset: str | None = None,
     suite: Suite | None = None,
     figures: bool = True,
+    exclude: str = NO_EXCLUSION,
 ) -> Path | None:
     """The leaderboards as markdown (and their figures beside it); None when no cell has finished. Returns the file written."""
-    found = leaderboard(out, metrics, dataset, suite)
+    found = leaderboard(out, metrics, dataset, suite, exclude=exclude)
     if not found:
         return None
     target = Path(target) if target else Path(out) / (f"{suite.name}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     text = to_markdown(found)
     if figures:
-        text += "\n" + boards.figures(cells(out, dataset, suite), tuple(suite.metrics if suite else metrics), target)
+        shown = tuple(suite.metrics if suite else metrics)
+        text += "\n" + boards.figures(cells(out, dataset, suite), shown, target, exclude)
     target.write_text(text)
     return target
 

@@ -36,6 +36,12 @@ def leaderboard_command(
         "--figures/--no-figures",
         help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown.",
     ),
+    exclude: str = typer.Option(
+        "none",
+        "--exclude",
+        help="Leave each query's own patient, study or series out of its ranking: none, same-patient, same-study, "
+        "same-series (recomputed from the stored codes).",
+    ),
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
     from hashbench import api
@@ -45,13 +51,16 @@ def leaderboard_command(
     check_metrics(metrics)
     chosen = chosen_suite(suite, with_baselines)
     nothing = f"no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root"
-    if output_format == "rich":
-        boards = api.leaderboard(out, tuple(metrics), dataset, chosen)
-        if not boards:
-            fail(nothing)
-        print_boards(boards)
-        return
-    target = api.write_leaderboard(out, output, tuple(metrics), dataset, chosen, figures)
+    try:
+        if output_format == "rich":
+            boards = api.leaderboard(out, tuple(metrics), dataset, chosen, exclude=exclude)
+            if not boards:
+                fail(nothing)
+            print_boards(boards)
+            return
+        target = api.write_leaderboard(out, output, tuple(metrics), dataset, chosen, figures, exclude)
+    except ValueError as exc:  # an unknown --exclude, or cells stored without patient ids
+        fail(exc)
     if target is None:
         fail(nothing)
     console.print(f"wrote {target}" + (" and its figures beside it" if figures else ""))

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from hashbench.data import splits
 from hashbench.data.dataset import LABEL_SEPARATOR, Dataset, split_hash
+from hashbench.store.results import GROUP_LEVELS
 
 
 def class_ids(labels, multi_label: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -25,12 +27,23 @@ def class_ids(labels, multi_label: bool = False) -> tuple[np.ndarray, list[str]]
     return matrix, names
 
 
+def group_ids(index: pd.DataFrame) -> np.ndarray:
+    """(n, 3) int64: each row's patient, study and series as numbers shared by every side; -1 where unknown ('')."""
+    columns = []
+    for level in GROUP_LEVELS:
+        codes, _ = pd.factorize(index[level], sort=True)
+        columns.append(np.where(index[level].to_numpy() == "", -1, codes))
+    return np.stack(columns, axis=1).astype(np.int64) if len(index) else np.zeros((0, len(GROUP_LEVELS)), np.int64)
+
+
 @dataclass(frozen=True)
 class Side:
-    """The slices of one side, in the split's order, and their class numbers (or multi-hot rows)."""
+    """The slices of one side, in the split's order, their class numbers (or multi-hot rows), and their patient, study
+    and series ids (:data:`GROUP_LEVELS`, columns of ``groups``)."""
 
     ids: np.ndarray
     labels: np.ndarray
+    groups: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,11 +81,12 @@ def draw_split(dataset: Dataset, protocol: str, seed: int = 0, validation_fracti
                 f"{dataset.name}: the {dataset.describe_split(protocol)} (seed {seed}) leaves the {name} side empty; the dataset is too small"
             )
     labels, class_names = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
+    groups = group_ids(dataset.index.loc[side.index])
     ids = side.index.to_numpy()
-    sides = {
-        name: Side(ids[side.isin(members).to_numpy()], labels[side.isin(members).to_numpy()])
-        for name, members in MEMBERS.items()
-    }
+    sides = {}
+    for name, members in MEMBERS.items():
+        chosen = side.isin(members).to_numpy()
+        sides[name] = Side(ids[chosen], labels[chosen], groups[chosen])
     training_labels = sides["training"].labels
     training_classes = (
         int((training_labels.sum(axis=0) > 0).sum()) if dataset.multi_label else len(np.unique(training_labels))

@@ -117,6 +117,8 @@ def evaluate_packed(
     *,
     tie_break: str = DEFAULT_TIE_BREAK,
     tie_seed: int = DEFAULT_TIE_SEED,
+    query_groups: np.ndarray | None = None,
+    database_groups: np.ndarray | None = None,
 ) -> Evaluation:
     """All ``metrics`` from one ranking pass over packed codes (np.packbits rows).
 
@@ -128,6 +130,9 @@ def evaluate_packed(
     ``tie_seed``, whatever order the database is stored in; 'index' by database position, the stable
     convention of published code (storage order: an ingested database is sorted by class, which favours the
     lowest class in every tie). Either way ``counts.top1`` holds original database positions.
+
+    ``query_groups`` / ``database_groups``: a group id per row (a patient, a study, a series; negative: none); each
+    query's ranking leaves out the database items of its own group, exactly, as if they were not there.
     """
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
@@ -141,6 +146,7 @@ def evaluate_packed(
         # the kernel breaks ties by index, so rank the rows in key order: one gather, and both backends agree
         order = tie_order(n_items, tie_seed)
         database_words, database_masks = database_words[order], database_masks[order]
+        database_groups = None if database_groups is None else np.asarray(database_groups)[order]
     counts = count_ranks(
         packed_words(query_packed),
         query_masks,
@@ -151,6 +157,8 @@ def evaluate_packed(
         stable=bool(cutoffs),
         device=device,
         memory_bytes=memory_bytes,
+        query_groups=query_groups,
+        database_groups=database_groups,
     )
     if tie_break == "random":
         ranked = counts.top1 >= 0  # -1: an empty database

@@ -64,8 +64,8 @@ def average_precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
 def precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
     if not len(counts.cutoffs):  # an empty database
         return np.zeros(len(counts.hits))
-    k = counts.n_database if k is None else min(k, counts.n_database)
-    return ratio(counts.hits[:, counts.at(k)], k)
+    column = counts.at(counts.n_database if k is None else k)
+    return ratio(counts.hits[:, column], counts.ranked if k is None else np.minimum(k, counts.ranked))
 
 
 def expected_precision_at(counts: RankCounts, k: int) -> np.ndarray:
@@ -74,9 +74,9 @@ def expected_precision_at(counts: RankCounts, k: int) -> np.ndarray:
     Each group has as many items in the top k as fit after the N items before it (all of its n, none, or
     k - N for the group straddling k), and in expectation r / n of them are relevant.
     """
-    k = min(k, counts.n_database)
+    k = np.minimum(k, counts.ranked)  # per query: a query that leaves items out ranks fewer
     n, r = counts.distance_counts, counts.relevant_counts
-    in_top = np.clip(k - _before(n), 0, n)
+    in_top = np.clip(k[:, None] - _before(n), 0, n)
     return ratio(ratio(r * in_top, n).sum(axis=1), k)
 
 

@@ -9,6 +9,10 @@ order by permuting the database rows beforehand, see :func:`tie_order`):
 - for a few rank cutoffs k, the relevant items ranked within k and the sum of their
   precisions (enough for MAP@k, P@k and mAP@all under the stable order).
 
+A query may leave database items out of its ranking (its own patient's slices, say): each
+side carries a group id per row, and an item of the query's group (ids >= 0) is neither
+counted nor ranked, so every count is that of the ranking without it.
+
 Both come from two passes over the database per query and no sort: the rank of item j
 at distance d is ``(items nearer than d) + (items at d with a lower index) + 1``, and
 the second term is a running counter per distance. On the CPU this is a compiled
@@ -50,7 +54,13 @@ class RankCounts:
 
     @property
     def n_database(self) -> int:
-        return int(self.distance_counts[0].sum()) if len(self.distance_counts) else 0
+        """The largest ranking's length: the database size, or less when every query leaves items out."""
+        return int(self.distance_counts.sum(axis=1).max()) if len(self.distance_counts) else 0
+
+    @property
+    def ranked(self) -> np.ndarray:
+        """(q,) each query's ranking length: the database less the items the query leaves out."""
+        return self.distance_counts.sum(axis=1)
 
     def at(self, k: int) -> int:
         """Column of cutoff ``min(k, n_database)``."""
@@ -122,8 +132,22 @@ def _popcount(typingctx, word):
 
 
 @numba.njit(inline="always")
-def _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, database_labels_t, keys, shares):
-    """keys[:size] = 2 * distance + relevant for database items start..start+size (loops the compiler vectorises)."""
+def _fill_keys(
+    q,
+    start,
+    size,
+    query_codes,
+    query_labels,
+    database_codes_t,
+    database_labels_t,
+    query_groups,
+    database_groups,
+    left_out,
+    keys,
+    shares,
+):
+    """keys[:size] = 2 * distance + relevant for database items start..start+size (loops the compiler vectorises);
+    an item of the query's group gets the key past every distance, which no count reads."""
     keys[:size] = 0
     shares[:size] = 0
     for w in range(database_codes_t.shape[0]):
@@ -138,6 +162,11 @@ def _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, data
             shares[j] |= (word & column[j]) != 0
     for j in range(size):
         keys[j] = 2 * keys[j] + shares[j]
+    if query_groups.shape[0] and query_groups[q] >= 0:
+        group = query_groups[q]
+        for j in range(size):
+            if database_groups[start + j] == group:
+                keys[j] = left_out
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
@@ -146,6 +175,8 @@ def _count_kernel(
     query_labels,
     database_codes_t,
     database_labels_t,
+    query_groups,
+    database_groups,
     key_prototype,
     block,
     cutoffs,
@@ -163,16 +194,30 @@ def _count_kernel(
     """
     n_items = database_codes_t.shape[1]
     n_bins = distance_counts.shape[1]
+    left_out = 2 * n_bins  # the key of an item the query leaves out: one bin past every distance, never read
     n_cutoffs = cutoffs.shape[0]
     n_blocks = max(1, -(-n_items // block))
     for q in numba.prange(query_codes.shape[0]):
         keys = np.empty(min(block, n_items), key_prototype.dtype)
         shares = np.empty(min(block, n_items), key_prototype.dtype)
         # four interleaved histograms break the store-to-load chain of repeated keys
-        histogram = np.zeros((4, 2 * n_bins), np.int64)
+        histogram = np.zeros((4, 2 * n_bins + 1), np.int64)
         for start in range(0, n_items, block):
             size = min(block, n_items - start)
-            _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, database_labels_t, keys, shares)
+            _fill_keys(
+                q,
+                start,
+                size,
+                query_codes,
+                query_labels,
+                database_codes_t,
+                database_labels_t,
+                query_groups,
+                database_groups,
+                left_out,
+                keys,
+                shares,
+            )
             whole = size // 4 * 4
             for j in range(0, whole, 4):
                 histogram[0, keys[j]] += 1
@@ -193,7 +238,7 @@ def _count_kernel(
             continue
         # Per distance, one int64 packs (hits << 32) + rank of the latest item seen there, starting from the
         # items nearer than d: one read-modify-write per item, and no branch on relevance
-        latest = np.empty(n_bins, np.int64)
+        latest = np.zeros(n_bins + 1, np.int64)  # the last slot takes the items left out, and is never read
         nearer, nearer_relevant, nearest = 0, 0, -1
         for d in range(n_bins):
             if nearest < 0 and distance_counts[q, d] > 0:
@@ -207,7 +252,20 @@ def _count_kernel(
         for start in range(0, n_items, block):
             size = min(block, n_items - start)
             if n_blocks > 1:
-                _fill_keys(q, start, size, query_codes, query_labels, database_codes_t, database_labels_t, keys, shares)
+                _fill_keys(
+                    q,
+                    start,
+                    size,
+                    query_codes,
+                    query_labels,
+                    database_codes_t,
+                    database_labels_t,
+                    query_groups,
+                    database_groups,
+                    left_out,
+                    keys,
+                    shares,
+                )
             if top1[q] < 0:
                 for j in range(size):
                     if keys[j] >> 1 == nearest:
@@ -243,8 +301,13 @@ def count_ranks(
     stable: bool = True,
     device: str = "cpu",
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    query_groups: np.ndarray | None = None,
+    database_groups: np.ndarray | None = None,
 ) -> RankCounts:
     """The ranking counts for every query.
+
+    ``query_groups`` (q,) and ``database_groups`` (n,), int64 (both or neither): a query leaves out of its ranking
+    the database items of its own group; a negative id is no group (nothing left out for such a query).
 
     ``stable`` False skips the second pass (cutoff sums and top-1): the histograms alone serve the tie-aware
     metrics. ``device``: 'cpu' runs the compiled kernel; 'auto' picks CUDA when torch sees one, else the
@@ -262,9 +325,26 @@ def count_ranks(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if (query_groups is None) != (database_groups is None):
+        raise ValueError("groups: give both sides' (the queries' and the database's), or neither")
+    if query_groups is None:
+        query_groups = database_groups = np.zeros(0, np.int64)
+    elif len(query_groups) != len(query_words) or len(database_groups) != n_items:
+        raise ValueError("groups: one id per query and one per database item")
+    query_groups = np.ascontiguousarray(query_groups, dtype=np.int64)
+    database_groups = np.ascontiguousarray(database_groups, dtype=np.int64)
     if device != "cpu":
         return _count_torch(
-            query_words, query_label_words, database_words, database_label_words, n_bits, cuts, device, memory_bytes
+            query_words,
+            query_label_words,
+            database_words,
+            database_label_words,
+            n_bits,
+            cuts,
+            device,
+            memory_bytes,
+            query_groups,
+            database_groups,
         )
     n_queries = len(query_words)
     counts = RankCounts(
@@ -275,13 +355,15 @@ def count_ranks(
         np.zeros((n_queries, len(cuts)), np.float64),
         np.full(n_queries, -1, np.int64),
     )
-    key_type = np.uint8 if 2 * n_bits + 1 <= 255 else np.uint16
+    key_type = np.uint8 if 2 * (n_bits + 1) <= 255 else np.uint16  # the largest key: an item left out
     block = max(64, memory_bytes // (numba.get_num_threads() * CPU_BYTES_PER_ITEM))
     _count_kernel(
         np.ascontiguousarray(query_words),
         np.ascontiguousarray(query_label_words),
         np.ascontiguousarray(database_words.T),
         np.ascontiguousarray(database_label_words.T),
+        query_groups,
+        database_groups,
         np.zeros(0, key_type),
         block,
         cuts,
@@ -303,9 +385,21 @@ def _unpacked_signs(words: np.ndarray, n_bits: int):
 
 
 def _count_torch(
-    query_words, query_label_words, database_words, database_label_words, n_bits, cuts, device, memory_bytes
+    query_words,
+    query_label_words,
+    database_words,
+    database_label_words,
+    n_bits,
+    cuts,
+    device,
+    memory_bytes,
+    query_groups,
+    database_groups,
 ) -> RankCounts:
-    """The same counts on a GPU: distances from a +/-1 matmul, the stable order from one sort of unique keys."""
+    """The same counts on a GPU: distances from a +/-1 matmul, the stable order from one sort of unique keys.
+
+    An item a query leaves out takes the distance past every other (bits + 1) and no relevance: it sorts after every
+    ranked item, so no rank changes, and its column of the histogram is dropped."""
     import torch
 
     device = torch.device(device.removeprefix("torch:"))
@@ -319,6 +413,10 @@ def _count_torch(
     index = torch.arange(n_items, device=device)
     ranks = torch.arange(1, n_items + 1, device=device, dtype=torch.float64)
     cut_columns = torch.from_numpy(cuts - 1).to(device)
+    grouped = len(query_groups) > 0
+    if grouped:
+        database_group_ids = torch.from_numpy(database_groups).to(device)
+        query_group_ids = torch.from_numpy(query_groups)
     chunk = max(1, memory_bytes // max(n_items * GPU_BYTES_PER_PAIR, 1))
     parts = []
     for start in range(0, n_queries, chunk):
@@ -326,10 +424,16 @@ def _count_torch(
         # +/-1 codes: <a, b> = bits - 2 * hamming; exact in float32 for any practical code length
         distances = ((n_bits - q @ database.T) / 2).round().long()
         relevant = (query_labels[start : start + chunk].to(device) @ database_labels.T) > 0
-        n_at = torch.zeros(len(q), n_bits + 1, dtype=torch.long, device=device).scatter_add_(
+        if grouped:
+            own = query_group_ids[start : start + chunk].to(device)
+            left_out = (own[:, None] >= 0) & (own[:, None] == database_group_ids[None, :])
+            distances = distances.masked_fill(left_out, n_bits + 1)
+            relevant = relevant & ~left_out
+        n_at = torch.zeros(len(q), n_bits + 2, dtype=torch.long, device=device).scatter_add_(
             1, distances, torch.ones_like(distances)
         )
         r_at = torch.zeros_like(n_at).scatter_add_(1, distances, relevant.long())
+        n_at, r_at = n_at[:, : n_bits + 1], r_at[:, : n_bits + 1]
         order = torch.argsort(distances * n_items + index, dim=1)  # unique keys: the stable order
         in_order = relevant.gather(1, order)
         found = torch.cumsum(in_order, dim=1)
@@ -341,7 +445,9 @@ def _count_torch(
                 r_at,
                 found[:, cut_columns],
                 summed[:, cut_columns],
-                order[:, 0] if n_items else torch.full((len(q),), -1, device=device),
+                torch.where(n_at.sum(dim=1) > 0, order[:, 0], -1)
+                if n_items
+                else torch.full((len(q),), -1, device=device),
             ]
         )
     if not parts:  # no queries

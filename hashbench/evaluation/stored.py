@@ -22,11 +22,39 @@ from hashbench.evaluation.evaluate import (
     top1_confusion,
 )
 from hashbench.store.digest import file_version
-from hashbench.store.results import CODES, Cell, collapse_note
+from hashbench.store.results import CODES, GROUP_LEVELS, Cell, collapse_note
+
+NO_EXCLUSION = "none"
+EXCLUSIONS = (NO_EXCLUSION, *(f"same-{level}" for level in GROUP_LEVELS))  # what a query's ranking may leave out
 
 
-def evaluate_cell(cell: Cell, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = ()) -> Evaluation:
-    """Metrics recomputed from the cell's stored codes, under the current tie rule."""
+def check_exclusion(exclude: str) -> str:
+    """``exclude`` if valid, else ValueError naming the valid values."""
+    if exclude not in EXCLUSIONS:
+        raise ValueError(f"--exclude {exclude!r} is not an exclusion; valid: {', '.join(EXCLUSIONS)}")
+    return exclude
+
+
+def cell_groups(cell: Cell, exclude: str) -> dict[str, np.ndarray]:
+    """The group ids ``exclude`` leaves out of each query's ranking (its own patient's, study's or series' items), as
+    evaluation options; none for 'none'."""
+    if check_exclusion(exclude) == NO_EXCLUSION:
+        return {}
+    codes = cell.codes()
+    if "query_groups" not in codes:
+        raise ValueError(
+            f"{cell.directory} was stored without its slices' patient, study and series (by an older hashbench): "
+            "run it again with --force to evaluate it with --exclude"
+        )
+    column = GROUP_LEVELS.index(exclude.removeprefix("same-"))
+    return {"query_groups": codes["query_groups"][:, column], "database_groups": codes["database_groups"][:, column]}
+
+
+def evaluate_cell(
+    cell: Cell, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = (), exclude: str = NO_EXCLUSION
+) -> Evaluation:
+    """Metrics recomputed from the cell's stored codes, under the current tie rule; ``exclude`` leaves each query's
+    own patient (study, series) out of its ranking."""
     codes = cell.codes()
     return evaluate_packed(
         codes["query_codes"],
@@ -37,21 +65,24 @@ def evaluate_cell(cell: Cell, metrics: tuple[str, ...], curve_cutoffs: tuple[int
         metrics,
         curve_cutoffs=curve_cutoffs,
         **DEFAULT_TIE_RULE,
+        **cell_groups(cell, exclude),
     )
 
 
-def cell_per_query(cell: Cell, metric: str) -> np.ndarray:
-    """Per-query values of ``metric``: stored when they were computed under the current tie rule, else from the codes
-    (cached per version of the codes file)."""
-    return _cell_per_query(cell, metric.lower(), *file_version(cell.result_path(CODES)))
+def cell_per_query(cell: Cell, metric: str, exclude: str = NO_EXCLUSION) -> np.ndarray:
+    """Per-query values of ``metric``: stored when they were computed as asked (the current tie rule, nothing left out),
+    else from the codes (cached per version of the codes file)."""
+    return _cell_per_query(cell, metric.lower(), exclude, *file_version(cell.result_path(CODES)))
 
 
 @lru_cache(maxsize=512)
-def _cell_per_query(cell: Cell, metric: str, path: str, inode: int, mtime_ns: int, size: int) -> np.ndarray:
+def _cell_per_query(
+    cell: Cell, metric: str, exclude: str, path: str, inode: int, mtime_ns: int, size: int
+) -> np.ndarray:
     stored = cell.codes().get(f"per_query/{metric}")
-    if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE:
+    if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE and exclude == NO_EXCLUSION:
         return stored
-    return evaluate_cell(cell, (metric,)).per_query[metric]
+    return evaluate_cell(cell, (metric,), exclude=exclude).per_query[metric]
 
 
 def cell_tie_diagnostics(cell: Cell) -> dict[str, float]:
@@ -89,9 +120,9 @@ def cell_per_class(cell: Cell, metrics: tuple[str, ...]) -> dict[str, dict[str, 
     return {metric: per_class(cell_per_query(cell, metric), labels, cell.class_names) for metric in metrics}
 
 
-def cell_curves(cell: Cell, cutoffs: tuple[int, ...]) -> dict[str, np.ndarray]:
+def cell_curves(cell: Cell, cutoffs: tuple[int, ...], exclude: str = NO_EXCLUSION) -> dict[str, np.ndarray]:
     """PR curve by Hamming radius and P@k at ``cutoffs`` (those within the database)."""
     ks = tuple(k for k in cutoffs if k <= len(cell.codes()["database_codes"]))
-    counts = evaluate_cell(cell, (), curve_cutoffs=ks).counts
+    counts = evaluate_cell(cell, (), curve_cutoffs=ks, exclude=exclude).counts
     precision, recall = pr_by_radius(counts)
     return {"precision": precision, "recall": recall, "ks": np.array(ks), "p_at_k": precision_curve(counts, ks)}

@@ -23,7 +23,7 @@ import pandas as pd
 from hashbench.config.suites import Suite
 from hashbench.data import splits
 from hashbench.evaluation.stats import bootstrap_interval
-from hashbench.evaluation.stored import cell_per_query
+from hashbench.evaluation.stored import NO_EXCLUSION, cell_per_query
 from hashbench.store.results import Cell, CellError
 
 COMPARISON_KEYS = (
@@ -50,7 +50,7 @@ class Leaderboard:
     legend: str = CELL_LEGEND
 
 
-def summarise(rows: pd.DataFrame, metric: str) -> str:
+def summarise(rows: pd.DataFrame, metric: str, exclude: str = NO_EXCLUSION) -> str:
     """One leaderboard cell from the runs in ``rows``: mean, spread over runs, interval over queries, flags."""
     if rows.empty:
         return "-"
@@ -60,7 +60,7 @@ def summarise(rows: pd.DataFrame, metric: str) -> str:
     for directory in finished["directory"]:
         try:
             cell = Cell(directory)
-            per_run.append(cell_per_query(cell, metric))
+            per_run.append(cell_per_query(cell, metric, exclude))
             queries.append(cell.query_ids())
         except CellError as exc:
             problems.append(f"damaged: {exc}")
@@ -286,20 +286,28 @@ def _groups(cells: pd.DataFrame):
             yield part.assign(row=_row_names(part))
 
 
-def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
+def exclusion_text(exclude: str) -> str:
+    """How a caption says what each query's ranking left out."""
+    if exclude == NO_EXCLUSION:
+        return ""
+    return f"; each query's own {exclude.removeprefix('same-')} left out of its ranking (--exclude {exclude})"
+
+
+def build(cells: pd.DataFrame, metrics: tuple[str, ...], exclude: str = NO_EXCLUSION) -> list[Leaderboard]:
+    """One table per metric and comparable group of cells; ``exclude``: what each query's ranking leaves out."""
     boards = []
     if cells.empty:
         return boards
     for rows in _groups(cells):
         bits = sorted(rows["bits"].unique())
-        described = caption(rows)
+        described = caption(rows) + exclusion_text(exclude)
         published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
         for metric in (*metrics, *(m for m in published if m not in metrics)):
             table = _reference_rows_last(
                 pd.DataFrame(
                     {
                         f"{b} bits": {
-                            row: summarise(group[group["bits"] == b], metric)
+                            row: summarise(group[group["bits"] == b], metric, exclude)
                             for row, group in rows.groupby("row", sort=True)
                         }
                         for b in bits
@@ -311,7 +319,7 @@ def build(cells: pd.DataFrame, metrics: tuple[str, ...]) -> list[Leaderboard]:
     return boards
 
 
-def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
+def build_suite(cells: pd.DataFrame, suite: Suite, exclude: str = NO_EXCLUSION) -> list[Leaderboard]:
     """The paper's table layout: its rows, and beside each measured value the paper's."""
     boards = []
     cells = cells[cells["method"].isin(suite.methods)] if not cells.empty else cells
@@ -325,17 +333,17 @@ def build_suite(cells: pd.DataFrame, suite: Suite) -> list[Leaderboard]:
             line = {}
             for metric, bits in columns:
                 name = f"{bits} bits" if len(suite.metrics) == 1 else metric.upper()
-                line[name] = summarise(mine[mine["bits"] == bits], metric)
+                line[name] = summarise(mine[mine["bits"] == bits], metric, exclude)
                 paper = suite.paper.get((label, metric, bits))
                 line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
         note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented training images; one run per number, no intervals."
-        boards.append(Leaderboard(suite.title, f"{caption(rows)}. {note}", frame))
+        boards.append(Leaderboard(suite.title, f"{caption(rows)}{exclusion_text(exclude)}. {note}", frame))
     return boards
 
 
-def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> str:
+def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, exclude: str = NO_EXCLUSION) -> str:
     """Write each protocol's figures next to ``markdown`` and return the markdown that shows them."""
     from hashbench.report.plots import leaderboard_figures
 
@@ -345,7 +353,9 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path) -> st
     for number, rows in enumerate(_groups(cells), start=1):
         stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
         described = caption_parts(rows)
-        paths = leaderboard_figures(rows[rows["status"] == "finished"], metrics, "; ".join(described), stem)
+        paths = leaderboard_figures(
+            rows[rows["status"] == "finished"], metrics, "; ".join(described) + exclusion_text(exclude), stem, exclude
+        )
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
             parts.append(

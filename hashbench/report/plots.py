@@ -83,7 +83,7 @@ def _pyplot():
     return plt
 
 
-def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path) -> list[Path]:
+def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path, exclude: str = "none") -> list[Path]:
     """PR curves, P@k curves (one panel per code length) and metric vs bits, for one protocol's finished cells.
 
     ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
@@ -102,7 +102,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         method: f"{method} (dead bits)" if method in flagged else method for method in methods
     }  # a collapsed model's curve is not the model's
     curves = {
-        (m, b): [cell_curves(Cell(d), PRECISION_CUTOFFS) for d in group["directory"]]
+        (m, b): [cell_curves(Cell(d), PRECISION_CUTOFFS, exclude) for d in group["directory"]]
         for (m, b), group in rows.groupby(["row", "bits"])
     }
     written = []
@@ -145,7 +145,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
             mine = rows[rows["row"] == method]
             present = [b for b in bits if (mine["bits"] == b).any()]
             per_run = [
-                [cell_per_query(Cell(d), metric).mean() for d in mine.loc[mine["bits"] == b, "directory"]]
+                [cell_per_query(Cell(d), metric, exclude).mean() for d in mine.loc[mine["bits"] == b, "directory"]]
                 for b in present
             ]
             means, spread = [np.mean(v) for v in per_run], [np.std(v) for v in per_run]

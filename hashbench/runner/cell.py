@@ -174,6 +174,8 @@ def run_cell(
         ),  # `hashbench search` breaks Hamming ties with these
         "query_ids": query.ids,
         "database_ids": database.ids,
+        "query_groups": query.groups,  # patient, study, series: what --exclude leaves out of a query's ranking
+        "database_groups": database.groups,
         "class_names": np.array(split.class_names),
         "bits": np.array(config.bits),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},

@@ -74,6 +74,7 @@ CODE_ARRAYS = (
     "class_names",
     "bits",
 )
+GROUP_LEVELS = ("patient", "study", "series")  # the columns of query_groups / database_groups: ids per slice
 FIX = "run the same command again (a damaged cell is trained again) or delete the cell's directory"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
 

@@ -497,3 +497,137 @@ def test_database_blocks_bound_the_kernel_scratch_without_changing_any_count():
     for name in ("distance_counts", "relevant_counts", "hits", "top1"):
         np.testing.assert_array_equal(getattr(blocked, name), getattr(whole, name), err_msg=name)
     np.testing.assert_allclose(blocked.precision_sums, whole.precision_sums, rtol=0, atol=1e-12)
+
+
+# --- leaving a query's own group (patient, study, series) out of its ranking ----------------------------------------
+
+
+GROUP_METRICS = ("map@1", "map@10", "map@all", "p@1", "p@10", "p@all", "p@10-tie")
+GROUP_TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")  # their reference enumerates orders: small data only
+
+
+def grouped(seed, n_items, n_queries=30, bits=8, classes=4):
+    """Heavy ties, and patients on both sides: a query's own patient holds about a quarter of a small database and a
+    twelfth of a large one."""
+    patients = 4 if n_items <= 16 else 12
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(seed, n_queries, n_items, bits, classes)
+    rng = np.random.default_rng(seed + 100)
+    query_groups, database_groups = rng.integers(0, patients, n_queries), rng.integers(0, patients, n_items)
+    query_groups[:3] = -1  # no group: nothing left out for these queries
+    return query_bits, query_labels, db_bits, db_labels, query_groups, database_groups
+
+
+def per_query_reference(query_bits, query_labels, db_bits, db_labels, query_groups, database_groups, tie_keys):
+    """Plain Python: each query ranked over the database items outside its group (tie keys of their positions)."""
+    keys = tie_keys(len(db_bits))
+    values = {name: [] for name in GROUP_METRICS + GROUP_TIE_METRICS}
+    small = len(db_bits) <= 16
+    for q in range(len(query_bits)):
+        kept = [i for i in range(len(db_bits)) if query_groups[q] < 0 or database_groups[i] != query_groups[q]]
+        ranking = [kept[i] for i in ranking_of(query_bits[q], db_bits[kept], lambda n: [keys[i] for i in kept])]
+        relevant = [query_labels[q] == db_labels[i] for i in ranking]
+        for k, suffix in ((1, "1"), (10, "10"), (len(relevant), "all")):
+            values[f"map@{suffix}"].append(ap(relevant[:k]))
+            values[f"p@{suffix}"].append(sum(relevant[:k]) / min(k, len(relevant)) if relevant else 0.0)
+        mean, best, worst = (
+            tie_reference(query_bits[q], query_labels[q], db_bits[kept], db_labels[kept])
+            if kept and small
+            else (0.0,) * 3
+        )
+        values["map@tie"].append(mean)
+        values["map@tie-best"].append(best)
+        values["map@tie-worst"].append(worst)
+        values["p@10-tie"].append(_expected_precision(query_bits[q], query_labels[q], db_bits[kept], db_labels[kept]))
+    return values
+
+
+def _expected_precision(query, label, db_bits, db_labels, k=10):
+    """P@k expected over tie orders: whole groups before k, and the straddling group's relevant share of what fits."""
+    distances = [int((query != item).sum()) for item in db_bits]
+    k, taken, expected = min(k, len(distances)), 0, 0.0
+    for d in sorted(set(distances)):
+        members = [i for i, x in enumerate(distances) if x == d]
+        fit = min(len(members), max(0, k - taken))
+        expected += fit * sum(db_labels[i] == label for i in members) / len(members)
+        taken += len(members)
+    return expected / k if k else 0.0
+
+
+@pytest.mark.parametrize("tie_break, keys", [("index", index_ties), ("random", random_ties(0))])
+@pytest.mark.parametrize(
+    "device, memory, n_items",
+    [
+        ("cpu", 1 << 30, 240),
+        ("cpu", 1, 240),
+        ("torch:cpu", 5 * 240 * 64, 240),
+        ("cpu", 1 << 30, 14),
+        ("torch:cpu", 1 << 30, 14),
+    ],
+)
+def test_excluded_items_are_neither_counted_nor_ranked(tie_break, keys, device, memory, n_items):
+    # 240 items: 64-item blocks with memory=1, five-query chunks on the torch path; 14 items: the tie-aware metrics too
+    query_bits, query_labels, db_bits, db_labels, query_groups, database_groups = grouped(5, n_items=n_items)
+    names = GROUP_METRICS + (GROUP_TIE_METRICS if n_items <= 16 else ())
+    result = evaluate(
+        query_bits,
+        query_labels,
+        db_bits,
+        db_labels,
+        names,
+        tie_break=tie_break,
+        device=device,
+        memory_bytes=memory,
+        query_groups=query_groups,
+        database_groups=database_groups,
+    )
+    expected = per_query_reference(query_bits, query_labels, db_bits, db_labels, query_groups, database_groups, keys)
+    for name in names:
+        np.testing.assert_allclose(result.per_query[name], expected[name], rtol=0, atol=1e-12, err_msg=name)
+    own = (query_groups[:, None] >= 0) & (query_groups[:, None] == database_groups[None, :])
+    np.testing.assert_array_equal(result.counts.ranked, len(db_bits) - own.sum(axis=1))
+    assert not own[np.arange(len(own)), result.counts.top1].any()  # the top-1 item is never the query's own
+
+
+def test_leaving_out_the_exact_duplicates_of_a_query_lowers_map_at_1():
+    # every query has an identical copy in the database from its own patient, and nothing else that near
+    rng = np.random.default_rng(0)
+    db_bits = rng.random((60, 32)) < 0.5
+    db_labels = rng.integers(0, 3, 60)
+    patients = np.arange(60)
+    query_bits, query_labels, query_groups = db_bits[:20].copy(), db_labels[:20], patients[:20]
+    plain = evaluate(query_bits, query_labels, db_bits, db_labels, ("map@1",))
+    excluded = evaluate(
+        query_bits, query_labels, db_bits, db_labels, ("map@1",), query_groups=query_groups, database_groups=patients
+    )
+    assert plain.metrics["map@1"] == 1.0
+    assert excluded.metrics["map@1"] < 0.7  # three random classes: the copy is gone, a stranger comes first
+
+
+def test_a_query_whose_whole_database_is_its_own_group_scores_zero_and_ranks_nothing():
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(1, 2, 5, 6, 2)
+    result = evaluate(
+        query_bits,
+        query_labels,
+        db_bits,
+        db_labels,
+        ("map@10", "p@all", "map@tie", "p@5-tie"),
+        query_groups=np.array([7, -1]),
+        database_groups=np.full(5, 7),
+    )
+    assert result.counts.ranked.tolist() == [0, 5] and result.counts.top1[0] == -1
+    assert all(values[0] == 0.0 for values in result.per_query.values())
+
+
+def test_groups_must_come_for_both_sides_and_match_their_rows():
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(1, 4, 10, 6, 2)
+    with pytest.raises(ValueError, match="both sides"):
+        evaluate(query_bits, query_labels, db_bits, db_labels, query_groups=np.zeros(4, np.int64))
+    with pytest.raises(ValueError, match="one id per query"):
+        evaluate(
+            query_bits,
+            query_labels,
+            db_bits,
+            db_labels,
+            query_groups=np.zeros(3, np.int64),
+            database_groups=np.zeros(10, np.int64),
+        )
