@@ -35,7 +35,7 @@ from hashbench.model.registry import (
 )
 from hashbench.model.weights import WeightsUnavailableError
 from hashbench.report import leaderboard as boards
-from hashbench.report.leaderboard import Leaderboard, to_markdown
+from hashbench.report.leaderboard import Leaderboard, exclusion_text, to_markdown
 from hashbench.report.plots import write_confusion
 from hashbench.runner.bench import Rates, measure
 from hashbench.runner.bench import to_json as rates_json
@@ -62,6 +62,7 @@ __all__ = [
     "confusion",
     "CellSpec",
     "EXCLUSIONS",
+    "exclusion_text",
     "Dataset",
     "Leaderboard",
     "RunRequest",
@@ -176,11 +177,14 @@ def compare(
     bits: int | None = None,
     dataset: str | None = None,
     metrics: tuple[str, ...] = ("map@1", "map@10", "map@tie"),
+    exclude: str = NO_EXCLUSION,
 ) -> tuple[list[CellComparison], list[str], int]:
-    """Is A better than B (a method name, all its seeds, or a cell directory each)? Per metric: the paired comparison, warnings, and the number of shared queries."""
+    """Is A better than B (a method name, all its seeds, or a cell directory each)? Per metric: the paired comparison,
+    warnings, and the number of shared queries; ``exclude`` leaves each query's own patient (study, series) out."""
+    check_exclusion(exclude)
     store = ResultsStore(Path(out))
     sides = [store.select(name, bits, dataset) for name in (a, b)]
-    rows, warnings = compare_cells(*sides, tuple(metrics))
+    rows, warnings = compare_cells(*sides, tuple(metrics), exclude)
     return rows, warnings, len(sides[0][0].query_ids())
 
 

@@ -76,18 +76,25 @@ def compare_command(
         ["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."
     ),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
+    exclude: str = typer.Option(
+        "none",
+        "--exclude",
+        help="Leave each query's own patient, study or series out of its ranking: none, same-patient, same-study, "
+        "same-series.",
+    ),
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
     from hashbench import api
 
     check_metrics(metrics)
     try:
-        rows, warnings, n_queries = api.compare(a, b, out, bits, dataset, tuple(metrics))
+        rows, warnings, n_queries = api.compare(a, b, out, bits, dataset, tuple(metrics), exclude)
     except ValueError as exc:
         fail(exc)
     table = Table(
         title=f"A = {a}, B = {b}: A - B on the same {n_queries} queries",
         caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)"
+        + api.exclusion_text(exclude)
         + "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings),
         caption_justify="left",
     )

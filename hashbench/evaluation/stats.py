@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashbench.evaluation.stored import cell_collapse_note, cell_per_query
+from hashbench.evaluation.stored import NO_EXCLUSION, cell_collapse_note, cell_per_query
 
 ROUNDS = 2000
 BATCH = 256  # resampling rounds per vectorised step: bounds memory at BATCH x queries
@@ -102,8 +102,11 @@ class CellComparison:
 PROTOCOL_FIELDS = ("split", "run_backbone", "pretrained", "epochs", "image_size", "augment", "profile", "validation")
 
 
-def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> tuple[list[CellComparison], list[str]]:
+def compare_cells(
+    a: list, b: list, metrics: tuple[str, ...], exclude: str = NO_EXCLUSION
+) -> tuple[list[CellComparison], list[str]]:
     """A minus B per metric, and warnings to print beside it; each side a list of finished cells (seeds).
+    ``exclude``: what each query's ranking leaves out (its own patient, study or series).
 
     Raises ValueError when the cells are not of one data version and split (their queries and training sets
     differ, so a paired test would compare nothing). Warns where the protocols differ and where a side's
@@ -139,6 +142,6 @@ def compare_cells(a: list, b: list, metrics: tuple[str, ...]) -> tuple[list[Cell
             )
     rows = []
     for metric in metrics:
-        values = [np.stack([cell_per_query(cell, metric) for cell in side]) for side in (a, b)]
+        values = [np.stack([cell_per_query(cell, metric, exclude) for cell in side]) for side in (a, b)]
         rows.append(CellComparison(metric, float(values[0].mean()), float(values[1].mean()), compare(*values)))
     return rows, warnings
