@@ -22,6 +22,12 @@ app.add_typer(ingest_app, name="ingest")
 # On a terminal, rich fits its width; in a log (a pipe, a file, a batch job) 80 columns would wrap every table.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
+EXCLUDE_OPTION = typer.Option(
+    "none",
+    "--exclude",
+    help="Leave each query's own patient, study or series out of its ranking: none, same-patient, same-study, "
+    "same-series (recomputed from the stored codes).",
+)
 
 
 def _print_version(value: bool) -> None:

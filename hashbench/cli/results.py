@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from hashbench.cli.app import DEFAULT_OUT, app, check_metrics, chosen_suite, console, fail, print_boards
+from hashbench.cli.app import DEFAULT_OUT, EXCLUDE_OPTION, app, check_metrics, chosen_suite, console, fail, print_boards
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 
 
@@ -36,12 +36,7 @@ def leaderboard_command(
         "--figures/--no-figures",
         help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown.",
     ),
-    exclude: str = typer.Option(
-        "none",
-        "--exclude",
-        help="Leave each query's own patient, study or series out of its ranking: none, same-patient, same-study, "
-        "same-series (recomputed from the stored codes).",
-    ),
+    exclude: str = EXCLUDE_OPTION,
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
     from hashbench import api
@@ -76,12 +71,7 @@ def compare_command(
         ["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."
     ),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
-    exclude: str = typer.Option(
-        "none",
-        "--exclude",
-        help="Leave each query's own patient, study or series out of its ranking: none, same-patient, same-study, "
-        "same-series.",
-    ),
+    exclude: str = EXCLUDE_OPTION,
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
     from hashbench import api

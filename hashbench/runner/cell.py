@@ -190,7 +190,9 @@ def run_cell(
         "seconds": round(
             time.perf_counter() - started, 2
         ),  # this attempt: training the epochs left, encoding, evaluating
-        "train_seconds": round(sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()), 2),
+        "train_seconds": round(
+            sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()), 2
+        ),  # all attempts
         "resumed_from_epoch": resumed_from,
         "started": started_at.isoformat(timespec="seconds"),
         **ran_on,

@@ -358,7 +358,7 @@ class Cell:
                 self._complete_replacement()
             yield held
 
-    def decide(self, force: bool, since: float) -> "Decision":
+    def decide(self, force: bool, since: float) -> Decision:
         """Train this claimed cell, or leave it as it is.
 
         A cell that another process finished or failed at or after ``since`` (the sweep's start) is left as it is, even
