@@ -50,6 +50,9 @@ FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detai
 SETTINGS_KEYS = ("options", "clean", "format")
 LABEL_SEPARATOR = "|"  # joins the labels of a multi-label image in its label column
 SLICE_IDENTITY = ["label", "patient", "study", "series", "modality", "path", "frame"]
+# what is known of a slice beside its identity, '' where unknown: evaluation breaks results down by these and grades
+# relevance on them; every index has these columns (filled with '' for datasets ingested without them)
+ATTRIBUTE_COLUMNS = ["body_part", "sex", "age", "manufacturer", "slice_thickness"]
 
 
 class DatasetError(ValueError):
