@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hashbench.evaluation.graded import Grading, attach_top, label_rows
 from hashbench.evaluation.metrics import (  # re-exported: the names callers import from here
     DEFAULT_METRICS,
     STORED_METRICS,
@@ -47,6 +48,7 @@ __all__ = [
     "STORED_METRICS",
     "TIE_METRICS",
     "Evaluation",
+    "Grading",
     "Metric",
     "average_precision_at",
     "binarize",
@@ -55,6 +57,7 @@ __all__ = [
     "evaluate_packed",
     "expected_precision_at",
     "harmonic",
+    "mean_over_queries",
     "pack",
     "parse_metric",
     "per_class",
@@ -119,6 +122,8 @@ def evaluate_packed(
     tie_seed: int = DEFAULT_TIE_SEED,
     query_groups: np.ndarray | None = None,
     database_groups: np.ndarray | None = None,
+    grading: Grading | None = None,
+    **conventions: str,
 ) -> Evaluation:
     """All ``metrics`` from one ranking pass over packed codes (np.packbits rows).
 
@@ -133,14 +138,20 @@ def evaluate_packed(
 
     ``query_groups`` / ``database_groups``: a group id per row (a patient, a study, a series; negative: none); each
     query's ranking leaves out the database items of its own group, exactly, as if they were not there.
+
+    ``grading``: graded relevance for nDCG, ACG and weighted mAP (:class:`~hashbench.evaluation.graded.Grading`;
+    None: a shared label is grade 1). ``conventions``: how AP is normalised and what an empty query scores
+    (:data:`~hashbench.evaluation.metrics.CONVENTIONS`); a dropped query's value is NaN, left out of the mean.
     """
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
-    parsed = [parse_metric(name) for name in metrics]
+    parsed = [parse_metric(name, **conventions) for name in metrics]
+    top = max((m.top for m in parsed), default=0)
     n_items = len(database_packed)
     cutoffs = {m.cutoff for m in parsed if m.cutoff} | set(curve_cutoffs)
     cutoffs |= {n_items} if any(m.needs_all for m in parsed) else set()
     query_masks, database_masks = class_masks(query_labels, database_labels)
+    unpermuted_masks, unpermuted_groups = database_masks, database_groups
     database_words = packed_words(database_packed)
     if tie_break == "random":
         # the kernel breaks ties by index, so rank the rows in key order: one gather, and both backends agree
@@ -159,13 +170,29 @@ def evaluate_packed(
         memory_bytes=memory_bytes,
         query_groups=query_groups,
         database_groups=database_groups,
+        top=top,
     )
     if tie_break == "random":
-        ranked = counts.top1 >= 0  # -1: an empty database
-        counts.top1[ranked] = order[counts.top1[ranked]]
+        for items in (counts.top1, counts.top_items):
+            ranked = items >= 0  # -1: nothing ranked there
+            items[ranked] = order[items[ranked]]
+    if top:
+        attach_top(
+            counts,
+            label_rows(query_masks),
+            label_rows(unpermuted_masks),
+            grading,
+            query_groups,
+            unpermuted_groups,
+        )
     per_query = {m.name: m.per_query(counts) for m in parsed}
-    means = {name: float(values.mean()) if len(values) else float("nan") for name, values in per_query.items()}
-    return Evaluation(means, per_query, counts)
+    return Evaluation({name: mean_over_queries(values) for name, values in per_query.items()}, per_query, counts)
+
+
+def mean_over_queries(values: np.ndarray) -> float:
+    """The mean over the queries that count (a dropped query is NaN); NaN when none does."""
+    counted = values[~np.isnan(values)]
+    return float(counted.mean()) if len(counted) else float("nan")
 
 
 def evaluate(

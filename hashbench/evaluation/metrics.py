@@ -6,12 +6,12 @@ function of the ranking counts (:class:`~hashbench.evaluation.ranking.RankCounts
 parameters; what the ranking pass must count for it; and a one-line help. :func:`parse_metric` looks a
 name up in the table. The definitions, with formulas, are in docs/metrics.md.
 
-Adding a metric is appending one entry, e.g. hits@K, 1 when a relevant item is in the top K::
+Adding a metric is appending one entry, e.g. miss@K, 1 when no relevant item is in the top K::
 
-    def hits_at(counts, k):
-        return (counts.hits[:, counts.at(k)] > 0).astype(float)
+    def miss_at(counts, k):
+        return (counts.hits[:, counts.at(k)] == 0).astype(float)
 
-    METRICS.append(MetricFamily("hits@K", hits_at, "K", "1 when a relevant item is in the top K"))
+    METRICS.append(MetricFamily("miss@K", miss_at, "K", "1 when no relevant item is in the top K"))
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")
 # every cell stores these per query:
 STORED_METRICS = ("map@1", "map@1-tie", "map@10", "map@100", "map@all", *TIE_METRICS, "p@10", "p@r2")
 
+AP_NORMALISATIONS = ("found", "min", "all")  # AP@k over the relevant found in the top k, min(R, k), or all R
+EMPTY_QUERIES = {"zero": 0.0, "drop": float("nan")}  # a query whose score has nothing to divide by: 0, or left out
+CONVENTIONS = {"normalise": AP_NORMALISATIONS, "empty": tuple(EMPTY_QUERIES)}  # keyword -> its valid values
+DEFAULT_CONVENTIONS = {"normalise": "found", "empty": "zero"}
+
 PLACEHOLDERS = {"K": ("k", 1), "R": ("radius", 0)}  # in a pattern: (keyword of the per-query function, least value)
 WHOLE_RANKING = "all"  # a family's cutoff when it needs the whole ranking counted
 
@@ -43,10 +48,12 @@ def harmonic(n: int) -> np.ndarray:
     return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
 
 
-def ratio(numerator, denominator) -> np.ndarray:
-    """numerator / denominator, 0 where the denominator is 0: a query with nothing to count scores 0, and counts."""
+def ratio(numerator, denominator, empty: float = 0.0) -> np.ndarray:
+    """numerator / denominator, ``empty`` where the denominator is 0: by default a query with nothing to count scores
+    0, and counts; NaN leaves it out of the mean."""
     numerator = np.asarray(numerator, dtype=np.float64)
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=np.asarray(denominator) > 0)
+    out = np.full(np.broadcast_shapes(numerator.shape, np.shape(denominator)), empty)
+    return np.divide(numerator, denominator, out=out, where=np.asarray(denominator) > 0)
 
 
 def _before(counts: np.ndarray) -> np.ndarray:
@@ -54,11 +61,21 @@ def _before(counts: np.ndarray) -> np.ndarray:
     return np.cumsum(counts, axis=1) - counts
 
 
-def average_precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
+def average_precision_at(
+    counts: RankCounts, k: int | None, normalise: str = "found", empty: str = "zero"
+) -> np.ndarray:
+    """AP of the top k (None: the whole ranking), its sum of precisions over the relevant found there (the DAFH paper's
+    and most hashing code's), over min(R, k), or over all R relevant items the ranking holds."""
     if not len(counts.cutoffs):  # an empty database: every cutoff was capped to 0
-        return np.zeros(len(counts.hits))
+        return np.full(len(counts.hits), EMPTY_QUERIES[empty])
     column = counts.at(counts.n_database if k is None else k)
-    return ratio(counts.precision_sums[:, column], counts.hits[:, column])
+    relevant = counts.relevant_counts.sum(axis=1)
+    denominator = {
+        "found": counts.hits[:, column],
+        "min": relevant if k is None else np.minimum(relevant, k),
+        "all": relevant,
+    }[normalise]
+    return ratio(counts.precision_sums[:, column], denominator, EMPTY_QUERIES[empty])
 
 
 def precision_at(counts: RankCounts, k: int | None) -> np.ndarray:
@@ -80,7 +97,7 @@ def expected_precision_at(counts: RankCounts, k: int) -> np.ndarray:
     return ratio(ratio(r * in_top, n).sum(axis=1), k)
 
 
-def tie_aware_average_precision(counts: RankCounts, order: str = "expected") -> np.ndarray:
+def tie_aware_average_precision(counts: RankCounts, order: str = "expected", empty: str = "zero") -> np.ndarray:
     """AP over the whole ranking with each tie group in expected, best or worst order; closed forms per group.
 
     A group of n items, r relevant, after N items of which R relevant. Expected (McSherry & Najork 2008):
@@ -100,12 +117,54 @@ def tie_aware_average_precision(counts: RankCounts, order: str = "expected") -> 
         groups = r + (before_r - before_n - n + r) * (H[before_n + n] - H[before_n + n - r])
     else:
         raise ValueError(f"order must be expected, best or worst, not {order!r}")
-    return ratio(groups.sum(axis=1), r.sum(axis=1))
+    return ratio(groups.sum(axis=1), r.sum(axis=1), EMPTY_QUERIES[empty])
 
 
 def precision_within_radius(counts: RankCounts, radius: int) -> np.ndarray:
     inside = slice(0, radius + 1)
     return ratio(counts.relevant_counts[:, inside].sum(axis=1), counts.distance_counts[:, inside].sum(axis=1))
+
+
+def hit_at(counts: RankCounts, k: int) -> np.ndarray:
+    if not len(counts.cutoffs):  # an empty database
+        return np.zeros(len(counts.hits))
+    return (counts.hits[:, counts.at(k)] > 0).astype(np.float64)
+
+
+def majority_vote_at(counts: RankCounts, k: int) -> np.ndarray:
+    """1 when the label most frequent in the top k is one of the query's; a tie goes to the label met nearest the top."""
+    labels = counts.top_labels[:, :k]
+    votes = labels.sum(axis=1)
+    first = labels.argmax(axis=1)  # the place of each label's first item (where it has one)
+    score = np.where(votes > 0, votes * (k + 1) + (k - first), 0)
+    winner = score.argmax(axis=1)
+    rows = np.arange(len(winner))
+    return (counts.query_classes[rows, winner] & (votes[rows, winner] > 0)).astype(np.float64)
+
+
+def _discounts(k: int) -> np.ndarray:
+    return 1.0 / np.log2(np.arange(2, k + 2))
+
+
+def ndcg_at(counts: RankCounts, k: int, empty: str = "zero") -> np.ndarray:
+    """DCG of the top k, gain 2^grade - 1 and discount 1 / log2(place + 1), over that of the best ranking."""
+    gains, ideal = 2.0 ** counts.top_grades[:, :k] - 1, 2.0 ** counts.ideal_grades[:, :k] - 1
+    discounts = _discounts(gains.shape[1])
+    return ratio(gains @ discounts, ideal @ discounts, EMPTY_QUERIES[empty])
+
+
+def acg_at(counts: RankCounts, k: int) -> np.ndarray:
+    """Mean grade of the top k (of the whole ranking where it is shorter)."""
+    return ratio(counts.top_grades[:, :k].sum(axis=1), np.minimum(k, counts.ranked))
+
+
+def weighted_average_precision_at(counts: RankCounts, k: int, empty: str = "zero") -> np.ndarray:
+    """AP with ACG for precision: the mean, over the places of the top k holding a relevant item (grade > 0), of
+    the ACG up to that place."""
+    grades = counts.top_grades[:, :k]
+    acg = np.cumsum(grades, axis=1) / np.arange(1, grades.shape[1] + 1)
+    relevant = grades > 0
+    return ratio((acg * relevant).sum(axis=1), relevant.sum(axis=1), EMPTY_QUERIES[empty])
 
 
 # --- the table -------------------------------------------------------------------------
@@ -120,6 +179,8 @@ class MetricFamily:
     cutoff: str | None  # what the pass counts: the top K (a placeholder), WHOLE_RANKING, or None (histograms suffice)
     help: str  # one line, shown beside the pattern where the valid forms are listed
     refuse: Callable[..., str | None] | None = None  # (**parameters) -> why these values are refused, None if not
+    conventions: tuple[str, ...] = ()  # keywords of CONVENTIONS the per-query function takes (AP normalisation, ...)
+    reads_top: bool = False  # reads the first K items themselves (their labels, their grades), not only counts
 
     def __post_init__(self):
         placeholders = [letter for letter in self.pattern if letter.isupper()]
@@ -143,17 +204,28 @@ def _refuse_k_over_1(k: int) -> str | None:
     return None
 
 
+AP = ("normalise", "empty")
 METRICS: list[MetricFamily] = [
-    MetricFamily("map@K", average_precision_at, "K", "AP of the top K over the relevant found there"),
-    MetricFamily("map@all", partial(average_precision_at, k=None), WHOLE_RANKING, "AP of the whole ranking"),
+    MetricFamily("map@K", average_precision_at, "K", "AP of the top K", conventions=AP),
+    MetricFamily("map@all", partial(average_precision_at, k=None), WHOLE_RANKING, "AP of the whole ranking", None, AP),
     MetricFamily("p@K", precision_at, "K", "precision of the top K"),
     MetricFamily("p@all", partial(precision_at, k=None), WHOLE_RANKING, "precision of the whole ranking"),
     MetricFamily("p@K-tie", expected_precision_at, None, "P@K expected over tie orders"),
     MetricFamily("map@K-tie", expected_precision_at, None, "expected MAP@1 over tie orders: K = 1", _refuse_k_over_1),
-    MetricFamily("map@tie", partial(tie_aware_average_precision, order="expected"), None, "AP, mean over tie orders"),
-    MetricFamily("map@tie-best", partial(tie_aware_average_precision, order="best"), None, "AP, best tie order"),
-    MetricFamily("map@tie-worst", partial(tie_aware_average_precision, order="worst"), None, "AP, worst tie order"),
+    *(
+        MetricFamily(name, partial(tie_aware_average_precision, order=order), None, text, conventions=("empty",))
+        for name, order, text in (
+            ("map@tie", "expected", "AP, mean over tie orders"),
+            ("map@tie-best", "best", "AP, best tie order"),
+            ("map@tie-worst", "worst", "AP, worst tie order"),
+        )
+    ),
     MetricFamily("p@rR", precision_within_radius, None, "precision within Hamming radius R"),
+    MetricFamily("hit@K", hit_at, "K", "1 when a relevant item is in the top K"),
+    MetricFamily("acc@K", majority_vote_at, "K", "1 when the top K's majority label is the query's", reads_top=True),
+    MetricFamily("ndcg@K", ndcg_at, "K", "normalised DCG of graded relevance", None, ("empty",), True),
+    MetricFamily("acg@K", acg_at, "K", "mean relevance grade of the top K", reads_top=True),
+    MetricFamily("wmap@K", weighted_average_precision_at, "K", "AP weighted by ACG", None, ("empty",), True),
 ]
 
 
@@ -165,6 +237,7 @@ class Metric:
     per_query: Callable[[RankCounts], np.ndarray]
     cutoff: int | None = None  # a rank cutoff the stable pass tracks; None for none
     needs_all: bool = False  # tracks the whole ranking (cutoff = database size)
+    top: int = 0  # how many of the first-ranked items it reads
 
 
 def valid_forms() -> str:
@@ -172,8 +245,19 @@ def valid_forms() -> str:
     return ", ".join(f"{family.pattern} ({family.help})" for family in METRICS)
 
 
-def parse_metric(name: str) -> Metric:
-    """A metric by name, from the first table entry whose pattern matches; unknown names raise with the valid forms."""
+def check_conventions(conventions: dict[str, str]) -> dict[str, str]:
+    """The conventions, each checked against its valid values (ValueError naming them); defaults filled in."""
+    for keyword, value in conventions.items():
+        if keyword not in CONVENTIONS:
+            raise ValueError(f"unknown convention {keyword!r}; valid: {', '.join(CONVENTIONS)}")
+        if value not in CONVENTIONS[keyword]:
+            raise ValueError(f"{keyword} {value!r} is not valid; valid: {', '.join(CONVENTIONS[keyword])}")
+    return {**DEFAULT_CONVENTIONS, **conventions}
+
+
+def parse_metric(name: str, **conventions: str) -> Metric:
+    """A metric by name, from the first table entry whose pattern matches; unknown names raise with the valid forms.
+    ``conventions`` (:data:`CONVENTIONS`) reach the families that take them."""
     for family in METRICS:
         match = family.regex.fullmatch(name.lower())
         if match:
@@ -189,5 +273,7 @@ def parse_metric(name: str) -> Metric:
     if refusal:
         raise ValueError(f"{name}: {refusal}")
     cutoff = parameters[PLACEHOLDERS[family.cutoff][0]] if family.cutoff in PLACEHOLDERS else None
-    per_query = partial(family.per_query, **parameters)
-    return Metric(name, per_query, cutoff=cutoff, needs_all=family.cutoff == WHOLE_RANKING)
+    chosen = check_conventions(conventions)
+    per_query = partial(family.per_query, **parameters, **{keyword: chosen[keyword] for keyword in family.conventions})
+    top = cutoff if family.reads_top else 0
+    return Metric(name, per_query, cutoff=cutoff, needs_all=family.cutoff == WHOLE_RANKING, top=top)

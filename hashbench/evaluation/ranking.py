@@ -51,6 +51,16 @@ class RankCounts:
     hits: np.ndarray  # (q, m) relevant items ranked within each cutoff
     precision_sums: np.ndarray  # (q, m) sum over those items of (relevant up to its rank) / rank
     top1: np.ndarray  # (q,) database index of the first-ranked item (-1 for an empty database)
+    top_items: (
+        np.ndarray
+    )  # (q, t) database indices of the first t ranked items, -1 past the ranking (t = 0: none asked)
+    # what the evaluator adds when a metric reads the first t items (graded relevance, majority votes)
+    top_labels: np.ndarray | None = (
+        None  # (q, t, classes) bool: the label rows of the first t items (none past the ranking)
+    )
+    query_classes: np.ndarray | None = None  # (q, classes) bool: each query's labels
+    top_grades: np.ndarray | None = None  # (q, t) relevance grade of each of the first t items, 0 past the ranking
+    ideal_grades: np.ndarray | None = None  # (q, t) the t best grades the query's ranking holds, descending
 
     @property
     def n_database(self) -> int:
@@ -185,6 +195,7 @@ def _count_kernel(
     hits,
     precision_sums,
     top1,
+    top_items,
     stable,
 ):
     """Per query and database block: keys, their histogram; then, with the whole histogram known, the stable pass.
@@ -196,6 +207,7 @@ def _count_kernel(
     n_bins = distance_counts.shape[1]
     left_out = 2 * n_bins  # the key of an item the query leaves out: one bin past every distance, never read
     n_cutoffs = cutoffs.shape[0]
+    n_top = top_items.shape[1]
     n_blocks = max(1, -(-n_items // block))
     for q in numba.prange(query_codes.shape[0]):
         keys = np.empty(min(block, n_items), key_prototype.dtype)
@@ -238,7 +250,8 @@ def _count_kernel(
             continue
         # Per distance, one int64 packs (hits << 32) + rank of the latest item seen there, starting from the
         # items nearer than d: one read-modify-write per item, and no branch on relevance
-        latest = np.zeros(n_bins + 1, np.int64)  # the last slot takes the items left out, and is never read
+        latest = np.zeros(n_bins + 1, np.int64)
+        latest[n_bins] = 1 << 31  # the items left out: ranks past any cutoff, never relevant, never read
         nearer, nearer_relevant, nearest = 0, 0, -1
         for d in range(n_bins):
             if nearest < 0 and distance_counts[q, d] > 0:
@@ -277,6 +290,9 @@ def _count_kernel(
                 relevant = key & 1
                 packed = latest[key >> 1] + 1 + (relevant << 32)
                 latest[key >> 1] = packed
+                rank = packed & 0xFFFFFFFF
+                if rank <= n_top:
+                    top_items[q, rank - 1] = start + j
                 relevant_items[written] = packed  # kept only when relevant: the slot is reused otherwise
                 written += relevant
             for i in range(written):
@@ -303,12 +319,14 @@ def count_ranks(
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     query_groups: np.ndarray | None = None,
     database_groups: np.ndarray | None = None,
+    top: int = 0,
 ) -> RankCounts:
     """The ranking counts for every query.
 
     ``query_groups`` (q,) and ``database_groups`` (n,), int64 (both or neither): a query leaves out of its ranking
     the database items of its own group; a negative id is no group (nothing left out for such a query).
 
+    ``top``: how many of the first-ranked items to record per query (``top_items``; implies the stable pass).
     ``stable`` False skips the second pass (cutoff sums and top-1): the histograms alone serve the tie-aware
     metrics. ``device``: 'cpu' runs the compiled kernel; 'auto' picks CUDA when torch sees one, else the
     kernel; any other torch device ('cuda', 'cuda:1') runs the matmul path, and 'torch:cpu' runs that path
@@ -333,6 +351,7 @@ def count_ranks(
         raise ValueError("groups: one id per query and one per database item")
     query_groups = np.ascontiguousarray(query_groups, dtype=np.int64)
     database_groups = np.ascontiguousarray(database_groups, dtype=np.int64)
+    stable = stable or top > 0
     if device != "cpu":
         return _count_torch(
             query_words,
@@ -345,6 +364,7 @@ def count_ranks(
             memory_bytes,
             query_groups,
             database_groups,
+            top,
         )
     n_queries = len(query_words)
     counts = RankCounts(
@@ -354,6 +374,7 @@ def count_ranks(
         np.zeros((n_queries, len(cuts)), np.int64),
         np.zeros((n_queries, len(cuts)), np.float64),
         np.full(n_queries, -1, np.int64),
+        np.full((n_queries, top), -1, np.int64),
     )
     key_type = np.uint8 if 2 * (n_bits + 1) <= 255 else np.uint16  # the largest key: an item left out
     block = max(64, memory_bytes // (numba.get_num_threads() * CPU_BYTES_PER_ITEM))
@@ -372,6 +393,7 @@ def count_ranks(
         counts.hits,
         counts.precision_sums,
         counts.top1,
+        counts.top_items,
         stable,
     )
     return counts
@@ -395,6 +417,7 @@ def _count_torch(
     memory_bytes,
     query_groups,
     database_groups,
+    top,
 ) -> RankCounts:
     """The same counts on a GPU: distances from a +/-1 matmul, the stable order from one sort of unique keys.
 
@@ -448,6 +471,7 @@ def _count_torch(
                 torch.where(n_at.sum(dim=1) > 0, order[:, 0], -1)
                 if n_items
                 else torch.full((len(q),), -1, device=device),
+                _first_ranked(order, n_at.sum(dim=1), top),
             ]
         )
     if not parts:  # no queries
@@ -458,6 +482,22 @@ def _count_torch(
             np.zeros((0, len(cuts)), np.int64),
             np.zeros((0, len(cuts))),
             np.zeros(0, np.int64),
+            np.zeros((0, top), np.int64),
         )
-    n_at, r_at, found, summed, top1 = (torch.cat([part[i] for part in parts]).cpu().numpy() for i in range(5))
-    return RankCounts(n_at, r_at, cuts, found.astype(np.int64), summed.astype(np.float64), top1.astype(np.int64))
+    n_at, r_at, found, summed, top1, top_items = (
+        torch.cat([part[i] for part in parts]).cpu().numpy() for i in range(6)
+    )
+    return RankCounts(
+        n_at, r_at, cuts, found.astype(np.int64), summed.astype(np.float64), top1.astype(np.int64), top_items
+    )
+
+
+def _first_ranked(order, ranked, top: int):
+    """(q, top) int64: the first ``top`` items of each query's order, -1 past its ranking (what it leaves out sorts last)."""
+    import torch
+
+    first = torch.full((len(order), top), -1, dtype=torch.long, device=order.device)
+    shown = min(top, order.shape[1])
+    positions = torch.arange(shown, device=order.device)
+    first[:, :shown] = torch.where(positions[None, :] < ranked[:, None], order[:, :shown], -1)
+    return first

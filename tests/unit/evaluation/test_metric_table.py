@@ -84,7 +84,7 @@ def test_a_new_metric_appears_in_the_leaderboard_from_the_stored_codes(hits_metr
 
 def test_the_unknown_metric_message_lists_the_table(hits_metric):
     with pytest.raises(ValueError, match="unknown metric") as raised:
-        parse_metric("ndcg@10")
+        parse_metric("rbp@10")
     message = str(raised.value)
     for family in METRICS:
         assert f"{family.pattern} ({family.help})" in message
