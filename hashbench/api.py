@@ -24,7 +24,8 @@ from hashbench.data.sources import ingest, list_sources
 from hashbench.datasets import UnknownDatasetError, load_dataset
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 from hashbench.evaluation.stats import CellComparison, compare_cells
-from hashbench.evaluation.stored import EXCLUSIONS, NO_EXCLUSION, check_exclusion
+from hashbench.evaluation.stored import SUBGROUPS
+from hashbench.evaluation.view import EXCLUSIONS, LEVELS, RELEVANCE_ATTRIBUTES, View
 from hashbench.model.registry import (
     REGISTRY,
     BrokenMethodError,
@@ -35,7 +36,7 @@ from hashbench.model.registry import (
 )
 from hashbench.model.weights import WeightsUnavailableError
 from hashbench.report import leaderboard as boards
-from hashbench.report.leaderboard import Leaderboard, exclusion_text, to_markdown
+from hashbench.report.leaderboard import Leaderboard, to_markdown
 from hashbench.report.plots import write_confusion
 from hashbench.runner.bench import Rates, measure
 from hashbench.runner.bench import to_json as rates_json
@@ -62,7 +63,10 @@ __all__ = [
     "confusion",
     "CellSpec",
     "EXCLUSIONS",
-    "exclusion_text",
+    "LEVELS",
+    "RELEVANCE_ATTRIBUTES",
+    "SUBGROUPS",
+    "View",
     "Dataset",
     "Leaderboard",
     "RunRequest",
@@ -138,13 +142,20 @@ def leaderboard(
     dataset: str | None = None,
     suite: Suite | None = None,
     directories: set[str] | None = None,
-    exclude: str = NO_EXCLUSION,
+    view: View = View(),
+    by: str | None = None,
 ) -> list[Leaderboard]:
     """The leaderboards of the finished cells under ``out``: one per comparable group, or a paper suite's layout with the
-    paper's numbers; ``exclude`` (same-patient, same-study, same-series) leaves each query's own out of its ranking."""
-    check_exclusion(exclude)
+    paper's numbers; ``view``: how the stored codes are judged (:class:`View`); ``by``: one table per subgroup of the
+    queries (:data:`SUBGROUPS`)."""
+    if by is not None and by not in SUBGROUPS:
+        raise ValueError(f"--by {by!r} is not valid; valid: {', '.join(SUBGROUPS)}")
+    if by is not None and suite is not None:
+        raise ValueError(
+            "--by breaks a leaderboard down by subgroup; a paper suite's layout has none: drop --suite or --by"
+        )
     found = cells(out, dataset, suite, directories)
-    return boards.build_suite(found, suite, exclude) if suite else boards.build(found, tuple(metrics), exclude)
+    return boards.build_suite(found, suite, view) if suite else boards.build(found, tuple(metrics), view, by)
 
 
 def write_leaderboard(
@@ -154,10 +165,11 @@ def write_leaderboard(
     dataset: str | None = None,
     suite: Suite | None = None,
     figures: bool = True,
-    exclude: str = NO_EXCLUSION,
+    view: View = View(),
+    by: str | None = None,
 ) -> Path | None:
     """The leaderboards as markdown (and their figures beside it); None when no cell has finished. Returns the file written."""
-    found = leaderboard(out, metrics, dataset, suite, exclude=exclude)
+    found = leaderboard(out, metrics, dataset, suite, view=view, by=by)
     if not found:
         return None
     target = Path(target) if target else Path(out) / (f"{suite.name}.md" if suite else "leaderboard.md")
@@ -165,7 +177,7 @@ def write_leaderboard(
     text = to_markdown(found)
     if figures:
         shown = tuple(suite.metrics if suite else metrics)
-        text += "\n" + boards.figures(cells(out, dataset, suite), shown, target, exclude)
+        text += "\n" + boards.figures(cells(out, dataset, suite), shown, target, view)
     target.write_text(text)
     return target
 
@@ -177,15 +189,14 @@ def compare(
     bits: int | None = None,
     dataset: str | None = None,
     metrics: tuple[str, ...] = ("map@1", "map@10", "map@tie"),
-    exclude: str = NO_EXCLUSION,
-) -> tuple[list[CellComparison], list[str], int]:
-    """Is A better than B (a method name, all its seeds, or a cell directory each)? Per metric: the paired comparison,
-    warnings, and the number of shared queries; ``exclude`` leaves each query's own patient (study, series) out."""
-    check_exclusion(exclude)
+    view: View = View(),
+) -> tuple[list[CellComparison], list[str]]:
+    """Is A better than B (a method name, all its seeds, or a cell directory each)? Per metric: the paired comparison
+    (with its number of queries, and of patients where it resampled them), and warnings; ``view``: how the stored
+    codes are judged."""
     store = ResultsStore(Path(out))
     sides = [store.select(name, bits, dataset) for name in (a, b)]
-    rows, warnings = compare_cells(*sides, tuple(metrics), exclude)
-    return rows, warnings, len(sides[0][0].query_ids())
+    return compare_cells(*sides, tuple(metrics), view)
 
 
 def bench(

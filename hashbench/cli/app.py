@@ -22,11 +22,39 @@ app.add_typer(ingest_app, name="ingest")
 # On a terminal, rich fits its width; in a log (a pipe, a file, a batch job) 80 columns would wrap every table.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
+# How stored codes are judged (a View): every command that reads cells takes these, recomputed from the stored codes
 EXCLUDE_OPTION = typer.Option(
     "none",
     "--exclude",
     help="Leave each query's own patient, study or series out of its ranking: none, same-patient, same-study, "
-    "same-series (recomputed from the stored codes).",
+    "same-series.",
+)
+LEVEL_OPTION = typer.Option(
+    "slice", "--level", help="Retrieve slices, or cases built from them: slice, series, study, patient."
+)
+CASE_CODE_OPTION = typer.Option(
+    "vote",
+    "--case-code",
+    help="With --level: a case's code is each bit's majority over its slices (vote) or the sign of their mean "
+    "continuous code (mean).",
+)
+RELEVANCE_OPTION = typer.Option(
+    "",
+    "--relevance",
+    help="Graded relevance for ndcg@K, acg@K, wmap@K: attributes that must agree, each worth 1 or its weight, e.g. "
+    "label,modality or label=2,body_part (default: a shared label).",
+)
+AP_NORM_OPTION = typer.Option(
+    "found",
+    "--ap-norm",
+    help="AP@k divided by the relevant found in the top k (found: the DAFH paper's and DeepHash-pytorch's), by "
+    "min(R, k) (min), or by all R relevant (all).",
+)
+EMPTY_OPTION = typer.Option(
+    "zero",
+    "--empty-queries",
+    help="A query with nothing relevant to divide AP or nDCG by scores 0 (zero) or is left out of the mean (drop: "
+    "HashNet's test code).",
 )
 
 
@@ -45,6 +73,16 @@ def _global_options(
     ),
 ) -> None:
     """hashbench: benchmark deep hashing methods for medical image retrieval."""
+
+
+def parse_view(exclude: str, level: str, case_code: str, relevance: str, ap_norm: str, empty: str):
+    """The View the options name; a bad value exits 2 with the valid ones."""
+    from hashbench.evaluation.view import View
+
+    try:
+        return View.from_options(exclude, level, case_code, relevance, ap_norm, empty)
+    except ValueError as exc:
+        fail(exc)
 
 
 def fail(message: object) -> NoReturn:

@@ -10,7 +10,22 @@ import typer
 from rich import box
 from rich.table import Table
 
-from hashbench.cli.app import DEFAULT_OUT, EXCLUDE_OPTION, app, check_metrics, chosen_suite, console, fail, print_boards
+from hashbench.cli.app import (
+    AP_NORM_OPTION,
+    CASE_CODE_OPTION,
+    DEFAULT_OUT,
+    EMPTY_OPTION,
+    EXCLUDE_OPTION,
+    LEVEL_OPTION,
+    RELEVANCE_OPTION,
+    app,
+    check_metrics,
+    chosen_suite,
+    console,
+    fail,
+    parse_view,
+    print_boards,
+)
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 
 
@@ -37,6 +52,17 @@ def leaderboard_command(
         help="With --format md: also write PR, P@k and metric-vs-bits PNGs beside the markdown.",
     ),
     exclude: str = EXCLUDE_OPTION,
+    level: str = LEVEL_OPTION,
+    case_code: str = CASE_CODE_OPTION,
+    relevance: str = RELEVANCE_OPTION,
+    ap_norm: str = AP_NORM_OPTION,
+    empty: str = EMPTY_OPTION,
+    by: Optional[str] = typer.Option(
+        None,
+        "--by",
+        help="One table per subgroup of the queries, with its n: modality, collection, body_part, sex, age (bands), "
+        "manufacturer, slice_thickness.",
+    ),
 ) -> None:
     """Print the leaderboard of stored cells, or write it as markdown (with its figures)."""
     from hashbench import api
@@ -44,17 +70,18 @@ def leaderboard_command(
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     check_metrics(metrics)
+    view = parse_view(exclude, level, case_code, relevance, ap_norm, empty)
     chosen = chosen_suite(suite, with_baselines)
     nothing = f"no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root"
     try:
         if output_format == "rich":
-            boards = api.leaderboard(out, tuple(metrics), dataset, chosen, exclude=exclude)
+            boards = api.leaderboard(out, tuple(metrics), dataset, chosen, view=view, by=by)
             if not boards:
                 fail(nothing)
             print_boards(boards)
             return
-        target = api.write_leaderboard(out, output, tuple(metrics), dataset, chosen, figures, exclude)
-    except ValueError as exc:  # an unknown --exclude, or cells stored without patient ids
+        target = api.write_leaderboard(out, output, tuple(metrics), dataset, chosen, figures, view, by)
+    except ValueError as exc:  # an unknown --by, or cells stored without what the view needs
         fail(exc)
     if target is None:
         fail(nothing)
@@ -72,19 +99,28 @@ def compare_command(
     ),
     out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
     exclude: str = EXCLUDE_OPTION,
+    level: str = LEVEL_OPTION,
+    case_code: str = CASE_CODE_OPTION,
+    relevance: str = RELEVANCE_OPTION,
+    ap_norm: str = AP_NORM_OPTION,
+    empty: str = EMPTY_OPTION,
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
     from hashbench import api
 
     check_metrics(metrics)
+    view = parse_view(exclude, level, case_code, relevance, ap_norm, empty)
     try:
-        rows, warnings, n_queries = api.compare(a, b, out, bits, dataset, tuple(metrics), exclude)
+        rows, warnings = api.compare(a, b, out, bits, dataset, tuple(metrics), view)
     except ValueError as exc:
         fail(exc)
+    first = rows[0].result
+    unit = "queries" if first.patients is None else f"patients ({first.patients}), whose slices are not independent"
     table = Table(
-        title=f"A = {a}, B = {b}: A - B on the same {n_queries} queries",
-        caption="interval: paired bootstrap over queries, 95 %; p (queries): paired sign-flip randomisation test, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)"
-        + api.exclusion_text(exclude)
+        title=f"A = {a}, B = {b}: A - B on the same {first.n_queries} queries",
+        caption=f"interval: paired bootstrap over {unit}, 95 %; p (queries): paired sign-flip randomisation test over "
+        f"{unit.split(' (')[0]}, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)"
+        + view.caption()
         + "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings),
         caption_justify="left",
     )

@@ -12,7 +12,13 @@ from rich import box
 from rich.table import Table
 
 from hashbench.cli.app import (
+    AP_NORM_OPTION,
+    CASE_CODE_OPTION,
     DEFAULT_OUT,
+    EMPTY_OPTION,
+    EXCLUDE_OPTION,
+    LEVEL_OPTION,
+    RELEVANCE_OPTION,
     app,
     check_metrics,
     chosen_suite,
@@ -20,6 +26,7 @@ from hashbench.cli.app import (
     fail,
     load_plugins,
     parse_overrides,
+    parse_view,
     print_boards,
 )
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
@@ -123,13 +130,21 @@ def run_command(
         "--shard",
         help="I/N: run only share I (counted from 0) of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. --shard $SLURM_ARRAY_TASK_ID/8.",
     ),
+    exclude: str = EXCLUDE_OPTION,
+    level: str = LEVEL_OPTION,
+    case_code: str = CASE_CODE_OPTION,
+    relevance: str = RELEVANCE_OPTION,
+    ap_norm: str = AP_NORM_OPTION,
+    empty: str = EMPTY_OPTION,
 ) -> None:
-    """Train and evaluate every (method, bits, seed) cell, then print the leaderboard."""
+    """Train and evaluate every (method, bits, seed) cell, then print the leaderboard (judged as the view options say;
+    each cell stores its codes, so any other view is a `hashbench leaderboard` away)."""
     from hashbench import api, distributed
 
     console.quiet = distributed.follower()  # under torchrun, the first process speaks for all
     load_plugins(plugin)
     check_metrics(metrics)
+    view = parse_view(exclude, level, case_code, relevance, ap_norm, empty)
     chosen = chosen_suite(suite, with_baselines)
     methods, bits = api.methods_and_bits(methods, bits, chosen, with_baselines)
     if not methods:
@@ -173,9 +188,11 @@ def run_command(
             "\n[yellow]interrupted[/yellow]: finished cells are kept and the current one resumes from its last epoch; run the same command again."
         )
         raise typer.Exit(130) from None
-    print_boards(
-        api.leaderboard(out, tuple(metrics), suite=chosen, directories={str(o.config.directory(out)) for o in outcomes})
-    )
+    try:
+        ran = {str(o.config.directory(out)) for o in outcomes}
+        print_boards(api.leaderboard(out, tuple(metrics), suite=chosen, directories=ran, view=view))
+    except ValueError as exc:  # cells kept from an older hashbench, stored without what the view needs
+        fail(exc)
     failed = [o for o in outcomes if o.status == "failed"]
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
     console.print(

@@ -9,7 +9,7 @@ import pandas as pd
 
 from hashbench.data import splits
 from hashbench.data.dataset import LABEL_SEPARATOR, Dataset, split_hash
-from hashbench.store.results import GROUP_LEVELS
+from hashbench.store.results import ATTRIBUTES, GROUP_LEVELS
 
 
 def class_ids(labels, multi_label: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -36,14 +36,21 @@ def group_ids(index: pd.DataFrame) -> np.ndarray:
     return np.stack(columns, axis=1).astype(np.int64) if len(index) else np.zeros((0, len(GROUP_LEVELS)), np.int64)
 
 
+def attribute_values(index: pd.DataFrame) -> np.ndarray:
+    """(n, len(ATTRIBUTES)) str: each row's modality, body part, sex, age, ...; '' where unknown."""
+    return index.reindex(columns=list(ATTRIBUTES), fill_value="").fillna("").astype(str).to_numpy(dtype=str)
+
+
 @dataclass(frozen=True)
 class Side:
-    """The slices of one side, in the split's order, their class numbers (or multi-hot rows), and their patient, study
-    and series ids (:data:`GROUP_LEVELS`, columns of ``groups``)."""
+    """The slices of one side, in the split's order, their class numbers (or multi-hot rows), their patient, study
+    and series ids (:data:`GROUP_LEVELS`, columns of ``groups``) and attributes (:data:`ATTRIBUTES`, columns of
+    ``attributes``)."""
 
     ids: np.ndarray
     labels: np.ndarray
     groups: np.ndarray
+    attributes: np.ndarray
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -82,11 +89,12 @@ def draw_split(dataset: Dataset, protocol: str, seed: int = 0, validation_fracti
             )
     labels, class_names = class_ids(dataset.index.loc[side.index, "label"], dataset.multi_label)
     groups = group_ids(dataset.index.loc[side.index])
+    attributes = attribute_values(dataset.index.loc[side.index])
     ids = side.index.to_numpy()
     sides = {}
     for name, members in MEMBERS.items():
         chosen = side.isin(members).to_numpy()
-        sides[name] = Side(ids[chosen], labels[chosen], groups[chosen])
+        sides[name] = Side(ids[chosen], labels[chosen], groups[chosen], attributes[chosen])
     training_labels = sides["training"].labels
     training_classes = (
         int((training_labels.sum(axis=0) > 0).sum()) if dataset.multi_label else len(np.unique(training_labels))

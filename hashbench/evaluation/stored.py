@@ -11,9 +11,11 @@ from functools import lru_cache
 
 import numpy as np
 
+from hashbench.evaluation.cases import Items, aggregate
 from hashbench.evaluation.evaluate import (
     DEFAULT_TIE_RULE,
     Evaluation,
+    Grading,
     evaluate_packed,
     per_class,
     pr_by_radius,
@@ -21,68 +23,160 @@ from hashbench.evaluation.evaluate import (
     tie_diagnostics,
     top1_confusion,
 )
+from hashbench.evaluation.view import LABEL, NO_EXCLUSION, SLICE, View
 from hashbench.store.digest import file_version
-from hashbench.store.results import CODES, GROUP_LEVELS, Cell, collapse_note
+from hashbench.store.results import ATTRIBUTES, CODES, GROUP_LEVELS, Cell, collapse_note
 
-NO_EXCLUSION = "none"
-EXCLUSIONS = (NO_EXCLUSION, *(f"same-{level}" for level in GROUP_LEVELS))  # what a query's ranking may leave out
-
-
-def check_exclusion(exclude: str) -> str:
-    """``exclude`` if valid, else ValueError naming the valid values."""
-    if exclude not in EXCLUSIONS:
-        raise ValueError(f"--exclude {exclude!r} is not an exclusion; valid: {', '.join(EXCLUSIONS)}")
-    return exclude
+DEFAULT_VIEW = View()
+AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
+SUBGROUPS = ("modality", "collection", "body_part", "sex", "age", "manufacturer", "slice_thickness")  # --by
+UNKNOWN = "unknown"
 
 
-def cell_groups(cell: Cell, exclude: str) -> dict[str, np.ndarray]:
-    """The group ids ``exclude`` leaves out of each query's ranking (its own patient's, study's or series' items), as
-    evaluation options; none for 'none'."""
-    if check_exclusion(exclude) == NO_EXCLUSION:
-        return {}
-    codes = cell.codes()
-    if "query_groups" not in codes:
-        raise ValueError(
-            f"{cell.directory} was stored without its slices' patient, study and series (by an older hashbench): "
-            "run it again with --force to evaluate it with --exclude"
-        )
-    column = GROUP_LEVELS.index(exclude.removeprefix("same-"))
-    return {"query_groups": codes["query_groups"][:, column], "database_groups": codes["database_groups"][:, column]}
-
-
-def evaluate_cell(
-    cell: Cell, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = (), exclude: str = NO_EXCLUSION
-) -> Evaluation:
-    """Metrics recomputed from the cell's stored codes, under the current tie rule; ``exclude`` leaves each query's
-    own patient (study, series) out of its ranking."""
-    codes = cell.codes()
-    return evaluate_packed(
-        codes["query_codes"],
-        codes["query_labels"],
-        codes["database_codes"],
-        codes["database_labels"],
-        int(codes["bits"]),
-        metrics,
-        curve_cutoffs=curve_cutoffs,
-        **DEFAULT_TIE_RULE,
-        **cell_groups(cell, exclude),
+def _rerun(cell: Cell, what: str) -> ValueError:
+    return ValueError(
+        f"{cell.directory} was stored without {what} (by an older hashbench): run it again with --force to evaluate it "
+        "this way"
     )
 
 
-def cell_per_query(cell: Cell, metric: str, exclude: str = NO_EXCLUSION) -> np.ndarray:
-    """Per-query values of ``metric``: stored when they were computed as asked (the current tie rule, nothing left out),
-    else from the codes (cached per version of the codes file)."""
-    return _cell_per_query(cell, metric.lower(), exclude, *file_version(cell.result_path(CODES)))
+def _side(cell: Cell, side: str) -> Items:
+    """One side of the cell's stored items at slice level."""
+    codes = cell.codes()
+    n = len(codes[f"{side}_codes"])
+    groups = codes.get(f"{side}_groups")
+    attributes = codes.get(f"{side}_attributes")
+    return Items(
+        codes[f"{side}_codes"],
+        codes[f"{side}_labels"],
+        np.full((n, len(GROUP_LEVELS)), -1, np.int64) if groups is None else groups,
+        np.full((n, len(ATTRIBUTES)), "") if attributes is None else attributes,
+        codes.get(f"{side}_embeddings"),
+    )
+
+
+def judged_items(cell: Cell, view: View = DEFAULT_VIEW) -> tuple[Items, Items]:
+    """The queries and the database as ``view`` ranks them: slices, or cases built from them (cached per version of
+    the codes file)."""
+    return _judged_items(cell, view, *file_version(cell.result_path(CODES)))
+
+
+@lru_cache(maxsize=64)
+def _judged_items(cell: Cell, view: View, *version) -> tuple[Items, Items]:
+    codes = cell.codes()
+    needs_groups = view.level != SLICE or view.exclude != NO_EXCLUSION
+    needs_attributes = any(name in ATTRIBUTES for name, _ in view.relevance)
+    if needs_groups and "query_groups" not in codes:
+        raise _rerun(cell, "its slices' patient, study and series")
+    if needs_attributes and "query_attributes" not in codes:
+        raise _rerun(cell, "its slices' attributes (modality, body part, ...)")
+    query, database = _side(cell, "query"), _side(cell, "database")
+    if view.level == SLICE:
+        return query, database
+    shape = (int(codes["bits"]), len(codes["class_names"]), view.case_code)
+    return aggregate(query, view.level, *shape), aggregate(database, view.level, *shape)
+
+
+def _grading(query: Items, database: Items, view: View) -> Grading | None:
+    """The view's graded relevance as numbers shared by both sides; None for the default (a shared label is 1)."""
+    if not view.relevance:
+        return None
+    weights = dict(view.relevance)
+    keys = []
+    for name in weights:
+        if name == LABEL:
+            continue
+        if name in GROUP_LEVELS:
+            column = GROUP_LEVELS.index(name)
+            keys.append((query.groups[:, column], database.groups[:, column]))
+        else:
+            column = ATTRIBUTES.index(name)
+            values = np.concatenate([query.attributes[:, column], database.attributes[:, column]])
+            numbers = np.unique(values, return_inverse=True)[1].reshape(-1)
+            numbers = np.where(values == "", -1, numbers)
+            keys.append((numbers[: len(query)], numbers[len(query) :]))
+    others = [w for name, w in weights.items() if name != LABEL]
+    return Grading(
+        weights.get(LABEL, 0.0),
+        np.stack([q for q, _ in keys], axis=1) if keys else np.zeros((len(query), 0), np.int64),
+        np.stack([d for _, d in keys], axis=1) if keys else np.zeros((len(database), 0), np.int64),
+        np.array(others, dtype=np.float64),
+    )
+
+
+def evaluate_cell(
+    cell: Cell, metrics: tuple[str, ...], curve_cutoffs: tuple[int, ...] = (), view: View = DEFAULT_VIEW
+) -> Evaluation:
+    """Metrics recomputed from the cell's stored codes, under the current tie rule, as ``view`` judges them."""
+    query, database = judged_items(cell, view)
+    groups = {}
+    if view.exclude != NO_EXCLUSION:
+        column = GROUP_LEVELS.index(view.exclude.removeprefix("same-"))
+        groups = {"query_groups": query.groups[:, column], "database_groups": database.groups[:, column]}
+    return evaluate_packed(
+        query.codes,
+        query.labels,
+        database.codes,
+        database.labels,
+        int(cell.codes()["bits"]),
+        metrics,
+        curve_cutoffs=curve_cutoffs,
+        **DEFAULT_TIE_RULE,
+        **groups,
+        grading=_grading(query, database, view),
+        **view.conventions,
+    )
+
+
+def cell_per_query(cell: Cell, metric: str, view: View = DEFAULT_VIEW) -> np.ndarray:
+    """Per-query values of ``metric`` (NaN: a query dropped by the view): stored when they were computed as asked (the
+    current tie rule, the default view), else from the codes (cached per version of the codes file)."""
+    return _cell_per_query(cell, metric.lower(), view, *file_version(cell.result_path(CODES)))
 
 
 @lru_cache(maxsize=512)
-def _cell_per_query(
-    cell: Cell, metric: str, exclude: str, path: str, inode: int, mtime_ns: int, size: int
-) -> np.ndarray:
+def _cell_per_query(cell: Cell, metric: str, view: View, *version) -> np.ndarray:
     stored = cell.codes().get(f"per_query/{metric}")
-    if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE and exclude == NO_EXCLUSION:
+    if stored is not None and cell.evaluation_rule() == DEFAULT_TIE_RULE and view.is_default:
         return stored
-    return evaluate_cell(cell, (metric,), exclude=exclude).per_query[metric]
+    return evaluate_cell(cell, (metric,), view=view).per_query[metric]
+
+
+def query_clusters(cell: Cell, view: View = DEFAULT_VIEW) -> np.ndarray | None:
+    """Each query's patient as a cluster number, for intervals that resample patients; None when every query is its
+    own patient (or the cell did not store patients)."""
+    query, _ = judged_items(cell, view)
+    patients = query.groups[:, 0]
+    if (patients < 0).all():
+        return None
+    clusters = np.where(patients >= 0, patients, -1 - np.arange(len(patients)))
+    clusters = np.unique(clusters, return_inverse=True)[1].reshape(-1)
+    return None if clusters.max(initial=-1) + 1 == len(clusters) else clusters
+
+
+def query_subgroups(cell: Cell, by: str, view: View = DEFAULT_VIEW) -> np.ndarray:
+    """(queries,) each query's subgroup under ``by`` (SUBGROUPS); age in bands; 'unknown' where not recorded."""
+    if by not in SUBGROUPS:
+        raise ValueError(f"--by {by!r} is not valid; valid: {', '.join(SUBGROUPS)}")
+    query, _ = judged_items(cell, view)
+    if by == "collection":
+        names = np.array(cell.class_names)
+        rows = query.labels.astype(bool) if query.labels.ndim == 2 else np.eye(len(names), dtype=bool)[query.labels]
+        return np.array(["+".join(names[row]) or UNKNOWN for row in rows])
+    if "query_attributes" not in cell.codes():
+        raise _rerun(cell, "its slices' attributes (modality, body part, ...)")
+    values = query.attributes[:, ATTRIBUTES.index(by)]
+    if by == "age":
+        values = np.array([_age_band(value) for value in values])
+    return np.where(values == "", UNKNOWN, values)
+
+
+def _age_band(age: str) -> str:
+    try:
+        years = float(age)
+    except ValueError:
+        return ""
+    return next((band for low, high, band in AGE_BANDS if low <= years < high), "")
 
 
 def cell_tie_diagnostics(cell: Cell) -> dict[str, float]:
@@ -120,9 +214,9 @@ def cell_per_class(cell: Cell, metrics: tuple[str, ...]) -> dict[str, dict[str, 
     return {metric: per_class(cell_per_query(cell, metric), labels, cell.class_names) for metric in metrics}
 
 
-def cell_curves(cell: Cell, cutoffs: tuple[int, ...], exclude: str = NO_EXCLUSION) -> dict[str, np.ndarray]:
+def cell_curves(cell: Cell, cutoffs: tuple[int, ...], view: View = DEFAULT_VIEW) -> dict[str, np.ndarray]:
     """PR curve by Hamming radius and P@k at ``cutoffs`` (those within the database)."""
-    ks = tuple(k for k in cutoffs if k <= len(cell.codes()["database_codes"]))
-    counts = evaluate_cell(cell, (), curve_cutoffs=ks, exclude=exclude).counts
+    ks = tuple(k for k in cutoffs if k <= len(judged_items(cell, view)[1]))
+    counts = evaluate_cell(cell, (), curve_cutoffs=ks, view=view).counts
     precision, recall = pr_by_radius(counts)
     return {"precision": precision, "recall": recall, "ks": np.array(ks), "p_at_k": precision_curve(counts, ks)}

@@ -22,8 +22,10 @@ import pandas as pd
 
 from hashbench.config.suites import Suite
 from hashbench.data import splits
+from hashbench.evaluation.evaluate import mean_over_queries
 from hashbench.evaluation.stats import bootstrap_interval
-from hashbench.evaluation.stored import NO_EXCLUSION, cell_per_query
+from hashbench.evaluation.stored import DEFAULT_VIEW, cell_per_query, query_clusters, query_subgroups
+from hashbench.evaluation.view import View
 from hashbench.store.results import Cell, CellError
 
 COMPARISON_KEYS = (
@@ -40,6 +42,10 @@ COMPARISON_KEYS = (
 )
 VARIANT_KEYS = ("backbone", "options", "train", "weights")  # what makes two cells of one method different methods
 CELL_LEGEND = "cells: mean ± std over runs [95 % bootstrap interval over queries] (n = runs: seeds x split seeds)"
+CLUSTERED_LEGEND = CELL_LEGEND.replace("over queries", "resampling patients, whose slices are not independent")
+UNCLUSTERED_LEGEND = CELL_LEGEND.replace(
+    "over queries", "over queries, as if independent: these cells were stored without their patients"
+)
 
 
 @dataclass
@@ -50,26 +56,39 @@ class Leaderboard:
     legend: str = CELL_LEGEND
 
 
-def summarise(rows: pd.DataFrame, metric: str, exclude: str = NO_EXCLUSION) -> str:
-    """One leaderboard cell from the runs in ``rows``: mean, spread over runs, interval over queries, flags."""
+def summarise(
+    rows: pd.DataFrame, metric: str, view: View = DEFAULT_VIEW, subgroup: tuple[str, str] | None = None
+) -> str:
+    """One leaderboard cell from the runs in ``rows``: mean, spread over runs, interval over queries (over patients
+    where queries share patients), flags. ``subgroup`` (by, value): only the queries of that subgroup."""
     if rows.empty:
         return "-"
     finished = rows[rows["status"] == "finished"]
     problems = [note for note in rows.loc[rows["status"] != "finished", "note"]]
-    per_run, queries = [], []
+    per_run, queries, clusters = [], [], []
     for directory in finished["directory"]:
         try:
             cell = Cell(directory)
-            per_run.append(cell_per_query(cell, metric, exclude))
+            values, grouped = cell_per_query(cell, metric, view), query_clusters(cell, view)
+            chosen = (
+                np.ones(len(values), bool)
+                if subgroup is None
+                else query_subgroups(cell, subgroup[0], view) == subgroup[1]
+            )
+            per_run.append(values[chosen])
             queries.append(cell.query_ids())
+            clusters.append(None if grouped is None else grouped[chosen])
         except CellError as exc:
             problems.append(f"damaged: {exc}")
     if not per_run:
         return "; ".join(problems) or "-"
-    means = np.array([values.mean() for values in per_run])
+    means = np.array([mean_over_queries(values) for values in per_run])
     spread = f" ± {np.std(means, ddof=1):.3f}" if len(means) > 1 else ""
     same_queries = all(np.array_equal(ids, queries[0]) for ids in queries)  # else several split seeds: pool queries
-    low, high = bootstrap_interval(np.stack(per_run) if same_queries else np.concatenate(per_run)[None])
+    if same_queries:
+        low, high = bootstrap_interval(np.stack(per_run), clusters=clusters[0])
+    else:
+        low, high = bootstrap_interval(np.concatenate(per_run)[None])
     flags = _flags([n for n in finished["note"] if n], len(finished), problems)
     return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"
 
@@ -286,40 +305,69 @@ def _groups(cells: pd.DataFrame):
             yield part.assign(row=_row_names(part))
 
 
-def exclusion_text(exclude: str) -> str:
-    """How a caption says what each query's ranking left out."""
-    if exclude == NO_EXCLUSION:
-        return ""
-    return f"; each query's own {exclude.removeprefix('same-')} left out of its ranking (--exclude {exclude})"
+def _legend(rows: pd.DataFrame, view: View) -> str:
+    """The cell legend, saying when intervals resample patients rather than queries, and when they could not."""
+    finished = rows.loc[rows["status"] == "finished", "directory"]
+    for directory in finished:
+        try:
+            cell = Cell(directory)
+            if "query_groups" not in cell.codes():
+                return UNCLUSTERED_LEGEND
+            return CLUSTERED_LEGEND if query_clusters(cell, view) is not None else CELL_LEGEND
+        except CellError:
+            continue
+    return CELL_LEGEND
 
 
-def build(cells: pd.DataFrame, metrics: tuple[str, ...], exclude: str = NO_EXCLUSION) -> list[Leaderboard]:
-    """One table per metric and comparable group of cells; ``exclude``: what each query's ranking leaves out."""
+def subgroups(rows: pd.DataFrame, by: str, view: View) -> dict[str, int]:
+    """Each subgroup of the queries under ``by`` with its number of queries, from the first readable finished cell."""
+    for directory in rows.loc[rows["status"] == "finished", "directory"]:
+        try:
+            values, counts = np.unique(query_subgroups(Cell(directory), by, view), return_counts=True)
+        except CellError:
+            continue
+        return dict(zip(values.tolist(), counts.tolist()))
+    return {}
+
+
+def build(
+    cells: pd.DataFrame, metrics: tuple[str, ...], view: View = DEFAULT_VIEW, by: str | None = None
+) -> list[Leaderboard]:
+    """One table per metric and comparable group of cells (and per subgroup of the queries under ``by``), judged as
+    ``view`` says."""
     boards = []
     if cells.empty:
         return boards
     for rows in _groups(cells):
         bits = sorted(rows["bits"].unique())
-        described = caption(rows) + exclusion_text(exclude)
+        described = caption(rows) + view.caption()
+        legend = _legend(rows, view)
         published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
+        parts = (
+            [(None, "")]
+            if by is None
+            else [((by, v), f", {by} {v} (n = {n} queries)") for v, n in subgroups(rows, by, view).items()]
+        )
         for metric in (*metrics, *(m for m in published if m not in metrics)):
-            table = _reference_rows_last(
-                pd.DataFrame(
-                    {
-                        f"{b} bits": {
-                            row: summarise(group[group["bits"] == b], metric, exclude)
-                            for row, group in rows.groupby("row", sort=True)
+            for subgroup, named in parts:
+                table = _reference_rows_last(
+                    pd.DataFrame(
+                        {
+                            f"{b} bits": {
+                                row: summarise(group[group["bits"] == b], metric, view, subgroup)
+                                for row, group in rows.groupby("row", sort=True)
+                            }
+                            for b in bits
                         }
-                        for b in bits
-                    }
+                    )
                 )
-            )
-            title = metric.upper() + (" (the metric this protocol is published with)" if metric in published else "")
-            boards.append(Leaderboard(title, described, table.rename_axis("method")))
+                published_note = " (the metric this protocol is published with)" if metric in published else ""
+                title = metric.upper() + published_note + named
+                boards.append(Leaderboard(title, described, table.rename_axis("method"), legend))
     return boards
 
 
-def build_suite(cells: pd.DataFrame, suite: Suite, exclude: str = NO_EXCLUSION) -> list[Leaderboard]:
+def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) -> list[Leaderboard]:
     """The paper's table layout: its rows, and beside each measured value the paper's."""
     boards = []
     cells = cells[cells["method"].isin(suite.methods)] if not cells.empty else cells
@@ -333,17 +381,17 @@ def build_suite(cells: pd.DataFrame, suite: Suite, exclude: str = NO_EXCLUSION) 
             line = {}
             for metric, bits in columns:
                 name = f"{bits} bits" if len(suite.metrics) == 1 else metric.upper()
-                line[name] = summarise(mine[mine["bits"] == bits], metric, exclude)
+                line[name] = summarise(mine[mine["bits"] == bits], metric, view)
                 paper = suite.paper.get((label, metric, bits))
                 line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
         note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented training images; one run per number, no intervals."
-        boards.append(Leaderboard(suite.title, f"{caption(rows)}{exclusion_text(exclude)}. {note}", frame))
+        boards.append(Leaderboard(suite.title, f"{caption(rows)}{view.caption()}. {note}", frame, _legend(rows, view)))
     return boards
 
 
-def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, exclude: str = NO_EXCLUSION) -> str:
+def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, view: View = DEFAULT_VIEW) -> str:
     """Write each protocol's figures next to ``markdown`` and return the markdown that shows them."""
     from hashbench.report.plots import leaderboard_figures
 
@@ -354,7 +402,7 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, exclu
         stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
         described = caption_parts(rows)
         paths = leaderboard_figures(
-            rows[rows["status"] == "finished"], metrics, "; ".join(described) + exclusion_text(exclude), stem, exclude
+            rows[rows["status"] == "finished"], metrics, "; ".join(described) + view.caption(), stem, view
         )
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)

@@ -8,8 +8,12 @@ they use the same ranking and the same metric registry as the tables.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from hashbench.evaluation.view import View
 
 
 def confusion_markdown(matrix: np.ndarray, names: list[str], title: str) -> str:
@@ -83,12 +87,13 @@ def _pyplot():
     return plt
 
 
-def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path, exclude: str = "none") -> list[Path]:
+def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path, view: View) -> list[Path]:
     """PR curves, P@k curves (one panel per code length) and metric vs bits, for one protocol's finished cells.
 
     ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
     (``<stem>-pr.png`` and so on).
     """
+    from hashbench.evaluation.evaluate import mean_over_queries
     from hashbench.evaluation.stored import cell_curves, cell_per_query
     from hashbench.store.results import Cell
 
@@ -102,7 +107,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         method: f"{method} (dead bits)" if method in flagged else method for method in methods
     }  # a collapsed model's curve is not the model's
     curves = {
-        (m, b): [cell_curves(Cell(d), PRECISION_CUTOFFS, exclude) for d in group["directory"]]
+        (m, b): [cell_curves(Cell(d), PRECISION_CUTOFFS, view) for d in group["directory"]]
         for (m, b), group in rows.groupby(["row", "bits"])
     }
     written = []
@@ -145,7 +150,10 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
             mine = rows[rows["row"] == method]
             present = [b for b in bits if (mine["bits"] == b).any()]
             per_run = [
-                [cell_per_query(Cell(d), metric, exclude).mean() for d in mine.loc[mine["bits"] == b, "directory"]]
+                [
+                    mean_over_queries(cell_per_query(Cell(d), metric, view))
+                    for d in mine.loc[mine["bits"] == b, "directory"]
+                ]
                 for b in present
             ]
             means, spread = [np.mean(v) for v in per_run], [np.std(v) for v in per_run]

@@ -138,7 +138,8 @@ def run_cell(
             validate,
         )
         resumed_from = engine.train(job, progress)
-    query_bits = binarize(encode(engine.ImageSource(images, query.ids, device), query.ids))
+    query_embeddings = encode(engine.ImageSource(images, query.ids, device), query.ids)
+    query_bits = binarize(query_embeddings)
     database_embeddings = encode(database_source, database.ids)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
@@ -174,8 +175,11 @@ def run_cell(
         ),  # `hashbench search` breaks Hamming ties with these
         "query_ids": query.ids,
         "database_ids": database.ids,
-        "query_groups": query.groups,  # patient, study, series: what --exclude leaves out of a query's ranking
+        "query_embeddings": query_embeddings.astype(np.float16),  # a case's mean code at --level series, ...
+        "query_groups": query.groups,  # patient, study, series: what --exclude leaves out, what --level builds cases of
         "database_groups": database.groups,
+        "query_attributes": query.attributes,  # modality, body part, ...: graded relevance and --by subgroups
+        "database_attributes": database.attributes,
         "class_names": np.array(split.class_names),
         "bits": np.array(config.bits),
         **{f"per_query/{name}": values for name, values in result.per_query.items()},

@@ -75,6 +75,8 @@ CODE_ARRAYS = (
     "bits",
 )
 GROUP_LEVELS = ("patient", "study", "series")  # the columns of query_groups / database_groups: ids per slice
+# the columns of query_attributes / database_attributes: what is known of each slice, '' where unknown
+ATTRIBUTES = ("modality", "body_part", "sex", "age", "manufacturer", "slice_thickness")
 FIX = "run the same command again (a damaged cell is trained again) or delete the cell's directory"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
 

@@ -12,7 +12,7 @@ import pytest
 from hashbench.api import RunRequest, run_grid
 from hashbench.evaluation.evaluate import evaluate
 from hashbench.evaluation.stats import bootstrap_interval
-from hashbench.evaluation.stored import cell_per_query
+from hashbench.evaluation.stored import cell_per_query, query_clusters
 from hashbench.model.registry import REGISTRY
 from hashbench.report import leaderboard
 from hashbench.store.results import Cell, ResultsStore
@@ -113,7 +113,10 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
         [cell_per_query(Cell(o.config.directory(tmp_path)), "map@10") for o in outcomes if o.config.bits == 8]
     )
     np.testing.assert_allclose(per_seed.mean(axis=1), values, atol=1e-12)  # the stored per-query values are the cell's
-    low, high = bootstrap_interval(per_seed)
+    # the queries are slices of a few patients: the interval resamples patients
+    clusters = query_clusters(Cell(outcomes[0].config.directory(tmp_path)))
+    assert clusters is not None and clusters.max() + 1 < per_seed.shape[1]
+    low, high = bootstrap_interval(per_seed, clusters=clusters)
     assert low <= np.mean(values) <= high
     assert board.table.loc["dpn", "8 bits"].startswith(
         f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f} [{low:.3f}, {high:.3f}] (n=2"

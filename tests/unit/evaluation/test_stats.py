@@ -190,3 +190,31 @@ def test_compare_refuses_cells_of_other_data_versions_even_on_the_same_query_ids
     assert "the sides differ in epochs: 1 vs 5" in warnings and any(
         w.startswith("B has dead bits (collapsed: 16/16 dead bits)") for w in warnings
     )
+
+
+def test_identical_slices_of_one_patient_widen_the_clustered_interval():
+    """20 patients, each queried by 10 identical copies of one slice: 20 independent values, not 200."""
+    from hashbench.evaluation.evaluate import evaluate
+
+    rng = np.random.default_rng(4)
+    patient_codes, patient_labels = rng.random((20, 16)) < 0.5, rng.integers(0, 4, 20)
+    patients = np.repeat(np.arange(20), 10)
+    database, database_labels = rng.random((400, 16)) < 0.5, rng.integers(0, 4, 400)
+    values = evaluate(patient_codes[patients], patient_labels[patients], database, database_labels, ("map@10",))
+    per_query = values.per_query["map@10"]
+    assert len(np.unique(per_query)) <= 20  # the copies score alike
+    slices_low, slices_high = stats.bootstrap_interval(per_query)
+    low, high = stats.bootstrap_interval(per_query, clusters=patients)
+    assert low <= per_query.mean() <= high
+    assert high - low > 2 * (slices_high - slices_low)  # about sqrt(10) wider: the patients are the sample
+    # one query per patient: resampling patients is resampling queries, draw for draw
+    assert stats.bootstrap_interval(per_query, clusters=np.arange(200)) == (slices_low, slices_high)
+
+
+def test_dropped_queries_are_left_out_of_intervals_and_paired_tests():
+    a = np.array([[1.0, np.nan, 0.5, 0.0]])
+    b = np.array([[0.0, 0.3, np.nan, 0.0]])
+    result = stats.compare(a, b, rounds=200)
+    assert result.n_queries == 2 and result.difference == pytest.approx(0.5)
+    low, high = stats.bootstrap_interval(a, rounds=200)
+    assert 0.0 <= low <= high <= 1.0

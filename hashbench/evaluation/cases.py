@@ -1,0 +1,76 @@
+"""The items of one side as the evaluator ranks them, and cases (series, studies, patients) built from slices.
+
+Clinicians retrieve cases, not slices. A case's code is each bit's majority over its slices (a tie gives 1, as
+sign(0) = +1 does) or the sign of its slices' mean continuous code; its labels are every label of its slices (so
+cases may be multi-label: relevant when they share one); its patient, study and series are its slices' where they
+agree (-1 where they do not); an attribute is its slices' most frequent value. Slices without an id at the level
+are cases of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashbench.store.results import GROUP_LEVELS
+
+
+@dataclass(frozen=True)
+class Items:
+    """One side: packed codes, labels (class ids or multi-hot rows), (n, 3) patient/study/series ids, (n, A) attributes."""
+
+    codes: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    attributes: np.ndarray
+    embeddings: np.ndarray | None = None  # the continuous codes, where stored
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def case_of(groups: np.ndarray, level: str) -> np.ndarray:
+    """(n,) case number of each slice: its id at ``level``, or a case of its own where it has none."""
+    ids = groups[:, GROUP_LEVELS.index(level)]
+    own = np.where(ids >= 0, ids, -1 - np.arange(len(ids)))  # a distinct negative id per slice without one
+    return np.unique(own, return_inverse=True)[1].reshape(-1)
+
+
+def _reduce(values: np.ndarray, order: np.ndarray, starts: np.ndarray, function) -> np.ndarray:
+    return function.reduceat(values[order], starts, axis=0) if len(values) else values[:0]
+
+
+def aggregate(items: Items, level: str, n_bits: int, n_classes: int, case_code: str = "vote") -> Items:
+    """The cases of ``items`` at ``level`` (series, study, patient), in order of their ids."""
+    case = case_of(items.groups, level)
+    order = np.argsort(case, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(case[order]) != 0]) if len(case) else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[starts, len(case)])
+    if case_code == "mean":
+        if items.embeddings is None:
+            raise ValueError(
+                "--case-code mean needs the slices' continuous codes, which this cell did not store: "
+                "use --case-code vote, or run the cell again with --force"
+            )
+        summed = _reduce(items.embeddings.astype(np.float64), order, starts, np.add)
+        bits = summed >= 0
+    else:
+        slice_bits = np.unpackbits(items.codes, axis=1)[:, :n_bits].astype(np.int64)
+        bits = 2 * _reduce(slice_bits, order, starts, np.add) >= sizes[:, None]
+    hot = items.labels.astype(bool) if items.labels.ndim == 2 else np.eye(n_classes, dtype=bool)[items.labels]
+    labels = _reduce(hot, order, starts, np.logical_or).astype(np.uint8)
+    low, high = _reduce(items.groups, order, starts, np.minimum), _reduce(items.groups, order, starts, np.maximum)
+    groups = np.where(low == high, low, -1)
+    return Items(np.packbits(bits, axis=1), labels, groups, _most_frequent(items.attributes, case, len(starts)))
+
+
+def _most_frequent(attributes: np.ndarray, case: np.ndarray, n_cases: int) -> np.ndarray:
+    """(cases, A): each attribute's most frequent value in each case (ties: the value sorted first)."""
+    columns = []
+    for column in attributes.T:
+        values, value_of = np.unique(column, return_inverse=True)
+        tally = np.zeros((n_cases, len(values)), np.int64)
+        np.add.at(tally, (case, value_of.reshape(-1)), 1)
+        columns.append(values[tally.argmax(axis=1)] if len(values) else np.full(n_cases, ""))
+    return np.stack(columns, axis=1) if columns else np.zeros((n_cases, 0), str)
