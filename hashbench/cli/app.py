@@ -38,6 +38,12 @@ CASE_CODE_OPTION = typer.Option(
     help="With --level: a case's code is each bit's majority over its slices (vote) or the sign of their mean "
     "continuous code (mean).",
 )
+CASE_DISTANCE_OPTION = typer.Option(
+    "code",
+    "--case-distance",
+    help="With --level: rank cases by the Hamming distance of their codes (code) or of their closest pair of slices "
+    "(min).",
+)
 RELEVANCE_OPTION = typer.Option(
     "",
     "--relevance",
@@ -75,12 +81,12 @@ def _global_options(
     """hashbench: benchmark deep hashing methods for medical image retrieval."""
 
 
-def parse_view(exclude: str, level: str, case_code: str, relevance: str, ap_norm: str, empty: str):
+def parse_view(exclude: str, level: str, case_code: str, case_distance: str, relevance: str, ap_norm: str, empty: str):
     """The View the options name; a bad value exits 2 with the valid ones."""
     from hashbench.evaluation.view import View
 
     try:
-        return View.from_options(exclude, level, case_code, relevance, ap_norm, empty)
+        return View.from_options(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
     except ValueError as exc:
         fail(exc)
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from hashbench.cli.app import (
     AP_NORM_OPTION,
     CASE_CODE_OPTION,
+    CASE_DISTANCE_OPTION,
     DEFAULT_OUT,
     EMPTY_OPTION,
     EXCLUDE_OPTION,
@@ -54,6 +55,7 @@ def leaderboard_command(
     exclude: str = EXCLUDE_OPTION,
     level: str = LEVEL_OPTION,
     case_code: str = CASE_CODE_OPTION,
+    case_distance: str = CASE_DISTANCE_OPTION,
     relevance: str = RELEVANCE_OPTION,
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
@@ -70,7 +72,7 @@ def leaderboard_command(
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     check_metrics(metrics)
-    view = parse_view(exclude, level, case_code, relevance, ap_norm, empty)
+    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
     chosen = chosen_suite(suite, with_baselines)
     nothing = f"no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root"
     try:
@@ -101,6 +103,7 @@ def compare_command(
     exclude: str = EXCLUDE_OPTION,
     level: str = LEVEL_OPTION,
     case_code: str = CASE_CODE_OPTION,
+    case_distance: str = CASE_DISTANCE_OPTION,
     relevance: str = RELEVANCE_OPTION,
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
@@ -109,22 +112,23 @@ def compare_command(
     from hashbench import api
 
     check_metrics(metrics)
-    view = parse_view(exclude, level, case_code, relevance, ap_norm, empty)
+    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
     try:
         rows, warnings = api.compare(a, b, out, bits, dataset, tuple(metrics), view)
     except ValueError as exc:
         fail(exc)
     first = rows[0].result
+    tested = "queries" if first.patients is None else "patients"
     unit = "queries" if first.patients is None else f"patients ({first.patients}), whose slices are not independent"
     table = Table(
         title=f"A = {a}, B = {b}: A - B on the same {first.n_queries} queries",
-        caption=f"interval: paired bootstrap over {unit}, 95 %; p (queries): paired sign-flip randomisation test over "
-        f"{unit.split(' (')[0]}, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)"
+        caption=f"interval: paired bootstrap over {unit}, 95 %; p ({tested}): paired sign-flip randomisation test over "
+        f"{tested}, 10,000 rounds; p (seeds): Welch t-test on per-seed means (needs two seeds a side)"
         + view.caption()
         + "".join(f"\n[yellow]warning:[/yellow] {w}" for w in warnings),
         caption_justify="left",
     )
-    for column in ("metric", "A", "B", "A - B", "95 % interval", "p (queries)", "p (seeds)"):
+    for column in ("metric", "A", "B", "A - B", "95 % interval", f"p ({tested})", "p (seeds)"):
         table.add_column(column, justify="right")
     for row in rows:
         result = row.result

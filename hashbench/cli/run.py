@@ -14,6 +14,7 @@ from rich.table import Table
 from hashbench.cli.app import (
     AP_NORM_OPTION,
     CASE_CODE_OPTION,
+    CASE_DISTANCE_OPTION,
     DEFAULT_OUT,
     EMPTY_OPTION,
     EXCLUDE_OPTION,
@@ -133,6 +134,7 @@ def run_command(
     exclude: str = EXCLUDE_OPTION,
     level: str = LEVEL_OPTION,
     case_code: str = CASE_CODE_OPTION,
+    case_distance: str = CASE_DISTANCE_OPTION,
     relevance: str = RELEVANCE_OPTION,
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
@@ -144,7 +146,7 @@ def run_command(
     console.quiet = distributed.follower()  # under torchrun, the first process speaks for all
     load_plugins(plugin)
     check_metrics(metrics)
-    view = parse_view(exclude, level, case_code, relevance, ap_norm, empty)
+    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
     chosen = chosen_suite(suite, with_baselines)
     methods, bits = api.methods_and_bits(methods, bits, chosen, with_baselines)
     if not methods:

@@ -5,6 +5,10 @@ sign(0) = +1 does) or the sign of its slices' mean continuous code; its labels a
 cases may be multi-label: relevant when they share one); its patient, study and series are its slices' where they
 agree (-1 where they do not); an attribute is its slices' most frequent value. Slices without an id at the level
 are cases of their own.
+
+Cases are ranked by the Hamming distance between their codes, or (``nearest_slices``) by the set distance of the
+closest pair of slices, one of each case: a case is near when any of its slices is, as when a radiologist recognises a
+lesion seen on one slice.
 """
 
 from __future__ import annotations
@@ -63,6 +67,28 @@ def aggregate(items: Items, level: str, n_bits: int, n_classes: int, case_code: 
     low, high = _reduce(items.groups, order, starts, np.minimum), _reduce(items.groups, order, starts, np.maximum)
     groups = np.where(low == high, low, -1)
     return Items(np.packbits(bits, axis=1), labels, groups, _most_frequent(items.attributes, case, len(starts)))
+
+
+PAIR_SCRATCH = 1 << 24  # bound on query slices x database slices held at once
+
+
+def nearest_slices(query: Items, database: Items, level: str, n_bits: int) -> np.ndarray:
+    """(query cases, database cases) int64: the smallest Hamming distance between a slice of one and a slice of the
+    other, cases in the order :func:`aggregate` gives them."""
+    query_case, database_case = case_of(query.groups, level), case_of(database.groups, level)
+    n_query_cases = int(query_case.max(initial=-1)) + 1
+    order = np.argsort(database_case, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(database_case[order]) != 0]) if len(order) else np.zeros(0, np.int64)
+    nearest = np.full((n_query_cases, len(starts)), n_bits, np.int64)
+    if not len(order):
+        return nearest
+    database_codes = database.codes[order]
+    chunk = max(1, PAIR_SCRATCH // max(len(order), 1))
+    for start in range(0, len(query), chunk):
+        codes = query.codes[start : start + chunk]
+        pairs = np.bitwise_count(codes[:, None, :] ^ database_codes[None, :, :]).sum(axis=2, dtype=np.int64)
+        np.minimum.at(nearest, query_case[start : start + chunk], np.minimum.reduceat(pairs, starts, axis=1))
+    return nearest
 
 
 def _most_frequent(attributes: np.ndarray, case: np.ndarray, n_cases: int) -> np.ndarray:

@@ -37,6 +37,7 @@ from hashbench.evaluation.ranking import (
     DEFAULT_MEMORY_BYTES,
     RankCounts,
     count_ranks,
+    count_ranks_from_distances,
     label_words,
     packed_words,
     tie_order,
@@ -123,6 +124,7 @@ def evaluate_packed(
     query_groups: np.ndarray | None = None,
     database_groups: np.ndarray | None = None,
     grading: Grading | None = None,
+    distances: np.ndarray | None = None,
     **conventions: str,
 ) -> Evaluation:
     """All ``metrics`` from one ranking pass over packed codes (np.packbits rows).
@@ -142,6 +144,9 @@ def evaluate_packed(
     ``grading``: graded relevance for nDCG, ACG and weighted mAP (:class:`~hashbench.evaluation.graded.Grading`;
     None: a shared label is grade 1). ``conventions``: how AP is normalised and what an empty query scores
     (:data:`~hashbench.evaluation.metrics.CONVENTIONS`); a dropped query's value is NaN, left out of the mean.
+
+    ``distances``: a (queries, database) matrix of integer distances in 0..n_bits to rank by instead of the
+    codes' Hamming distances (a set distance between cases); ranked with torch ('auto': on CUDA when present).
     """
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
@@ -158,20 +163,29 @@ def evaluate_packed(
         order = tie_order(n_items, tie_seed)
         database_words, database_masks = database_words[order], database_masks[order]
         database_groups = None if database_groups is None else np.asarray(database_groups)[order]
-    counts = count_ranks(
-        packed_words(query_packed),
-        query_masks,
-        database_words,
-        database_masks,
-        n_bits,
-        sorted(cutoffs),
-        stable=bool(cutoffs),
-        device=device,
-        memory_bytes=memory_bytes,
-        query_groups=query_groups,
-        database_groups=database_groups,
-        top=top,
-    )
+        distances = None if distances is None else np.asarray(distances)[:, order]
+    shared = {
+        "memory_bytes": memory_bytes,
+        "query_groups": query_groups,
+        "database_groups": database_groups,
+        "top": top,
+    }
+    if distances is None:
+        counts = count_ranks(
+            packed_words(query_packed),
+            query_masks,
+            database_words,
+            database_masks,
+            n_bits,
+            sorted(cutoffs),
+            stable=bool(cutoffs),
+            device=device,
+            **shared,
+        )
+    else:
+        counts = count_ranks_from_distances(
+            distances, query_masks, database_masks, n_bits, sorted(cutoffs), device=device, **shared
+        )
     if tie_break == "random":
         for items in (counts.top1, counts.top_items):
             ranked = items >= 0  # -1: nothing ranked there

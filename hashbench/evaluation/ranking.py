@@ -333,34 +333,32 @@ def count_ranks(
     on the CPU (to check it against the kernel).
     """
     n_items = len(database_words)
-    cuts = (
-        np.unique(np.minimum(np.asarray(list(cutoffs), dtype=np.int64), n_items))
-        if len(cutoffs)
-        else np.zeros(0, np.int64)
-    )
-    cuts = cuts[cuts > 0]
+    cuts, query_groups, database_groups = _checked(cutoffs, n_items, len(query_words), query_groups, database_groups)
     if device == "auto":
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if (query_groups is None) != (database_groups is None):
-        raise ValueError("groups: give both sides' (the queries' and the database's), or neither")
-    if query_groups is None:
-        query_groups = database_groups = np.zeros(0, np.int64)
-    elif len(query_groups) != len(query_words) or len(database_groups) != n_items:
-        raise ValueError("groups: one id per query and one per database item")
-    query_groups = np.ascontiguousarray(query_groups, dtype=np.int64)
-    database_groups = np.ascontiguousarray(database_groups, dtype=np.int64)
     stable = stable or top > 0
     if device != "cpu":
+        import torch
+
+        torch_device = torch.device(device.removeprefix("torch:"))
+        database, queries = (
+            _unpacked_signs(database_words, n_bits).to(torch_device),
+            _unpacked_signs(query_words, n_bits),
+        )
+
+        def distances_of(start: int, stop: int):
+            # +/-1 codes: <a, b> = bits - 2 * hamming; exact in float32 for any practical code length
+            return ((n_bits - queries[start:stop].to(torch_device) @ database.T) / 2).round().long()
+
         return _count_torch(
-            query_words,
+            distances_of,
             query_label_words,
-            database_words,
             database_label_words,
             n_bits,
             cuts,
-            device,
+            torch_device,
             memory_bytes,
             query_groups,
             database_groups,
@@ -399,6 +397,66 @@ def count_ranks(
     return counts
 
 
+def _checked(cutoffs, n_items: int, n_queries: int, query_groups, database_groups):
+    """The cutoffs capped to the database and made unique, and the groups checked (empty arrays for none)."""
+    cuts = (
+        np.unique(np.minimum(np.asarray(list(cutoffs), dtype=np.int64), n_items))
+        if len(cutoffs)
+        else np.zeros(0, np.int64)
+    )
+    if (query_groups is None) != (database_groups is None):
+        raise ValueError("groups: give both sides' (the queries' and the database's), or neither")
+    if query_groups is None:
+        query_groups = database_groups = np.zeros(0, np.int64)
+    elif len(query_groups) != n_queries or len(database_groups) != n_items:
+        raise ValueError("groups: one id per query and one per database item")
+    return (
+        cuts[cuts > 0],
+        np.ascontiguousarray(query_groups, dtype=np.int64),
+        np.ascontiguousarray(database_groups, dtype=np.int64),
+    )
+
+
+def count_ranks_from_distances(
+    distances: np.ndarray,
+    query_label_words: np.ndarray,
+    database_label_words: np.ndarray,
+    n_bits: int,
+    cutoffs=(),
+    device: str = "cpu",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    query_groups: np.ndarray | None = None,
+    database_groups: np.ndarray | None = None,
+    top: int = 0,
+) -> RankCounts:
+    """The ranking counts from a given (q, n) matrix of integer distances in 0..n_bits (a set distance between cases,
+    say), ties by index as :func:`count_ranks`; with torch on ``device`` ('auto': CUDA when present, else the CPU)."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    distances = np.asarray(distances, dtype=np.int64)
+    if distances.size and (distances.min() < 0 or distances.max() > n_bits):
+        raise ValueError(f"distances must lie in 0..{n_bits}")
+    n_queries, n_items = len(query_label_words), len(database_label_words)
+    cuts, query_groups, database_groups = _checked(cutoffs, n_items, n_queries, query_groups, database_groups)
+    torch_device = torch.device(device.removeprefix("torch:"))
+    matrix = torch.from_numpy(distances.reshape(n_queries, n_items))
+    return _count_torch(
+        lambda start, stop: matrix[start:stop].to(torch_device),
+        query_label_words,
+        database_label_words,
+        n_bits,
+        cuts,
+        torch_device,
+        memory_bytes,
+        query_groups,
+        database_groups,
+        top,
+    )
+
+
 def _unpacked_signs(words: np.ndarray, n_bits: int):
     import torch
 
@@ -407,9 +465,8 @@ def _unpacked_signs(words: np.ndarray, n_bits: int):
 
 
 def _count_torch(
-    query_words,
+    distances_of,
     query_label_words,
-    database_words,
     database_label_words,
     n_bits,
     cuts,
@@ -419,19 +476,17 @@ def _count_torch(
     database_groups,
     top,
 ) -> RankCounts:
-    """The same counts on a GPU: distances from a +/-1 matmul, the stable order from one sort of unique keys.
+    """The same counts with torch (on a GPU): distances of each chunk of queries from ``distances_of(start, stop)``
+    (a +/-1 matmul of codes, or a given matrix), the stable order from one sort of unique keys.
 
     An item a query leaves out takes the distance past every other (bits + 1) and no relevance: it sorts after every
     ranked item, so no rank changes, and its column of the histogram is dropped."""
     import torch
 
-    device = torch.device(device.removeprefix("torch:"))
-    n_queries, n_items = len(query_words), len(database_words)
-    database = _unpacked_signs(database_words, n_bits).to(device)
+    n_queries, n_items = len(query_label_words), len(database_label_words)
     database_labels = torch.from_numpy(
         np.unpackbits(database_label_words.view(np.uint8), axis=1).astype(np.float32)
     ).to(device)
-    queries = _unpacked_signs(query_words, n_bits)
     query_labels = torch.from_numpy(np.unpackbits(query_label_words.view(np.uint8), axis=1).astype(np.float32))
     index = torch.arange(n_items, device=device)
     ranks = torch.arange(1, n_items + 1, device=device, dtype=torch.float64)
@@ -443,16 +498,14 @@ def _count_torch(
     chunk = max(1, memory_bytes // max(n_items * GPU_BYTES_PER_PAIR, 1))
     parts = []
     for start in range(0, n_queries, chunk):
-        q = queries[start : start + chunk].to(device)
-        # +/-1 codes: <a, b> = bits - 2 * hamming; exact in float32 for any practical code length
-        distances = ((n_bits - q @ database.T) / 2).round().long()
+        distances = distances_of(start, start + chunk)
         relevant = (query_labels[start : start + chunk].to(device) @ database_labels.T) > 0
         if grouped:
             own = query_group_ids[start : start + chunk].to(device)
             left_out = (own[:, None] >= 0) & (own[:, None] == database_group_ids[None, :])
             distances = distances.masked_fill(left_out, n_bits + 1)
             relevant = relevant & ~left_out
-        n_at = torch.zeros(len(q), n_bits + 2, dtype=torch.long, device=device).scatter_add_(
+        n_at = torch.zeros(len(distances), n_bits + 2, dtype=torch.long, device=device).scatter_add_(
             1, distances, torch.ones_like(distances)
         )
         r_at = torch.zeros_like(n_at).scatter_add_(1, distances, relevant.long())
@@ -470,7 +523,7 @@ def _count_torch(
                 summed[:, cut_columns],
                 torch.where(n_at.sum(dim=1) > 0, order[:, 0], -1)
                 if n_items
-                else torch.full((len(q),), -1, device=device),
+                else torch.full((len(distances),), -1, device=device),
                 _first_ranked(order, n_at.sum(dim=1), top),
             ]
         )

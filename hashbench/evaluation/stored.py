@@ -11,7 +11,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from hashbench.evaluation.cases import Items, aggregate
+from hashbench.evaluation.cases import Items, aggregate, nearest_slices
 from hashbench.evaluation.evaluate import (
     DEFAULT_TIE_RULE,
     Evaluation,
@@ -77,6 +77,20 @@ def _judged_items(cell: Cell, view: View, *version) -> tuple[Items, Items]:
     return aggregate(query, view.level, *shape), aggregate(database, view.level, *shape)
 
 
+def case_distances(cell: Cell, view: View) -> np.ndarray | None:
+    """The set distances the view ranks cases by (None: the Hamming distances of their codes), cached per version of
+    the codes file."""
+    if view.case_distance == "code":
+        return None
+    return _case_distances(cell, view.level, *file_version(cell.result_path(CODES)))
+
+
+@lru_cache(maxsize=8)
+def _case_distances(cell: Cell, level: str, *version) -> np.ndarray:
+    judged_items(cell, View(level=level))  # refuses cells stored without their groups
+    return nearest_slices(_side(cell, "query"), _side(cell, "database"), level, int(cell.codes()["bits"]))
+
+
 def _grading(query: Items, database: Items, view: View) -> Grading | None:
     """The view's graded relevance as numbers shared by both sides; None for the default (a shared label is 1)."""
     if not view.relevance:
@@ -124,6 +138,7 @@ def evaluate_cell(
         **DEFAULT_TIE_RULE,
         **groups,
         grading=_grading(query, database, view),
+        distances=case_distances(cell, view),
         **view.conventions,
     )
 

@@ -19,6 +19,7 @@ EXCLUSIONS = (NO_EXCLUSION, *(f"same-{level}" for level in GROUP_LEVELS))  # wha
 SLICE = "slice"
 LEVELS = (SLICE, "series", "study", "patient")  # what a query and a database item are, finest first
 CASE_CODES = ("vote", "mean")  # a case's code: each bit's majority over its slices, or the sign of their mean code
+CASE_DISTANCES = ("code", "min")  # between cases: Hamming of their codes, or of their closest pair of slices
 LABEL = "label"
 RELEVANCE_ATTRIBUTES = (LABEL, *GROUP_LEVELS, *ATTRIBUTES)  # what graded relevance may count
 NORMALISATION_TEXT = {
@@ -59,6 +60,7 @@ class View:
     exclude: str = NO_EXCLUSION
     level: str = SLICE
     case_code: str = "vote"
+    case_distance: str = "code"
     relevance: tuple[tuple[str, float], ...] = ()  # () : a shared label is grade 1
     normalise: str = "found"
     empty: str = "zero"
@@ -68,11 +70,16 @@ class View:
             ("--exclude", self.exclude, EXCLUSIONS),
             ("--level", self.level, LEVELS),
             ("--case-code", self.case_code, CASE_CODES),
+            ("--case-distance", self.case_distance, CASE_DISTANCES),
             ("--ap-norm", self.normalise, AP_NORMALISATIONS),
             ("--empty-queries", self.empty, tuple(EMPTY_QUERIES)),
         ):
             if value not in valid:
                 _refuse(option, value, valid)
+        if self.case_distance != "code" and self.level == SLICE:
+            raise ValueError(
+                f"--case-distance {self.case_distance} compares cases: add --level series, study or patient"
+            )
         if self.exclude != NO_EXCLUSION:
             left_out = self.exclude.removeprefix("same-")
             if LEVELS.index(left_out) < LEVELS.index(self.level):
@@ -88,12 +95,13 @@ class View:
         exclude: str = NO_EXCLUSION,
         level: str = SLICE,
         case_code: str = "vote",
+        case_distance: str = "code",
         relevance: str = "",
         normalise: str = "found",
         empty: str = "zero",
     ) -> View:
         """The view the command-line options name; ValueError naming a bad value and the valid ones."""
-        return cls(exclude, level, case_code, parse_relevance(relevance), normalise, empty)
+        return cls(exclude, level, case_code, case_distance, parse_relevance(relevance), normalise, empty)
 
     @property
     def conventions(self) -> dict[str, str]:
@@ -107,10 +115,16 @@ class View:
         """'' for the default view; else '; ' and what differs, as a caption says it."""
         parts = []
         if self.level != SLICE:
-            code = "each bit's majority vote" if self.case_code == "vote" else "the sign of the mean continuous code"
+            if self.case_distance == "min":
+                ranked = f"ranked by the closest pair of slices of two {self.level}s"
+            else:
+                code = (
+                    "each bit's majority vote" if self.case_code == "vote" else "the sign of the mean continuous code"
+                )
+                ranked = f"a {self.level}'s code is {code} over its slices"
             parts.append(
-                f"{self.level}-level retrieval (queries and database items are {self.level}s; a {self.level}'s code is "
-                f"{code} over its slices; its labels are its slices')"
+                f"{self.level}-level retrieval (queries and database items are {self.level}s; {ranked}; its labels are "
+                "its slices')"
             )
         if self.exclude != NO_EXCLUSION:
             parts.append(f"each query's own {self.exclude.removeprefix('same-')} left out of its ranking")

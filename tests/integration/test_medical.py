@@ -75,6 +75,7 @@ def test_leaving_the_query_patient_out_measures_the_slice_split_leak(slice_split
         ("--exclude", "same-hospital", "same-patient, same-study, same-series"),
         ("--level", "volume", "slice, series, study, patient"),
         ("--case-code", "median", "vote, mean"),
+        ("--case-distance", "mean", "code, min"),
         ("--relevance", "label,scanner", "label, patient, study, series, modality, body_part"),
         ("--relevance", "label=-1", "a weight must be positive"),
         ("--relevance", "label=heavy", "the weight must be a number"),
@@ -154,6 +155,9 @@ def test_patient_level_leaderboard_with_majority_vote_accuracy(slice_split_lsh):
     assert len(query) == n_query_patients and len(database) < len(cell.codes()["database_codes"])
     accuracy = cell_per_query(cell, "acc@5", view)
     assert len(accuracy) == n_query_patients
+    # a patient is near another when any slice of one is near any slice of the other: never farther than its code
+    nearest = cell_per_query(cell, "map@10", View("same-patient", level="patient", case_distance="min"))
+    assert len(nearest) == n_query_patients and 0 < nearest.mean() <= 1
     shown = float(re.search(r"### ACC@5.*?\| lsh \(training-free\) \| (\d\.\d{3}) \[", text, re.S).group(1))
     assert shown == pytest.approx(accuracy.mean(), abs=5e-4)
 

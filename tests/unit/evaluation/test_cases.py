@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from hashbench.evaluation.cases import Items, aggregate
+from hashbench.evaluation.cases import Items, aggregate, nearest_slices
 from hashbench.evaluation.evaluate import evaluate_packed
 from hashbench.evaluation.view import View
 
@@ -109,3 +109,44 @@ def test_the_view_caption_names_what_differs_from_the_default():
     ):
         assert part in text
     assert "dropped" in View(empty="drop").caption()
+
+
+@pytest.mark.parametrize("level", ["series", "patient"])
+def test_nearest_slices_is_the_closest_pair_of_slices_of_two_cases(level):
+    query, query_bits = slices(4)
+    database, database_bits = slices(5, n=80)
+    distances = nearest_slices(query, database, level, 7)
+    column = {"patient": 0, "series": 2}[level]
+
+    def case_members(items):
+        ids = [int(g) if g >= 0 else -1 - i for i, g in enumerate(items.groups[:, column])]
+        return [[i for i, x in enumerate(ids) if x == case] for case in sorted(set(ids))]
+
+    for a, query_members in enumerate(case_members(query)):
+        for b, database_members in enumerate(case_members(database)):
+            closest = min(
+                int((query_bits[i] != database_bits[j]).sum()) for i in query_members for j in database_members
+            )
+            assert distances[a, b] == closest
+
+
+def test_ranking_by_given_distances_is_the_ranking_by_those_distances():
+    """Given the codes' own Hamming distances, the distance path ranks exactly as the code path does."""
+    query, query_bits = slices(6)
+    database, database_bits = slices(7, n=90)
+    hamming = (query_bits[:, None, :] != database_bits[None, :, :]).sum(axis=2)
+    metrics = ("map@10", "map@all", "p@5", "acc@5", "ndcg@10", "map@tie", "p@r2")
+    for tie_break in ("index", "random"):
+        options = {"tie_break": tie_break, "query_groups": query.groups[:, 0], "database_groups": database.groups[:, 0]}
+        by_codes = evaluate_packed(query.codes, query.labels, database.codes, database.labels, 7, metrics, **options)
+        by_distances = evaluate_packed(
+            query.codes, query.labels, database.codes, database.labels, 7, metrics, distances=hamming, **options
+        )
+        for name in metrics:
+            np.testing.assert_allclose(by_distances.per_query[name], by_codes.per_query[name], atol=1e-12)
+
+
+def test_nearest_slice_distance_needs_cases():
+    with pytest.raises(ValueError, match="add --level"):
+        View(case_distance="min")
+    assert "closest pair of slices" in View(level="series", case_distance="min").caption()
