@@ -285,16 +285,25 @@ def _count_kernel(
                         top1[q] = start + j
                         break
             written = 0
-            for j in range(size):
-                key = np.int64(keys[j])
-                relevant = key & 1
-                packed = latest[key >> 1] + 1 + (relevant << 32)
-                latest[key >> 1] = packed
-                rank = packed & 0xFFFFFFFF
-                if rank <= n_top:
-                    top_items[q, rank - 1] = start + j
-                relevant_items[written] = packed  # kept only when relevant: the slot is reused otherwise
-                written += relevant
+            if n_top == 0:  # the usual pass, kept free of the branch that records the first items
+                for j in range(size):
+                    key = np.int64(keys[j])
+                    relevant = key & 1
+                    packed = latest[key >> 1] + 1 + (relevant << 32)
+                    latest[key >> 1] = packed
+                    relevant_items[written] = packed  # kept only when relevant: the slot is reused otherwise
+                    written += relevant
+            else:
+                for j in range(size):
+                    key = np.int64(keys[j])
+                    relevant = key & 1
+                    packed = latest[key >> 1] + 1 + (relevant << 32)
+                    latest[key >> 1] = packed
+                    rank = packed & 0xFFFFFFFF
+                    if rank <= n_top:
+                        top_items[q, rank - 1] = start + j
+                    relevant_items[written] = packed
+                    written += relevant
             for i in range(written):
                 rank = relevant_items[i] & 0xFFFFFFFF
                 precision = (relevant_items[i] >> 32) / rank
