@@ -4,6 +4,10 @@ Each top-level folder is a class; images may sit at any depth below it. Images c
 no patient, so each image is its own "patient": the patient-level split is then an
 image-level split, and the manifest says so. The paper's IQR cleaning is meant for CT
 slices and is off unless asked for.
+
+Attributes (body part, sex, age, ...) are read from ``ROOT/attributes.csv`` when there is
+one: a ``path`` column (the image's path below ROOT, as ``<class>/<image>.png``) and any
+of the attribute columns.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.images import IMAGE_SUFFIXES, is_image_file
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
@@ -60,6 +65,10 @@ def ingest_folder(
 ) -> IngestResult:
     """Scan a class-per-folder tree and ingest it as dataset ``name``; a tree with fewer than two classes is refused."""
     files, loose = scan(root)
+    images = {f.relpath for f in files} | set(loose)
+    attributes = read_attributes(
+        Path(root).resolve() / ATTRIBUTES_FILE, ("path",), "path", lambda key: key[0] if key[0] in images else None
+    )
     classes = sorted({f.collection for f in files})
     where = f" ({len(loose)} image(s) directly under it have no class folder, e.g. {loose[0]})" if loose else ""
     if not files:
@@ -88,6 +97,7 @@ def ingest_folder(
             workers=workers,
             progress=progress,
             extra_manifest=extra,
+            attributes=attributes,
         )
     )
 

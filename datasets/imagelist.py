@@ -11,6 +11,10 @@ NUS-WIDE and MS-COCO, MAP@1000 for ImageNet-100) is computed beside the rest.
 Published lists are not always clean: some place queries in the database or in the
 training set. The ingest measures both overlaps and reports them; it never drops or
 hides them, so a result on the lists is a result on the lists as published.
+
+Attributes (body part, sex, age, ...) are read from an ``attributes.csv`` beside the query
+list when there is one: a ``path`` column (the image's path as the lists write it) and any
+of the attribute columns; an image listed in several roles has them in each.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
+from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
 from hashbench.data.dataset import LABEL_SEPARATOR
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
@@ -128,6 +133,13 @@ def ingest_lists(
         raise ValueError(
             f"none of the {sum(map(len, rows.values()))} listed images is under {images}{_missing_text(missing)}; image paths in the lists are read relative to --images"
         )
+    listed = {row.image for role_rows in rows.values() for row in role_rows}
+    attributes = read_attributes(  # an image's patient is its path as listed
+        Path(lists["query"]).resolve().parent / ATTRIBUTES_FILE,
+        ("path",),
+        "patient",
+        lambda key: key[0] if key[0] in listed else None,
+    )
     found = overlaps(rows)
     sides = {"query": "query", "database": "gallery" if "train" in rows else "database", "train": "train"}
     metric = f"map@{top_k}" if top_k else None
@@ -163,6 +175,7 @@ def ingest_lists(
             workers=workers,
             progress=progress,
             extra_manifest=extra,
+            attributes=attributes,
         )
     )
 

@@ -1,4 +1,4 @@
-"""MedMNIST v2/v3 ``.npz`` files (2-D sets; 28, 64, 128 or 224 px) with their official split as the protocol.
+"""MedMNIST v2/v3 ``.npz`` files (2-D sets of 28, 64, 128 or 224 px; 3-D sets of 28 or 64 voxels) with their official split.
 
 An ``.npz`` holds ``train_images``/``train_labels``, ``val_*`` and ``test_*``. Each part
 is ingested as one source unit, so an interrupted ingest resumes part by part. The
@@ -7,6 +7,15 @@ held-out validation side. Labels are the class numbers as stored; each image is 
 own patient. Multi-label sets (ChestMNIST: a 0/1 column per finding) keep every
 label, and an image is relevant to a query when they share one; an image with no
 finding gets the label ``none``, so normal images retrieve normal images.
+
+A 3-D set (OrganMNIST3D, NoduleMNIST3D, AdrenalMNIST3D, FractureMNIST3D, VesselMNIST3D,
+SynapseMNIST3D: images (n, depth, height, width)) is ingested as the stack of each
+volume's depth slices: a volume is one patient, study and series (``test-000012``: the
+12th volume of the test part), its slices carry its label and fall on its part's side.
+
+Attributes (body part, sex, age, ...) are read from ``<stem>.attributes.csv`` beside the
+file when there is one, with columns ``part`` (train, val or test), ``index`` (the image's
+or volume's row in that part, from 0) and any of the attribute columns.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashbench.data.attributes import read_attributes
 from hashbench.data.dataset import LABEL_SEPARATOR
 from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
 from hashbench.data.images import colour_pixels
@@ -31,6 +41,17 @@ PARTS = ("train", "val", "test")
 SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides
 NO_FINDING = "none"
 KEYS = tuple(f"{part}_{kind}" for part in PARTS for kind in ("images", "labels"))
+ATTRIBUTES_SUFFIX = ".attributes.csv"  # beside pathmnist.npz: pathmnist.attributes.csv
+
+
+def is_volumes(shape: tuple[int, ...]) -> bool:
+    """Whether an images array holds 3-D volumes (n, depth, height, width) rather than colour images (n, height, width, 3)."""
+    return len(shape) == 4 and shape[3] != 3
+
+
+def item_id(part: str, index: int) -> str:
+    """The patient (and for a volume also study and series) of a part's ``index``-th image or volume."""
+    return f"{part}-{index:06d}"
 
 
 def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
@@ -45,11 +66,16 @@ def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
         raise ValueError(
             f"{path}: missing {', '.join(missing)}; a MedMNIST file holds {', '.join(KEYS)} (found: {', '.join(sorted(shapes)) or 'nothing'})"
         )
+    volumes = is_volumes(shapes["train_images"])
     for part in PARTS:
         images, labels = shapes[f"{part}_images"], shapes[f"{part}_labels"]
-        if len(images) not in (3, 4) or (len(images) == 4 and images[3] != 3):
+        if len(images) not in (3, 4):
             raise ValueError(
-                f"{path}: {part}_images has shape {images}; expected (n, height, width) or (n, height, width, 3) (3-D MedMNIST sets are not images)"
+                f"{path}: {part}_images has shape {images}; expected (n, height, width), (n, height, width, 3) or, in a 3-D set, (n, depth, height, width)"
+            )
+        if is_volumes(images) != volumes:
+            raise ValueError(
+                f"{path}: {part}_images has shape {images} but train_images {shapes['train_images']}: one file holds either images or volumes"
             )
         if len(labels) != 2 or labels[0] != images[0] or labels[1] != shapes["train_labels"][1]:
             raise ValueError(
@@ -59,20 +85,37 @@ def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
-    """One part's images as uint8 ``size x size`` images (colour kept with colour='rgb', else grey by BT.601 luma) and a label per image."""
+    """One part's images as uint8 ``size x size`` images (colour kept with colour='rgb', else grey by BT.601 luma) and a
+    label per image; a 3-D part's volumes as their depth slices, each volume one series."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise SkippedFile("unreadable npz", f"{part}: {type(exc).__name__}: {exc}") from None
     images = np.clip(np.rint(images), 0, 255).astype(np.uint8) if images.dtype != np.uint8 else images
+    if is_volumes(images.shape):
+        return _volume_slices(images, labels, part, options)
     frames = [
-        {"label": _label(row), "label_source": "npz", "patient": f"{part}-{i:06d}", "series": part}
+        {"label": _label(row), "label_source": "npz", "patient": item_id(part, i), "series": part}
         for i, row in enumerate(labels)
     ]
     return DicomSlices(
         {"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST"},
         [resize(colour_pixels(image, options) if image.ndim == 3 else image, options) for image in images],
+        frames,
+    )
+
+
+def _volume_slices(volumes: np.ndarray, labels: np.ndarray, part: str, options: ImageOptions) -> DicomSlices:
+    """Every depth slice of every volume, in order; a volume's slices share its patient, study, series and label."""
+    frames = []
+    for i, row in enumerate(labels):
+        volume = item_id(part, i)
+        frame = {"label": _label(row), "label_source": "npz", "patient": volume, "study": volume, "series": volume}
+        frames.extend([frame] * volumes.shape[1])
+    return DicomSlices(
+        {"collection_tag": "", "patient_tag": "", "study_tag": "", "series_tag": "", "modality": "MEDMNIST3D"},
+        [resize(image, options) for volume in volumes for image in volume],
         frames,
     )
 
@@ -98,8 +141,19 @@ def ingest_medmnist(
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (a MedMNIST .npz, e.g. pathmnist.npz or pathmnist_64.npz)")
     shapes = check_npz(path)
-    native, in_colour = shapes["train_images"][1], len(shapes["train_images"]) == 4
+    volumes = is_volumes(shapes["train_images"])
+    native = shapes["train_images"][2 if volumes else 1]
+    in_colour = len(shapes["train_images"]) == 4 and not volumes
     options = ImageOptions(size=size or native, colour=colour or ("rgb" if in_colour else "luma"))
+    counts = {part: shapes[f"{part}_images"][0] for part in PARTS}
+
+    def stated_item(key: tuple[str, str]) -> str | None:
+        part, index = key
+        return item_id(part, int(index)) if part in counts and index.isdecimal() and int(index) < counts[part] else None
+
+    attributes = read_attributes(
+        path.with_name(path.stem + ATTRIBUTES_SUFFIX), ("part", "index"), "patient", stated_item
+    )
     files = [
         SourceFile(
             path=path,
@@ -113,21 +167,23 @@ def ingest_medmnist(
         )
         for part in PARTS
     ]
+    official = {
+        "parts": SIDES,
+        "description": "the dataset's official split (test = queries, train = database, val held out)",
+    }
+    if volumes:  # each volume is its own series: the part is read from the path (file#part)
+        official.update(parts={f"{path.name}#{part}": side for part, side in SIDES.items()}, by="path")
     extra = {
-        "layout": "MedMNIST npz",
+        "layout": "MedMNIST npz, 3-D volumes as depth slices" if volumes else "MedMNIST npz",
         "file": str(path),
         "native_size": native,
         "colour": in_colour,
-        "protocols": {
-            "official": {
-                "parts": SIDES,
-                "description": "the dataset's official split (test = queries, train = database, val held out)",
-            }
-        },
+        "protocols": {"official": official},
         "default_split": "official",
-        "patients": "one per image",
+        "patients": "one per volume" if volumes else "one per image",
         "multi_label": shapes["train_labels"][1] > 1,
-        "parts": {part: shapes[f"{part}_images"][0] for part in PARTS},
+        "parts": counts,
+        **({"depth": shapes["train_images"][1]} if volumes else {}),
     }
     return build_dataset(
         IngestJob(
@@ -141,6 +197,7 @@ def ingest_medmnist(
             workers=workers,
             progress=progress,
             extra_manifest=extra,
+            attributes=attributes,
         )
     )
 
@@ -155,9 +212,8 @@ def download(flag: str, size: int, root: Path) -> Path:
             f"{flag}: no such file, and the medmnist package that downloads it is not installed: pip install medmnist, or {manual}"
         ) from None
     info = medmnist.INFO.get(flag)
-    if info is None or "3d" in flag:
-        sets = ", ".join(sorted(k for k in medmnist.INFO if "3d" not in k))
-        raise ValueError(f"{flag}: not a 2-D MedMNIST set; valid: {sets}")
+    if info is None:
+        raise ValueError(f"{flag}: not a MedMNIST set; valid: {', '.join(sorted(medmnist.INFO))}")
     root.mkdir(parents=True, exist_ok=True)
     try:
         getattr(medmnist, info["python_class"])(split="test", download=True, root=str(root), size=size)
@@ -169,7 +225,7 @@ def download(flag: str, size: int, root: Path) -> Path:
 @dataclass(frozen=True, kw_only=True)
 class MedmnistOptions:
     source: str = argument(
-        "A MedMNIST .npz (e.g. pathmnist_64.npz), or a set's name (pathmnist) to fetch it with the medmnist package."
+        "A MedMNIST .npz (e.g. pathmnist_64.npz, organmnist3d.npz), or a set's name (pathmnist) to fetch it with the medmnist package."
     )
     size: int | None = option(None, "Images are resized to SIZE x SIZE (default: the file's own size).")
     colour: str | None = option(
@@ -194,7 +250,7 @@ class MedMNIST(Source):
     """Ingest a MedMNIST set; its official split (test = queries, train = database) becomes the default protocol."""
 
     summary = (
-        "a MedMNIST .npz (2-D sets, any size, multi-label ChestMNIST included), with its official train/val/test split"
+        "a MedMNIST .npz (2-D sets, multi-label ChestMNIST included, and 3-D sets as slices), with its official split"
     )
     Options = MedmnistOptions
 

@@ -3,8 +3,9 @@
 Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.data.ingest`):
 
 - ``images.u8``     all slices, uint8, shape (n, size, size) (x 3 in colour), one raw memory-mapped array
-- ``index.csv``     one row per slice: label, patient, study, series, modality, source
-                    path and frame, image statistics, IQR outlier flag
+- ``index.csv``     one row per slice: label, patient, study, series, modality, attributes
+                    (body part, sex, age, manufacturer, slice thickness; '' where unknown),
+                    source path and frame, image statistics
 - ``files.csv``     one row per source file: size, mtime, digest, kept/skipped and why
                     (the ingest report; also what makes re-ingesting incremental)
 - ``manifest.json`` what was ingested from where, with which image options, the
@@ -14,8 +15,9 @@ Layout of ``<home>/datasets/<name>/`` (written by :mod:`hashbench.data.ingest`):
 A dataset's **fingerprint** names what it was built from, not where or when: the
 image options, the cleaning switch, the cache format, every source file's path and
 content digest, and every slice's identity (label, patient, study, series, modality,
-path, frame). Results record it, so a re-ingested dataset that changed never passes
-for the one a result was computed on. The decoded pixels are not hashed (too costly
+path, frame); not its attributes, which describe a slice without making it another one
+(cells keep their own copy). Results record it, so a re-ingested dataset that changed
+never passes for the one a result was computed on. The decoded pixels are not hashed (too costly
 for large collections): a decoder change that keeps the format version would pass.
 """
 
@@ -34,8 +36,13 @@ from hashbench.data import splits
 from hashbench.data.cleaning import iqr_outliers
 from hashbench.data.manifest import Manifest, read_manifest
 from hashbench.store.digest import file_sha256
+from hashbench.store.results import ATTRIBUTES
 
 FORMAT_VERSION = 1
+# what is known of a slice beside its identity (the cells' attributes but the modality, an identifier), '' where
+# unknown: evaluation breaks results down by these and grades relevance on them; every index has these columns
+# (filled with '' for datasets ingested without them)
+ATTRIBUTE_COLUMNS = [name for name in ATTRIBUTES if name != "modality"]
 IMAGES, INDEX, FILES, MANIFEST = "images.u8", "index.csv", "files.csv", "manifest.json"
 INDEX_DTYPES = {
     "label": str,
@@ -45,14 +52,12 @@ INDEX_DTYPES = {
     "series": str,
     "modality": str,
     "path": str,
+    **dict.fromkeys(ATTRIBUTE_COLUMNS, str),
 }
 FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detail": str}
 SETTINGS_KEYS = ("options", "clean", "format")
 LABEL_SEPARATOR = "|"  # joins the labels of a multi-label image in its label column
 SLICE_IDENTITY = ["label", "patient", "study", "series", "modality", "path", "frame"]
-# what is known of a slice beside its identity, '' where unknown: evaluation breaks results down by these and grades
-# relevance on them; every index has these columns (filled with '' for datasets ingested without them)
-ATTRIBUTE_COLUMNS = ["body_part", "sex", "age", "manufacturer", "slice_thickness"]
 
 
 class DatasetError(ValueError):
@@ -175,9 +180,12 @@ class Dataset:
         """All slices indexed by ``slice_id`` (= row of the image array).
 
         The ``outlier`` column is derived here, not stored, so it always follows the
-        current cleaning rule.
+        current cleaning rule. A dataset ingested before slices had attributes reads them as ''.
         """
         frame = pd.read_csv(self.root / INDEX, dtype=INDEX_DTYPES, keep_default_na=False).set_index("slice_id")
+        for column in ATTRIBUTE_COLUMNS:
+            if column not in frame:
+                frame[column] = ""
         frame["outlier"] = iqr_outliers(frame) if len(frame) else False
         return frame
 

@@ -21,6 +21,8 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, iter_pixels
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from hashbench.data import attributes
+
 # Objects that carry no image slice to learn from (masks, contours, reports, plans).
 NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "KO", "PR", "REG", "DOC", "FID", "RWV"}
 
@@ -131,14 +133,30 @@ def ctp_collection(ds: DicomHeader) -> str:
 
 
 def header_fields(ds: DicomHeader) -> dict[str, str]:
-    """The identifiers a slice keeps (empty where the file lacks them)."""
+    """The identifiers and attributes a slice keeps (empty where the file lacks them or holds no valid value)."""
     return {
         "collection_tag": ctp_collection(ds),
         "patient_tag": str(ds.get("PatientID", "") or "").strip(),
         "study_tag": str(ds.get("StudyInstanceUID", "") or ""),
         "series_tag": str(ds.get("SeriesInstanceUID", "") or ""),
         "modality": str(ds.get("Modality", "") or "").upper(),
+        "body_part": _tag_text(ds, "BodyPartExamined").upper(),
+        "sex": attributes.sex(_tag_text(ds, "PatientSex")),
+        "age": attributes.dicom_age(_tag_text(ds, "PatientAge")),
+        "manufacturer": _tag_text(ds, "Manufacturer"),
+        "slice_thickness": attributes.millimetres(_tag_text(ds, "SliceThickness")),
     }
+
+
+def _tag_text(ds: DicomHeader, keyword: str) -> str:
+    """A tag's value as stored, stripped ('' when absent or unreadable); the values of a multi-valued one joined by \\."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a malformed value that pydicom refuses to convert: as good as absent
+        return ""
+    if isinstance(value, pydicom.multival.MultiValue):
+        value = "\\".join(map(str, value))
+    return "" if value is None else str(value).strip()
 
 
 def decode(data: bytes, options: ImageOptions) -> DicomSlices:

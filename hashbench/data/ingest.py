@@ -41,8 +41,10 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import hashbench
+from hashbench.data.attributes import StatedAttributes
 from hashbench.data.cleaning import STAT_COLUMNS, image_stats
 from hashbench.data.dataset import (
+    ATTRIBUTE_COLUMNS,
     FILES,
     FILES_DTYPES,
     FORMAT_VERSION,
@@ -60,7 +62,7 @@ from hashbench.store import atomic, locks
 from hashbench.store.paths import checked_name
 
 IDENTIFIER_COLUMNS = ["label", "label_source", "patient", "study", "series", "modality"]
-INDEX_COLUMNS = ["slice_id", *IDENTIFIER_COLUMNS, "path", "frame", *STAT_COLUMNS]
+INDEX_COLUMNS = ["slice_id", *IDENTIFIER_COLUMNS, *ATTRIBUTE_COLUMNS, "path", "frame", *STAT_COLUMNS]
 FILES_COLUMNS = ["path", "size", "mtime_ns", "digest", "status", "reason", "detail", "first_slice", "n_slices"]
 COMMIT_EVERY_S = 2.0
 JOURNAL = "journal.json"
@@ -111,7 +113,8 @@ class IngestJob:
     """One build or update of a dataset: the files a source listed, how to decode them, and where the dataset goes.
 
     ``series_metadata`` maps a SeriesInstanceUID to metadata.csv fields (``collection``, ``modality``) for files
-    whose folder moved; ``extra_manifest`` is what the source records beside the generic manifest.
+    whose folder moved; ``attributes`` are the slices' attributes as the source states them (an attributes file),
+    in place of the files' own; ``extra_manifest`` is what the source records beside the generic manifest.
     """
 
     name: str
@@ -125,6 +128,7 @@ class IngestJob:
     workers: int | None = None
     progress: bool = False
     extra_manifest: dict | None = None
+    attributes: StatedAttributes | None = None
 
 
 def build_dataset(job: IngestJob) -> IngestResult:
@@ -136,6 +140,9 @@ def build_dataset(job: IngestJob) -> IngestResult:
         wait=True,
         on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr),
     ):
+        extra = job.extra_manifest or {}
+        if job.attributes is not None and job.attributes.file.is_file():
+            extra = {**extra, "attributes_file": str(job.attributes.file)}
         return _ingest(
             name,
             job.kind,
@@ -147,12 +154,13 @@ def build_dataset(job: IngestJob) -> IngestResult:
             job.series_metadata,
             job.workers,
             job.progress,
-            job.extra_manifest,
+            extra,
+            job.attributes,
         )
 
 
 def _ingest(
-    name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest
+    name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest, stated
 ) -> IngestResult:
     start = time.perf_counter()
     files = sorted(files, key=lambda f: f.relpath)
@@ -174,6 +182,7 @@ def _ingest(
         and not done_in_partial
         and set(previous.records) == set(stats)
         and not _relabelled(files, previous.dataset)
+        and not _reattributed(stated, previous.dataset)
     ):
         shutil.rmtree(partial, ignore_errors=True)
         return IngestResult(
@@ -205,10 +214,10 @@ def _ingest(
                     outcome = "reuse"
             st = stats[source_file.relpath]
             if outcome == "reuse":
-                build.append_reused(source_file, st, record, previous)
+                build.append_reused(source_file, st, record, previous, stated)
                 reused += 1
             else:
-                build.append_decoded(source_file, st, outcome, series_metadata)
+                build.append_decoded(source_file, st, outcome, series_metadata, stated)
                 decoded += 1
             bar(source_file.relpath)
     _refuse_if_empty(partial, name, source)
@@ -225,6 +234,14 @@ def _relabelled(files: list[SourceFile], dataset: Dataset) -> bool:
         return False
     stored = dataset.index.groupby("path")["label"].first()
     return any(stored.get(path, label) != label for path, label in stated.items())
+
+
+def _reattributed(stated: StatedAttributes | None, dataset: Dataset) -> bool:
+    """Whether the attributes the source states (its attributes file) differ from those stored: the index is rebuilt."""
+    if stated is None:
+        return False
+    index = dataset.index
+    return not np.array_equal(index[ATTRIBUTE_COLUMNS].to_numpy(str), stated.of(index[stated.key]).to_numpy(str))
 
 
 def _same_stat(record: dict | None, st: os.stat_result | None) -> bool:
@@ -388,21 +405,39 @@ class _Partial:
                 writer.writerow(columns)
         self.commit()
 
-    def append_reused(self, source_file: SourceFile, st: os.stat_result, record: dict, previous: _Previous) -> None:
+    def append_reused(
+        self,
+        source_file: SourceFile,
+        st: os.stat_result,
+        record: dict,
+        previous: _Previous,
+        stated: StatedAttributes | None,
+    ) -> None:
         first = int(record["first_slice"])
         rows = previous.dataset.index.loc[first : first + int(record["n_slices"]) - 1]
         images = previous.dataset.images[first : first + len(rows)] if len(rows) else None
         rows = rows.assign(label=source_file.label, label_source="list") if source_file.label else rows
+        if stated is not None:
+            rows = rows.assign(**stated.of(rows[stated.key]))
         index_rows = rows.reset_index()[INDEX_COLUMNS[1:]].to_numpy().tolist()
         self._append(
             source_file, st, record["digest"], record["status"], record["reason"], record["detail"], images, index_rows
         )
 
-    def append_decoded(self, source_file: SourceFile, st: os.stat_result, outcome: dict, series_metadata: dict) -> None:
+    def append_decoded(
+        self,
+        source_file: SourceFile,
+        st: os.stat_result,
+        outcome: dict,
+        series_metadata: dict,
+        stated: StatedAttributes | None,
+    ) -> None:
         if "reason" in outcome:
             self._append(source_file, st, outcome["digest"], "skipped", outcome["reason"], outcome["detail"], None, [])
             return
-        ids = dict(zip(IDENTIFIER_COLUMNS, _identifiers(source_file, outcome["header"], series_metadata)))
+        header = outcome["header"]
+        ids = dict(zip(IDENTIFIER_COLUMNS, _identifiers(source_file, header, series_metadata)))
+        attributes = {column: header.get(column, "") for column in ATTRIBUTE_COLUMNS}
         frames = outcome.get("frames") or [{}] * len(outcome["stats"])
         if source_file.label_names:
             frames = [
@@ -411,10 +446,13 @@ class _Partial:
                 else own
                 for own in frames
             ]
-        index_rows = [
-            [*{**ids, **own}.values(), source_file.relpath, frame, *(s[c] for c in STAT_COLUMNS)]
-            for frame, (s, own) in enumerate(zip(outcome["stats"], frames))
+        rows = [
+            {**ids, **attributes, **own, "path": source_file.relpath, "frame": frame, **stats}
+            for frame, (stats, own) in enumerate(zip(outcome["stats"], frames))
         ]
+        if stated is not None:
+            rows = [{**row, **stated.for_image(row[stated.key])} for row in rows]
+        index_rows = [[row[column] for column in INDEX_COLUMNS[1:]] for row in rows]
         self._append(source_file, st, outcome["digest"], "kept", "", "", outcome["images"], index_rows)
 
     def _append(self, source_file, st, digest, status, reason, detail, images, index_rows) -> None:
@@ -471,6 +509,8 @@ def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result]
                 raise ValueError(f"{name} is shorter than committed")
             os.truncate(folder / name, length)
         files = pd.read_csv(folder / FILES, dtype=FILES_DTYPES, keep_default_na=False)
+        if list(pd.read_csv(folder / INDEX, nrows=0).columns) != INDEX_COLUMNS:
+            raise ValueError("index columns of another version")
         index = pd.read_csv(folder / INDEX, usecols=["slice_id"])
         n_slices = int(journal["slices"])
         if (

@@ -9,7 +9,9 @@ A source is a :class:`Source` subclass registered with ``@register_source("name"
   ``--clean/--no-clean``); :func:`argument` marks the positional argument; a field without a default is
   required. ``__post_init__`` refuses bad values with a message that names the fix;
 - ``ingest(options, name, destination, workers, progress)``: build or update ``destination/name``, usually by
-  listing :class:`hashbench.data.ingest.SourceFile` s and calling :func:`hashbench.data.ingest.build_dataset`;
+  listing :class:`hashbench.data.ingest.SourceFile` s and calling :func:`hashbench.data.ingest.build_dataset`
+  (with the slice attributes a CSV file beside the data states, for data without tags of its own:
+  :func:`hashbench.data.attributes.read_attributes`);
 - ``rebuild_command(manifest, name)``: the command that builds the dataset again (every damage report names it);
 - ``dataset_name(options)``: the dataset's name when ``--name`` is not given (None: ``--name`` is required);
 - ``decode_part(data, part, image_options)``: only for files that hold several images (an npz's parts),

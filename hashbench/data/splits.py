@@ -16,7 +16,9 @@ Declared protocols come with a dataset (its manifest's ``protocols``), in two ki
 
 - ``parts``: a split the data ships (MedMNIST's train / val / test, CIFAR-10's test
   batch, the query / database / train lists of a list-file set), read from each
-  slice's ``series`` through a mapping of parts to sides; no seed, no fractions;
+  slice's ``series`` (or the index column the protocol names as ``by``: a 3-D
+  MedMNIST volume is its own series, so its part is read from its ``path``) through
+  a mapping of parts to sides; no seed, no fractions;
 - ``per_class``: seeded counts per class (CIFAR-10's 100 queries and 500 training
   images per class), the rest the gallery, or the gallery plus the training images
   (``train_in_database``).
@@ -61,7 +63,11 @@ def split(
             raise ValueError(
                 f"the {protocol} protocol fixes its sides; a validation side is not carved from it (leave --validation at 0)"
             )
-        side = _parts(index, spec["parts"]) if "parts" in spec else _per_class(index, protocol, spec, seed)
+        side = (
+            _parts(index, spec["parts"], spec.get("by", "series"))
+            if "parts" in spec
+            else _per_class(index, protocol, spec, seed)
+        )
         expected = spec.get("sizes")
         if expected and validation_fraction == 0 and side_sizes(side) != expected:
             raise ValueError(
@@ -91,12 +97,10 @@ def side_sizes(side: pd.Series) -> dict[str, int]:
     }
 
 
-def _parts(index: pd.DataFrame, parts: dict[str, str]) -> pd.Series:
-    side = index["series"].map(parts)
+def _parts(index: pd.DataFrame, parts: dict[str, str], by: str) -> pd.Series:
+    side = index[by].map(parts)
     if side.isna().any():
-        raise ValueError(
-            f"slices whose part is not in the split: {', '.join(sorted(set(index['series'][side.isna()])))}"
-        )
+        raise ValueError(f"slices whose part is not in the split: {', '.join(sorted(set(index[by][side.isna()])))}")
     return side.astype(object)
 
 

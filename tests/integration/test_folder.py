@@ -86,6 +86,58 @@ def test_a_method_runs_end_to_end_on_a_folder_dataset(tmp_path):
     assert 0 <= outcome.metrics["map@10"] <= 1
 
 
+def test_attributes_come_from_an_attributes_file_and_follow_its_edits_without_decoding_again(tmp_path):
+    root = tmp_path / "tree"
+    for label, brightness in (("dark", 40), ("bright", 200)):
+        (root / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((12, 12), brightness + i, np.uint8)).save(root / label / f"{i}.png")
+    pages = [Image.fromarray(np.full((10, 10), v, np.uint8)) for v in (30, 60)]
+    pages[0].save(root / "dark" / "pages.tif", save_all=True, append_images=pages[1:])
+    attributes = root / "attributes.csv"
+    attributes.write_text("path,body_part,sex,age\ndark/0.png,chest,F,045Y\ndark/pages.tif,HEAD,M,7\n")
+
+    def ingest():
+        return ingest_folder(root, "tagged", tmp_path / "datasets", ImageOptions(size=SIZE), workers=1)
+
+    def stated():
+        index = ingest().dataset.index
+        return {
+            (row.path, int(row.frame)): (row.body_part, row.sex, row.age)
+            for row in index.itertuples()
+            if row.body_part or row.sex or row.age
+        }
+
+    first = ingest()
+    assert first.dataset.manifest["attributes_file"] == str(attributes.resolve())
+    assert stated() == {
+        ("dark/0.png", 0): ("CHEST", "F", "45"),
+        ("dark/pages.tif", 0): ("HEAD", "M", "7"),
+        ("dark/pages.tif", 1): ("HEAD", "M", "7"),  # every page of the file
+    }
+    assert (first.dataset.index[["manufacturer", "slice_thickness"]] == "").all().all()
+    assert ingest().up_to_date
+
+    attributes.write_text("path,age\nbright/2.png,80\n")
+    edited = ingest()
+    assert not edited.up_to_date and (edited.decoded, edited.reused) == (0, 7)
+    assert stated() == {("bright/2.png", 0): ("", "", "80")}
+    attributes.unlink()
+    removed = ingest()
+    assert (removed.decoded, removed.reused) == (0, 7) and stated() == {}
+
+    for text, message in (
+        (
+            "path,scanner\ndark/0.png,X\n",
+            "any of body_part, sex, age, manufacturer, slice_thickness (unknown: scanner)",
+        ),
+        ("path,sex\ndark/9.png,F\n", "1 row(s) name images that are not in the source (e.g. dark/9.png)"),
+    ):
+        attributes.write_text(text)
+        result = runner.invoke(app, ["ingest", "folder", str(root), "--name", "tagged", "--size", str(SIZE)])
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+
+
 @pytest.mark.parametrize(
     "layout, message",
     [

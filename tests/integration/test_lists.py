@@ -143,6 +143,23 @@ def test_a_changed_label_in_a_list_reaches_the_index_without_decoding_again(list
     ]
 
 
+def test_attributes_beside_the_query_list_reach_every_role_an_image_is_listed_in(list_set):
+    root, lists = list_set
+    planted = lists["query"].read_text().split()[0]  # also in the database list
+    (root / "attributes.csv").write_text(f"path,manufacturer,slice_thickness\n{planted},  ACME ,1.50\n")
+    result = ingest(lists)
+    assert result.exit_code == 0, result.output
+    from hashbench.datasets import load_dataset
+
+    index = load_dataset("toylists").index
+    tagged = index[index["manufacturer"] != ""]
+    assert sorted(tagged["path"]) == [f"database:{planted}", f"query:{planted}"]
+    assert set(tagged["manufacturer"]) == {"ACME"} and set(tagged["slice_thickness"]) == {"1.5"}
+    (root / "attributes.csv").write_text("path,sex\nimages/77/none.png,F\n")
+    refused = ingest(lists)
+    assert refused.exit_code == 2 and "(e.g. images/77/none.png)" in " ".join(refused.output.split()), refused.output
+
+
 def test_single_label_lists_are_not_multi_label(tmp_path, monkeypatch):
     monkeypatch.setenv("HASHBENCH_HOME", str(tmp_path / "home"))
     rows = [(image, np.eye(4, dtype=int)[i % 4]) for i, (image, _) in enumerate(write_images(tmp_path, 40))]

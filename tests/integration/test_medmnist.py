@@ -52,6 +52,84 @@ def write_multi_label_npz(path: Path, findings: int = 4, size: int = 28) -> Path
     return path
 
 
+VOLUMES = {"train": 6, "val": 2, "test": 3}
+DEPTH = 8
+
+
+def write_volumes_npz(path: Path, classes: int = 3) -> Path:
+    """A 3-D MedMNIST-shaped file (n, depth, 28, 28): each class a bright cube at its own depth, on noise."""
+    rng = np.random.default_rng(2)
+    arrays = {}
+    for part, n in VOLUMES.items():
+        labels = np.arange(n) % classes
+        volumes = rng.normal(40, 10, (n, DEPTH, 28, 28))
+        for i, label in enumerate(labels):
+            volumes[i, 2 * label : 2 * label + 3, 8:20, 8:20] += 150
+        arrays[f"{part}_images"] = np.clip(volumes, 0, 255).astype(np.uint8)
+        arrays[f"{part}_labels"] = labels[:, None]
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def test_a_3d_set_is_ingested_as_the_slices_of_its_volumes_each_volume_a_series(tmp_path):
+    source = write_volumes_npz(tmp_path / "toymnist3d.npz")
+    (tmp_path / "toymnist3d.attributes.csv").write_text("part,index,sex,age\ntest,2,F,63\ntrain,0,M,40\n")
+    dataset = ingest_medmnist(source, "toy3d", tmp_path / "datasets", size=16, workers=1).dataset
+    arrays = np.load(source)
+    assert dataset.images.shape == (sum(VOLUMES.values()) * DEPTH, 16, 16)  # resized as 2-D images are
+    assert dataset.manifest["parts"] == VOLUMES and dataset.manifest["depth"] == DEPTH
+    assert dataset.manifest["native_size"] == 28 and dataset.manifest["patients"] == "one per volume"
+    index = dataset.index
+    assert set(index["modality"]) == {"MEDMNIST3D"}
+    expected = {f"{part}-{i:06d}" for part, n in VOLUMES.items() for i in range(n)}
+    assert set(index["series"]) == expected and index.groupby("series").size().eq(DEPTH).all()
+    assert (index["patient"] == index["series"]).all() and (index["study"] == index["series"]).all()
+    volume = index[index["series"] == "test-000002"]
+    assert volume["frame"].tolist() == list(range(2 * DEPTH, 3 * DEPTH))  # the volume's slices, in depth order
+    assert set(volume["label"]) == {str(arrays["test_labels"][2, 0])}
+    assert volume[["sex", "age"]].drop_duplicates().values.tolist() == [["F", "63"]]  # every slice of the volume
+    assert set(index.loc[index["series"] == "val-000001", "sex"]) == {""}
+    bright = dataset.images[volume.index[2 * 2 + 1]]  # class 2's cube lies at depths 4 to 6
+    assert bright[6:10, 6:10].mean() > 150 and dataset.images[volume.index[0]][6:10, 6:10].mean() < 80
+    sides = dataset.split("official")
+    part_of = index.loc[sides.index, "series"].str.split("-").str[0]
+    assert (part_of.map({"train": "database", "val": "validation", "test": "query"}) == sides).all()
+    assert sides.value_counts().to_dict() == {
+        side: VOLUMES[part] * DEPTH for part, side in (("train", "database"), ("test", "query"), ("val", "validation"))
+    }
+    assert dataset.describe_split("patient") == "patient-level split"
+    assert ingest_medmnist(source, "toy3d", tmp_path / "datasets", size=16, workers=1).up_to_date
+
+
+def test_a_3d_set_is_evaluated_volume_by_volume_at_series_level(tmp_path, monkeypatch):
+    """Each test volume is one query and each train volume one database item; the table says so."""
+    from hashbench.cli import expand_multi_value_options
+    from hashbench.datasets import load_dataset
+    from hashbench.evaluation.stored import cell_per_query, judged_items
+    from hashbench.evaluation.view import View
+    from hashbench.store.results import ResultsStore
+
+    monkeypatch.setenv("HASHBENCH_HOME", str(tmp_path / "home"))
+    source = write_volumes_npz(tmp_path / "toymnist3d.npz")
+    assert runner.invoke(app, ["ingest", "medmnist", str(source), "--size", "16"]).exit_code == 0
+    request = RunRequest(["pcah"], [8], dataset="toymnist3d", image_size=16, profile="quick")
+    (outcome,) = run_grid(request, load_dataset("toymnist3d"), tmp_path / "runs")
+    assert outcome.status == "done", outcome.error
+    (cell,) = ResultsStore(tmp_path / "runs").select("pcah")
+    series = View(level="series")
+    query, database = judged_items(cell, series)
+    assert (len(query), len(database)) == (VOLUMES["test"], VOLUMES["train"])
+    assert len(cell_per_query(cell, "map@1")) == VOLUMES["test"] * DEPTH  # slices, unless told otherwise
+    markdown = tmp_path / "volumes.md"
+    argv = ["leaderboard", "--out", str(tmp_path / "runs"), "--level", "series", "--metrics", "map@1,acc@3"]
+    result = runner.invoke(app, expand_multi_value_options([*argv, "--format", "md", "--output", str(markdown)]))
+    assert result.exit_code == 0, result.output
+    text = markdown.read_text()
+    assert "series-level retrieval" in text and "### ACC@3" in text
+    shown = float(text.split("| pcah (training-free) | ")[1].split()[0])
+    assert shown == pytest.approx(cell_per_query(cell, "map@1", series).mean(), abs=5e-4)
+
+
 @pytest.mark.parametrize("colour", [False, True], ids=["grey", "colour"])
 def test_the_official_split_is_the_protocol_and_sizes_are_the_files(tmp_path, colour):
     source = write_npz(tmp_path / "toymnist_28.npz", colour=colour)
@@ -132,14 +210,22 @@ def test_a_multi_label_set_keeps_every_finding_and_a_method_learns_relevance_as_
     assert "multi-label" in table and all(f"| {name} |" in table for name in ("0", "1", "2", "3", "none"))
 
 
+def mix_volumes_and_images(path: Path) -> Path:
+    arrays = dict(np.load(write_volumes_npz(path)))
+    arrays["val_images"] = arrays["val_images"][:, 0]
+    np.savez_compressed(path, **arrays)
+    return path
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda p: write_npz(p / "a.npz", drop="val_labels"), "missing val_labels"),
         (lambda p: (p / "b.npz").write_bytes(b"not a zip") and p / "b.npz", "not a readable .npz file"),
         (lambda p: p / "missing.npz", "no such file"),
+        (lambda p: mix_volumes_and_images(p / "c.npz"), "one file holds either images or volumes"),
     ],
-    ids=["missing keys", "not an npz", "no file"],
+    ids=["missing keys", "not an npz", "no file", "images and volumes"],
 )
 def test_bad_files_exit_2_with_the_reason(tmp_path, make, message):
     path = make(tmp_path)

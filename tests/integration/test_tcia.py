@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from hashbench.data import ingest as ingest_module
+from hashbench.data.dataset import ATTRIBUTE_COLUMNS, INDEX, MANIFEST, Dataset, integrity
 from hashbench.data.dicom import ImageOptions
 from hashbench.datasets.tcia import ingest_tcia, scan
 
@@ -250,6 +253,33 @@ def test_reingesting_an_unchanged_tree_is_a_no_op_and_changes_are_picked_up(tmp_
     assert len(index) == 4
 
 
+def test_a_dataset_ingested_before_attributes_reads_them_as_unknown_and_is_updated_incrementally(tmp_path, dicom):
+    root = tmp_path / "download"
+    series = root / "TCGA-OV" / "OV-01" / DESCRIPTIVE[0] / DESCRIPTIVE[1]
+    tags = dict(CT_TAGS, BodyPartExamined="PELVIS", PatientSex="F", PatientAge="061Y", SliceThickness="2.50")
+    for i in range(1, 4):
+        dicom(series / f"1-0{i}.dcm", ct(10 * i), **tags)
+    dataset = ingest(root, tmp_path).dataset
+    assert dataset.index[["body_part", "sex", "age", "slice_thickness"]].drop_duplicates().values.tolist() == [
+        ["PELVIS", "F", "61", "2.5"]
+    ]
+    old = pd.read_csv(dataset.root / INDEX, dtype=str, keep_default_na=False).drop(columns=ATTRIBUTE_COLUMNS)
+    old.to_csv(dataset.root / INDEX, index=False)  # as ingested before slices had attributes
+    manifest = json.loads((dataset.root / MANIFEST).read_text())
+    (dataset.root / MANIFEST).write_text(json.dumps({**manifest, "integrity": integrity(dataset.root)}))
+
+    before = Dataset(dataset.root).verify()
+    assert (before.index[ATTRIBUTE_COLUMNS] == "").all().all() and before.fingerprint == dataset.fingerprint
+    assert ingest(root, tmp_path).up_to_date
+    dicom(series / "1-04.dcm", ct(40), **tags)
+    updated = ingest(root, tmp_path)
+    assert (updated.decoded, updated.reused) == (1, 3)
+    assert updated.dataset.index.groupby("path")["body_part"].first().to_dict() == {
+        **{f"{series.relative_to(root).as_posix()}/1-0{i}.dcm": "" for i in range(1, 4)},
+        f"{series.relative_to(root).as_posix()}/1-04.dcm": "PELVIS",
+    }
+
+
 def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, dicom, monkeypatch):
     root = tmp_path / "download"
     for patient in range(3):
@@ -275,6 +305,34 @@ def test_an_interrupted_ingest_resumes_where_it_stopped(tmp_path, dicom, monkeyp
     by_path = lambda d: {(r.path, r.frame): d.images[i].tobytes() for i, r in d.index.iterrows()}  # noqa: E731
     assert by_path(resumed.dataset) == by_path(fresh)
     assert not (tmp_path / "cache" / ".test@partial").exists()
+
+
+def test_a_build_interrupted_before_slices_had_attributes_starts_over(tmp_path, dicom, monkeypatch):
+    root = tmp_path / "download"
+    series = root / "TCGA-STAD" / "STAD-0" / DESCRIPTIVE[0] / DESCRIPTIVE[1]
+    for i in range(4):
+        dicom(series / f"1-0{i}.dcm", ct(10 * i), patient="STAD-0", PatientSex="M", **CT_TAGS)
+    real_decode = ingest_module._decode_job
+
+    def interrupted(job):
+        if job[0].endswith("1-02.dcm"):
+            raise KeyboardInterrupt
+        return real_decode(job)
+
+    monkeypatch.setattr(ingest_module, "_decode_job", interrupted)
+    monkeypatch.setattr(ingest_module, "COMMIT_EVERY_S", 0.0)
+    with pytest.raises(KeyboardInterrupt):
+        ingest(root, tmp_path)
+    partial = tmp_path / "cache" / ".test@partial"
+    old = pd.read_csv(partial / INDEX, dtype=str, keep_default_na=False).drop(columns=ATTRIBUTE_COLUMNS)
+    old.to_csv(partial / INDEX, index=False)  # as an older version wrote it, committed
+    journal = json.loads((partial / "journal.json").read_text())
+    journal["bytes"][INDEX] = (partial / INDEX).stat().st_size
+    (partial / "journal.json").write_text(json.dumps(journal))
+    monkeypatch.setattr(ingest_module, "_decode_job", real_decode)
+    resumed = ingest(root, tmp_path)
+    assert (resumed.resumed, resumed.decoded) == (0, 4)
+    assert set(resumed.dataset.index["sex"]) == {"M"}
 
 
 def test_changing_image_options_rebuilds_everything(tmp_path, dicom):
