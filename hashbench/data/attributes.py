@@ -2,7 +2,7 @@
 
 DICOM files carry them as tags (:func:`hashbench.data.dicom.header_fields`); image files and ``.npz`` arrays carry
 none, so the folder, list and MedMNIST sources read them from a CSV file beside the data (:func:`read_attributes`):
-a key column naming each image, then any of :data:`~hashbench.data.dataset.ATTRIBUTE_COLUMNS`. Both routes store the
+a key column naming each image, then any of :data:`ATTRIBUTE_COLUMNS`. Both routes store the
 same forms: body part upper-case (``CHEST``), sex ``M``, ``F`` or ``O``, age in whole years (``45``), slice
 thickness in millimetres as a plain decimal (``2.5``).
 """
@@ -20,7 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hashbench.data.dataset import ATTRIBUTE_COLUMNS
+from hashbench.store.results import ATTRIBUTES
+
+# what is known of a slice beside its identity (what cells keep, but the modality: an identifier column), '' where
+# unknown: evaluation breaks results down by these and grades relevance on them; every index has these columns
+# (filled with '' for datasets ingested without them)
+ATTRIBUTE_COLUMNS = [name for name in ATTRIBUTES if name != "modality"]
 
 ATTRIBUTES_FILE = "attributes.csv"
 DICOM_AGE = re.compile(r"(\d{1,3})([DWMY])")  # the AS value representation: 045Y, 006M, 010W, 003D

@@ -33,16 +33,12 @@ import numpy as np
 import pandas as pd
 
 from hashbench.data import splits
+from hashbench.data.attributes import ATTRIBUTE_COLUMNS
 from hashbench.data.cleaning import iqr_outliers
 from hashbench.data.manifest import Manifest, read_manifest
 from hashbench.store.digest import file_sha256
-from hashbench.store.results import ATTRIBUTES
 
 FORMAT_VERSION = 1
-# what is known of a slice beside its identity (the cells' attributes but the modality, an identifier), '' where
-# unknown: evaluation breaks results down by these and grades relevance on them; every index has these columns
-# (filled with '' for datasets ingested without them)
-ATTRIBUTE_COLUMNS = [name for name in ATTRIBUTES if name != "modality"]
 IMAGES, INDEX, FILES, MANIFEST = "images.u8", "index.csv", "files.csv", "manifest.json"
 INDEX_DTYPES = {
     "label": str,

@@ -41,10 +41,9 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import hashbench
-from hashbench.data.attributes import StatedAttributes
+from hashbench.data.attributes import ATTRIBUTE_COLUMNS, StatedAttributes
 from hashbench.data.cleaning import STAT_COLUMNS, image_stats
 from hashbench.data.dataset import (
-    ATTRIBUTE_COLUMNS,
     FILES,
     FILES_DTYPES,
     FORMAT_VERSION,

@@ -37,6 +37,7 @@ from hashbench.evaluation.ranking import (
     DEFAULT_MEMORY_BYTES,
     RankCounts,
     count_ranks,
+    count_ranks_float,
     count_ranks_from_distances,
     label_words,
     packed_words,
@@ -55,6 +56,7 @@ __all__ = [
     "binarize",
     "class_masks",
     "evaluate",
+    "evaluate_features",
     "evaluate_packed",
     "expected_precision_at",
     "harmonic",
@@ -148,45 +150,113 @@ def evaluate_packed(
     ``distances``: a (queries, database) matrix of integer distances in 0..n_bits to rank by instead of the
     codes' Hamming distances (a set distance between cases); ranked with torch ('auto': on CUDA when present).
     """
+    parsed = [parse_metric(name, **conventions) for name in metrics]
+    query_words, database_words = packed_words(query_packed), packed_words(database_packed)
+
+    def count(order, query_masks, database_masks, groups, cutoffs, top) -> RankCounts:
+        shared = {"memory_bytes": memory_bytes, **groups, "top": top}
+        if distances is not None:
+            columns = distances if order is None else np.asarray(distances)[:, order]
+            return count_ranks_from_distances(columns, query_masks, database_masks, n_bits, cutoffs, device, **shared)
+        words = database_words if order is None else database_words[order]
+        return count_ranks(
+            query_words, query_masks, words, database_masks, n_bits, cutoffs, bool(cutoffs), device, **shared
+        )
+
+    return _evaluate(
+        count,
+        parsed,
+        query_labels,
+        database_labels,
+        curve_cutoffs,
+        tie_break,
+        tie_seed,
+        query_groups,
+        database_groups,
+        grading,
+    )
+
+
+def evaluate_features(
+    query_features: np.ndarray,
+    query_labels: np.ndarray,
+    database_features: np.ndarray,
+    database_labels: np.ndarray,
+    metrics: tuple[str, ...] = ("map@1", "map@10", "map@all"),
+    distance: str = "cosine",
+    device: str = "auto",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    *,
+    tie_break: str = DEFAULT_TIE_BREAK,
+    tie_seed: int = DEFAULT_TIE_SEED,
+    query_groups: np.ndarray | None = None,
+    database_groups: np.ndarray | None = None,
+    grading: Grading | None = None,
+    **conventions: str,
+) -> Evaluation:
+    """The ``metrics`` of continuous features ranked by ``distance`` ('cosine' or 'euclidean'): the float upper bound
+    a binary code is measured against. Options as for :func:`evaluate_packed`; equal distances follow the tie rule.
+    Metrics that count Hamming tie groups or radii (``map@tie``, ``p@K-tie``, ``p@rR``) are refused: a float ranking
+    has neither (its ``map@all`` is what ``map@tie`` would be)."""
+    parsed = [parse_metric(name, **conventions) for name in metrics]
+    histogram_only = [m.name for m in parsed if m.cutoff is None and not m.needs_all]
+    if histogram_only:
+        raise ValueError(
+            f"{', '.join(histogram_only)} count Hamming distances; continuous features rank without tie groups or "
+            "radii: use map@K, map@all, p@K and the top-K metrics"
+        )
+
+    def count(order, query_masks, database_masks, groups, cutoffs, top) -> RankCounts:
+        features = database_features if order is None else np.asarray(database_features)[order]
+        return count_ranks_float(
+            query_features,
+            query_masks,
+            features,
+            database_masks,
+            distance,
+            cutoffs,
+            device,
+            memory_bytes,
+            **groups,
+            top=top,
+        )
+
+    return _evaluate(
+        count, parsed, query_labels, database_labels, (), tie_break, tie_seed, query_groups, database_groups, grading
+    )
+
+
+def _evaluate(
+    count,
+    parsed,
+    query_labels,
+    database_labels,
+    curve_cutoffs,
+    tie_break,
+    tie_seed,
+    query_groups,
+    database_groups,
+    grading,
+) -> Evaluation:
+    """The tie rule, the labels as masks, one counting pass (``count``), the first items' labels and grades, and every
+    metric's per-query values: what every ranking shares."""
     if tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
-    parsed = [parse_metric(name, **conventions) for name in metrics]
     top = max((m.top for m in parsed), default=0)
-    n_items = len(database_packed)
+    n_items = len(database_labels)
     cutoffs = {m.cutoff for m in parsed if m.cutoff} | set(curve_cutoffs)
     cutoffs |= {n_items} if any(m.needs_all for m in parsed) else set()
     query_masks, database_masks = class_masks(query_labels, database_labels)
     unpermuted_masks, unpermuted_groups = database_masks, database_groups
-    database_words = packed_words(database_packed)
+    order = None
     if tie_break == "random":
-        # the kernel breaks ties by index, so rank the rows in key order: one gather, and both backends agree
+        # the ranking breaks ties by index, so rank the rows in key order: one gather, and every backend agrees
         order = tie_order(n_items, tie_seed)
-        database_words, database_masks = database_words[order], database_masks[order]
+        database_masks = database_masks[order]
         database_groups = None if database_groups is None else np.asarray(database_groups)[order]
-        distances = None if distances is None else np.asarray(distances)[:, order]
-    shared = {
-        "memory_bytes": memory_bytes,
-        "query_groups": query_groups,
-        "database_groups": database_groups,
-        "top": top,
-    }
-    if distances is None:
-        counts = count_ranks(
-            packed_words(query_packed),
-            query_masks,
-            database_words,
-            database_masks,
-            n_bits,
-            sorted(cutoffs),
-            stable=bool(cutoffs),
-            device=device,
-            **shared,
-        )
-    else:
-        counts = count_ranks_from_distances(
-            distances, query_masks, database_masks, n_bits, sorted(cutoffs), device=device, **shared
-        )
-    if tie_break == "random":
+    groups = {"query_groups": query_groups, "database_groups": database_groups}
+    counts = count(order, query_masks, database_masks, groups, sorted(cutoffs), top)
+    if order is not None:
         for items in (counts.top1, counts.top_items):
             ranked = items >= 0  # -1: nothing ranked there
             items[ranked] = order[items[ranked]]

@@ -466,6 +466,60 @@ def count_ranks_from_distances(
     )
 
 
+FLOAT_DISTANCES = ("cosine", "euclidean")
+
+
+def count_ranks_float(
+    query_features: np.ndarray,
+    query_label_words: np.ndarray,
+    database_features: np.ndarray,
+    database_label_words: np.ndarray,
+    distance: str = "cosine",
+    cutoffs=(),
+    device: str = "cpu",
+    memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    query_groups: np.ndarray | None = None,
+    database_groups: np.ndarray | None = None,
+    top: int = 0,
+) -> RankCounts:
+    """The ranking counts of continuous features, by cosine distance (1 - cosine similarity) or Euclidean distance, in
+    float64; equal distances by index. The histograms have one column (the whole ranking): float rankings have no
+    tie groups to count."""
+    import torch
+
+    if distance not in FLOAT_DISTANCES:
+        raise ValueError(f"distance must be one of {', '.join(FLOAT_DISTANCES)}, not {distance!r}")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_device = torch.device(device.removeprefix("torch:"))
+    n_queries, n_items = len(query_features), len(database_features)
+    cuts, query_groups, database_groups = _checked(cutoffs, n_items, n_queries, query_groups, database_groups)
+    queries = torch.from_numpy(np.asarray(query_features, dtype=np.float64))
+    database = torch.from_numpy(np.asarray(database_features, dtype=np.float64)).to(torch_device)
+    if distance == "cosine":
+        queries = torch.nn.functional.normalize(queries, dim=1)
+        database = torch.nn.functional.normalize(database, dim=1)
+
+    def distances_of(start: int, stop: int):
+        chunk = queries[start:stop].to(torch_device)
+        if distance == "cosine":
+            return 1 - chunk @ database.T
+        return torch.cdist(chunk, database)
+
+    return _count_torch(
+        distances_of,
+        query_label_words,
+        database_label_words,
+        None,
+        cuts,
+        torch_device,
+        memory_bytes,
+        query_groups,
+        database_groups,
+        top,
+    )
+
+
 def _unpacked_signs(words: np.ndarray, n_bits: int):
     import torch
 
@@ -489,7 +543,9 @@ def _count_torch(
     (a +/-1 matmul of codes, or a given matrix), the stable order from one sort of unique keys.
 
     An item a query leaves out takes the distance past every other (bits + 1) and no relevance: it sorts after every
-    ranked item, so no rank changes, and its column of the histogram is dropped."""
+    ranked item, so no rank changes, and its column of the histogram is dropped. ``n_bits`` None: the distances are
+    real numbers (float features), sorted stably (equal ones by index), and the histograms have one column, the
+    whole ranking."""
     import torch
 
     n_queries, n_items = len(query_label_words), len(database_label_words)
@@ -509,17 +565,22 @@ def _count_torch(
     for start in range(0, n_queries, chunk):
         distances = distances_of(start, start + chunk)
         relevant = (query_labels[start : start + chunk].to(device) @ database_labels.T) > 0
+        left_out = torch.zeros_like(relevant)
         if grouped:
             own = query_group_ids[start : start + chunk].to(device)
             left_out = (own[:, None] >= 0) & (own[:, None] == database_group_ids[None, :])
-            distances = distances.masked_fill(left_out, n_bits + 1)
+            distances = distances.masked_fill(left_out, float("inf") if n_bits is None else n_bits + 1)
             relevant = relevant & ~left_out
-        n_at = torch.zeros(len(distances), n_bits + 2, dtype=torch.long, device=device).scatter_add_(
-            1, distances, torch.ones_like(distances)
-        )
-        r_at = torch.zeros_like(n_at).scatter_add_(1, distances, relevant.long())
-        n_at, r_at = n_at[:, : n_bits + 1], r_at[:, : n_bits + 1]
-        order = torch.argsort(distances * n_items + index, dim=1)  # unique keys: the stable order
+        if n_bits is None:
+            n_at, r_at = (~left_out).sum(dim=1, keepdim=True), relevant.sum(dim=1, keepdim=True)
+            order = torch.sort(distances, dim=1, stable=True).indices
+        else:
+            n_at = torch.zeros(len(distances), n_bits + 2, dtype=torch.long, device=device).scatter_add_(
+                1, distances, torch.ones_like(distances)
+            )
+            r_at = torch.zeros_like(n_at).scatter_add_(1, distances, relevant.long())
+            n_at, r_at = n_at[:, : n_bits + 1], r_at[:, : n_bits + 1]
+            order = torch.argsort(distances * n_items + index, dim=1)  # unique keys: the stable order
         in_order = relevant.gather(1, order)
         found = torch.cumsum(in_order, dim=1)
         precision = torch.where(in_order, found / ranks, 0.0)
@@ -537,9 +598,10 @@ def _count_torch(
             ]
         )
     if not parts:  # no queries
+        n_bins = 1 if n_bits is None else n_bits + 1
         return RankCounts(
-            np.zeros((0, n_bits + 1), np.int64),
-            np.zeros((0, n_bits + 1), np.int64),
+            np.zeros((0, n_bins), np.int64),
+            np.zeros((0, n_bins), np.int64),
             cuts,
             np.zeros((0, len(cuts)), np.int64),
             np.zeros((0, len(cuts))),

@@ -99,7 +99,7 @@ def test_the_floor_runs_in_seconds_far_above_chance_and_is_labelled_training_fre
     argv = [
         "run",
         "--methods",
-        "lsh,pcah,itq,sh",
+        "lsh,pcah,itq,sh,pcarr",
         "--bits",
         "16",
         "32",
@@ -114,7 +114,7 @@ def test_the_floor_runs_in_seconds_far_above_chance_and_is_labelled_training_fre
     assert result.exit_code == 0, result.output
     floor = chance(tiny_phantom.dataset)["map@10"]
     records = [json.loads(path.read_text()) for path in tmp_path.rglob("metrics.json")]
-    assert len(records) == 8
+    assert len(records) == 10
     for record in records:
         assert (
             record["train_seconds"] < 5 and record["seconds"] < 30
@@ -180,3 +180,32 @@ def test_with_baselines_adds_the_floor_as_reference_rows_below_the_trained_metho
     assert dry.exit_code == 0, dry.output
     planned = {json.loads(line)["method"] for line in dry.output.splitlines() if line.startswith("{")}
     assert planned == {"hashnet", "dsh", "dpsh", "dpn", "dafh", "lsh", "pcah", "itq", "sh"}
+
+
+def test_pcarr_rotation_is_orthogonal_and_fixed_by_the_seed():
+    from hashbench.methods.pcarr import random_rotation
+
+    rotation = random_rotation(12, seed=5)
+    assert np.allclose(rotation.T @ rotation, np.eye(12), atol=1e-12)
+    assert np.array_equal(rotation, random_rotation(12, seed=5))
+    assert not np.allclose(rotation, random_rotation(12, seed=6))
+
+
+def test_pcarr_codes_are_the_principal_coordinates_through_the_seeded_rotation():
+    from hashbench.methods.pcah import principal_directions
+    from hashbench.methods.pcarr import random_rotation
+
+    features = correlated()
+    head = fitted("pcarr", 8, features, seed=2)
+    mean, directions = principal_directions(features, 8, 2)
+    expected = (features - mean) @ directions @ random_rotation(8, 2)
+    projected = ((torch.from_numpy(features) - head.mean.double()) @ head.projection.double()).numpy()
+    assert np.allclose(projected, expected, atol=1e-4)
+    # PCA alone piles the variance into the first bits; the rotation spreads it over all of them
+    assert variance_spread(projected) < variance_spread((features - mean) @ directions)
+
+
+def variance_spread(values: np.ndarray) -> float:
+    """The largest per-dimension variance over the smallest."""
+    variances = values.var(axis=0)
+    return float(variances.max() / variances.min())

@@ -12,7 +12,8 @@ import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from hashbench.data import ingest as ingest_module
-from hashbench.data.dataset import ATTRIBUTE_COLUMNS, INDEX, MANIFEST, Dataset, integrity
+from hashbench.data.attributes import ATTRIBUTE_COLUMNS
+from hashbench.data.dataset import INDEX, MANIFEST, Dataset, integrity
 from hashbench.data.dicom import ImageOptions
 from hashbench.datasets.tcia import ingest_tcia, scan
 

@@ -6,8 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from hashbench.data.attributes import dicom_age, millimetres, read_attributes
-from hashbench.data.dataset import ATTRIBUTE_COLUMNS
+from hashbench.data.attributes import ATTRIBUTE_COLUMNS, dicom_age, millimetres, read_attributes
 from hashbench.data.dicom import header_fields
 
 

@@ -216,3 +216,59 @@ def test_unknown_conventions_are_refused_with_the_valid_values(keyword, value):
     query_bits, query_labels, db_bits, db_labels = heavy_ties(0)
     with pytest.raises(ValueError, match="valid: "):
         evaluate(query_bits, query_labels, db_bits, db_labels, ("map@5",), **{keyword: value})
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean"])
+@pytest.mark.parametrize("tie_break", ["index", "random"])
+def test_continuous_features_rank_as_a_brute_force_float_ranking(distance, tie_break):
+    """The float upper bound: every cutoff metric of a plain sort by cosine (or Euclidean) distance, to 1e-12."""
+    from hashbench.evaluation.evaluate import evaluate_features
+
+    rng = np.random.default_rng(11)
+    query, database = rng.normal(size=(20, 6)), rng.normal(size=(50, 6))
+    database[7] = database[3]  # an exact tie: broken by the tie rule
+    query_labels, database_labels = rng.integers(0, 3, 20), rng.integers(0, 3, 50)
+    query_groups, database_groups = rng.integers(-1, 4, 20), rng.integers(0, 4, 50)
+    key = TIE_KEYS[tie_break]
+    metrics = ("map@5", "map@all", "p@5", "hit@5", "acc@5", "ndcg@5")
+    result = evaluate_features(
+        query,
+        query_labels,
+        database,
+        database_labels,
+        metrics,
+        distance,
+        tie_break=tie_break,
+        query_groups=query_groups,
+        database_groups=database_groups,
+    )
+    for q in range(len(query)):
+        kept = [i for i in range(50) if query_groups[q] < 0 or database_groups[i] != query_groups[q]]
+        if distance == "cosine":
+            similarity = database @ query[q] / (np.linalg.norm(database, axis=1) * np.linalg.norm(query[q]))
+            distances = 1 - similarity
+        else:
+            distances = np.linalg.norm(database - query[q], axis=1)
+        order = sorted(kept, key=lambda i: (round(float(distances[i]), 12), key(i)))
+        relevant = [query_labels[q] == database_labels[i] for i in order]
+        found, total, precision_sum = 0, sum(relevant), 0.0
+        for place, hit in enumerate(relevant[:5], start=1):
+            found += hit
+            precision_sum += found / place if hit else 0.0
+        assert result.per_query["map@5"][q] == pytest.approx(precision_sum / found if found else 0.0, abs=1e-12)
+        assert result.per_query["p@5"][q] == pytest.approx(sum(relevant[:5]) / 5, abs=1e-12)
+        assert result.per_query["hit@5"][q] == float(any(relevant[:5]))
+        assert result.per_query["acc@5"][q] == majority_vote(q, order[:5], query_labels, database_labels)
+        whole, seen = 0.0, 0
+        for place, hit in enumerate(relevant, start=1):
+            seen += hit
+            whole += seen / place if hit else 0.0
+        assert result.per_query["map@all"][q] == pytest.approx(whole / total if total else 0.0, abs=1e-12)
+
+
+def test_tie_and_radius_metrics_are_refused_for_continuous_features():
+    from hashbench.evaluation.evaluate import evaluate_features
+
+    features = np.random.default_rng(0).normal(size=(5, 4))
+    with pytest.raises(ValueError, match="map@tie, p@r2 count Hamming distances"):
+        evaluate_features(features, [0] * 5, features, [0] * 5, ("map@10", "map@tie", "p@r2"))
