@@ -25,7 +25,7 @@ from hashbench.datasets import UnknownDatasetError, load_dataset
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 from hashbench.evaluation.stats import CellComparison, compare_cells
 from hashbench.evaluation.stored import SUBGROUPS
-from hashbench.evaluation.view import EXCLUSIONS, LEVELS, RELEVANCE_ATTRIBUTES, View
+from hashbench.evaluation.view import EXCLUSIONS, HAMMING, LEVELS, RELEVANCE_ATTRIBUTES, View
 from hashbench.model.registry import (
     REGISTRY,
     BrokenMethodError,
@@ -175,7 +175,7 @@ def write_leaderboard(
     target = Path(target) if target else Path(out) / (f"{suite.name}.md" if suite else "leaderboard.md")
     target.parent.mkdir(parents=True, exist_ok=True)
     text = to_markdown(found)
-    if figures:
+    if figures and view.ranking == HAMMING:  # the curves are by Hamming radius
         shown = tuple(suite.metrics if suite else metrics)
         text += "\n" + boards.figures(cells(out, dataset, suite), shown, target, view)
     target.write_text(text)

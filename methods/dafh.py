@@ -170,6 +170,10 @@ class DafhLoss(nn.Module):
 @register_method("dafh")
 class DAFH(Method):
     paper = "Wu et al., Deep Attention Fusion Hashing (DAFH) Model for Medical Image Retrieval, Bioengineering 2024"
+    not_freezable = (
+        "its CBAM and inter-layer fusion read the backbone's feature maps, not one pooled feature vector: "
+        "train it whole (drop --freeze-backbone)"
+    )
 
     @dataclass(frozen=True)
     class Options:

@@ -44,6 +44,12 @@ CASE_DISTANCE_OPTION = typer.Option(
     help="With --level: rank cases by the Hamming distance of their codes (code) or of their closest pair of slices "
     "(min).",
 )
+RANKING_OPTION = typer.Option(
+    "hamming",
+    "--ranking",
+    help="Rank by the binary codes (hamming), or by the cosine or euclidean distance of the continuous codes before "
+    "binarisation: what binarising costs each method.",
+)
 RELEVANCE_OPTION = typer.Option(
     "",
     "--relevance",
@@ -81,12 +87,21 @@ def _global_options(
     """hashbench: benchmark deep hashing methods for medical image retrieval."""
 
 
-def parse_view(exclude: str, level: str, case_code: str, case_distance: str, relevance: str, ap_norm: str, empty: str):
+def parse_view(
+    exclude: str,
+    level: str,
+    case_code: str,
+    case_distance: str,
+    relevance: str,
+    ap_norm: str,
+    empty: str,
+    ranking: str = "hamming",
+):
     """The View the options name; a bad value exits 2 with the valid ones."""
     from hashbench.evaluation.view import View
 
     try:
-        return View.from_options(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
+        return View.from_options(exclude, level, case_code, case_distance, relevance, ap_norm, empty, ranking)
     except ValueError as exc:
         fail(exc)
 

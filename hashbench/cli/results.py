@@ -18,6 +18,7 @@ from hashbench.cli.app import (
     EMPTY_OPTION,
     EXCLUDE_OPTION,
     LEVEL_OPTION,
+    RANKING_OPTION,
     RELEVANCE_OPTION,
     app,
     check_metrics,
@@ -59,6 +60,7 @@ def leaderboard_command(
     relevance: str = RELEVANCE_OPTION,
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
+    ranking: str = RANKING_OPTION,
     by: Optional[str] = typer.Option(
         None,
         "--by",
@@ -72,7 +74,7 @@ def leaderboard_command(
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
     check_metrics(metrics)
-    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
+    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty, ranking)
     chosen = chosen_suite(suite, with_baselines)
     nothing = f"no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root"
     try:
@@ -107,12 +109,13 @@ def compare_command(
     relevance: str = RELEVANCE_OPTION,
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
+    ranking: str = RANKING_OPTION,
 ) -> None:
     """Is A better than B? Paired test on the same queries (and across seeds), with the difference's interval."""
     from hashbench import api
 
     check_metrics(metrics)
-    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
+    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty, ranking)
     try:
         rows, warnings = api.compare(a, b, out, bits, dataset, tuple(metrics), view)
     except ValueError as exc:

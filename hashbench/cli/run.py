@@ -19,6 +19,7 @@ from hashbench.cli.app import (
     EMPTY_OPTION,
     EXCLUDE_OPTION,
     LEVEL_OPTION,
+    RANKING_OPTION,
     RELEVANCE_OPTION,
     app,
     check_metrics,
@@ -131,6 +132,12 @@ def run_command(
         "--shard",
         help="I/N: run only share I (counted from 0) of N shares of the grid (balanced by estimated cost; every cell in one share), e.g. --shard $SLURM_ARRAY_TASK_ID/8.",
     ),
+    freeze_backbone: bool = typer.Option(
+        False,
+        "--freeze-backbone",
+        help="Deep methods keep the backbone's initial weights and train their head alone, on its features computed "
+        "once and cached (DAFH, which fuses feature maps, refuses).",
+    ),
     exclude: str = EXCLUDE_OPTION,
     level: str = LEVEL_OPTION,
     case_code: str = CASE_CODE_OPTION,
@@ -138,6 +145,7 @@ def run_command(
     relevance: str = RELEVANCE_OPTION,
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
+    ranking: str = RANKING_OPTION,
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard (judged as the view options say;
     each cell stores its codes, so any other view is a `hashbench leaderboard` away)."""
@@ -146,7 +154,7 @@ def run_command(
     console.quiet = distributed.follower()  # under torchrun, the first process speaks for all
     load_plugins(plugin)
     check_metrics(metrics)
-    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty)
+    view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty, ranking)
     chosen = chosen_suite(suite, with_baselines)
     methods, bits = api.methods_and_bits(methods, bits, chosen, with_baselines)
     if not methods:
@@ -174,6 +182,7 @@ def run_command(
         force=force,
         shard=_parse_shard(shard),
         execution=_execution(precision, channels_last, compile_model),
+        freeze_backbone=freeze_backbone,
     )
     try:
         data = api.load_dataset(dataset, progress=not console.quiet)

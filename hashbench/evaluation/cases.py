@@ -57,8 +57,7 @@ def aggregate(items: Items, level: str, n_bits: int, n_classes: int, case_code: 
                 "--case-code mean needs the slices' continuous codes, which this cell did not store: "
                 "use --case-code vote, or run the cell again with --force"
             )
-        summed = _reduce(items.embeddings.astype(np.float64), order, starts, np.add)
-        bits = summed >= 0
+        bits = _summed_embeddings(items, order, starts) >= 0
     else:
         slice_bits = np.unpackbits(items.codes, axis=1)[:, :n_bits].astype(np.int64)
         bits = 2 * _reduce(slice_bits, order, starts, np.add) >= sizes[:, None]
@@ -66,7 +65,15 @@ def aggregate(items: Items, level: str, n_bits: int, n_classes: int, case_code: 
     labels = _reduce(hot, order, starts, np.logical_or).astype(np.uint8)
     low, high = _reduce(items.groups, order, starts, np.minimum), _reduce(items.groups, order, starts, np.maximum)
     groups = np.where(low == high, low, -1)
-    return Items(np.packbits(bits, axis=1), labels, groups, _most_frequent(items.attributes, case, len(starts)))
+    embeddings = None if items.embeddings is None else _summed_embeddings(items, order, starts) / sizes[:, None]
+    return Items(
+        np.packbits(bits, axis=1), labels, groups, _most_frequent(items.attributes, case, len(starts)), embeddings
+    )
+
+
+def _summed_embeddings(items: Items, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Each case's sum of its slices' continuous codes, in float64."""
+    return _reduce(items.embeddings.astype(np.float64), order, starts, np.add)
 
 
 PAIR_SCRATCH = 1 << 24  # bound on query slices x database slices held at once

@@ -14,7 +14,7 @@ Curves for plots come from the same counts: :func:`pr_by_radius`, :func:`precisi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -184,6 +184,7 @@ def evaluate_features(
     database_labels: np.ndarray,
     metrics: tuple[str, ...] = ("map@1", "map@10", "map@all"),
     distance: str = "cosine",
+    curve_cutoffs: tuple[int, ...] = (),
     device: str = "auto",
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
     *,
@@ -196,15 +197,13 @@ def evaluate_features(
 ) -> Evaluation:
     """The ``metrics`` of continuous features ranked by ``distance`` ('cosine' or 'euclidean'): the float upper bound
     a binary code is measured against. Options as for :func:`evaluate_packed`; equal distances follow the tie rule.
-    Metrics that count Hamming tie groups or radii (``map@tie``, ``p@K-tie``, ``p@rR``) are refused: a float ranking
-    has neither (its ``map@all`` is what ``map@tie`` would be)."""
-    parsed = [parse_metric(name, **conventions) for name in metrics]
-    histogram_only = [m.name for m in parsed if m.cutoff is None and not m.needs_all]
-    if histogram_only:
-        raise ValueError(
-            f"{', '.join(histogram_only)} count Hamming distances; continuous features rank without tie groups or "
-            "radii: use map@K, map@all, p@K and the top-K metrics"
-        )
+    A float ranking has no tie groups, so each tie-aware metric is its plain form (``map@tie`` and its bounds are
+    ``map@all``, ``map@1-tie`` is ``map@1``, ``p@K-tie`` is ``p@K``); a Hamming radius (``p@rR``) is refused."""
+    radii = [name for name in metrics if parse_metric(name).cutoff is None and name.lower().startswith("p@r")]
+    if radii:
+        raise ValueError(f"{', '.join(radii)}: a Hamming radius has no meaning for continuous features; drop it")
+    plain = {name: _tie_free(name) for name in metrics}
+    parsed = [replace(parse_metric(form, **conventions), name=name) for name, form in plain.items()]
 
     def count(order, query_masks, database_masks, groups, cutoffs, top) -> RankCounts:
         features = database_features if order is None else np.asarray(database_features)[order]
@@ -222,8 +221,25 @@ def evaluate_features(
         )
 
     return _evaluate(
-        count, parsed, query_labels, database_labels, (), tie_break, tie_seed, query_groups, database_groups, grading
+        count,
+        parsed,
+        query_labels,
+        database_labels,
+        curve_cutoffs,
+        tie_break,
+        tie_seed,
+        query_groups,
+        database_groups,
+        grading,
     )
+
+
+def _tie_free(name: str) -> str:
+    """The form a metric takes on a ranking without ties."""
+    name = name.lower()
+    if name.startswith("map@tie"):
+        return "map@all"
+    return name.removesuffix("-tie")
 
 
 def _evaluate(

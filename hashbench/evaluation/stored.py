@@ -16,6 +16,7 @@ from hashbench.evaluation.evaluate import (
     DEFAULT_TIE_RULE,
     Evaluation,
     Grading,
+    evaluate_features,
     evaluate_packed,
     per_class,
     pr_by_radius,
@@ -23,7 +24,7 @@ from hashbench.evaluation.evaluate import (
     tie_diagnostics,
     top1_confusion,
 )
-from hashbench.evaluation.view import LABEL, NO_EXCLUSION, SLICE, View
+from hashbench.evaluation.view import HAMMING, LABEL, NO_EXCLUSION, SLICE, View
 from hashbench.store.digest import file_version
 from hashbench.store.results import ATTRIBUTES, CODES, GROUP_LEVELS, Cell, collapse_note
 
@@ -70,6 +71,8 @@ def _judged_items(cell: Cell, view: View, *version) -> tuple[Items, Items]:
         raise _rerun(cell, "its slices' patient, study and series")
     if needs_attributes and "query_attributes" not in codes:
         raise _rerun(cell, "its slices' attributes (modality, body part, ...)")
+    if view.ranking != HAMMING and "query_embeddings" not in codes:
+        raise _rerun(cell, "its queries' continuous codes")
     query, database = _side(cell, "query"), _side(cell, "database")
     if view.level == SLICE:
         return query, database
@@ -127,6 +130,20 @@ def evaluate_cell(
     if view.exclude != NO_EXCLUSION:
         column = GROUP_LEVELS.index(view.exclude.removeprefix("same-"))
         groups = {"query_groups": query.groups[:, column], "database_groups": database.groups[:, column]}
+    if view.ranking != HAMMING:
+        return evaluate_features(
+            query.embeddings,
+            query.labels,
+            database.embeddings,
+            database.labels,
+            metrics,
+            view.ranking,
+            curve_cutoffs,
+            **DEFAULT_TIE_RULE,
+            **groups,
+            grading=_grading(query, database, view),
+            **view.conventions,
+        )
     return evaluate_packed(
         query.codes,
         query.labels,

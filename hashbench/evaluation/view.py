@@ -20,6 +20,8 @@ SLICE = "slice"
 LEVELS = (SLICE, "series", "study", "patient")  # what a query and a database item are, finest first
 CASE_CODES = ("vote", "mean")  # a case's code: each bit's majority over its slices, or the sign of their mean code
 CASE_DISTANCES = ("code", "min")  # between cases: Hamming of their codes, or of their closest pair of slices
+HAMMING = "hamming"
+RANKINGS = (HAMMING, "cosine", "euclidean")  # the binary codes, or the continuous codes before binarisation
 LABEL = "label"
 RELEVANCE_ATTRIBUTES = (LABEL, *GROUP_LEVELS, *ATTRIBUTES)  # what graded relevance may count
 NORMALISATION_TEXT = {
@@ -64,6 +66,7 @@ class View:
     relevance: tuple[tuple[str, float], ...] = ()  # () : a shared label is grade 1
     normalise: str = "found"
     empty: str = "zero"
+    ranking: str = HAMMING
 
     def __post_init__(self):
         for option, value, valid in (
@@ -73,9 +76,15 @@ class View:
             ("--case-distance", self.case_distance, CASE_DISTANCES),
             ("--ap-norm", self.normalise, AP_NORMALISATIONS),
             ("--empty-queries", self.empty, tuple(EMPTY_QUERIES)),
+            ("--ranking", self.ranking, RANKINGS),
         ):
             if value not in valid:
                 _refuse(option, value, valid)
+        if self.case_distance != "code" and self.ranking != HAMMING:
+            raise ValueError(
+                f"--case-distance {self.case_distance} counts bits between slices; with --ranking {self.ranking} "
+                "drop it (a case's continuous code is its slices' mean)"
+            )
         if self.case_distance != "code" and self.level == SLICE:
             raise ValueError(
                 f"--case-distance {self.case_distance} compares cases: add --level series, study or patient"
@@ -99,9 +108,10 @@ class View:
         relevance: str = "",
         normalise: str = "found",
         empty: str = "zero",
+        ranking: str = HAMMING,
     ) -> View:
         """The view the command-line options name; ValueError naming a bad value and the valid ones."""
-        return cls(exclude, level, case_code, case_distance, parse_relevance(relevance), normalise, empty)
+        return cls(exclude, level, case_code, case_distance, parse_relevance(relevance), normalise, empty, ranking)
 
     @property
     def conventions(self) -> dict[str, str]:
@@ -114,8 +124,15 @@ class View:
     def caption(self) -> str:
         """'' for the default view; else '; ' and what differs, as a caption says it."""
         parts = []
+        if self.ranking != HAMMING:
+            parts.append(
+                f"ranked by the {self.ranking} distance of the continuous codes, before binarisation (what the codes "
+                "would score as floats)"
+            )
         if self.level != SLICE:
-            if self.case_distance == "min":
+            if self.ranking != HAMMING:
+                ranked = f"a {self.level}'s continuous code is its slices' mean"
+            elif self.case_distance == "min":
                 ranked = f"ranked by the closest pair of slices of two {self.level}s"
             else:
                 code = (

@@ -109,6 +109,7 @@ class MethodContext:
     seed: int = 0  # for anything a method draws at random once (e.g. DPN's class targets)
     image_size: int = 224  # for heads whose width depends on feature-map size (DAFH)
     weights: dict[str, WeightSource] = field(default_factory=dict)  # initial weights per backbone; missing: random init
+    frozen_backbone: bool = False  # --freeze-backbone: the head alone trains, on the backbone's cached features
 
 
 class HashNetwork(nn.Module):
@@ -165,6 +166,8 @@ class Method:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     train: ClassVar[TrainSettings] = TrainSettings()
+    # why the head cannot train on cached pooled features ('' : it can; --freeze-backbone)
+    not_freezable: ClassVar[str] = ""
 
     def __init__(self, context: MethodContext):
         self.context = context
@@ -194,6 +197,11 @@ class Method:
         """
         return [run_backbone]
 
+    @property
+    def frozen_backbone(self) -> bool:
+        """Whether the encoder is a backbone never trained here: its features come from the feature cache."""
+        return self.context.frozen_backbone
+
     def create_backbone(self, name: str, **kwargs) -> nn.Module:
         """A timm model initialised as the run decided (ImageNet, a local file or random)."""
         return create_backbone(self.context.weights.get(name) or WeightSource(name, "random", "", ""), **kwargs)
@@ -213,6 +221,8 @@ class Method:
     def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
         """Network and loss for the run's backbone ``backbone``."""
         encoder, width = self.build_encoder(backbone)
+        if self.frozen_backbone:
+            encoder = FrozenFeatures(encoder)
         return HashNetwork(encoder, self.build_head(width)), self.build_loss()
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
@@ -269,12 +279,15 @@ class TrainingFreeMethod(Method):
         pixels: int = option(16, "side of the downsampled image that pixel features are read from", at_least=1)
 
     def backbones(self, run_backbone: str) -> list[str]:
-        return [run_backbone] if self.opt.features == "backbone" else []
+        return [run_backbone] if self.frozen_backbone else []
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return self.opt.features == "backbone"
 
     def build_encoder(self, backbone: str) -> tuple[nn.Module, int]:
-        if self.opt.features == "backbone":
-            encoder, width = super().build_encoder(backbone)
-            return FrozenFeatures(encoder), width
+        if self.frozen_backbone:
+            return super().build_encoder(backbone)
         return PixelFeatures(self.opt.pixels), 3 * self.opt.pixels**2
 
     def build_head(self, in_features: int) -> nn.Module:

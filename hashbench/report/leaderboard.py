@@ -146,6 +146,11 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
         f"optimiser {' / '.join(optimisers)}",
         f"profile {profile}: {_paper_comparison(rows, synthetic)}" if profile in PROFILES else f"profile {profile}",
     ]
+    if _frozen(rows).any():
+        parts.append(
+            f"rows marked{FROZEN}: the backbone kept its initial weights and the head alone trained, on the "
+            "backbone's cached features of the unaugmented images"
+        )
     changed = _changed_options(rows)
     return parts + ([f"options changed: {changed}"] if changed else [])
 
@@ -413,6 +418,13 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, view:
 
 
 REFERENCE = " (training-free)"  # the mark of a reference row
+FROZEN = " (frozen backbone)"  # the mark of a row whose head alone trained, on cached features
+
+
+def _frozen(rows: pd.DataFrame) -> pd.Series:
+    """Which rows trained their head alone (cells from before the flag existed did not)."""
+    flags = rows["frozen_backbone"] if "frozen_backbone" in rows else pd.Series(False, index=rows.index)
+    return flags.fillna(False).astype(bool)
 
 
 def _reference_rows_last(table: pd.DataFrame) -> pd.DataFrame:
@@ -427,8 +439,9 @@ def _row_names(rows: pd.DataFrame) -> pd.Series:
     variant = rows[list(VARIANT_KEYS)].apply(
         lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1
     )
-    variants = variant.groupby(rows["method"]).transform("nunique")
-    names = rows["method"].where(variants == 1, rows["method"] + " [" + variant + "]")
+    method = rows["method"].where(~_frozen(rows), rows["method"] + FROZEN)
+    variants = variant.groupby(method).transform("nunique")
+    names = method.where(variants == 1, method + " [" + variant + "]")
     reference = rows["method"].map(_is_training_free)
     return names.where(~reference, names + REFERENCE)
 

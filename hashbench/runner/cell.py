@@ -16,9 +16,11 @@ from datetime import datetime, timezone
 
 import numpy as np
 import torch
+from torch import nn
 
 from hashbench import distributed
 from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, pack, tie_diagnostics
+from hashbench.model.method import HashNetwork
 from hashbench.model.weights import cached_revision, declared_backbones_ran
 from hashbench.runner.plan import CellSpec
 from hashbench.runner.provenance import git_state, versions
@@ -26,6 +28,7 @@ from hashbench.store.digest import file_sha256
 from hashbench.store.results import CHECKPOINT, LOG, Cell, CellConfig, ResultsStore, collapse_note
 from hashbench.training import engine
 from hashbench.training.device import describe_device, peak_memory_mib, start_memory_watch
+from hashbench.training.features import cached_features
 
 
 @dataclass
@@ -99,11 +102,22 @@ def run_cell(
     method = spec.method(spec.context)
     network, loss = method.build(config.run_backbone)
     train_source = engine.ImageSource(images, training.ids, device)
-    database_source = (
-        train_source if np.array_equal(training.ids, database.ids) else engine.ImageSource(images, database.ids, device)
-    )
+    fit_started = time.perf_counter()
+    cached = None
+    feature_key = spec.feature_key if not distributed.active() else None  # under torchrun each process encodes
+    if feature_key is not None:  # a frozen backbone: its features of every slice, computed once for every cell
+        network.to(device)
+        every_slice = engine.ImageSource(images, np.arange(len(images)), device, in_memory=False)
+        cached = cached_features(
+            feature_key,
+            len(images),
+            lambda rows: engine.features(network, every_slice, rows, config.image_size, execution),
+        )
 
-    def encode(source: engine.ImageSource, ids: np.ndarray) -> np.ndarray:
+    def encode(ids: np.ndarray, source: engine.ImageSource | None = None) -> np.ndarray:
+        if cached is not None:
+            return engine.codes_of_features(network, cached[ids], device)
+        source = source or engine.ImageSource(images, ids, device)
         return engine.encode(network, source, ids, config.image_size, execution=execution)
 
     validate = None
@@ -112,20 +126,28 @@ def run_cell(
 
         def validate(network) -> dict[str, float]:
             held_out, trained = (
-                binarize(encode(validation_source, split.validation.ids)),
-                binarize(encode(train_source, training.ids)),
+                binarize(encode(split.validation.ids, validation_source)),
+                binarize(encode(training.ids, train_source)),
             )
             return evaluate(held_out, split.validation.labels, trained, training.labels, ("map@10",)).metrics
 
     if spec.training_free:
-        engine.fit(method, network, train_source, training.ids, config.image_size, log, execution)
+        network.to(device)
+        fitted_on = (
+            cached[training.ids]
+            if cached is not None
+            else engine.features(network, train_source, training.ids, config.image_size, execution)
+        )
+        engine.fit(method, network, fitted_on, log, fit_started)
+        network.head.to(device)
         resumed_from = 0
     else:
+        frozen = cached is not None  # the head alone trains, on the backbone's cached features
         job = engine.TrainJob(
             method,
-            network,
+            HashNetwork(nn.Identity(), network.head) if frozen else network,
             loss,
-            train_source,
+            engine.FeatureSource(cached, device) if frozen else train_source,
             engine.TrainData(training.ids, training.labels, len(split.class_names)),
             spec.settings,
             config.epochs,
@@ -138,9 +160,9 @@ def run_cell(
             validate,
         )
         resumed_from = engine.train(job, progress)
-    query_embeddings = encode(engine.ImageSource(images, query.ids, device), query.ids)
+    query_embeddings = encode(query.ids)
     query_bits = binarize(query_embeddings)
-    database_embeddings = encode(database_source, database.ids)
+    database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
     database_bits = binarize(database_embeddings)

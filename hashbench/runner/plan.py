@@ -24,6 +24,7 @@ from hashbench.model.weights import WeightSource, is_cached, parse_weights_optio
 from hashbench.store.results import CellConfig
 from hashbench.training.augment import Augmentation
 from hashbench.training.engine import Execution
+from hashbench.training.features import FeatureKey
 
 
 @dataclass
@@ -50,6 +51,7 @@ class RunRequest:
     force: bool = False
     execution: Execution = field(default_factory=Execution)  # precision, memory layout, compilation
     shard: tuple[int, int] | None = None  # (i, n): run only share i of n balanced shares of the grid, 0 <= i < n
+    freeze_backbone: bool = False  # deep methods train their head alone, on the backbone's cached features
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,26 @@ class CellSpec:
             config.seed,
             config.image_size,
             self.weights,
+            config.frozen_backbone,
+        )
+
+    @property
+    def feature_key(self) -> FeatureKey | None:
+        """The cached features this cell hashes, for a method on a frozen backbone (None: it trains its encoder, or
+        hashes pixels)."""
+        if not self.method(self.context).frozen_backbone:
+            return None
+        config = self.config
+        source = self.weights.get(config.run_backbone)
+        weights = source.identity() if source else "random"
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.execution.dtype(self.device)]
+        return FeatureKey(
+            config.dataset,
+            config.dataset_fingerprint,
+            config.run_backbone,
+            weights + (f" seed {config.seed}" if weights == "random" else ""),
+            config.image_size,
+            precision,
         )
 
     @property
@@ -99,10 +121,12 @@ class CellSpec:
             + ("" if is_cached(source) else " (not cached yet: downloaded before training starts)")
             for model, source in self.weights.items()
         }
+        key = self.feature_key
         return {
             "cell": self.config.label(),
             **asdict(self.config),
             "weights": weights,
+            **({"feature_cache": f"{key.dataset}/{key.digest()}"} if key else {}),
             "directory": str(self.config.directory(out)),
         }
 
@@ -161,6 +185,10 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
     cells = []
     for name in dict.fromkeys(request.methods):
         method = method_class(name)
+        frozen = request.freeze_backbone and not getattr(method, "fitted", False)  # fitted ones: their own option
+        if frozen and method.not_freezable:
+            raise ValueError(f"--freeze-backbone: {name} cannot train on cached features: {method.not_freezable}")
+        cell_augmentation = Augmentation() if frozen else augmentation  # cached features are of the images as stored
         user = {**request.overrides.get("*", {}), **request.overrides.get(name, {})}
         options, train = method.resolve_options(user)
         settings = method.train.with_overrides({**profile.train, **train}, name)
@@ -183,11 +211,12 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
                     train=asdict(settings),
                     run_backbone=run_backbone,
                     weights={m: w.identity() for m, w in weights.items()},
-                    augment=augmentation.to_dict(),
+                    augment=cell_augmentation.to_dict(),
                     profile=profile_name,
                     split_seed=request.split_seed,
                     dataset_fingerprint=dataset.fingerprint,
                     split_hash=split.hash,
+                    frozen_backbone=frozen,
                 )
                 cells.append(
                     CellSpec(
@@ -196,7 +225,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
                         settings,
                         weights,
                         split,
-                        augmentation,
+                        cell_augmentation,
                         metrics,
                         request.execution,
                         synthetic,

@@ -42,3 +42,8 @@ def datasets_dir() -> Path:
 def sources_dir() -> Path:
     """Generated source trees, e.g. the phantom collection's DICOM files."""
     return home() / "sources"
+
+
+def features_dir() -> Path:
+    """Frozen backbones' features, one folder per dataset and feature key."""
+    return home() / "features"

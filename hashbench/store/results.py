@@ -79,6 +79,7 @@ GROUP_LEVELS = ("patient", "study", "series")  # the columns of query_groups / d
 ATTRIBUTES = ("modality", "body_part", "sex", "age", "manufacturer", "slice_thickness")
 FIX = "run the same command again (a damaged cell is trained again) or delete the cell's directory"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
+ADDED_FIELDS = {"frozen_backbone": False}  # fields added later: at these values, left out so identities stay
 
 
 class CellError(Exception):
@@ -112,6 +113,7 @@ class CellConfig:
     split_seed: int = 0
     dataset_fingerprint: str = ""
     split_hash: str = ""
+    frozen_backbone: bool = False  # the backbone never trained: the head learned on its cached features
 
     def __post_init__(self) -> None:
         self.run_backbone = self.run_backbone or self.backbone
@@ -135,7 +137,11 @@ class CellConfig:
         return any(source != "random" for source in self.weights.values())
 
     def identity_hash(self) -> str:
-        identity = {k: v for k, v in asdict(self).items() if k not in IDENTITY_EXCLUDES}
+        identity = {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in IDENTITY_EXCLUDES and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+        }
         return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
     def directory(self, out: Path) -> Path:

@@ -41,6 +41,7 @@ IMAGENET_MEAN, IMAGENET_STD = (
     torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
 )
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IN_MEMORY_LIMIT = 2 * 2**30
 
 
@@ -78,6 +79,24 @@ class ImageSource:
         items = ((ids, self.fetch(ids)) for ids in id_batches)
         return _prefetch(items) if self.device.type == "cuda" or self.memory is None else items
 
+    def prepare(self, batch, image_size: int, augmentation=None, generator=None, normalisation=None) -> torch.Tensor:
+        """The network's input: normalised, resized and (in training) augmented images on the device."""
+        return to_input(batch, self.device, image_size, augmentation, generator, normalisation)
+
+
+class FeatureSource:
+    """A frozen backbone's cached features by slice id, as the head's input: what a head trains on under
+    --freeze-backbone (no image is decoded or augmented)."""
+
+    def __init__(self, features: np.ndarray, device: torch.device):
+        self.features, self.device = features, device
+
+    def batches(self, id_batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        return ((ids, torch.from_numpy(np.asarray(self.features[ids], np.float32))) for ids in id_batches)
+
+    def prepare(self, batch, image_size: int, augmentation=None, generator=None, normalisation=None) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True)
+
 
 def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
     done = object()
@@ -98,20 +117,37 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         yield item
 
 
+def input_normalisation(network: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The channel means and stds the network's timm backbone was trained with, where they are not ImageNet's
+    (CLIP's, SigLIP's, ...); None for ImageNet's, or for a network without a timm backbone."""
+    for module in network.modules():
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+            normalisation = (tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
+            return None if normalisation == IMAGENET else normalisation
+    return None
+
+
 def to_input(
     batch: torch.Tensor,
     device: torch.device,
     image_size: int,
     augmentation: Augmentation | None = None,
     generator: torch.Generator | None = None,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
 ) -> torch.Tensor:
-    """uint8 (B, S, S) grey or (B, S, S, 3) colour -> normalised float (B, 3, size, size) on the device, augmented when given an augmentation."""
+    """uint8 (B, S, S) grey or (B, S, S, 3) colour -> normalised float (B, 3, size, size) on the device, augmented when
+    given an augmentation. ``normalisation``: the backbone's own (means, stds) per channel, a grey image repeated over
+    the three; None: ImageNet's (a grey image normalised by their averages)."""
     x = batch.to(device, non_blocking=True).float().div_(255.0)
     x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)
     if x.shape[-1] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
     if augmentation is not None and augmentation.enabled:
         x = augment(x, augmentation, generator)
+    if normalisation is not None:
+        mean, std = (torch.tensor(values, device=x.device).view(1, 3, 1, 1) for values in normalisation)
+        return (x.expand(-1, 3, -1, -1) - mean) / std
     if x.shape[1] == 3:
         return (x - IMAGENET_MEAN.to(x.device)) / IMAGENET_STD.to(x.device)
     return ((x - GREY_MEAN) / GREY_STD).expand(-1, 3, -1, -1)
@@ -212,7 +248,7 @@ class Execution:
         return network.to(memory_format=torch.channels_last) if self.nhwc(device) else network
 
     def layout(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.nhwc(device) else x
+        return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 and self.nhwc(device) else x
 
 
 @dataclass(frozen=True)
@@ -226,7 +262,7 @@ class TrainJob:
     method: Method
     network: HashNetwork
     loss: nn.Module
-    source: ImageSource
+    source: ImageSource | FeatureSource  # images, or a frozen backbone's cached features
     data: TrainData
     settings: TrainSettings
     epochs: int
@@ -252,6 +288,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
     epochs, image_size, seed, checkpoint, log = job.epochs, job.image_size, job.seed, job.checkpoint, job.log
     augmentation, execution, validate = job.augmentation, job.execution, job.validate
     device = source.device
+    normalisation = input_normalisation(network)
     execution.prepare(network.to(device), device).train()
     loss_fn.to(device)
     if settings.batch_size < distributed.world_size():
@@ -303,7 +340,9 @@ def train(job: TrainJob, progress: bool = False) -> int:
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
                 with execution.autocast(device):
                     output = model(
-                        execution.layout(to_input(batch, device, image_size, augmentation, augment_generator), device)
+                        execution.layout(
+                            source.prepare(batch, image_size, augmentation, augment_generator, normalisation), device
+                        )
                     )
                 sizes = distributed.piece_sizes(len(index))
                 output = type(output)(
@@ -412,21 +451,27 @@ def encode(
     return _outputs(lambda x: network(x).code, network, source, ids, image_size, batch_size, execution)
 
 
-def fit(
-    method,
-    network: HashNetwork,
-    source: ImageSource,
-    ids: np.ndarray,
-    image_size: int,
-    log: Path,
-    execution: Execution = Execution(),
-) -> None:
-    """Fit a training-free method: its encoder's features of the training slices set its head's state; one log line."""
-    started = time.perf_counter()
-    network.to(source.device)
-    features = _outputs(network.encoder, network, source, ids, image_size, 256, execution)
-    method.fit(network.head, features.astype(np.float64))  # on every process alike: the features were gathered
-    network.head.to(source.device)
+@torch.no_grad()
+def features(
+    network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, execution: Execution = Execution()
+) -> np.ndarray:
+    """The encoder's features (n, d) of slices ``ids``, in that order: what a training-free method is fitted to."""
+    return _outputs(network.encoder, network, source, ids, image_size, 256, execution)
+
+
+@torch.no_grad()
+def codes_of_features(network: HashNetwork, features: np.ndarray, device: torch.device, batch_size: int = 4096):
+    """Continuous codes (n, bits) of given features: the head alone, as a network on cached features encodes."""
+    head = network.head.to(device).eval()
+    chunks = [features[i : i + batch_size] for i in range(0, len(features), batch_size)]
+    outputs = [head(torch.from_numpy(np.asarray(chunk, np.float32)).to(device)).code.float().cpu() for chunk in chunks]
+    return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
+
+
+def fit(method, network: HashNetwork, training_features: np.ndarray, log: Path, started: float) -> None:
+    """Fit a training-free method: its training slices' features set its head's state; one log line (the time since
+    ``started``, a time.perf_counter(), so computing the features counts)."""
+    method.fit(network.head, training_features.astype(np.float64))  # on every process alike: the features were gathered
     if not distributed.is_main():
         return
     with open(log, "w") as handle:
@@ -435,8 +480,8 @@ def fit(
                 {
                     "epoch": 0,
                     "seconds": round(time.perf_counter() - started, 3),
-                    "fitted_on": len(ids),
-                    "feature_dimensions": features.shape[1],
+                    "fitted_on": len(training_features),
+                    "feature_dimensions": training_features.shape[1],
                 }
             )
             + "\n"
@@ -454,6 +499,7 @@ def _outputs(
     execution: Execution,
 ) -> np.ndarray:
     execution.prepare(network, source.device).eval()
+    normalisation = input_normalisation(network)
     shared = distributed.active() and len(ids) >= distributed.world_size()  # each process encodes its piece
     mine = distributed.my_piece(ids) if shared else ids
     chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
@@ -461,7 +507,11 @@ def _outputs(
     for _, batch in source.batches(chunks):
         with execution.autocast(source.device):
             outputs.append(
-                function(execution.layout(to_input(batch, source.device, image_size), source.device)).float().cpu()
+                function(
+                    execution.layout(source.prepare(batch, image_size, normalisation=normalisation), source.device)
+                )
+                .float()
+                .cpu()
             )
     if shared:  # NCCL gathers device tensors, gloo host ones
         return (

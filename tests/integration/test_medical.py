@@ -81,6 +81,7 @@ def test_leaving_the_query_patient_out_measures_the_slice_split_leak(slice_split
         ("--relevance", "label=heavy", "the weight must be a number"),
         ("--ap-norm", "relevant", "found, min, all"),
         ("--empty-queries", "skip", "zero, drop"),
+        ("--ranking", "manhattan", "hamming, cosine, euclidean"),
         ("--by", "hospital", "modality, collection, body_part, sex, age"),
     ],
 )
@@ -103,10 +104,19 @@ def test_an_exclusion_finer_than_the_level_is_refused_with_the_coarser_ones(slic
 def test_cells_stored_without_groups_or_attributes_are_refused_with_the_fix(slice_split_lsh, monkeypatch):
     cell = lsh_cell(slice_split_lsh)
     stored = dict(cell.codes())
-    older = {name: values for name, values in stored.items() if not name.endswith(("_groups", "_attributes"))}
+    older = {
+        name: values
+        for name, values in stored.items()
+        if not name.endswith(("_groups", "_attributes")) and name != "query_embeddings"
+    }
     monkeypatch.setattr(Cell, "codes", lambda self: older)
     stored_module._judged_items.cache_clear()  # what the other tests judged came from the full codes
-    for view in (View("same-patient"), View(level="patient"), View(relevance=(("modality", 1.0),))):
+    for view in (
+        View("same-patient"),
+        View(level="patient"),
+        View(relevance=(("modality", 1.0),)),
+        View(ranking="cosine"),
+    ):
         with pytest.raises(ValueError, match="run it again with --force"):
             judged_items(cell, view)
     with pytest.raises(ValueError, match="run it again with --force"):
@@ -185,3 +195,30 @@ def test_by_modality_prints_one_table_per_modality_with_its_n(slice_split_lsh, d
         shown = float(board.table.loc["lsh (training-free)", "32 bits"].split()[0])
         values = cell_per_query(cell, "map@10")[query_subgroups(cell, "modality") == modality]
         assert shown == pytest.approx(values.mean(), abs=5e-4)
+
+
+def test_ranking_by_the_continuous_codes_measures_what_binarising_costs(slice_split_lsh):
+    """The stored continuous codes, ranked by cosine distance, through the same table and options as the bits."""
+    cell = lsh_cell(slice_split_lsh)
+    codes = cell.codes()
+    view = View("same-patient", ranking="cosine")
+    floats = cell_per_query(cell, "map@10", view)
+    query = codes["query_embeddings"].astype(np.float64)
+    database = codes["database_embeddings"].astype(np.float64)
+    similarity = (query / np.linalg.norm(query, axis=1, keepdims=True)) @ (
+        database / np.linalg.norm(database, axis=1, keepdims=True)
+    ).T
+    patients = codes["query_groups"][:, 0], codes["database_groups"][:, 0]
+    for q in range(0, len(query), 37):  # a sample of queries, by plain sorting
+        kept = np.flatnonzero(patients[1] != patients[0][q])
+        top = kept[np.argsort(-similarity[q, kept], kind="stable")][:10]
+        relevant = codes["database_labels"][top] == codes["query_labels"][q]
+        precisions = np.cumsum(relevant) / np.arange(1, 11)
+        expected = (precisions * relevant).sum() / relevant.sum() if relevant.any() else 0.0
+        assert floats[q] == pytest.approx(expected, abs=1e-9)
+    assert floats.mean() != pytest.approx(cell_per_query(cell, "map@10", View("same-patient")).mean())
+    markdown = slice_split_lsh / "floats.md"
+    argv = ["leaderboard", "--out", str(slice_split_lsh), "--ranking", "cosine", "--metrics", "map@10,map@tie"]
+    result = runner.invoke(app, expand_multi_value_options([*argv, "--format", "md", "--output", str(markdown)]))
+    assert result.exit_code == 0, result.output
+    assert "before binarisation" in markdown.read_text() and not list(slice_split_lsh.glob("floats-*.png"))

@@ -266,9 +266,15 @@ def test_continuous_features_rank_as_a_brute_force_float_ranking(distance, tie_b
         assert result.per_query["map@all"][q] == pytest.approx(whole / total if total else 0.0, abs=1e-12)
 
 
-def test_tie_and_radius_metrics_are_refused_for_continuous_features():
+def test_tie_aware_metrics_take_their_plain_forms_and_radii_are_refused_for_continuous_features():
     from hashbench.evaluation.evaluate import evaluate_features
 
-    features = np.random.default_rng(0).normal(size=(5, 4))
-    with pytest.raises(ValueError, match="map@tie, p@r2 count Hamming distances"):
-        evaluate_features(features, [0] * 5, features, [0] * 5, ("map@10", "map@tie", "p@r2"))
+    rng = np.random.default_rng(0)
+    query, database = rng.normal(size=(8, 4)), rng.normal(size=(30, 4))
+    labels, database_labels = rng.integers(0, 2, 8), rng.integers(0, 2, 30)
+    names = ("map@all", "map@tie", "map@tie-worst", "map@1", "map@1-tie", "p@5", "p@5-tie")
+    result = evaluate_features(query, labels, database, database_labels, names)
+    assert result.metrics["map@tie"] == result.metrics["map@tie-worst"] == result.metrics["map@all"]
+    assert result.metrics["map@1-tie"] == result.metrics["map@1"] and result.metrics["p@5-tie"] == result.metrics["p@5"]
+    with pytest.raises(ValueError, match="p@r2: a Hamming radius has no meaning"):
+        evaluate_features(query, labels, database, database_labels, ("map@10", "p@r2"))

@@ -102,3 +102,22 @@ def test_the_engine_follows_the_schedule_and_a_resume_keeps_one_log_line_per_epo
     engine._save(checkpoint, network, torch.nn.Module(), optimizer, 2)
     assert engine._resume(checkpoint, log, network, torch.nn.Module(), optimizer) == 2
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
+
+
+def test_a_backbone_trained_with_other_statistics_gets_its_own_normalisation():
+    """CLIP's means and stds, read from the timm model's pretrained config; ImageNet's backbones keep the default path."""
+    import timm
+
+    clip = timm.create_model("test_vit", pretrained=False, num_classes=0)
+    clip.pretrained_cfg = {**clip.pretrained_cfg, "mean": (0.481, 0.458, 0.408), "std": (0.269, 0.261, 0.276)}
+    assert engine.input_normalisation(torch.nn.Sequential(clip)) == ((0.481, 0.458, 0.408), (0.269, 0.261, 0.276))
+    imagenet = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
+    assert engine.input_normalisation(imagenet) is None and engine.input_normalisation(torch.nn.Linear(2, 2)) is None
+    grey = torch.full((1, 4, 4), 128, dtype=torch.uint8)
+    x = engine.to_input(grey, torch.device("cpu"), 4, normalisation=engine.input_normalisation(clip))
+    expected = (128 / 255 - torch.tensor([0.481, 0.458, 0.408])) / torch.tensor([0.269, 0.261, 0.276])
+    torch.testing.assert_close(x[0, :, 0, 0], expected)  # the grey image repeated over the channels, each its own
+    colour = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    default = engine.to_input(colour, torch.device("cpu"), 4)
+    same = engine.to_input(colour, torch.device("cpu"), 4, normalisation=engine.IMAGENET)
+    torch.testing.assert_close(same, default)  # the explicit statistics of ImageNet are the default path's
