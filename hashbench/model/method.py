@@ -18,7 +18,7 @@ from torch import nn
 
 from hashbench.model import options
 from hashbench.model.options import option
-from hashbench.model.weights import WeightSource, create_backbone
+from hashbench.model.weights import WeightSource, create_backbone, pretrained_statistics
 
 
 class HashOutput(NamedTuple):
@@ -113,11 +113,14 @@ class MethodContext:
 
 
 class HashNetwork(nn.Module):
-    """encoder (backbone + neck) -> head. The head returns a :class:`HashOutput`."""
+    """encoder (backbone + neck) -> head. The head returns a :class:`HashOutput`.
 
-    def __init__(self, encoder: nn.Module, head: nn.Module):
+    ``normalisation``: the (means, stds) per channel its input is normalised with, where not ImageNet's (None)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, normalisation=None):
         super().__init__()
         self.encoder, self.head = encoder, head
+        self.normalisation = normalisation
 
     def forward(self, images: torch.Tensor) -> HashOutput:
         return self.head(self.encoder(images))
@@ -221,9 +224,16 @@ class Method:
     def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
         """Network and loss for the run's backbone ``backbone``."""
         encoder, width = self.build_encoder(backbone)
+        normalisation = self.input_statistics(backbone, encoder)
         if self.frozen_backbone:
             encoder = FrozenFeatures(encoder)
-        return HashNetwork(encoder, self.build_head(width)), self.build_loss()
+        return HashNetwork(encoder, self.build_head(width), normalisation), self.build_loss()
+
+    def input_statistics(self, backbone: str, encoder: nn.Module):
+        """The channel statistics the backbone's pretrained weights expect their input normalised with, where not
+        ImageNet's; None for ImageNet's and for a random init (whose weights expect nothing in particular)."""
+        source = self.context.weights.get(backbone)
+        return None if source is None or source.kind == "random" else pretrained_statistics(encoder)
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         """Training-set positions per batch for one epoch; default: a shuffle, last partial batch dropped."""

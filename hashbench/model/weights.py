@@ -272,6 +272,20 @@ def _check_file_loaded(network: torch.nn.Module, source: WeightSource) -> None:
         )
 
 
+IMAGENET_STATISTICS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def pretrained_statistics(network: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The channel means and stds the first timm model in ``network`` was pretrained with, where they are not
+    ImageNet's (CLIP's, SigLIP's, ...); None for ImageNet's, or for a network without a timm model."""
+    for module in network.modules():
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
+            statistics = (tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
+            return None if statistics == IMAGENET_STATISTICS else statistics
+    return None
+
+
 def architectures(network: torch.nn.Module) -> list[str]:
     """The timm architectures inside ``network``, in module order: what actually ran.
 

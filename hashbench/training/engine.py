@@ -41,7 +41,6 @@ IMAGENET_MEAN, IMAGENET_STD = (
     torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
 )
 GREY_MEAN, GREY_STD = 0.449, 0.226  # ImageNet's channel means and stds, averaged: the backbones expect them
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 IN_MEMORY_LIMIT = 2 * 2**30
 
 
@@ -115,17 +114,6 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         if isinstance(item, BaseException):
             raise item
         yield item
-
-
-def input_normalisation(network: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """The channel means and stds the network's timm backbone was trained with, where they are not ImageNet's
-    (CLIP's, SigLIP's, ...); None for ImageNet's, or for a network without a timm backbone."""
-    for module in network.modules():
-        cfg = getattr(module, "pretrained_cfg", None)
-        if isinstance(cfg, dict) and cfg.get("mean") and cfg.get("std"):
-            normalisation = (tuple(float(m) for m in cfg["mean"]), tuple(float(s) for s in cfg["std"]))
-            return None if normalisation == IMAGENET else normalisation
-    return None
 
 
 def to_input(
@@ -288,7 +276,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
     epochs, image_size, seed, checkpoint, log = job.epochs, job.image_size, job.seed, job.checkpoint, job.log
     augmentation, execution, validate = job.augmentation, job.execution, job.validate
     device = source.device
-    normalisation = input_normalisation(network)
+    normalisation = network.normalisation
     execution.prepare(network.to(device), device).train()
     loss_fn.to(device)
     if settings.batch_size < distributed.world_size():
@@ -499,7 +487,7 @@ def _outputs(
     execution: Execution,
 ) -> np.ndarray:
     execution.prepare(network, source.device).eval()
-    normalisation = input_normalisation(network)
+    normalisation = getattr(network, "normalisation", None)  # a HashNetwork's, or ImageNet's for a bare module
     shared = distributed.active() and len(ids) >= distributed.world_size()  # each process encodes its piece
     mine = distributed.my_piece(ids) if shared else ids
     chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]

@@ -104,20 +104,29 @@ def test_the_engine_follows_the_schedule_and_a_resume_keeps_one_log_line_per_epo
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
 
 
-def test_a_backbone_trained_with_other_statistics_gets_its_own_normalisation():
-    """CLIP's means and stds, read from the timm model's pretrained config; ImageNet's backbones keep the default path."""
+def test_pretrained_weights_get_the_statistics_they_were_trained_with():
+    """CLIP-like statistics from the timm model's pretrained config when its weights are pretrained; a random init and
+    ImageNet's statistics keep the default path."""
     import timm
 
+    from hashbench.methods.hashnet import HashNet
+    from hashbench.model.method import MethodContext
+    from hashbench.model.weights import IMAGENET_STATISTICS, WeightSource, pretrained_statistics
+
     clip = timm.create_model("test_vit", pretrained=False, num_classes=0)
-    clip.pretrained_cfg = {**clip.pretrained_cfg, "mean": (0.481, 0.458, 0.408), "std": (0.269, 0.261, 0.276)}
-    assert engine.input_normalisation(torch.nn.Sequential(clip)) == ((0.481, 0.458, 0.408), (0.269, 0.261, 0.276))
+    statistics = ((0.481, 0.458, 0.408), (0.269, 0.261, 0.276))
+    clip.pretrained_cfg = {**clip.pretrained_cfg, "mean": statistics[0], "std": statistics[1]}
+    assert pretrained_statistics(torch.nn.Sequential(clip)) == statistics
     imagenet = timm.create_model("test_efficientnet", pretrained=False, num_classes=0)
-    assert engine.input_normalisation(imagenet) is None and engine.input_normalisation(torch.nn.Linear(2, 2)) is None
+    assert pretrained_statistics(imagenet) is None and pretrained_statistics(torch.nn.Linear(2, 2)) is None
+    hub = MethodContext(16, 3, 100, weights={"test_vit": WeightSource("test_vit", "hub", "timm/test_vit")})
+    assert HashNet(hub).input_statistics("test_vit", clip) == statistics
+    assert HashNet(MethodContext(16, 3, 100)).input_statistics("test_vit", clip) is None  # random init
     grey = torch.full((1, 4, 4), 128, dtype=torch.uint8)
-    x = engine.to_input(grey, torch.device("cpu"), 4, normalisation=engine.input_normalisation(clip))
-    expected = (128 / 255 - torch.tensor([0.481, 0.458, 0.408])) / torch.tensor([0.269, 0.261, 0.276])
+    x = engine.to_input(grey, torch.device("cpu"), 4, normalisation=statistics)
+    expected = (128 / 255 - torch.tensor(statistics[0])) / torch.tensor(statistics[1])
     torch.testing.assert_close(x[0, :, 0, 0], expected)  # the grey image repeated over the channels, each its own
     colour = torch.randint(0, 256, (2, 4, 4, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     default = engine.to_input(colour, torch.device("cpu"), 4)
-    same = engine.to_input(colour, torch.device("cpu"), 4, normalisation=engine.IMAGENET)
-    torch.testing.assert_close(same, default)  # the explicit statistics of ImageNet are the default path's
+    same = engine.to_input(colour, torch.device("cpu"), 4, normalisation=IMAGENET_STATISTICS)
+    torch.testing.assert_close(same, default)  # ImageNet's statistics given explicitly are the default path's
