@@ -12,6 +12,7 @@ print(hb.to_markdown(boards))
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -90,6 +91,7 @@ __all__ = [
     "search",
     "suite",
     "to_markdown",
+    "with_suite_settings",
     "write_leaderboard",
 ]
 
@@ -113,6 +115,18 @@ def methods_and_bits(
     if with_baselines:
         methods = list(dict.fromkeys([*methods, *TRAINING_FREE]))
     return methods, bits
+
+
+def with_suite_settings(request: RunRequest, suite: Suite | None) -> RunRequest:
+    """The request with the options a suite runs its methods with (the user's own win) and its frozen backbone."""
+    if suite is None:
+        return request
+    overrides = {name: {**values, **request.overrides.get(name, {})} for name, values in suite.overrides.items()}
+    return replace(
+        request,
+        overrides={**request.overrides, **overrides},
+        freeze_backbone=request.freeze_backbone or suite.freeze_backbone,
+    )
 
 
 def plan(request: RunRequest, dataset: Dataset, device: torch.device | str | None = None) -> list[CellSpec]:

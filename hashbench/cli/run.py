@@ -41,7 +41,10 @@ def run_command(
         [], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48 (default 16 32 48, or the suite's)."
     ),
     suite: Optional[str] = typer.Option(
-        None, "--suite", help="Run a paper table: paper-table3, paper-table4, paper-table5 (its methods and bits)."
+        None,
+        "--suite",
+        help="Run a suite: a paper table (paper-table3, paper-table4, paper-table5) or foundation (frozen features, "
+        "give --backbone), its methods, bits and settings.",
     ),
     with_baselines: bool = typer.Option(
         False, "--with-baselines", help="Also run the training-free floor (lsh, pcah, itq, sh) on the same split."
@@ -184,6 +187,7 @@ def run_command(
         execution=_execution(precision, channels_last, compile_model),
         freeze_backbone=freeze_backbone,
     )
+    request = api.with_suite_settings(request, chosen)
     try:
         data = api.load_dataset(dataset, progress=not console.quiet)
         if dry_run:

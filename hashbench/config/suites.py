@@ -6,7 +6,8 @@ slice-level 8:2 split, 224 px, 50 epochs). A dash in the paper is ``None``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,9 @@ class Suite:
     rows: tuple[tuple[str, str], ...]  # (the paper's row label, hashbench method)
     bits: tuple[int, ...]
     metrics: tuple[str, ...]
-    paper: dict[tuple[str, str, int], float | None]  # (row label, metric, bits) -> value
+    paper: dict[tuple[str, str, int], float | None]  # (row label, metric, bits) -> value; empty: not a paper's table
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)  # method -> options it runs with
+    freeze_backbone: bool = False  # its deep methods train their heads on the backbone's cached features
 
     @property
     def methods(self) -> list[str]:
@@ -125,6 +128,25 @@ SUITES = {
         },
     ),
 }
+
+
+FROZEN_FEATURES = {"features": "backbone"}
+SUITES["foundation"] = Suite(
+    "foundation",
+    "Frozen foundation features: hashed without training, and heads trained on them",
+    (
+        ("PCA-RR on frozen features", "pcarr"),
+        ("ITQ on frozen features", "itq"),
+        ("LSH on frozen features", "lsh"),
+        ("HashNet head on frozen features", "hashnet"),
+        ("CSQ head on frozen features", "csq"),
+    ),
+    (16, 32, 48, 64),
+    ("map@10", "map@all"),
+    {},
+    {"pcarr": FROZEN_FEATURES, "itq": FROZEN_FEATURES, "lsh": FROZEN_FEATURES},
+    freeze_backbone=True,
+)
 
 
 def get_suite(name: str) -> Suite:

@@ -171,7 +171,8 @@ def compare_cells(
         notes = sorted({cell_collapse_note(cell) for cell in side} - {""})
         if notes:
             warnings.append(
-                f"{label} has dead bits ({'; '.join(notes)}): its scores are the tie order's as much as the model's"
+                f"{label} has degenerate codes ({'; '.join(notes)}): its scores are the tie order's as much as the "
+                "model's"
             )
     rows = []
     clusters = query_clusters(a[0], view)

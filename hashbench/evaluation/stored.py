@@ -222,7 +222,8 @@ def cell_tie_diagnostics(cell: Cell) -> dict[str, float]:
 
 def cell_collapse_note(cell: Cell) -> str:
     """'' for healthy codes; else what is dead: a collapsed cell's score is not a plain score."""
-    return collapse_note(int(cell_tie_diagnostics(cell)["dead_bits"]), cell.config.bits)
+    dead_bits, largest_bucket_share = cell.code_health()
+    return collapse_note(dead_bits, cell.config.bits, largest_bucket_share)
 
 
 def cell_confusion(cell: Cell) -> np.ndarray:

@@ -99,7 +99,7 @@ def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
         parts.append(
             collapsed[0]
             if runs == 1
-            else f"{len(collapsed)} of {runs} runs with dead bits ({'; '.join(sorted(set(collapsed)))})"
+            else f"{len(collapsed)} of {runs} runs with degenerate codes ({'; '.join(sorted(set(collapsed)))})"
         )
     failed = sum(p.startswith("failed") for p in problems)
     if failed:
@@ -385,14 +385,26 @@ def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) ->
             mine = rows[rows["method"] == method]
             line = {}
             for metric, bits in columns:
-                name = f"{bits} bits" if len(suite.metrics) == 1 else metric.upper()
+                name = (
+                    " ".join(
+                        part
+                        for part, shown in (
+                            (metric.upper(), len(suite.metrics) > 1),
+                            (f"{bits} bits", len(suite.bits) > 1),
+                        )
+                        if shown
+                    )
+                    or metric.upper()
+                )
                 line[name] = summarise(mine[mine["bits"] == bits], metric, view)
-                paper = suite.paper.get((label, metric, bits))
-                line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
+                if suite.paper:
+                    paper = suite.paper.get((label, metric, bits))
+                    line[f"{name} paper"] = "-" if paper is None else f"{paper:.3f}"
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
         note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented training images; one run per number, no intervals."
-        boards.append(Leaderboard(suite.title, f"{caption(rows)}{view.caption()}. {note}", frame, _legend(rows, view)))
+        text = f"{caption(rows)}{view.caption()}" + (f". {note}" if suite.paper else "")
+        boards.append(Leaderboard(suite.title, text, frame, _legend(rows, view)))
     return boards
 
 

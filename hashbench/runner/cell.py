@@ -235,6 +235,6 @@ def run_cell(
         "published_metric": split.published_metric,
         "classes": list(split.class_names),
     }
-    collapse = collapse_note(ties["dead_bits"], config.bits)
+    collapse = collapse_note(ties["dead_bits"], config.bits, ties["largest_bucket_share"])
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
     return result.metrics, collapse

@@ -323,15 +323,17 @@ class Cell:
         """The tie rule the stored per-query values were computed with (cells from before: database index)."""
         return self.record.get("evaluation", {"tie_break": "index", "tie_seed": 0})
 
-    def dead_bits(self) -> int:
-        """Bits constant over the whole database: as the record says, or counted in the stored codes for cells from
-        before the record held it (the count does not depend on any tie rule)."""
+    def code_health(self) -> tuple[int, float]:
+        """Bits constant over the whole database, and the share of it the most common code holds: as the record says,
+        or counted in the stored codes for cells from before the record held them (neither depends on a tie rule)."""
         ties = self.record.get("ties")
-        recorded = ties.get("dead_bits") if isinstance(ties, dict) else None
-        if recorded is not None:
-            return int(recorded)
+        ties = ties if isinstance(ties, dict) else {}
+        if "dead_bits" in ties and "largest_bucket_share" in ties:
+            return int(ties["dead_bits"]), float(ties["largest_bucket_share"])
         database = self.database_bits()
-        return int((~database.any(axis=0) | database.all(axis=0)).sum())
+        _, sizes = np.unique(np.packbits(database, axis=1), axis=0, return_counts=True)
+        share = float(sizes.max() / len(database)) if len(database) else 0.0
+        return int((~database.any(axis=0) | database.all(axis=0)).sum()), share
 
     def changed_since(self, name: str, moment: float) -> bool:
         """Whether file ``name`` was written at or after ``moment`` (a time.time()): by another process during this sweep."""
@@ -467,10 +469,17 @@ def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, A
     return ""
 
 
-def collapse_note(dead_bits: int, bits: int) -> str:
+CROWDED_BUCKET = 0.5  # one code shared by this share of the database: most of each ranking is the tie order's
+
+
+def collapse_note(dead_bits: int, bits: int, largest_bucket_share: float = 0.0) -> str:
+    """'' for healthy codes; else what is degenerate: bits constant over the database, or one code most of it holds."""
     if dead_bits >= bits:
         return f"collapsed: {dead_bits}/{bits} dead bits"
-    return f"partly collapsed: {dead_bits}/{bits} dead bits" if dead_bits else ""
+    parts = [f"partly collapsed: {dead_bits}/{bits} dead bits"] if dead_bits else []
+    if largest_bucket_share >= CROWDED_BUCKET:
+        parts.append(f"one code holds {largest_bucket_share:.0%} of the database")
+    return "; ".join(parts)
 
 
 class ResultsStore:
@@ -575,11 +584,12 @@ def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
             if cell.rerun_pending()
             else ""
         )
+        dead, share = cell.code_health()
         row["note"] = "; ".join(
             filter(
                 None,
                 [
-                    collapse_note(cell.dead_bits(), cell.config.bits),
+                    collapse_note(dead, cell.config.bits, share),
                     "a later re-run failed: this is the earlier result" if later_failure else "",
                     pending,
                 ],

@@ -163,3 +163,36 @@ def test_dafh_refuses_a_frozen_backbone_with_the_reason(tiny_phantom):
     argv = ["run", "--methods", "dafh", "--bits", "16", "--dataset", tiny_phantom.dataset.name, "--freeze-backbone"]
     result = CliRunner().invoke(app, [*argv, "--dry-run"])
     assert result.exit_code == 2 and "feature maps" in " ".join(result.output.split()), result.output
+
+
+def test_the_foundation_suite_plans_every_cell_with_its_backbone_weights_and_feature_cache(tiny_phantom, tmp_path):
+    from typer.testing import CliRunner
+
+    from hashbench.cli import app
+
+    argv = ["run", "--suite", "foundation", "--dataset", tiny_phantom.dataset.name, "--dry-run", "--json"]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 0, result.output
+    cells = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    assert len(cells) == 5 * 4  # five methods at 16, 32, 48 and 64 bits
+    for cell in cells:
+        assert cell["backbone"] == "test_efficientnet" and cell["weights"] == {"test_efficientnet": "random init"}
+        assert cell["feature_cache"].startswith("phantom-tiny-seed0/")  # every one reads the backbone's features
+        assert cell["frozen_backbone"] == (cell["method"] in ("hashnet", "csq"))
+        if cell["method"] in ("pcarr", "itq", "lsh"):
+            assert cell["options"]["features"] == "backbone"
+    assert len({cell["feature_cache"] for cell in cells}) == 1
+
+
+def test_the_foundation_suite_without_its_weights_stops_at_once_with_the_fix(tiny_phantom, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    from typer.testing import CliRunner
+
+    from hashbench.cli import app
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    argv = ["run", "--suite", "foundation", "--dataset", tiny_phantom.dataset.name, "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*argv, "--backbone", "resnet18.a1_in1k", "--pretrained"])
+    assert result.exit_code == 2 and "--weights" in result.output, result.output
+    assert not (tmp_path / "out").exists()  # nothing ran

@@ -631,3 +631,19 @@ def test_groups_must_come_for_both_sides_and_match_their_rows():
             query_groups=np.zeros(3, np.int64),
             database_groups=np.zeros(10, np.int64),
         )
+
+
+def test_codes_crowded_into_one_bucket_are_flagged_without_a_dead_bit():
+    from hashbench.store.results import collapse_note
+
+    rng = np.random.default_rng(0)
+    database = rng.random((100, 8)) < 0.5
+    database[:82] = database[0]  # 82 of 100 items share one code; every bit still varies
+    diagnostics = tie_diagnostics(
+        evaluate(database[:5], np.zeros(5, int), database, np.zeros(100, int), ("map@1",)).counts, database
+    )
+    assert diagnostics["dead_bits"] == 0 and diagnostics["largest_bucket_share"] == pytest.approx(0.82)
+    assert collapse_note(0, 8, diagnostics["largest_bucket_share"]) == "one code holds 82% of the database"
+    assert collapse_note(3, 8, 0.2) == "partly collapsed: 3/8 dead bits"
+    assert collapse_note(8, 8, 1.0) == "collapsed: 8/8 dead bits"
+    assert collapse_note(0, 8, 0.49) == ""

@@ -188,7 +188,7 @@ def test_compare_refuses_cells_of_other_data_versions_even_on_the_same_query_ids
     rows, warnings = compare_cells([Cell(old)], [Cell(same)], ("map@10",))
     assert rows[0].metric == "map@10" and rows[0].result.n_queries == 9
     assert "the sides differ in epochs: 1 vs 5" in warnings and any(
-        w.startswith("B has dead bits (collapsed: 16/16 dead bits)") for w in warnings
+        w.startswith("B has degenerate codes (collapsed: 16/16 dead bits)") for w in warnings
     )
 
 
