@@ -81,7 +81,7 @@ def suites_command() -> None:
     from hashbench.config.suites import SUITES
 
     table = Table(title="suites (hashbench run --suite NAME)")
-    for column in ("name", "methods", "bits", "paper table"):
+    for column in ("name", "methods", "bits", "table"):
         table.add_column(column, overflow="fold")
     for suite in SUITES.values():
         table.add_row(suite.name, ", ".join(suite.methods), " ".join(map(str, suite.bits)), suite.title)
