@@ -121,7 +121,11 @@ def with_suite_settings(request: RunRequest, suite: Suite | None) -> RunRequest:
     """The request with the options a suite runs its methods with (the user's own win) and its frozen backbone."""
     if suite is None:
         return request
-    overrides = {name: {**values, **request.overrides.get(name, {})} for name, values in suite.overrides.items()}
+    overrides = {
+        name: {**values, **request.overrides.get("*", {}), **request.overrides.get(name, {})}
+        for name, values in suite.overrides.items()
+        if name in request.methods  # a suite's method the user left out takes nothing
+    }
     return replace(
         request,
         overrides={**request.overrides, **overrides},

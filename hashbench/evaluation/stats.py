@@ -42,7 +42,8 @@ def _cluster_sums(values: np.ndarray, clusters: np.ndarray | None) -> tuple[np.n
         return np.where(counted, values, 0.0), counted.astype(np.float64)
     n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
     sums = np.bincount(clusters, weights=np.where(counted, values, 0.0), minlength=n_clusters)
-    return sums, np.bincount(clusters, weights=counted.astype(np.float64), minlength=n_clusters)
+    sizes = np.bincount(clusters, weights=counted.astype(np.float64), minlength=n_clusters)
+    return sums[sizes > 0], sizes[sizes > 0]  # a patient with nothing counted is not a patient of the sample
 
 
 def bootstrap_interval(
@@ -111,10 +112,11 @@ def compare(
             p_seeds = float(ttest_ind(a_means, b_means, equal_var=False).pvalue)
         if np.isnan(p_seeds):  # no spread on either side: the means are equal or they are not
             p_seeds = 1.0 if a_means.mean() == b_means.mean() else 0.0
+    p_queries = (1 + extreme) / (1 + rounds) if n_counted else float("nan")  # no query counted: nothing tested
     return Comparison(
         float(observed),
         bootstrap_interval(differences, rounds=rounds, seed=seed, clusters=clusters),
-        (1 + extreme) / (1 + rounds),
+        p_queries,
         p_seeds,
         int(n_counted),
         (len(a), len(b)),

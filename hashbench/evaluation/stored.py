@@ -65,7 +65,9 @@ def judged_items(cell: Cell, view: View = DEFAULT_VIEW) -> tuple[Items, Items]:
 @lru_cache(maxsize=64)
 def _judged_items(cell: Cell, view: View, *version) -> tuple[Items, Items]:
     codes = cell.codes()
-    needs_groups = view.level != SLICE or view.exclude != NO_EXCLUSION
+    needs_groups = (
+        view.level != SLICE or view.exclude != NO_EXCLUSION or any(name in GROUP_LEVELS for name, _ in view.relevance)
+    )
     needs_attributes = any(name in ATTRIBUTES for name, _ in view.relevance)
     if needs_groups and "query_groups" not in codes:
         raise _rerun(cell, "its slices' patient, study and series")

@@ -9,6 +9,7 @@ finishes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from hashbench.evaluation.metrics import AP_NORMALISATIONS, EMPTY_QUERIES
@@ -47,8 +48,10 @@ def parse_relevance(text: str) -> tuple[tuple[str, float], ...]:
             value = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"--relevance {part!r}: the weight must be a number, e.g. {name}=2") from None
-        if value <= 0:
-            raise ValueError(f"--relevance {part!r}: a weight must be positive; leave the attribute out instead")
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(
+                f"--relevance {part!r}: a weight must be a positive finite number; leave the attribute out instead"
+            )
         pairs.append((name, value))
     if len({name for name, _ in pairs}) < len(pairs):
         raise ValueError(f"--relevance {text!r} names an attribute twice; name each once")

@@ -196,3 +196,14 @@ def test_the_foundation_suite_without_its_weights_stops_at_once_with_the_fix(tin
     result = CliRunner().invoke(app, [*argv, "--backbone", "resnet18.a1_in1k", "--pretrained"])
     assert result.exit_code == 2 and "--weights" in result.output, result.output
     assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_a_suite_gives_its_options_only_to_the_methods_that_run_and_the_users_win():
+    from hashbench.config.suites import get_suite
+
+    suite = get_suite("foundation")
+    request = api.with_suite_settings(
+        api.RunRequest(methods=["itq", "hashnet"], bits=[16], overrides={"*": {"pixels": 8}}), suite
+    )
+    assert set(request.overrides) == {"*", "itq"} and request.freeze_backbone
+    assert request.overrides["itq"] == {"features": "backbone", "pixels": 8}

@@ -218,3 +218,8 @@ def test_dropped_queries_are_left_out_of_intervals_and_paired_tests():
     assert result.n_queries == 2 and result.difference == pytest.approx(0.5)
     low, high = stats.bootstrap_interval(a, rounds=200)
     assert 0.0 <= low <= high <= 1.0
+
+
+def test_a_comparison_with_no_query_counted_tests_nothing():
+    result = stats.compare(np.full((1, 4), np.nan), np.zeros((1, 4)), rounds=100)
+    assert result.n_queries == 0 and np.isnan(result.p_queries)
