@@ -205,7 +205,7 @@ def _count_kernel(
     """
     n_items = database_codes_t.shape[1]
     n_bins = distance_counts.shape[1]
-    left_out = 2 * n_bins  # the key of an item the query leaves out: one bin past every distance, never read
+    left_out = 2 * n_bins  # the key of an item the query leaves out: one bin past every distance, which no count reads
     n_cutoffs = cutoffs.shape[0]
     n_top = top_items.shape[1]
     n_blocks = max(1, -(-n_items // block))
@@ -251,7 +251,9 @@ def _count_kernel(
         # Per distance, one int64 packs (hits << 32) + rank of the latest item seen there, starting from the
         # items nearer than d: one read-modify-write per item, and no branch on relevance
         latest = np.zeros(n_bins + 1, np.int64)
-        latest[n_bins] = 1 << 31  # the items left out: ranks past any cutoff, never relevant, never read
+        latest[n_bins] = (
+            1 << 31
+        )  # the items left out: counted from 2**31, past every cutoff and every top place; never relevant
         nearer, nearer_relevant, nearest = 0, 0, -1
         for d in range(n_bins):
             if nearest < 0 and distance_counts[q, d] > 0:
