@@ -208,7 +208,7 @@ class DAFH(Method):
     def build(self, backbone: str) -> tuple[HashNetwork, nn.Module]:
         opt, size = self.opt, self.context.image_size
         models = [
-            self.create_backbone(name, num_classes=0, **({"img_size": size} if name == opt.vit else {}))
+            self.create_backbone(name, num_classes=0)  # a ViT built for the run's image size
             for name in self.backbones(backbone)
         ]
         if opt.vit:

@@ -16,10 +16,11 @@ MULTI_VALUE_OPTIONS = {
     "--set",
     "--metrics",
     "--weights",
+    "--backbone",
     "--backbones",
     "--image-sizes",
 }
-COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics", "--backbones", "--image-sizes"}
+COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics", "--backbone", "--backbones", "--image-sizes"}
 INTEGER_LISTS = {
     "--bits",
     "--seeds",

@@ -156,7 +156,7 @@ def ties_command(
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""
     from hashbench import api
     from hashbench.evaluation.stored import cell_tie_diagnostics
-    from hashbench.store.results import Cell
+    from hashbench.store.results import NO_CODE, Cell
 
     cells = api.cells(out, dataset)
     if cells.empty:
@@ -195,8 +195,8 @@ def ties_command(
     for row in cells.sort_values(["dataset", "method", "bits", "seed"]).itertuples():
         method = f"{row.dataset}/{row.method}" if several_datasets else row.method
         cell = (method, str(row.bits), str(row.seed), row.split)
-        if row.status != "finished":
-            table.add_row(*cell, row.note, *[""] * (len(columns) - 1))
+        if row.status != "finished" or row.bits == NO_CODE:
+            table.add_row(*cell, row.note or "float features: no code, no ties", *[""] * (len(columns) - 1))
             continue
         found = cell_tie_diagnostics(Cell(row.directory))
         table.add_row(

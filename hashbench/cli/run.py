@@ -58,10 +58,10 @@ def run_command(
     dataset: str = typer.Option(
         "phantom", "--dataset", help="An ingested dataset (see `hashbench datasets`); phantom is built on first use."
     ),
-    backbone: Optional[str] = typer.Option(
-        None,
+    backbones: List[str] = typer.Option(
+        [],
         "--backbone",
-        help="Any timm model name, the same for every method. Default: the profile's (quick: test_efficientnet, full: tf_efficientnet_b6.aa_in1k, full-b0: efficientnet_b0).",
+        help="The backbone every method builds: a timm name, hf-hub:ORG/NAME (timm format) or open-clip:hf-hub:ORG/NAME; several (a,b) run the grid once per backbone. Default: the profile's (quick: test_efficientnet, full: tf_efficientnet_b6.aa_in1k, full-b0: efficientnet_b0).",
     ),
     pretrained: Optional[bool] = typer.Option(
         None,
@@ -169,7 +169,7 @@ def run_command(
         bits=bits,
         seeds=list(seeds),
         dataset=dataset,
-        backbone=backbone,
+        backbones=list(backbones),
         pretrained=pretrained,
         weights=list(weights),
         epochs=epochs,

@@ -135,6 +135,7 @@ SUITES["foundation"] = Suite(
     "foundation",
     "Frozen foundation features: hashed without training, and heads trained on them",
     (
+        ("Float cosine on frozen features (upper bound)", "float-cosine"),
         ("PCA-RR on frozen features", "pcarr"),
         ("ITQ on frozen features", "itq"),
         ("LSH on frozen features", "lsh"),
@@ -144,7 +145,7 @@ SUITES["foundation"] = Suite(
     (16, 32, 48, 64),
     ("map@10", "map@all"),
     {},
-    {"pcarr": FROZEN_FEATURES, "itq": FROZEN_FEATURES, "lsh": FROZEN_FEATURES},
+    {method: FROZEN_FEATURES for method in ("float-cosine", "pcarr", "itq", "lsh")},
     freeze_backbone=True,
 )
 

@@ -199,7 +199,7 @@ def evaluate_features(
     a binary code is measured against. Options as for :func:`evaluate_packed`; equal distances follow the tie rule.
     A float ranking has no tie groups, so each tie-aware metric is its plain form (``map@tie`` and its bounds are
     ``map@all``, ``map@1-tie`` is ``map@1``, ``p@K-tie`` is ``p@K``); a Hamming radius (``p@rR``) is refused."""
-    radii = [name for name in metrics if parse_metric(name).cutoff is None and name.lower().startswith("p@r")]
+    radii = [name for name in metrics if parse_metric(name).radius]
     if radii:
         raise ValueError(f"{', '.join(radii)}: a Hamming radius has no meaning for continuous features; drop it")
     plain = {name: _tie_free(name) for name in metrics}

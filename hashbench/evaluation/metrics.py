@@ -238,6 +238,7 @@ class Metric:
     cutoff: int | None = None  # a rank cutoff the stable pass tracks; None for none
     needs_all: bool = False  # tracks the whole ranking (cutoff = database size)
     top: int = 0  # how many of the first-ranked items it reads
+    radius: bool = False  # counts the items within a Hamming radius: a float ranking has none
 
 
 def valid_forms() -> str:
@@ -276,4 +277,11 @@ def parse_metric(name: str, **conventions: str) -> Metric:
     chosen = check_conventions(conventions)
     per_query = partial(family.per_query, **parameters, **{keyword: chosen[keyword] for keyword in family.conventions})
     top = cutoff if family.reads_top else 0
-    return Metric(name, per_query, cutoff=cutoff, needs_all=family.cutoff == WHOLE_RANKING, top=top)
+    return Metric(
+        name,
+        per_query,
+        cutoff=cutoff,
+        needs_all=family.cutoff == WHOLE_RANKING,
+        top=top,
+        radius=PLACEHOLDERS["R"][0] in parameters,
+    )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hashbench.evaluation.stored import DEFAULT_VIEW, cell_collapse_note, cell_per_query, query_clusters
+from hashbench.evaluation.stored import DEFAULT_VIEW, cell_per_query, query_clusters
 from hashbench.evaluation.view import View
 
 ROUNDS = 2000
@@ -126,7 +126,8 @@ def compare(
 
 @dataclass
 class CellComparison:
-    """One metric of ``compare_cells``: the two sides' means and their paired comparison."""
+    """One metric of ``compare_cells``: the two sides' means over the queries both count, and their paired
+    comparison (so A - B is the difference of the means)."""
 
     metric: str
     mean_a: float
@@ -170,7 +171,7 @@ def compare_cells(
         if values[0] != values[1]:
             warnings.append(f"the sides differ in {name}: {', '.join(values[0])} vs {', '.join(values[1])}")
     for label, side in (("A", a), ("B", b)):
-        notes = sorted({cell_collapse_note(cell) for cell in side} - {""})
+        notes = sorted({cell.collapse() for cell in side} - {""})
         if notes:
             warnings.append(
                 f"{label} has degenerate codes ({'; '.join(notes)}): its scores are the tie order's as much as the "
@@ -180,6 +181,8 @@ def compare_cells(
     clusters = query_clusters(a[0], view)
     for metric in metrics:
         values = [np.stack([cell_per_query(cell, metric, view) for cell in side]) for side in (a, b)]
-        means = [float(np.nanmean(_per_query(side))) for side in values]
+        per_query = [_per_query(side) for side in values]
+        both = ~np.isnan(per_query[0]) & ~np.isnan(per_query[1])  # the queries the difference is over
+        means = [float(side[both].mean()) if both.any() else float("nan") for side in per_query]
         rows.append(CellComparison(metric, *means, compare(*values, clusters=clusters)))
     return rows, warnings

@@ -26,7 +26,7 @@ from hashbench.evaluation.evaluate import (
 )
 from hashbench.evaluation.view import HAMMING, LABEL, NO_EXCLUSION, SLICE, View
 from hashbench.store.digest import file_version
-from hashbench.store.results import ATTRIBUTES, CODES, GROUP_LEVELS, Cell, collapse_note
+from hashbench.store.results import ATTRIBUTES, CODES, GROUP_LEVELS, Cell
 
 DEFAULT_VIEW = View()
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
@@ -73,12 +73,13 @@ def _judged_items(cell: Cell, view: View, *version) -> tuple[Items, Items]:
         raise _rerun(cell, "its slices' patient, study and series")
     if needs_attributes and "query_attributes" not in codes:
         raise _rerun(cell, "its slices' attributes (modality, body part, ...)")
-    if view.ranking != HAMMING and "query_embeddings" not in codes:
+    if ranking_of(cell, view) != HAMMING and "query_embeddings" not in codes:
         raise _rerun(cell, "its queries' continuous codes")
     query, database = _side(cell, "query"), _side(cell, "database")
     if view.level == SLICE:
         return query, database
-    shape = (int(codes["bits"]), len(codes["class_names"]), view.case_code)
+    case_code = "vote" if cell.float_distance else view.case_code  # a float case is its slices' mean features alone
+    shape = (int(codes["bits"]), len(codes["class_names"]), case_code)
     return aggregate(query, view.level, *shape), aggregate(database, view.level, *shape)
 
 
@@ -132,14 +133,20 @@ def evaluate_cell(
     if view.exclude != NO_EXCLUSION:
         column = GROUP_LEVELS.index(view.exclude.removeprefix("same-"))
         groups = {"query_groups": query.groups[:, column], "database_groups": database.groups[:, column]}
-    if view.ranking != HAMMING:
+    ranking = ranking_of(cell, view)
+    if ranking != HAMMING:
+        if view.case_distance != "code":  # the view refuses it with --ranking: here only a float reference's own
+            raise ValueError(
+                f"{cell.config.label()} is a float reference: its cases are ranked by their mean features, not by "
+                "their closest slices; drop --case-distance for it"
+            )
         return evaluate_features(
             query.embeddings,
             query.labels,
             database.embeddings,
             database.labels,
             metrics,
-            view.ranking,
+            ranking,
             curve_cutoffs,
             **DEFAULT_TIE_RULE,
             **groups,
@@ -162,6 +169,12 @@ def evaluate_cell(
     )
 
 
+def ranking_of(cell: Cell, view: View) -> str:
+    """How the cell's items are ranked under ``view``: a float reference by its own distance whatever the view says
+    (it has no code), any other cell as the view says."""
+    return cell.float_distance or view.ranking
+
+
 def cell_per_query(cell: Cell, metric: str, view: View = DEFAULT_VIEW) -> np.ndarray:
     """Per-query values of ``metric`` (NaN: a query dropped by the view): stored when they were computed as asked (the
     current tie rule, the default view), else from the codes (cached per version of the codes file)."""
@@ -179,8 +192,16 @@ def _cell_per_query(cell: Cell, metric: str, view: View, *version) -> np.ndarray
 def query_clusters(cell: Cell, view: View = DEFAULT_VIEW) -> np.ndarray | None:
     """Each query's patient as a cluster number, for intervals that resample patients; None when every query is its
     own patient (or the cell did not store patients)."""
-    query, _ = judged_items(cell, view)
-    patients = query.groups[:, 0]
+    return clusters_of(query_patients(cell, view))
+
+
+def query_patients(cell: Cell, view: View = DEFAULT_VIEW) -> np.ndarray:
+    """Each query's patient id in the dataset (-1: unknown, or a case of several patients)."""
+    return judged_items(cell, view)[0].groups[:, 0]
+
+
+def clusters_of(patients: np.ndarray) -> np.ndarray | None:
+    """Patient ids (-1: unknown, a patient of its own) as cluster numbers from 0; None when no two queries share one."""
     if (patients < 0).all():
         return None
     clusters = np.where(patients >= 0, patients, -1 - np.arange(len(patients)))
@@ -220,12 +241,6 @@ def cell_tie_diagnostics(cell: Cell) -> dict[str, float]:
     if "ties" in record and cell.evaluation_rule() == DEFAULT_TIE_RULE:
         return record["ties"]
     return tie_diagnostics(evaluate_cell(cell, ("map@1",)).counts, cell.database_bits())
-
-
-def cell_collapse_note(cell: Cell) -> str:
-    """'' for healthy codes; else what is dead: a collapsed cell's score is not a plain score."""
-    dead_bits, largest_bucket_share = cell.code_health()
-    return collapse_note(dead_bits, cell.config.bits, largest_bucket_share)
 
 
 def cell_confusion(cell: Cell) -> np.ndarray:

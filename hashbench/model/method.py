@@ -18,7 +18,7 @@ from torch import nn
 
 from hashbench.model import options
 from hashbench.model.options import option
-from hashbench.model.weights import WeightSource, create_backbone, pretrained_statistics
+from hashbench.model.weights import WeightSource, create_backbone, fixed_input_size, pretrained_statistics
 
 
 class HashOutput(NamedTuple):
@@ -171,6 +171,8 @@ class Method:
     train: ClassVar[TrainSettings] = TrainSettings()
     # why the head cannot train on cached pooled features ('' : it can; --freeze-backbone)
     not_freezable: ClassVar[str] = ""
+    # a float reference ranks its unhashed features by this distance ('cosine', 'euclidean'); '' : the method hashes
+    float_distance: ClassVar[str] = ""
 
     def __init__(self, context: MethodContext):
         self.context = context
@@ -201,12 +203,16 @@ class Method:
         return [run_backbone]
 
     @property
-    def frozen_backbone(self) -> bool:
-        """Whether the encoder is a backbone never trained here: its features come from the feature cache."""
+    def reads_cached_features(self) -> bool:
+        """Whether the encoder is a backbone never trained here, whose features come from the feature cache: a head
+        trained alone (--freeze-backbone), or a training-free method on backbone features."""
         return self.context.frozen_backbone
 
     def create_backbone(self, name: str, **kwargs) -> nn.Module:
-        """A timm model initialised as the run decided (ImageNet, a local file or random)."""
+        """A timm model initialised as the run decided (ImageNet, a local file or random); one built for a fixed
+        input size (a ViT) is built for the run's image size."""
+        if fixed_input_size(name):
+            kwargs.setdefault("img_size", self.context.image_size)
         return create_backbone(self.context.weights.get(name) or WeightSource(name, "random", "", ""), **kwargs)
 
     def build_encoder(self, backbone: str) -> tuple[nn.Module, int]:
@@ -225,7 +231,7 @@ class Method:
         """Network and loss for the run's backbone ``backbone``."""
         encoder, width = self.build_encoder(backbone)
         normalisation = self.input_statistics(backbone, encoder)
-        if self.frozen_backbone:
+        if self.reads_cached_features:
             encoder = FrozenFeatures(encoder)
         return HashNetwork(encoder, self.build_head(width), normalisation), self.build_loss()
 
@@ -257,7 +263,8 @@ class PixelFeatures(nn.Module):
 
 
 class FrozenFeatures(nn.Module):
-    """A backbone's pooled features, never trained: the input of a training-free method on deep features."""
+    """A backbone's pooled features, never trained: what a training-free method on deep features, or a head trained
+    alone, reads (from the feature cache)."""
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
@@ -289,14 +296,14 @@ class TrainingFreeMethod(Method):
         pixels: int = option(16, "side of the downsampled image that pixel features are read from", at_least=1)
 
     def backbones(self, run_backbone: str) -> list[str]:
-        return [run_backbone] if self.frozen_backbone else []
+        return [run_backbone] if self.reads_cached_features else []
 
     @property
-    def frozen_backbone(self) -> bool:
+    def reads_cached_features(self) -> bool:
         return self.opt.features == "backbone"
 
     def build_encoder(self, backbone: str) -> tuple[nn.Module, int]:
-        if self.frozen_backbone:
+        if self.reads_cached_features:
             return super().build_encoder(backbone)
         return PixelFeatures(self.opt.pixels), 3 * self.opt.pixels**2
 

@@ -13,6 +13,11 @@ of three sources:
   so that the same weights give the same result identity on every machine;
 - ``random``: no pretrained weights.
 
+A backbone is a timm name (``resnet50``, ``vit_small_patch14_dinov2.lvd142m``) or a timm-format model on the
+Hugging Face hub, ``hf-hub:ORG/NAME`` (UNI, say), whose ``config.json`` names its architecture and preprocessing: read
+from the Hugging Face cache, downloaded into it first where the machine is online; or the image tower of an
+open_clip-format hub model, ``open-clip:hf-hub:ORG/NAME`` (BiomedCLIP; :mod:`hashbench.model.clip_towers`).
+
 ``--weights`` may be repeated and takes ``FILE`` (the run's default backbone),
 ``MODEL=FILE``, or ``DIR`` (searched for ``<model>.safetensors``, ``.pth``, ``.pt`` or
 ``.bin``, the model named with its timm tag, then without). A file given for a model
@@ -22,7 +27,8 @@ wins over ``--pretrained/--no-pretrained``.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import json
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -34,11 +40,13 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict
 from timm.models._hub import hf_split
 
+from hashbench.model import clip_towers
 from hashbench.store.digest import file_sha256
 
 KINDS = ("random", "hub", "file")
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+HUB_MODEL = "hf-hub:"  # the prefix of a timm-format model named by its hub repository
 
 
 @dataclass(frozen=True)
@@ -77,8 +85,9 @@ class WeightsUnavailableError(RuntimeError):
     def __init__(self, source: WeightSource, reason: str):
         self.source, self.reason = source, reason
         repo_id, revision = hf_split(source.location)
-        download = f"hf download {repo_id} {HUB_FILENAMES[0]}" + (f" --revision {revision}" if revision else "")
-        url = huggingface_hub.hf_hub_url(repo_id, HUB_FILENAMES[0], revision=revision)
+        filename = hub_filenames(source.model)[0]
+        download = f"hf download {repo_id} {filename}" + (f" --revision {revision}" if revision else "")
+        url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision)
         super().__init__(
             f"Pretrained weights for {source.model} (Hugging Face hub {source.location}) are not available: {reason}.\n"
             f"Fix: where there is internet, download them (`{download}`, or {url}), copy the file here and run with "
@@ -149,7 +158,15 @@ def parse_weights_option(values: Iterable[str]) -> WeightFiles:
 
 
 def _timm_cfg(model: str) -> PretrainedCfg:
-    """timm's pretrained config for ``model`` (honouring a tag); an unknown name or tag is a ValueError with suggestions."""
+    """timm's pretrained config for ``model`` (honouring a tag; a hub model's, an open_clip tower's from their
+    repositories); an unknown name or tag is a ValueError with suggestions."""
+    if model.startswith(HUB_MODEL):
+        return _hub_model_cfg(model)
+    if model.startswith(clip_towers.PREFIX):
+        mean, std, size = clip_towers.preprocessing(clip_towers.read_config(model))
+        repo_id, revision = clip_towers.repository(model)
+        hub_id = repo_id + (f"@{revision}" if revision else "")
+        return PretrainedCfg(architecture=model, hf_hub_id=hub_id, mean=mean, std=std, input_size=(3, size, size))
     architecture = model.split(".")[0]
     if not timm.is_model(model):
         close = difflib.get_close_matches(architecture, timm.list_models(), n=3)
@@ -163,6 +180,61 @@ def _timm_cfg(model: str) -> PretrainedCfg:
         ) from error
 
 
+def hub_file(model: str, repo_id: str, revision: str | None, filename: str) -> Path:
+    """A small file of a hub repository (a config), from the Hugging Face cache or downloaded where online;
+    ValueError naming the fix where it is neither."""
+    path = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
+    if isinstance(path, str):
+        return Path(path)
+    fix = (
+        f"where there is internet, download the repository (`hf download {repo_id}`) and copy the Hugging Face "
+        f"cache ({hub_constants.HF_HUB_CACHE}) here"
+    )
+    if hub_constants.HF_HUB_OFFLINE:
+        raise ValueError(f"{model}: its {filename} is not in the Hugging Face cache and the hub is offline; {fix}")
+    try:
+        return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
+    except Exception as error:  # unreachable, unknown, gated, or not this kind of repository
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{model}: its {filename} could not be read ({type(error).__name__}: {first_line}); {fix}"
+        ) from None
+
+
+def _hub_model_cfg(model: str) -> PretrainedCfg:
+    """The pretrained config of a timm-format hub model, from its ``config.json``; ValueError where it cannot be read
+    or the repository is not a timm model's."""
+    repo_id, revision = hf_split(model.removeprefix(HUB_MODEL))
+    path = hub_file(model, repo_id, revision, "config.json")
+    config = json.loads(Path(path).read_text())
+    if "architecture" not in config:
+        raise ValueError(f"{model}: {repo_id} is not a timm model (its config.json names no architecture)")
+    settings = config.get("pretrained_cfg", {k: v for k, v in config.items() if k != "architecture"})
+    known = {f.name for f in fields(PretrainedCfg)}
+    return PretrainedCfg(
+        **{k: v for k, v in settings.items() if k in known}, architecture=config["architecture"], hf_hub_id=repo_id
+    )
+
+
+def architecture(model: str) -> str:
+    """The architecture a backbone name builds (``resnet50.a1_in1k`` -> ``resnet50``; a hub model's from its config;
+    an open_clip tower is named by its repository)."""
+    if model.startswith(clip_towers.PREFIX):
+        return model
+    return _timm_cfg(model).architecture if model.startswith(HUB_MODEL) else model.split(".")[0]
+
+
+def hub_filenames(model: str) -> tuple[str, ...]:
+    """The weight files a hub repository of ``model``'s kind holds, in the order they are read."""
+    return clip_towers.WEIGHT_FILES if model.startswith(clip_towers.PREFIX) else HUB_FILENAMES
+
+
+def fixed_input_size(model: str) -> bool:
+    """Whether the backbone is built for one input size (a ViT's position embeddings): it must be built for the
+    run's, its pretrained position embeddings resampled to it."""
+    return bool(_timm_cfg(model).fixed_input_size)
+
+
 def resolve(
     model: str, pretrained: bool, files: WeightFiles | None = None, default_model: str | None = None
 ) -> WeightSource:
@@ -174,7 +246,7 @@ def resolve(
     if not pretrained:
         return WeightSource(model, "random")
     if cfg.hf_hub_id:
-        return WeightSource(model, "hub", cfg.hf_hub_id)
+        return WeightSource(model, "hub", cfg.hf_hub_id)  # a tag's repository, or the hub model's own
     if cfg.url:
         raise ValueError(
             f"timm fetches {model}'s weights from {cfg.url}, outside the Hugging Face cache, so they cannot be checked "
@@ -195,7 +267,7 @@ def is_cached(source: WeightSource) -> bool:
         repo_id, revision = hf_split(source.location)
         return any(
             isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision), str)
-            for name in HUB_FILENAMES
+            for name in hub_filenames(source.model)
         )
     if source.kind == "file":
         return Path(source.location).is_file()
@@ -216,7 +288,8 @@ def _download(source: WeightSource) -> None:
             source, f"offline (HF_HUB_OFFLINE is set) and not in the Hugging Face cache {hub_constants.HF_HUB_CACHE}"
         )
     repo_id, revision = hf_split(source.location)
-    for filename in HUB_FILENAMES:
+    filenames = hub_filenames(source.model)
+    for filename in filenames:
         try:
             # One request without retries first: hf_hub_download retries an unreachable hub for about 20 s.
             huggingface_hub.get_hf_file_metadata(
@@ -232,25 +305,37 @@ def _download(source: WeightSource) -> None:
             raise WeightsUnavailableError(
                 source, f"the download failed ({type(error).__name__}: {first_line})"
             ) from error
-    raise WeightsUnavailableError(source, f"the repository holds none of {', '.join(HUB_FILENAMES)}")
+    raise WeightsUnavailableError(source, f"the repository holds none of {', '.join(filenames)}")
 
 
 def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
-    """``timm.create_model`` with the weights ``source`` names; timm adapts them (``num_classes=0`` drops the classifier)."""
+    """``timm.create_model`` with the weights ``source`` names; timm adapts them (``num_classes=0`` drops the classifier).
+    An open_clip tower is built by :mod:`hashbench.model.clip_towers` (it has no classifier to drop)."""
+    if source.model.startswith(clip_towers.PREFIX):
+        if source.kind == "hub":
+            ensure_available([source])
+        _check_unchanged(source)
+        path = {"random": None, "hub": clip_towers.weights_file(source.model), "file": Path(source.location)}
+        return clip_towers.build(source.model, path[source.kind])
     if source.kind == "random":
         return timm.create_model(source.model, pretrained=False, **kwargs)
     if source.kind == "hub":
         ensure_available([source])
         return timm.create_model(source.model, pretrained=True, **kwargs)
-    if file_sha256(Path(source.location)) != source.sha256:
-        raise ValueError(
-            f"{source.location} changed since it was chosen (sha256 {source.sha256[:12]}…); start the run again"
-        )
+    _check_unchanged(source)
     network = timm.create_model(
         source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location), **kwargs
     )
     _check_file_loaded(network, source)
     return network
+
+
+def _check_unchanged(source: WeightSource) -> None:
+    """A weights file must be the one chosen when the run was planned (its identity is its digest)."""
+    if source.kind == "file" and file_sha256(Path(source.location)) != source.sha256:
+        raise ValueError(
+            f"{source.location} changed since it was chosen (sha256 {source.sha256[:12]}…); start the run again"
+        )
 
 
 def _check_file_loaded(network: torch.nn.Module, source: WeightSource) -> None:
@@ -292,11 +377,14 @@ def architectures(network: torch.nn.Module) -> list[str]:
     Without timm's tag: timm sets one even for random init, so it says nothing about the
     weights; the WeightSource (and :func:`cached_revision`) does.
     """
-    names = []
-    for module in network.modules():
+    names, inside = [], []
+    for path, module in network.named_modules():
         cfg = getattr(module, "pretrained_cfg", None)
+        if any(path.startswith(outer) for outer in inside):  # a timm trunk inside an open_clip tower: the tower ran
+            continue
         if isinstance(cfg, dict) and cfg.get("architecture"):
             names.append(cfg["architecture"])
+            inside.append(f"{path}." if path else "")
     return list(dict.fromkeys(names))
 
 
@@ -305,7 +393,7 @@ def cached_revision(source: WeightSource) -> str:
     if source.kind != "hub":
         return ""
     repo_id, revision = hf_split(source.location)
-    for name in HUB_FILENAMES:
+    for name in hub_filenames(source.model):
         path = huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision)
         if isinstance(path, str):
             return Path(path).parent.name  # .../snapshots/<commit>/<file>
@@ -315,7 +403,7 @@ def cached_revision(source: WeightSource) -> str:
 def declared_backbones_ran(network: torch.nn.Module, declared: str, method: str) -> list[str]:
     """The timm models ``network`` holds, checked against the `` + ``-joined ones the method declared: a cell's config says what ran."""
     ran = architectures(network)
-    expected = [name.split(".")[0] for name in declared.split(" + ") if name]
+    expected = [architecture(name) for name in declared.split(" + ") if name]
     if ran != expected:
         raise RuntimeError(
             f"{method} built {', '.join(ran) or 'no timm model'} but declared {declared}: its backbones() must list what build() creates"

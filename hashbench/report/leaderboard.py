@@ -22,11 +22,18 @@ import pandas as pd
 
 from hashbench.config.suites import Suite
 from hashbench.data import splits
-from hashbench.evaluation.evaluate import mean_over_queries
+from hashbench.evaluation.evaluate import mean_over_queries, parse_metric
 from hashbench.evaluation.stats import bootstrap_interval
-from hashbench.evaluation.stored import DEFAULT_VIEW, cell_per_query, query_clusters, query_subgroups
+from hashbench.evaluation.stored import (
+    DEFAULT_VIEW,
+    cell_per_query,
+    clusters_of,
+    query_clusters,
+    query_patients,
+    query_subgroups,
+)
 from hashbench.evaluation.view import View
-from hashbench.store.results import Cell, CellError
+from hashbench.store.results import NO_CODE, Cell, CellError
 
 COMPARISON_KEYS = (
     "dataset",
@@ -37,9 +44,8 @@ COMPARISON_KEYS = (
     "pretrained",
     "epochs",
     "image_size",
-    "augment_text",
     "profile",
-)
+)  # and the augmentation, of the rows whose training sees it (_groups)
 VARIANT_KEYS = ("backbone", "options", "train", "weights")  # what makes two cells of one method different methods
 CELL_LEGEND = "cells: mean ± std over runs [95 % bootstrap interval over queries] (n = runs: seeds x split seeds)"
 CLUSTERED_LEGEND = CELL_LEGEND.replace("over queries", "resampling patients, whose slices are not independent")
@@ -63,13 +69,18 @@ def summarise(
     where queries share patients), flags. ``subgroup`` (by, value): only the queries of that subgroup."""
     if rows.empty:
         return "-"
+    if (rows["bits"] == NO_CODE).all():
+        if parse_metric(metric).radius:
+            return "- (no code: no Hamming radius)"
+        if view.case_distance != "code":
+            return "- (no code: cases are their slices' mean features)"
     finished = rows[rows["status"] == "finished"]
     problems = [note for note in rows.loc[rows["status"] != "finished", "note"]]
-    per_run, queries, clusters = [], [], []
+    per_run, queries, patients = [], [], []
     for directory in finished["directory"]:
         try:
             cell = Cell(directory)
-            values, grouped = cell_per_query(cell, metric, view), query_clusters(cell, view)
+            values = cell_per_query(cell, metric, view)
             chosen = (
                 np.ones(len(values), bool)
                 if subgroup is None
@@ -77,18 +88,19 @@ def summarise(
             )
             per_run.append(values[chosen])
             queries.append(cell.query_ids())
-            clusters.append(None if grouped is None else grouped[chosen])
+            patients.append(query_patients(cell, view)[chosen])
         except CellError as exc:
             problems.append(f"damaged: {exc}")
     if not per_run:
         return "; ".join(problems) or "-"
     means = np.array([mean_over_queries(values) for values in per_run])
     spread = f" ± {np.std(means, ddof=1):.3f}" if len(means) > 1 else ""
-    same_queries = all(np.array_equal(ids, queries[0]) for ids in queries)  # else several split seeds: pool queries
+    same_queries = all(np.array_equal(ids, queries[0]) for ids in queries)
     if same_queries:
-        low, high = bootstrap_interval(np.stack(per_run), clusters=clusters[0])
-    else:
-        low, high = bootstrap_interval(np.concatenate(per_run)[None])
+        low, high = bootstrap_interval(np.stack(per_run), clusters=clusters_of(patients[0]))
+    else:  # several split seeds: their queries pooled, a patient one cluster across them
+        pooled = np.concatenate(patients)
+        low, high = bootstrap_interval(np.concatenate(per_run)[None], clusters=clusters_of(pooled))
     flags = _flags([n for n in finished["note"] if n], len(finished), problems)
     return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"
 
@@ -141,11 +153,23 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
         f"backbone {first['run_backbone']} ({_weights_text(rows)}){_own_backbones(rows)}",
         f"{first['epochs']} epochs",
         f"{first['image_size']} px",
-        f"augmentation: {first['augment_text']}",
+        f"augmentation: {first['augmentation']}"
+        + (
+            " (of the images the trained rows train on; the other rows never see it)"
+            if first["augmentation"] != "none" and not _sees_augmentation(rows).all()
+            else ""
+        ),
         f"seeds {seeds}{sample}",
         f"optimiser {' / '.join(optimisers)}",
         f"profile {profile}: {_paper_comparison(rows, synthetic)}" if profile in PROFILES else f"profile {profile}",
     ]
+    floats = rows.loc[rows["bits"] == NO_CODE, "method"].unique()
+    if len(floats):
+        parts.append(
+            f"{_column_name(NO_CODE)}: {', '.join(floats)} {'ranks' if len(floats) == 1 else 'rank'} the features "
+            "themselves, unhashed, by its own distance (what binarising them costs); a case's features are its slices' "
+            "mean"
+        )
     if _frozen(rows).any():
         parts.append(
             f"rows marked{FROZEN}: the backbone kept its initial weights and the head alone trained, on the "
@@ -222,8 +246,10 @@ def _training_free_features(row: pd.Series) -> str:
         return ""
     options = row["options"] or {}
     if options.get("features") == "backbone":
-        return f"fitted on frozen {row['backbone']} features"
-    return f"fitted on raw pixels ({options.get('pixels')} x {options.get('pixels')} per channel)"
+        features = f"frozen {row['backbone']} features"
+    else:
+        features = f"raw pixels ({options.get('pixels')} x {options.get('pixels')} per channel)"
+    return f"{features}, unhashed" if row["bits"] == NO_CODE else f"fitted on {features}"
 
 
 def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
@@ -256,8 +282,8 @@ def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
             (first["epochs"] != paper.epochs, f"{first['epochs']} epochs (the paper's: {paper.epochs})"),
             (first["image_size"] != paper.image_size, f"{first['image_size']} px (the paper's: {paper.image_size})"),
             (
-                first["augment_text"] != paper.augment.describe(),
-                f"augmentation {first['augment_text']} (the paper's: rotation, scaling, brightness, noise, blur)",
+                first["augmentation"] != paper.augment.describe(),
+                f"augmentation {first['augmentation']} (the paper's: rotation, scaling, brightness, noise, blur)",
             ),
             (
                 not all(own_optimiser(m, t) for m, t in zip(rows["method"], rows["train"])),
@@ -298,16 +324,25 @@ def with_augment_text(cells: pd.DataFrame) -> pd.DataFrame:
 
 
 def _groups(cells: pd.DataFrame):
-    """(rows with a 'row' label) per comparable group of cells.
+    """(rows with a 'row' label and the group's ``augmentation``) per comparable group of cells.
 
     Runs of several split seeds share a table; runs of one split seed whose splits differ (another
-    cleaning or split rule) do not.
+    cleaning or split rule) do not. Rows trained with other augmentations do not either; rows whose
+    training never sees it (fitted without training, heads on cached features) join every group.
     """
     cells = with_augment_text(cells)
     for _, rows in cells.groupby(list(COMPARISON_KEYS), sort=True, dropna=False):
-        consistent = rows.groupby("split_seed")["split_hash"].nunique().max() == 1
-        for _, part in [(None, rows)] if consistent else rows.groupby("split_hash", sort=True):
-            yield part.assign(row=_row_names(part))
+        augmented = _sees_augmentation(rows)
+        for text in sorted(rows.loc[augmented, "augment_text"].unique()) or ["none"]:
+            kept = rows[~augmented | (rows["augment_text"] == text)].assign(augmentation=text)
+            consistent = kept.groupby("split_seed")["split_hash"].nunique().max() == 1
+            for _, part in [(None, kept)] if consistent else kept.groupby("split_hash", sort=True):
+                yield part.assign(row=_row_names(part))
+
+
+def _sees_augmentation(rows: pd.DataFrame) -> pd.Series:
+    """Which rows trained on augmented images (not fitted without training, not a head on cached features)."""
+    return ~(rows["method"].map(_is_training_free).astype(bool) | _frozen(rows))
 
 
 def _legend(rows: pd.DataFrame, view: View) -> str:
@@ -344,7 +379,7 @@ def build(
     if cells.empty:
         return boards
     for rows in _groups(cells):
-        bits = sorted(rows["bits"].unique())
+        bits = sorted(rows["bits"].unique(), key=lambda b: (b == NO_CODE, b))  # the float column last
         described = caption(rows) + view.caption()
         legend = _legend(rows, view)
         published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
@@ -358,7 +393,7 @@ def build(
                 table = _reference_rows_last(
                     pd.DataFrame(
                         {
-                            f"{b} bits": {
+                            _column_name(b): {
                                 row: summarise(group[group["bits"] == b], metric, view, subgroup)
                                 for row, group in rows.groupby("row", sort=True)
                             }
@@ -379,7 +414,8 @@ def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) ->
     if cells.empty:
         return boards
     for rows in _groups(cells):
-        columns = [(metric, bits) for metric in suite.metrics for bits in suite.bits]
+        lengths = (*suite.bits, *([NO_CODE] if (rows["bits"] == NO_CODE).any() else []))
+        columns = [(metric, bits) for metric in suite.metrics for bits in lengths]
         table = {}
         for label, method in suite.rows:
             mine = rows[rows["method"] == method]
@@ -390,7 +426,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) ->
                         part
                         for part, shown in (
                             (metric.upper(), len(suite.metrics) > 1),
-                            (f"{bits} bits", len(suite.bits) > 1),
+                            (_column_name(bits), len(lengths) > 1),
                         )
                         if shown
                     )
@@ -427,6 +463,11 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, view:
                 f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}"
             )
     return "\n\n".join(parts) + ("\n" if parts else "")
+
+
+def _column_name(bits: int) -> str:
+    """A column's name: its code length, or the float references' column."""
+    return "float (no code)" if bits == NO_CODE else f"{bits} bits"
 
 
 REFERENCE = " (training-free)"  # the mark of a reference row

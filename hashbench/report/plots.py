@@ -93,18 +93,19 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
     (``<stem>-pr.png`` and so on).
     """
-    from hashbench.evaluation.evaluate import mean_over_queries
+    from hashbench.evaluation.evaluate import mean_over_queries, parse_metric
     from hashbench.evaluation.stored import cell_curves, cell_per_query
-    from hashbench.store.results import Cell
+    from hashbench.store.results import NO_CODE, Cell
 
     plt = _pyplot()
     if rows.empty:
         return []
-    bits = sorted(rows["bits"].unique())
+    bits = sorted(b for b in rows["bits"].unique() if b != NO_CODE) or [NO_CODE]
     methods = sorted(rows["row"].unique())
+    floats = set(rows.loc[rows["bits"] == NO_CODE, "row"])  # float references: one curve, drawn dashed in every panel
     flagged = {method for method, note in zip(rows["row"], rows["note"]) if note}
     label = {
-        method: f"{method} (dead bits)" if method in flagged else method for method in methods
+        method: f"{method} (degenerate codes)" if method in flagged else method for method in methods
     }  # a collapsed model's curve is not the model's
     curves = {
         (m, b): [cell_curves(Cell(d), PRECISION_CUTOFFS, view) for d in group["directory"]]
@@ -112,13 +113,15 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     }
     written = []
 
-    def panels(name: str, draw) -> None:
+    def panels(name: str, draw, with_floats: bool) -> None:
         figure, axes = plt.subplots(1, len(bits), figsize=(4.2 * len(bits), 3.8), squeeze=False)
         for axis, b in zip(axes[0], bits):
             for method in methods:
-                if (method, b) in curves:
-                    draw(axis, method, curves[(method, b)])
-            axis.set_title(f"{b} bits", fontsize=9)
+                if method in floats and with_floats:
+                    draw(axis, method, curves[(method, NO_CODE)], "--")
+                elif (method, b) in curves and method not in floats:
+                    draw(axis, method, curves[(method, b)], "-")
+            axis.set_title(f"{b} bits" if b != NO_CODE else "float features", fontsize=9)
             axis.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
         figure.suptitle(caption, fontsize=6, wrap=True)
@@ -128,26 +131,33 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         plt.close(figure)
         written.append(path)
 
-    def pr(axis, method, seeds) -> None:
+    def pr(axis, method, seeds, style) -> None:
         recall = np.mean([c["recall"] for c in seeds], axis=0)
         precision = np.mean([c["precision"] for c in seeds], axis=0)
-        axis.plot(recall, precision, marker=".", label=label[method])
+        axis.plot(recall, precision, style, marker=".", label=label[method])
         axis.set_xlabel("recall (items within Hamming radius r, r = 0..bits)")
         axis.set_ylabel("precision")
 
-    def p_at_k(axis, method, seeds) -> None:
-        axis.plot(seeds[0]["ks"], np.mean([c["p_at_k"] for c in seeds], axis=0), marker=".", label=label[method])
+    def p_at_k(axis, method, seeds, style) -> None:
+        p = np.mean([c["p_at_k"] for c in seeds], axis=0)
+        axis.plot(seeds[0]["ks"], p, style, marker=".", label=label[method])
         axis.set_xscale("log")
-        axis.set_xlabel("k (top k, seeded tie order)")
+        axis.set_xlabel("k (top k, seeded tie order; dashed: float features)")
         axis.set_ylabel("P@k")
 
-    panels("pr", pr)
-    panels("precision-at-k", p_at_k)
+    panels("pr", pr, with_floats=False)  # a float ranking has no Hamming radius
+    panels("precision-at-k", p_at_k, with_floats=True)
 
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         for method in methods:
             mine = rows[rows["row"] == method]
+            if method in floats:  # no code length: the level every code of its features is measured against
+                if parse_metric(metric).radius:
+                    continue
+                level = np.mean([mean_over_queries(cell_per_query(Cell(d), metric, view)) for d in mine["directory"]])
+                axis.axhline(level, linestyle="--", color="grey", label=f"{label[method]} (float, no code)")
+                continue
             present = [b for b in bits if (mine["bits"] == b).any()]
             per_run = [
                 [
@@ -177,11 +187,11 @@ def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[di
 
     Multi-label cells get the per-class table alone: a top-1 item may share several classes with its query.
     """
-    from hashbench.evaluation.stored import cell_collapse_note, cell_confusion, cell_per_class
+    from hashbench.evaluation.stored import cell_confusion, cell_per_class
 
     names, config = cell.class_names, cell.config
     synthetic = " (synthetic phantom data)" if cell.record.get("synthetic") else ""
-    collapse = cell_collapse_note(cell)
+    collapse = cell.collapse()
     flag = f" [{collapse}]" if collapse else ""
     directory.mkdir(parents=True, exist_ok=True)
     by_class = cell_per_class(cell, metrics)

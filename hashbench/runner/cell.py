@@ -19,13 +19,21 @@ import torch
 from torch import nn
 
 from hashbench import distributed
-from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, pack, tie_diagnostics
+from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, evaluate_features, pack, tie_diagnostics
 from hashbench.model.method import HashNetwork
 from hashbench.model.weights import cached_revision, declared_backbones_ran
 from hashbench.runner.plan import CellSpec
 from hashbench.runner.provenance import git_state, versions
 from hashbench.store.digest import file_sha256
-from hashbench.store.results import CHECKPOINT, LOG, Cell, CellConfig, ResultsStore, collapse_note
+from hashbench.store.results import (
+    CHECKPOINT,
+    LOG,
+    Cell,
+    CellConfig,
+    ResultsStore,
+    collapse_note,
+    largest_class_share,
+)
 from hashbench.training import engine
 from hashbench.training.device import describe_device, peak_memory_mib, start_memory_watch
 from hashbench.training.features import cached_features
@@ -161,20 +169,33 @@ def run_cell(
         )
         resumed_from = engine.train(job, progress)
     query_embeddings = encode(query.ids)
-    query_bits = binarize(query_embeddings)
     database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
-    database_bits = binarize(database_embeddings)
-    result = evaluate(
-        query_bits,
-        query.labels,
-        database_bits,
-        database.labels,
-        spec.metrics,
-        device="cpu" if device.type == "cpu" else str(device),
-        **DEFAULT_TIE_RULE,
-    )
+    ranked_on = "cpu" if device.type == "cpu" else str(device)
+    float_distance = spec.method.float_distance
+    if float_distance:  # a float reference: its features ranked as they are, and a code of no bits
+        query_embeddings, database_embeddings = (
+            query_embeddings.astype(np.float32),
+            database_embeddings.astype(np.float32),
+        )
+        query_bits, database_bits = (np.zeros((len(side), 0), bool) for side in (query, database))
+        result = evaluate_features(
+            query_embeddings,
+            query.labels,
+            database_embeddings,
+            database.labels,
+            spec.metrics,
+            float_distance,
+            device=ranked_on,
+            **DEFAULT_TIE_RULE,
+        )
+    else:
+        query_bits, database_bits = binarize(query_embeddings), binarize(database_embeddings)
+        query_embeddings, database_embeddings = (e.astype(np.float16) for e in (query_embeddings, database_embeddings))
+        result = evaluate(
+            query_bits, query.labels, database_bits, database.labels, spec.metrics, device=ranked_on, **DEFAULT_TIE_RULE
+        )
     ran_on = {
         "device": describe_device(device),
         "execution": execution.describe(device),
@@ -186,18 +207,17 @@ def run_cell(
         model: {"source": source.describe(), "revision": cached_revision(source)}
         for model, source in spec.weights.items()
     }
-    ties = tie_diagnostics(result.counts, database_bits)
+    ties = {} if float_distance else tie_diagnostics(result.counts, database_bits)
+    ties["largest_class_share"] = largest_class_share(database.labels)
     arrays = {
         "query_codes": pack(query_bits),
         "database_codes": pack(database_bits),
         "query_labels": query.labels,
         "database_labels": database.labels,
-        "database_embeddings": database_embeddings.astype(
-            np.float16
-        ),  # `hashbench search` breaks Hamming ties with these
+        "database_embeddings": database_embeddings,  # `hashbench search` breaks Hamming ties with these
         "query_ids": query.ids,
         "database_ids": database.ids,
-        "query_embeddings": query_embeddings.astype(np.float16),  # a case's mean code at --level series, ...
+        "query_embeddings": query_embeddings,  # a case's mean code at --level series, --ranking cosine, ...
         "query_groups": query.groups,  # patient, study, series: what --exclude leaves out, what --level builds cases of
         "database_groups": database.groups,
         "query_attributes": query.attributes,  # modality, body part, ...: graded relevance and --by subgroups
@@ -211,6 +231,7 @@ def run_cell(
         "metrics": result.metrics,
         "ties": ties,
         "evaluation": DEFAULT_TIE_RULE,
+        **({"float_distance": float_distance} if float_distance else {}),
         "backbones_ran": backbones_ran,
         "weights": weights,
         "seconds": round(
@@ -235,6 +256,10 @@ def run_cell(
         "published_metric": split.published_metric,
         "classes": list(split.class_names),
     }
-    collapse = collapse_note(ties["dead_bits"], config.bits, ties["largest_bucket_share"])
+    collapse = (
+        ""
+        if float_distance
+        else collapse_note(ties["dead_bits"], config.bits, ties["largest_bucket_share"], ties["largest_class_share"])
+    )
     cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
     return result.metrics, collapse

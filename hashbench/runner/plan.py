@@ -17,11 +17,11 @@ import torch
 from hashbench.config.profiles import default_profile, get_profile
 from hashbench.data.dataset import Dataset
 from hashbench.data.sides import DrawnSplit, draw_split
-from hashbench.evaluation.evaluate import DEFAULT_METRICS, STORED_METRICS
-from hashbench.model.method import Method, MethodContext, TrainSettings
+from hashbench.evaluation.evaluate import DEFAULT_METRICS, STORED_METRICS, parse_metric
+from hashbench.model.method import Method, MethodContext, TrainingFreeMethod, TrainSettings
 from hashbench.model.registry import create_method, method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
-from hashbench.store.results import CellConfig
+from hashbench.store.results import NO_CODE, CellConfig
 from hashbench.training.augment import Augmentation
 from hashbench.training.engine import Execution
 from hashbench.training.features import FeatureKey
@@ -35,7 +35,7 @@ class RunRequest:
     bits: list[int]
     seeds: list[int] = field(default_factory=lambda: [0])
     dataset: str = "phantom"
-    backbone: str | None = None
+    backbones: list[str] = field(default_factory=list)  # the grid runs once per backbone; empty: the profile's
     pretrained: bool | None = None
     weights: list[str] = field(default_factory=list)  # --weights values: FILE, MODEL=FILE or DIR
     epochs: int | None = None
@@ -88,16 +88,19 @@ class CellSpec:
     def feature_key(self) -> FeatureKey | None:
         """The cached features this cell hashes, for a method on a frozen backbone (None: it trains its encoder, or
         hashes pixels)."""
-        if not self.method(self.context).frozen_backbone:
+        method = self.method(self.context)
+        if not method.reads_cached_features:
             return None
         config = self.config
-        source = self.weights.get(config.run_backbone)
+        encoder = type(method).build_encoder  # a plugin's own encoder is another cache than the pooled backbone's
+        pooled = encoder in (Method.build_encoder, TrainingFreeMethod.build_encoder)
+        source = self.weights.get(config.backbone)
         weights = source.identity() if source else "random"
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.execution.dtype(self.device)]
         return FeatureKey(
             config.dataset,
             config.dataset_fingerprint,
-            config.run_backbone,
+            config.backbone if pooled else f"{config.backbone} via {encoder.__module__}.{encoder.__qualname__}",
             weights + (f" seed {config.seed}" if weights == "random" else ""),
             config.image_size,
             precision,
@@ -177,13 +180,18 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
     metrics = tuple(
         dict.fromkeys(STORED_METRICS + tuple(filter(None, [split.published_metric])) + tuple(request.metrics))
     )
-    run_backbone = request.backbone or profile.backbone
+    run_backbones = list(dict.fromkeys(request.backbones)) or [profile.backbone]
     synthetic = bool(dataset.manifest.get("synthetic", False))
     pretrained = profile.pretrained if request.pretrained is None else request.pretrained
     files = parse_weights_option(request.weights)
+    if len(run_backbones) > 1 and None in files.by_model:
+        raise ValueError(
+            f"--weights {files.by_model[None]} names no model and the run has {len(run_backbones)} backbones; write "
+            "--weights MODEL=FILE for each"
+        )
     named = files.models()
     cells = []
-    for name in dict.fromkeys(request.methods):
+    for run_backbone, name in ((b, m) for b in run_backbones for m in dict.fromkeys(request.methods)):
         method = method_class(name)
         frozen = request.freeze_backbone and not getattr(method, "fitted", False)  # fitted ones: their own option
         if frozen and method.not_freezable:
@@ -195,7 +203,9 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
         context = MethodContext(request.bits[0], len(split.class_names), len(split.training), options, 0, image_size)
         backbones = create_method(name, context).backbones(run_backbone)
         weights = {model: resolve(model, pretrained, files, default_model=run_backbone) for model in backbones}
-        for bits in dict.fromkeys(request.bits):
+        lengths = (NO_CODE,) if method.float_distance else request.bits  # a float reference has no code length
+        measured = tuple(m for m in metrics if not (method.float_distance and parse_metric(m).radius))
+        for bits in dict.fromkeys(lengths):
             for seed in dict.fromkeys(request.seeds):
                 config = CellConfig(
                     dataset=dataset.name,
@@ -226,7 +236,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
                         weights,
                         split,
                         cell_augmentation,
-                        metrics,
+                        measured,
                         request.execution,
                         synthetic,
                         device,

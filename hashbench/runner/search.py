@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 
 from hashbench.evaluation.evaluate import binarize, pack
-from hashbench.evaluation.stored import cell_collapse_note
 from hashbench.model.trained import load_trained_network
 from hashbench.runner.plan import resolve_device
 from hashbench.store.results import Cell
@@ -54,6 +53,11 @@ class CellIndex:
         if cell.status() != "finished":
             raise FileNotFoundError(f"{directory} is not a finished cell ({cell.problem() or cell.status()})")
         self.config = cell.config
+        if cell.float_distance:
+            raise ValueError(
+                f"{directory} is a float reference ({self.config.method}): it holds features, not binary codes; "
+                "search a cell of a hashing method"
+            )
         codes = cell.codes()
         self.database_codes = codes["database_codes"]
         self.database_ids = codes["database_ids"]
@@ -67,7 +71,7 @@ class CellIndex:
             )
         self.device = resolve_device(device)
         self.network = load_trained_network(cell, str(self.device))
-        self.collapse = cell_collapse_note(cell)
+        self.collapse = cell.collapse()
         faiss = _faiss() if use_faiss is not False else None
         if use_faiss and faiss is None:
             raise ImportError("faiss is not installed: pip install faiss-cpu, or search without it")

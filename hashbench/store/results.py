@@ -8,9 +8,11 @@
 - ``train_log.jsonl`` loss terms per epoch
 - ``checkpoint.pt``   while training: model, optimiser and loss state after the last epoch
 - ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
-                      the database's continuous codes (float16, for search), per-query metric
-                      values; any other metric is computed from the codes (by
-                      hashbench.evaluation.stored), so new metrics never need retraining
+                      the continuous codes (float16: search, case means, float rankings),
+                      per-query metric values; any other metric is computed from the codes
+                      (by hashbench.evaluation.stored), so new metrics never need retraining.
+                      A float reference (``0bits``: no code) holds its features instead, in
+                      float32, and codes of zero bits
 - ``model.pt``        the trained weights
 - ``metrics.json``    the record: metrics, tie diagnostics, the evaluator's tie rule,
                       provenance (backbones that ran, weights, git, versions, device, time,
@@ -80,6 +82,7 @@ ATTRIBUTES = ("modality", "body_part", "sex", "age", "manufacturer", "slice_thic
 FIX = "run the same command again (a damaged cell is trained again) or delete the cell's directory"
 IDENTITY_EXCLUDES = ("dataset", "method", "bits", "seed")  # already in the directory's path
 ADDED_FIELDS = {"frozen_backbone": False}  # fields added later: at these values, left out so identities stay
+NO_CODE = 0  # the code length of a float reference's cell: it ranks features, it has no code
 
 
 class CellError(Exception):
@@ -148,7 +151,8 @@ class CellConfig:
         return Path(out) / self.dataset / self.method / f"{self.bits}bits" / f"seed{self.seed}-{self.identity_hash()}"
 
     def label(self) -> str:
-        return f"{self.dataset}/{self.method}/{self.bits} bits/seed {self.seed}"
+        length = "float features" if self.bits == NO_CODE else f"{self.bits} bits"
+        return f"{self.dataset}/{self.method}/{length}/seed {self.seed}"
 
 
 @lru_cache(maxsize=32)
@@ -323,17 +327,30 @@ class Cell:
         """The tie rule the stored per-query values were computed with (cells from before: database index)."""
         return self.record.get("evaluation", {"tie_break": "index", "tie_seed": 0})
 
-    def code_health(self) -> tuple[int, float]:
-        """Bits constant over the whole database, and the share of it the most common code holds: as the record says,
-        or counted in the stored codes for cells from before the record held them (neither depends on a tie rule)."""
+    @property
+    def float_distance(self) -> str:
+        """How a float reference's features are ranked ('cosine', 'euclidean'); '' for a cell of binary codes."""
+        return self.record.get("float_distance", "") if self.config.bits == NO_CODE else ""
+
+    def collapse(self) -> str:
+        """'' for healthy codes, else what is degenerate (:func:`collapse_note`): from the record, or counted in the
+        stored codes for cells from before the record held it (neither depends on a tie rule)."""
+        if self.config.bits == NO_CODE:
+            return ""
         ties = self.record.get("ties")
         ties = ties if isinstance(ties, dict) else {}
+        codes = self.codes()
+        class_share = ties.get("largest_class_share")
+        if class_share is None:
+            class_share = largest_class_share(codes["database_labels"])
         if "dead_bits" in ties and "largest_bucket_share" in ties:
-            return int(ties["dead_bits"]), float(ties["largest_bucket_share"])
-        database = self.database_bits()
-        _, sizes = np.unique(np.packbits(database, axis=1), axis=0, return_counts=True)
-        share = float(sizes.max() / len(database)) if len(database) else 0.0
-        return int((~database.any(axis=0) | database.all(axis=0)).sum()), share
+            dead, share = int(ties["dead_bits"]), float(ties["largest_bucket_share"])
+        else:
+            database = self.database_bits()
+            _, sizes = np.unique(codes["database_codes"], axis=0, return_counts=True)
+            share = float(sizes.max() / len(database)) if len(database) else 0.0
+            dead = int((~database.any(axis=0) | database.all(axis=0)).sum())
+        return collapse_note(dead, self.config.bits, share, class_share)
 
     def changed_since(self, name: str, moment: float) -> bool:
         """Whether file ``name`` was written at or after ``moment`` (a time.time()): by another process during this sweep."""
@@ -472,12 +489,24 @@ def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, A
 CROWDED_BUCKET = 0.5  # one code shared by this share of the database: most of each ranking is the tie order's
 
 
-def collapse_note(dead_bits: int, bits: int, largest_bucket_share: float = 0.0) -> str:
-    """'' for healthy codes; else what is degenerate: bits constant over the database, or one code most of it holds."""
+def largest_class_share(labels: np.ndarray) -> float:
+    """The share of the database its most common class (label set, for multi-label rows) holds: what one code may
+    hold in a perfect model."""
+    if not len(labels):
+        return 0.0
+    _, counts = np.unique(labels, axis=0, return_counts=True)
+    return float(counts.max() / len(labels))
+
+
+def collapse_note(dead_bits: int, bits: int, largest_bucket_share: float = 0.0, class_share: float = 0.0) -> str:
+    """'' for healthy codes; else what is degenerate: bits constant over the database, or one code holding most of
+    it, more than its largest class does (a perfect model gives each class one code, so a code may hold a class)."""
+    if bits == NO_CODE:
+        return ""
     if dead_bits >= bits:
         return f"collapsed: {dead_bits}/{bits} dead bits"
     parts = [f"partly collapsed: {dead_bits}/{bits} dead bits"] if dead_bits else []
-    if largest_bucket_share >= CROWDED_BUCKET:
+    if largest_bucket_share >= CROWDED_BUCKET and largest_bucket_share > class_share + 1e-9:
         parts.append(f"one code holds {largest_bucket_share:.0%} of the database")
     return "; ".join(parts)
 
@@ -536,8 +565,8 @@ class ResultsStore:
         if table.empty:
             raise ValueError(f"no finished cells under {self.root}")
         chosen = table[table["method"] == name]
-        if bits is not None:
-            chosen = chosen[chosen["bits"] == bits]
+        if bits is not None:  # a float reference has no code length: it answers every one
+            chosen = chosen[chosen["bits"].isin([bits, NO_CODE])]
         if chosen.empty:
             known = ", ".join(sorted(table["method"].unique())) or "none"
             raise ValueError(f"no finished cells of {name!r} with these filters; methods with results: {known}")
@@ -584,12 +613,11 @@ def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
             if cell.rerun_pending()
             else ""
         )
-        dead, share = cell.code_health()
         row["note"] = "; ".join(
             filter(
                 None,
                 [
-                    collapse_note(dead, cell.config.bits, share),
+                    cell.collapse(),
                     "a later re-run failed: this is the earlier result" if later_failure else "",
                     pending,
                 ],

@@ -443,7 +443,8 @@ def encode(
 def features(
     network: HashNetwork, source: ImageSource, ids: np.ndarray, image_size: int, execution: Execution = Execution()
 ) -> np.ndarray:
-    """The encoder's features (n, d) of slices ``ids``, in that order: what a training-free method is fitted to."""
+    """The encoder's features (n, d) of slices ``ids``, in that order: what a training-free method is fitted to, and
+    what the feature cache holds of a frozen backbone."""
     return _outputs(network.encoder, network, source, ids, image_size, 256, execution)
 
 

@@ -174,12 +174,14 @@ def test_the_foundation_suite_plans_every_cell_with_its_backbone_weights_and_fea
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 0, result.output
     cells = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
-    assert len(cells) == 5 * 4  # five methods at 16, 32, 48 and 64 bits
+    floats = [cell for cell in cells if cell["method"] == "float-cosine"]
+    assert len(floats) == 1 and floats[0]["bits"] == 0  # the upper bound has no code length: one cell
+    assert len(cells) == 1 + 5 * 4  # and five methods at 16, 32, 48 and 64 bits
     for cell in cells:
         assert cell["backbone"] == "test_efficientnet" and cell["weights"] == {"test_efficientnet": "random init"}
         assert cell["feature_cache"].startswith("phantom-tiny-seed0/")  # every one reads the backbone's features
         assert cell["frozen_backbone"] == (cell["method"] in ("hashnet", "csq"))
-        if cell["method"] in ("pcarr", "itq", "lsh"):
+        if cell["method"] in ("float-cosine", "pcarr", "itq", "lsh"):
             assert cell["options"]["features"] == "backbone"
     assert len({cell["feature_cache"] for cell in cells}) == 1
 
@@ -207,3 +209,158 @@ def test_a_suite_gives_its_options_only_to_the_methods_that_run_and_the_users_wi
     )
     assert set(request.overrides) == {"*", "itq"} and request.freeze_backbone
     assert request.overrides["itq"] == {"features": "backbone", "pixels": 8}
+
+
+def brute_force_ranking(query: np.ndarray, database: np.ndarray, distance: str, tie_rank: np.ndarray) -> np.ndarray:
+    """Database positions from nearest to farthest, by a plain float64 sort (equal distances in tie order)."""
+    query, database = query.astype(np.float64), database.astype(np.float64)
+    if distance == "cosine":
+        distances = 1 - database @ query / (np.linalg.norm(database, axis=1) * np.linalg.norm(query))
+    else:
+        distances = np.linalg.norm(database - query, axis=1)
+    return np.lexsort((tie_rank, distances))
+
+
+def average_precision(relevant: np.ndarray) -> float:
+    """AP over the ranked relevance flags given, normalised by the relevant items among them (0 when none)."""
+    hits = np.cumsum(relevant)
+    return float((hits / np.arange(1, len(relevant) + 1))[relevant].sum() / hits[-1]) if hits[-1] else 0.0
+
+
+def test_float_references_rank_their_stored_features_as_a_brute_force_sort(tiny_phantom, tmp_path, chance):
+    """One cell per float reference whatever --bits says, holding the backbone's cached features, its metrics those
+    of a plain sort to 1e-12, shown in its own column beside the codes of the same features."""
+    from hashbench.evaluation.ranking import tie_order
+    from hashbench.evaluation.stored import evaluate_cell
+    from hashbench.store.results import NO_CODE, Cell
+
+    dataset = tiny_phantom.dataset
+    out = tmp_path / "runs"
+    request = api.RunRequest(
+        methods=["float-cosine", "float-l2", "itq"],
+        bits=[8, 16],
+        dataset=dataset.name,
+        profile="quick",
+        device="cpu",
+        overrides={"*": {"features": "backbone"}},
+    )
+    specs = api.plan(request, dataset)
+    outcomes = api.run_grid(request, dataset, out)
+    assert [(o.config.method, o.config.bits, o.status) for o in outcomes] == [
+        ("float-cosine", NO_CODE, "done"),
+        ("float-l2", NO_CODE, "done"),
+        ("itq", 8, "done"),
+        ("itq", 16, "done"),
+    ], [o.error for o in outcomes]
+    cached = cached_features(specs[0].feature_key, len(dataset.images), lambda rows: pytest.fail("built twice"))
+    for outcome, distance in zip(outcomes, ("cosine", "euclidean")):
+        cell = Cell(outcome.config.directory(out))
+        stored = cell.codes()
+        assert cell.float_distance == distance and stored["query_codes"].shape[1] == 0
+        query, database = stored["query_embeddings"], stored["database_embeddings"]
+        assert query.dtype == np.float32 and np.array_equal(query, cached[stored["query_ids"]])
+        tie_rank = np.empty(len(database), np.int64)
+        tie_rank[tie_order(len(database), 0)] = np.arange(len(database))
+        relevant = [
+            stored["database_labels"][brute_force_ranking(q, database, distance, tie_rank)] == label
+            for q, label in zip(query, stored["query_labels"])
+        ]
+        expected = {f"map@{k}": [average_precision(r[:k]) for r in relevant] for k in (1, 5, 10)}
+        expected["map@all"] = [average_precision(r) for r in relevant]
+        for metric in ("map@1", "map@10", "map@all"):  # as stored by the run
+            assert np.abs(stored[f"per_query/{metric}"] - expected[metric]).max() <= 1e-12, metric
+        again = evaluate_cell(cell, ("map@5",)).per_query["map@5"]  # recomputed from the stored features
+        assert np.abs(again - expected["map@5"]).max() <= 1e-12
+        assert outcome.metrics["map@10"] > chance(dataset)["map@10"] + 0.1, outcome.metrics
+    text = api.to_markdown(api.leaderboard(out, ("map@10",)))
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    assert header == "| method | 8 bits | 16 bits | float (no code) |"
+    row = next(line for line in text.splitlines() if line.startswith("| float-cosine"))
+    assert row.split(" | ")[1:3] == ["-", "-"] and "(n=1" in row.split(" | ")[3]
+    assert "row float-cosine (training-free): frozen test_efficientnet features, unhashed" in text
+    (comparison,), _ = api.compare("itq", "float-cosine", out, bits=16, metrics=("map@10",))
+    assert comparison.metric == "map@10"
+    with pytest.raises(ValueError, match="float reference"):
+        api.search(outcomes[0].config.directory(out), [])
+
+
+def test_a_method_with_its_own_encoder_reads_another_feature_cache_than_the_pooled_backbones(tiny_phantom):
+    from dataclasses import replace
+
+    from torch import nn
+
+    from hashbench.methods.lsh import LSH
+
+    class Normalised(LSH):
+        def build_encoder(self, backbone):
+            encoder, width = super().build_encoder(backbone)
+            return nn.Sequential(encoder, nn.LayerNorm(width)), width
+
+    dataset = tiny_phantom.dataset
+    common = dict(bits=[16], dataset=dataset.name, profile="quick", device="cpu")
+    (lsh,) = api.plan(api.RunRequest(methods=["lsh"], overrides={"lsh": {"features": "backbone"}}, **common), dataset)
+    (head,) = api.plan(api.RunRequest(methods=["hashnet"], freeze_backbone=True, **common), dataset)
+    assert lsh.feature_key == head.feature_key  # the pooled backbone's features, shared
+    assert replace(lsh, method=Normalised).feature_key != lsh.feature_key
+
+
+def test_rows_that_never_see_augmentation_share_the_table_of_rows_trained_with_it(tiny_phantom, tmp_path):
+    """A training-free cell records the run's augmentation, a head on cached features none; neither used it, so
+    neither splits the table: the table is the trained rows' augmentation's, and its caption says who saw it."""
+    dataset = tiny_phantom.dataset
+    out = tmp_path / "runs"
+    common = dict(bits=[16], dataset=dataset.name, profile="quick", device="cpu", epochs=1, augment="paper")
+    runs = [
+        api.RunRequest(methods=["itq"], **common),
+        api.RunRequest(methods=["hashnet"], freeze_backbone=True, **common),
+        api.RunRequest(methods=["dpsh"], **common),
+    ]
+    for request in runs:
+        assert all(o.status == "done" for o in api.run_grid(request, dataset, out))
+    (board,) = api.leaderboard(out, ("map@10",))
+    assert set(board.table.index) == {"dpsh", "hashnet (frozen backbone)", "itq (training-free)"}
+    assert "augmentation: rotation" in board.caption and "the other rows never see it" in board.caption
+
+
+def test_queries_pooled_over_split_seeds_are_resampled_by_patient(tiny_phantom, tmp_path):
+    from hashbench.evaluation.stats import bootstrap_interval
+    from hashbench.evaluation.stored import cell_per_query, clusters_of, query_patients
+    from hashbench.report.leaderboard import CLUSTERED_LEGEND, summarise
+    from hashbench.store.results import Cell
+
+    dataset = tiny_phantom.dataset
+    out = tmp_path / "runs"
+    for split_seed in (0, 1):
+        request = api.RunRequest(
+            methods=["lsh"], bits=[16], dataset=dataset.name, split="slice", split_seed=split_seed, device="cpu"
+        )
+        assert all(o.status == "done" for o in api.run_grid(request, dataset, out))
+    (board,) = api.leaderboard(out, ("map@10",))
+    assert board.legend == CLUSTERED_LEGEND
+    rows = api.cells(out)
+    cells = [Cell(d) for d in rows["directory"]]
+    patients = np.concatenate([query_patients(cell) for cell in cells])
+    values = np.concatenate([cell_per_query(cell, "map@10") for cell in cells])
+    assert len(np.unique(patients)) < len(patients)  # slices of one patient, in both seeds' queries
+    low, high = bootstrap_interval(values[None], clusters=clusters_of(patients))
+    assert f"[{low:.3f}, {high:.3f}]" in summarise(rows.assign(row="lsh"), "map@10")
+    unclustered = bootstrap_interval(values[None])
+    assert (low, high) != unclustered
+
+
+def test_several_backbones_run_the_grid_once_each_in_one_command(tiny_phantom):
+    from typer.testing import CliRunner
+
+    from hashbench.cli import app, expand_multi_value_options
+
+    argv = ["run", "--suite", "foundation", "--dataset", tiny_phantom.dataset.name, "--bits", "16", "--dry-run"]
+    argv += ["--json", "--backbone", "test_efficientnet,test_resnet"]
+    result = CliRunner().invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 0, result.output
+    cells = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    by_backbone = {b: [c for c in cells if c["run_backbone"] == b] for b in ("test_efficientnet", "test_resnet")}
+    assert [len(chosen) for chosen in by_backbone.values()] == [6, 6]  # float-cosine, and five methods at 16 bits
+    caches = [{c["feature_cache"] for c in chosen} for chosen in by_backbone.values()]
+    assert all(len(cache) == 1 for cache in caches) and caches[0] != caches[1]  # one cache per backbone
+    bare = CliRunner().invoke(app, expand_multi_value_options([*argv, "--weights", __file__]))
+    assert bare.exit_code == 2 and "MODEL=FILE for each" in bare.output, bare.output

@@ -140,6 +140,18 @@ def test_compare_pairs_the_same_queries_with_their_own_patient_left_out(slice_sp
     assert row.result.patients == n_patients < row.result.n_queries
 
 
+def test_compare_under_dropped_queries_gives_means_whose_difference_is_the_paired_one(slice_split_lsh):
+    """AP@10 normalised by what was found drops the queries that found nothing: each side drops its own, so the means
+    are over the queries both sides count."""
+    view = View("same-patient", empty="drop")
+    (row,) = api.compare("lsh", "pcah", slice_split_lsh, metrics=("map@10",), view=view)[0]
+    (pcah,) = ResultsStore(slice_split_lsh).select("pcah")
+    dropped = [np.isnan(cell_per_query(cell, "map@10", view)) for cell in (lsh_cell(slice_split_lsh), pcah)]
+    assert (dropped[0] != dropped[1]).any()  # the sides drop different queries
+    assert row.result.n_queries == (~dropped[0] & ~dropped[1]).sum()
+    assert row.mean_a - row.mean_b == pytest.approx(row.result.difference, abs=1e-12)
+
+
 def test_each_side_stores_its_slices_attributes(slice_split_lsh, default_phantom):
     codes = lsh_cell(slice_split_lsh).codes()
     index = default_phantom.dataset.index

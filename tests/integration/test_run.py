@@ -29,7 +29,7 @@ def request(methods, bits=(16,), seeds=(0,), epochs=20, **kw):
         bits=list(bits),
         seeds=list(seeds),
         dataset="phantom-tiny-seed0",
-        backbone=BACKBONE,
+        backbones=[BACKBONE],
         epochs=epochs,
         overrides=kw.pop("overrides", QUICK),
         **kw,

@@ -647,3 +647,15 @@ def test_codes_crowded_into_one_bucket_are_flagged_without_a_dead_bit():
     assert collapse_note(3, 8, 0.2) == "partly collapsed: 3/8 dead bits"
     assert collapse_note(8, 8, 1.0) == "collapsed: 8/8 dead bits"
     assert collapse_note(0, 8, 0.49) == ""
+
+
+def test_one_code_per_class_of_a_perfect_model_is_not_flagged_even_when_a_class_holds_most_of_the_database():
+    from hashbench.store.results import NO_CODE, collapse_note, largest_class_share
+
+    labels = np.array([0] * 60 + [1] * 25 + [2] * 15)
+    assert largest_class_share(labels) == pytest.approx(0.6)
+    assert collapse_note(0, 8, 0.6, largest_class_share(labels)) == ""  # the majority class's one code
+    assert collapse_note(0, 8, 0.7, 0.6) == "one code holds 70% of the database"  # it holds other classes too
+    multi_hot = np.array([[1, 0], [1, 0], [1, 1], [0, 1]])
+    assert largest_class_share(multi_hot) == pytest.approx(0.5)  # label sets: {0} twice, {0, 1}, {1}
+    assert collapse_note(NO_CODE, NO_CODE, 1.0) == ""  # a float reference has no code to collapse
