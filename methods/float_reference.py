@@ -1,9 +1,10 @@
 """Float references: the features themselves, unhashed, ranked by cosine similarity or Euclidean distance.
 
-The upper bound a binary code of the same features is measured against: what binarising costs. Nothing is fitted and
+The reference a binary code of the same features is measured against: what hashing them without training costs (a
+hash trained on them, a head on frozen features, may do better than the raw features). Nothing is fitted and
 there is no code length; a run plans one cell per seed whatever ``--bits`` says, stored as a cell of no code
 (``0bits``) that holds the features in float32. Features: raw pixels by default (the nearest-neighbour floor on the
-images), a frozen backbone's with ``--set float-cosine.features=backbone`` (the foundation track's upper bound).
+images), a frozen backbone's with ``--set float-cosine.features=backbone`` (the foundation track's reference).
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ class FloatReference(TrainingFreeMethod):
 
 @register_method("float-cosine")
 class FloatCosine(FloatReference):
-    paper = "float reference: unhashed features ranked by cosine similarity (the upper bound of their binary codes)"
+    paper = "float reference: unhashed features ranked by cosine similarity (the reference for codes of them)"
     float_distance = "cosine"
 
 
 @register_method("float-l2")
 class FloatL2(FloatReference):
-    paper = "float reference: unhashed features ranked by Euclidean distance (the upper bound of their binary codes)"
+    paper = "float reference: unhashed features ranked by Euclidean distance (the reference for codes of them)"
     float_distance = "euclidean"

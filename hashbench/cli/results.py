@@ -196,7 +196,8 @@ def ties_command(
         method = f"{row.dataset}/{row.method}" if several_datasets else row.method
         cell = (method, str(row.bits), str(row.seed), row.split)
         if row.status != "finished" or row.bits == NO_CODE:
-            table.add_row(*cell, row.note or "float features: no code, no ties", *[""] * (len(columns) - 1))
+            float_note = "float features: no code, no ties" if row.bits == NO_CODE else ""
+            table.add_row(*cell, "; ".join(filter(None, [row.note, float_note])), *[""] * (len(columns) - 1))
             continue
         found = cell_tie_diagnostics(Cell(row.directory))
         table.add_row(

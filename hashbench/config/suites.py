@@ -135,7 +135,7 @@ SUITES["foundation"] = Suite(
     "foundation",
     "Frozen foundation features: hashed without training, and heads trained on them",
     (
-        ("Float cosine on frozen features (upper bound)", "float-cosine"),
+        ("Float cosine on frozen features, unhashed", "float-cosine"),
         ("PCA-RR on frozen features", "pcarr"),
         ("ITQ on frozen features", "itq"),
         ("LSH on frozen features", "lsh"),

@@ -195,7 +195,7 @@ def evaluate_features(
     grading: Grading | None = None,
     **conventions: str,
 ) -> Evaluation:
-    """The ``metrics`` of continuous features ranked by ``distance`` ('cosine' or 'euclidean'): the float upper bound
+    """The ``metrics`` of continuous features ranked by ``distance`` ('cosine' or 'euclidean'): the float reference
     a binary code is measured against. Options as for :func:`evaluate_packed`; equal distances follow the tie rule.
     A float ranking has no tie groups, so each tie-aware metric is its plain form (``map@tie`` and its bounds are
     ``map@all``, ``map@1-tie`` is ``map@1``, ``p@K-tie`` is ``p@K``); a Hamming radius (``p@rR``) is refused."""

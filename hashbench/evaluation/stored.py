@@ -1,8 +1,9 @@
 """Metrics of a stored cell, recomputed from its codes through the evaluator, under the current tie rule.
 
 The results store (:mod:`hashbench.store.results`) reads and verifies a cell's files and knows no metric; what is
-derived from the stored codes (metrics, per-query values, tie diagnostics, the collapse note, the top-1 confusion
-matrix, per-class metrics, PR and P@k curves) is computed here, so new metrics never need retraining.
+derived from the stored codes (metrics, per-query values, tie diagnostics, the top-1 confusion matrix, per-class
+metrics, PR and P@k curves) is computed here, so new metrics never need retraining. A float reference's cell is ranked
+by its stored features instead.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ from timm.models import load_state_dict
 from timm.models._hub import hf_split
 from torch import nn
 
+from hashbench.model.hub import hub_file
+
 PREFIX = "open-clip:"
 HUB_PREFIX = "hf-hub:"
 CONFIG_FILE = "open_clip_config.json"
@@ -35,8 +37,6 @@ def repository(model: str) -> tuple[str, str | None]:
 def read_config(model: str) -> dict:
     """The repository's open_clip config, from the Hugging Face cache or downloaded where online; ValueError naming
     the fix where it is neither."""
-    from hashbench.model.weights import hub_file
-
     repo_id, revision = repository(model)
     path = hub_file(model, repo_id, revision, CONFIG_FILE)
     config = json.loads(Path(path).read_text())

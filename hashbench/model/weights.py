@@ -41,6 +41,7 @@ from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict
 from timm.models._hub import hf_split
 
 from hashbench.model import clip_towers
+from hashbench.model.hub import hub_file
 from hashbench.store.digest import file_sha256
 
 KINDS = ("random", "hub", "file")
@@ -91,8 +92,13 @@ class WeightsUnavailableError(RuntimeError):
         super().__init__(
             f"Pretrained weights for {source.model} (Hugging Face hub {source.location}) are not available: {reason}.\n"
             f"Fix: where there is internet, download them (`{download}`, or {url}), copy the file here and run with "
-            f"--weights {source.model}=PATH (or --weights DIR with the file saved as DIR/{source.model}.safetensors); "
-            f"or train from random init with --no-pretrained."
+            f"--weights {source.model}=PATH"
+            + (
+                ""
+                if ":" in source.model
+                else f" (or --weights DIR with the file saved as DIR/{source.model}.safetensors)"
+            )
+            + "; or train from random init with --no-pretrained."
         )
 
 
@@ -180,27 +186,6 @@ def _timm_cfg(model: str) -> PretrainedCfg:
         ) from error
 
 
-def hub_file(model: str, repo_id: str, revision: str | None, filename: str) -> Path:
-    """A small file of a hub repository (a config), from the Hugging Face cache or downloaded where online;
-    ValueError naming the fix where it is neither."""
-    path = huggingface_hub.try_to_load_from_cache(repo_id, filename, revision=revision)
-    if isinstance(path, str):
-        return Path(path)
-    fix = (
-        f"where there is internet, download the repository (`hf download {repo_id}`) and copy the Hugging Face "
-        f"cache ({hub_constants.HF_HUB_CACHE}) here"
-    )
-    if hub_constants.HF_HUB_OFFLINE:
-        raise ValueError(f"{model}: its {filename} is not in the Hugging Face cache and the hub is offline; {fix}")
-    try:
-        return Path(huggingface_hub.hf_hub_download(repo_id, filename, revision=revision))
-    except Exception as error:  # unreachable, unknown, gated, or not this kind of repository
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ValueError(
-            f"{model}: its {filename} could not be read ({type(error).__name__}: {first_line}); {fix}"
-        ) from None
-
-
 def _hub_model_cfg(model: str) -> PretrainedCfg:
     """The pretrained config of a timm-format hub model, from its ``config.json``; ValueError where it cannot be read
     or the repository is not a timm model's."""
@@ -209,10 +194,12 @@ def _hub_model_cfg(model: str) -> PretrainedCfg:
     config = json.loads(Path(path).read_text())
     if "architecture" not in config:
         raise ValueError(f"{model}: {repo_id} is not a timm model (its config.json names no architecture)")
-    settings = config.get("pretrained_cfg", {k: v for k, v in config.items() if k != "architecture"})
-    known = {f.name for f in fields(PretrainedCfg)}
+    settings = config.get("pretrained_cfg", config)
+    known = {f.name for f in fields(PretrainedCfg)} - {"architecture", "hf_hub_id"}
     return PretrainedCfg(
-        **{k: v for k, v in settings.items() if k in known}, architecture=config["architecture"], hf_hub_id=repo_id
+        **{k: v for k, v in settings.items() if k in known},
+        architecture=config["architecture"],
+        hf_hub_id=repo_id + (f"@{revision}" if revision else ""),  # a pinned revision is another model
     )
 
 
@@ -316,6 +303,8 @@ def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
             ensure_available([source])
         _check_unchanged(source)
         path = {"random": None, "hub": clip_towers.weights_file(source.model), "file": Path(source.location)}
+        if source.kind != "random" and path[source.kind] is None:
+            raise WeightsUnavailableError(source, "no checkpoint in the Hugging Face cache after the download")
         return clip_towers.build(source.model, path[source.kind])
     if source.kind == "random":
         return timm.create_model(source.model, pretrained=False, **kwargs)
@@ -323,8 +312,8 @@ def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
         ensure_available([source])
         return timm.create_model(source.model, pretrained=True, **kwargs)
     _check_unchanged(source)
-    network = timm.create_model(
-        source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location), **kwargs
+    network = timm.create_model(  # source '': the file, even for a hub model, whose config says 'hf-hub'
+        source.model, pretrained=True, pretrained_cfg_overlay=dict(file=source.location, source=""), **kwargs
     )
     _check_file_loaded(network, source)
     return network

@@ -167,8 +167,7 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
     if len(floats):
         parts.append(
             f"{_column_name(NO_CODE)}: {', '.join(floats)} {'ranks' if len(floats) == 1 else 'rank'} the features "
-            "themselves, unhashed, by its own distance (what binarising them costs); a case's features are its slices' "
-            "mean"
+            "themselves, unhashed, by its own distance"
         )
     if _frozen(rows).any():
         parts.append(

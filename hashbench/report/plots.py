@@ -102,6 +102,8 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         return []
     bits = sorted(b for b in rows["bits"].unique() if b != NO_CODE) or [NO_CODE]
     methods = sorted(rows["row"].unique())
+    if view.case_distance != "code":  # closest slices by Hamming distance: a float reference has no code to compare
+        rows = rows[rows["bits"] != NO_CODE]
     floats = set(rows.loc[rows["bits"] == NO_CODE, "row"])  # float references: one curve, drawn dashed in every panel
     flagged = {method for method, note in zip(rows["row"], rows["note"]) if note}
     label = {
@@ -142,7 +144,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         p = np.mean([c["p_at_k"] for c in seeds], axis=0)
         axis.plot(seeds[0]["ks"], p, style, marker=".", label=label[method])
         axis.set_xscale("log")
-        axis.set_xlabel("k (top k, seeded tie order; dashed: float features)")
+        axis.set_xlabel("k (top k, seeded tie order" + ("; dashed: float features)" if floats else ")"))
         axis.set_ylabel("P@k")
 
     panels("pr", pr, with_floats=False)  # a float ranking has no Hamming radius
@@ -190,19 +192,18 @@ def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[di
     from hashbench.evaluation.stored import cell_confusion, cell_per_class
 
     names, config = cell.class_names, cell.config
+    which = config.label().split("/", 1)[1].replace("/", ", ")  # method, code length, seed
     synthetic = " (synthetic phantom data)" if cell.record.get("synthetic") else ""
     collapse = cell.collapse()
     flag = f" [{collapse}]" if collapse else ""
     directory.mkdir(parents=True, exist_ok=True)
     by_class = cell_per_class(cell, metrics)
     if cell.multi_label:
-        title = f"Per-class metrics: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag} (multi-label: a query counts in each of its classes; no confusion matrix)"
+        title = f"Per-class metrics: {which}, {config.dataset}{synthetic}{flag} (multi-label: a query counts in each of its classes; no confusion matrix)"
         (directory / "confusion.md").write_text(f"**{title}**\n\n" + per_class_markdown(by_class, names))
         return by_class, [directory / "confusion.md"]
     matrix = cell_confusion(cell)
-    title = (
-        f"MAP@1 confusion: {config.method}, {config.bits} bits, seed {config.seed}, {config.dataset}{synthetic}{flag}"
-    )
+    title = f"MAP@1 confusion: {which}, {config.dataset}{synthetic}{flag}"
     confusion_png(matrix, names, title, directory / "confusion.png")
     (directory / "confusion.md").write_text(
         confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names)

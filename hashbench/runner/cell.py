@@ -172,7 +172,6 @@ def run_cell(
     database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
-    ranked_on = "cpu" if device.type == "cpu" else str(device)
     float_distance = spec.method.float_distance
     if float_distance:  # a float reference: its features ranked as they are, and a code of no bits
         query_embeddings, database_embeddings = (
@@ -187,14 +186,20 @@ def run_cell(
             database.labels,
             spec.metrics,
             float_distance,
-            device=ranked_on,
+            device=str(device) if device.type == "cuda" else "cpu",  # in float64, which mps lacks
             **DEFAULT_TIE_RULE,
         )
     else:
         query_bits, database_bits = binarize(query_embeddings), binarize(database_embeddings)
         query_embeddings, database_embeddings = (e.astype(np.float16) for e in (query_embeddings, database_embeddings))
         result = evaluate(
-            query_bits, query.labels, database_bits, database.labels, spec.metrics, device=ranked_on, **DEFAULT_TIE_RULE
+            query_bits,
+            query.labels,
+            database_bits,
+            database.labels,
+            spec.metrics,
+            device="cpu" if device.type == "cpu" else str(device),
+            **DEFAULT_TIE_RULE,
         )
     ran_on = {
         "device": describe_device(device),
@@ -261,5 +266,6 @@ def run_cell(
         if float_distance
         else collapse_note(ties["dead_bits"], config.bits, ties["largest_bucket_share"], ties["largest_class_share"])
     )
-    cell.finish(arrays, lambda handle: torch.save(network.state_dict(), handle), record)
+    kept = network.head if float_distance else network  # a float reference's network is its backbone's, unchanged
+    cell.finish(arrays, lambda handle: torch.save(kept.state_dict(), handle), record)
     return result.metrics, collapse

@@ -21,6 +21,7 @@ from hashbench.evaluation.evaluate import DEFAULT_METRICS, STORED_METRICS, parse
 from hashbench.model.method import Method, MethodContext, TrainingFreeMethod, TrainSettings
 from hashbench.model.registry import create_method, method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
+from hashbench.store.digest import file_sha256
 from hashbench.store.results import NO_CODE, CellConfig
 from hashbench.training.augment import Augmentation
 from hashbench.training.engine import Execution
@@ -52,6 +53,9 @@ class RunRequest:
     execution: Execution = field(default_factory=Execution)  # precision, memory layout, compilation
     shard: tuple[int, int] | None = None  # (i, n): run only share i of n balanced shares of the grid, 0 <= i < n
     freeze_backbone: bool = False  # deep methods train their head alone, on the backbone's cached features
+
+
+ENCODER_STEPS = ("build", "build_encoder", "create_backbone", "input_statistics")  # what makes the cached features
 
 
 @dataclass(frozen=True)
@@ -92,19 +96,31 @@ class CellSpec:
         if not method.reads_cached_features:
             return None
         config = self.config
-        encoder = type(method).build_encoder  # a plugin's own encoder is another cache than the pooled backbone's
-        pooled = encoder in (Method.build_encoder, TrainingFreeMethod.build_encoder)
         source = self.weights.get(config.backbone)
         weights = source.identity() if source else "random"
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.execution.dtype(self.device)]
         return FeatureKey(
             config.dataset,
             config.dataset_fingerprint,
-            config.backbone if pooled else f"{config.backbone} via {encoder.__module__}.{encoder.__qualname__}",
+            config.backbone + self._own_encoder(),
             weights + (f" seed {config.seed}" if weights == "random" else ""),
             config.image_size,
             precision,
         )
+
+    def _own_encoder(self) -> str:
+        """'' for the pooled backbone every method shares; else which method's own encoder gives the features (its
+        origin, and a local file's digest: an edited encoder is another cache)."""
+        own = [
+            name
+            for name in ENCODER_STEPS
+            if getattr(self.method, name) not in (getattr(Method, name), getattr(TrainingFreeMethod, name))
+        ]
+        if not own:
+            return ""
+        origin = self.method.origin
+        digest = file_sha256(origin.removeprefix("file:"))[:16] if origin.startswith("file:") else ""
+        return f" via {self.method.__qualname__}.{'/'.join(own)} of {origin} {digest}".rstrip()
 
     @property
     def training_free(self) -> bool:
@@ -204,9 +220,11 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
         backbones = create_method(name, context).backbones(run_backbone)
         weights = {model: resolve(model, pretrained, files, default_model=run_backbone) for model in backbones}
         lengths = (NO_CODE,) if method.float_distance else request.bits  # a float reference has no code length
+        # and draws nothing: its features differ by seed only where a seed draws the backbone's random init
+        seeds = request.seeds[:1] if method.float_distance and not any_random(weights) else request.seeds
         measured = tuple(m for m in metrics if not (method.float_distance and parse_metric(m).radius))
         for bits in dict.fromkeys(lengths):
-            for seed in dict.fromkeys(request.seeds):
+            for seed in dict.fromkeys(seeds):
                 config = CellConfig(
                     dataset=dataset.name,
                     method=name,
@@ -252,6 +270,10 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
             f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})"
         )
     return shard_cells(cells, *request.shard) if request.shard else cells
+
+
+def any_random(weights: dict[str, WeightSource]) -> bool:
+    return any(source.kind == "random" for source in weights.values())
 
 
 def shard_cells(cells: list[CellSpec], index: int, count: int) -> list[CellSpec]:

@@ -570,9 +570,11 @@ class ResultsStore:
         if chosen.empty:
             known = ", ".join(sorted(table["method"].unique())) or "none"
             raise ValueError(f"no finished cells of {name!r} with these filters; methods with results: {known}")
-        groups = chosen.groupby(["dataset", "dataset_fingerprint", "bits", "identity"])
+        groups = chosen.groupby(["dataset", "dataset_fingerprint", "bits", "run_backbone", "identity"])
         if groups.ngroups > 1:
-            listed = "; ".join(f"{d} (data {f or 'unrecorded'}) {b} bits protocol {p}" for d, f, b, p in groups.groups)
+            listed = "; ".join(
+                f"{d} (data {f or 'unrecorded'}) {b} bits backbone {k} protocol {p}" for d, f, b, k, p in groups.groups
+            )
             raise ValueError(
                 f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories"
             )

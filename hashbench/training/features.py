@@ -1,9 +1,10 @@
 """Frozen features, computed once and read by every cell that hashes them.
 
 A frozen backbone gives the same features to every training-free method, every float reference, every head trained
-alone (``--freeze-backbone``), every code length and every seed of a pretrained backbone, so they are computed in one pass over the dataset and stored under the hashbench home, keyed by
-what determines them (:class:`FeatureKey`): the backbone and its weights (with the seed for a random init), the data
-version, the image size and the precision the encoder ran in.
+alone (``--freeze-backbone``), every code length and every seed of a pretrained backbone, so they are computed in
+one pass over the dataset and stored under the hashbench home, keyed by what determines them (:class:`FeatureKey`):
+the backbone (and a method's own encoder on it) and its weights (with the seed for a random init), the data version,
+the image size and the precision the encoder ran in.
 
 ``<home>/features/<dataset>/<key digest>/`` holds ``features.f32`` (float32 rows in the dataset's slice order),
 ``journal.json`` while it is built (rows done, committed after each chunk is on disk) and ``manifest.json`` once it is

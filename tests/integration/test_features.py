@@ -175,7 +175,7 @@ def test_the_foundation_suite_plans_every_cell_with_its_backbone_weights_and_fea
     assert result.exit_code == 0, result.output
     cells = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     floats = [cell for cell in cells if cell["method"] == "float-cosine"]
-    assert len(floats) == 1 and floats[0]["bits"] == 0  # the upper bound has no code length: one cell
+    assert len(floats) == 1 and floats[0]["bits"] == 0  # the float reference has no code length: one cell
     assert len(cells) == 1 + 5 * 4  # and five methods at 16, 32, 48 and 64 bits
     for cell in cells:
         assert cell["backbone"] == "test_efficientnet" and cell["weights"] == {"test_efficientnet": "random init"}
@@ -364,3 +364,24 @@ def test_several_backbones_run_the_grid_once_each_in_one_command(tiny_phantom):
     assert all(len(cache) == 1 for cache in caches) and caches[0] != caches[1]  # one cache per backbone
     bare = CliRunner().invoke(app, expand_multi_value_options([*argv, "--weights", __file__]))
     assert bare.exit_code == 2 and "MODEL=FILE for each" in bare.output, bare.output
+
+
+def test_a_float_reference_runs_once_unless_a_seed_draws_its_backbone(tiny_phantom):
+    dataset = tiny_phantom.dataset
+    common = dict(methods=["float-cosine"], bits=[16, 32], seeds=[0, 1, 2], dataset=dataset.name, profile="quick")
+    pixels = api.plan(api.RunRequest(**common), dataset)
+    assert [(s.config.bits, s.config.seed) for s in pixels] == [(0, 0)]  # raw pixels: nothing drawn
+    drawn = api.plan(api.RunRequest(**common, overrides={"*": {"features": "backbone"}}), dataset)
+    assert [s.config.seed for s in drawn] == [0, 1, 2]  # each seed its own random-init backbone
+
+
+def test_figures_leave_float_references_out_where_cases_are_ranked_by_their_closest_slices(tiny_phantom, tmp_path):
+    from hashbench.evaluation.view import View
+
+    dataset = tiny_phantom.dataset
+    request = api.RunRequest(methods=["float-cosine", "lsh"], bits=[16], dataset=dataset.name, device="cpu")
+    assert all(o.status == "done" for o in api.run_grid(request, dataset, tmp_path / "runs"))
+    view = View(level="patient", case_distance="min")
+    target = api.write_leaderboard(tmp_path / "runs", tmp_path / "board.md", ("map@10",), figures=True, view=view)
+    text = target.read_text()
+    assert "- (no code: cases are their slices' mean features)" in text and "board-pr.png" in text

@@ -142,3 +142,24 @@ def test_an_open_clip_image_tower_runs_offline_at_its_own_input_size_without_its
     assert [o.status for o in outcomes] == ["done", "done"], [o.error for o in outcomes]
     record = api.cells(tmp_path / "runs").iloc[0]
     assert record["backbone"] == backbone and record["weights"] == {backbone: f"hub:{CLIP_REPOSITORY}"}
+
+
+def test_a_weights_file_given_for_a_hub_model_is_the_one_loaded_and_a_pinned_revision_is_its_own_model(
+    hub_cache, tiny_phantom, tmp_path
+):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(9)
+    other = timm.create_model("test_vit", num_classes=0, dynamic_img_size=False)
+    path = tmp_path / "fine-tuned.safetensors"
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
+    dataset = tiny_phantom.dataset
+    backbone = f"hf-hub:{REPOSITORY}"
+    common = dict(methods=["float-cosine"], bits=[16], dataset=dataset.name, profile="quick", device="cpu")
+    common["overrides"] = {"*": {"features": "backbone"}}
+    (spec,) = api.plan(api.RunRequest(**common, backbones=[backbone], weights=[f"{backbone}={path}"]), dataset)
+    network, _ = spec.method(spec.context).build(backbone)
+    assert torch.equal(network.encoder.backbone.cls_token, other.cls_token)  # the file's, not the hub's
+    pinned = f"{backbone}@{COMMIT}"
+    (spec,) = api.plan(api.RunRequest(**common, backbones=[pinned], pretrained=True), dataset)
+    assert spec.weights[pinned].identity() == f"hub:{REPOSITORY}@{COMMIT}"

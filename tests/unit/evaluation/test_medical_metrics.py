@@ -221,7 +221,7 @@ def test_unknown_conventions_are_refused_with_the_valid_values(keyword, value):
 @pytest.mark.parametrize("distance", ["cosine", "euclidean"])
 @pytest.mark.parametrize("tie_break", ["index", "random"])
 def test_continuous_features_rank_as_a_brute_force_float_ranking(distance, tie_break):
-    """The float upper bound: every cutoff metric of a plain sort by cosine (or Euclidean) distance, to 1e-12."""
+    """The float reference: every cutoff metric of a plain sort by cosine (or Euclidean) distance, to 1e-12."""
     from hashbench.evaluation.evaluate import evaluate_features
 
     rng = np.random.default_rng(11)
