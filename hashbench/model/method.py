@@ -22,10 +22,12 @@ from hashbench.model.weights import WeightSource, create_backbone, fixed_input_s
 
 
 class HashOutput(NamedTuple):
-    """What a network gives for a batch: the continuous code (B x bits), optional class logits."""
+    """What a network gives for a batch: the continuous code (B x bits), optional class logits, and optionally the
+    features the head read (for losses that compare codes with them: BiHalf)."""
 
     code: torch.Tensor
     logits: torch.Tensor | None = None
+    features: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,10 @@ class Method:
     not_freezable: ClassVar[str] = ""
     # a float reference ranks its unhashed features by this distance ('cosine', 'euclidean'); '' : the method hashes
     float_distance: ClassVar[str] = ""
+    # False: trained without labels (its loss is handed None; labels only judge its codes)
+    supervised: ClassVar[bool] = True
+    # False: the authors keep the backbone frozen, so the head always trains alone on its cached features
+    trains_backbone: ClassVar[bool] = True
 
     def __init__(self, context: MethodContext):
         self.context = context

@@ -239,6 +239,15 @@ def _is_training_free(method: str) -> bool:
         return False
 
 
+def _is_unsupervised(method: str) -> bool:
+    from hashbench.model.registry import REGISTRY
+
+    try:
+        return not getattr(REGISTRY.get(method), "supervised", True)
+    except (LookupError, RuntimeError):  # a plugin not loaded here: cannot tell
+        return False
+
+
 def _training_free_features(row: pd.Series) -> str:
     """'fitted on ...' for a method fitted without gradients (what it hashed), else ''."""
     if not _is_training_free(row["method"]):
@@ -470,6 +479,7 @@ def _column_name(bits: int) -> str:
 
 
 REFERENCE = " (training-free)"  # the mark of a reference row
+UNSUPERVISED = " (unsupervised)"  # the mark of a row trained without labels
 FROZEN = " (frozen backbone)"  # the mark of a row whose head alone trained, on cached features
 
 
@@ -486,7 +496,8 @@ def _reference_rows_last(table: pd.DataFrame) -> pd.DataFrame:
 def _row_names(rows: pd.DataFrame) -> pd.Series:
     """The method's name, with a variant hash when one method ran with several option sets in one group.
 
-    Training-free methods are reference rows: marked so, and sorted below the trained ones.
+    Training-free methods are reference rows: marked so, and sorted below the trained ones. Methods trained without
+    labels are marked so.
     """
     variant = rows[list(VARIANT_KEYS)].apply(
         lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1
@@ -495,7 +506,8 @@ def _row_names(rows: pd.DataFrame) -> pd.Series:
     variants = variant.groupby(method).transform("nunique")
     names = method.where(variants == 1, method + " [" + variant + "]")
     reference = rows["method"].map(_is_training_free)
-    return names.where(~reference, names + REFERENCE)
+    unsupervised = rows["method"].map(_is_unsupervised)
+    return names.where(~reference, names + REFERENCE).where(~unsupervised, names + UNSUPERVISED)
 
 
 def to_markdown(boards: list[Leaderboard]) -> str:

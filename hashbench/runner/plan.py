@@ -209,7 +209,8 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
     cells = []
     for run_backbone, name in ((b, m) for b in run_backbones for m in dict.fromkeys(request.methods)):
         method = method_class(name)
-        frozen = request.freeze_backbone and not getattr(method, "fitted", False)  # fitted ones: their own option
+        # fitted ones: their own option; a method whose authors freeze the backbone: always
+        frozen = (request.freeze_backbone or not method.trains_backbone) and not getattr(method, "fitted", False)
         if frozen and method.not_freezable:
             raise ValueError(f"--freeze-backbone: {name} cannot train on cached features: {method.not_freezable}")
         cell_augmentation = Augmentation() if frozen else augmentation  # cached features are of the images as stored

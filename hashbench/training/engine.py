@@ -289,8 +289,9 @@ def train(job: TrainJob, progress: bool = False) -> int:
     optimizer = build_optimizer(network, settings)
     schedule = LrSchedule.parse(settings.lr_schedule)
     scaler = torch.amp.GradScaler(device.type, enabled=execution.dtype(device) == torch.float16)
-    onehot = label_rows(data.labels, data.n_classes).to(device)
-    steps_per_epoch = sum(1 for _ in method.batches(data.labels, settings.batch_size, np.random.default_rng(0)))
+    onehot = label_rows(data.labels, data.n_classes).to(device) if method.supervised else None  # never seen otherwise
+    sampled = data.labels if method.supervised else np.zeros(len(data.labels), np.int64)  # what a sampler may read
+    steps_per_epoch = sum(1 for _ in method.batches(sampled, settings.batch_size, np.random.default_rng(0)))
     first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
     progress = progress and distributed.is_main()
     columns = (
@@ -316,7 +317,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
             sums: dict[str, float] = {}
             started = time.perf_counter()
             # the whole batches, the same on every process
-            positions = list(method.batches(data.labels, settings.batch_size, rng))
+            positions = list(method.batches(sampled, settings.batch_size, rng))
             for step_in_epoch, (ids, batch) in enumerate(
                 source.batches(data.ids[distributed.my_piece(p)] for p in positions)
             ):
@@ -336,7 +337,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
                 output = type(output)(
                     *(distributed.gather_rows(t.float(), sizes) if t is not None else None for t in output)
                 )
-                terms = loss_fn(output, onehot[index], index, info)
+                terms = loss_fn(output, None if onehot is None else onehot[index], index, info)
                 total = sum(terms.values())
                 if not torch.isfinite(total):
                     raise FloatingPointError(
