@@ -16,6 +16,16 @@ REPOSITORY = "hashbench-tests/tiny-vit"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
+def snapshot_folder(cache: Path, repository: str) -> Path:
+    """Where the Hugging Face cache holds the files of ``repository`` at its main revision (COMMIT), created."""
+    folder = cache / f"models--{repository.replace('/', '--')}"
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(COMMIT)
+    snapshot = folder / "snapshots" / COMMIT
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """A Hugging Face cache holding one timm-format repository, offline: a tiny ViT for 160 px inputs alone (as most
@@ -24,11 +34,7 @@ def hub_cache(tmp_path, monkeypatch):
     from timm.models import save_for_hf
 
     cache = tmp_path / "hub"
-    repository = cache / f"models--{REPOSITORY.replace('/', '--')}"
-    snapshot = repository / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
-    (repository / "refs").mkdir()
-    (repository / "refs" / "main").write_text(COMMIT)
+    snapshot = snapshot_folder(cache, REPOSITORY)
     torch.manual_seed(3)
     model = timm.create_model("test_vit", num_classes=0, dynamic_img_size=False)
     model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.25, 0.25, 0.25), "std": (0.5, 0.5, 0.5)}
@@ -100,11 +106,7 @@ def clip_cache(hub_cache):
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
     from safetensors.torch import save_file
 
-    snapshot = Path(constants.HF_HUB_CACHE) / f"models--{CLIP_REPOSITORY.replace('/', '--')}"
-    (snapshot / "refs").mkdir(parents=True)
-    (snapshot / "refs" / "main").write_text(COMMIT)
-    snapshot = snapshot / "snapshots" / COMMIT
-    snapshot.mkdir(parents=True)
+    snapshot = snapshot_folder(Path(constants.HF_HUB_CACHE), CLIP_REPOSITORY)
     (snapshot / "open_clip_config.json").write_text(json.dumps(CLIP_CONFIG))
     torch.manual_seed(5)
     tower = _build_vision_tower(12, CLIPVisionCfg(**CLIP_CONFIG["model_cfg"]["vision_cfg"]))
