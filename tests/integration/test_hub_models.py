@@ -26,6 +26,20 @@ def snapshot_folder(cache: Path, repository: str) -> Path:
     return snapshot
 
 
+def on_backbone(dataset, backbone: str, methods=("float-cosine",), bits=(16,), **settings) -> api.RunRequest:
+    """A quick CPU run of ``methods`` on the frozen features of ``backbone``."""
+    return api.RunRequest(
+        methods=list(methods),
+        bits=list(bits),
+        dataset=dataset.name,
+        profile="quick",
+        device="cpu",
+        backbones=[backbone],
+        overrides={"*": {"features": "backbone"}},
+        **settings,
+    )
+
+
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """A Hugging Face cache holding one timm-format repository, offline: a tiny ViT for 160 px inputs alone (as most
@@ -49,16 +63,7 @@ def test_a_hub_model_runs_offline_with_its_own_weights_statistics_and_the_runs_i
 ):
     dataset = tiny_phantom.dataset
     backbone = f"hf-hub:{REPOSITORY}"
-    request = api.RunRequest(
-        methods=["float-cosine"],
-        bits=[16],
-        dataset=dataset.name,
-        profile="quick",
-        device="cpu",
-        backbones=[backbone],
-        pretrained=True,
-        overrides={"*": {"features": "backbone"}},
-    )
+    request = on_backbone(dataset, backbone, pretrained=True)
     (spec,) = api.plan(request, dataset)
     assert spec.weights[backbone].identity() == f"hub:{REPOSITORY}"
     network, _ = spec.method(spec.context).build(backbone)
@@ -120,16 +125,7 @@ def test_an_open_clip_image_tower_runs_offline_at_its_own_input_size_without_its
 ):
     dataset = tiny_phantom.dataset
     backbone = f"open-clip:hf-hub:{CLIP_REPOSITORY}"
-    request = api.RunRequest(
-        methods=["float-cosine", "pcarr"],
-        bits=[8],
-        dataset=dataset.name,
-        profile="quick",
-        device="cpu",
-        backbones=[backbone],
-        pretrained=True,
-        overrides={"*": {"features": "backbone"}},
-    )
+    request = on_backbone(dataset, backbone, ["float-cosine", "pcarr"], [8], pretrained=True)
     specs = api.plan(request, dataset)
     assert specs[0].weights[backbone].identity() == f"hub:{CLIP_REPOSITORY}"
     network, _ = specs[0].method(specs[0].context).build(backbone)
@@ -157,11 +153,9 @@ def test_a_weights_file_given_for_a_hub_model_is_the_one_loaded_and_a_pinned_rev
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
     dataset = tiny_phantom.dataset
     backbone = f"hf-hub:{REPOSITORY}"
-    common = dict(methods=["float-cosine"], bits=[16], dataset=dataset.name, profile="quick", device="cpu")
-    common["overrides"] = {"*": {"features": "backbone"}}
-    (spec,) = api.plan(api.RunRequest(**common, backbones=[backbone], weights=[f"{backbone}={path}"]), dataset)
+    (spec,) = api.plan(on_backbone(dataset, backbone, weights=[f"{backbone}={path}"]), dataset)
     network, _ = spec.method(spec.context).build(backbone)
     assert torch.equal(network.encoder.backbone.cls_token, other.cls_token)  # the file's, not the hub's
     pinned = f"{backbone}@{COMMIT}"
-    (spec,) = api.plan(api.RunRequest(**common, backbones=[pinned], pretrained=True), dataset)
+    (spec,) = api.plan(on_backbone(dataset, pinned, pretrained=True), dataset)
     assert spec.weights[pinned].identity() == f"hub:{REPOSITORY}@{COMMIT}"
