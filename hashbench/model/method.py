@@ -179,6 +179,8 @@ class Method:
     supervised: ClassVar[bool] = True
     # False: the authors keep the backbone frozen, so the head always trains alone on its cached features
     trains_backbone: ClassVar[bool] = True
+    # the authors clip the gradient's total norm at this before each step (MDSH: 5); None: no clipping
+    max_grad_norm: ClassVar[float | None] = None
 
     def __init__(self, context: MethodContext):
         self.context = context

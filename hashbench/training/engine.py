@@ -345,6 +345,9 @@ def train(job: TrainJob, progress: bool = False) -> int:
                     )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(total).backward()
+                if method.max_grad_norm is not None:
+                    scaler.unscale_(optimizer)  # the norm of the true gradient, not of the scaled one
+                    nn.utils.clip_grad_norm_(network.parameters(), method.max_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 for key, value in terms.items():
