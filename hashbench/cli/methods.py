@@ -64,7 +64,8 @@ def options_command(
             f"{method} is training-free: fitted in closed form to the training features, so no optimiser or train settings apply."
         )
     else:
-        caption = f"the method's defaults; a profile may replace some ({profiles}); --dry-run shows what a run will use"
+        follows = f", after {method_cls.train_follows}" if method_cls.train_follows else ""
+        caption = f"the method's defaults{follows}; a profile may replace some ({profiles}); --dry-run shows what a run will use"
         tables[f"{method}: train settings"] = (options.rows(TrainSettings, method_cls.train), caption)
     for title, (rows, caption) in tables.items():
         table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")

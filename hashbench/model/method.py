@@ -171,6 +171,8 @@ class Method:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     train: ClassVar[TrainSettings] = TrainSettings()
+    # whose published run the train defaults follow, and any former defaults they replaced (`hashbench options`)
+    train_follows: ClassVar[str] = ""
     # why the head cannot train on cached pooled features ('' : it can; --freeze-backbone)
     not_freezable: ClassVar[str] = ""
     # a float reference ranks its unhashed features by this distance ('cosine', 'euclidean'); '' : the method hashes

@@ -123,3 +123,24 @@ def test_greedyhash_loss_by_hand():
     terms = GreedyLoss(penalty=0.1)(HashOutput(u, logits), torch.tensor([[1.0, 0.0, 0.0]]), None, None)
     assert terms["classification"].item() == pytest.approx(-math.log(math.e / (math.e + 2)))
     assert terms["penalty"].item() == pytest.approx(0.1 * (0.5**3 + 1.0**3) / 2)
+
+
+def test_csq_leaves_out_the_all_ones_row_as_the_authors_centre_files_do():
+    default, former = hash_centres(8, 16, seed=0), hash_centres(8, 16, seed=0, first_row=True)
+    ones = torch.ones(16)
+    assert not (default == ones).all(dim=1).any() and (former[0] == ones).all()
+    assert torch.equal(default, hadamard(16)[1:9]) and torch.equal(former, hadamard(16)[:8])
+    # 31 classes at 16 bits: H's last 15 rows, then all of -H's 16
+    assert torch.equal(hash_centres(31, 16, seed=0), torch.cat([hadamard(16)[1:], -hadamard(16)]))
+
+
+def test_orthohash_codebook_defaults_to_the_authors_coin_flips():
+    from hashbench.methods.orthohash import OrthoHash, bernoulli_codes
+    from hashbench.model.method import MethodContext
+
+    codes = bernoulli_codes(10, 64, seed=0)
+    assert torch.equal(codes, bernoulli_codes(10, 64, seed=0)) and not torch.equal(codes, bernoulli_codes(10, 64, 1))
+    assert set(codes.unique().tolist()) == {-1.0, 1.0} and abs(codes.mean().item()) < 0.1  # 640 fair flips
+    for codebook, expected in (("bernoulli", codes), ("min-distance", class_codes(10, 64, seed=0))):
+        head = OrthoHash(MethodContext(64, 10, 100, {"codebook": codebook}, seed=0)).build_head(32)
+        assert torch.equal(head.codes, expected), codebook
