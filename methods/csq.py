@@ -91,6 +91,7 @@ class CentralSimilarityLoss(nn.Module):
 @register_method("csq")
 class CSQ(Method):
     paper = "Yuan et al., Central Similarity Quantization for Efficient Image and Video Retrieval, CVPR 2020"
+    quantization_term = "quantisation"
 
     @dataclass(frozen=True)
     class Options:

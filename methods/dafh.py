@@ -230,9 +230,11 @@ class DAFH(Method):
             opt.ptanh,
             opt.classifier_input,
         )
-        return HashNetwork(encoder, head), DafhLoss(
-            opt.gamma, opt.margin, opt.lam, opt.beta, opt.mining, opt.triplet_reduction
-        )
+        return HashNetwork(encoder, head), self.training_loss()
+
+    def build_loss(self) -> nn.Module:
+        opt = self.opt
+        return DafhLoss(opt.gamma, opt.margin, opt.lam, opt.beta, opt.mining, opt.triplet_reduction)
 
     def batches(self, labels: np.ndarray, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
         return triplet_batches(labels, batch_size, rng)

@@ -49,6 +49,7 @@ class PairwiseMemoryLoss(nn.Module):
 @register_method("dpsh")
 class DPSH(Method):
     paper = "Li, Wang, Kang, Feature Learning based Deep Supervised Hashing with Pairwise Labels, IJCAI 2016"
+    quantization_term = "quantization"
 
     @dataclass(frozen=True)
     class Options:

@@ -53,6 +53,7 @@ class ContrastivePairLoss(nn.Module):
 @register_method("dsh")
 class DSH(Method):
     paper = "Liu, Wang, Shan, Chen, Deep Supervised Hashing for Fast Image Retrieval, CVPR 2016"
+    quantization_term = "regulariser"
 
     @dataclass(frozen=True)
     class Options:

@@ -68,6 +68,7 @@ class GreedyHash(Method):
     paper = (
         "Su, Zhang, Huang, Tian, Greedy Hash: Towards Fast Optimization for Accurate Hash Coding in CNN, NeurIPS 2018"
     )
+    quantization_term = "penalty"
 
     @dataclass(frozen=True)
     class Options:

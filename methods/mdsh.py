@@ -199,6 +199,7 @@ class SeparatedCentreLoss(nn.Module):
 @register_method("mdsh")
 class MDSH(Method):
     paper = "Wang et al., Hashing with Minimum-Distance-Separated Hash Centers, CVPR 2023"
+    quantization_term = "quantisation"
     train = TrainSettings(optimizer="rmsprop", lr=1e-5, weight_decay=1e-5, momentum=0.0, batch_size=64)
     max_grad_norm = 5.0
 

@@ -92,6 +92,7 @@ class OrthoHashLoss(nn.Module):
 @register_method("orthohash")
 class OrthoHash(Method):
     paper = "Hoe, Ng, Yap, Kang, Chan, One Loss for All: Deep Hashing with a Single Cosine Similarity based Learning Objective, NeurIPS 2021"
+    quantization_term = "quantisation"
 
     @dataclass(frozen=True)
     class Options:

@@ -46,7 +46,7 @@ def options_command(
     from hashbench.api import method_class
     from hashbench.config.profiles import PROFILES
     from hashbench.model import options
-    from hashbench.model.method import TrainSettings
+    from hashbench.model.method import LossSwitches, TrainSettings
 
     load_plugins(plugin)
     try:
@@ -67,6 +67,11 @@ def options_command(
         follows = f", after {method_cls.train_follows}" if method_cls.train_follows else ""
         caption = f"the method's defaults{follows}; a profile may replace some ({profiles}); --dry-run shows what a run will use"
         tables[f"{method}: train settings"] = (options.rows(TrainSettings, method_cls.train), caption)
+        replaced = f"replaces its term '{method_cls.quantization_term}'" if method_cls.quantization_term else "is added"
+        tables[f"{method}: loss switches (every trained method)"] = (
+            options.rows(LossSwitches),
+            f"--set quantization=hswd for every method of a run; for {method} HSWD {replaced}",
+        )
     for title, (rows, caption) in tables.items():
         table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
         for column in ("option", "type", "default", "meaning"):

@@ -159,3 +159,32 @@ def batch_hard_triplets(codes: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     valid = (same & ~eye).any(dim=1) & (~same).any(dim=1)
     index = torch.arange(len(codes), device=codes.device)[valid]
     return codes[index], codes[hardest_positive[index]], codes[hardest_negative[index]]
+
+
+def hswd(codes: torch.Tensor, target: str = "random") -> torch.Tensor:
+    """HSWD (Doan et al., One Loss for Quantization, CVPR 2022): the squared 1-D Wasserstein distance, per bit, between
+    the batch's values and a sample of +/-1 bits, averaged over the bits: mean over (i, k) of (U_(i)k - T_(i)k)^2 with
+    each column sorted. ``random``: T fair coin flips drawn from torch's generator (the authors'), so the term is not
+    exactly zero even at perfect codes; ``balanced``: T exactly half -1, half +1 per bit (zero at balanced +/-1 codes)."""
+    n, bits = codes.shape
+    if target == "random":
+        sample = torch.where(torch.rand(n, bits, device=codes.device) < 0.5, -1.0, 1.0).to(codes.dtype)
+        sample = sample.sort(dim=0).values
+    elif target == "balanced":
+        sample = torch.cat([-codes.new_ones(n // 2, bits), codes.new_ones(n - n // 2, bits)])
+    else:
+        raise ValueError(f"hswd target must be random or balanced, not {target!r}")
+    return (codes.sort(dim=0).values - sample).pow(2).mean()
+
+
+class HSWDQuantization(nn.Module):
+    """A method's loss with its own quantisation term (``replaced``, if it has one) swapped for weight x HSWD."""
+
+    def __init__(self, loss: nn.Module, replaced: str, weight: float, target: str):
+        super().__init__()
+        self.loss, self.replaced, self.weight, self.target = loss, replaced, weight, target
+
+    def forward(self, output, labels, indices, info) -> dict[str, torch.Tensor]:
+        terms = {k: v for k, v in self.loss(output, labels, indices, info).items() if k != self.replaced}
+        terms["hswd"] = self.weight * hswd(output.code, self.target)
+        return terms

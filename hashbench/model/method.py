@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from hashbench.model import options
+from hashbench.model.components import HSWDQuantization
 from hashbench.model.options import option
 from hashbench.model.weights import WeightSource, create_backbone, fixed_input_size, pretrained_statistics
 
@@ -156,6 +157,22 @@ class NoOptions:
     """The options of a method that has none of its own."""
 
 
+@dataclass(frozen=True)
+class LossSwitches:
+    """Options every trained method takes, whatever its loss; a cell stores those that differ from these defaults."""
+
+    quantization: Literal["own", "hswd"] = option(
+        "own", "the quantisation term: the method's own, or HSWD (One Loss for Quantization, CVPR 2022) in its place"
+    )
+    hswd_weight: float = option(0.1, "weight of the HSWD term (the authors' with HashNet)", at_least=0.0)
+    hswd_target: Literal["random", "balanced"] = option(
+        "random", "HSWD's target: fresh coin flips each step (the authors') or exactly half -1, half +1 per bit"
+    )
+
+
+SWITCH_DEFAULTS = asdict(LossSwitches())
+
+
 class Method:
     """Base class of every hashing method. Override only what differs.
 
@@ -171,6 +188,8 @@ class Method:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     train: ClassVar[TrainSettings] = TrainSettings()
+    # the key of the loss's own quantisation term, which quantization=hswd replaces ('' : none, HSWD is added)
+    quantization_term: ClassVar[str] = ""
     # whose published run the train defaults follow, and any former defaults they replaced (`hashbench options`)
     train_follows: ClassVar[str] = ""
     # why the head cannot train on cached pooled features ('' : it can; --freeze-backbone)
@@ -187,7 +206,12 @@ class Method:
     def __init__(self, context: MethodContext):
         self.context = context
         self.bits = context.bits
-        self.opt = options.parse(self.Options, context.options, self.name or type(self).__name__)
+        owner = self.name or type(self).__name__
+        own = {k: v for k, v in context.options.items() if k not in SWITCH_DEFAULTS}
+        self.opt = options.parse(self.Options, own, owner)
+        self.switches = options.parse(
+            LossSwitches, {k: context.options[k] for k in SWITCH_DEFAULTS.keys() & context.options}, owner
+        )
 
     @classmethod
     def default_options(cls) -> dict[str, Any]:
@@ -195,15 +219,21 @@ class Method:
 
     @classmethod
     def resolve_options(cls, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Split user overrides into (every method option, train overrides); unknown keys and values that do not fit are errors."""
+        """Split user overrides into (every method option, plus the loss switches that differ from their defaults;
+        train overrides); unknown keys and values that do not fit are errors."""
         option_keys, train_keys = {f.name for f in fields(cls.Options)}, {f.name for f in fields(TrainSettings)}
-        unknown = set(overrides) - option_keys - train_keys
+        switch_keys = set(SWITCH_DEFAULTS) if not getattr(cls, "fitted", False) else set()
+        unknown = set(overrides) - option_keys - train_keys - switch_keys
         if unknown:
             raise ValueError(
-                f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(option_keys | train_keys))} (see `hashbench options {cls.name}`)"
+                f"{cls.name}: unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(option_keys | train_keys | switch_keys))} (see `hashbench options {cls.name}`)"
             )
         chosen = options.parse(cls.Options, {k: v for k, v in overrides.items() if k in option_keys}, cls.name)
-        return asdict(chosen), {k: v for k, v in overrides.items() if k in train_keys}
+        switches = asdict(
+            options.parse(LossSwitches, {k: v for k, v in overrides.items() if k in switch_keys}, cls.name)
+        )
+        changed = {k: v for k, v in switches.items() if v != SWITCH_DEFAULTS[k]}
+        return {**asdict(chosen), **changed}, {k: v for k, v in overrides.items() if k in train_keys}
 
     def backbones(self, run_backbone: str) -> list[str]:
         """The timm models this method builds when the run's backbone is ``run_backbone`` (a variant may bring its own).
@@ -243,7 +273,14 @@ class Method:
         normalisation = self.input_statistics(backbone, encoder)
         if self.reads_cached_features:
             encoder = FrozenFeatures(encoder)
-        return HashNetwork(encoder, self.build_head(width), normalisation), self.build_loss()
+        return HashNetwork(encoder, self.build_head(width), normalisation), self.training_loss()
+
+    def training_loss(self) -> nn.Module:
+        """The method's loss as the cell trains it: with HSWD in place of its quantisation term where asked."""
+        loss = self.build_loss()
+        if self.switches.quantization == "hswd":
+            loss = HSWDQuantization(loss, self.quantization_term, self.switches.hswd_weight, self.switches.hswd_target)
+        return loss
 
     def input_statistics(self, backbone: str, encoder: nn.Module):
         """The channel statistics the backbone's pretrained weights expect their input normalised with, where not

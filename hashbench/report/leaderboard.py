@@ -481,6 +481,7 @@ def _column_name(bits: int) -> str:
 REFERENCE = " (training-free)"  # the mark of a reference row
 UNSUPERVISED = " (unsupervised)"  # the mark of a row trained without labels
 FROZEN = " (frozen backbone)"  # the mark of a row whose head alone trained, on cached features
+HSWD = " (HSWD)"  # the mark of a row whose quantisation term was HSWD (--set quantization=hswd)
 
 
 def _frozen(rows: pd.DataFrame) -> pd.Series:
@@ -497,7 +498,7 @@ def _row_names(rows: pd.DataFrame) -> pd.Series:
     """The method's name, with a variant hash when one method ran with several option sets in one group.
 
     Training-free methods are reference rows: marked so, and sorted below the trained ones. Methods trained without
-    labels are marked so.
+    labels are marked so, and so are rows trained with HSWD in place of their quantisation term.
     """
     variant = rows[list(VARIANT_KEYS)].apply(
         lambda r: hashlib.sha1(json.dumps(r.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8], axis=1
@@ -507,6 +508,8 @@ def _row_names(rows: pd.DataFrame) -> pd.Series:
     names = method.where(variants == 1, method + " [" + variant + "]")
     reference = rows["method"].map(_is_training_free)
     unsupervised = rows["method"].map(_is_unsupervised)
+    switched = rows["options"].map(lambda options: (options or {}).get("quantization") == "hswd")
+    names = names.where(~switched, names + HSWD)
     return names.where(~reference, names + REFERENCE).where(~unsupervised, names + UNSUPERVISED)
 
 
