@@ -20,6 +20,7 @@ from hashbench.model import options
 from hashbench.model.components import HSWDQuantization
 from hashbench.model.options import option
 from hashbench.model.weights import WeightSource, create_backbone, fixed_input_size, pretrained_statistics
+from hashbench.training.augment import Augmentation
 
 
 class HashOutput(NamedTuple):
@@ -188,6 +189,10 @@ class Method:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     train: ClassVar[TrainSettings] = TrainSettings()
+    # images per training example the loss sees: 2 hands it two augmented views of each (rows view-major: the first
+    # view of the whole batch, then the second), each drawn with ``view_augmentation``, which replaces the run's
+    views: ClassVar[int] = 1
+    view_augmentation: ClassVar[Augmentation | None] = None
     # the key of the loss's own quantisation term, which quantization=hswd replaces ('' : none, HSWD is added)
     quantization_term: ClassVar[str] = ""
     # whose published run the train defaults follow, and any former defaults they replaced (`hashbench options`)

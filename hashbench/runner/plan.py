@@ -214,6 +214,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
         if frozen and method.not_freezable:
             raise ValueError(f"--freeze-backbone: {name} cannot train on cached features: {method.not_freezable}")
         cell_augmentation = Augmentation() if frozen else augmentation  # cached features are of the images as stored
+        cell_augmentation = method.view_augmentation or cell_augmentation  # a two-view method's views are its own
         user = {**request.overrides.get("*", {}), **request.overrides.get(name, {})}
         options, train = method.resolve_options(user)
         settings = method.train.with_overrides({**profile.train, **train}, name)

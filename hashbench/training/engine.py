@@ -327,15 +327,20 @@ def train(job: TrainJob, progress: bool = False) -> int:
                 for group in optimizer.param_groups:
                     group["lr"] = group["base_lr"] * multiplier
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
+                views = [  # each view draws its own augmentation; one forward pass over all of them
+                    source.prepare(batch, image_size, augmentation, augment_generator, normalisation)
+                    for _ in range(method.views)
+                ]
                 with execution.autocast(device):
-                    output = model(
-                        execution.layout(
-                            source.prepare(batch, image_size, augmentation, augment_generator, normalisation), device
-                        )
-                    )
+                    output = model(execution.layout(torch.cat(views) if len(views) > 1 else views[0], device))
                 sizes = distributed.piece_sizes(len(index))
-                output = type(output)(
-                    *(distributed.gather_rows(t.float(), sizes) if t is not None else None for t in output)
+                output = type(output)(  # every process's rows, view by view
+                    *(
+                        torch.cat([distributed.gather_rows(part.float(), sizes) for part in t.chunk(method.views)])
+                        if t is not None
+                        else None
+                        for t in output
+                    )
                 )
                 terms = loss_fn(output, None if onehot is None else onehot[index], index, info)
                 total = sum(terms.values())
