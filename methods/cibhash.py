@@ -92,7 +92,6 @@ class ContrastiveBottleneck(nn.Module):
 class CIBHash(Method):
     paper = "Qiu, Su, Ou, Yu, Chen, Unsupervised Hashing with Contrastive Information Bottleneck, IJCAI 2021"
     supervised = False
-    views = 2
     view_augmentation = Augmentation(scale=0.4, brightness=0.2, blur=2.0)
     not_freezable = "its two augmented views of every image need the backbone on the images, not cached features"
     train = TrainSettings(optimizer="adam", lr=1e-3, weight_decay=0.0, batch_size=64)
@@ -104,6 +103,9 @@ class CIBHash(Method):
         binarise: Literal["threshold", "sample"] = option(
             "threshold", "training codes: sign(p - 1/2) as the authors' code, or a Bernoulli(p) draw as the paper"
         )
+
+    def view_strengths(self) -> tuple[float, ...]:
+        return (1.0, 1.0)
 
     def build_encoder(self, backbone: str) -> tuple[nn.Module, int]:
         encoder, width = super().build_encoder(backbone)

@@ -189,9 +189,7 @@ class Method:
     paper: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     train: ClassVar[TrainSettings] = TrainSettings()
-    # images per training example the loss sees: 2 hands it two augmented views of each (rows view-major: the first
-    # view of the whole batch, then the second), each drawn with ``view_augmentation``, which replaces the run's
-    views: ClassVar[int] = 1
+    # the augmentation a method's views draw from, replacing the run's (and recorded in its cells); None: the run's
     view_augmentation: ClassVar[Augmentation | None] = None
     # the key of the loss's own quantisation term, which quantization=hswd replaces ('' : none, HSWD is added)
     quantization_term: ClassVar[str] = ""
@@ -239,6 +237,12 @@ class Method:
         )
         changed = {k: v for k, v in switches.items() if v != SWITCH_DEFAULTS[k]}
         return {**asdict(chosen), **changed}, {k: v for k, v in overrides.items() if k in train_keys}
+
+    def view_strengths(self) -> tuple[float, ...]:
+        """One entry per view of each image the loss sees, each the strength (0 to 1) of the augmentation it draws:
+        (1.0, 1.0) hands two equally augmented views, (0.5, 1.0) a weak and a strong one. The loss sees the rows
+        view by view: the first view of the whole batch, then the second."""
+        return (1.0,)
 
     def backbones(self, run_backbone: str) -> list[str]:
         """The timm models this method builds when the run's backbone is ``run_backbone`` (a variant may bring its own).
@@ -346,6 +350,12 @@ class TrainingFreeMethod(Method):
             "pixels", "what is hashed: raw pixels, or the run's backbone's features (frozen)"
         )
         pixels: int = option(16, "side of the downsampled image that pixel features are read from", at_least=1)
+
+    def view_strengths(self) -> tuple[float, ...]:
+        """One entry per view of each image the loss sees, each the strength (0 to 1) of the augmentation it draws:
+        (1.0, 1.0) hands two equally augmented views, (0.5, 1.0) a weak and a strong one. The loss sees the rows
+        view by view: the first view of the whole batch, then the second."""
+        return (1.0,)
 
     def backbones(self, run_backbone: str) -> list[str]:
         return [run_backbone] if self.reads_cached_features else []

@@ -66,6 +66,10 @@ class Augmentation:
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
+    def scaled(self, strength: float) -> Augmentation:
+        """Every magnitude times ``strength`` (0 to 1): a weaker view of the same transforms."""
+        return Augmentation(**{name: getattr(self, name) * strength for name in _field_names()})
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Augmentation:
         """The inverse of ``to_dict``; unknown keys are errors, missing keys are off."""

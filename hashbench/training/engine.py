@@ -275,6 +275,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
     )
     epochs, image_size, seed, checkpoint, log = job.epochs, job.image_size, job.seed, job.checkpoint, job.log
     augmentation, execution, validate = job.augmentation, job.execution, job.validate
+    view_augmentations = [augmentation and augmentation.scaled(strength) for strength in method.view_strengths()]
     device = source.device
     normalisation = network.normalisation
     execution.prepare(network.to(device), device).train()
@@ -328,15 +329,15 @@ def train(job: TrainJob, progress: bool = False) -> int:
                     group["lr"] = group["base_lr"] * multiplier
                 index = torch.from_numpy(positions[step_in_epoch]).to(device)
                 views = [  # each view draws its own augmentation; one forward pass over all of them
-                    source.prepare(batch, image_size, augmentation, augment_generator, normalisation)
-                    for _ in range(method.views)
+                    source.prepare(batch, image_size, view, augment_generator, normalisation)
+                    for view in view_augmentations
                 ]
                 with execution.autocast(device):
                     output = model(execution.layout(torch.cat(views) if len(views) > 1 else views[0], device))
                 sizes = distributed.piece_sizes(len(index))
                 output = type(output)(  # every process's rows, view by view
                     *(
-                        torch.cat([distributed.gather_rows(part.float(), sizes) for part in t.chunk(method.views)])
+                        torch.cat([distributed.gather_rows(part.float(), sizes) for part in t.chunk(len(views))])
                         if t is not None
                         else None
                         for t in output
