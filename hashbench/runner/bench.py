@@ -44,10 +44,12 @@ class Rates:
     peak_memory_mib: dict[str, float]
     device: str
     execution: dict
+    images_per_slice: float = 1.0  # images one epoch trains on per slice: 3 for DAFH, whose steps take triplets
 
     def projected_hours(self, slices: int = PAPER_SLICES, epochs: int = PAPER_EPOCHS) -> float:
-        """Training ``slices`` for ``epochs`` and encoding them once, at the measured rates."""
-        return (slices * epochs / self.training + slices / self.encoding) / 3600
+        """Training ``slices`` for ``epochs`` (the images its sampler draws from them) and encoding them once, at the
+        measured rates."""
+        return (slices * self.images_per_slice * epochs / self.training + slices / self.encoding) / 3600
 
     @property
     def loader_margin(self) -> float:
@@ -154,6 +156,7 @@ def measure(
         peak_memory_mib(device),
         describe_device(device),
         execution.describe(device),
+        per_epoch / len(ids),
     )
 
 

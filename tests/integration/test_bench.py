@@ -67,3 +67,14 @@ def test_the_command_prints_and_writes_the_rates_and_refuses_a_training_free_met
         app, ["bench", "--dataset", "phantom-tiny-seed0", "--method", "itq", "--backbones", "test_efficientnet"]
     )
     assert refused.exit_code == 2 and "training-free" in refused.output and "Traceback" not in refused.output
+
+
+def test_the_projection_counts_the_images_a_methods_sampler_draws_per_slice(tiny_phantom):
+    """DAFH's steps take triplets: an epoch trains on three images per slice, and a paper-scale run takes three times
+    the time of one image per slice."""
+    rates = bench.measure(
+        tiny_phantom.dataset, "test_efficientnet", 32, torch.device("cpu"), method="dafh", batch_size=8, steps=2
+    )
+    assert rates.images_per_slice == 3
+    hours = rates.projected_hours(1000, 2)
+    assert hours == pytest.approx((1000 * 3 * 2 / rates.training + 1000 / rates.encoding) / 3600)
