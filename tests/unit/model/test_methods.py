@@ -48,10 +48,11 @@ def train_a_step(name, bits, **options):
         assert not [n for n, p in network.named_parameters() if p.requires_grad]
         return
     labels = F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float()
-    images = torch.randn(6, 3, 32, 32)
+    views = len(method.view_strengths())  # the engine stacks each image's views, view by view
+    images = torch.randn(6 * views, 3, 32, 32)
     method.schedule(network, INFO)
     output = network(images)
-    assert output.code.shape == (6, bits)
+    assert output.code.shape == (6 * views, bits)
     terms = loss_fn(output, labels, torch.arange(6), INFO)
     total = sum(terms.values())
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
