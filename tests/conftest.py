@@ -156,6 +156,21 @@ def chance():
     return chance_metrics
 
 
+@pytest.fixture
+def quick_phantom_cell(default_phantom, tmp_path):
+    """``run(method)``: one finished 16-bit cell of the quick profile on the default phantom (3 epochs, CPU), and the
+    metrics of random codes on the same split: what a method's learning test compares."""
+    from hashbench.api import RunRequest, run_grid
+
+    def run(method: str, epochs: int = 3):
+        request = RunRequest(methods=[method], bits=[16], epochs=epochs, profile="quick", device="cpu")
+        (outcome,) = run_grid(request, default_phantom.dataset, tmp_path)
+        assert outcome.status == "done", outcome.error
+        return outcome.metrics, chance_metrics(default_phantom.dataset)
+
+    return run
+
+
 def write_cell(
     out, method, query_bits, query_labels, database_bits, database_labels, seed=0, dataset="toy", **config_fields
 ):
