@@ -351,12 +351,6 @@ class TrainingFreeMethod(Method):
         )
         pixels: int = option(16, "side of the downsampled image that pixel features are read from", at_least=1)
 
-    def view_strengths(self) -> tuple[float, ...]:
-        """One entry per view of each image the loss sees, each the strength (0 to 1) of the augmentation it draws:
-        (1.0, 1.0) hands two equally augmented views, (0.5, 1.0) a weak and a strong one. The loss sees the rows
-        view by view: the first view of the whole batch, then the second."""
-        return (1.0,)
-
     def backbones(self, run_backbone: str) -> list[str]:
         return [run_backbone] if self.reads_cached_features else []
 
