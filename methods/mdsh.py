@@ -58,9 +58,10 @@ def distances(centres: np.ndarray) -> np.ndarray:
     return pairwise[np.triu_indices(len(centres), 1)]
 
 
+@numba.njit(cache=True)
 def spread(values: np.ndarray) -> float:
     """The authors' figure of merit for a set of distances: mean + minimum - variance."""
-    return float(values.mean() + values.min() - values.var())
+    return values.mean() + values.min() - values.var()
 
 
 def initial_centres(n_classes: int, bits: int, rng: np.random.Generator) -> np.ndarray:
@@ -100,7 +101,7 @@ def improve_centre(
     slack = bound - others @ np.sign(b)
     best = centre.copy()
     apart = (bits - others @ np.sign(centre)) / 2
-    best_merit, best_min = apart.mean() + apart.min() - apart.var(), apart.min()
+    best_merit, best_min = spread(apart), apart.min()
     at_cap = 0
     for _ in range(1000):
         for _ in range(10):
@@ -125,7 +126,7 @@ def improve_centre(
         if rho == cap:
             at_cap += 1
             apart = (bits - others @ np.sign(b)) / 2
-            value, closest = apart.mean() + apart.min() - apart.var(), apart.min()
+            value, closest = spread(apart), apart.min()
             if value > best_merit or closest > best_min:
                 best, best_merit, best_min = np.sign(b), value, closest
             if at_cap == 100:
@@ -134,7 +135,7 @@ def improve_centre(
         if residual < 1e-6:
             break
     apart = (bits - others @ np.sign(b)) / 2  # where it ends, converged before the cap too
-    if apart.mean() + apart.min() - apart.var() > best_merit or apart.min() > best_min:
+    if spread(apart) > best_merit or apart.min() > best_min:
         best = np.sign(b)
     return best
 
