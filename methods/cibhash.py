@@ -28,22 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hashbench.model.components import sign_straight_through
 from hashbench.model.method import FrozenFeatures, HashOutput, Method, TrainSettings
 from hashbench.model.options import option
 from hashbench.model.registry import register_method
 from hashbench.training.augment import Augmentation
-
-
-class StraightThroughSign(torch.autograd.Function):
-    """sign(x) forward; the gradient passes unchanged."""
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
-        return torch.where(values >= 0, 1.0, -1.0).to(values.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
 
 
 class ProbabilityHead(nn.Module):
@@ -83,7 +72,7 @@ class ContrastiveBottleneck(nn.Module):
     def forward(self, output, labels, indices, info) -> dict[str, torch.Tensor]:
         first, second = (output.code + 0.5).chunk(2)  # the views' bit probabilities
         thresholds = [torch.rand_like(p) if self.sample else torch.full_like(p, 0.5) for p in (first, second)]
-        codes = [StraightThroughSign.apply(p - t) for p, t in zip((first, second), thresholds)]
+        codes = [sign_straight_through(p - t) for p, t in zip((first, second), thresholds)]
         kl = (bernoulli_kl(first, second.detach()) + bernoulli_kl(second, first.detach())) / 2
         return {"contrastive": nt_xent(*codes, self.temperature), "kl": self.beta * kl}
 

@@ -21,25 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hashbench.model.components import focal_loss
+from hashbench.model.components import focal_loss, sign_straight_through
 from hashbench.model.method import HashOutput, Method, TrainSettings
 from hashbench.model.options import option
 from hashbench.model.registry import register_method
-
-
-class _SignStraightThrough(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u):
-        return torch.where(u >= 0, torch.ones_like(u), -torch.ones_like(u))
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-def sign_straight_through(u: torch.Tensor) -> torch.Tensor:
-    """sign(u) (+1 at 0, as hashbench binarises) forward; the identity's gradient backward."""
-    return _SignStraightThrough.apply(u)
 
 
 class GreedyHead(nn.Module):

@@ -188,3 +188,18 @@ class HSWDQuantization(nn.Module):
         terms = {k: v for k, v in self.loss(output, labels, indices, info).items() if k != self.replaced}
         terms["hswd"] = self.weight * hswd(output.code, self.target)
         return terms
+
+
+class _SignStraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u):
+        return torch.where(u >= 0, torch.ones_like(u), -torch.ones_like(u))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def sign_straight_through(u: torch.Tensor) -> torch.Tensor:
+    """sign(u) (+1 at 0, as hashbench binarises) forward; the identity's gradient backward (GreedyHash, CIBHash)."""
+    return _SignStraightThrough.apply(u)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from hashbench.methods.cibhash import CIBHash, ContrastiveBottleneck, StraightThroughSign, bernoulli_kl, nt_xent
+from hashbench.methods.cibhash import CIBHash, ContrastiveBottleneck, bernoulli_kl, nt_xent
+from hashbench.model.components import sign_straight_through
 from hashbench.model.method import HashOutput, MethodContext, TrainSettings
 from hashbench.training import engine
 
@@ -71,7 +72,7 @@ def test_nt_xent_against_a_loop():
 
 def test_the_sign_passes_its_gradient_straight_through():
     values = torch.tensor([-0.2, 0.0, 0.3], requires_grad=True)
-    codes = StraightThroughSign.apply(values)
+    codes = sign_straight_through(values)
     assert codes.tolist() == [-1.0, 1.0, 1.0]
     (codes * torch.tensor([2.0, -1.0, 0.5])).sum().backward()
     assert values.grad.tolist() == [2.0, -1.0, 0.5]
