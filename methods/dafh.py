@@ -10,8 +10,12 @@ choice the paper leaves open is a named option (``--set dafh.KEY=VALUE``):
   from the timm model's stages at any input size. ``attention_inline`` (default on):
   the attended map also flows on through the last stage, so AT matters even without
   LF; off: CBAM only feeds the fusion.
-- LF (``fusion``): F_concat = [F_CBAM, F_EfficientNet] -> Linear1 (``width`` 512, ReLU)
+  ``cbam``: as the CBAM authors' code (``reference``, default: biases in the channel
+  MLP, BatchNorm after the spatial convolution) or the bare equations (``bare``).
+- LF (``fusion``): F_concat = [F_CBAM, F_EfficientNet] -> Linear1 (``width`` 512)
   -> classifier (focal loss); [Linear1, flatten(F_CBAM)] -> Linear2 -> hash layer.
+  Linear1 is affine, as the paper's equation writes it; ``linear1_activation=relu``
+  puts a ReLU after it.
   ``fusion_pool``: F_CBAM enters Linear1 flattened (default) or average-pooled.
   Without LF only the backbone's pooled output feeds Linear1.
 - Ptanh (``ptanh``): H = tanh(alpha * z + b), alpha learnable and kept > 1
@@ -66,13 +70,20 @@ class TappedBackbone(nn.Module):
     """A timm backbone whose penultimate stage output goes through ``attention`` and is kept for the fusion."""
 
     def __init__(
-        self, backbone: nn.Module, attention: bool, inline: bool, image_size: int, reduction: int, kernel_size: int
+        self,
+        backbone: nn.Module,
+        attention: bool,
+        inline: bool,
+        image_size: int,
+        reduction: int,
+        kernel_size: int,
+        cbam_reference: bool,
     ):
         super().__init__()
         self.backbone = backbone
         stage = penultimate_stage(self.backbone)
         self.mid_shape = self._stage_shape(stage, image_size)
-        self.attention = CBAM(self.mid_shape[0], reduction, kernel_size) if attention else None
+        self.attention = CBAM(self.mid_shape[0], reduction, kernel_size, cbam_reference) if attention else None
         self.inline = inline
         self._mid: torch.Tensor | None = None
         stage.register_forward_hook(self._tap)
@@ -125,8 +136,10 @@ class FusionHead(nn.Module):
         width: int,
         ptanh: bool,
         classifier_input: str,
+        linear1_relu: bool,
     ):
         super().__init__()
+        self.activation = nn.ReLU() if linear1_relu else nn.Identity()
         self.fusion, self.pool, self.classify_hash = fusion, fusion_pool == "pool", classifier_input == "hash"
         mid_flat = int(np.prod(mid_shape)) if fusion else 0
         mid_in = (mid_shape[0] if self.pool else mid_flat) if fusion else 0
@@ -139,10 +152,12 @@ class FusionHead(nn.Module):
         final, mid = features
         if self.fusion:
             flat = mid.flatten(1)
-            hidden = F.relu(self.linear1(torch.cat([final, mid.mean(dim=(2, 3)) if self.pool else flat], dim=1)))
+            hidden = self.activation(
+                self.linear1(torch.cat([final, mid.mean(dim=(2, 3)) if self.pool else flat], dim=1))
+            )
             code = self.hash(self.linear2(torch.cat([hidden, flat], dim=1)))
         else:
-            hidden = F.relu(self.linear1(final))
+            hidden = self.activation(self.linear1(final))
             code = self.hash(self.linear2(hidden))
         return HashOutput(code, self.classifier(code if self.classify_hash else hidden))
 
@@ -184,8 +199,14 @@ class DAFH(Method):
         ptanh: bool = option(True, "Ptanh: learnable tanh slope; off: plain tanh")
         fusion_pool: Literal["flatten", "pool"] = option("flatten", "how the attended map enters Linear1")
         width: int = option(512, "width of Linear1", at_least=1)
+        linear1_activation: Literal["none", "relu"] = option(
+            "none", "after Linear1: nothing (the paper's affine layer) or a ReLU"
+        )
         cbam_reduction: int = option(16, "CBAM channel reduction", at_least=1)
         cbam_kernel: int = option(7, "CBAM spatial kernel", at_least=1)
+        cbam: Literal["reference", "bare"] = option(
+            "reference", "CBAM as its authors' code (MLP biases, BatchNorm in the spatial gate) or the bare equations"
+        )
         gamma: float = option(1.5, "focal loss gamma", at_least=0.0)
         margin: float = option(0.5, "triplet margin", at_least=0.0)
         lam: float = option(1 / 3, "weight of the focal terms", at_least=0.0)
@@ -216,7 +237,13 @@ class DAFH(Method):
             final_dim = encoder.num_features
         else:
             encoder = TappedBackbone(
-                models[0], opt.attention, opt.attention_inline, size, opt.cbam_reduction, opt.cbam_kernel
+                models[0],
+                opt.attention,
+                opt.attention_inline,
+                size,
+                opt.cbam_reduction,
+                opt.cbam_kernel,
+                opt.cbam == "reference",
             )
             final_dim = encoder.backbone.num_features
         head = FusionHead(
@@ -229,6 +256,7 @@ class DAFH(Method):
             opt.width,
             opt.ptanh,
             opt.classifier_input,
+            opt.linear1_activation == "relu",
         )
         return HashNetwork(encoder, head), self.training_loss()
 

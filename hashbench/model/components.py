@@ -19,15 +19,15 @@ def similar(labels: torch.Tensor, others: torch.Tensor | None = None) -> torch.T
 
 
 class ChannelAttention(nn.Module):
-    """CBAM's channel attention: a shared MLP over average- and max-pooled channels."""
+    """CBAM's channel attention: a shared MLP over average- and max-pooled channels (biases as in the authors' code)."""
 
-    def __init__(self, channels: int, reduction: int = 16):
+    def __init__(self, channels: int, reduction: int = 16, bias: bool = True):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.mlp = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1, bias=False),
+            nn.Conv2d(channels, hidden, 1, bias=bias),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1, bias=False),
+            nn.Conv2d(hidden, channels, 1, bias=bias),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,24 +36,33 @@ class ChannelAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """CBAM's spatial attention: a k x k convolution over the channel mean and max maps."""
+    """CBAM's spatial attention: a k x k convolution over the channel mean and max maps.
 
-    def __init__(self, kernel_size: int = 7):
+    ``batch_norm``: the CBAM authors' code normalises the convolution's output
+    (BatchNorm, momentum 0.01) before the sigmoid; the paper's equations do not.
+    """
+
+    def __init__(self, kernel_size: int = 7, batch_norm: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        self.norm = nn.BatchNorm2d(1, momentum=0.01) if batch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * torch.sigmoid(self.conv(maps))
+        return x * torch.sigmoid(self.norm(self.conv(maps)))
 
 
 class CBAM(nn.Module):
-    """Convolutional Block Attention Module (Woo et al., ECCV 2018): channel, then spatial attention."""
+    """Convolutional Block Attention Module (Woo et al., ECCV 2018): channel, then spatial attention.
 
-    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7):
+    ``reference`` (default): as the authors' code (MLP biases, BatchNorm in the spatial
+    gate); off: the bare equations, neither.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, reference: bool = True):
         super().__init__()
-        self.channel = ChannelAttention(channels, reduction)
-        self.spatial = SpatialAttention(kernel_size)
+        self.channel = ChannelAttention(channels, reduction, bias=reference)
+        self.spatial = SpatialAttention(kernel_size, batch_norm=reference)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.spatial(self.channel(x))

@@ -67,6 +67,60 @@ def test_with_attention_off_cbam_is_not_in_the_graph():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in cbams[0].parameters())
 
 
+def _cbam_by_hand(x: np.ndarray, cbam: CBAM, reference: bool) -> np.ndarray:
+    """CBAM written out with numpy: channel gate from the shared MLP, then the spatial gate (batch statistics)."""
+    first, second = cbam.channel.mlp[0], cbam.channel.mlp[2]
+    w1, w2 = first.weight.detach().numpy()[:, :, 0, 0], second.weight.detach().numpy()[:, :, 0, 0]
+    b1 = first.bias.detach().numpy() if reference else 0.0
+    b2 = second.bias.detach().numpy() if reference else 0.0
+
+    def mlp(v):
+        return w2 @ np.maximum(w1 @ v + b1, 0) + b2
+
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    gated = np.stack(
+        [x[n] * sigmoid(mlp(x[n].mean((1, 2))) + mlp(x[n].max((1, 2))))[:, None, None] for n in range(len(x))]
+    )
+    kernel = cbam.spatial.conv.weight.detach().numpy()[0]
+    k = kernel.shape[-1]
+    maps = np.pad(np.stack([gated.mean(1), gated.max(1)], axis=1), ((0, 0), (0, 0), (k // 2, k // 2), (k // 2, k // 2)))
+    n, _, h, w = gated.shape
+    logits = np.array(
+        [[[(maps[b, :, i : i + k, j : j + k] * kernel).sum() for j in range(w)] for i in range(h)] for b in range(n)]
+    )
+    if reference:  # BatchNorm in training mode: the batch's mean and biased variance, eps 1e-5, weight 1, bias 0
+        logits = (logits - logits.mean()) / np.sqrt(logits.var() + 1e-5)
+    return gated * sigmoid(logits)[:, None]
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_cbam_matches_its_equations_with_and_without_the_authors_bias_and_norm(reference):
+    torch.manual_seed(0)
+    cbam = CBAM(8, reduction=2, kernel_size=3, reference=reference).double()
+    for conv in cbam.channel.mlp[::2]:
+        if reference:
+            torch.nn.init.uniform_(conv.bias, -1, 1)  # non-zero biases, so leaving them out would show
+    x = torch.randn(3, 8, 5, 4, dtype=torch.float64)
+    np.testing.assert_allclose(cbam(x).detach().numpy(), _cbam_by_hand(x.numpy(), cbam, reference), rtol=1e-10)
+    has_norm = any(isinstance(m, torch.nn.BatchNorm2d) for m in cbam.modules())
+    assert has_norm == reference and all((conv.bias is not None) == reference for conv in cbam.channel.mlp[::2])
+
+
+@pytest.mark.parametrize("activation", ["none", "relu"])
+def test_linear1_is_affine_by_default_and_a_relu_is_an_option(activation):
+    _, network, _ = build(linear1_activation=activation)
+    seen = {}
+    network.head.linear1.register_forward_hook(lambda m, i, o: seen.update(linear1=o))
+    network.head.classifier.register_forward_hook(lambda m, i, o: seen.update(classifier_input=i[0]))
+    network.eval()
+    with torch.no_grad():
+        network(torch.randn(4, 3, 64, 64))
+    linear1 = seen["linear1"]
+    assert (linear1 < 0).any()  # there is something a ReLU would change
+    expected = linear1 if activation == "none" else linear1.clamp(min=0)
+    torch.testing.assert_close(seen["classifier_input"], expected, rtol=0, atol=0)
+
+
 def test_with_fusion_off_the_head_sees_only_the_backbone_output():
     _, network, _ = build("dafh-ab-at")
     final_dim = network.encoder.backbone.num_features
