@@ -306,6 +306,19 @@ class Method:
     def schedule(self, model: HashNetwork, info: StepInfo) -> None:
         """Called before every training step, for continuation schedules (e.g. HashNet's beta)."""
 
+    def begin_training(self, labels: torch.Tensor | None) -> None:
+        """Called once before the first step with every training item's label rows (None when unsupervised), in
+        training-set order: for losses that compare a batch with the whole training set (ADSH)."""
+
+    def end_epoch(self, info: StepInfo) -> None:
+        """Called after each epoch's last step, before its checkpoint: for state a method updates outside the gradient
+        steps (ADSH's database codes)."""
+
+    def learned_codes(self) -> torch.Tensor | None:
+        """Codes learned for the training items themselves (n_train x bits, in training-set order), which stand for the
+        network's codes of those items in the database (ADSH); None: the network encodes every item."""
+        return None
+
 
 class PixelFeatures(nn.Module):
     """Raw pixels as features: the network's input averaged down to ``side`` x ``side`` per channel, flattened."""

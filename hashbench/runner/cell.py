@@ -170,6 +170,9 @@ def run_cell(
         resumed_from = engine.train(job, progress)
     query_embeddings = encode(query.ids)
     database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
+    learned = method.learned_codes()
+    if learned is not None:  # codes learned for the training items stand in for the network's in the database
+        database_embeddings = with_learned_codes(database.ids, database_embeddings, training.ids, learned)
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
     float_distance = spec.method.float_distance
@@ -269,3 +272,17 @@ def run_cell(
     kept = network.head if float_distance else network  # a float reference's network is its backbone's, unchanged
     cell.finish(arrays, lambda handle: torch.save(kept.state_dict(), handle), record)
     return result.metrics, collapse
+
+
+def with_learned_codes(
+    database_ids: np.ndarray, database_embeddings: np.ndarray, training_ids: np.ndarray, learned: torch.Tensor
+) -> np.ndarray:
+    """The database's codes with each training item's row replaced by the code learned for it (training-set order);
+    database items outside the training set keep the network's code."""
+    order = np.argsort(training_ids)
+    at = np.searchsorted(training_ids, database_ids, sorter=order)
+    at = np.minimum(at, len(training_ids) - 1)
+    found = training_ids[order[at]] == database_ids
+    merged = database_embeddings.copy()
+    merged[found] = learned.detach().float().cpu().numpy()[order[at[found]]]
+    return merged

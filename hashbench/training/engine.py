@@ -293,6 +293,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
     onehot = label_rows(data.labels, data.n_classes).to(device) if method.supervised else None  # never seen otherwise
     sampled = data.labels if method.supervised else np.zeros(len(data.labels), np.int64)  # what a sampler may read
     steps_per_epoch = sum(1 for _ in method.batches(sampled, settings.batch_size, np.random.default_rng(0)))
+    method.begin_training(onehot)
     first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
     progress = progress and distributed.is_main()
     columns = (
@@ -361,6 +362,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
                 bar.update(
                     task, advance=1, terms=" ".join(f"{k} {v / (step_in_epoch + 1):.3f}" for k, v in sums.items())
                 )
+            method.end_epoch(StepInfo(epoch, (epoch + 1) * steps_per_epoch - 1, steps_per_epoch, epochs))
             record = {
                 "epoch": epoch + 1,
                 "seconds": round(time.perf_counter() - started, 3),

@@ -75,6 +75,17 @@ def test_the_projection_counts_the_images_a_methods_sampler_draws_per_slice(tiny
     rates = bench.measure(
         tiny_phantom.dataset, "test_efficientnet", 32, torch.device("cpu"), method="dafh", batch_size=8, steps=2
     )
-    assert rates.images_per_slice == 3
+    assert rates.images_per_slice == 3 * (372_004 // 8 * 8) / 372_004  # whole batches of triplets, at the paper's size
     hours = rates.projected_hours(1000, 2)
-    assert hours == pytest.approx((1000 * 3 * 2 / rates.training + 1000 / rates.encoding) / 3600)
+    assert hours == pytest.approx(
+        (1000 * rates.images_per_slice * 2 / rates.training + 1000 / rates.encoding) / 3600, rel=1e-12
+    )
+
+
+def test_the_projection_of_a_method_sampling_a_fixed_number_per_epoch(tiny_phantom):
+    """ADSH's epochs draw passes x sample_size images whatever the data set's size: per slice of the paper's data set,
+    3 x 2,000 / 372,004."""
+    rates = bench.measure(
+        tiny_phantom.dataset, "test_efficientnet", 32, torch.device("cpu"), method="adsh", batch_size=8, steps=2
+    )
+    assert rates.images_per_slice == pytest.approx(3 * 2000 / 372_004, rel=1e-12)

@@ -50,6 +50,7 @@ def train_a_step(name, bits, **options):
     labels = F.one_hot(torch.tensor([0, 0, 1, 1, 2, 2]), 3).float()
     views = len(method.view_strengths())  # the engine stacks each image's views, view by view
     images = torch.randn(6 * views, 3, 32, 32)
+    method.begin_training(torch.cat([labels, labels]))  # every training item's labels, as the engine hands them
     method.schedule(network, INFO)
     output = network(images)
     assert output.code.shape == (6 * views, bits)
