@@ -39,7 +39,7 @@ from hashbench.model.weights import WeightsUnavailableError
 from hashbench.report import leaderboard as boards
 from hashbench.report.leaderboard import Leaderboard, to_markdown
 from hashbench.report.plots import write_confusion
-from hashbench.runner.bench import Rates, measure
+from hashbench.runner.bench import PAPER_SLICES, Rates, measure
 from hashbench.runner.bench import to_json as rates_json
 from hashbench.runner.cell import CellOutcome
 from hashbench.runner.grid import run_grid, run_planned
@@ -228,15 +228,17 @@ def bench(
     steps: int = 5,
     execution: Execution = Execution(),
     on_measure: Callable | None = None,
+    slices: int = PAPER_SLICES,
 ) -> list[Rates]:
-    """Loading, training and encoding rates for each backbone and image size on ``device``; ``on_measure(backbone, size, device)`` before each."""
+    """Loading, training and encoding rates for each backbone and image size on ``device``, and the images a training
+    epoch takes from ``slices`` slices (for the projection); ``on_measure(backbone, size, device)`` before each."""
     where = resolve_device(device)
     rates = []
     for backbone in dict.fromkeys(backbones):
         for size in dict.fromkeys(image_sizes):
             if on_measure:
                 on_measure(backbone, size, where)
-            rates.append(measure(dataset, backbone, size, where, method, bits, batch_size, steps, execution))
+            rates.append(measure(dataset, backbone, size, where, method, bits, batch_size, steps, execution, slices))
     return rates
 
 

@@ -316,7 +316,17 @@ def bench_command(
     try:
         data = api.load_dataset(dataset, progress=True)
         rates = api.bench(
-            data, backbones, image_sizes, device, method, bits, batch_size, steps, execution, on_measure=measuring
+            data,
+            backbones,
+            image_sizes,
+            device,
+            method,
+            bits,
+            batch_size,
+            steps,
+            execution,
+            on_measure=measuring,
+            slices=slices,
         )
     except api.USER_ERRORS as exc:
         fail(exc.args[0] if exc.args else exc)

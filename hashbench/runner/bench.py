@@ -44,8 +44,8 @@ class Rates:
     peak_memory_mib: dict[str, float]
     device: str
     execution: dict
-    # images one epoch trains on per slice of the paper's data set: 3 for DAFH, whose steps take triplets; ADSH's
-    # epochs sample a fixed number of images, whatever the data set's size
+    # images one epoch trains on per slice of the projected data set: 3 for DAFH, whose steps take triplets; fewer for
+    # ADSH, whose epochs sample a fixed number of images whatever the data set's size
     images_per_slice: float = 1.0
 
     def projected_hours(self, slices: int = PAPER_SLICES, epochs: int = PAPER_EPOCHS) -> float:
@@ -100,8 +100,10 @@ def measure(
     batch_size: int | None = None,
     steps: int = 5,
     execution: engine.Execution = engine.Execution(),
+    slices: int = PAPER_SLICES,
 ) -> Rates:
-    """Loading, training and encoding rates for ``method`` on ``backbone`` at ``image_size``."""
+    """Loading, training and encoding rates for ``method`` on ``backbone`` at ``image_size``, and the images its
+    sampler draws per epoch from ``slices`` slices."""
     method_cls = method_class(method)
     if getattr(method_cls, "fitted", False):
         raise ValueError(
@@ -119,8 +121,8 @@ def measure(
     hasher = create_method(method, MethodContext(bits, len(names), len(ids), options, 0, image_size))
     network, loss = hasher.build(backbone)
     per_epoch = sum(len(batch) for batch in hasher.batches(labels, settings.batch_size, np.random.default_rng(0)))
-    at_scale = np.arange(PAPER_SLICES) % len(names)  # what the sampler draws per epoch from the paper's slices
-    paper_epoch_images = sum(len(b) for b in hasher.batches(at_scale, settings.batch_size, np.random.default_rng(0)))
+    at_scale = np.arange(slices) % len(names)  # what the sampler draws per epoch from the projected data set
+    epoch_images = sum(len(b) for b in hasher.batches(at_scale, settings.batch_size, np.random.default_rng(0)))
     source = engine.ImageSource(dataset.images, ids, device, in_memory=False)
     with tempfile.TemporaryDirectory(prefix="hashbench-bench-") as work:
         log = Path(work) / "log.jsonl"
@@ -160,7 +162,7 @@ def measure(
         peak_memory_mib(device),
         describe_device(device),
         execution.describe(device),
-        paper_epoch_images / PAPER_SLICES,
+        epoch_images / slices,
     )
 
 

@@ -22,8 +22,9 @@ def test_the_cached_loader_delivers_ten_times_what_efficientnet_b0_trains_on_at_
     assert rates.loading >= 10 * rates.training, (rates.loading, rates.training)
     assert rates.loader_margin == pytest.approx(rates.loading / rates.training)
     assert 0 < rates.training < rates.encoding  # a training step also runs backward
+    assert rates.images_per_slice == (372_004 // 8 * 8) / 372_004  # one image a slice, in whole batches of 8
     hours = rates.projected_hours(372_004, 50)
-    assert hours == pytest.approx((372_004 * 50 / rates.training + 372_004 / rates.encoding) / 3600)
+    assert hours == pytest.approx((372_004 // 8 * 8 * 50 / rates.training + 372_004 / rates.encoding) / 3600, rel=1e-12)
     assert rates.peak_memory_mib["process_rss_peak_so_far_mib"] > 0 and rates.execution["precision"] == "float32"
 
 
@@ -60,7 +61,11 @@ def test_the_command_prints_and_writes_the_rates_and_refuses_a_training_free_met
     }
     for rate in written["rates"]:
         assert rate["loading"] > 0 and rate["training"] > 0 and rate["encoding"] > 0
-        assert rate["projected_hours"] == pytest.approx((1000 * 2 / rate["training"] + 1000 / rate["encoding"]) / 3600)
+        per_slice = rate["images_per_slice"]  # one image a slice, the 1,000 slices in whole batches of 8
+        assert per_slice == 1000 // 8 * 8 / 1000
+        assert rate["projected_hours"] == pytest.approx(
+            (1000 * per_slice * 2 / rate["training"] + 1000 / rate["encoding"]) / 3600, rel=1e-12
+        )
         assert f"{rate['projected_hours']:,.1f} h" in result.output
     assert written["synthetic"] is True and "1,000 x 2 epochs" in result.output
     refused = runner.invoke(
@@ -84,8 +89,16 @@ def test_the_projection_counts_the_images_a_methods_sampler_draws_per_slice(tiny
 
 def test_the_projection_of_a_method_sampling_a_fixed_number_per_epoch(tiny_phantom):
     """ADSH's epochs draw passes x sample_size images whatever the data set's size: per slice of the paper's data set,
-    3 x 2,000 / 372,004."""
-    rates = bench.measure(
-        tiny_phantom.dataset, "test_efficientnet", 32, torch.device("cpu"), method="adsh", batch_size=8, steps=2
-    )
-    assert rates.images_per_slice == pytest.approx(3 * 2000 / 372_004, rel=1e-12)
+    3 x 2,000 / 372,004; of a data set smaller than its sample, three passes over all of it."""
+    for slices, per_slice in ((372_004, 3 * 2000 / 372_004), (1000, 3.0)):
+        rates = bench.measure(
+            tiny_phantom.dataset,
+            "test_efficientnet",
+            32,
+            torch.device("cpu"),
+            method="adsh",
+            batch_size=8,
+            steps=2,
+            slices=slices,
+        )
+        assert rates.images_per_slice == pytest.approx(per_slice, rel=1e-12)
