@@ -52,6 +52,11 @@ CLUSTERED_LEGEND = CELL_LEGEND.replace("over queries", "resampling patients, who
 UNCLUSTERED_LEGEND = CELL_LEGEND.replace(
     "over queries", "over queries, as if independent: these cells were stored without their patients"
 )
+MIXED_LEGEND = CELL_LEGEND.replace(
+    "over queries",
+    "resampling patients in cells whose queries share them; over queries in the others, as if independent in cells "
+    "stored without their patients",
+)
 
 
 @dataclass
@@ -354,17 +359,19 @@ def _sees_augmentation(rows: pd.DataFrame) -> pd.Series:
 
 
 def _legend(rows: pd.DataFrame, view: View) -> str:
-    """The cell legend, saying when intervals resample patients rather than queries, and when they could not."""
-    finished = rows.loc[rows["status"] == "finished", "directory"]
-    for directory in finished:
+    """The cell legend, saying when intervals resample patients rather than queries, and when they could not: one
+    legend when every cell's intervals are of one kind, else one naming each kind."""
+    legends = set()
+    for directory in rows.loc[rows["status"] == "finished", "directory"]:
         try:
             cell = Cell(directory)
             if "query_groups" not in cell.codes():
-                return UNCLUSTERED_LEGEND
-            return CLUSTERED_LEGEND if query_clusters(cell, view) is not None else CELL_LEGEND
+                legends.add(UNCLUSTERED_LEGEND)
+            else:
+                legends.add(CLUSTERED_LEGEND if query_clusters(cell, view) is not None else CELL_LEGEND)
         except CellError:
             continue
-    return CELL_LEGEND
+    return legends.pop() if len(legends) == 1 else MIXED_LEGEND if legends else CELL_LEGEND
 
 
 def subgroups(rows: pd.DataFrame, by: str, view: View) -> dict[str, int]:

@@ -4,6 +4,7 @@ rebuilt when damaged."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -385,3 +386,31 @@ def test_figures_leave_float_references_out_where_cases_are_ranked_by_their_clos
     target = api.write_leaderboard(tmp_path / "runs", tmp_path / "board.md", ("map@10",), figures=True, view=view)
     text = target.read_text()
     assert "- (no code: cases are their slices' mean features)" in text and "board-pr.png" in text
+
+
+def test_a_table_mixing_cells_with_and_without_their_patients_says_so(tiny_phantom, tmp_path, monkeypatch):
+    """Cells stored before patients were kept cannot be resampled by patient: a table holding both kinds names both,
+    rather than the first cell's kind."""
+    from hashbench.report.leaderboard import CLUSTERED_LEGEND, MIXED_LEGEND
+    from hashbench.store.results import Cell
+
+    dataset = tiny_phantom.dataset
+    out = tmp_path / "runs"
+    request = api.RunRequest(
+        methods=["lsh"], bits=[16], seeds=[0, 1], dataset=dataset.name, split="slice", device="cpu"
+    )
+    assert all(o.status == "done" for o in api.run_grid(request, dataset, out))
+    (board,) = api.leaderboard(out, ("map@10",))
+    assert board.legend == CLUSTERED_LEGEND
+    older = Path(max(api.cells(out)["directory"])).resolve()  # one of the two, stored as before patients were kept
+    codes = Cell.codes
+
+    def without_patients(cell):
+        stored = codes(cell)
+        return {k: v for k, v in stored.items() if k != "query_groups"} if cell.directory.resolve() == older else stored
+
+    monkeypatch.setattr(Cell, "codes", without_patients)
+    (board,) = api.leaderboard(out, ("map@10",))
+    assert (
+        board.legend == MIXED_LEGEND and "as if independent" in board.legend and "resampling patients" in board.legend
+    )
