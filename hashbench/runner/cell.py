@@ -170,11 +170,11 @@ def run_cell(
         resumed_from = engine.train(job, progress)
     query_embeddings = encode(query.ids)
     database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
+    if not distributed.is_main():  # process 0 evaluates and writes
+        return {}, ""
     learned = method.learned_codes()
     if learned is not None:  # codes learned for the training items stand in for the network's in the database
         database_embeddings = with_learned_codes(database.ids, database_embeddings, training.ids, learned)
-    if not distributed.is_main():  # process 0 evaluates and writes
-        return {}, ""
     float_distance = spec.method.float_distance
     if float_distance:  # a float reference: its features ranked as they are, and a code of no bits
         query_embeddings, database_embeddings = (
