@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import sys
+
+import typer
 
 from hashbench.cli import ingest, methods, results, run  # noqa: F401  (each registers its commands)
 from hashbench.cli.app import DEFAULT_OUT, app, load_plugins, parse_overrides
@@ -12,5 +15,23 @@ __all__ = ["DEFAULT_OUT", "app", "expand_multi_value_options", "load_plugins", "
 
 
 def main() -> None:
-    """Console entry point."""
-    app(args=expand_multi_value_options(sys.argv[1:]), prog_name="hashbench")
+    """Console entry point. A full disk, a quota or a folder that cannot be written, met anywhere, is one line naming
+    the path and the fix (exit 2): what was finished stays, what was being written was written to a temporary name."""
+    try:
+        app(args=expand_multi_value_options(sys.argv[1:]), prog_name="hashbench")
+    except OSError as exc:
+        if exc.errno not in DISK_FIXES:
+            raise
+        typer.echo(f"error: {exc.filename or 'a file'}: {exc.strerror}; {DISK_FIXES[exc.errno]}", err=True)
+        raise SystemExit(2) from None
+
+
+ROOM = "free space there, or write elsewhere (--out for results, $HASHBENCH_HOME for datasets)"
+WRITABLE = "choose a folder you can write to (--out for results, $HASHBENCH_HOME for datasets)"
+DISK_FIXES = {
+    errno.ENOSPC: ROOM,
+    errno.EDQUOT: ROOM,
+    errno.EROFS: WRITABLE,
+    errno.EACCES: WRITABLE,
+    errno.EPERM: WRITABLE,
+}

@@ -34,6 +34,10 @@ def load_trained_network(cell: Cell, device: str = "cpu") -> nn.Module:
     model = cell.verified_model_path()
     try:
         state = torch.load(model, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "network" in state and "cell" in state:  # model.pt carries its cell's identity
+            if state["cell"] != cell.identity:
+                raise CellError(f"{model} belongs to another cell ({state['cell']}); re-run the cell with --force")
+            state = state["network"]
         network.load_state_dict(state)
     except FileNotFoundError:
         raise CellError(

@@ -70,28 +70,31 @@ def attempt(
         if not decision.train:
             return CellOutcome(config, decision.status, error=decision.error, note=decision.note)
         try:
-            metrics, collapse = run_cell(spec, images, device, cell, progress, decision.replace)
+            metrics, notes = run_cell(spec, images, device, cell, progress, decision.replace)
             failure = None
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # this cell only: record why and go on
             failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             if main:
-                cell.fail(failure, traceback.format_exc())
+                try:
+                    cell.fail(failure, traceback.format_exc())
+                except OSError as unrecorded:  # a full or read-only disk: the outcome still says why
+                    failure += f" (and {unrecorded.filename} could not be written: {unrecorded.strerror})"
     if failure is not None:
         if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
             torch.cuda.empty_cache()
         return CellOutcome(config, "failed", error=failure, note=decision.note)
-    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [decision.note, collapse])))
+    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [decision.note, notes])))
 
 
 def run_cell(
     spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cell, progress: bool = False, replace: bool = False
 ) -> tuple[dict[str, float], str]:
-    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics and its collapse note.
+    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics and its notes.
 
-    The note is '' for healthy codes, else what is dead (a collapsed cell's score is not a plain score); both are
-    empty on every process of a torchrun group but the first, which alone evaluates.
+    The notes say what was dead in the codes (a collapsed cell's score is not a plain score) and what earlier progress
+    could not be resumed; both are empty on every process of a torchrun group but the first, which alone evaluates.
 
     ``replace``: a finished cell trained again, its result replaced only when done.
     """
@@ -146,9 +149,9 @@ def run_cell(
             if cached is not None
             else engine.features(network, train_source, training.ids, config.image_size, execution)
         )
-        engine.fit(method, network, fitted_on, log, fit_started)
+        engine.fit(method, network, fitted_on, log, fit_started, cell.identity)
         network.head.to(device)
-        resumed_from = 0
+        start = engine.Start(0)
     else:
         frozen = cached is not None  # the head alone trains, on the backbone's cached features
         job = engine.TrainJob(
@@ -166,8 +169,9 @@ def run_cell(
             spec.augmentation,
             execution,
             validate,
+            cell.identity,
         )
-        resumed_from = engine.train(job, progress)
+        start = engine.train(job, progress)
     query_embeddings = encode(query.ids)
     database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
     if not distributed.is_main():  # process 0 evaluates and writes
@@ -248,7 +252,7 @@ def run_cell(
         "train_seconds": round(
             sum(json.loads(line)["seconds"] for line in log.read_text().splitlines()), 2
         ),  # all attempts
-        "resumed_from_epoch": resumed_from,
+        "resumed_from_epoch": start.epoch,
         "started": started_at.isoformat(timespec="seconds"),
         **ran_on,
         "git": git_state(),
@@ -270,8 +274,9 @@ def run_cell(
         else collapse_note(ties["dead_bits"], config.bits, ties["largest_bucket_share"], ties["largest_class_share"])
     )
     kept = network.head if float_distance else network  # a float reference's network is its backbone's, unchanged
-    cell.finish(arrays, lambda handle: torch.save(kept.state_dict(), handle), record)
-    return result.metrics, collapse
+    saved = {"cell": cell.identity, "network": kept.state_dict()}
+    cell.finish(arrays, lambda handle: torch.save(saved, handle), record)
+    return result.metrics, "; ".join(filter(None, [start.set_aside, collapse]))
 
 
 def with_learned_codes(

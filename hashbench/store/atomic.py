@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -32,6 +33,8 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk fails a write() naming no file, an open naming the temporary: name the target
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -54,3 +57,12 @@ def write_json(path: Path, value: Any) -> None:
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda handle: frame.to_csv(handle, index=False))
+
+
+def set_aside(path: Path) -> Path:
+    """Move ``path`` out of the way, kept beside it under a name no reader looks for (``name.set-aside-<UTC>.suffix``);
+    returns where it went."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = path.with_name(f"{path.stem}.set-aside-{stamp}{path.suffix}")
+    os.replace(path, kept)
+    return kept

@@ -36,9 +36,12 @@ def exclusive(path: Path, wait: bool, on_wait: Callable[[str], None] | None = No
             yield False
             return
         try:
-            handle.truncate(0)
-            handle.write(f"process {os.getpid()} on {socket.gethostname()}\n".encode())
-            handle.flush()
+            try:
+                handle.truncate(0)
+                handle.write(f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+                handle.flush()
+            except OSError as exc:  # a full disk: the write names no file, the message must
+                raise OSError(exc.errno, exc.strerror, str(path)) from exc
             yield True
         finally:
             if fcntl is not None:

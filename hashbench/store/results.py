@@ -5,19 +5,21 @@
 - ``config.json``     everything that determines the result (:class:`CellConfig`); its hash
                       names the directory, so another protocol, data version or split is
                       another cell
-- ``train_log.jsonl`` loss terms per epoch
-- ``checkpoint.pt``   while training: model, optimiser and loss state after the last epoch
+- ``train_log.jsonl`` loss terms per epoch, each line with the cell's identity
+- ``checkpoint.pt``   while training: model, optimiser and loss state after the last epoch,
+                      and the cell's identity
 - ``codes.npz``       packed binary codes, labels and slice ids of queries and database,
                       the continuous codes (float16: search, case means, float rankings),
                       per-query metric values; any other metric is computed from the codes
                       (by hashbench.evaluation.stored), so new metrics never need retraining.
                       A float reference (``0bits``: no code) holds its features instead, in
-                      float32, and codes of zero bits
-- ``model.pt``        the trained weights
-- ``metrics.json``    the record: metrics, tie diagnostics, the evaluator's tie rule,
-                      provenance (backbones that ran, weights, git, versions, device, time,
-                      memory) and the checksum of ``codes.npz``; written last, it marks the
-                      cell as finished
+                      float32, and codes of zero bits; and the cell's identity
+- ``model.pt``        the trained weights and the cell's identity
+- ``metrics.json``    the record: the cell's identity, metrics, tie diagnostics, the
+                      evaluator's tie rule, provenance (backbones that ran, weights, git,
+                      versions, device, time, memory) and the checksums of ``config.json``,
+                      ``train_log.jsonl``, ``codes.npz`` and ``model.pt``; written last, it
+                      marks the cell as finished
 - ``failed.json``     why the last attempt failed, with its traceback
 - ``.lock``           held by the process working on the cell
 - ``.rerun/``         a forced re-run (``--force``) of a finished cell trains here, beside
@@ -26,11 +28,15 @@
                       last. Until then readers see the old result; a kill at any point
                       leaves either the old result or the new one, never a mix
 
-Every file is written to a temporary name and renamed. A file that cannot be read as
-what it should be (truncated, garbled, a ``codes.npz`` or ``model.pt`` of another cell,
-arrays whose shapes disagree with the config) raises :class:`CellError` naming the file
-and the fix; it is never read as data. Keys written by a newer hashbench are ignored
-with a warning.
+A cell's identity is its path under the results root, ``<dataset>/<method>/<bits>bits/
+seed<seed>-<identity hash>``: every file above carries it, so a file copied from another
+cell (a hand merge of shard outputs, a copy gone wrong) is foreign however plausible its
+contents. Every file is written to a temporary name and renamed. A file that cannot be
+read as what it should be (truncated, garbled, of another cell, a record whose fields have
+the wrong types, arrays whose shapes disagree with the config) raises :class:`CellError`
+naming the file and the fix; it is never read as data, and ``run`` trains the cell again.
+A checkpoint or log that cannot be resumed is set aside (kept under another name) by the
+engine. Keys written by a newer hashbench are ignored with a warning.
 """
 
 from __future__ import annotations
@@ -147,8 +153,12 @@ class CellConfig:
         }
         return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
+    def identity(self) -> str:
+        """The cell's identity, carried by each of its files: its path under the results root."""
+        return f"{self.dataset}/{self.method}/{self.bits}bits/seed{self.seed}-{self.identity_hash()}"
+
     def directory(self, out: Path) -> Path:
-        return Path(out) / self.dataset / self.method / f"{self.bits}bits" / f"seed{self.seed}-{self.identity_hash()}"
+        return Path(out) / self.identity()
 
     def label(self) -> str:
         length = "float features" if self.bits == NO_CODE else f"{self.bits} bits"
@@ -234,31 +244,32 @@ class Cell:
             config = CellConfig.from_dict(values, str(self.path(CONFIG)))
         except (TypeError, ValueError, AttributeError) as exc:
             raise CellError(f"{self.path(CONFIG)} is not a cell configuration ({exc}); {FIX}") from None
-        in_store = (
-            self.directory.parent.name.endswith("bits")
-            and self.directory.name.startswith("seed")
-            and len(self.directory.parents) > 3
-        )
-        where = (
-            (
-                self.directory.parents[2].name,
-                self.directory.parents[1].name,
-                self.directory.parent.name,
-                self.directory.name.partition("-")[0],
-            )
-            if in_store
-            else None
-        )
-        if where and (config.dataset, config.method, f"{config.bits}bits", f"seed{config.seed}") != where:
-            raise CellError(f"{self.path(CONFIG)} belongs to another cell ({config.label()}); {FIX}")
+        where = self.identity_from_path()
+        if where and config.identity() != where:
+            raise CellError(f"{self.path(CONFIG)} belongs to another cell ({config.identity()}, not {where}); {FIX}")
         return config
+
+    def identity_from_path(self) -> str:
+        """The identity the directory's place in a results root gives ('' for a cell directory outside one)."""
+        parts = self.directory.parts[-4:]
+        if len(parts) < 4 or not (parts[2].endswith("bits") and parts[3].startswith("seed") and "-" in parts[3]):
+            return ""
+        return "/".join(parts)
+
+    @property
+    def identity(self) -> str:
+        """Whose files this directory may hold: its place in the results root, else its config's."""
+        return self.identity_from_path() or self.config.identity()
 
     @property
     def record(self) -> dict[str, Any]:
-        """metrics.json, checked for the fields every reader needs."""
+        """metrics.json, checked against its schema and for being this cell's."""
         record = self._json(RECORD)
-        if not isinstance(record, dict) or not isinstance(record.get("metrics"), dict):
-            raise CellError(f"{self.result_path(RECORD)} is damaged (no metrics in it); {FIX}")
+        wrong = record_problem(record)
+        if wrong:
+            raise CellError(f"{self.result_path(RECORD)} is damaged ({wrong}); {FIX}")
+        if "cell" in record and record["cell"] != self.identity:
+            raise CellError(f"{self.result_path(RECORD)} belongs to another cell ({record['cell']}); {FIX}")
         return record
 
     def status(self, check_model: bool = False) -> str:
@@ -300,14 +311,13 @@ class Cell:
             raise CellError(f"{path} is missing; {FIX}")
         version = file_version(path)
         record = self.record
-        expected = record.get("codes_sha256")
-        if expected and file_sha256(path) != expected:
-            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); {FIX}")
+        for name in (CODES, CONFIG, LOG):
+            self._check_against_record(name, record)
         try:
             arrays = _read_codes(*version)
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
             raise CellError(f"{path} is damaged ({type(exc).__name__}: {exc}); {FIX}") from None
-        wrong = _codes_problem(arrays, self.config.bits, record)
+        wrong = _codes_problem(arrays, self.config.bits, record, self.identity)
         if wrong:
             raise CellError(f"{path} does not fit its cell ({wrong}); {FIX}")
         return arrays
@@ -366,11 +376,16 @@ class Cell:
     def verified_model_path(self) -> Path:
         """Where model.pt is, checked against the record's checksum; a missing one is not damage (weights are often
         not kept, e.g. in git), so the path may not exist: whoever loads it says so."""
-        model = self.result_path(MODEL)
-        expected = self.record.get("model_sha256")
-        if expected and model.exists() and file_sha256(model) != expected:
-            raise CellError(f"{model} does not match its cell's record (checksum differs: replaced or damaged); {FIX}")
-        return model
+        self._check_against_record(MODEL, self.record)
+        return self.result_path(MODEL)
+
+    def _check_against_record(self, name: str, record: dict[str, Any]) -> None:
+        """File ``name``, if there, is the one the record was written with (records from before a checksum was kept:
+        unchecked). Weights and logs may be left out of a copy (git, an archive): their absence is no damage."""
+        expected = record.get(CHECKSUM_FIELDS[name])
+        path = self.path(CONFIG) if name == CONFIG else self.result_path(name)
+        if expected and path.exists() and file_sha256(path) != expected:
+            raise CellError(f"{path} does not match its cell's record (checksum differs: replaced or damaged); {FIX}")
 
     # --- writing (the run) ---------------------------------------------------------
 
@@ -409,8 +424,9 @@ class Cell:
         ``replace`` (a finished cell re-run with ``--force``): train in ``.rerun/`` beside the finished result, which stays
         until the new one is complete; a re-run that was interrupted resumes there.
         """
-        atomic.write_json(self.path(CONFIG), asdict(config))
-        self.__dict__.pop("config", None)
+        if not replace:  # a re-run keeps the finished result's config: same identity, and its record holds its checksum
+            atomic.write_json(self.path(CONFIG), asdict(config))
+            self.__dict__.pop("config", None)
         self.path(FAILURE).unlink(missing_ok=True)
         self.follow(replace)
         self.work_directory.mkdir(parents=True, exist_ok=True)
@@ -425,10 +441,15 @@ class Cell:
 
     def finish(self, arrays: dict[str, np.ndarray], save_model: Callable[[Any], None], record: dict[str, Any]) -> None:
         """Codes, weights, then the record with their checksums; a re-run's files are then moved into place, the record last."""
-        atomic.atomic_write(self.work_path(CODES), lambda handle: np.savez_compressed(handle, **arrays))
+        atomic.atomic_write(
+            self.work_path(CODES), lambda handle: np.savez_compressed(handle, **arrays, cell=np.array(self.identity))
+        )
         atomic.atomic_write(self.work_path(MODEL), save_model)
         record = {
+            "cell": self.identity,
             **record,
+            "config_sha256": file_sha256(self.path(CONFIG)),
+            **({"log_sha256": file_sha256(self.work_path(LOG))} if self.work_path(LOG).exists() else {}),
             "codes_sha256": file_sha256(self.work_path(CODES)),
             "model_sha256": file_sha256(self.work_path(MODEL)),
         }
@@ -460,8 +481,10 @@ class Cell:
         atomic.write_json(self.path(FAILURE), {"error": error, "traceback": traceback_text})
 
 
-def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, Any]) -> str:
-    """What in a codes file disagrees with its cell (arrays missing, shapes, counts, classes), else ''."""
+def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, Any], identity: str) -> str:
+    """What in a codes file disagrees with its cell (identity, arrays missing, shapes, counts, classes), else ''."""
+    if "cell" in arrays and str(arrays["cell"]) != identity:
+        return f"it belongs to another cell ({arrays['cell']})"
     missing = [name for name in CODE_ARRAYS if name not in arrays]
     if missing:
         return f"no {', '.join(missing)}"
@@ -484,6 +507,60 @@ def _codes_problem(arrays: dict[str, np.ndarray], bits: int, record: dict[str, A
     if "classes" in record and [str(n) for n in arrays["class_names"]] != list(record["classes"]):
         return "class names differ from the record's"
     return ""
+
+
+CHECKSUM_FIELDS = {CONFIG: "config_sha256", LOG: "log_sha256", CODES: "codes_sha256", MODEL: "model_sha256"}
+NUMBER = (int, float)
+RECORD_SCHEMA: dict[str, type | tuple[type, ...]] = {  # the record's fields readers rely on, and their types
+    "cell": str,
+    "metrics": dict,
+    "ties": dict,
+    "evaluation": dict,
+    "float_distance": str,
+    "classes": list,
+    "n_query": int,
+    "n_database": int,
+    "n_train": int,
+    "seconds": NUMBER,
+    "train_seconds": NUMBER,
+    "synthetic": bool,
+    "origin": str,
+    "paper": str,
+    "split_description": str,
+    "published_metric": (str, type(None)),
+    **{name: str for name in CHECKSUM_FIELDS.values()},
+}
+REQUIRED_FIELDS = ("metrics", "codes_sha256")
+
+
+def record_problem(record: Any) -> str:
+    """What makes a metrics.json unusable as a record (not an object, a required field missing, a field or a metric
+    of the wrong type, a checksum that is not one), else ''."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [name for name in REQUIRED_FIELDS if name not in record]
+    if missing:
+        return f"no {', '.join(missing)}"
+    for name, kind in RECORD_SCHEMA.items():
+        value = record.get(name)
+        if name in record and (not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool)):
+            return f"{name} is {type(value).__name__} {json.dumps(value, default=str)[:40]}, not {_kind_name(kind)}"
+    for section in ("metrics", "ties"):
+        for key, value in record.get(section, {}).items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, NUMBER)):
+                return f"{section} {key} is {json.dumps(value, default=str)[:40]}, not a number"
+    for name in CHECKSUM_FIELDS.values():
+        digest = record.get(name, "0" * 64)
+        if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+            return f"{name} {digest[:40]!r} is not a SHA-256 checksum"
+    return ""
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    if kind == NUMBER:
+        return "a number"
+    names = {int: "a whole number", str: "text", dict: "an object", list: "a list", bool: "true or false"}
+    return " or ".join(names.get(k, "null") for k in (kind if isinstance(kind, tuple) else (kind,)))
 
 
 CROWDED_BUCKET = 0.5  # one code shared by this share of the database: most of each ranking is the tie order's

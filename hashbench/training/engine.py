@@ -19,7 +19,6 @@ import random
 import sys
 import threading
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,10 +260,20 @@ class TrainJob:
     augmentation: Augmentation | None = None
     execution: Execution = Execution()
     validate: Callable[[HashNetwork], dict[str, float]] | None = None
+    identity: str = ""  # the cell trained: written into the checkpoint and every log line, resumed only from its own
 
 
-def train(job: TrainJob, progress: bool = False) -> int:
-    """Train for ``job.epochs``, resuming from ``job.checkpoint`` if one is there; returns the epoch it started from."""
+@dataclass(frozen=True)
+class Start:
+    """Where training started: ``epoch`` epochs were resumed; ``set_aside`` says why earlier progress could not be
+    resumed and where it was kept ('' when nothing was set aside)."""
+
+    epoch: int
+    set_aside: str = ""
+
+
+def train(job: TrainJob, progress: bool = False) -> Start:
+    """Train for ``job.epochs``, resuming from ``job.checkpoint`` if it is this cell's and fits its network."""
     method, network, loss_fn, source, data, settings = (
         job.method,
         job.network,
@@ -294,7 +303,8 @@ def train(job: TrainJob, progress: bool = False) -> int:
     sampled = data.labels if method.supervised else np.zeros(len(data.labels), np.int64)  # what a sampler may read
     steps_per_epoch = sum(1 for _ in method.batches(sampled, settings.batch_size, np.random.default_rng(0)))
     method.begin_training(onehot)
-    first_epoch = _resume(checkpoint, log, network, loss_fn, optimizer, scaler)
+    start = _resume(checkpoint, log, network, loss_fn, optimizer, scaler, job.identity)
+    first_epoch = start.epoch
     progress = progress and distributed.is_main()
     columns = (
         TextColumn("{task.description}"),
@@ -364,6 +374,7 @@ def train(job: TrainJob, progress: bool = False) -> int:
                 )
             method.end_epoch(StepInfo(epoch, (epoch + 1) * steps_per_epoch - 1, steps_per_epoch, epochs))
             record = {
+                **({"cell": job.identity} if job.identity else {}),
                 "epoch": epoch + 1,
                 "seconds": round(time.perf_counter() - started, 3),
                 "lr": optimizer.param_groups[0]["lr"],
@@ -375,15 +386,17 @@ def train(job: TrainJob, progress: bool = False) -> int:
             if distributed.is_main():  # the others trained the same epoch: one log line, one checkpoint
                 with open(log, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
-                _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler)
+                _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler, job.identity)
             if progress and not bar.console.is_terminal:  # a log file gets one line per epoch instead of a live bar
-                terms_text = ", ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds", "lr"))
+                terms_text = ", ".join(
+                    f"{k} {v:.4f}" for k, v in record.items() if k not in ("cell", "epoch", "seconds", "lr")
+                )
                 print(
                     f"{method.name} {method.bits} bits: epoch {epoch + 1}/{epochs} in {record['seconds']:.1f} s, {terms_text}",
                     file=sys.stderr,
                     flush=True,
                 )
-    return first_epoch
+    return start
 
 
 def _save(
@@ -393,8 +406,10 @@ def _save(
     optimizer: torch.optim.Optimizer,
     epochs_done: int,
     scaler: torch.amp.GradScaler | None = None,
+    identity: str = "",
 ) -> None:
     state = {
+        "cell": identity,
         "epochs_done": epochs_done,
         "network": network.state_dict(),
         "loss": loss_fn.state_dict(),
@@ -411,31 +426,79 @@ def _resume(
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None = None,
-) -> int:
-    """Load the checkpoint (if any) and trim the log to the epochs it holds; returns the epochs done.
+    identity: str = "",
+) -> Start:
+    """Load the checkpoint (if any) and trim the log to the epochs it holds.
 
-    A kill between an epoch's log line and its checkpoint would otherwise leave that epoch logged twice.
+    A kill between an epoch's log line and its checkpoint would otherwise leave that epoch logged twice. A checkpoint
+    or log that cannot be resumed (unreadable, another cell's, a network of another shape, a garbled log line) is set
+    aside, kept under another name, and training starts over: a run never fails on it again and again.
     """
-    epochs_done = 0
+    state, problem = None, ""
     if path is not None and path.exists():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # written atomically, so only damaged from outside: lose the progress, not the cell
-            warnings.warn(f"{path} cannot be read ({type(exc).__name__}); training starts over")
-            distributed.barrier()  # every process has read it before process 0 removes it
-            if distributed.is_main():
-                path.unlink()
-            return _resume(None, log, network, loss_fn, optimizer, scaler)
+        except Exception as exc:  # written atomically, so only damaged from outside
+            problem = f"{path.name} cannot be read ({type(exc).__name__})"
+        else:
+            problem = _checkpoint_problem(state, identity, network, loss_fn, optimizer)
+    epochs_done = int(state["epochs_done"]) if state is not None and not problem else 0
+    if not problem and log.exists():
+        problem = _log_problem(log, epochs_done, identity)
+    if problem:
+        distributed.barrier()  # every process has read the files before process 0 moves them
+        kept = (
+            [atomic.set_aside(p) for p in (path, log) if p is not None and p.exists()] if distributed.is_main() else []
+        )
+        where = ", ".join(str(p) for p in kept)
+        return Start(0, f"{problem}: trained from the first epoch{f'; kept {where}' if where else ''}")
+    if state is not None:
         network.load_state_dict(state["network"])
         loss_fn.load_state_dict(state["loss"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        epochs_done = int(state["epochs_done"])
     if log.exists() and distributed.is_main():
-        kept = [line for line in log.read_text().splitlines()[:epochs_done] if line.strip()]
-        atomic.write_text(log, "".join(line + "\n" for line in kept))
-    return epochs_done
+        kept_lines = log.read_text().splitlines()[:epochs_done]
+        atomic.write_text(log, "".join(line + "\n" for line in kept_lines))
+    return Start(epochs_done)
+
+
+def _checkpoint_problem(
+    state: Any, identity: str, network: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer
+) -> str:
+    """Why a loaded checkpoint cannot be resumed into this cell's network, loss and optimiser, else ''."""
+    if not isinstance(state, dict) or not {"epochs_done", "network", "loss", "optimizer"} <= set(state):
+        return "checkpoint.pt is not a training checkpoint"
+    if identity and state.get("cell") and state["cell"] != identity:
+        return f"checkpoint.pt belongs to another cell ({state['cell']})"
+    for name, module in (("network", network), ("loss", loss_fn)):
+        wanted = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+        held = {key: tuple(value.shape) for key, value in state[name].items()}
+        if wanted != held:
+            differing = sorted(set(wanted) ^ set(held)) or sorted(k for k in wanted if wanted[k] != held[k])
+            return f"checkpoint.pt holds a {name} of another shape ({differing[0]}: {held.get(differing[0])} there, {wanted.get(differing[0])} here)"
+    groups = state["optimizer"].get("param_groups", [])
+    if [len(group["params"]) for group in groups] != [len(group["params"]) for group in optimizer.param_groups]:
+        return "checkpoint.pt holds an optimiser of other parameter groups"
+    return ""
+
+
+def _log_problem(log: Path, epochs_done: int, identity: str) -> str:
+    """Why the log's first ``epochs_done`` lines are not this cell's epochs 1 .. epochs_done, else ''."""
+    lines = log.read_text(errors="replace").splitlines()[:epochs_done]
+    if len(lines) < epochs_done:
+        return f"{log.name} holds {len(lines)} epochs, the checkpoint {epochs_done}"
+    for number, line in enumerate(lines, 1):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            return f"{log.name} line {number} is not JSON"
+        if not isinstance(entry, dict) or entry.get("epoch") != number:
+            return f"{log.name} line {number} is not epoch {number}'s"
+        if identity and entry.get("cell", identity) != identity:
+            return f"{log.name} line {number} belongs to another cell ({entry['cell']})"
+    return ""
 
 
 @torch.no_grad()
@@ -469,7 +532,9 @@ def codes_of_features(network: HashNetwork, features: np.ndarray, device: torch.
     return torch.cat(outputs).numpy() if outputs else np.zeros((0, 0), np.float32)
 
 
-def fit(method, network: HashNetwork, training_features: np.ndarray, log: Path, started: float) -> None:
+def fit(
+    method, network: HashNetwork, training_features: np.ndarray, log: Path, started: float, identity: str = ""
+) -> None:
     """Fit a training-free method: its training slices' features set its head's state; one log line (the time since
     ``started``, a time.perf_counter(), so computing the features counts)."""
     method.fit(network.head, training_features.astype(np.float64))  # on every process alike: the features were gathered
@@ -479,6 +544,7 @@ def fit(method, network: HashNetwork, training_features: np.ndarray, log: Path, 
         handle.write(
             json.dumps(
                 {
+                    **({"cell": identity} if identity else {}),
                     "epoch": 0,
                     "seconds": round(time.perf_counter() - started, 3),
                     "fitted_on": len(training_features),

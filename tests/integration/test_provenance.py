@@ -99,7 +99,7 @@ def test_a_variant_records_the_backbone_it_ran_and_the_caption_says_so_per_row(t
         and resnet.config.run_backbone == "test_efficientnet"
     )
     assert resnet.record["backbones_ran"] == ["test_resnet"]
-    weights = torch.load(resnet.path("model.pt"), weights_only=True)
+    weights = torch.load(resnet.path("model.pt"), weights_only=True)["network"]
     assert any(".layer3." in name for name in weights) and not any(
         ".blocks." in name for name in weights
     )  # a ResNet's state, not an EfficientNet's
@@ -233,7 +233,7 @@ def test_pretrained_weights_offline_fail_fast_or_come_from_a_local_file(tiny_pha
         and str(path) in cell.record["weights"]["test_efficientnet"]["source"]
     )
     assert "weights from a local file" in local.output  # the caption says where the backbone's weights came from
-    trained = torch.load(cell.path("model.pt"), weights_only=True)
+    trained = torch.load(cell.path("model.pt"), weights_only=True)["network"]
     stem = trained["encoder.conv_stem.weight"]  # training started from the file: one epoch moved the weights, not far
     assert torch.allclose(stem, saved["conv_stem.weight"], atol=0.05) and not torch.equal(
         stem, saved["conv_stem.weight"]

@@ -20,6 +20,7 @@ from hashbench.api import RunRequest, run_grid
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.model.trained import load_trained_network
 from hashbench.report import leaderboard
+from hashbench.store.digest import file_sha256
 from hashbench.store.results import Cell, CellError, ResultsStore
 from hashbench.training import engine
 
@@ -293,21 +294,25 @@ class _RunsCode:
 
 
 def test_a_checkpoint_is_loaded_as_weights_only_never_as_code(tmp_path, capfd):
-    """A checkpoint that would run code is refused by the loader, and, like any unreadable checkpoint, costs the progress, not the cell."""
+    """A checkpoint that would run code is refused by the loader, and, like any unreadable checkpoint, costs the
+    progress, not the cell: it is set aside, kept for whoever wants to look."""
     import torch
 
     checkpoint = tmp_path / "checkpoint.pt"
     checkpoint.write_bytes(pickle.dumps({"epochs_done": 1, "network": _RunsCode()}, protocol=2))
     network = torch.nn.Linear(2, 2)
-    with pytest.warns(UserWarning, match=r"checkpoint.pt cannot be read \(UnpicklingError\); training starts over"):
-        epochs_done = engine._resume(
-            checkpoint,
-            tmp_path / "log.jsonl",
-            network,
-            torch.nn.Module(),
-            torch.optim.SGD(network.parameters(), lr=0.1),
-        )
-    assert epochs_done == 0 and not checkpoint.exists()
+    start = engine._resume(
+        checkpoint,
+        tmp_path / "log.jsonl",
+        network,
+        torch.nn.Module(),
+        torch.optim.SGD(network.parameters(), lr=0.1),
+    )
+    (kept,) = tmp_path.glob("checkpoint.set-aside-*.pt")
+    assert start.epoch == 0 and not checkpoint.exists()
+    assert (
+        start.set_aside == f"checkpoint.pt cannot be read (UnpicklingError): trained from the first epoch; kept {kept}"
+    )
     assert "this must never run" not in capfd.readouterr().out
 
 
@@ -474,6 +479,10 @@ def test_a_config_key_from_a_newer_version_is_ignored_with_a_warning(five_cells,
     shutil.copytree(source, out)
     config_path = originals[0].config.directory(out) / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "calibration": "isotonic"}))
+    record_path = config_path.with_name("metrics.json")  # as the newer version would have written it: with the checksum
+    record_path.write_text(
+        json.dumps({**json.loads(record_path.read_text()), "config_sha256": file_sha256(config_path)})
+    )
     with pytest.warns(UserWarning, match=r"config.json: ignoring calibration \(written by a newer hashbench\?\)"):
         table = ResultsStore(out).table().set_index("seed")
     assert table.loc[0, "status"] == "finished" and table.loc[0, "map@10"] == originals[0].metrics["map@10"]

@@ -100,7 +100,7 @@ def test_the_engine_follows_the_schedule_and_a_resume_keeps_one_log_line_per_epo
     optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
     checkpoint = tmp_path / "checkpoint.pt"
     engine._save(checkpoint, network, torch.nn.Module(), optimizer, 2)
-    assert engine._resume(checkpoint, log, network, torch.nn.Module(), optimizer) == 2
+    assert engine._resume(checkpoint, log, network, torch.nn.Module(), optimizer) == engine.Start(2)
     assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1, 2]
 
 
