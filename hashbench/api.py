@@ -19,6 +19,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from hashbench.config.limits import check_range
 from hashbench.config.suites import TRAINING_FREE, Suite, get_suite
 from hashbench.data.dataset import Dataset
 from hashbench.data.sources import ingest, list_sources
@@ -42,10 +43,11 @@ from hashbench.report.plots import write_confusion
 from hashbench.runner.bench import PAPER_SLICES, Rates, measure
 from hashbench.runner.bench import to_json as rates_json
 from hashbench.runner.cell import CellOutcome
-from hashbench.runner.grid import run_grid, run_planned
+from hashbench.runner.grid import UnbuildableOutcome, run_grid, run_planned
 from hashbench.runner.plan import CellSpec, RunRequest, resolve_device
 from hashbench.runner.plan import plan as plan_cells
 from hashbench.runner.search import CellIndex, Hit
+from hashbench.store.atomic import write_text
 from hashbench.store.results import Cell, CellError, ResultsStore
 from hashbench.training.engine import Execution
 
@@ -72,6 +74,7 @@ __all__ = [
     "Leaderboard",
     "RunRequest",
     "Suite",
+    "UnbuildableOutcome",
     "bench",
     "cells",
     "compare",
@@ -196,7 +199,7 @@ def write_leaderboard(
     if figures and view.ranking == HAMMING:  # the curves are by Hamming radius
         shown = tuple(suite.metrics if suite else metrics)
         text += "\n" + boards.figures(cells(out, dataset, suite), shown, target, view)
-    target.write_text(text)
+    write_text(target, text)
     return target
 
 
@@ -213,8 +216,28 @@ def compare(
     (with its number of queries, and of patients where it resampled them), and warnings; ``view``: how the stored
     codes are judged."""
     store = ResultsStore(Path(out))
-    sides = [store.select(name, bits, dataset) for name in (a, b)]
+    sides = [_select(store, name, bits, dataset) for name in (a, b)]
     return compare_cells(*sides, tuple(metrics), view)
+
+
+def _select(store: ResultsStore, name: str, bits: int | None, dataset: str | None) -> list[Cell]:
+    """One side of a comparison; a name the results root does not hold says which root was searched and how to name
+    another (cells written with --out elsewhere are not under ./runs)."""
+    try:
+        return store.select(name, bits, dataset)
+    except ValueError as exc:
+        if _under(store, name):
+            raise
+        raise ValueError(
+            f"{exc}; searched {store.root.resolve()}: pass --out with the results root {name} was written to"
+        ) from None
+
+
+def _under(store: ResultsStore, name: str) -> bool:
+    """Whether ``name`` (a cell directory or a method) is in the results root at all, finished or not."""
+    if Path(name).is_dir():
+        return store.root.resolve() in Path(name).resolve().parents
+    return not store.table(methods=[name]).empty
 
 
 def bench(
@@ -232,6 +255,9 @@ def bench(
 ) -> list[Rates]:
     """Loading, training and encoding rates for each backbone and image size on ``device``, and the images a training
     epoch takes from ``slices`` slices (for the projection); ``on_measure(backbone, size, device)`` before each."""
+    for size in image_sizes:
+        check_range("image_size", size, "--image-sizes")
+    check_range("bits", bits)
     where = resolve_device(device)
     rates = []
     for backbone in dict.fromkeys(backbones):

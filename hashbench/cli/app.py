@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, Callable, NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from hashbench.config.limits import check_range
 
 app = typer.Typer(
     help="hashbench: benchmark deep hashing methods for medical image retrieval.",
@@ -22,6 +24,8 @@ app.add_typer(ingest_app, name="ingest")
 # On a terminal, rich fits its width; in a log (a pipe, a file, a batch job) 80 columns would wrap every table.
 console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
 DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
+# where a results tree would be strewn among the system's files, or the user's own (and, as root, written)
+SYSTEM_FOLDERS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/var")
 # How stored codes are judged (a View): every command that reads cells takes these, recomputed from the stored codes
 EXCLUDE_OPTION = typer.Option(
     "none",
@@ -104,6 +108,47 @@ def parse_view(
         return View.from_options(exclude, level, case_code, case_distance, relevance, ap_norm, empty, ranking)
     except ValueError as exc:
         fail(exc)
+
+
+def results_folder(path: Path | None) -> Path | None:
+    """The callback of every option naming a folder hashbench writes under (--out): the filesystem root, a system
+    folder or the home directory itself is refused at parse time, before anything is written."""
+    if path is None:
+        return None
+    where = path.expanduser().resolve()
+    home = Path.home().resolve()
+    if where == home:
+        raise typer.BadParameter(
+            f"{path} is your home directory itself: give results a folder of their own, e.g. {home / 'runs'}"
+        )
+    if where in {Path(folder).resolve() for folder in SYSTEM_FOLDERS}:
+        raise typer.BadParameter(
+            f"{path} is {'the filesystem root' if where == Path('/') else 'a system folder'}: give results a folder "
+            f"of their own, e.g. ./runs or {home / 'runs'}"
+        )
+    return path
+
+
+def out_option(help: str) -> Any:
+    """--out, the results root, as every command declares it."""
+    return typer.Option(DEFAULT_OUT, "--out", help=help, callback=results_folder)
+
+
+def in_range(name: str) -> Callable[[typer.CallbackParam, Any], Any]:
+    """A callback refusing at parse time, before any dataset loads, a value outside ``RANGES[name]``
+    (:mod:`hashbench.config.limits`); the message names the valid range."""
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        flag = param.opts[0]
+        for each in value if isinstance(value, (list, tuple)) else [value]:
+            if each is not None:
+                try:
+                    check_range(name, each, flag)
+                except ValueError as exc:
+                    raise typer.BadParameter(str(exc).removeprefix(f"{flag} ")) from None
+        return value
+
+    return check
 
 
 def fail(message: object) -> NoReturn:

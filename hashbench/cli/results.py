@@ -14,7 +14,6 @@ from hashbench.cli.app import (
     AP_NORM_OPTION,
     CASE_CODE_OPTION,
     CASE_DISTANCE_OPTION,
-    DEFAULT_OUT,
     EMPTY_OPTION,
     EXCLUDE_OPTION,
     LEVEL_OPTION,
@@ -25,15 +24,18 @@ from hashbench.cli.app import (
     chosen_suite,
     console,
     fail,
+    in_range,
+    out_option,
     parse_view,
     print_boards,
+    results_folder,
 )
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
 
 
 @app.command("leaderboard")
 def leaderboard_command(
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
+    out: Path = out_option("Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to show."),
     output_format: str = typer.Option("rich", "--format", help="rich (terminal) or md (markdown)."),
@@ -96,12 +98,14 @@ def leaderboard_command(
 def compare_command(
     a: str = typer.Argument(..., help="A method name (all its seeds) or a cell directory."),
     b: str = typer.Argument(..., help="The other side, the same way."),
-    bits: Optional[int] = typer.Option(None, "--bits", help="Code length, where a method ran several."),
+    bits: Optional[int] = typer.Option(
+        None, "--bits", help="Code length, where a method ran several.", callback=in_range("bits")
+    ),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Dataset, where a method ran on several."),
     metrics: List[str] = typer.Option(
         ["map@1", "map@10", "map@tie"], "--metrics", help="Per-query metrics to compare."
     ),
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
+    out: Path = out_option("Results root to read (default: ./runs)."),
     exclude: str = EXCLUDE_OPTION,
     level: str = LEVEL_OPTION,
     case_code: str = CASE_CODE_OPTION,
@@ -150,7 +154,7 @@ def compare_command(
 
 @app.command("ties")
 def ties_command(
-    out: Path = typer.Option(DEFAULT_OUT, "--out", help="Results root to read (default: ./runs)."),
+    out: Path = out_option("Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
 ) -> None:
     """How much each cell's score is tie luck: bounds over tie orders, tie sizes, bucket use, bit balance."""
@@ -266,7 +270,10 @@ def search_command(
 def confusion_command(
     cell: Path = typer.Argument(..., help="A finished cell's directory (it holds codes.npz and metrics.json)."),
     output_dir: Optional[Path] = typer.Option(
-        None, "--output-dir", help="Where to write confusion.png and confusion.md (default: the cell's directory)."
+        None,
+        "--output-dir",
+        help="Where to write confusion.png and confusion.md (default: the cell's directory).",
+        callback=results_folder,
     ),
     metrics: List[str] = typer.Option(
         ["map@1", "map@10", "map@tie"], "--metrics", help="Per-class metrics to tabulate beside the matrix."

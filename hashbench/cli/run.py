@@ -9,13 +9,13 @@ from typing import List, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from hashbench.cli.app import (
     AP_NORM_OPTION,
     CASE_CODE_OPTION,
     CASE_DISTANCE_OPTION,
-    DEFAULT_OUT,
     EMPTY_OPTION,
     EXCLUDE_OPTION,
     LEVEL_OPTION,
@@ -26,7 +26,9 @@ from hashbench.cli.app import (
     chosen_suite,
     console,
     fail,
+    in_range,
     load_plugins,
+    out_option,
     parse_overrides,
     parse_view,
     print_boards,
@@ -38,7 +40,10 @@ from hashbench.evaluation.evaluate import DEFAULT_METRICS
 def run_command(
     methods: List[str] = typer.Option([], "--methods", help="Methods to run: --methods hashnet dpsh, or hashnet,dpsh."),
     bits: List[int] = typer.Option(
-        [], "--bits", help="Code lengths: --bits 16 32 48, or 16,32,48 (default 16 32 48, or the suite's)."
+        [],
+        "--bits",
+        help="Code lengths: --bits 16 32 48, or 16,32,48 (default 16 32 48, or the suite's).",
+        callback=in_range("bits"),
     ),
     suite: Optional[str] = typer.Option(
         None,
@@ -75,7 +80,7 @@ def run_command(
     ),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: the profile's (quick: 30, full: 50)."),
     image_size: Optional[int] = typer.Option(
-        None, "--image-size", help="Default: the profile's (quick: 64, full: 224)."
+        None, "--image-size", help="Default: the profile's (quick: 64, full: 224).", callback=in_range("image_size")
     ),
     split: Optional[str] = typer.Option(
         None,
@@ -98,9 +103,7 @@ def run_command(
         "--profile",
         help="full (the paper's training protocol), full-b0 (cheaper backbone) or quick (CPU budget); default: quick for the phantom on a CPU, else full.",
     ),
-    out: Path = typer.Option(
-        DEFAULT_OUT, "--out", help="Results root; finished cells there are skipped (default: ./runs)."
-    ),
+    out: Path = out_option("Results root; finished cells there are skipped (default: ./runs)."),
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option(
         [], "--set", help="Option override: method.key=value, or key=value for every method."
@@ -215,8 +218,17 @@ def run_command(
     )
     if failed:
         for outcome in failed:
-            where = outcome.config.directory(out) / "failed.json"
-            console.print(f"  [red]failed[/red] {outcome.config.label()}: {outcome.error.splitlines()[-1]}  ({where})")
+            label, reason = outcome.config.label(), escape(outcome.error.splitlines()[-1])
+            if isinstance(outcome, api.UnbuildableOutcome):  # never run, so no failed.json
+                console.print(f"  [red]failed[/red] {label}: {outcome.note}: {reason}  (traceback below)")
+            else:
+                where = outcome.config.directory(out) / "failed.json"
+                console.print(f"  [red]failed[/red] {label}: {reason}  ({where})")
+        unbuildable = {o.traceback: o.config.method for o in failed if isinstance(o, api.UnbuildableOutcome)}
+        for text, method in unbuildable.items():  # once per method, not per cell
+            console.print(
+                f"{method} could not be built:\n{text.rstrip()}", markup=False, highlight=False, soft_wrap=True
+            )
         raise typer.Exit(1)
 
 
@@ -251,12 +263,12 @@ def _report_cell(outcome, metrics: List[str]) -> None:
         console.print(f"[green]done[/green] {label}: {shown}{note}")
     elif outcome.status == "skipped":
         console.print(f"[dim]skipped {label}: {outcome.note}[/dim]")
-    else:
-        console.print(f"[red]failed[/red] {label}: {outcome.error}{note}")
+    else:  # an error's text is not markup: "[...]" in it is shown as it is
+        console.print(f"[red]failed[/red] {label}: {escape(outcome.error)}{note}")
 
 
 def _print_plan(planned, out: Path, as_json: bool) -> None:
-    """One line per cell: its full configuration and where it would be written."""
+    """One line per cell: its full configuration and where it would be written, or why its method could not be built."""
     from hashbench.config.profiles import PROFILES
 
     for cell in planned:
@@ -267,13 +279,20 @@ def _print_plan(planned, out: Path, as_json: bool) -> None:
         flat = " ".join(
             f"{k}={json.dumps(v, default=str, ensure_ascii=False)}"
             for k, v in described.items()
-            if k not in ("cell", "directory")
+            if k not in ("cell", "directory", "unbuildable")
         )
-        print(f"{described['cell']}: {flat} -> {described['directory']}")
+        where = (
+            f"unbuildable: the method could not be built: {described['unbuildable']}"
+            if cell.unbuildable
+            else described["directory"]
+        )
+        print(f"{described['cell']}: {flat} -> {where}")
     if not as_json:
         for name in sorted({cell.config.profile for cell in planned}):
             console.print(f"profile {name}: {PROFILES[name].description}")
-        console.print(f"{len(planned)} cells planned; nothing was run (--dry-run).")
+        unbuildable = sum(bool(cell.unbuildable) for cell in planned)
+        failing = f", {unbuildable} of them unbuildable: they would fail" if unbuildable else ""
+        console.print(f"{len(planned)} cells planned{failing}; nothing was run (--dry-run).")
 
 
 @app.command("bench")
@@ -285,12 +304,15 @@ def bench_command(
         help="timm models, e.g. --backbones efficientnet_b0,tf_efficientnet_b6.aa_in1k (random weights: rates do not depend on them).",
     ),
     image_sizes: List[int] = typer.Option(
-        [224], "--image-sizes", help="Training image sizes, e.g. --image-sizes 224 384."
+        [224],
+        "--image-sizes",
+        help="Training image sizes, e.g. --image-sizes 224 384.",
+        callback=in_range("image_size"),
     ),
     method: str = typer.Option("dafh", "--method", help="The method whose network and loss are trained."),
-    bits: int = typer.Option(32, "--bits"),
+    bits: int = typer.Option(32, "--bits", callback=in_range("bits")),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Default: the method's."),
-    steps: int = typer.Option(5, "--steps", help="Training steps per epoch; the second of two epochs is timed."),
+    steps: int = typer.Option(5, "--steps", min=1, help="Training steps per epoch; the second of two epochs is timed."),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16 (as for run)."),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last"),
@@ -305,10 +327,6 @@ def bench_command(
     from hashbench import api
 
     execution = _execution(precision, channels_last, compile_model)
-    if steps < 1 or min(image_sizes) < 16:
-        raise typer.BadParameter(
-            "--steps takes at least 1 and --image-sizes at least 16", param_hint="--steps/--image-sizes"
-        )
 
     def measuring(backbone: str, size: int, where) -> None:
         console.print(f"[dim]measuring {method} on {backbone} at {size} px on {where}...[/dim]")
@@ -363,4 +381,6 @@ def bench_command(
         f"{'GPU allocated' if 'cuda_allocated_mib' in rates[0].peak_memory_mib else 'process resident so far'}; projection: training plus one encoding pass."
     )
     if as_json:
-        as_json.write_text(api.rates_json(rates, data, slices, epochs))
+        from hashbench.store.atomic import write_text
+
+        write_text(as_json, api.rates_json(rates, data, slices, epochs))

@@ -3,6 +3,9 @@
 The leaderboard's figures (PR curves by Hamming radius, P@k curves, metrics against code
 length) are computed from each cell's stored codes through the evaluator's counts, so
 they use the same ranking and the same metric registry as the tables.
+
+Every report file is written atomically (:mod:`hashbench.store.atomic`): a full disk or a killed
+command leaves the previous file or none, never an empty or half-written one.
 """
 
 from __future__ import annotations
@@ -12,8 +15,20 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hashbench.store.atomic import atomic_write, write_text
+
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from hashbench.evaluation.view import View
+
+
+def save_png(figure: Figure, path: Path, dpi: int) -> None:
+    """The figure as a PNG at ``path``, written atomically; the figure is closed either way."""
+    try:
+        atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=dpi))
+    finally:
+        _pyplot().close(figure)
 
 
 def confusion_markdown(matrix: np.ndarray, names: list[str], title: str) -> str:
@@ -71,8 +86,7 @@ def confusion_png(matrix: np.ndarray, names: list[str], title: str, path: Path) 
     figure.colorbar(image, ax=axes, fraction=0.046)
     axes.set_title(title, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=150)
-    plt.close(figure)
+    save_png(figure, path, dpi=150)
 
 
 PRECISION_CUTOFFS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
@@ -129,8 +143,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
         figure.suptitle(caption, fontsize=6, wrap=True)
         figure.tight_layout(rect=(0, 0, 1, 0.93))
         path = stem.with_name(f"{stem.name}-{name}.png")
-        figure.savefig(path, dpi=130)
-        plt.close(figure)
+        save_png(figure, path, dpi=130)
         written.append(path)
 
     def pr(axis, method, seeds, style) -> None:
@@ -178,8 +191,7 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     figure.suptitle(caption + " (error bars: std over runs)", fontsize=6, wrap=True)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     path = stem.with_name(f"{stem.name}-metrics-vs-bits.png")
-    figure.savefig(path, dpi=130)
-    plt.close(figure)
+    save_png(figure, path, dpi=130)
     written.append(path)
     return written
 
@@ -200,12 +212,13 @@ def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[di
     by_class = cell_per_class(cell, metrics)
     if cell.multi_label:
         title = f"Per-class metrics: {which}, {config.dataset}{synthetic}{flag} (multi-label: a query counts in each of its classes; no confusion matrix)"
-        (directory / "confusion.md").write_text(f"**{title}**\n\n" + per_class_markdown(by_class, names))
+        write_text(directory / "confusion.md", f"**{title}**\n\n" + per_class_markdown(by_class, names))
         return by_class, [directory / "confusion.md"]
     matrix = cell_confusion(cell)
     title = f"MAP@1 confusion: {which}, {config.dataset}{synthetic}{flag}"
     confusion_png(matrix, names, title, directory / "confusion.png")
-    (directory / "confusion.md").write_text(
-        confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names)
+    write_text(
+        directory / "confusion.md",
+        confusion_markdown(matrix, names, title) + "\n" + per_class_markdown(by_class, names),
     )
     return by_class, [directory / "confusion.png", directory / "confusion.md"]

@@ -5,7 +5,8 @@
   ``force``); an interrupted cell resumes from its last epoch and ends as an
   uninterrupted run would;
 - a cell that fails (a NaN loss, out of memory, a bug in a plugin) records why and the
-  grid goes on (:mod:`hashbench.runner.cell`);
+  grid goes on (:mod:`hashbench.runner.cell`); a cell whose method could not even be
+  built fails as the plan found it, unrun and unwritten (:class:`UnbuildableOutcome`);
 - a cell being run by another process is left to it (a lock per cell), and waited for at
   the end, so several processes can share one sweep.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -69,7 +71,11 @@ def run_planned(
             for position, spec in enumerate(planned):
                 if position in outcomes:
                     continue
-                outcome = attempt(spec, store, dataset.images, device, force, progress, wait, sweep_start)
+                outcome = (
+                    UnbuildableOutcome.of(spec)
+                    if spec.unbuildable
+                    else attempt(spec, store, dataset.images, device, force, progress, wait, sweep_start)
+                )
                 if outcome is not None:
                     outcomes[position] = outcome
                     if on_cell:
@@ -77,6 +83,23 @@ def run_planned(
     finally:
         distributed.stop()
     return [outcomes[i] for i in range(len(planned))]
+
+
+UNBUILDABLE = "the method could not be built"  # the note of such a cell
+
+
+@dataclass
+class UnbuildableOutcome(CellOutcome):
+    """A failed cell whose method raised while the plan built it: the runner never saw it and nothing was written (its
+    directory is named by the backbones the method would have declared), so its traceback travels here."""
+
+    traceback: str = ""
+
+    @classmethod
+    def of(cls, spec: CellSpec) -> UnbuildableOutcome:
+        return cls(
+            spec.config, "failed", error=spec.unbuildable.reason, note=UNBUILDABLE, traceback=spec.unbuildable.traceback
+        )
 
 
 def _check_writable(out: Path) -> None:

@@ -8,18 +8,20 @@ what would run. The cell runner consumes a spec as it is and looks nothing up ag
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hashbench.config.limits import check_range
 from hashbench.config.profiles import default_profile, get_profile
 from hashbench.data.dataset import Dataset
 from hashbench.data.sides import DrawnSplit, draw_split
 from hashbench.evaluation.evaluate import DEFAULT_METRICS, STORED_METRICS, parse_metric
 from hashbench.model.method import Method, MethodContext, TrainingFreeMethod, TrainSettings
-from hashbench.model.registry import create_method, method_class
+from hashbench.model.registry import method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
 from hashbench.store.digest import file_sha256
 from hashbench.store.results import NO_CODE, CellConfig
@@ -59,6 +61,15 @@ ENCODER_STEPS = ("build", "build_encoder", "create_backbone", "input_statistics"
 
 
 @dataclass(frozen=True)
+class Unbuildable:
+    """Why a method could not be built at plan time (a plugin raising in ``__init__`` or ``backbones``): its cells
+    fail with this, the rest of the grid runs."""
+
+    reason: str  # the exception, as a traceback's last line says it
+    traceback: str
+
+
+@dataclass(frozen=True)
 class CellSpec:
     """One cell as it will run, fully resolved: what the cell runner trains, evaluates and stores."""
 
@@ -72,6 +83,8 @@ class CellSpec:
     execution: Execution
     synthetic: bool  # the dataset is generated (records and captions say so)
     device: torch.device  # where the cell trains, encodes and ranks (under torchrun, each process its own of this type)
+    reads_cached_features: bool = False  # the method's encoder is a frozen backbone (as the plan built it)
+    unbuildable: Unbuildable | None = None  # the method failed to build: the cell fails without running
 
     @property
     def context(self) -> MethodContext:
@@ -92,8 +105,7 @@ class CellSpec:
     def feature_key(self) -> FeatureKey | None:
         """The cached features this cell hashes, for a method on a frozen backbone (None: it trains its encoder, or
         hashes pixels)."""
-        method = self.method(self.context)
-        if not method.reads_cached_features:
+        if not self.reads_cached_features:
             return None
         config = self.config
         source = self.weights.get(config.backbone)
@@ -134,7 +146,11 @@ class CellSpec:
         return float(config.epochs * config.image_size**2 * max(1, len(config.backbone.split(" + "))))
 
     def describe(self, out: Path) -> dict[str, Any]:
-        """The full configuration as plain data, for ``--dry-run``."""
+        """The full configuration as plain data, for ``--dry-run``; an unbuildable cell says why instead of where its
+        directory would be (the method's backbones, which name it, are unknown)."""
+        if self.unbuildable:  # and its backbones and their weights unknown
+            known = {k: v for k, v in asdict(self.config).items() if k not in ("backbone", "weights")}
+            return {"cell": self.config.label(), **known, "unbuildable": self.unbuildable.reason}
         weights = {
             model: source.describe()
             + ("" if is_cached(source) else " (not cached yet: downloaded before training starts)")
@@ -175,13 +191,11 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
     profile = get_profile(profile_name)
     epochs = profile.epochs if request.epochs is None else request.epochs
     image_size = profile.image_size_for(dataset.image_size) if request.image_size is None else request.image_size
-    for name, value, low in (
-        ("--bits", min(request.bits, default=1), 1),
-        ("--epochs", epochs, 1),
-        ("--image-size", image_size, 16),
-    ):
-        if value < low:
-            raise ValueError(f"{name} {value} is too small: at least {low}")
+    for bits in request.bits:
+        check_range("bits", bits)
+    check_range("image_size", image_size)
+    if epochs < 1:
+        raise ValueError(f"--epochs {epochs} is too small: at least 1")
     if not request.methods or not request.bits or not request.seeds:
         raise ValueError("a run needs at least one method, one code length and one seed")
     if min(request.seeds) < 0 or request.split_seed < 0:
@@ -218,8 +232,10 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
         user = {**request.overrides.get("*", {}), **request.overrides.get(name, {})}
         options, train = method.resolve_options(user)
         settings = method.train.with_overrides({**profile.train, **train}, name)
-        context = MethodContext(request.bits[0], len(split.class_names), len(split.training), options, 0, image_size)
-        backbones = create_method(name, context).backbones(run_backbone)
+        context = MethodContext(
+            request.bits[0], len(split.class_names), len(split.training), options, 0, image_size, frozen_backbone=frozen
+        )
+        backbones, reads_cached_features, unbuildable = build_method(method, context, run_backbone)
         weights = {model: resolve(model, pretrained, files, default_model=run_backbone) for model in backbones}
         lengths = (NO_CODE,) if method.float_distance else request.bits  # a float reference has no code length
         # and draws nothing: its features differ by seed only where a seed draws the backbone's random init
@@ -260,6 +276,8 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
                         request.execution,
                         synthetic,
                         device,
+                        reads_cached_features,
+                        unbuildable,
                     )
                 )
     unused = (
@@ -272,6 +290,19 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
             f"--weights names {', '.join(sorted(unused))}, which no method of this run builds (they build {', '.join(sorted({m for c in cells for m in c.weights}))})"
         )
     return shard_cells(cells, *request.shard) if request.shard else cells
+
+
+def build_method(
+    method: type[Method], context: MethodContext, run_backbone: str
+) -> tuple[list[str], bool, Unbuildable | None]:
+    """Build ``method`` once for its cells: (the backbones it builds, whether it reads cached features, None); a method
+    whose construction raises (a plugin's bug, as at train time) gives ([], False, why) and fails only its own cells."""
+    try:
+        built = method(context)
+        return built.backbones(run_backbone), built.reads_cached_features, None
+    except Exception as exc:
+        reason = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        return [], False, Unbuildable(reason, traceback.format_exc())
 
 
 def any_random(weights: dict[str, WeightSource]) -> bool:

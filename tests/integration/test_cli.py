@@ -218,11 +218,11 @@ def test_runs_go_to_runs_by_default_never_into_results():
 
 BAD_INPUTS = [
     (["run", "--methods", "nope", "--dry-run"], "unknown method 'nope'"),
-    (["run", "--methods", "dpn", "--bits", "0", "--dry-run"], "--bits 0 is too small"),
-    (["run", "--methods", "dpn", "--bits", "-3", "--dry-run"], "--bits -3 is too small"),
+    (["run", "--methods", "dpn", "--bits", "0", "--dry-run"], "0 is outside the valid range 1 to 1024"),
+    (["run", "--methods", "dpn", "--bits", "-3", "--dry-run"], "-3 is outside the valid range 1 to 1024"),
     (["run", "--methods", "dpn", "--epochs=-2", "--dry-run"], "--epochs -2 is too small"),
     (["run", "--methods", "dpn", "--epochs", "0", "--dry-run"], "--epochs 0 is too small"),
-    (["run", "--methods", "dpn", "--image-size", "0", "--dry-run"], "--image-size 0 is too small"),
+    (["run", "--methods", "dpn", "--image-size", "0", "--dry-run"], "0 is outside the valid range 16 to 2048"),
     (["run", "--methods", "dpn", "--seeds", "-1", "--dry-run"], "take whole numbers from 0"),
     (
         ["run", "--methods", "dpn", "--split", "nope", "--dry-run"],
