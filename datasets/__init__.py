@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from hashbench.data.dataset import MANIFEST, Dataset, DatasetError
+from hashbench.data.dataset import MANIFEST, Dataset, DatasetError, settle_swap, settle_swaps
 from hashbench.data.ingest import IngestResult
 from hashbench.data.sources import ingest
 from hashbench.store.paths import SAFE_NAME, checked_name, datasets_dir
@@ -37,6 +37,8 @@ class UnknownDatasetError(LookupError):
 def dataset_names() -> list[str]:
     """Ingested datasets, plus 'phantom' which is built on first use (builds in progress are hidden folders, not listed)."""
     root = datasets_dir()
+    if root.exists():
+        settle_swaps(root)  # a dataset whose swap a kill cut is listed, not unknown until its next ingest
     names = (
         {p.parent.name for p in root.glob(f"*/{MANIFEST}") if SAFE_NAME.fullmatch(p.parent.name)}
         if root.exists()
@@ -48,6 +50,7 @@ def dataset_names() -> list[str]:
 def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset:
     """An ingested dataset by name, verified (:class:`DatasetError` names the rebuild command); the phantom is generated and ingested if missing."""
     folder = datasets_dir() / checked_name(name)
+    settle_swap(folder)
     if (folder / MANIFEST).exists():
         return Dataset(folder).verify()
     if name == DEFAULT_DATASET:

@@ -122,8 +122,11 @@ def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
 
 def class_names(root: Path) -> tuple[str, ...]:
     """The ten names of batches.meta (airplane, automobile, ...); the class numbers when it is missing."""
+    meta = root / "batches.meta"
+    if not meta.is_file():  # missing, or a FIFO or device that would never end a read
+        return ()
     try:
-        names = load_batch((root / "batches.meta").read_bytes()).get("label_names", [])
+        names = load_batch(meta.read_bytes()).get("label_names", [])
         return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     except (OSError, ValueError):
         return ()
@@ -160,7 +163,7 @@ def ingest_cifar(
     full = all(n == IMAGES_PER_BATCH for n in sizes.values())
     files = [
         SourceFile(
-            path=root / batch,
+            path=(root / batch).resolve(),  # named by the user as the folder's batches: a link to one is read
             relpath=batch,
             collection="",
             patient="",

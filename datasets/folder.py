@@ -16,12 +16,23 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hashbench.config.limits import MAX_PIXELS
 from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.images import IMAGE_SUFFIXES, is_image_file
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
-from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, argument, register_source
+from hashbench.data.sources import (
+    ASPECT_HELP,
+    COLOUR_HELP,
+    FOLLOW_SYMLINKS_HELP,
+    MAX_PIXELS_HELP,
+    SIZE_HELP,
+    Source,
+    argument,
+    reading_flags,
+    register_source,
+)
 from hashbench.model.options import option
 
 
@@ -62,8 +73,13 @@ def ingest_folder(
     clean: bool = False,
     workers: int | None = None,
     progress: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    follow_symlinks: bool = False,
 ) -> IngestResult:
-    """Scan a class-per-folder tree and ingest it as dataset ``name``; a tree with fewer than two classes is refused."""
+    """Scan a class-per-folder tree and ingest it as dataset ``name``; a tree with fewer than two classes is refused.
+
+    Only regular files are read: devices, FIFOs, sockets and symbolic links (unless ``follow_symlinks`` and they lead
+    to a regular file inside ``root``) are skipped and reported, as are files declaring more than ``max_pixels``."""
     files, loose = scan(root)
     images = {f.relpath for f in files} | set(loose)
     attributes = read_attributes(
@@ -98,6 +114,8 @@ def ingest_folder(
             progress=progress,
             extra_manifest=extra,
             attributes=attributes,
+            max_pixels=max_pixels,
+            follow_symlinks=follow_symlinks,
         )
     )
 
@@ -113,6 +131,8 @@ class FolderOptions:
     clean: bool = option(
         False, "Drop IQR outlier images (the paper's cleaning, meant for CT slices; off by default here)."
     )
+    max_pixels: int = option(MAX_PIXELS, MAX_PIXELS_HELP, at_least=1)
+    follow_symlinks: bool = option(False, FOLLOW_SYMLINKS_HELP)
 
     def __post_init__(self) -> None:
         self.image_options()  # refuses a bad size, colour or aspect before anything is read
@@ -132,13 +152,20 @@ class Folder(Source):
         self, options: FolderOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
     ) -> IngestResult:
         return ingest_folder(
-            Path(options.path), name, destination, options.image_options(), options.clean, workers, progress
+            Path(options.path),
+            name,
+            destination,
+            options.image_options(),
+            options.clean,
+            workers,
+            progress,
+            options.max_pixels,
+            options.follow_symlinks,
         )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
         flags = " ".join(
             f"--{key} {manifest.options[key]}" for key in ("size", "colour", "aspect") if key in manifest.options
         )
-        return (
-            f"hashbench ingest folder '{manifest.source}' --name {name} {flags}{' --clean' if manifest.clean else ''}"
-        )
+        clean = " --clean" if manifest.clean else ""
+        return f"hashbench ingest folder '{manifest.source}' --name {name} {flags}{clean}{reading_flags(manifest)}"

@@ -19,15 +19,26 @@ of the attribute columns; an image listed in several roles has them in each.
 
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING, dataclass
 from pathlib import Path
 
+from hashbench.config.limits import MAX_PIXELS
 from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
 from hashbench.data.dataset import LABEL_SEPARATOR
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
-from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, Source, register_source
+from hashbench.data.sources import (
+    ASPECT_HELP,
+    COLOUR_HELP,
+    FOLLOW_SYMLINKS_HELP,
+    MAX_PIXELS_HELP,
+    SIZE_HELP,
+    Source,
+    reading_flags,
+    register_source,
+)
 from hashbench.model.options import option
 
 PRESETS = {  # the published MAP@k of each set's standard lists
@@ -91,8 +102,13 @@ def ingest_lists(
     options: ImageOptions = ImageOptions(),
     workers: int | None = None,
     progress: bool = False,
+    max_pixels: int = MAX_PIXELS,
+    follow_symlinks: bool = False,
 ) -> IngestResult:
-    """Ingest the images a query and a database list (and optionally a training list) name, under ``images``."""
+    """Ingest the images a query and a database list (and optionally a training list) name, under ``images``.
+
+    A listed path that is not a regular file (a device, a FIFO, a symbolic link unless ``follow_symlinks`` and it leads
+    to a regular file under ``images``) is skipped unread and reported, as is a file declaring more than ``max_pixels``."""
     if "query" not in lists or "database" not in lists:
         raise ValueError("a list-file set needs a query list and a database list (--query FILE --database FILE)")
     images = Path(images).resolve()
@@ -114,7 +130,7 @@ def ingest_lists(
             seen.add((role, row.image))
             if not row.labels:
                 unlabelled += 1
-            elif not path.is_file():
+            elif not os.path.lexists(path):  # a link or a FIFO is there: the ingest reports why it is not read
                 missing.append(f"{role}: {row.image}")
             else:
                 label = LABEL_SEPARATOR.join(names[i] for i in row.labels)
@@ -176,6 +192,8 @@ def ingest_lists(
             progress=progress,
             extra_manifest=extra,
             attributes=attributes,
+            max_pixels=max_pixels,
+            follow_symlinks=follow_symlinks,
         )
     )
 
@@ -217,6 +235,8 @@ class ListsOptions:
     size: int = option(224, SIZE_HELP)
     colour: str = option("luma", COLOUR_HELP)
     aspect: str = option("pad", ASPECT_HELP)
+    max_pixels: int = option(MAX_PIXELS, MAX_PIXELS_HELP, at_least=1)
+    follow_symlinks: bool = option(False, FOLLOW_SYMLINKS_HELP)
 
     def __post_init__(self) -> None:
         if self.preset is not None and self.preset not in PRESETS:
@@ -257,7 +277,17 @@ class Lists(Source):
         top_k = options.top_k or (PRESETS[options.preset] if options.preset else None)
         images = Path(options.images) if options.images else Path(options.query).parent
         return ingest_lists(
-            options.lists(), images, name, destination, top_k, names, options.image_options(), workers, progress
+            options.lists(),
+            images,
+            name,
+            destination,
+            top_k,
+            names,
+            options.image_options(),
+            workers,
+            progress,
+            options.max_pixels,
+            options.follow_symlinks,
         )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
@@ -265,4 +295,4 @@ class Lists(Source):
         metric = next((spec.get("metric") for spec in manifest.protocols.values() if spec.get("metric")), None)
         top_k = f" --top-k {metric.removeprefix('map@')}" if metric else ""
         options = manifest.options
-        return f"hashbench ingest lists {lists} --images '{manifest.source}' --name {name}{top_k} --size {options.get('size', 224)} --colour {options.get('colour', 'luma')}"
+        return f"hashbench ingest lists {lists} --images '{manifest.source}' --name {name}{top_k} --size {options.get('size', 224)} --colour {options.get('colour', 'luma')}{reading_flags(manifest)}"

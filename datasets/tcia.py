@@ -15,14 +15,27 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from hashbench.config.limits import MAX_PIXELS
 from hashbench.data.dicom import ImageOptions
 from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
-from hashbench.data.sources import ASPECT_HELP, COLOUR_HELP, SIZE_HELP, WINDOW_HELP, Source, argument, register_source
+from hashbench.data.sources import (
+    ASPECT_HELP,
+    COLOUR_HELP,
+    FOLLOW_SYMLINKS_HELP,
+    MAX_PIXELS_HELP,
+    SIZE_HELP,
+    WINDOW_HELP,
+    Source,
+    argument,
+    reading_flags,
+    register_source,
+)
 from hashbench.model.options import option
 
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
@@ -62,13 +75,17 @@ def scan(root: Path) -> tuple[list[SourceFile], dict[str, dict[str, str]], dict[
 
 
 def _looks_like_dicom(path: Path) -> bool:
-    """By suffix; files without one are taken when they carry the DICM preamble."""
+    """By suffix; files without one are taken when they carry the DICM preamble, links to let the ingest say why it
+    skips them (only a regular file is opened here: opening a FIFO blocks)."""
     suffix = path.suffix.lower()
     if suffix in DICOM_SUFFIXES:
         return True
     if suffix:
         return False
     try:
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            return stat.S_ISLNK(mode)
         with open(path, "rb") as handle:
             return handle.read(132)[128:132] == b"DICM"
     except OSError:
@@ -84,7 +101,7 @@ def _layout(parts: tuple[str, ...]) -> str:
 def _read_metadata(root: Path) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]]]:
     """metadata.csv files at the root or one level down, keyed by series folder and by UID."""
     by_location, by_series = {}, {}
-    for csv_path in sorted([*root.glob("metadata.csv"), *root.glob("*/metadata.csv")]):
+    for csv_path in sorted(p for p in [*root.glob("metadata.csv"), *root.glob("*/metadata.csv")] if p.is_file()):
         base = csv_path.parent.relative_to(root).as_posix()
         with open(csv_path, newline="", encoding="utf-8-sig") as handle:
             for row in csv.DictReader(handle):
@@ -111,8 +128,11 @@ def ingest_tcia(
     progress: bool = False,
     kind: str = "tcia",
     extra_manifest: dict | None = None,
+    max_pixels: int = MAX_PIXELS,
+    follow_symlinks: bool = False,
 ) -> IngestResult:
-    """Scan a TCIA tree and ingest it as dataset ``name``."""
+    """Scan a TCIA tree and ingest it as dataset ``name``; files that are not regular files (symbolic links unless
+    ``follow_symlinks``) or declare more than ``max_pixels`` pixels are skipped unread, and reported."""
     files, by_series, layouts = scan(root)
     if not files:
         raise FileNotFoundError(f"no DICOM files under {root} (looked for *.dcm and files with a DICM preamble)")
@@ -130,6 +150,8 @@ def ingest_tcia(
             workers=workers,
             progress=progress,
             extra_manifest=extra,
+            max_pixels=max_pixels,
+            follow_symlinks=follow_symlinks,
         )
     )
 
@@ -142,6 +164,8 @@ class TciaOptions:
     colour: str = option("luma", COLOUR_HELP)
     aspect: str = option("pad", ASPECT_HELP)
     clean: bool = option(True, "Drop IQR outlier images (the paper's cleaning).")
+    max_pixels: int = option(MAX_PIXELS, MAX_PIXELS_HELP, at_least=1)
+    follow_symlinks: bool = option(False, FOLLOW_SYMLINKS_HELP)
 
     def __post_init__(self) -> None:
         self.image_options()  # a bad window, colour, aspect or size is refused before anything is read
@@ -164,7 +188,15 @@ class Tcia(Source):
         self, options: TciaOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
     ) -> IngestResult:
         return ingest_tcia(
-            Path(options.path), name, destination, options.image_options(), options.clean, workers, progress
+            Path(options.path),
+            name,
+            destination,
+            options.image_options(),
+            options.clean,
+            workers,
+            progress,
+            max_pixels=options.max_pixels,
+            follow_symlinks=options.follow_symlinks,
         )
 
     def rebuild_command(self, manifest: Manifest, name: str) -> str:
@@ -173,6 +205,5 @@ class Tcia(Source):
             for key in ("size", "window", "colour", "aspect")
             if key in manifest.options
         )
-        return (
-            f"hashbench ingest tcia '{manifest.source}' --name {name} {flags}{'' if manifest.clean else ' --no-clean'}"
-        )
+        clean = "" if manifest.clean else " --no-clean"
+        return f"hashbench ingest tcia '{manifest.source}' --name {name} {flags}{clean}{reading_flags(manifest)}"

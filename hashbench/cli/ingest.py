@@ -20,9 +20,9 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from hashbench.cli.app import app, console, fail, ingest_app
+from hashbench.cli.app import app, console, fail, in_range, ingest_app
 from hashbench.data.ingest import IngestResult
-from hashbench.data.sources import SOURCES, Source, ingest
+from hashbench.data.sources import RANGED_OPTIONS, SOURCES, Source, ingest
 from hashbench.model.options import type_hints
 
 COMMON_PARAMETERS = ("name", "workers", "plugin")  # every ingest command's own, beside its source's options
@@ -109,6 +109,8 @@ def _parameters(source: type[Source]) -> list[inspect.Parameter]:
             declared = typer.Argument(default, help=help, show_default=default is not ...)
         elif hints[field.name] is bool:
             declared = typer.Option(default, f"{flag}/--no-{field.name.replace('_', '-')}", help=help)
+        elif field.name in RANGED_OPTIONS:
+            declared = typer.Option(default, flag, help=help, callback=in_range(RANGED_OPTIONS[field.name]))
         else:
             at_least = field.metadata.get("at_least")
             declared = typer.Option(default, flag, help=help, **({"min": at_least} if at_least is not None else {}))
@@ -124,7 +126,12 @@ def _parameters(source: type[Source]) -> list[inspect.Parameter]:
     )
     common = {
         "name": (str | None, typer.Option(None, "--name", help=name_help)),
-        "workers": (int | None, typer.Option(None, "--workers", help="Decoding processes (default: all cores).")),
+        "workers": (
+            int | None,
+            typer.Option(
+                None, "--workers", help="Decoding processes (default: all cores).", callback=in_range("workers")
+            ),
+        ),
         "plugin": (
             list[Path] | None,
             typer.Option(None, "--plugin", help="A local source plugin file, loaded before the command is read."),

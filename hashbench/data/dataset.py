@@ -23,8 +23,11 @@ for large collections): a decoder change that keeps the format version would pas
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -36,7 +39,9 @@ from hashbench.data import splits
 from hashbench.data.attributes import ATTRIBUTE_COLUMNS
 from hashbench.data.cleaning import iqr_outliers
 from hashbench.data.manifest import Manifest, read_manifest
+from hashbench.store import locks
 from hashbench.store.digest import file_sha256
+from hashbench.store.paths import SAFE_NAME
 
 FORMAT_VERSION = 1
 IMAGES, INDEX, FILES, MANIFEST = "images.u8", "index.csv", "files.csv", "manifest.json"
@@ -54,10 +59,54 @@ FILES_DTYPES = {"path": str, "digest": str, "status": str, "reason": str, "detai
 SETTINGS_KEYS = ("options", "clean", "format")
 LABEL_SEPARATOR = "|"  # joins the labels of a multi-label image in its label column
 SLICE_IDENTITY = ["label", "patient", "study", "series", "modality", "path", "frame"]
+RETIRED = "@replaced-"  # .<name>@replaced-<pid>-<ns>: a build a swap moved aside (``@`` is in no dataset name)
 
 
 class DatasetError(ValueError):
     """A dataset whose files do not match what its ingest wrote; the message names the command that rebuilds it."""
+
+
+def lock_path(target: Path) -> Path:
+    """The lock an ingest of the dataset at ``target`` holds; whoever settles its swap takes it too."""
+    return target.with_name(f".{target.name}@lock")
+
+
+def finish_swap(target: Path) -> None:
+    """Finish what a swap cut by a kill between its two renames left (the caller holds :func:`lock_path`): put the
+    retired build back if nothing replaced it, else remove it.
+
+    Only ``.<name>@replaced-*`` folders are touched: the ones a swap of this name created.
+    """
+    for retired in _retired(target):
+        if not (target / MANIFEST).exists() and (retired / MANIFEST).exists():
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(retired, target)
+        else:
+            shutil.rmtree(retired, ignore_errors=True)
+
+
+def settle_swap(target: Path) -> None:
+    """:func:`finish_swap` for a reader (``run``, ``datasets``), so a cut swap never leaves a dataset unknown until the
+    next ingest: only if no ingest holds the dataset (a live one may be between its renames, and settles its own)."""
+    if not _retired(target):
+        return
+    try:
+        with locks.exclusive(lock_path(target), wait=False) as held:
+            if held:
+                finish_swap(target)
+    except OSError:  # a datasets folder this reader cannot write: the next ingest settles it
+        pass
+
+
+def settle_swaps(root: Path) -> None:
+    """:func:`settle_swap` for every dataset under ``root`` whose swap a kill cut."""
+    names = {retired.name[1:].partition(RETIRED)[0] for retired in root.glob(f".*{RETIRED}*")}
+    for name in sorted(filter(SAFE_NAME.fullmatch, names)):
+        settle_swap(root / name)
+
+
+def _retired(target: Path) -> list[Path]:
+    return sorted(target.parent.glob(f".{glob.escape(target.name)}{RETIRED}*"))
 
 
 def integrity(root: Path) -> dict[str, object]:

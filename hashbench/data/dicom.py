@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, iter_pixels
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from hashbench.config.limits import MAX_PIXELS
 from hashbench.data import attributes
 
 # Objects that carry no image slice to learn from (masks, contours, reports, plans).
@@ -31,6 +32,7 @@ NON_IMAGE_MODALITIES = {"SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR",
 CT_DEFAULT_WINDOW = (40.0, 400.0)
 # Percentiles used to window modalities without a natural unit (MR, PT, ...).
 PERCENTILE_WINDOW = (0.5, 99.5)
+TOO_MANY_PIXELS = "too many pixels"  # the skip reason of a file above the pixel limit (redone when the limit is raised)
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,35 @@ class DicomSlices:
     header: dict[str, str]
     images: list[np.ndarray]
     frames: list[dict[str, str]] = field(default_factory=list)
+
+
+def check_pixels(
+    width: int, height: int, frames: int, samples: int, max_pixels: int, frame_word: str = "frames"
+) -> None:
+    """:class:`SkippedFile` when a file's header declares more decoded pixels than ``max_pixels``.
+
+    Called on the header, before any pixel is read: a file of under a kilobyte declaring 65535 x 65535 pixels would
+    otherwise cost 4 GB and seconds of decoding, or abort a process under a memory cap.
+    """
+    count = width * height * frames * samples
+    if count > max_pixels:
+        declared = f"{width} x {height} pixels" + (f" x {samples} samples" if samples > 1 else "")
+        declared += f" x {frames} {frame_word}" if frames > 1 else ""
+        raise SkippedFile(
+            TOO_MANY_PIXELS,
+            f"declares {declared} ({_short(count)}), above the limit {_limit_text(max_pixels)}; raise it with --max-pixels",
+        )
+
+
+def _short(count: int) -> str:
+    """4294836225 as 4.3e9."""
+    mantissa, exponent = f"{count:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def _limit_text(limit: int) -> str:
+    """A power of two as 2^28, any other limit in full."""
+    return f"2^{limit.bit_length() - 1}" if limit & (limit - 1) == 0 else f"{limit:,}"
 
 
 def read_dataset(data: bytes) -> DicomHeader:
@@ -159,17 +190,18 @@ def _tag_text(ds: DicomHeader, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def decode(data: bytes, options: ImageOptions) -> DicomSlices:
+def decode(data: bytes, options: ImageOptions, max_pixels: int = MAX_PIXELS) -> DicomSlices:
     """All frames of one DICOM file as uint8 ``size x size`` images, or :class:`SkippedFile`.
 
-    The parser's warnings are caught, never printed: what they say ends up in the skip reason.
+    The parser's warnings are caught, never printed: what they say ends up in the skip reason. A file whose header
+    declares more than ``max_pixels`` pixels (rows x columns x frames x samples) is skipped before its pixels are read.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        return _decode(data, options, caught)
+        return _decode(data, options, max_pixels, caught)
 
 
-def _decode(data: bytes, options: ImageOptions, caught: list[warnings.WarningMessage]) -> DicomSlices:
+def _decode(data: bytes, options: ImageOptions, max_pixels: int, caught: list[warnings.WarningMessage]) -> DicomSlices:
     ds = read_dataset(data)
     ended_early = any("End of file" in str(w.message) for w in caught)  # the parser ran out of bytes inside an element
     if len(ds) == 0 and not ended_early:  # a file meta header at most: nothing of the object itself
@@ -203,6 +235,7 @@ def _decode(data: bytes, options: ImageOptions, caught: list[warnings.WarningMes
     colour = photometric not in ("MONOCHROME1", "MONOCHROME2")
     if colour and options.colour == "skip":
         raise SkippedFile("colour image", f"{photometric} (colour='skip')")
+    _check_declared_pixels(ds, max_pixels)
     images = []
     try:
         for index, frame in enumerate(iter_pixels(ds)):
@@ -224,6 +257,16 @@ def _decode(data: bytes, options: ImageOptions, caught: list[warnings.WarningMes
     if not images:
         raise SkippedFile("no frames")
     return DicomSlices(header, images)
+
+
+def _check_declared_pixels(ds: DicomHeader, max_pixels: int) -> None:
+    """:func:`check_pixels` on Rows x Columns x NumberOfFrames x SamplesPerPixel, as the header states them."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames, samples = int(ds.get("NumberOfFrames") or 1), int(ds.get("SamplesPerPixel") or 1)
+    except (AttributeError, KeyError, TypeError, ValueError):  # missing or malformed: the decoder says what is wrong
+        return
+    check_pixels(columns, rows, frames, samples, max_pixels)
 
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) as it is written little-endian

@@ -14,22 +14,29 @@ appended to one raw array, so training never touches DICOM again. Four rules:
 - one writer: a lock per dataset name; a second ingest of the same name waits;
 - never crashes on data: every file that gives no slice is recorded in the ingest
   report (``files.csv``) with its path and reason; a tree that gives no usable slice
-  is refused, with the reasons, rather than stored as an empty dataset.
+  is refused, with the reasons, rather than stored as an empty dataset. Only regular
+  files are opened (a FIFO, a device, a socket or a symbolic link, unless followed to a
+  regular file inside the source, is a skip reason), and a file whose header declares
+  more pixels than the limit is skipped before any pixel is read;
+- a full disk ends an ingest with one line naming the build folder (what was committed
+  stays there, and the same command resumes once there is room).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -41,6 +48,7 @@ import pandas as pd
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 import hashbench
+from hashbench.config.limits import MAX_PIXELS, check_range
 from hashbench.data.attributes import ATTRIBUTE_COLUMNS, StatedAttributes
 from hashbench.data.cleaning import STAT_COLUMNS, image_stats
 from hashbench.data.dataset import (
@@ -50,12 +58,15 @@ from hashbench.data.dataset import (
     IMAGES,
     INDEX,
     MANIFEST,
+    RETIRED,
     Dataset,
     DatasetError,
     content_fingerprint,
+    finish_swap,
     integrity,
+    lock_path,
 )
-from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile
+from hashbench.data.dicom import TOO_MANY_PIXELS, DicomSlices, ImageOptions, SkippedFile
 from hashbench.data.images import decode_file
 from hashbench.store import atomic, locks
 from hashbench.store.paths import checked_name
@@ -65,6 +76,14 @@ INDEX_COLUMNS = ["slice_id", *IDENTIFIER_COLUMNS, *ATTRIBUTE_COLUMNS, "path", "f
 FILES_COLUMNS = ["path", "size", "mtime_ns", "digest", "status", "reason", "detail", "first_slice", "n_slices"]
 COMMIT_EVERY_S = 2.0
 JOURNAL = "journal.json"
+NOT_REGULAR, SYMBOLIC_LINK = "not a regular file", "symbolic link"  # skip reasons decided before a file is opened
+FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
 
 
 class EmptyDatasetError(ValueError):
@@ -114,6 +133,9 @@ class IngestJob:
     ``series_metadata`` maps a SeriesInstanceUID to metadata.csv fields (``collection``, ``modality``) for files
     whose folder moved; ``attributes`` are the slices' attributes as the source states them (an attributes file),
     in place of the files' own; ``extra_manifest`` is what the source records beside the generic manifest.
+    ``max_pixels`` and ``follow_symlinks`` say how files are read (recorded, not part of the data's identity): a file
+    declaring more decoded pixels is skipped unread; a symbolic link is read only when followed and it leads to a
+    regular file inside ``source``.
     """
 
     name: str
@@ -128,56 +150,60 @@ class IngestJob:
     progress: bool = False
     extra_manifest: dict | None = None
     attributes: StatedAttributes | None = None
+    max_pixels: int = MAX_PIXELS
+    follow_symlinks: bool = False
 
 
 def build_dataset(job: IngestJob) -> IngestResult:
     """Build or update the dataset ``job.destination/job.name`` from ``job.files``; one writer at a time per name."""
     name = checked_name(job.name)
+    check_range("image_size", job.options.size, "--size")
+    if job.workers is not None:
+        check_range("workers", job.workers, "--workers")
+    if job.max_pixels < 1:
+        raise ValueError(f"--max-pixels {job.max_pixels}: the limit must be at least 1 (the default is 2^28)")
     job.destination.mkdir(parents=True, exist_ok=True)
     with locks.exclusive(
-        job.destination / f".{name}@lock",
+        lock_path(job.destination / name),
         wait=True,
         on_wait=lambda who: print(f"waiting: dataset {name} is being ingested by {who}", file=sys.stderr),
     ):
         extra = job.extra_manifest or {}
         if job.attributes is not None and job.attributes.file.is_file():
             extra = {**extra, "attributes_file": str(job.attributes.file)}
-        return _ingest(
-            name,
-            job.kind,
-            job.source,
-            job.files,
-            job.destination,
-            job.options,
-            job.clean,
-            job.series_metadata,
-            job.workers,
-            job.progress,
-            extra,
-            job.attributes,
-        )
+        return _ingest(job, name, extra)
 
 
-def _ingest(
-    name, kind, source, files, destination, options, clean, series_metadata, workers, progress, extra_manifest, stated
-) -> IngestResult:
+def _ingest(job: IngestJob, name: str, extra_manifest: dict) -> IngestResult:
     start = time.perf_counter()
-    files = sorted(files, key=lambda f: f.relpath)
+    files = sorted(job.files, key=lambda f: f.relpath)
     if len({f.relpath for f in files}) != len(files):
         raise ValueError("two source files share one relative path")
-    target = destination / name
-    partial = destination / f".{name}@partial"
-    _settle_swap(target, destination, name)
-    settings = {"options": options.to_dict(), "clean": clean, "format": FORMAT_VERSION}
-    stats = {f.relpath: os.stat(f.path) for f in files}
+    options, stated = job.options, job.attributes
+    target = job.destination / name
+    partial = job.destination / f".{name}@partial"
+    finish_swap(target)
+    settings = {"options": options.to_dict(), "clean": job.clean, "format": FORMAT_VERSION}
+    reading = {"max_pixels": job.max_pixels, "follow_symlinks": job.follow_symlinks}
+    root = Path(job.source).resolve()
+    refused = {f.relpath: why for f in files if (why := _refusal(f.path, root, job.follow_symlinks))}
+    stats = {f.relpath: os.lstat(f.path) if f.relpath in refused else os.stat(f.path) for f in files}
     previous = _previous_build(target, settings)
-    build = _open_partial(partial, settings, stats, options.size**2 * options.channels)
+    last_limit = previous.dataset.info.reading.get("max_pixels", MAX_PIXELS) if previous.dataset else MAX_PIXELS
+    limit_raised = job.max_pixels > last_limit
+    build_settings = {**settings, "reading": reading}  # a build is resumed only by an ingest that reads files alike
+    build = _open_partial(partial, build_settings, stats, options.size**2 * options.channels)
     done_in_partial = set(build.records)
-    reuse = {p for p, r in previous.records.items() if p not in done_in_partial and _same_stat(r, stats.get(p))}
-    to_decode = [f for f in files if f.relpath not in done_in_partial and f.relpath not in reuse]
+    reuse = {
+        p
+        for p, r in previous.records.items()
+        if p not in done_in_partial and _same_stat(r, stats.get(p)) and _reusable(r, refused.get(p), limit_raised)
+    }
+    pending = [f for f in files if f.relpath not in done_in_partial and f.relpath not in reuse]
+    to_decode = [f for f in pending if f.relpath not in refused]
     if (
         previous.dataset is not None
-        and not to_decode
+        and not pending
         and not done_in_partial
         and set(previous.records) == set(stats)
         and not _relabelled(files, previous.dataset)
@@ -188,42 +214,101 @@ def _ingest(
             previous.dataset, True, 0, len(reuse), 0, time.perf_counter() - start, _skip_counts(previous.dataset.files)
         )
 
-    build.start(partial, settings)
-    jobs = [
-        (str(f.path), f.decoder, f.part, previous.records.get(f.relpath, {}).get("digest", ""), options)
-        for f in to_decode
-    ]
-    series_metadata = series_metadata or {}
+    def known_digest(relpath: str) -> str:
+        """The last build's digest of a file whose outcome it can stand for: identical content is then not decoded."""
+        record = previous.records.get(relpath)
+        return record["digest"] if record is not None and _reusable(record, None, limit_raised) else ""
+
+    jobs = [(str(f.path), f.decoder, f.part, known_digest(f.relpath), options, job.max_pixels) for f in to_decode]
+    series_metadata = job.series_metadata or {}
     decoded = reused = 0
-    with (
-        _ProgressBar(progress, len(files) - len(done_in_partial)) as bar,
-        _WorkerPool(workers, len(jobs)) as pool,
-        build,
-    ):
-        results = pool(_decode_job, jobs)
-        for source_file in files:
-            if source_file.relpath in done_in_partial:
-                continue
-            record = previous.records.get(source_file.relpath)
-            if source_file.relpath in reuse:
-                outcome = "reuse"
-            else:
-                outcome = next(results)
-                if outcome == "unchanged":  # touched but identical content
+    with _naming(partial):
+        build.start(partial, build_settings)
+        with (
+            _ProgressBar(job.progress, len(files) - len(done_in_partial)) as bar,
+            _WorkerPool(job.workers, len(jobs)) as pool,
+            build,
+        ):
+            results = pool(_decode_job, jobs)
+            for source_file in files:
+                if source_file.relpath in done_in_partial:
+                    continue
+                record = previous.records.get(source_file.relpath)
+                if source_file.relpath in reuse:
                     outcome = "reuse"
-            st = stats[source_file.relpath]
-            if outcome == "reuse":
-                build.append_reused(source_file, st, record, previous, stated)
-                reused += 1
-            else:
-                build.append_decoded(source_file, st, outcome, series_metadata, stated)
-                decoded += 1
-            bar(source_file.relpath)
-    _refuse_if_empty(partial, name, source)
-    dataset = _finalise(partial, target, build.n_slices, name, kind, source, settings, extra_manifest)
+                elif source_file.relpath in refused:
+                    outcome = refused[source_file.relpath]
+                else:
+                    outcome = next(results)
+                    if outcome == "unchanged":  # touched but identical content
+                        outcome = "reuse"
+                st = stats[source_file.relpath]
+                if outcome == "reuse":
+                    build.append_reused(source_file, st, record, previous, stated)
+                    reused += 1
+                else:
+                    build.append_decoded(source_file, st, outcome, series_metadata, stated)
+                    decoded += 1
+                bar(source_file.relpath)
+        _refuse_if_empty(partial, name, job.source)
+        manifest = {**extra_manifest, "reading": reading}
+        dataset = _finalise(partial, target, build.n_slices, name, job.kind, job.source, settings, manifest)
     return IngestResult(
         dataset, False, decoded, reused, len(done_in_partial), time.perf_counter() - start, _skip_counts(dataset.files)
     )
+
+
+def _refusal(path: Path, root: Path, follow_symlinks: bool) -> dict | None:
+    """Why ``path`` is not read, as a skip outcome; None for a regular file, or a followed link to one inside ``root``.
+
+    Decided by lstat, before anything opens the path: opening a FIFO blocks, a device may read without end, and a
+    link may lead anywhere (/etc/passwd).
+    """
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        target = Path(os.path.realpath(path))
+        link = f"a symbolic link to {target}"
+        if not target.is_relative_to(root):
+            return _skipped(SYMBOLIC_LINK, f"{link}, outside the source folder")
+        if not follow_symlinks:
+            return _skipped(SYMBOLIC_LINK, f"{link}; --follow-symlinks reads links that stay inside the source folder")
+        try:
+            mode = os.stat(target).st_mode
+        except OSError:  # dangling, or a loop
+            return _skipped(SYMBOLIC_LINK, f"{link}, which leads to no file")
+        return None if stat.S_ISREG(mode) else _skipped(NOT_REGULAR, f"{link}, {_kind(mode)}")
+    return None if stat.S_ISREG(mode) else _skipped(NOT_REGULAR, f"{_kind(mode)}; only regular files are read")
+
+
+def _kind(mode: int) -> str:
+    return FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def _skipped(reason: str, detail: str) -> dict:
+    return {"digest": "", "reason": reason, "detail": detail}
+
+
+def _reusable(record: dict, refusal: dict | None, limit_raised: bool) -> bool:
+    """Whether the last build's record of a file stands (its size and mtime unchanged): the same refusal made again,
+    or an outcome that did not hang on how files were read (a link not followed, a pixel limit since raised)."""
+    if refusal is not None:
+        made_again = record["reason"] == refusal["reason"] and record["detail"] == refusal["detail"]
+        return record["status"] == "skipped" and made_again
+    if record["reason"] in (NOT_REGULAR, SYMBOLIC_LINK):
+        return False
+    return not (limit_raised and record["reason"] == TOO_MANY_PIXELS)
+
+
+@contextlib.contextmanager
+def _naming(folder: Path) -> Iterator[None]:
+    """A write through an open file that fails (a full disk, a quota) names no file: name the build folder, so the
+    one-line report says where; what was committed stays there, and the same command resumes once there is room."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(folder)) from exc
 
 
 def _relabelled(files: list[SourceFile], dataset: Dataset) -> bool:
@@ -259,9 +344,9 @@ def _skip_counts(files: pd.DataFrame) -> dict[str, int]:
 # --- worker side --------------------------------------------------------------------
 
 
-def _decode_job(job: tuple[str, str, str, str, ImageOptions]) -> dict | str:
+def _decode_job(job: tuple[str, str, str, str, ImageOptions, int]) -> dict | str:
     """Decode one file (or one named part of it) in a worker; never raises (a bug becomes a skip reason too)."""
-    path, decoder, part, known_digest, options = job
+    path, decoder, part, known_digest, options, max_pixels = job
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # failures go to the ingest report instead
     try:
         with open(path, "rb") as handle:
@@ -272,7 +357,7 @@ def _decode_job(job: tuple[str, str, str, str, ImageOptions]) -> dict | str:
     if digest == known_digest:
         return "unchanged"
     try:
-        slices: DicomSlices = decode_file(path, data, options, part, decoder)
+        slices: DicomSlices = decode_file(path, data, options, part, decoder, max_pixels)
     except SkippedFile as skip:
         return {"digest": digest, "reason": skip.reason, "detail": skip.detail}
     except Exception as exc:  # a bug in hashbench or a library: report, do not crash the ingest
@@ -493,7 +578,8 @@ class _Partial:
                 self.commit()
         finally:
             for handle in (self.images, self.index_file, self.files_file):
-                handle.close()
+                with contextlib.suppress(OSError):  # a commit left nothing to flush; after a failure the journal rules
+                    handle.close()
 
 
 def _open_partial(folder: Path, settings: dict, stats: dict[str, os.stat_result], image_bytes: int) -> _Partial:
@@ -578,19 +664,6 @@ def _refuse_if_empty(partial_dir: Path, name: str, source: Path) -> None:
     )
 
 
-def _settle_swap(target: Path, destination: Path, name: str) -> None:
-    """Finish what a swap interrupted by a kill left: put a retired build back if nothing replaced it, else remove it.
-
-    Only ``.<name>@replaced-*`` folders are touched: the ones a swap of this name created (``@`` is in no name).
-    """
-    for retired in sorted(destination.glob(f".{glob.escape(name)}@replaced-*")):
-        if not (target / MANIFEST).exists() and (retired / MANIFEST).exists():
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(retired, target)
-        else:
-            shutil.rmtree(retired, ignore_errors=True)
-
-
 def _finalise(
     partial_dir: Path,
     target: Path,
@@ -621,7 +694,7 @@ def _finalise(
         **(extra or {}),
     }
     atomic.write_json(partial_dir / MANIFEST, manifest)
-    retired = target.with_name(f".{name}@replaced-{os.getpid()}-{time.time_ns()}")
+    retired = target.with_name(f".{name}{RETIRED}{os.getpid()}-{time.time_ns()}")
     if target.exists():
         os.replace(target, retired)
     os.replace(partial_dir, target)

@@ -25,6 +25,7 @@ class Manifest:
     patients: str = ""  # how patients were found ("one per image" for image files)
     notices: tuple[str, ...] = ()  # what a user must know about the data, said at ingest
     unlabelled_files: tuple[str, ...] = ()  # images left out for want of a class folder
+    reading: dict = field(default_factory=dict)  # max_pixels and follow_symlinks of the last ingest that read files
     # every key as stored, a source's own ones included (phantom, lists, file)
     stored: dict = field(default_factory=dict)
 
@@ -48,5 +49,6 @@ def read_manifest(stored: dict) -> Manifest:
         patients=str(stored.get("patients", "")),
         notices=tuple(stored.get("notices", ())),
         unlabelled_files=tuple(stored.get("unlabelled_files", ())),
+        reading=dict(stored.get("reading", {})),
         stored=stored,
     )

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from hashbench.config.limits import MAX_PIXELS, check_range
 from hashbench.data.dicom import DicomSlices, ImageOptions
 from hashbench.data.manifest import Manifest
 from hashbench.model.registry import PluginRegistry
@@ -45,6 +46,11 @@ COLOUR_HELP = (
     "luma: colour images to grey; rgb: keep colour (grey images repeated); skip: leave colour images out (reported)."
 )
 ASPECT_HELP = "pad: keep the aspect ratio; stretch: resize directly."
+MAX_PIXELS_HELP = (
+    "A file whose header declares more pixels (width x height x frames x samples) is skipped unread, and reported."
+)
+FOLLOW_SYMLINKS_HELP = "Read symbolic links that lead to a regular file inside the source folder (by default every link is skipped, and reported)."
+RANGED_OPTIONS = {"size": "image_size"}  # a source's options checked against hashbench.config.limits by name
 
 
 class UnknownSourceError(LookupError):
@@ -122,6 +128,15 @@ def source(name: str) -> Source:
     return SOURCES.get(name)()
 
 
+def reading_flags(manifest: Manifest) -> str:
+    """The flags that read files as the dataset's ingest did (a raised --max-pixels, --follow-symlinks): a rebuild
+    without them would skip files the dataset holds."""
+    max_pixels = manifest.reading.get("max_pixels", MAX_PIXELS)
+    return (f" --max-pixels {max_pixels}" if max_pixels != MAX_PIXELS else "") + (
+        " --follow-symlinks" if manifest.reading.get("follow_symlinks") else ""
+    )
+
+
 @dataclass(frozen=True)
 class SourceListing:
     """A source as ``hashbench datasets`` lists it: its summary, or why it cannot be used."""
@@ -154,11 +169,17 @@ def ingest(
 
     ``options`` are the source's ``Options`` fields; a bad one is a ValueError naming it and what is valid.
     """
+    if workers is not None:
+        check_range("workers", workers, "--workers")
     chosen = source(source_name)
     try:
         parsed = chosen.Options(**options)
     except TypeError as exc:  # an unknown or missing field
         raise ValueError(f"ingest {source_name}: {exc}") from None
+    for option_name, limit in RANGED_OPTIONS.items():  # refused before anything is read, fetched or generated
+        value = getattr(parsed, option_name, None)
+        if value is not None:
+            check_range(limit, value, f"--{option_name.replace('_', '-')}")
     dataset = chosen.dataset_name(parsed) if name is None else name
     if dataset is None:
         raise ValueError(f"ingest {source_name} needs a dataset name: add --name NAME")

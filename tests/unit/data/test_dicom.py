@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from hashbench.data.dicom import ImageOptions, SkippedFile, decode, window_linear
+from hashbench.data.images import decode_file
 
 NATIVE = ImageOptions(size=16)  # same size as the test images: no resampling, exact pixels
 
@@ -156,6 +158,37 @@ def test_a_truncated_jpeg2000_stream_is_skipped(tmp_path, dicom, truncate_codest
     with pytest.raises(SkippedFile) as caught:
         decoded(path)
     assert caught.value.reason == "undecodable pixel data"
+
+
+def test_a_header_declaring_more_pixels_than_the_limit_is_skipped_with_the_count_and_the_fix(tmp_path, dicom):
+    frames = dicom(tmp_path / "frames.dcm", np.zeros((3, 16, 16), np.uint16), modality="MR").read_bytes()
+    with pytest.raises(SkippedFile) as caught:
+        decode(frames, NATIVE, max_pixels=16 * 16 * 3 - 1)
+    assert (caught.value.reason, caught.value.detail) == (
+        "too many pixels",
+        "declares 16 x 16 pixels x 3 frames (7.7e2), above the limit 767; raise it with --max-pixels",
+    )
+    assert len(decode(frames, NATIVE, max_pixels=16 * 16 * 3).images) == 3
+    colour = dicom(tmp_path / "rgb.dcm", np.zeros((16, 16, 3), np.uint8), photometric="RGB").read_bytes()
+    with pytest.raises(SkippedFile, match=r"declares 16 x 16 pixels x 3 samples \(7.7e2\), above the limit 700;"):
+        decode(colour, NATIVE, max_pixels=700)
+
+
+def test_image_files_count_every_page_against_the_limit_before_reading_it(tmp_path):
+    pages = [Image.fromarray(np.full((10, 12), v, np.uint8)) for v in (30, 60)]
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:])
+    data = (tmp_path / "pages.tif").read_bytes()
+    with pytest.raises(SkippedFile) as caught:
+        decode_file(tmp_path / "pages.tif", data, NATIVE, max_pixels=239)
+    assert (
+        caught.value.detail
+        == "declares 12 x 10 pixels x 2 pages (2.4e2), above the limit 239; raise it with --max-pixels"
+    )
+    assert len(decode_file(tmp_path / "pages.tif", data, NATIVE, max_pixels=240).images) == 2
+    small_then_large = [Image.fromarray(np.zeros(side, np.uint8)) for side in ((4, 4), (40, 40))]
+    small_then_large[0].save(tmp_path / "grows.tif", save_all=True, append_images=small_then_large[1:])
+    with pytest.raises(SkippedFile, match="declares 40 x 40 pixels x 2 pages"):  # its first page alone passes
+        decode_file(tmp_path / "grows.tif", (tmp_path / "grows.tif").read_bytes(), NATIVE, max_pixels=1000)
 
 
 def test_window_linear_is_clipped_and_monotone():
