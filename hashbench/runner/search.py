@@ -12,6 +12,7 @@ or by database position (``'index'``).
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,11 +89,14 @@ class CellIndex:
         """uint8 (n, size, size) images decoded as the dataset was, a name per (file, frame), and the files skipped with why."""
         from hashbench.data.dicom import ImageOptions, SkippedFile
         from hashbench.data.images import decode_file
+        from hashbench.data.ingest import NOT_REGULAR
 
         options = ImageOptions(**self.dataset.manifest["options"])
         images, names, skipped = [], [], []
         for path in map(Path, paths):
             try:
+                if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the read, a device read without end
+                    raise SkippedFile(NOT_REGULAR, "only regular files are read")
                 frames = decode_file(path, path.read_bytes(), options).images
             except (SkippedFile, OSError) as exc:
                 skipped.append((str(path), str(exc)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +91,26 @@ def test_search_refuses_a_k_below_one(trained_cell, k):
     index = CellIndex(directory, "cpu", False)
     with pytest.raises(ValueError, match="at least one neighbour"):
         index.search(index.embed(dataset.images[index.database_ids[:1]]), int(k))
+
+
+def test_a_query_that_is_not_a_regular_file_is_skipped_unread(trained_cell, tmp_path):
+    """A FIFO would block the read for ever and a link to /dev/zero read without end: both are skipped with the reason,
+    the real query is answered."""
+    directory, dataset = trained_cell
+    index = CellIndex(directory, "cpu", False)
+    png = tmp_path / "query.png"
+    Image.fromarray(dataset.images[int(index.database_ids[0])]).save(png)
+    fifo, zeros = tmp_path / "fifo.png", tmp_path / "zeros.png"
+    os.mkfifo(fifo)
+    zeros.symlink_to("/dev/zero")
+    answer = {}
+    reader = threading.Thread(target=lambda: answer.update(loaded=index.load_images([fifo, zeros, png])), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    if reader.is_alive():  # unblock the read so the test process can end, then fail
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO query blocked")
+    images, names, skipped = answer["loaded"]
+    assert names == [str(png)] and len(images) == 1
+    assert skipped == [(str(path), "not a regular file: only regular files are read") for path in (fifo, zeros)]
