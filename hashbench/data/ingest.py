@@ -248,7 +248,7 @@ def _ingest(job: IngestJob, name: str, extra_manifest: dict) -> IngestResult:
                     reused += 1
                 else:
                     build.append_decoded(source_file, st, outcome, series_metadata, stated)
-                    decoded += 1
+                    decoded += source_file.relpath not in refused  # a refused file was never opened
                 bar(source_file.relpath)
         _refuse_if_empty(partial, name, job.source)
         manifest = {**extra_manifest, "reading": reading}

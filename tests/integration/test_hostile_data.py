@@ -148,16 +148,20 @@ def test_fifos_devices_and_links_are_skipped_with_reasons_and_the_other_images_i
     (tree / "bright" / "inside.png").symlink_to(tree / "dark" / "0.png")
     os.mkfifo(tree / "bright" / "pipe.png")
 
+    decoded = []
+
     def ingest_tree(follow_symlinks: bool) -> Dataset:
         code = f"""
 from pathlib import Path
 from hashbench.data.dicom import ImageOptions
 from hashbench.datasets.folder import ingest_folder
-ingest_folder(Path({str(tree)!r}), "hostile", Path({str(tmp_path / "cache")!r}), ImageOptions(size={SIZE}),
-              workers=2, follow_symlinks={follow_symlinks})
+result = ingest_folder(Path({str(tree)!r}), "hostile", Path({str(tmp_path / "cache")!r}), ImageOptions(size={SIZE}),
+                       workers=2, follow_symlinks={follow_symlinks})
+print(result.decoded)
 """
         finished = run_capped(code)
         assert finished.returncode == 0, finished.stderr[-2000:]
+        decoded.append(int(finished.stdout.split()[-1]))
         return Dataset(tmp_path / "cache" / "hostile").verify()
 
     refused = {
@@ -173,7 +177,7 @@ ingest_folder(Path({str(tree)!r}), "hostile", Path({str(tmp_path / "cache")!r}),
             f"a symbolic link to {tree / 'dark' / '0.png'}; --follow-symlinks reads links that stay inside the source folder",
         ),
     }
-    assert set(by_default.skipped["digest"]) == {""}  # none of them was read
+    assert set(by_default.skipped["digest"]) == {""} and decoded == [4]  # none of them was read, nor counted decoded
     assert sorted(by_default.index["path"]) == ["bright/0.png", "bright/1.png", "dark/0.png", "dark/1.png"]
     followed = ingest_tree(follow_symlinks=True)
     assert skips(followed) == refused
