@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from hashbench.training.device import THREADS_GIVEN, core_share, use_threads
+
 
 def launched() -> bool:
     """Started by torchrun (or any launcher that sets WORLD_SIZE) with more than one process."""
@@ -54,6 +56,8 @@ def start(device: torch.device) -> torch.device:
     """Join the launcher's process group (NCCL on CUDA, else gloo); returns this process's device."""
     if not launched() or active():
         return device
+    if THREADS_GIVEN not in os.environ:  # each local process its share of the cores (torchrun's default is one)
+        use_threads(core_share(int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("WORLD_SIZE", "1"))))
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
@@ -82,10 +82,27 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _use_threads(value: int | None) -> int | None:
+    if value is not None:
+        from hashbench.training.device import use_threads
+
+        use_threads(value)
+    return value
+
+
 @app.callback()
 def _global_options(
     version: bool = typer.Option(
         False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        callback=_use_threads,
+        help="CPU threads for torch, numba and OpenMP (before the command: hashbench --threads 2 run ...). Default: "
+        "every core, or this process's share under torchrun; give each of several processes sharing a machine "
+        "(--shard siblings) its share.",
     ),
 ) -> None:
     """hashbench: benchmark deep hashing methods for medical image retrieval."""
