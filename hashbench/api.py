@@ -19,6 +19,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from hashbench.config import sweep
 from hashbench.config.limits import check_range
 from hashbench.config.suites import TRAINING_FREE, Suite, get_suite
 from hashbench.data.dataset import Dataset
@@ -37,15 +38,18 @@ from hashbench.model.registry import (
     method_class,
 )
 from hashbench.model.weights import WeightsUnavailableError
+from hashbench.report import export as exported
 from hashbench.report import leaderboard as boards
 from hashbench.report.leaderboard import Leaderboard, to_markdown
 from hashbench.report.plots import write_confusion
-from hashbench.runner.bench import PAPER_SLICES, Rates, measure
+from hashbench.runner.bench import PAPER_SLICES, Rates, SearchRates, measure, measure_search
+from hashbench.runner.bench import search_json as search_rates_json
 from hashbench.runner.bench import to_json as rates_json
 from hashbench.runner.cell import CellOutcome
 from hashbench.runner.grid import UnbuildableOutcome, run_grid, run_planned
 from hashbench.runner.plan import CellSpec, RunRequest, resolve_device
 from hashbench.runner.plan import plan as plan_cells
+from hashbench.runner.plan import with_defaults as fill_defaults
 from hashbench.runner.search import CellIndex, Hit
 from hashbench.store.atomic import write_text
 from hashbench.store.results import Cell, CellError, ResultsStore
@@ -76,11 +80,14 @@ __all__ = [
     "Suite",
     "UnbuildableOutcome",
     "bench",
+    "bench_search",
     "cells",
     "compare",
     "create_method",
+    "export",
     "leaderboard",
     "ingest",
+    "keep_sweep",
     "list_methods",
     "list_sources",
     "load_dataset",
@@ -92,8 +99,10 @@ __all__ = [
     "run_grid",
     "run_planned",
     "search",
+    "search_rates_json",
     "suite",
     "to_markdown",
+    "with_defaults",
     "with_suite_settings",
     "write_leaderboard",
 ]
@@ -139,6 +148,38 @@ def with_suite_settings(request: RunRequest, suite: Suite | None) -> RunRequest:
 def plan(request: RunRequest, dataset: Dataset, device: torch.device | str | None = None) -> list[CellSpec]:
     """Every cell of ``request`` resolved and validated (ValueError on anything invalid); nothing is written."""
     return plan_cells(request, dataset, None if device is None else resolve_device(str(device)))
+
+
+def with_defaults(request: RunRequest, dataset: Dataset, device: torch.device | str | None = None) -> RunRequest:
+    """``request`` with every default decided as :func:`plan` decides it (profile, epochs, image size, split,
+    backbones, weights, augmentation, device): the sweep that would run, every value resolved."""
+    return fill_defaults(request, dataset, resolve_device(request.device if device is None else str(device)))
+
+
+def keep_sweep(path: str | Path, out: str | Path) -> Path:
+    """Keep the sweep file a run was given beside its results, as ``<out>/sweeps/<name>-<content hash>.toml`` (a changed
+    file is kept beside the earlier one, never over it); returns the copy."""
+    return sweep.keep_copy(Path(path), Path(out))
+
+
+def export(
+    out: str | Path,
+    target: str | Path | None = None,
+    output_format: str = "csv",
+    statuses: tuple[str, ...] = ("finished",),
+) -> tuple[Path, pd.DataFrame]:
+    """The cells under ``out`` as a tidy table, one row per cell and metric with its provenance (failed and damaged
+    cells, when ``statuses`` names them, as one row each with an empty metric and the reason in ``note``), written
+    atomically as csv, jsonl or parquet to ``target`` (default ``<out>/results.<format>``): (the file, the table).
+    ValueError for an unknown format or status, or when no cell matches; ImportError for parquet without pyarrow."""
+    table = exported.results_table(out, tuple(statuses))
+    if table.empty:
+        raise ValueError(
+            f"no {' or '.join(statuses)} cells under {out}: run `hashbench run ...` first, or point --out at a results root"
+        )
+    target = Path(target) if target else Path(out) / f"results.{output_format}"
+    exported.write_table(table, target, output_format)
+    return target, table
 
 
 def suite(name: str | None, with_baselines: bool = False) -> Suite | None:
@@ -266,6 +307,16 @@ def bench(
                 on_measure(backbone, size, where)
             rates.append(measure(dataset, backbone, size, where, method, bits, batch_size, steps, execution, slices))
     return rates
+
+
+def bench_search(
+    n_items: int, bits: int, queries: int = 200, device: str = "auto", seed: int = 0, flips: int = 2
+) -> SearchRates:
+    """Each search backend's ms per query and index bytes over ``n_items`` random ``bits``-bit codes, its speed-up over
+    the exact popcount scan and the hash indexes' recall@10 (:mod:`hashbench.evaluation.cost`); on a CUDA ``device``
+    the torch ranking too. ValueError names a size, count or probe depth it cannot run."""
+    check_range("bits", bits)
+    return measure_search(n_items, bits, queries, seed, resolve_device(device), flips)
 
 
 SEARCH_ERRORS = (

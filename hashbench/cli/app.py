@@ -196,15 +196,20 @@ def load_plugins(plugins: list[Path]) -> None:
                 console.print(f"[yellow]plugin {path} is broken[/yellow]: {entry.error}")
 
 
-def check_metrics(metrics: list[str]) -> None:
-    """Every metric name is known (the message lists the valid forms)."""
+def check_metrics(metrics: list[str], with_costs: bool = False) -> None:
+    """Every metric name is known (the message lists the valid forms); ``with_costs``: a table of stored cells may also
+    show the retrieval costs each cell recorded."""
+    from hashbench.evaluation.cost import COST_COLUMNS
     from hashbench.evaluation.evaluate import parse_metric
 
     for name in metrics:
+        if with_costs and name in COST_COLUMNS:
+            continue
         try:
             parse_metric(name)
         except ValueError as exc:
-            raise typer.BadParameter(exc.args[0], param_hint="--metrics") from None
+            costs = f"; or a recorded cost: {', '.join(COST_COLUMNS)}" if with_costs else ""
+            raise typer.BadParameter(exc.args[0] + costs, param_hint="--metrics") from None
 
 
 def chosen_suite(name: str | None, with_baselines: bool = False):

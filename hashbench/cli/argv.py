@@ -19,8 +19,9 @@ MULTI_VALUE_OPTIONS = {
     "--backbone",
     "--backbones",
     "--image-sizes",
+    "--track",
 }
-COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics", "--backbone", "--backbones", "--image-sizes"}
+COMMA_LISTS = {"--methods", "--bits", "--seeds", "--metrics", "--backbone", "--backbones", "--image-sizes", "--track"}
 INTEGER_LISTS = {
     "--bits",
     "--seeds",

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from hashbench.cli.app import (
@@ -75,7 +76,7 @@ def leaderboard_command(
 
     if output_format not in ("rich", "md"):
         raise typer.BadParameter(f"{output_format!r}; valid: rich, md", param_hint="--format")
-    check_metrics(metrics)
+    check_metrics(metrics, with_costs=True)
     view = parse_view(exclude, level, case_code, case_distance, relevance, ap_norm, empty, ranking)
     chosen = chosen_suite(suite, with_baselines)
     nothing = f"no finished cells under {out}{' for ' + dataset if dataset else ''}: run `hashbench run ...` first, or point --out at a results root"
@@ -294,3 +295,33 @@ def confusion_command(
         table.add_row(name, *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
     console.print(table)
     console.print(f"wrote {' and '.join(map(str, written))}")
+
+
+@app.command("export")
+def export_command(
+    output_format: str = typer.Option(
+        "csv", "--format", help="csv, jsonl (a JSON object per line) or parquet (needs pyarrow: the parquet extra)."
+    ),
+    out: Path = out_option("Results root to read (default: ./runs)."),
+    output: Optional[Path] = typer.Option(
+        None, "--output", help="The file to write (default: <out>/results.<format>)."
+    ),
+    status: str = typer.Option(
+        "finished",
+        "--status",
+        help="Cells to export, comma-separated: finished, failed, damaged. A failed or damaged cell is one row with "
+        "an empty metric and value, its note saying why.",
+    ),
+) -> None:
+    """The stored cells as one tidy table for pandas, R or a spreadsheet: a row per cell and metric (method, bits,
+    seed, metric, value) with its provenance (data and its fingerprint, split, profile, backbone, weights, epochs,
+    image size, identity hash, status, git commit and dirty flag, wall time, synthetic, device, note)."""
+    from hashbench import api
+    from hashbench.report.export import CELL
+
+    try:
+        target, table = api.export(out, output, output_format, tuple(s.strip() for s in status.split(",") if s.strip()))
+    except (ValueError, ImportError) as exc:
+        fail(escape(str(exc)))  # the fix names an extra in brackets, which is not markup
+    cells = len(table.drop_duplicates(list(CELL)))
+    console.print(f"wrote {target}: {len(table)} rows, one per cell and metric, from {cells} cells")

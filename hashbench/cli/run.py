@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from rich import box
@@ -33,11 +33,85 @@ from hashbench.cli.app import (
     parse_view,
     print_boards,
 )
+from hashbench.cli.argv import COMMA_LISTS
 from hashbench.evaluation.evaluate import DEFAULT_METRICS
+
+INVOCATION_ONLY = ("config", "like", "dry-run", "json", "force")  # how to run this once, not what a sweep is
+
+
+def _sweep_flags(ctx: typer.Context) -> dict[str, Any]:
+    """The flags a sweep file may hold, by key: the flag's name without its dashes."""
+    named = {param.opts[0].removeprefix("--"): param for param in ctx.command.params if param.opts}
+    return {key: param for key, param in named.items() if key not in INVOCATION_ONLY}
+
+
+def _sweep_settings(ctx: typer.Context, param: typer.CallbackParam, value: Optional[Path]) -> Optional[Path]:
+    """--config FILE or --like CELL: the settings of the sweep file or of the stored cell become the defaults of the
+    flags not given."""
+    if value is None:
+        return value
+    if ctx.default_map is not None:
+        fail("--config and --like both give a sweep's settings: give one of them")
+    from hashbench.config.sweep import cell_settings, read_sweep
+
+    try:
+        settings = read_sweep(value, _sweep_flags(ctx)) if param.name == "config" else cell_settings(value)
+    except ValueError as exc:
+        fail(escape(str(exc)))
+    _use_as_defaults(ctx, settings, str(value if param.name == "config" else value / "config.json"))
+    return value
+
+
+def _use_as_defaults(ctx: typer.Context, settings: dict[str, Any], source: str) -> None:
+    """Each setting becomes the default of its flag, read and checked as the flag's own value would be (exit 2 naming
+    the source, the key and what is wrong); a flag given on the command line still wins."""
+    flags = _sweep_flags(ctx)
+    defaults = {}
+    for key, value in settings.items():
+        flag = flags[key]
+        try:
+            defaults[flag.name] = _as_given(flag, value)
+            flag.process_value(ctx, defaults[flag.name])
+        except ValueError as exc:
+            fail(escape(f"{source}: {key} = {json.dumps(value, default=str)}: {exc}"))
+        except typer.BadParameter as exc:
+            fail(escape(f"{source}: {key} = {json.dumps(value, default=str)}: {exc.message}"))
+    ctx.default_map = defaults
+
+
+def _as_given(flag, value: Any) -> Any:
+    """A TOML value as the command line gives its flag: true or false for a switch, else text (a list of texts for a
+    flag that takes several, commas splitting where they do on the command line), for the flag's own type to read."""
+    if flag.is_flag:
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not true or false")
+        return value
+    if isinstance(value, list) and not flag.multiple:
+        raise ValueError(f"takes one value, not a list {value!r}")
+    values = value if isinstance(value, list) else [value]
+    wrong = [v for v in values if isinstance(v, bool) or not isinstance(v, (str, int, float))]
+    if wrong:
+        raise ValueError(f"{wrong[0]!r} is not text or a number" + ("" if flag.multiple else "; write one value"))
+    texts = [str(v) for v in values]
+    if not flag.multiple:
+        return texts[0]
+    return [part for text in texts for part in text.split(",") if part] if flag.opts[0] in COMMA_LISTS else texts
+
+
+def _added_to_sweep_settings(ctx: typer.Context, param: typer.CallbackParam, value: List[str]) -> List[str]:
+    """--set texts, checked for their form where they are read (a sweep file's too); beside --config or --like they add
+    to their settings (parsed in order: the later setting of an option wins), where any other flag replaces the value
+    they give."""
+    parse_overrides(value)
+    source = ctx.get_parameter_source(param.name)
+    if source is not None and source.name == "COMMANDLINE":
+        return [*(ctx.default_map or {}).get(param.name, []), *value]
+    return value
 
 
 @app.command("run")
 def run_command(
+    ctx: typer.Context,
     methods: List[str] = typer.Option([], "--methods", help="Methods to run: --methods hashnet dpsh, or hashnet,dpsh."),
     bits: List[int] = typer.Option(
         [],
@@ -106,7 +180,11 @@ def run_command(
     out: Path = out_option("Results root; finished cells there are skipped (default: ./runs)."),
     plugin: List[Path] = typer.Option([], "--plugin", help="A local plugin file registering methods."),
     overrides: List[str] = typer.Option(
-        [], "--set", help="Option override: method.key=value, or key=value for every method."
+        [],
+        "--set",
+        help="Option override: method.key=value, or key=value for every method; beside --config or --like, added to "
+        "their settings (the later setting of an option wins).",
+        callback=_added_to_sweep_settings,
     ),
     metrics: List[str] = typer.Option(list(DEFAULT_METRICS), "--metrics", help="Metrics to compute and show."),
     force: bool = typer.Option(
@@ -144,6 +222,18 @@ def run_command(
         help="Deep methods keep the backbone's initial weights and train their head alone, on its features computed "
         "once and cached (DAFH, which fuses feature maps, refuses).",
     ),
+    track: List[str] = typer.Option(
+        [],
+        "--track",
+        help="Mirror each cell's training to experiment trackers: tensorboard (event files in the cell), mlflow (a run "
+        "per cell); e.g. --track tensorboard,mlflow. Extras: pip install 'hashbench[tensorboard]' / '[mlflow]'.",
+    ),
+    mlflow_uri: Optional[str] = typer.Option(
+        None,
+        "--mlflow-uri",
+        help="Where --track mlflow writes: sqlite:///PATH.db or a server's http://...; default $MLFLOW_TRACKING_URI, "
+        "else mlflow.db in --out.",
+    ),
     exclude: str = EXCLUDE_OPTION,
     level: str = LEVEL_OPTION,
     case_code: str = CASE_CODE_OPTION,
@@ -152,6 +242,23 @@ def run_command(
     ap_norm: str = AP_NORM_OPTION,
     empty: str = EMPTY_OPTION,
     ranking: str = RANKING_OPTION,
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        is_eager=True,
+        callback=_sweep_settings,
+        help="A sweep file (TOML) holding this command's flags, each key a flag without its dashes (see "
+        "examples/sweep.toml); flags given beside it override its values. A run keeps a copy as "
+        "<out>/sweeps/<name>-<hash>.toml; --dry-run prints the sweep with every value resolved.",
+    ),
+    like: Optional[Path] = typer.Option(
+        None,
+        "--like",
+        is_eager=True,
+        callback=_sweep_settings,
+        help="Plan a stored cell again (its directory): its method, bits, seed, data, split, profile, backbone, training "
+        "and options; flags given beside it change them (e.g. --seeds 1, --dataset other).",
+    ),
 ) -> None:
     """Train and evaluate every (method, bits, seed) cell, then print the leaderboard (judged as the view options say;
     each cell stores its codes, so any other view is a `hashbench leaderboard` away)."""
@@ -189,18 +296,25 @@ def run_command(
         shard=_parse_shard(shard),
         execution=_execution(precision, channels_last, compile_model),
         freeze_backbone=freeze_backbone,
+        tracking=_tracking(track, mlflow_uri),
     )
     request = api.with_suite_settings(request, chosen)
     try:
         data = api.load_dataset(dataset, progress=not console.quiet)
         if dry_run:
-            _print_plan(api.plan(request, data), out, as_json)
+            planned = api.plan(request, data)
+            _print_plan(planned, out, as_json, _resolved_sweep(ctx, api.with_defaults(request, data)))
+            if like and not as_json:
+                _print_likeness(like, planned)
             return
+        if config:
+            console.print(f"sweep file {config} kept as {api.keep_sweep(config, out)}")
         outcomes = api.run_grid(
             request, data, out, progress=not console.quiet, on_cell=lambda outcome: _report_cell(outcome, metrics)
         )
     except api.USER_ERRORS as exc:
-        fail(exc.args[0] if exc.args else exc)
+        read_from = f"{config or like} (or a flag beside it): " if config or like else ""
+        fail(read_from + str(exc.args[0] if exc.args else exc))
     except KeyboardInterrupt:
         console.print(
             "\n[yellow]interrupted[/yellow]: finished cells are kept and the current one resumes from its last epoch; run the same command again."
@@ -230,6 +344,41 @@ def run_command(
                 f"{method} could not be built:\n{text.rstrip()}", markup=False, highlight=False, soft_wrap=True
             )
         raise typer.Exit(1)
+
+
+def _resolved_sweep(ctx: typer.Context, request) -> str:
+    """The sweep as a file: every flag's value, with those the plan decides (profile, epochs, size, ...) as decided."""
+    from hashbench.config.sweep import request_settings, to_toml
+
+    given = {key: ctx.params[flag.name] for key, flag in _sweep_flags(ctx).items()}
+    return to_toml({**given, **request_settings(request)})
+
+
+def _print_likeness(directory: Path, planned) -> None:
+    """How each planned cell differs from the stored one --like named."""
+    from hashbench.config.sweep import differences
+    from hashbench.store.results import Cell
+
+    stored = Cell(directory).config
+    for cell in planned:
+        changed = differences(stored, cell.config)
+        what = "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        console.print(
+            f"like {stored.identity()}: {cell.config.label()} differs in {what}"
+            if changed
+            else f"like {stored.identity()}: {cell.config.label()} is the same cell",
+            markup=False,
+            highlight=False,
+        )
+
+
+def _tracking(track: List[str], mlflow_uri: str | None):
+    from hashbench.runner.tracking import Tracking
+
+    try:
+        return Tracking(tuple(dict.fromkeys(track)), mlflow_uri or "")
+    except ValueError as exc:
+        fail(exc)
 
 
 def _execution(precision: str, channels_last: bool | None, compile_model: bool):
@@ -267,8 +416,9 @@ def _report_cell(outcome, metrics: List[str]) -> None:
         console.print(f"[red]failed[/red] {label}: {escape(outcome.error)}{note}")
 
 
-def _print_plan(planned, out: Path, as_json: bool) -> None:
-    """One line per cell: its full configuration and where it would be written, or why its method could not be built."""
+def _print_plan(planned, out: Path, as_json: bool, resolved_sweep: str) -> None:
+    """One line per cell: its full configuration and where it would be written, or why its method could not be built;
+    then (not with --json) the resolved sweep, a file --config reads back."""
     from hashbench.config.profiles import PROFILES
 
     for cell in planned:
@@ -288,6 +438,8 @@ def _print_plan(planned, out: Path, as_json: bool) -> None:
         )
         print(f"{described['cell']}: {flat} -> {where}")
     if not as_json:
+        print("# the resolved sweep: save it as a file and run it with --config FILE")
+        print(resolved_sweep, end="")
         for name in sorted({cell.config.profile for cell in planned}):
             console.print(f"profile {name}: {PROFILES[name].description}")
         unbuildable = sum(bool(cell.unbuildable) for cell in planned)
@@ -322,10 +474,34 @@ def bench_command(
     ),
     epochs: int = typer.Option(50, "--epochs", help="Projection: epochs (default: the paper's 50)."),
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the rates to this file."),
+    search: Optional[int] = typer.Option(
+        None,
+        "--search",
+        help="Measure search instead of training: N random codes of --bits bits in the database (e.g. 1000000); each "
+        "backend's ms per query and index bytes, its speed-up over the exact popcount scan, the hash indexes' recall@10.",
+    ),
+    queries: int = typer.Option(200, "--queries", help="With --search: queries timed, one at a time (median)."),
+    flips: int = typer.Option(
+        2,
+        "--flips",
+        help="With --search: bits flipped per hash key when the hash indexes probe (more: recall up, slower).",
+    ),
 ) -> None:
-    """Images/s for loading, training and encoding on this device, peak memory, and the projected time of a full run."""
+    """Images/s for loading, training and encoding on this device, peak memory, and the projected time of a full run;
+    with --search, the cost of a query over N codes for each search backend."""
     from hashbench import api
 
+    if search is not None:
+        try:
+            searched = api.bench_search(search, bits, queries, device, flips=flips)
+        except api.USER_ERRORS as exc:
+            fail(exc.args[0] if exc.args else exc)
+        _print_search_rates(searched)
+        if as_json:
+            from hashbench.store.atomic import write_text
+
+            write_text(as_json, api.search_rates_json(searched))
+        return
     execution = _execution(precision, channels_last, compile_model)
 
     def measuring(backbone: str, size: int, where) -> None:
@@ -384,3 +560,42 @@ def bench_command(
         from hashbench.store.atomic import write_text
 
         write_text(as_json, api.rates_json(rates, data, slices, epochs))
+
+
+def _print_search_rates(rates) -> None:
+    """The search bench as a table: one row per backend, the exact popcount scan first, and what did not run."""
+    title = f"search over {rates.n_items:,} random {rates.bits}-bit codes; {rates.queries} queries, one at a time"
+    table = Table(box=box.SIMPLE_HEAD, title=title)
+    for column in (
+        "backend",
+        "exact",
+        "ms/query",
+        "p95 ms",
+        "speed-up over scan",
+        f"recall@{rates.k}",
+        "index MiB",
+        "build s",
+        "parameters",
+    ):
+        table.add_column(column, justify="left" if column in ("backend", "parameters") else "right")
+    for backend in rates.backends:
+        table.add_row(
+            backend.name,
+            "yes" if backend.exact else "no",
+            f"{backend.median_ms:.4g}",
+            f"{backend.p95_ms:.4g}",
+            f"{rates.speedup(backend):,.2f}x",
+            "-" if backend.recall is None else f"{backend.recall:.3f}",
+            f"{backend.index_bytes / 2**20:,.1f}",
+            f"{backend.build_seconds:.2f}",
+            ", ".join(f"{k}={v}" for k, v in backend.parameters.items()),
+        )
+    console.print(table)
+    console.print(
+        f"popcount: hashbench's exact scan (numpy); faiss on {rates.threads} thread; median over {rates.queries} "
+        f"queries after {rates.warm_up_queries} warm-up; recall@{rates.k}: share of the exact top {rates.k} found "
+        f"(ties at the {rates.k}th distance count). Uniform random codes have no near neighbours, the hard case for a "
+        "hash table; every cell records the same measurement on its own codes (the cost in its metrics.json)."
+    )
+    for name, reason in rates.not_run.items():
+        console.print(f"[dim]{name} not run: {reason}[/dim]")

@@ -106,8 +106,13 @@ def class_masks(query_labels: np.ndarray, database_labels: np.ndarray) -> tuple[
     query_labels, database_labels = np.asarray(query_labels), np.asarray(database_labels)
     if query_labels.ndim == 2:
         return label_words(query_labels), label_words(database_labels)
-    names, ids = np.unique(np.concatenate([query_labels, database_labels]), return_inverse=True)
-    return label_words(ids[: len(query_labels)], len(names)), label_words(ids[len(query_labels) :], len(names))
+    labels = np.concatenate([query_labels, database_labels])
+    if labels.dtype.kind in "iu" and len(labels) and 0 <= labels.min() and labels.max() < 64:
+        ids, n_classes = labels, int(labels.max()) + 1  # class ids already: no sort to map them
+    else:
+        names, ids = np.unique(labels, return_inverse=True)
+        n_classes = len(names)
+    return label_words(ids[: len(query_labels)], n_classes), label_words(ids[len(query_labels) :], n_classes)
 
 
 def evaluate_packed(

@@ -13,11 +13,13 @@ A query may leave database items out of its ranking (its own patient's slices, s
 side carries a group id per row, and an item of the query's group (ids >= 0) is neither
 counted nor ranked, so every count is that of the ranking without it.
 
-Both come from two passes over the database per query and no sort: the rank of item j
-at distance d is ``(items nearer than d) + (items at d with a lower index) + 1``, and
-the second term is a running counter per distance. On the CPU this is a compiled
-(numba) kernel over packed 64-bit words with popcount, parallel over queries, holding
-no query x database matrix at all; the database is walked in blocks sized so that
+Both come from at most two passes over the database per query and no sort: the rank of
+item j at distance d is ``(items nearer than d) + (items at d with a lower index) + 1``,
+and the second term is a running counter per distance (recorded for the relevant items
+as the first pass goes, where the whole database is one block, so one pass suffices). On
+the CPU this is a compiled (numba) kernel over packed 64-bit words with popcount,
+parallel over queries, holding no query x database matrix at all; the database is
+walked in blocks sized so that
 the scratch of all threads stays within ``memory_bytes``. On a GPU the same counts
 come from a +/-1 matmul and one sort of unique (distance, index) keys per chunk of
 queries, the chunk sized by ``memory_bytes``. Both backends give the same numbers (tests hold them to 1e-12).
@@ -33,6 +35,8 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
+
+from hashbench.training.device import use_numba_threads
 
 DEFAULT_MEMORY_BYTES = 1 << 30  # scratch: CPU database blocks over all threads; GPU query chunks
 CPU_BYTES_PER_ITEM = 12  # per database item in a block, per thread: key, relevance flag, packed rank
@@ -97,6 +101,9 @@ def label_words(labels: np.ndarray, n_classes: int | None = None) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim == 1:
         n_classes = int(labels.max()) + 1 if n_classes is None and len(labels) else (n_classes or 1)
+        if n_classes <= 64:  # one word: class c is bit 7 - c % 8 of byte c // 8, as np.packbits lays it out
+            places = 8 * (labels // 8) + 7 - labels % 8
+            return (np.uint64(1) << places.astype(np.uint64))[:, None]
         hot = np.zeros((len(labels), n_classes), dtype=bool)
         hot[np.arange(len(labels)), labels] = True
         labels = hot
@@ -179,6 +186,74 @@ def _fill_keys(
                 keys[j] = left_out
 
 
+# The one-pass kernel packs, per distance d, (d << DISTANCE_SHIFT) + (relevant items << COUNT_BITS) + items into one
+# int64: one read-modify-write per item, and the value recorded for a relevant item says its distance too.
+COUNT_BITS = 26  # items of one ranking: fewer than 2**26 (67 million) for the one-pass kernel
+DISTANCE_SHIFT = 2 * COUNT_BITS  # distances up to 2047 fit above the two counts: codes up to 2046 bits
+COUNT_MASK = (1 << COUNT_BITS) - 1
+COUNTS_MASK = (1 << DISTANCE_SHIFT) - 1
+
+
+@numba.njit(inline="always")
+def _one_pass_counts(
+    q, n_items, n_bins, keys, recorded, cutoffs, distance_counts, relevant_counts, hits, precision_sums, top1
+):
+    """Every count of a query in one pass over its keys (the whole database in one block, no first items asked for).
+
+    The rank of item j at distance d is (items nearer than d) + (items at d before j) + 1, and only the second term
+    depends on j: the pass keeps it per distance as it goes and records it, with the hits so far, for the relevant
+    items (``recorded``: int64 scratch of n_items). Once the histograms are whole, each recorded item's rank is its
+    count plus the items nearer than its distance; precisions are summed in database order, so every value is the
+    two-pass kernel's, bit for bit, for one store per item fewer.
+    """
+    seen = (np.arange(n_bins + 1) << DISTANCE_SHIFT).astype(np.int64)  # the last bin takes the items left out
+    written = 0
+    for j in range(n_items):
+        key = np.int64(keys[j])
+        relevant = key & 1
+        packed = seen[key >> 1] + 1 + (relevant << COUNT_BITS)
+        seen[key >> 1] = packed
+        recorded[written] = packed  # kept only when relevant: the slot is reused otherwise
+        written += relevant
+    before = np.zeros(n_bins + 1, np.int64)  # (relevant << COUNT_BITS) + items nearer than each distance
+    nearer, nearest = np.int64(0), -1
+    for d in range(n_bins):
+        before[d] = nearer
+        at = seen[d] & COUNTS_MASK
+        distance_counts[q, d] = at & COUNT_MASK
+        relevant_counts[q, d] = at >> COUNT_BITS
+        if nearest < 0 and at & COUNT_MASK:
+            nearest = d
+        nearer += at
+    if nearest >= 0:
+        for j in range(n_items):
+            if keys[j] >> 1 == nearest:
+                top1[q] = j
+                break
+    n_cutoffs = cutoffs.shape[0]
+    hit_count = np.zeros(n_cutoffs, np.int64)
+    precision_sum = np.zeros(n_cutoffs, np.float64)
+    if n_cutoffs == 0:
+        return
+    # the largest cutoff takes nearly every item: its sums stay in registers, the others' in memory
+    last, last_hits, last_sum = cutoffs[n_cutoffs - 1], 0, 0.0
+    for i in range(written):
+        packed = (recorded[i] & COUNTS_MASK) + before[recorded[i] >> DISTANCE_SHIFT]
+        rank = packed & COUNT_MASK
+        precision = (packed >> COUNT_BITS) / rank
+        if rank <= last:
+            last_hits += 1
+            last_sum += precision
+            m = n_cutoffs - 2  # cutoffs ascend: stop at the first one the rank exceeds
+            while m >= 0 and rank <= cutoffs[m]:
+                hit_count[m] += 1
+                precision_sum[m] += precision
+                m -= 1
+    hit_count[n_cutoffs - 1], precision_sum[n_cutoffs - 1] = last_hits, last_sum
+    hits[q, :] = hit_count
+    precision_sums[q, :] = precision_sum
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def _count_kernel(
     query_codes,
@@ -201,7 +276,8 @@ def _count_kernel(
     """Per query and database block: keys, their histogram; then, with the whole histogram known, the stable pass.
 
     With one block the keys are kept between the passes; with several they are recomputed, so the scratch
-    memory is ``block`` items per thread whatever the database size.
+    memory is ``block`` items per thread whatever the database size. With one block and no first items to record,
+    one pass does both (:func:`_one_pass_counts`).
     """
     n_items = database_codes_t.shape[1]
     n_bins = distance_counts.shape[1]
@@ -209,9 +285,40 @@ def _count_kernel(
     n_cutoffs = cutoffs.shape[0]
     n_top = top_items.shape[1]
     n_blocks = max(1, -(-n_items // block))
+    one_pass = stable and n_blocks == 1 and n_top == 0 and 0 < n_items <= COUNT_MASK and n_bins < 1 << 11
     for q in numba.prange(query_codes.shape[0]):
         keys = np.empty(min(block, n_items), key_prototype.dtype)
         shares = np.empty(min(block, n_items), key_prototype.dtype)
+        if one_pass:
+            _fill_keys(
+                q,
+                0,
+                n_items,
+                query_codes,
+                query_labels,
+                database_codes_t,
+                database_labels_t,
+                query_groups,
+                database_groups,
+                left_out,
+                keys,
+                shares,
+            )
+            recorded = np.empty(n_items, np.int64)
+            _one_pass_counts(
+                q,
+                n_items,
+                n_bins,
+                keys,
+                recorded,
+                cutoffs,
+                distance_counts,
+                relevant_counts,
+                hits,
+                precision_sums,
+                top1,
+            )
+            continue
         # four interleaved histograms break the store-to-load chain of repeated keys
         histogram = np.zeros((4, 2 * n_bins + 1), np.int64)
         for start in range(0, n_items, block):
@@ -386,6 +493,7 @@ def count_ranks(
         np.full((n_queries, top), -1, np.int64),
     )
     key_type = np.uint8 if 2 * (n_bits + 1) <= 255 else np.uint16  # the largest key: an item left out
+    use_numba_threads()
     block = max(64, memory_bytes // (numba.get_num_threads() * CPU_BYTES_PER_ITEM))
     _count_kernel(
         np.ascontiguousarray(query_words),

@@ -22,6 +22,7 @@ import pandas as pd
 
 from hashbench.config.suites import Suite
 from hashbench.data import splits
+from hashbench.evaluation.cost import COST_COLUMNS, cost_value
 from hashbench.evaluation.evaluate import mean_over_queries, parse_metric
 from hashbench.evaluation.stats import bootstrap_interval
 from hashbench.evaluation.stored import (
@@ -51,6 +52,10 @@ CELL_LEGEND = "cells: mean ± std over runs [95 % bootstrap interval over querie
 CLUSTERED_LEGEND = CELL_LEGEND.replace("over queries", "resampling patients, whose slices are not independent")
 UNCLUSTERED_LEGEND = CELL_LEGEND.replace(
     "over queries", "over queries, as if independent: these cells were stored without their patients"
+)
+COST_LEGEND = (
+    "cells: mean ± std over runs (n = runs) of what each cell recorded when it ran, timed on its own machine (the "
+    "record's device) against its own database of slices, whatever the view; '-' where a cell recorded none"
 )
 MIXED_LEGEND = CELL_LEGEND.replace(
     "over queries",
@@ -108,6 +113,32 @@ def summarise(
         low, high = bootstrap_interval(np.concatenate(per_run)[None], clusters=clusters_of(pooled))
     flags = _flags([n for n in finished["note"] if n], len(finished), problems)
     return f"{means.mean():.3f}{spread} [{low:.3f}, {high:.3f}] (n={len(means)}{flags})"
+
+
+def summarise_cost(rows: pd.DataFrame, name: str) -> str:
+    """One leaderboard cell of a cost column (:data:`~hashbench.evaluation.cost.COST_COLUMNS`): the mean over runs of
+    what each recorded, ± their std where several, n; why not, where none did (a cell from before costs were recorded,
+    a backend that did not run there)."""
+    if rows.empty:
+        return "-"
+    problems = [note for note in rows.loc[rows["status"] != "finished", "note"]]
+    values, reasons = [], []
+    for directory in rows.loc[rows["status"] == "finished", "directory"]:
+        try:
+            value, reason = cost_value(name, Cell(directory).record.get("cost"))
+        except CellError as exc:
+            problems.append(f"damaged: {exc}")
+            continue
+        if value is None:
+            reasons.append(reason)
+        else:
+            values.append(value)
+    if not values:
+        return "; ".join([*(f"- ({r})" for r in sorted(set(reasons))), *problems]) or "-"
+    digits = COST_COLUMNS[name].digits
+    spread = f" ± {np.std(values, ddof=1):{digits}}" if len(values) > 1 else ""
+    unmeasured = f"; {len(reasons)} of {len(reasons) + len(values)} runs {reasons[0]}" if reasons else ""
+    return f"{np.mean(values):{digits}}{spread} (n={len(values)}{unmeasured}{_flags([], len(values), problems)})"
 
 
 def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
@@ -404,22 +435,31 @@ def build(
             else [((by, v), f", {by} {v} (n = {n} queries)") for v, n in subgroups(rows, by, view).items()]
         )
         for metric in (*metrics, *(m for m in published if m not in metrics)):
+            if metric in COST_COLUMNS:  # recorded per cell when it ran, not computed from a ranking: no subgroups
+                table = _table(rows, bits, lambda cells, name=metric: summarise_cost(cells, name))
+                title = f"{metric.upper()}: {COST_COLUMNS[metric].help}"
+                boards.append(Leaderboard(title, described, table, COST_LEGEND))
+                continue
             for subgroup, named in parts:
-                table = _reference_rows_last(
-                    pd.DataFrame(
-                        {
-                            _column_name(b): {
-                                row: summarise(group[group["bits"] == b], metric, view, subgroup)
-                                for row, group in rows.groupby("row", sort=True)
-                            }
-                            for b in bits
-                        }
-                    )
-                )
+                table = _table(rows, bits, lambda cells, name=metric, part=subgroup: summarise(cells, name, view, part))
                 published_note = " (the metric this protocol is published with)" if metric in published else ""
                 title = metric.upper() + published_note + named
-                boards.append(Leaderboard(title, described, table.rename_axis("method"), legend))
+                boards.append(Leaderboard(title, described, table, legend))
     return boards
+
+
+def _table(rows: pd.DataFrame, bits: list[int], summary) -> pd.DataFrame:
+    """Rows = methods (reference rows last), columns = code lengths; each cell ``summary`` of its runs."""
+    return _reference_rows_last(
+        pd.DataFrame(
+            {
+                _column_name(b): {
+                    row: summary(group[group["bits"] == b]) for row, group in rows.groupby("row", sort=True)
+                }
+                for b in bits
+            }
+        )
+    ).rename_axis("method")
 
 
 def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) -> list[Leaderboard]:
@@ -461,7 +501,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) ->
 
 def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, view: View = DEFAULT_VIEW) -> str:
     """Write each protocol's figures next to ``markdown`` and return the markdown that shows them."""
-    from hashbench.report.plots import leaderboard_figures
+    from hashbench.report.plots import COST_FIGURE, leaderboard_figures
 
     parts = []
     if cells.empty:
@@ -469,13 +509,19 @@ def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, view:
     for number, rows in enumerate(_groups(cells), start=1):
         stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
         described = caption_parts(rows)
+        ranked = tuple(m for m in metrics if m not in COST_COLUMNS)  # cost columns have no per-query values to draw
         paths = leaderboard_figures(
-            rows[rows["status"] == "finished"], metrics, "; ".join(described) + view.caption(), stem, view
+            rows[rows["status"] == "finished"], ranked, "; ".join(described) + view.caption(), stem, view
         )
         if paths:
             links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
+            cost = (
+                "; MAP against the search time per query and the bytes per item each cell recorded"
+                if any(p.name.endswith(COST_FIGURE) for p in paths)
+                else ""
+            )
             parts.append(
-                f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes.\n\n{links}"
+                f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes{cost}.\n\n{links}"
             )
     return "\n\n".join(parts) + ("\n" if parts else "")
 

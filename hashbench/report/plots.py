@@ -90,6 +90,8 @@ def confusion_png(matrix: np.ndarray, names: list[str], title: str, path: Path) 
 
 
 PRECISION_CUTOFFS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+COST_FIGURE = "-cost.png"  # the file name's end of the figure of accuracy against retrieval cost
+COST_AXES = (("search-ms", "ms per query, exact scan"), ("bytes", "bytes per database item"))
 
 
 def _pyplot():
@@ -102,7 +104,8 @@ def _pyplot():
 
 
 def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path, view: View) -> list[Path]:
-    """PR curves, P@k curves (one panel per code length) and metric vs bits, for one protocol's finished cells.
+    """PR curves, P@k curves (one panel per code length), metric vs bits and, where cells recorded their retrieval
+    cost, MAP against it (:func:`cost_figure`), for one protocol's finished cells.
 
     ``rows``: results-table rows with a ``row`` column (the method label). Returns the PNG paths written
     (``<stem>-pr.png`` and so on).
@@ -162,6 +165,11 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
 
     panels("pr", pr, with_floats=False)  # a float ranking has no Hamming radius
     panels("precision-at-k", p_at_k, with_floats=True)
+    accuracy = next((m for m in metrics if m.startswith("map@")), "map@10")
+    drawn = cost_figure(rows, accuracy, label, caption, stem.with_name(stem.name + COST_FIGURE), view)
+    written += [drawn] if drawn else []
+    if not metrics:
+        return written
 
     figure, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
     for axis, metric in zip(axes[0], metrics):
@@ -194,6 +202,57 @@ def leaderboard_figures(rows, metrics: tuple[str, ...], caption: str, stem: Path
     save_png(figure, path, dpi=130)
     written.append(path)
     return written
+
+
+def cost_figure(rows, metric: str, label: dict[str, str], caption: str, path: Path, view: View) -> Path | None:
+    """``metric`` (a MAP) against what a query costs, each method one line through its code lengths (each point
+    labelled with its bits; a float reference one star), from what each cell recorded when it ran: the exact scan's
+    median ms per query, and the bytes of a database item. None (nothing drawn) when no cell recorded a cost."""
+    from hashbench.evaluation.cost import cost_value
+    from hashbench.evaluation.evaluate import mean_over_queries
+    from hashbench.evaluation.stored import cell_per_query
+    from hashbench.store.results import NO_CODE, Cell
+
+    points = {}  # (method, bits) -> (accuracy, search ms, bytes), each the mean over the runs that recorded a cost
+    for (method, bits), group in rows.groupby(["row", "bits"]):
+        runs = []
+        for directory in group["directory"]:
+            cell = Cell(directory)
+            costs = [cost_value(name, cell.record.get("cost"))[0] for name, _ in COST_AXES]
+            if None not in costs:
+                runs.append([mean_over_queries(cell_per_query(cell, metric, view)), *costs])
+        if runs:
+            points[(method, bits)] = np.mean(runs, axis=0)
+    if not points:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(COST_AXES), figsize=(4.8 * len(COST_AXES), 4.0), squeeze=False)
+    for column, (axis, (_, text)) in enumerate(zip(axes[0], COST_AXES), start=1):
+        spread = [point[column] for point in points.values()]
+        logarithmic = max(spread) > 10 * min(spread) > 0  # within a decade a log axis labels only its minor ticks
+        for method in sorted({method for method, _ in points}):
+            mine = sorted((bits, point) for (m, bits), point in points.items() if m == method)
+            x, y = [point[column] for _, point in mine], [point[0] for _, point in mine]
+            if [bits for bits, _ in mine] == [NO_CODE]:
+                axis.plot(x, y, "*", markersize=11, label=f"{label[method]} (float features)")
+                continue
+            axis.plot(x, y, "-o", label=label[method])
+            for (bits, _), x_at, y_at in zip(mine, x, y):
+                axis.annotate(str(bits), (x_at, y_at), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        axis.set_xscale("log" if logarithmic else "linear")
+        axis.set_xlabel(text + (" (log)" if logarithmic else ""))
+        axis.set_ylabel(metric.upper())
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle(
+        caption + " (points: code lengths in bits; mean over the runs that recorded a cost; times from each cell's "
+        "own machine)",
+        fontsize=6,
+        wrap=True,
+    )
+    figure.tight_layout(rect=(0, 0, 1, 0.93))
+    save_png(figure, path, dpi=130)
+    return path
 
 
 def write_confusion(cell, directory: Path, metrics: tuple[str, ...]) -> tuple[dict[str, dict[str, float]], list[Path]]:

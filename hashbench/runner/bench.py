@@ -1,4 +1,5 @@
-"""``hashbench bench``: how fast this machine loads, trains and encodes, and what a full paper run would take.
+"""``hashbench bench``: how fast this machine loads, trains and encodes, and what a full paper run would take; with
+``--search``, how fast each search backend answers a query over a large database of codes.
 
 Every rate comes from the paths a run takes: the loader reads the dataset's memory-mapped
 cache in random batches (the path of data sets too big to hold in memory; a warm page
@@ -21,6 +22,7 @@ import torch
 
 from hashbench.data.dataset import Dataset
 from hashbench.data.sides import class_ids
+from hashbench.evaluation import cost
 from hashbench.model.method import MethodContext
 from hashbench.model.registry import create_method, method_class
 from hashbench.training import engine
@@ -180,6 +182,93 @@ def to_json(rates: list[Rates], dataset: Dataset, slices: int, epochs: int) -> s
                     "projected_hours": rate.projected_hours(slices, epochs),
                 }
                 for rate in rates
+            ],
+        },
+        indent=1,
+    )
+
+
+MAX_SEARCH_ITEMS = 100_000_000  # the scan and each index hold their own copy of the codes in memory
+MAX_FLIPS = 4  # a 20-bit key has 6,196 buckets within 4 flips: deeper probes are a slow scan, not a lookup
+
+
+@dataclass
+class SearchRates:
+    """Each search backend's cost per query over ``n_items`` random codes, beside the exact popcount scan's."""
+
+    n_items: int
+    bits: int
+    queries: int
+    seed: int
+    flips: int
+    backends: list[cost.BackendCost]
+    not_run: dict[str, str]
+    k: int = cost.K
+    threads: int = cost.THREADS
+    warm_up_queries: int = cost.WARM_UP_QUERIES
+
+    @property
+    def scan(self) -> cost.BackendCost:
+        return next(b for b in self.backends if b.name == cost.BUILT_IN[0])
+
+    def speedup(self, backend: cost.BackendCost) -> float:
+        """How many times faster than the exact popcount scan, by median ms per query."""
+        return self.scan.median_ms / max(backend.median_ms, 1e-9)
+
+
+def check_search(n_items: int, queries: int, flips: int) -> None:
+    """ValueError naming the flag and the fix for a database size, query count or probe depth the search bench cannot
+    run."""
+    if not 1 <= n_items <= MAX_SEARCH_ITEMS:
+        raise ValueError(
+            f"--search {n_items}: give the number of database codes, 1 to {MAX_SEARCH_ITEMS:,} "
+            "(e.g. --search 1000000; every backend holds its own copy of the codes in memory)"
+        )
+    if queries < 1:
+        raise ValueError(f"--queries {queries}: time at least one query (e.g. --queries 200)")
+    if not 0 <= flips <= MAX_FLIPS:
+        raise ValueError(
+            f"--flips {flips}: bits flipped per hash key when probing, 0 to {MAX_FLIPS} (a probe visits every bucket "
+            "within that many flips: 211 of a 20-bit key at 2, 6,196 at 4)"
+        )
+
+
+def measure_search(
+    n_items: int,
+    bits: int,
+    queries: int = cost.TIMED_QUERIES,
+    seed: int = 0,
+    device: torch.device | None = None,
+    flips: int = cost.FLIPS,
+) -> SearchRates:
+    """Every backend present over ``n_items`` uniformly random ``bits``-bit codes, answering ``queries`` random codes
+    one at a time: ms per query, index bytes, recall@k against the exact ranking. Uniform codes have no near
+    neighbours, the hard case for a hash table, whose probes find only what lies within a few flips. ``device``:
+    a CUDA device also times the torch matmul ranking there. ``flips``: the hash indexes' probe depth."""
+    check_search(n_items, queries, flips)
+    rng = np.random.default_rng(seed)
+    width = -(-bits // 8)
+    padding = np.uint8((0xFF << (8 * width - bits)) & 0xFF)  # packbits' layout: a partial last byte's low bits are 0
+
+    def draw(n: int) -> np.ndarray:
+        codes = rng.integers(0, 256, (n, width), dtype=np.uint8)
+        codes[:, -1] &= padding
+        return codes
+
+    database, query_codes = draw(n_items), draw(queries)
+    on_gpu = device is not None and device.type == "cuda"
+    backends, not_run = cost.binary_backends(database, bits, str(device) if on_gpu else None, flips)
+    return SearchRates(n_items, bits, queries, seed, flips, cost.measure(backends, query_codes, database), not_run)
+
+
+def search_json(rates: SearchRates) -> str:
+    return json.dumps(
+        {
+            **{k: v for k, v in asdict(rates).items() if k != "backends"},
+            "codes": "uniformly random, database and queries alike",
+            "backends": [
+                {"name": backend.name, **cost.as_record(backend), "speedup_over_scan": rates.speedup(backend)}
+                for backend in rates.backends
             ],
         },
         indent=1,

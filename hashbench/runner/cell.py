@@ -19,11 +19,13 @@ import torch
 from torch import nn
 
 from hashbench import distributed
+from hashbench.evaluation.cost import COST_COLUMNS, Encoding, cell_cost, cost_value
 from hashbench.evaluation.evaluate import DEFAULT_TIE_RULE, binarize, evaluate, evaluate_features, pack, tie_diagnostics
 from hashbench.model.method import HashNetwork
 from hashbench.model.weights import cached_revision, declared_backbones_ran
 from hashbench.runner.plan import CellSpec
 from hashbench.runner.provenance import git_state, versions
+from hashbench.runner.tracking import CellTracking
 from hashbench.store.digest import file_sha256
 from hashbench.store.results import (
     CHECKPOINT,
@@ -69,13 +71,15 @@ def attempt(
             return None
         if not decision.train:
             return CellOutcome(config, decision.status, error=decision.error, note=decision.note)
+        tracking = open_tracking(spec, cell, store, device) if main else CellTracking([])
         try:
-            metrics, notes = run_cell(spec, images, device, cell, progress, decision.replace)
+            metrics, notes = run_cell(spec, images, device, cell, progress, decision.replace, tracking)
             failure = None
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # this cell only: record why and go on
             failure = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+            tracking.fail(failure)
             if main:
                 try:
                     cell.fail(failure, traceback.format_exc())
@@ -88,8 +92,27 @@ def attempt(
     return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [decision.note, notes])))
 
 
+def open_tracking(spec: CellSpec, cell: Cell, store: ResultsStore, device: torch.device) -> CellTracking:
+    """The run's trackers for this attempt at the cell, tagged with what ran it."""
+    git = git_state()
+    tags = {
+        "hashbench.git_commit": str(git.get("commit")),
+        "hashbench.git_dirty": str(git.get("dirty")),
+        "hashbench.device": describe_device(device),
+        "hashbench.synthetic": str(spec.synthetic),
+        **{f"version.{name}": str(version) for name, version in versions().items()},
+    }
+    return spec.tracking.open(spec.config, cell.directory, store.root, tags)
+
+
 def run_cell(
-    spec: CellSpec, images: np.ndarray, device: torch.device, cell: Cell, progress: bool = False, replace: bool = False
+    spec: CellSpec,
+    images: np.ndarray,
+    device: torch.device,
+    cell: Cell,
+    progress: bool = False,
+    replace: bool = False,
+    tracking: CellTracking | None = None,
 ) -> tuple[dict[str, float], str]:
     """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics and its notes.
 
@@ -170,10 +193,17 @@ def run_cell(
             execution,
             validate,
             cell.identity,
+            tracking.epoch if tracking else None,
         )
         start = engine.train(job, progress)
+    encoding_started = time.perf_counter()
     query_embeddings = encode(query.ids)
     database_embeddings = encode(database.ids, train_source if np.array_equal(training.ids, database.ids) else None)
+    encoding = Encoding(
+        len(query) + len(database),
+        time.perf_counter() - encoding_started,
+        "images" if cached is None else "cached backbone features",
+    )
     if not distributed.is_main():  # process 0 evaluates and writes
         return {}, ""
     learned = method.learned_codes()
@@ -219,6 +249,16 @@ def run_cell(
         model: {"source": source.describe(), "revision": cached_revision(source)}
         for model, source in spec.weights.items()
     }
+    if float_distance:
+        retrieval_cost = cell_cost(
+            encoding,
+            query_features=query_embeddings,
+            database_features=database_embeddings,
+            float_distance=float_distance,
+        )
+    else:
+        on_gpu = str(device) if device.type == "cuda" else None  # the torch ranking is timed where it would run
+        retrieval_cost = cell_cost(encoding, pack(query_bits), pack(database_bits), config.bits, torch_device=on_gpu)
     ties = {} if float_distance else tie_diagnostics(result.counts, database_bits)
     ties["largest_class_share"] = largest_class_share(database.labels)
     arrays = {
@@ -241,6 +281,7 @@ def run_cell(
     origin = spec.method.origin
     record = {
         "metrics": result.metrics,
+        "cost": retrieval_cost,  # encoding rate, bytes per item, search latency per backend (evaluation.cost)
         "ties": ties,
         "evaluation": DEFAULT_TIE_RULE,
         **({"float_distance": float_distance} if float_distance else {}),
@@ -276,6 +317,9 @@ def run_cell(
     kept = network.head if float_distance else network  # a float reference's network is its backbone's, unchanged
     saved = {"cell": cell.identity, "network": kept.state_dict()}
     cell.finish(arrays, lambda handle: torch.save(saved, handle), record)
+    if tracking:
+        costs = {name: cost_value(name, retrieval_cost)[0] for name in COST_COLUMNS}
+        tracking.finish({**result.metrics, **{k: v for k, v in costs.items() if v is not None}}, config.epochs)
     return result.metrics, "; ".join(filter(None, [start.set_aside, collapse]))
 
 

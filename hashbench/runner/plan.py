@@ -9,7 +9,7 @@ what would run. The cell runner consumes a spec as it is and looks nothing up ag
 from __future__ import annotations
 
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from hashbench.evaluation.evaluate import DEFAULT_METRICS, STORED_METRICS, parse
 from hashbench.model.method import Method, MethodContext, TrainingFreeMethod, TrainSettings
 from hashbench.model.registry import method_class
 from hashbench.model.weights import WeightSource, is_cached, parse_weights_option, resolve
+from hashbench.runner.tracking import Tracking
 from hashbench.store.digest import file_sha256
 from hashbench.store.results import NO_CODE, CellConfig
-from hashbench.training.augment import Augmentation
+from hashbench.training.augment import PAPER_AUGMENTATION, Augmentation
 from hashbench.training.engine import Execution
 from hashbench.training.features import FeatureKey
 
@@ -55,6 +56,7 @@ class RunRequest:
     execution: Execution = field(default_factory=Execution)  # precision, memory layout, compilation
     shard: tuple[int, int] | None = None  # (i, n): run only share i of n balanced shares of the grid, 0 <= i < n
     freeze_backbone: bool = False  # deep methods train their head alone, on the backbone's cached features
+    tracking: Tracking = field(default_factory=Tracking)  # experiment trackers fed a copy of each cell's training
 
 
 ENCODER_STEPS = ("build", "build_encoder", "create_backbone", "input_statistics")  # what makes the cached features
@@ -85,6 +87,7 @@ class CellSpec:
     device: torch.device  # where the cell trains, encodes and ranks (under torchrun, each process its own of this type)
     reads_cached_features: bool = False  # the method's encoder is a frozen backbone (as the plan built it)
     unbuildable: Unbuildable | None = None  # the method failed to build: the cell fails without running
+    tracking: Tracking = Tracking()  # the trackers each attempt at the cell feeds
 
     @property
     def context(self) -> MethodContext:
@@ -181,16 +184,42 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def with_defaults(request: RunRequest, dataset: Dataset, device: torch.device) -> RunRequest:
+    """The request with every value it leaves to the profile, the dataset or the machine filled in: the one place
+    defaults are decided, for :func:`plan` and for the resolved sweep a dry run prints."""
+    profile_name = request.profile or default_profile(bool(dataset.manifest.get("synthetic")), device.type)
+    profile = get_profile(profile_name)
+    return replace(
+        request,
+        profile=profile_name,
+        epochs=profile.epochs if request.epochs is None else request.epochs,
+        image_size=profile.image_size_for(dataset.image_size) if request.image_size is None else request.image_size,
+        split=request.split or dataset.default_split,
+        backbones=list(dict.fromkeys(request.backbones)) or [profile.backbone],
+        pretrained=profile.pretrained if request.pretrained is None else request.pretrained,
+        augment=augment_option(profile.augment) if request.augment is None else request.augment,
+        device=str(device),
+    )
+
+
+def augment_option(augmentation: Augmentation) -> str:
+    """The --augment text that parses back to ``augmentation``: none, paper, or its non-zero magnitudes."""
+    if not augmentation.enabled:
+        return "none"
+    if augmentation == PAPER_AUGMENTATION:
+        return "paper"
+    return ",".join(f"{name}={value!r}" for name, value in augmentation.to_dict().items() if value)
+
+
 def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = None) -> list[CellSpec]:
     """Every cell's full specification; raises ValueError (or the registry's errors) on anything invalid. Writes no cell.
 
     ``device``: where the cells will run; by default the request's (``auto``: CUDA when present).
     """
     device = resolve_device(request.device) if device is None else device
-    profile_name = request.profile or default_profile(bool(dataset.manifest.get("synthetic")), device.type)
+    request = with_defaults(request, dataset, device)
+    profile_name, epochs, image_size = request.profile, request.epochs, request.image_size
     profile = get_profile(profile_name)
-    epochs = profile.epochs if request.epochs is None else request.epochs
-    image_size = profile.image_size_for(dataset.image_size) if request.image_size is None else request.image_size
     for bits in request.bits:
         check_range("bits", bits)
     check_range("image_size", image_size)
@@ -205,14 +234,14 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
         raise ValueError(
             f"--set names {', '.join(sorted(strangers))}, not in this run ({', '.join(request.methods)}); write key=value for every method or method.key=value for one of them"
         )
-    augmentation = profile.augment if request.augment is None else Augmentation.parse(request.augment)
-    split = draw_split(dataset, request.split or dataset.default_split, request.split_seed, request.validation)
+    augmentation = Augmentation.parse(request.augment)
+    split = draw_split(dataset, request.split, request.split_seed, request.validation)
     metrics = tuple(
         dict.fromkeys(STORED_METRICS + tuple(filter(None, [split.published_metric])) + tuple(request.metrics))
     )
-    run_backbones = list(dict.fromkeys(request.backbones)) or [profile.backbone]
+    run_backbones = request.backbones
     synthetic = bool(dataset.manifest.get("synthetic", False))
-    pretrained = profile.pretrained if request.pretrained is None else request.pretrained
+    pretrained = request.pretrained
     files = parse_weights_option(request.weights)
     if len(run_backbones) > 1 and None in files.by_model:
         raise ValueError(
@@ -278,6 +307,7 @@ def plan(request: RunRequest, dataset: Dataset, device: torch.device | None = No
                         device,
                         reads_cached_features,
                         unbuildable,
+                        request.tracking,
                     )
                 )
     unused = (

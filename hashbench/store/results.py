@@ -514,6 +514,7 @@ NUMBER = (int, float)
 RECORD_SCHEMA: dict[str, type | tuple[type, ...]] = {  # the record's fields readers rely on, and their types
     "cell": str,
     "metrics": dict,
+    "cost": dict,  # retrieval cost (hashbench.evaluation.cost); cells from before have none
     "ties": dict,
     "evaluation": dict,
     "float_distance": str,

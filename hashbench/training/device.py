@@ -49,11 +49,19 @@ def core_share(processes: int = 1) -> int:
 
 
 def use_threads(threads: int) -> None:
-    """Compute on ``threads`` CPU threads: torch's intra-op pool, numba's parallel loops and the OpenMP pool of the
-    processes this one starts. Several processes on one machine each taking every core run many times slower than
-    one (measured: an epoch of 3.4 s took 15-150 s beside three others on 2 cores)."""
-    import numba
-
+    """Compute on ``threads`` CPU threads: torch's intra-op pool, numba's parallel loops (:func:`use_numba_threads`)
+    and the OpenMP pool of the processes this one starts. Several processes on one machine each taking every core
+    run many times slower than one (measured: an epoch of 3.4 s took 15-150 s beside three others on 2 cores)."""
     torch.set_num_threads(threads)
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     os.environ["OMP_NUM_THREADS"] = os.environ[THREADS_GIVEN] = str(threads)
+
+
+def use_numba_threads() -> None:
+    """Numba's parallel loops on the chosen thread count, set where they run: setting it starts numba's thread pool,
+    and starting that before training changed torch's arithmetic (measured: a resumed two-process cell then no longer
+    ended where the uninterrupted one did)."""
+    given = os.environ.get(THREADS_GIVEN)
+    if given:
+        import numba
+
+        numba.set_num_threads(min(int(given), numba.config.NUMBA_NUM_THREADS))

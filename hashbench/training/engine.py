@@ -261,6 +261,7 @@ class TrainJob:
     execution: Execution = Execution()
     validate: Callable[[HashNetwork], dict[str, float]] | None = None
     identity: str = ""  # the cell trained: written into the checkpoint and every log line, resumed only from its own
+    on_epoch: Callable[[dict[str, Any]], None] | None = None  # given each epoch's log line (process 0): trackers
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,8 @@ def train(job: TrainJob, progress: bool = False) -> Start:
                 with open(log, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
                 _save(checkpoint, network, loss_fn, optimizer, epoch + 1, scaler, job.identity)
+                if job.on_epoch is not None:
+                    job.on_epoch(record)
             if progress and not bar.console.is_terminal:  # a log file gets one line per epoch instead of a live bar
                 terms_text = ", ".join(
                     f"{k} {v:.4f}" for k, v in record.items() if k not in ("cell", "epoch", "seconds", "lr")

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 
 import numba
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from hashbench import distributed
 from hashbench.cli import app
+from hashbench.evaluation.evaluate import evaluate
 from hashbench.training import device
 
 
@@ -28,7 +30,8 @@ def restored_threads(monkeypatch):
 def test_threads_given_before_the_command_bound_torch_numba_and_openmp(restored_threads):
     result = CliRunner().invoke(app, ["--threads", "1", "datasets"])
     assert result.exit_code == 0, result.output
-    assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+    evaluate(np.zeros((2, 8), bool), np.array([0, 1]), np.ones((3, 8), bool), np.array([0, 1, 1]), ("map@1",))
+    assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1  # numba's from its first kernel on
     assert os.environ["OMP_NUM_THREADS"] == "1" and os.environ[device.THREADS_GIVEN] == "1"
     refused = CliRunner().invoke(app, ["--threads", "0", "datasets"])
     assert refused.exit_code == 2 and "--threads" in refused.output
