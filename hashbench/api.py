@@ -30,11 +30,11 @@ from hashbench.evaluation.stats import CellComparison, compare_cells
 from hashbench.evaluation.stored import SUBGROUPS
 from hashbench.evaluation.view import EXCLUSIONS, HAMMING, LEVELS, RELEVANCE_ATTRIBUTES, View
 from hashbench.model.registry import (
-    REGISTRY,
     BrokenMethodError,
-    MethodEntry,
     UnknownMethodError,
     create_method,
+    list_methods,
+    load_plugin,
     method_class,
 )
 from hashbench.model.weights import WeightsUnavailableError
@@ -46,13 +46,13 @@ from hashbench.runner.bench import PAPER_SLICES, Rates, SearchRates, measure, me
 from hashbench.runner.bench import search_json as search_rates_json
 from hashbench.runner.bench import to_json as rates_json
 from hashbench.runner.cell import CellOutcome
-from hashbench.runner.grid import UnbuildableOutcome, run_grid, run_planned
+from hashbench.runner.grid import Standing, SweepProgress, UnbuildableOutcome, run_grid, run_planned, standings
 from hashbench.runner.plan import CellSpec, RunRequest, resolve_device
 from hashbench.runner.plan import plan as plan_cells
 from hashbench.runner.plan import with_defaults as fill_defaults
 from hashbench.runner.search import CellIndex, Hit
 from hashbench.store.atomic import write_text
-from hashbench.store.results import Cell, CellError, ResultsStore
+from hashbench.store.results import Cell, CellError, ResultsStore, group_notes, pick
 from hashbench.training.engine import Execution
 
 USER_ERRORS = (
@@ -77,7 +77,9 @@ __all__ = [
     "Dataset",
     "Leaderboard",
     "RunRequest",
+    "Standing",
     "Suite",
+    "SweepProgress",
     "UnbuildableOutcome",
     "bench",
     "bench_search",
@@ -85,6 +87,7 @@ __all__ = [
     "compare",
     "create_method",
     "export",
+    "group_notes",
     "leaderboard",
     "ingest",
     "keep_sweep",
@@ -100,22 +103,13 @@ __all__ = [
     "run_planned",
     "search",
     "search_rates_json",
+    "standings",
     "suite",
     "to_markdown",
     "with_defaults",
     "with_suite_settings",
     "write_leaderboard",
 ]
-
-
-def load_plugin(path: str | Path) -> list[MethodEntry]:
-    """Load a local plugin file; the entries it registered (a file that fails to load is one entry carrying its error)."""
-    return [REGISTRY.entries[name] for name in REGISTRY.load_file(path) if name in REGISTRY.entries]
-
-
-def list_methods(pattern: str = "*") -> list[MethodEntry]:
-    """Registered methods whose names match ``pattern``; a broken plugin is listed with its error."""
-    return [REGISTRY.entry(name) for name in REGISTRY.names(pattern)]
 
 
 def methods_and_bits(
@@ -189,12 +183,19 @@ def suite(name: str | None, with_baselines: bool = False) -> Suite | None:
 
 
 def cells(
-    out: str | Path, dataset: str | None = None, suite: Suite | None = None, directories: set[str] | None = None
+    out: str | Path,
+    dataset: str | None = None,
+    suite: Suite | None = None,
+    directories: set[str] | None = None,
+    picks: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The cells under a results root, one row each (finished or not), optionally narrowed to a dataset, a suite's methods or given directories."""
+    """The cells under a results root, one row each (finished or not), optionally narrowed to a dataset, a suite's
+    methods, given directories or the groups ``picks`` name (``METHOD``, ``METHOD@HASH``, ``METHOD@OPTION=VALUE``)."""
     table = ResultsStore(Path(out)).table(dataset, suite.methods if suite else None)
     if directories is not None and not table.empty:
         table = table[table["directory"].isin(directories)]
+    if picks and not table.empty:
+        table = pd.concat([pick(table, name) for name in picks]).drop_duplicates("directory")
     return table
 
 
@@ -278,7 +279,7 @@ def _under(store: ResultsStore, name: str) -> bool:
     """Whether ``name`` (a cell directory or a method) is in the results root at all, finished or not."""
     if Path(name).is_dir():
         return store.root.resolve() in Path(name).resolve().parents
-    return not store.table(methods=[name]).empty
+    return not store.table(methods=[name.partition("@")[0]]).empty  # a method, or a group of it
 
 
 def bench(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.decomposition import PCA
 from torch import nn
 
 from hashbench.model.method import TrainingFreeMethod
@@ -16,7 +15,10 @@ from hashbench.model.registry import register_method
 
 
 def principal_directions(features: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The training mean and the ``count`` leading principal directions as columns (d, count)."""
+    """The training mean and the ``count`` leading principal directions as columns (d, count); scikit-learn is imported
+    here, where it is used, so that listing methods does not wait for it."""
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=count, svd_solver="full", random_state=seed).fit(features)
     return pca.mean_, pca.components_.T
 

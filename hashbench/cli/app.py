@@ -16,13 +16,13 @@ from hashbench.config.limits import check_range
 app = typer.Typer(
     help="hashbench: benchmark deep hashing methods for medical image retrieval.",
     no_args_is_help=True,
-    add_completion=False,
 )
 ingest_app = typer.Typer(help="Turn DICOM data into a dataset once: decoded, cleaned, split.", no_args_is_help=True)
 app.add_typer(ingest_app, name="ingest")
 
 # On a terminal, rich fits its width; in a log (a pipe, a file, a batch job) 80 columns would wrap every table.
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160)
+LOG_WIDTH = 160
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else LOG_WIDTH)
 DEFAULT_OUT = Path("runs")  # beside the user's work; a repository's curated results/ is written only when asked for
 # where a results tree would be strewn among the system's files, or the user's own (and, as root, written)
 SYSTEM_FOLDERS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/var")
@@ -188,7 +188,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 
 def load_plugins(plugins: list[Path]) -> None:
     """Load local plugin files; a broken one is reported and the command goes on."""
-    from hashbench.api import load_plugin
+    from hashbench.model.registry import load_plugin
 
     for path in plugins:
         for entry in load_plugin(path):

@@ -14,16 +14,18 @@ from contextlib import contextmanager
 from dataclasses import MISSING, fields
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
 from hashbench.cli.app import app, console, fail, in_range, ingest_app
-from hashbench.data.ingest import IngestResult
 from hashbench.data.sources import RANGED_OPTIONS, SOURCES, Source, ingest
 from hashbench.model.options import type_hints
+
+if TYPE_CHECKING:
+    from hashbench.data.ingest import IngestResult
 
 COMMON_PARAMETERS = ("name", "workers", "plugin")  # every ingest command's own, beside its source's options
 

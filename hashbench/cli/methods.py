@@ -17,7 +17,7 @@ def list_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
 ) -> None:
     """List methods: name, origin, status, paper."""
-    from hashbench.api import list_methods
+    from hashbench.model.registry import list_methods
 
     load_plugins(plugin)
     entries = list_methods(pattern)
@@ -43,10 +43,10 @@ def options_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
 ) -> None:
     """A method's options and train settings: type, default, meaning (change them with --set METHOD.KEY=VALUE)."""
-    from hashbench.api import method_class
     from hashbench.config.profiles import PROFILES
     from hashbench.model import options
     from hashbench.model.method import LossSwitches, TrainSettings
+    from hashbench.model.registry import method_class
 
     load_plugins(plugin)
     try:

@@ -31,7 +31,7 @@ from hashbench.cli.app import (
     print_boards,
     results_folder,
 )
-from hashbench.evaluation.evaluate import DEFAULT_METRICS
+from hashbench.evaluation.metrics import DEFAULT_METRICS
 
 
 @app.command("leaderboard")
@@ -155,6 +155,10 @@ def compare_command(
 
 @app.command("ties")
 def ties_command(
+    picks: Optional[List[str]] = typer.Argument(
+        None,
+        help="Only these: METHOD, or one group of it, METHOD@HASH or METHOD@OPTION=VALUE (e.g. hashnet@epochs=30).",
+    ),
     out: Path = out_option("Results root to read (default: ./runs)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Only this dataset."),
 ) -> None:
@@ -163,10 +167,14 @@ def ties_command(
     from hashbench.evaluation.stored import cell_tie_diagnostics
     from hashbench.store.results import NO_CODE, Cell
 
-    cells = api.cells(out, dataset)
+    try:
+        cells = api.cells(out, dataset, picks=picks)
+    except ValueError as exc:
+        fail(exc)
     if cells.empty:
-        console.print(f"no finished cells under {out}")
+        console.print(f"no finished cells under {out}" + (f" named by {' '.join(picks)}" if picks else ""))
         return
+    groups = api.group_notes(cells)
     columns = {
         "map@1-best": "MAP@1\nbest",
         "map@1-worst": "MAP@1\nworst",
@@ -197,8 +205,11 @@ def ties_command(
             column, justify="left" if column in ("method", "split") else "right", no_wrap=column == "method"
         )
     several_datasets = cells["dataset"].nunique() > 1
-    for row in cells.sort_values(["dataset", "method", "bits", "seed"]).itertuples():
+    ordered = cells.sort_values(["dataset", "method", "bits", "seed"])
+    for row in ordered.itertuples():
         method = f"{row.dataset}/{row.method}" if several_datasets else row.method
+        if groups[row.Index]:  # one of several groups of the method: named as `ties` and `compare` pick it
+            method += f"@{row.identity}"
         cell = (method, str(row.bits), str(row.seed), row.split)
         if row.status != "finished" or row.bits == NO_CODE:
             float_note = "float features: no code, no ties" if row.bits == NO_CODE else ""
@@ -217,6 +228,11 @@ def ties_command(
             ),
         )
     console.print(table)
+    told_apart = dict.fromkeys(  # once per group, in the table's order
+        f"{method}@{groups[index]}" for index, method in zip(ordered.index, ordered["method"]) if groups[index]
+    )
+    if told_apart:
+        console.print("groups told apart by their settings:\n  " + "\n  ".join(told_apart), highlight=False)
 
 
 @app.command("search")

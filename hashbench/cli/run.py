@@ -34,7 +34,7 @@ from hashbench.cli.app import (
     print_boards,
 )
 from hashbench.cli.argv import COMMA_LISTS
-from hashbench.evaluation.evaluate import DEFAULT_METRICS
+from hashbench.evaluation.metrics import DEFAULT_METRICS
 
 INVOCATION_ONLY = ("config", "like", "dry-run", "json", "force")  # how to run this once, not what a sweep is
 
@@ -303,14 +303,20 @@ def run_command(
         data = api.load_dataset(dataset, progress=not console.quiet)
         if dry_run:
             planned = api.plan(request, data)
-            _print_plan(planned, out, as_json, _resolved_sweep(ctx, api.with_defaults(request, data)))
+            standings = api.standings(planned, out)
+            _print_plan(planned, standings, out, force, as_json, _resolved_sweep(ctx, api.with_defaults(request, data)))
             if like and not as_json:
                 _print_likeness(like, planned)
             return
         if config:
             console.print(f"sweep file {config} kept as {api.keep_sweep(config, out)}")
         outcomes = api.run_grid(
-            request, data, out, progress=not console.quiet, on_cell=lambda outcome: _report_cell(outcome, metrics)
+            request,
+            data,
+            out,
+            progress=not console.quiet,
+            on_cell=lambda outcome: _report_cell(outcome, metrics),
+            on_start=_report_start,
         )
     except api.USER_ERRORS as exc:
         read_from = f"{config or like} (or a flag beside it): " if config or like else ""
@@ -403,6 +409,21 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+def _report_start(where) -> None:
+    """cell i of N, what it resumes, and the sweep's time left once a cell has trained here."""
+    resumes = f" (resumes after epoch {where.standing.epochs_done})" if where.standing.epochs_done else ""
+    left = "" if where.seconds_left is None else f"; the sweep: about {_duration(where.seconds_left)} left"
+    console.print(
+        f"cell {where.position} of {where.total}: {where.spec.config.label()}{resumes}{left}", highlight=False
+    )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
+
+
 def _report_cell(outcome, metrics: List[str]) -> None:
     label = outcome.config.label()
     # the note says why a cell is special: collapse, damage, another process
@@ -416,25 +437,26 @@ def _report_cell(outcome, metrics: List[str]) -> None:
         console.print(f"[red]failed[/red] {label}: {escape(outcome.error)}{note}")
 
 
-def _print_plan(planned, out: Path, as_json: bool, resolved_sweep: str) -> None:
-    """One line per cell: its full configuration and where it would be written, or why its method could not be built;
-    then (not with --json) the resolved sweep, a file --config reads back."""
+def _print_plan(planned, standings, out: Path, force: bool, as_json: bool, resolved_sweep: str) -> None:
+    """One line per cell: its full configuration, where it would be written and what running it would do (skip a
+    finished cell, resume an interrupted one), or why its method could not be built; then (not with --json) the
+    resolved sweep, a file --config reads back."""
     from hashbench.config.profiles import PROFILES
 
-    for cell in planned:
-        described = cell.describe(out)
+    for cell, standing in zip(planned, standings):
+        described = {**cell.describe(out), "standing": standing.describe(cell, force)}
         if as_json:
             print(json.dumps(described, default=str))
             continue
         flat = " ".join(
             f"{k}={json.dumps(v, default=str, ensure_ascii=False)}"
             for k, v in described.items()
-            if k not in ("cell", "directory", "unbuildable")
+            if k not in ("cell", "directory", "unbuildable", "standing")
         )
         where = (
             f"unbuildable: the method could not be built: {described['unbuildable']}"
             if cell.unbuildable
-            else described["directory"]
+            else f"{described['directory']} [{described['standing']}]"
         )
         print(f"{described['cell']}: {flat} -> {where}")
     if not as_json:
@@ -444,7 +466,11 @@ def _print_plan(planned, out: Path, as_json: bool, resolved_sweep: str) -> None:
             console.print(f"profile {name}: {PROFILES[name].description}")
         unbuildable = sum(bool(cell.unbuildable) for cell in planned)
         failing = f", {unbuildable} of them unbuildable: they would fail" if unbuildable else ""
-        console.print(f"{len(planned)} cells planned{failing}; nothing was run (--dry-run).")
+        finished = sum(standing.status == "finished" for standing in standings)
+        kept = f", {finished} finished already ({'re-run: --force' if force else 'skipped'})" if finished else ""
+        resuming = sum(bool(standing.epochs_done) for standing in standings)
+        resumes = f", {resuming} resume where they stopped" if resuming else ""
+        console.print(f"{len(planned)} cells planned{failing}{kept}{resumes}; nothing was run (--dry-run).")
 
 
 @app.command("bench")

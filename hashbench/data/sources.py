@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hashbench.config.limits import MAX_PIXELS, check_range
-from hashbench.data.dicom import DicomSlices, ImageOptions
 from hashbench.data.manifest import Manifest
 from hashbench.model.registry import PluginRegistry
 from hashbench.store.paths import checked_name, datasets_dir
 
-if TYPE_CHECKING:  # the builder imports the decoders, which look sources up here
+if TYPE_CHECKING:  # the builder imports the decoders, which look sources up here; pydicom loads only to read files
+    from hashbench.data.dicom import DicomSlices, ImageOptions
     from hashbench.data.ingest import IngestResult
 
 ENTRY_POINT_GROUP = "hashbench.datasets"

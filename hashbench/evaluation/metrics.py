@@ -20,10 +20,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache, partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hashbench.evaluation.ranking import RankCounts
+if TYPE_CHECKING:  # the names are read without the compiled ranking (the command line's defaults)
+    from hashbench.evaluation.ranking import RankCounts
 
 DEFAULT_METRICS = ("map@1", "map@1-tie", "map@10", "map@all", "map@tie")  # what run and leaderboard show unless told
 TIE_METRICS = ("map@tie", "map@tie-best", "map@tie-worst")

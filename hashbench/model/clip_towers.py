@@ -14,11 +14,9 @@ from pathlib import Path
 
 import huggingface_hub
 import torch
-from timm.models import load_state_dict
-from timm.models._hub import hf_split
 from torch import nn
 
-from hashbench.model.hub import hub_file
+from hashbench.model.hub import hub_file, split_revision
 
 PREFIX = "open-clip:"
 HUB_PREFIX = "hf-hub:"
@@ -31,7 +29,7 @@ def repository(model: str) -> tuple[str, str | None]:
     name = model.removeprefix(PREFIX)
     if not name.startswith(HUB_PREFIX):
         raise ValueError(f"{model}: an open_clip backbone is named open-clip:hf-hub:ORG/NAME (its hub repository)")
-    return hf_split(name.removeprefix(HUB_PREFIX))
+    return split_revision(name.removeprefix(HUB_PREFIX))
 
 
 def read_config(model: str) -> dict:
@@ -92,6 +90,8 @@ def build(model: str, weights: Path | None) -> ClipImageTower:
         config["model_cfg"]["embed_dim"], CLIPVisionCfg(**vision), config["model_cfg"].get("quick_gelu", False)
     )
     if weights is not None:
+        from timm.models import load_state_dict
+
         state = {
             k.removeprefix("visual."): v for k, v in load_state_dict(str(weights)).items() if k.startswith("visual.")
         }

@@ -8,6 +8,14 @@ import huggingface_hub
 from huggingface_hub import constants as hub_constants
 
 
+def split_revision(hub_id: str) -> tuple[str, str | None]:
+    """(repository, revision) of ``ORG/NAME[@REVISION]``, as timm names hub weights."""
+    repo_id, at, revision = hub_id.partition("@")
+    if "@" in revision:
+        raise ValueError(f"{hub_id}: a hub repository is named ORG/NAME or ORG/NAME@REVISION (one @)")
+    return repo_id, revision if at else None
+
+
 def hub_file(model: str, repo_id: str, revision: str | None, filename: str) -> Path:
     """A small file of a hub repository (a config), from the Hugging Face cache or downloaded where online;
     ValueError naming the fix where it is neither."""

@@ -244,6 +244,16 @@ class Registry(PluginRegistry):
 REGISTRY = Registry()
 
 
+def load_plugin(path: str | Path) -> list[MethodEntry]:
+    """Load a local plugin file; the entries it registered (a file that fails to load is one entry carrying its error)."""
+    return [REGISTRY.entries[name] for name in REGISTRY.load_file(path) if name in REGISTRY.entries]
+
+
+def list_methods(pattern: str = "*") -> list[MethodEntry]:
+    """Registered methods whose names match ``pattern``; a broken plugin is listed with its error."""
+    return [REGISTRY.entry(name) for name in REGISTRY.names(pattern)]
+
+
 def method_class(name: str) -> type[Method]:
     """The registered class of ``name``; UnknownMethodError names the valid ones, BrokenMethodError the plugin's failure."""
     return REGISTRY.get(name)

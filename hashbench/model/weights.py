@@ -22,6 +22,9 @@ open_clip-format hub model, ``open-clip:hf-hub:ORG/NAME`` (BiomedCLIP; :mod:`has
 ``MODEL=FILE``, or ``DIR`` (searched for ``<model>.safetensors``, ``.pth``, ``.pt`` or
 ``.bin``, the model named with its timm tag, then without). A file given for a model
 wins over ``--pretrained/--no-pretrained``.
+
+timm (and torchvision beneath it: seconds to import) is imported where a backbone or its configuration is needed,
+so that listing methods or reading their options does not wait for it.
 """
 
 from __future__ import annotations
@@ -30,19 +33,19 @@ import difflib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import huggingface_hub
-import timm
 import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RemoteEntryNotFoundError
-from timm.models import PretrainedCfg, get_pretrained_cfg, load_state_dict
-from timm.models._hub import hf_split
 
 from hashbench.model import clip_towers
-from hashbench.model.hub import hub_file
+from hashbench.model.hub import hub_file, split_revision
 from hashbench.store.digest import file_sha256
+
+if TYPE_CHECKING:
+    from timm.models import PretrainedCfg
 
 KINDS = ("random", "hub", "file")
 HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader reads, in its order
@@ -85,7 +88,7 @@ class WeightsUnavailableError(RuntimeError):
 
     def __init__(self, source: WeightSource, reason: str):
         self.source, self.reason = source, reason
-        repo_id, revision = hf_split(source.location)
+        repo_id, revision = split_revision(source.location)
         filename = hub_filenames(source.model)[0]
         download = f"hf download {repo_id} {filename}" + (f" --revision {revision}" if revision else "")
         url = huggingface_hub.hf_hub_url(repo_id, filename, revision=revision)
@@ -166,6 +169,9 @@ def parse_weights_option(values: Iterable[str]) -> WeightFiles:
 def _timm_cfg(model: str) -> PretrainedCfg:
     """timm's pretrained config for ``model`` (honouring a tag; a hub model's, an open_clip tower's from their
     repositories); an unknown name or tag is a ValueError with suggestions."""
+    import timm
+    from timm.models import PretrainedCfg, get_pretrained_cfg
+
     if model.startswith(HUB_MODEL):
         return _hub_model_cfg(model)
     if model.startswith(clip_towers.PREFIX):
@@ -189,7 +195,9 @@ def _timm_cfg(model: str) -> PretrainedCfg:
 def _hub_model_cfg(model: str) -> PretrainedCfg:
     """The pretrained config of a timm-format hub model, from its ``config.json``; ValueError where it cannot be read
     or the repository is not a timm model's."""
-    repo_id, revision = hf_split(model.removeprefix(HUB_MODEL))
+    from timm.models import PretrainedCfg
+
+    repo_id, revision = split_revision(model.removeprefix(HUB_MODEL))
     path = hub_file(model, repo_id, revision, "config.json")
     config = json.loads(Path(path).read_text())
     if "architecture" not in config:
@@ -239,6 +247,8 @@ def resolve(
             f"timm fetches {model}'s weights from {cfg.url}, outside the Hugging Face cache, so they cannot be checked "
             f"before training: download that file and run with --weights {model}=PATH, or run with --no-pretrained"
         )
+    import timm
+
     with_weights = timm.list_pretrained(f"*{cfg.architecture}*")[:10]
     suggestion = (
         f"models with weights: {', '.join(with_weights)}"
@@ -251,7 +261,7 @@ def resolve(
 def is_cached(source: WeightSource) -> bool:
     """Whether the weights can be loaded without the network."""
     if source.kind == "hub":
-        repo_id, revision = hf_split(source.location)
+        repo_id, revision = split_revision(source.location)
         return any(
             isinstance(huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision), str)
             for name in hub_filenames(source.model)
@@ -274,7 +284,7 @@ def _download(source: WeightSource) -> None:
         raise WeightsUnavailableError(
             source, f"offline (HF_HUB_OFFLINE is set) and not in the Hugging Face cache {hub_constants.HF_HUB_CACHE}"
         )
-    repo_id, revision = hf_split(source.location)
+    repo_id, revision = split_revision(source.location)
     filenames = hub_filenames(source.model)
     for filename in filenames:
         try:
@@ -298,6 +308,8 @@ def _download(source: WeightSource) -> None:
 def create_backbone(source: WeightSource, **kwargs) -> torch.nn.Module:
     """``timm.create_model`` with the weights ``source`` names; timm adapts them (``num_classes=0`` drops the classifier).
     An open_clip tower is built by :mod:`hashbench.model.clip_towers` (it has no classifier to drop)."""
+    import timm
+
     if source.model.startswith(clip_towers.PREFIX):
         if source.kind == "hub":
             ensure_available([source])
@@ -329,6 +341,8 @@ def _check_unchanged(source: WeightSource) -> None:
 
 def _check_file_loaded(network: torch.nn.Module, source: WeightSource) -> None:
     """timm loads a file leniently when it adapts the classifier, so a file whose tensor names differ (another model, a prefix) would leave the backbone random."""
+    from timm.models import load_state_dict
+
     in_file = set(load_state_dict(source.location))
     classifiers = network.pretrained_cfg.get("classifier") or ()
     classifier_prefixes = tuple(
@@ -381,7 +395,7 @@ def cached_revision(source: WeightSource) -> str:
     """The hub commit of the cached weights a hub source loads ('' for other sources or when not cached)."""
     if source.kind != "hub":
         return ""
-    repo_id, revision = hf_split(source.location)
+    repo_id, revision = split_revision(source.location)
     for name in hub_filenames(source.model):
         path = huggingface_hub.try_to_load_from_cache(repo_id, name, revision=revision)
         if isinstance(path, str):

@@ -13,6 +13,7 @@ import traceback
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ class CellOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     note: str = ""
+    epochs_trained: int = 0  # by this attempt: what a sweep's time estimate learns from (0 when nothing trained)
 
 
 def attempt(
@@ -59,9 +61,10 @@ def attempt(
     progress: bool = False,
     wait: bool = True,
     sweep_start: float = 0.0,
+    on_start: Callable[[], None] | None = None,
 ) -> CellOutcome | None:
     """Run one cell under its lock, as the store decides (:meth:`Cell.decide`); None when another process holds it and
-    ``wait`` is off."""
+    ``wait`` is off. ``on_start`` is called once the cell is to be trained here, before it starts."""
     config = spec.config
     cell = store.cell(config)
     main = distributed.is_main()
@@ -71,9 +74,11 @@ def attempt(
             return None
         if not decision.train:
             return CellOutcome(config, decision.status, error=decision.error, note=decision.note)
+        if on_start:
+            on_start()
         tracking = open_tracking(spec, cell, store, device) if main else CellTracking([])
         try:
-            metrics, notes = run_cell(spec, images, device, cell, progress, decision.replace, tracking)
+            metrics, notes, epochs_trained = run_cell(spec, images, device, cell, progress, decision.replace, tracking)
             failure = None
         except KeyboardInterrupt:
             raise
@@ -89,7 +94,9 @@ def attempt(
         if device.type == "cuda":  # after the except block, so the traceback no longer holds the cell's tensors
             torch.cuda.empty_cache()
         return CellOutcome(config, "failed", error=failure, note=decision.note)
-    return CellOutcome(config, "done", metrics, note="; ".join(filter(None, [decision.note, notes])))
+    return CellOutcome(
+        config, "done", metrics, note="; ".join(filter(None, [decision.note, notes])), epochs_trained=epochs_trained
+    )
 
 
 def open_tracking(spec: CellSpec, cell: Cell, store: ResultsStore, device: torch.device) -> CellTracking:
@@ -113,11 +120,13 @@ def run_cell(
     progress: bool = False,
     replace: bool = False,
     tracking: CellTracking | None = None,
-) -> tuple[dict[str, float], str]:
-    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics and its notes.
+) -> tuple[dict[str, float], str, int]:
+    """Train, encode, evaluate and store one cell on the dataset's ``images``; returns its metrics, its notes and the
+    epochs this attempt trained.
 
-    The notes say what was dead in the codes (a collapsed cell's score is not a plain score) and what earlier progress
-    could not be resumed; both are empty on every process of a torchrun group but the first, which alone evaluates.
+    The notes say what was dead in the codes (a collapsed cell's score is not a plain score), after which epoch
+    training resumed, and what earlier progress could not be resumed; all are empty on every process of a torchrun
+    group but the first, which alone evaluates.
 
     ``replace``: a finished cell trained again, its result replaced only when done.
     """
@@ -205,7 +214,7 @@ def run_cell(
         "images" if cached is None else "cached backbone features",
     )
     if not distributed.is_main():  # process 0 evaluates and writes
-        return {}, ""
+        return {}, "", 0
     learned = method.learned_codes()
     if learned is not None:  # codes learned for the training items stand in for the network's in the database
         database_embeddings = with_learned_codes(database.ids, database_embeddings, training.ids, learned)
@@ -320,7 +329,9 @@ def run_cell(
     if tracking:
         costs = {name: cost_value(name, retrieval_cost)[0] for name in COST_COLUMNS}
         tracking.finish({**result.metrics, **{k: v for k, v in costs.items() if v is not None}}, config.epochs)
-    return result.metrics, "; ".join(filter(None, [start.set_aside, collapse]))
+    resumed = f"resumed after epoch {start.epoch} of {config.epochs}" if start.epoch else ""
+    trained = 0 if spec.training_free else config.epochs - start.epoch
+    return result.metrics, "; ".join(filter(None, [resumed, start.set_aside, collapse])), trained
 
 
 def with_learned_codes(

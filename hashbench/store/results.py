@@ -435,6 +435,17 @@ class Cell:
         """Work where :meth:`start` would, writing nothing: the other processes of a multi-process cell read its checkpoint there."""
         self.work_directory = self.rerun_directory if replace else self.directory
 
+    def epochs_logged(self, replace: bool = False) -> int:
+        """Epochs an interrupted attempt logged beside its checkpoint (in ``.rerun/`` for a re-run): where it resumes
+        unless the checkpoint turns out unusable; 0 when there is none."""
+        work = self.rerun_directory if replace else self.directory
+        try:
+            if not (work / CHECKPOINT).is_file():
+                return 0
+            return sum(1 for line in (work / LOG).read_text().splitlines() if line.strip())
+        except (FileNotFoundError, UnicodeDecodeError):
+            return 0
+
     def work_path(self, name: str) -> Path:
         """Where the attempt in progress writes ``name``."""
         return getattr(self, "work_directory", self.directory) / name
@@ -629,9 +640,11 @@ class ResultsStore:
         return frame
 
     def select(self, name: str, bits: int | None = None, dataset: str | None = None) -> list[Cell]:
-        """The finished cells one side of a comparison names: a cell directory, or a method (all its seeds).
+        """The finished cells one side of a comparison names: a cell directory, or a method (all its seeds), picked
+        from several groups by :func:`pick` (``METHOD@HASH`` or ``METHOD@OPTION=VALUE``).
 
-        Raises ValueError when nothing matches or when a method's cells span several data versions or protocols.
+        Raises ValueError when nothing matches or when the named cells span several groups (data versions, code
+        lengths, configurations), listing each with what tells it apart and how to pick it.
         """
         if Path(name).is_dir():
             target = Path(name).resolve()
@@ -642,21 +655,103 @@ class ResultsStore:
         table = self.table(dataset, statuses=("finished",))
         if table.empty:
             raise ValueError(f"no finished cells under {self.root}")
-        chosen = table[table["method"] == name]
+        chosen = pick(table, name)
+        method = name.partition("@")[0]
         if bits is not None:  # a float reference has no code length: it answers every one
             chosen = chosen[chosen["bits"].isin([bits, NO_CODE])]
         if chosen.empty:
             known = ", ".join(sorted(table["method"].unique())) or "none"
             raise ValueError(f"no finished cells of {name!r} with these filters; methods with results: {known}")
-        groups = chosen.groupby(["dataset", "dataset_fingerprint", "bits", "run_backbone", "identity"])
-        if groups.ngroups > 1:
-            listed = "; ".join(
-                f"{d} (data {f or 'unrecorded'}) {b} bits backbone {k} protocol {p}" for d, f, b, k, p in groups.groups
-            )
+        told_apart = group_differences(chosen)
+        if len(told_apart) > 1:
+            listed = "\n".join(f"  {method}@{identity}: {what}" for identity, what in told_apart)
             raise ValueError(
-                f"{name!r} has several cell groups ({listed}): narrow with --bits / --dataset, or name cell directories"
+                f"{name!r} names {len(told_apart)} cell groups; pick one as {method}@HASH or {method}@OPTION=VALUE, "
+                f"narrow with --bits / --dataset, or name cell directories:\n{listed}"
             )
         return [Cell(d) for d in chosen["directory"]]
+
+
+def pick(table: pd.DataFrame, selector: str) -> pd.DataFrame:
+    """The rows of a cell table a selector names: ``METHOD``, ``METHOD@HASH`` (a configuration hash, or its start, as
+    in the cell's directory name ``seedS-HASH``) or ``METHOD@OPTION=VALUE`` (a configuration value, named as ``--set``
+    names it: ``epochs=2``, ``batch_size=32``, ``alpha=0.1`` or ``options.alpha=0.1``). ValueError for a malformed one."""
+    method, _, chosen = selector.partition("@")
+    rows = table[table["method"] == method]
+    if not chosen:
+        return rows
+    if "=" not in chosen:
+        return rows[rows["identity"].str.startswith(chosen)]
+    option, _, wanted = chosen.partition("=")
+    if not option or not wanted:
+        raise ValueError(f"{selector!r}: pick a group as METHOD@HASH or METHOD@OPTION=VALUE, e.g. {method}@epochs=30")
+    keep = [
+        any(
+            name == option or name.endswith(f".{option}")
+            for name, value in _flat_config(row).items()
+            if _equal(value, wanted)
+        )
+        for row in rows.to_dict("records")
+    ]
+    return rows[keep]
+
+
+def group_differences(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """Per cell group of a cell table (dataset, code length and configuration hash; seeds share a group): its hash and
+    the settings in which it differs from the others, as "key value, ..." (dataset and code length first)."""
+    representatives = [
+        (identity, {"dataset": dataset, "bits": bits, **_flat_config(rows.iloc[0].to_dict())})
+        for (dataset, bits, identity), rows in table.groupby(["dataset", "bits", "identity"], sort=False)
+    ]
+    keys = dict.fromkeys(key for _, flat in representatives for key in flat)
+    differing = [
+        key for key in keys if len({json.dumps(flat.get(key), default=str) for _, flat in representatives}) > 1
+    ]
+    return [
+        (identity, ", ".join(f"{key} {_shown(flat.get(key))}" for key in differing) or "the same settings")
+        for identity, flat in representatives
+    ]
+
+
+def group_notes(table: pd.DataFrame) -> pd.Series:
+    """Per row of a cell table, what tells its group apart where a method has several at one dataset and code length
+    ("HASH: epochs 30, ..."); '' where it has one."""
+    notes = pd.Series("", index=table.index, dtype=object)
+    for _, rows in table.groupby(["dataset", "method", "bits"]):
+        if rows["identity"].nunique() > 1:
+            described = dict(group_differences(rows))
+            notes[rows.index] = [f"{identity}: {described[identity]}" for identity in rows["identity"]]
+    return notes
+
+
+def _flat_config(row: dict[str, Any]) -> dict[str, Any]:
+    """A cell's configuration from its table row, nested settings as ``train.batch_size``, ``options.alpha``."""
+    flat: dict[str, Any] = {}
+    for item in fields(CellConfig):
+        if item.name in IDENTITY_EXCLUDES or item.name not in row:
+            continue
+        value = row[item.name]
+        if isinstance(value, dict):
+            flat.update({f"{item.name}.{key}": inner for key, inner in value.items()})
+        else:
+            flat[item.name] = value
+    return flat
+
+
+def _equal(value: Any, text: str) -> bool:
+    """A stored setting against a value typed on the command line."""
+    if isinstance(value, bool):
+        return text.lower() in (("true", "1", "yes") if value else ("false", "0", "no"))
+    if isinstance(value, (int, float)):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return str(value) == text
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else str(value)
 
 
 def _row(cell: Cell, status: str, problem: str = "") -> dict[str, Any]:
