@@ -42,7 +42,7 @@ from hashbench.report import export as exported
 from hashbench.report import leaderboard as boards
 from hashbench.report.leaderboard import Leaderboard, to_markdown
 from hashbench.report.plots import write_confusion
-from hashbench.runner.bench import PAPER_SLICES, Rates, SearchRates, measure, measure_search
+from hashbench.runner.bench import PAPER_SLICES, Rates, SearchRates, Skipped, check_memory, measure, measure_search
 from hashbench.runner.bench import search_json as search_rates_json
 from hashbench.runner.bench import to_json as rates_json
 from hashbench.runner.cell import CellOutcome
@@ -294,20 +294,28 @@ def bench(
     execution: Execution = Execution(),
     on_measure: Callable | None = None,
     slices: int = PAPER_SLICES,
-) -> list[Rates]:
+    on_result: Callable[[Rates | Skipped], None] | None = None,
+) -> list[Rates | Skipped]:
     """Loading, training and encoding rates for each backbone and image size on ``device``, and the images a training
-    epoch takes from ``slices`` slices (for the projection); ``on_measure(backbone, size, device)`` before each."""
+    epoch takes from ``slices`` slices (for the projection). A backbone and size whose training would not fit in the
+    free memory is skipped, with the reason, not measured (:func:`hashbench.runner.bench.check_memory`).
+    ``on_measure(backbone, size, device)`` before each; ``on_result(result)`` as each is done, so that what is
+    finished can be kept before a later one fails."""
     for size in image_sizes:
         check_range("image_size", size, "--image-sizes")
     check_range("bits", bits)
     where = resolve_device(device)
-    rates = []
+    results = []
     for backbone in dict.fromkeys(backbones):
         for size in dict.fromkeys(image_sizes):
             if on_measure:
                 on_measure(backbone, size, where)
-            rates.append(measure(dataset, backbone, size, where, method, bits, batch_size, steps, execution, slices))
-    return rates
+            arguments = (dataset, backbone, size, where, method, bits, batch_size, steps, execution)
+            result = check_memory(*arguments) or measure(*arguments, slices)
+            results.append(result)
+            if on_result:
+                on_result(result)
+    return results
 
 
 def bench_search(

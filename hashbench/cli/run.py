@@ -529,13 +529,49 @@ def bench_command(
             write_text(as_json, api.search_rates_json(searched))
         return
     execution = _execution(precision, channels_last, compile_model)
+    projection = f"{slices:,} x {epochs} epochs"
+    columns = ("px", "batch", "loading", "training", "encoding", "loader / training", "peak memory (MiB)", projection)
+    widths = [max(len(name) for name in [*backbones, "backbone"]), *(max(len(column), 8) for column in columns)]
+    results: list = []
+
+    def line(cells) -> None:
+        first, *rest = cells
+        text = "  ".join([str(first).ljust(widths[0]), *(str(cell).rjust(w) for cell, w in zip(rest, widths[1:]))])
+        console.print(escape(text), highlight=False)
 
     def measuring(backbone: str, size: int, where) -> None:
         console.print(f"[dim]measuring {method} on {backbone} at {size} px on {where}...[/dim]")
 
+    def finished(result) -> None:
+        """Print each row, and rewrite the JSON file, as soon as it is done: a later failure or kill loses nothing."""
+        if isinstance(result, api.Skipped):
+            console.print(f"{escape(result.backbone)} at {result.image_size} px: {escape(result.reason)}")
+        else:
+            if not any(isinstance(earlier, api.Rates) for earlier in results):
+                line(("backbone", *columns))
+            memory = result.peak_memory_mib
+            line(
+                (
+                    result.backbone,
+                    result.image_size,
+                    result.batch_size,
+                    f"{result.loading:,.0f}",
+                    f"{result.training:,.1f}",
+                    f"{result.encoding:,.1f}",
+                    f"{result.loader_margin:,.0f}x",
+                    f"{memory.get('cuda_allocated_mib', memory.get('process_rss_peak_so_far_mib')):,.0f}",
+                    f"{result.projected_hours(slices, epochs):,.1f} h",
+                )
+            )
+        results.append(result)
+        if as_json:
+            from hashbench.store.atomic import write_text
+
+            write_text(as_json, api.rates_json(results, data, slices, epochs))
+
     try:
         data = api.load_dataset(dataset, progress=True)
-        rates = api.bench(
+        api.bench(
             data,
             backbones,
             image_sizes,
@@ -547,45 +583,20 @@ def bench_command(
             execution,
             on_measure=measuring,
             slices=slices,
+            on_result=finished,
         )
     except api.USER_ERRORS as exc:
         fail(exc.args[0] if exc.args else exc)
-    table = Table(box=box.SIMPLE_HEAD, title=f"{rates[0].device}; {rates[0].execution['precision']}; images/s")
-    for column in (
-        "backbone",
-        "px",
-        "batch",
-        "loading",
-        "training",
-        "encoding",
-        "loader / training",
-        "peak memory (MiB)",
-        f"{slices:,} x {epochs} epochs",
-    ):
-        table.add_column(column, justify="left" if column == "backbone" else "right")
-    for rate in rates:
-        memory = rate.peak_memory_mib.get("cuda_allocated_mib", rate.peak_memory_mib.get("process_rss_peak_so_far_mib"))
-        table.add_row(
-            rate.backbone,
-            str(rate.image_size),
-            str(rate.batch_size),
-            f"{rate.loading:,.0f}",
-            f"{rate.training:,.1f}",
-            f"{rate.encoding:,.1f}",
-            f"{rate.loader_margin:,.0f}x",
-            f"{memory:,.0f}",
-            f"{rate.projected_hours(slices, epochs):,.1f} h",
-        )
-    console.print(table)
+    measured = [result for result in results if isinstance(result, api.Rates)]
+    if not measured:
+        console.print("[red]nothing measured[/red]: every backbone and image size was skipped (above)")
+        raise typer.Exit(1)
     console.print(
+        f"images/s on {measured[0].device}, {measured[0].execution['precision']}. "
         f"{data.name}{' (synthetic)' if data.manifest.get('synthetic') else ''}, stored at {data.image_size} px; loading: memory-mapped cache (warm page cache) "
         f"to augmented device tensors; training: {method}, {bits} bits, the engine's loop, second epoch timed; peak memory: "
-        f"{'GPU allocated' if 'cuda_allocated_mib' in rates[0].peak_memory_mib else 'process resident so far'}; projection: training plus one encoding pass."
+        f"{'GPU allocated' if 'cuda_allocated_mib' in measured[0].peak_memory_mib else 'process resident so far'}; projection: training plus one encoding pass."
     )
-    if as_json:
-        from hashbench.store.atomic import write_text
-
-        write_text(as_json, api.rates_json(rates, data, slices, epochs))
 
 
 def _print_search_rates(rates) -> None:

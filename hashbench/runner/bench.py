@@ -6,12 +6,18 @@ cache in random batches (the path of data sets too big to hold in memory; a warm
 cache) and prepares each batch on the device as training does (resize, normalisation, the
 paper's augmentations); training is the engine's loop on the method's network and loss,
 the loader included, timed over its second epoch; encoding is the engine's. Backbones
-start from random weights: throughput does not depend on the weights.
+start from random weights: throughput does not depend on the weights. Before each
+measurement a probe in a separate process estimates the memory its training will take
+(:func:`training_memory`): one that would not fit in the free memory is skipped with the
+reason, rather than killed, perhaps with its neighbours on a shared machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +29,7 @@ import torch
 from hashbench.data.dataset import Dataset
 from hashbench.data.sides import class_ids
 from hashbench.evaluation import cost
-from hashbench.model.method import MethodContext
+from hashbench.model.method import MethodContext, TrainSettings
 from hashbench.model.registry import create_method, method_class
 from hashbench.training import engine
 from hashbench.training.augment import PAPER_AUGMENTATION
@@ -92,6 +98,24 @@ def loading_rate(
     return _rate(done, time.perf_counter() - started)
 
 
+def training_setup(
+    dataset: Dataset, method: str, batch_size: int | None, steps: int
+) -> tuple[TrainSettings, dict, np.ndarray, np.ndarray, list]:
+    """What a measurement trains: the method's settings (``batch_size`` overriding its own) and options, and the slice
+    ids of ``steps`` batches (the data set repeated when smaller) with their class ids and the class names."""
+    method_cls = method_class(method)
+    if getattr(method_cls, "fitted", False):
+        raise ValueError(
+            f"{method} is training-free: bench measures training; name a trained method (dafh, hashnet, ...)"
+        )
+    options, train = method_cls.resolve_options({})
+    settings = method_cls.train.with_overrides({**train, **({"batch_size": batch_size} if batch_size else {})}, method)
+    ids = dataset.usable().index.to_numpy()
+    ids = np.resize(ids, max(steps * settings.batch_size, settings.batch_size))
+    labels, names = class_ids(dataset.index.loc[ids, "label"], dataset.multi_label)
+    return settings, options, ids, labels, names
+
+
 def measure(
     dataset: Dataset,
     backbone: str,
@@ -106,16 +130,7 @@ def measure(
 ) -> Rates:
     """Loading, training and encoding rates for ``method`` on ``backbone`` at ``image_size``, and the images its
     sampler draws per epoch from ``slices`` slices."""
-    method_cls = method_class(method)
-    if getattr(method_cls, "fitted", False):
-        raise ValueError(
-            f"{method} is training-free: bench measures training; name a trained method (dafh, hashnet, ...)"
-        )
-    options, train = method_cls.resolve_options({})
-    settings = method_cls.train.with_overrides({**train, **({"batch_size": batch_size} if batch_size else {})}, method)
-    ids = dataset.usable().index.to_numpy()
-    ids = np.resize(ids, max(steps * settings.batch_size, settings.batch_size))  # repeated when the data set is smaller
-    labels, names = class_ids(dataset.index.loc[ids, "label"], dataset.multi_label)
+    settings, options, ids, labels, names = training_setup(dataset, method, batch_size, steps)
     start_memory_watch(device)
     loading = loading_rate(dataset, device, image_size, settings.batch_size, len(ids))
 
@@ -168,7 +183,259 @@ def measure(
     )
 
 
-def to_json(rates: list[Rates], dataset: Dataset, slices: int, epochs: int) -> str:
+@dataclass
+class Skipped:
+    """A backbone at an image size left unmeasured: training it would need more memory than the device has free."""
+
+    method: str
+    backbone: str
+    image_size: int
+    batch_size: int
+    needed_mib: float | None  # None: the probe itself was killed
+    available_mib: float
+    reason: str
+
+
+@dataclass
+class MemoryNeed:
+    """The memory training ``images`` images a step takes on a device, in bytes beyond what the process holds; None
+    where the probe itself was killed."""
+
+    needed: int | None
+    images: int
+    batch_size: int
+
+
+MIB = 2**20
+PROBE_IMAGES = (2, 3)  # a probe's two batch sizes, their difference the cost of one more image (not 1: BatchNorm1d
+# refuses a training batch of one)
+PROBE_STEPS = 2  # steps per probe size after a warm-up step: a step's peak rises while the heap settles
+GLIBC_MMAP_CEILING = 32 * MIB  # glibc maps a block of this size or more on its own and unmaps it when freed (its mmap
+# threshold rises to this at most); smaller ones may come from its heaps, which keep freed blocks resident
+PREFETCHED = 3  # uint8 batches the memory-mapped loader holds beside the probe's one: its queue of 2 and the one read
+
+
+def available_memory(device: torch.device) -> tuple[int, str] | None:
+    """The bytes a measurement on ``device`` may still take and where that figure comes from; None where it cannot be
+    read (a CPU outside Linux, mps). On a CPU the smaller of the kernel's MemAvailable and the room under a cgroup
+    memory limit, the one the OOM killer enforces in a container."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # what earlier measurements left in torch's cache is free to this one
+        return torch.cuda.mem_get_info(device)[0], f"{device} free"
+    if device.type != "cpu":
+        return None
+    readings = [
+        (figure, where)
+        for figure, where in ((_meminfo_available(), "RAM available"), (_cgroup_room(), "the cgroup limit's room"))
+        if figure is not None
+    ]
+    return min(readings) if readings else None
+
+
+def _meminfo_available() -> int | None:
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")), None)
+
+
+CGROUP_FILES = (  # limit, usage, statistics, the cache reclaimed before an OOM kill: cgroup v2, then v1
+    ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+)
+
+
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes left under this container's memory limit (the cgroup at the mount's root), None without a limit."""
+    for limit_file, usage_file, stat_file, reclaimable in CGROUP_FILES:
+        try:
+            limit = (root / limit_file).read_text().strip()
+            usage = int((root / usage_file).read_text())
+            stats = dict(line.split() for line in (root / stat_file).read_text().splitlines())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit():  # v2 writes "max" for none; v1 a number far above the memory present
+            return int(limit) - usage + int(stats.get(reclaimable, 0))
+    return None
+
+
+def training_memory(
+    dataset: Dataset,
+    backbone: str,
+    image_size: int,
+    device: torch.device,
+    method: str = "dafh",
+    bits: int = 32,
+    batch_size: int | None = None,
+    steps: int = 5,
+    execution: engine.Execution = engine.Execution(),
+) -> MemoryNeed:
+    """An upper bound of the memory :func:`measure` takes to train ``backbone`` at ``image_size``: growth of the
+    process's resident set on a CPU, of reserved memory on CUDA.
+
+    A probe in a fresh process (:func:`probe_memory`; should it be killed, this process lives on) trains the method's
+    network with its optimiser on 2 and then on 3 images. Its peak on 2 holds what does not grow with the batch
+    (parameters, gradients, optimiser state, the runtime's buffers) and 2 images' share. A step on N images (every
+    image it forwards: DAFH's triplets are 3 per item of its batch) takes that peak and N - 2 images more, each the
+    larger of
+
+    - the rise from the probe's 2 images to 3 (uneven: at such small batches the allocator's rounding shows), and
+    - what the step's peak holds for an image, counted: the tensors autograd saved for it; beside them the backward
+      pass's gradients of one layer's input and output, at most twice the largest; on a CPU, once more those tensors
+      that at N images glibc serves from its heap, whose freed blocks stay resident where the next step's blocks
+      may not fit.
+
+    Added: the loader's queue of prefetched uint8 batches, which the probe does not hold."""
+    settings, options, ids, labels, names = training_setup(dataset, method, batch_size, steps)
+    hasher = create_method(method, MethodContext(bits, len(names), len(ids), options, 0, image_size))
+    first_batch = next(iter(hasher.batches(labels, settings.batch_size, np.random.default_rng(0))))
+    images = len(first_batch) * len(hasher.view_strengths())
+    spec = {
+        "method": method,
+        "backbone": backbone,
+        "image_size": image_size,
+        "device": str(device),
+        "bits": bits,
+        "classes": len(names),
+        "train_items": len(ids),
+        "options": options,
+        "settings": asdict(settings),
+        "stored_shape": list(dataset.images.shape[1:]),
+        "precision": execution.precision,
+        "channels_last": execution.channels_last,
+        "threads": torch.get_num_threads(),
+    }
+    probe = subprocess.run(
+        [sys.executable, "-c", "from hashbench.runner.bench import probe_main; probe_main()", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode < 0:  # killed, by the OOM killer as a rule
+        return MemoryNeed(None, images, settings.batch_size)
+    if probe.returncode:
+        error = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit status {probe.returncode}"
+        raise RuntimeError(f"the memory probe of {backbone} at {image_size} px failed: {error}")
+    measured = json.loads(probe.stdout.splitlines()[-1])
+    if "refused" in measured:
+        raise ValueError(measured["refused"])
+    (small, large), (warm_up, peak_small, peak_large) = PROBE_IMAGES, measured["peaks"]
+    saved = [size / large for size in measured["saved"]]  # per image: each tensor's bytes for one image of the batch
+    held = sum(saved) + 2 * max(saved)
+    on_heap = sum(size for size in saved if size * images < GLIBC_MMAP_CEILING) if device.type == "cpu" else 0
+    per_image = max((peak_large - peak_small) / (large - small), held + on_heap)
+    prefetched = PREFETCHED * images * dataset.images[0].nbytes if device.type == "cpu" else 0
+    return MemoryNeed(
+        round(max(warm_up, peak_small) + (images - small) * per_image + prefetched), images, settings.batch_size
+    )
+
+
+def check_memory(
+    dataset: Dataset,
+    backbone: str,
+    image_size: int,
+    device: torch.device,
+    method: str = "dafh",
+    bits: int = 32,
+    batch_size: int | None = None,
+    steps: int = 5,
+    execution: engine.Execution = engine.Execution(),
+) -> Skipped | None:
+    """Why ``backbone`` at ``image_size`` is not to be measured on ``device``: its training needs more memory than is
+    free, and would be killed (on a shared machine, perhaps its neighbours instead). None where it fits, or where the
+    free memory cannot be read."""
+    available = available_memory(device)
+    if available is None:
+        return None
+    free, where = available
+    need = training_memory(dataset, backbone, image_size, device, method, bits, batch_size, steps, execution)
+    if need.needed is not None and need.needed <= free:
+        return None
+    step = f"training {method} at batch {need.batch_size} ({need.images} images a step)"
+    fix = "or a GPU with more memory" if device.type == "cuda" else "or a GPU (--device cuda)"
+    needs = (
+        f"needs about {need.needed / 2**30:.1f} GiB"
+        if need.needed is not None
+        else f"cannot be estimated: the probe training {PROBE_IMAGES[-1]} images was killed"
+    )
+    reason = (
+        f"{step} {needs}, {where}: {free / 2**30:.1f} GiB; skipped: use a smaller --batch-size or --image-sizes, {fix}"
+    )
+    needed_mib = None if need.needed is None else need.needed / MIB
+    return Skipped(method, backbone, image_size, need.batch_size, needed_mib, free / MIB, reason)
+
+
+def probe_memory(spec: dict) -> dict:
+    """:func:`training_memory`'s probe, run in a fresh process. ``peaks``: bytes above what the process held before
+    building the network, at the warm-up step on 2 images, then over steps on 2, then over steps on 3; ``saved``: the
+    bytes of each tensor autograd saved for the backward pass on 3 (parameters aside)."""
+    torch.set_num_threads(spec["threads"])
+    device = torch.device(spec["device"])
+    execution = engine.Execution(spec["precision"], spec["channels_last"])
+    context = MethodContext(spec["bits"], spec["classes"], spec["train_items"], spec["options"], 0, spec["image_size"])
+    before = _peak_memory(device, reset=True)
+    network, _ = create_method(spec["method"], context).build(spec["backbone"])
+    execution.prepare(network.to(device), device).train()
+    optimizer = engine.build_optimizer(network, TrainSettings(**spec["settings"]))
+    parameters = {p.untyped_storage().data_ptr() for p in network.parameters()}
+    generator = torch.Generator(device=device).manual_seed(0)
+    saved: dict[int, int] = {}  # storage address: bytes
+
+    def keep(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    def step(images: int) -> None:
+        """A training step as the engine takes it, its loss aside (a few numbers per image)."""
+        batch = torch.zeros((images, *spec["stored_shape"]), dtype=torch.uint8)
+        x = engine.to_input(batch, device, spec["image_size"], PAPER_AUGMENTATION, generator, network.normalisation)
+        saved.clear()
+        with execution.autocast(device), torch.autograd.graph.saved_tensors_hooks(keep, lambda tensor: tensor):
+            output = network(execution.layout(x, device))
+        loss = sum(part.float().square().mean() for part in output if part is not None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step(PROBE_IMAGES[0])
+    peaks = [_peak_memory(device) - before]
+    for images in PROBE_IMAGES:
+        _peak_memory(device, reset=True)
+        for _ in range(PROBE_STEPS):
+            step(images)
+        peaks.append(_peak_memory(device) - before)
+    return {"peaks": peaks, "saved": sorted(saved.values())}
+
+
+def _peak_memory(device: torch.device, reset: bool = False) -> int:
+    """The peak of reserved CUDA memory, or of this process's resident set, since the last reset; ``reset`` starts a
+    new peak at the present use. Where the kernel refuses the reset, the peak runs on from the process's start and
+    the per-image figure rests on the count alone."""
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.max_memory_reserved(device)
+    if reset:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")  # Linux: the resident peak (VmHWM) restarts from now
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+
+
+def probe_main() -> None:
+    """The probe process: the spec as its argument, its measurements as the last line of its output; bad input (a
+    backbone timm does not know) as ``refused``, raised again by the caller as the ValueError it was."""
+    try:
+        measured = probe_memory(json.loads(sys.argv[1]))
+    except ValueError as exc:
+        measured = {"refused": str(exc)}
+    print(json.dumps(measured))
+
+
+def to_json(results: list[Rates | Skipped], dataset: Dataset, slices: int, epochs: int) -> str:
+    """The measured rates with their projections, and the backbones skipped with the reason."""
     return json.dumps(
         {
             "dataset": dataset.name,
@@ -181,8 +448,10 @@ def to_json(rates: list[Rates], dataset: Dataset, slices: int, epochs: int) -> s
                     "loader_margin": rate.loader_margin,
                     "projected_hours": rate.projected_hours(slices, epochs),
                 }
-                for rate in rates
+                for rate in results
+                if isinstance(rate, Rates)
             ],
+            "skipped": [asdict(skipped) for skipped in results if isinstance(skipped, Skipped)],
         },
         indent=1,
     )

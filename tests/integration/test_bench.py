@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -102,3 +105,111 @@ def test_the_projection_of_a_method_sampling_a_fixed_number_per_epoch(tiny_phant
             slices=slices,
         )
         assert rates.images_per_slice == pytest.approx(per_slice, rel=1e-12)
+
+
+def test_a_backbone_whose_training_would_not_fit_is_skipped_with_its_reason_and_the_others_kept(
+    tiny_phantom, tmp_path, monkeypatch
+):
+    """The free memory faked between the two estimates: B6's parameters, gradients and Adam state alone take 650 MB."""
+    cpu = torch.device("cpu")
+    small, big = (
+        bench.training_memory(tiny_phantom.dataset, backbone, 32, cpu, batch_size=8, steps=1).needed
+        for backbone in ("test_efficientnet", "tf_efficientnet_b6.aa_in1k")
+    )
+    assert big > small + 200 * 2**20, (small, big)
+    monkeypatch.setattr(bench, "available_memory", lambda device: ((small + big) // 2, "RAM available"))
+    out = tmp_path / "rates.json"
+    argv = ["bench", "--dataset", "phantom-tiny-seed0", "--backbones", "tf_efficientnet_b6.aa_in1k,test_efficientnet"]
+    argv += ["--image-sizes", "32", "--batch-size", "8", "--steps", "1", "--json", str(out)]
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert result.exit_code == 0, result.output
+    written = json.loads(out.read_text())
+    assert [rate["backbone"] for rate in written["rates"]] == ["test_efficientnet"]
+    (skipped,) = written["skipped"]
+    assert (skipped["backbone"], skipped["image_size"], skipped["batch_size"]) == ("tf_efficientnet_b6.aa_in1k", 32, 8)
+    assert skipped["available_mib"] * 2**20 == (small + big) // 2 < skipped["needed_mib"] * 2**20  # probed again
+    reason = skipped["reason"]
+    needed, available = (f"{skipped[key] / 2**10:.1f} GiB" for key in ("needed_mib", "available_mib"))
+    assert f"at batch 8 (24 images a step) needs about {needed}, RAM available: {available}" in reason  # triplets
+    assert "smaller --batch-size or --image-sizes" in reason and "GPU" in reason
+    printed = " ".join(result.output.split())  # rich wraps long lines
+    assert f"tf_efficientnet_b6.aa_in1k at 32 px: {reason}" in printed
+    assert "test_efficientnet 32 8" in printed and "Traceback" not in result.output
+
+
+def test_a_backbone_timm_does_not_know_is_refused_as_bad_input_though_the_memory_probe_meets_it_first(tiny_phantom):
+    argv = ["bench", "--dataset", "phantom-tiny-seed0", "--backbones", "efficientnet_b", "--image-sizes", "32"]
+    refused = runner.invoke(app, expand_multi_value_options(argv))
+    assert refused.exit_code == 2 and "timm has no model 'efficientnet_b'" in refused.output
+    assert "Traceback" not in refused.output
+
+
+def test_a_failing_measurement_leaves_the_finished_ones_in_the_json_file(tiny_phantom, tmp_path, monkeypatch):
+    from hashbench import api
+
+    measured = []
+
+    def measure_then_fail(*args, **kwargs):
+        if measured:
+            raise RuntimeError("the second measurement failed")
+        measured.append(bench.measure(*args, **kwargs))
+        return measured[-1]
+
+    monkeypatch.setattr(api, "measure", measure_then_fail)
+    monkeypatch.setattr(bench, "available_memory", lambda device: None)  # no memory check: not what is tested
+    out = tmp_path / "rates.json"
+    argv = ["bench", "--dataset", "phantom-tiny-seed0", "--backbones", "test_efficientnet", "--image-sizes", "32"]
+    argv += ["48", "--batch-size", "8", "--steps", "1", "--json", str(out)]
+    result = runner.invoke(app, expand_multi_value_options(argv))
+    assert isinstance(result.exception, RuntimeError) and "test_efficientnet" in result.output
+    (kept,) = json.loads(out.read_text())["rates"]
+    assert kept["image_size"] == 32 and kept["training"] == measured[0].training
+
+
+PEAK_GROWTH = """
+import json, sys
+from pathlib import Path
+import torch
+from hashbench.api import load_dataset
+from hashbench.runner import bench
+
+def resident(key):
+    return next(int(line.split()[1]) * 1024 for line in Path("/proc/self/status").read_text().splitlines()
+                if line.startswith(key))
+
+dataset = load_dataset("phantom-tiny-seed0")
+Path("/proc/self/clear_refs").write_text("5")
+before = resident("VmRSS")
+bench.measure(dataset, "efficientnet_b0", 64, torch.device("cpu"), batch_size=8, steps=1)
+print(resident("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="reads the resident peak as Linux keeps it")
+def test_the_memory_estimate_bounds_what_training_takes(tiny_phantom):
+    """DAFH on EfficientNet-B0 at 64 px, 8 triplets a step: the estimate against the resident peak of the whole
+    measurement (loader, two epochs, encoding) in a fresh process, like the probe's."""
+    need = bench.training_memory(
+        tiny_phantom.dataset, "efficientnet_b0", 64, torch.device("cpu"), batch_size=8, steps=1
+    )
+    run = subprocess.run([sys.executable, "-c", PEAK_GROWTH], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    growth = int(run.stdout.splitlines()[-1])
+    assert need.images == 24 and growth <= need.needed < 3 * growth, (need.needed / 2**20, growth / 2**20)
+
+
+def test_the_free_memory_is_the_room_under_a_cgroup_limit_where_one_is_set(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text("8589934592\n")
+    (v2 / "memory.current").write_text("6442450944\n")
+    (v2 / "memory.stat").write_text("anon 5368709120\ninactive_file 1073741824\n")
+    assert bench._cgroup_room(v2) == 3 * 2**30  # the limit less what is used, the inactive page cache reclaimable
+    (v2 / "memory.max").write_text("max\n")
+    assert bench._cgroup_room(v2) is None
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text("4294967296\n")
+    (v1 / "memory.usage_in_bytes").write_text("3221225472\n")
+    (v1 / "memory.stat").write_text("total_inactive_file 0\n")
+    assert bench._cgroup_room(tmp_path / "v1") == 2**30
