@@ -2,9 +2,10 @@
 
 Cells are compared only within one protocol and one version of the data (dataset and
 its fingerprint, split, the run's backbone and whether it was pretrained, epochs, image
-size, augmentation, profile): each gets its own tables, and the caption says what ran,
-including a row's own backbone where a variant brings one and how the protocol
-differs from the paper's. A cell shows the mean over runs (training seeds, and split
+size, augmentation, profile): each such group gets its own tables, under a name that
+says what tells it apart from the other groups, and notes saying what ran (a row's own
+backbone where a variant brings one) and, beside each setting, the paper's where it
+differs. A cell shows the mean over runs (training seeds, and split
 seeds where several), +/- their std where there are several, the 95 % bootstrap
 interval over queries in brackets, and n. A collapsed model (dead bits) is flagged
 beside its number; a failed or damaged cell says so in its place.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -67,9 +69,15 @@ MIXED_LEGEND = CELL_LEGEND.replace(
 @dataclass
 class Leaderboard:
     title: str
-    caption: str
+    group: str  # the comparable group's name: its dataset, and what tells it apart from the other groups shown
+    notes: list[str]  # what ran, one short note each (:func:`caption_parts`)
     table: pd.DataFrame  # index: method (or the paper's row), columns: "16 bits", ...; cells formatted
     legend: str = CELL_LEGEND
+
+    @property
+    def caption(self) -> str:
+        """The notes in one line, as a terminal table's caption."""
+        return "; ".join(self.notes)
 
 
 def summarise(
@@ -158,15 +166,38 @@ def _flags(collapsed: list[str], runs: int, problems: list[str]) -> str:
 
 
 def caption_parts(rows: pd.DataFrame) -> list[str]:
-    """What ran: data and its version, split, backbone(s) and weights, budget, augmentation, seeds, optimisers, protocol, options."""
+    """What ran, one short note each: data, split, features, training, seeds, device, profile, and what rows bring of
+    their own. Beside each setting, the paper's where it differs; only what applies: no training where no row trains,
+    no backbone where no row built it."""
     from hashbench.config.profiles import PROFILES
 
-    first = rows.iloc[0]
+    paper, first = PROFILES["full"], rows.iloc[0]
     finished = rows[rows["status"] == "finished"]
     synthetic = bool(rows["synthetic"].any())
-    data = f"{first['dataset']}{' (synthetic phantom data)' if synthetic else ''}, data version {_version_text(first['dataset'], first['dataset_fingerprint'])}"
     split_seeds = sorted(rows["split_seed"].unique())
     held_out = f" ({first['validation']:.0%} of training held out for validation)" if first["validation"] else ""
+    settings = [  # (what, what ran, the paper's where it differs)
+        (
+            "data",
+            f"{first['dataset']}{' (synthetic phantom data)' if synthetic else ''} at {first['image_size']} px, data "
+            f"version {_version_text(first['dataset'], first['dataset_fingerprint'])}",
+            _differing(
+                (synthetic, "TCIA collections"), (first["image_size"] != paper.image_size, f"{paper.image_size} px")
+            ),
+        ),
+        (
+            "split",
+            f"{_split_text(rows)}, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}"
+            + held_out,
+            _differing((first["split"] != "slice", "slice-level"), (bool(first["validation"]), "nothing held out")),
+        ),
+        *_features_setting(rows, paper),
+        *_training_setting(rows, paper),
+    ]
+    parts = [
+        f"{what} (the paper's: {', '.join(theirs)}): {ran}" if theirs else f"{what}: {ran}"
+        for what, ran, theirs in settings
+    ]
     seeds = ", ".join(str(s) for s in sorted(finished["seed"].unique())) or "none finished"
     runs = finished.groupby(["row", "bits"]).size()
     sample = (
@@ -174,31 +205,15 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
         if len(runs) and runs.max() == 1
         else ""
     )
-    optimisers = sorted(
-        {
-            f"{t['optimizer']} lr {t['lr']:g}"
-            + ("" if t.get("lr_schedule", "constant") == "constant" else f" ({t['lr_schedule']})")
-            for t in rows["train"]
-            if "optimizer" in t
-        }
-    )
-    profile = first["profile"] or "unrecorded"
-    parts = [
-        data,
-        f"{_split_text(rows)}, split seed{'s' if len(split_seeds) > 1 else ''} {', '.join(map(str, split_seeds))}{held_out}",
-        f"backbone {first['run_backbone']} ({_weights_text(rows)}){_own_backbones(rows)}",
-        f"{first['epochs']} epochs",
-        f"{first['image_size']} px",
-        f"augmentation: {first['augmentation']}"
-        + (
-            " (of the images the trained rows train on; the other rows never see it)"
-            if first["augmentation"] != "none" and not _sees_augmentation(rows).all()
-            else ""
-        ),
-        f"seeds {seeds}{sample}",
-        f"optimiser {' / '.join(optimisers)}",
-        f"profile {profile}: {_paper_comparison(rows, synthetic)}" if profile in PROFILES else f"profile {profile}",
-    ]
+    parts.append(f"seeds {seeds}{sample}")
+    devices = _devices(finished)
+    parts += [f"ran on {devices}"] if devices else []
+    profile = f"profile {first['profile'] or 'unrecorded'}"
+    if not any(theirs for _, _, theirs in settings):
+        trains = any(what == "training" for what, _, _ in settings)
+        remark = " (augmentation magnitudes are hashbench's choice: the paper gives none)" if trains else ""
+        profile += f": the paper's protocol{remark}"
+    parts.append(profile)
     floats = rows.loc[rows["bits"] == NO_CODE, "method"].unique()
     if len(floats):
         parts.append(
@@ -214,8 +229,79 @@ def caption_parts(rows: pd.DataFrame) -> list[str]:
     return parts + ([f"options changed: {changed}"] if changed else [])
 
 
-def caption(rows: pd.DataFrame) -> str:
-    return "; ".join(caption_parts(rows))
+def _differing(*settings: tuple[bool, str]) -> list[str]:
+    """The paper's settings, of (differs, the paper's) pairs, that this group's differ from."""
+    return [theirs for differs, theirs in settings if differs]
+
+
+def _features_setting(rows: pd.DataFrame, paper) -> list[tuple[str, str, list[str]]]:
+    """The run's backbone and its weights where a row built it, and what rows hashed of their own (training-free
+    features, a variant's backbone); none where the group has neither."""
+    first = rows.iloc[0]
+    weights = _weights_text(rows)
+    ran = ([f"backbone {first['run_backbone']} ({weights})"] if weights else []) + _own_backbones(rows)
+    if not ran:
+        return []
+    kinds = {source.split(":")[0] for built in rows["weights"] for source in (built or {}).values()}
+    theirs = _differing(
+        (bool(weights) and first["run_backbone"] != paper.backbone, f"EfficientNet-B6, {paper.backbone}"),
+        (bool(kinds) and kinds != {"hub"}, "ImageNet weights from the hub"),
+    )
+    return [("features", "; ".join(ran), theirs)]
+
+
+def _training_setting(rows: pd.DataFrame, paper) -> list[tuple[str, str, list[str]]]:
+    """Epochs, augmentation and optimisers of the rows that train; none where every row is training-free."""
+    from hashbench.model.registry import REGISTRY
+
+    trained = rows[~rows["method"].map(_is_training_free).astype(bool)]
+    if trained.empty:
+        return []
+    first = rows.iloc[0]
+
+    def own_optimiser(method: str, train: dict) -> bool:
+        try:
+            return train == asdict(REGISTRY.get(method).train)
+        except (LookupError, RuntimeError):  # a plugin not loaded here: cannot tell
+            return False
+
+    optimisers = sorted(
+        {
+            f"{t['optimizer']} lr {t['lr']:g}"
+            + ("" if t.get("lr_schedule", "constant") == "constant" else f" ({t['lr_schedule']})")
+            for t in trained["train"]
+            if "optimizer" in t
+        }
+    )
+    augmentation = f"augmentation: {first['augmentation']}" + (
+        " (of the images the trained rows train on; the other rows never see it)"
+        if first["augmentation"] != "none" and not _sees_augmentation(rows).all()
+        else ""
+    )
+    ran = "; ".join([f"{first['epochs']} epochs", augmentation, f"optimiser {' / '.join(optimisers)}"])
+    theirs = _differing(
+        (first["epochs"] != paper.epochs, f"{paper.epochs} epochs"),
+        (
+            first["augmentation"] != paper.augment.describe(),
+            "augmentation by rotation, scaling, brightness, noise, blur",
+        ),
+        (
+            not all(own_optimiser(m, t) for m, t in zip(trained["method"], trained["train"])),
+            "each method's own optimiser",
+        ),
+    )
+    return [("training", ran, theirs)]
+
+
+def _devices(finished: pd.DataFrame) -> str:
+    """The machines the finished cells recorded running on ('' where none did)."""
+    devices = set()
+    for directory in finished["directory"]:
+        try:
+            devices.add(Cell(directory).record.get("device") or "")
+        except CellError:
+            continue
+    return " / ".join(sorted(devices - {""}))
 
 
 def _split_text(rows: pd.DataFrame) -> str:
@@ -225,7 +311,7 @@ def _split_text(rows: pd.DataFrame) -> str:
 
 
 def _weights_text(rows: pd.DataFrame) -> str:
-    """Where the run backbone's weights came from, over every row that built it."""
+    """Where the run backbone's weights came from, over every row that built it ('' where none did)."""
     sources = {
         weights[backbone]
         for weights, backbone in zip(rows["weights"], rows["run_backbone"])
@@ -233,7 +319,7 @@ def _weights_text(rows: pd.DataFrame) -> str:
     }
     kinds = {source.split(":")[0] for source in sources}
     texts = {"random": "random init", "hub": "pretrained weights from the hub", "file": "weights from a local file"}
-    return " / ".join(texts.get(kind, kind) for kind in sorted(kinds)) or "built by no row"
+    return " / ".join(texts.get(kind, kind) for kind in sorted(kinds))
 
 
 def _version_text(dataset: str, fingerprint: str) -> str:
@@ -254,16 +340,16 @@ def _version_text(dataset: str, fingerprint: str) -> str:
     )
 
 
-def _own_backbones(rows: pd.DataFrame) -> str:
+def _own_backbones(rows: pd.DataFrame) -> list[str]:
     """The rows that hashed something else than the run's backbone trained: training-free rows, Table 4's own backbones."""
     parts = []
     for _, row in rows[rows["status"] != "damaged"].drop_duplicates("row").iterrows():
         features = _training_free_features(row)
         if features:
-            parts.append(f"; row {row['row']}: {features}")
+            parts.append(f"row {row['row']}: {features}")
         elif row["backbone"] != row["run_backbone"]:
-            parts.append(f"; row {row['row']}: backbone {row['backbone']}")
-    return "".join(parts)
+            parts.append(f"row {row['row']}: backbone {row['backbone']}")
+    return parts
 
 
 def _is_training_free(method: str) -> bool:
@@ -296,65 +382,24 @@ def _training_free_features(row: pd.Series) -> str:
     return f"{features}, unhashed" if row["bits"] == NO_CODE else f"fitted on {features}"
 
 
-def _paper_comparison(rows: pd.DataFrame, synthetic: bool) -> str:
-    """'the paper's protocol' only where every setting is the full profile's on real data with the paper's split; else how it differs."""
-    from hashbench.config.profiles import PROFILES
-    from hashbench.model.registry import REGISTRY
-
-    paper, first = PROFILES["full"], rows.iloc[0]
-    kinds = {source.split(":")[0] for weights in rows["weights"] for source in (weights or {}).values()}
-
-    def own_optimiser(method: str, train: dict) -> bool:
-        try:
-            return train == asdict(REGISTRY.get(method).train)
-        except (LookupError, RuntimeError):  # a plugin not loaded here: cannot tell
-            return False
-
-    differences = [
-        text
-        for differs, text in (
-            (synthetic, "synthetic data (the paper's: TCIA collections)"),
-            (first["split"] != "slice", f"{_split_text(rows)} (the paper's: slice-level)"),
-            (
-                first["run_backbone"] != paper.backbone,
-                f"backbone {first['run_backbone']} (the paper's: EfficientNet-B6, {paper.backbone})",
-            ),
-            (
-                kinds != {"hub"},
-                "weights " + " / ".join(sorted(kinds)) + " (the paper's: ImageNet weights from the hub)",
-            ),
-            (first["epochs"] != paper.epochs, f"{first['epochs']} epochs (the paper's: {paper.epochs})"),
-            (first["image_size"] != paper.image_size, f"{first['image_size']} px (the paper's: {paper.image_size})"),
-            (
-                first["augmentation"] != paper.augment.describe(),
-                f"augmentation {first['augmentation']} (the paper's: rotation, scaling, brightness, noise, blur)",
-            ),
-            (
-                not all(own_optimiser(m, t) for m, t in zip(rows["method"], rows["train"])),
-                "optimisers changed (the paper's: each method's own)",
-            ),
-            (bool(first["validation"]), "part of training held out for validation"),
-        )
-        if differs
-    ]
-    if not differences:
-        return "the paper's protocol (augmentation magnitudes are hashbench's choice: the paper gives none)"
-    return "differs from the paper's protocol in " + ", ".join(differences)
-
-
 def _changed_options(rows: pd.DataFrame) -> str:
-    """Method options that differ from the registered defaults, so a table says what really ran."""
+    """Per row, the method options that differ from the registered defaults, and the training settings in which rows
+    of one method differ, so a table says what each row ran (a variant's hash alone says nothing)."""
     from hashbench.model.registry import REGISTRY
 
     notes = []
-    for method, options in rows.drop_duplicates("method")[["method", "options"]].itertuples(index=False):
+    for method, variants in rows.drop_duplicates("row").groupby("method", sort=True):
         try:
             defaults = REGISTRY.get(method).default_options()
         except (LookupError, RuntimeError):  # a plugin not loaded here, or broken: nothing to compare with
             continue
-        changed = [f"{k}={v}" for k, v in sorted(options.items()) if defaults.get(k) != v]
-        if changed:
-            notes.append(f"{method} {', '.join(changed)}")
+        trained = [train or {} for train in variants["train"]]
+        differing = sorted(key for key in set().union(*trained) if len({json.dumps(t.get(key)) for t in trained}) > 1)
+        for row, options, train in zip(variants["row"], variants["options"], trained):
+            changed = [f"{k}={v}" for k, v in sorted(options.items()) if defaults.get(k) != v]
+            changed += [f"{k}={train.get(k)}" for k in differing]
+            if changed:
+                notes.append(f"{row} {', '.join(changed)}")
     return "; ".join(notes)
 
 
@@ -382,6 +427,71 @@ def _groups(cells: pd.DataFrame):
             consistent = kept.groupby("split_seed")["split_hash"].nunique().max() == 1
             for _, part in [(None, kept)] if consistent else kept.groupby("split_hash", sort=True):
                 yield part.assign(row=_row_names(part))
+
+
+def _trains(rows: pd.DataFrame) -> bool:
+    """Whether a row of the group trains (is not fitted without training)."""
+    return not rows["method"].map(_is_training_free).astype(bool).all()
+
+
+def _builds_backbone(rows: pd.DataFrame) -> bool:
+    """Whether a row of the group built the run's backbone."""
+    return bool(_weights_text(rows))
+
+
+NAMED_SETTINGS = (  # (setting, what a group's name says of it, whether it applies to a group: None where always)
+    ("dataset_fingerprint", lambda first, rows: f"data version {first['dataset_fingerprint'] or 'unrecorded'}", None),
+    ("split", lambda first, rows: _split_text(rows), None),
+    ("validation", lambda first, rows: f"{first['validation']:.0%} held out for validation", None),
+    ("run_backbone", lambda first, rows: f"backbone {first['run_backbone']}", _builds_backbone),
+    (
+        "pretrained",
+        lambda first, rows: {True: "pretrained", False: "not pretrained"}.get(
+            first["pretrained"], "pretraining unrecorded"
+        ),
+        _builds_backbone,
+    ),
+    ("epochs", lambda first, rows: f"{first['epochs']} epochs", _trains),
+    ("image_size", lambda first, rows: f"{first['image_size']} px", None),
+    ("augmentation", lambda first, rows: f"augmentation {first['augmentation']}", _trains),
+    ("profile", lambda first, rows: f"profile {first['profile'] or 'unrecorded'}", None),
+)
+
+
+def named_groups(cells: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Each comparable group of cells (:func:`_groups`) with its name: its dataset, then the settings in which the
+    groups differ, those that apply to it (no epochs for a training-free group) unless only they tell two groups
+    apart, and the split's content where nothing else does, so that no two names are alike."""
+    groups = list(_groups(cells))
+    firsts = [rows.iloc[0] for rows in groups]
+    differing = [
+        setting for setting in NAMED_SETTINGS if len({json.dumps(f[setting[0]], default=str) for f in firsts}) > 1
+    ]
+
+    def names(applying_only: bool) -> list[str]:
+        return [
+            " · ".join(
+                [first["dataset"]]
+                + [
+                    text(first, rows)
+                    for _, text, applies in differing
+                    if not applying_only or applies is None or applies(rows)
+                ]
+            )
+            for first, rows in zip(firsts, groups)
+        ]
+
+    named = names(applying_only=True)
+    if len(set(named)) < len(named):  # settings that do not apply to a group are all that tells it apart
+        named = names(applying_only=False)
+    if len(set(named)) < len(named):  # one protocol whose splits differ in content (another cleaning or split rule)
+        named = [f"{name} · split {str(first['split_hash'])[:8]}" for name, first in zip(named, firsts)]
+    return list(zip(named, groups))
+
+
+def slug(name: str) -> str:
+    """A group's name as a file name's part: lower-case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def _sees_augmentation(rows: pd.DataFrame) -> pd.Series:
@@ -424,9 +534,9 @@ def build(
     boards = []
     if cells.empty:
         return boards
-    for rows in _groups(cells):
+    for group, rows in named_groups(cells):
         bits = sorted(rows["bits"].unique(), key=lambda b: (b == NO_CODE, b))  # the float column last
-        described = caption(rows) + view.caption()
+        notes = caption_parts(rows) + _view_notes(view)
         legend = _legend(rows, view)
         published = rows["published_metric"].dropna().unique() if "published_metric" in rows else []
         parts = (
@@ -438,14 +548,20 @@ def build(
             if metric in COST_COLUMNS:  # recorded per cell when it ran, not computed from a ranking: no subgroups
                 table = _table(rows, bits, lambda cells, name=metric: summarise_cost(cells, name))
                 title = f"{metric.upper()}: {COST_COLUMNS[metric].help}"
-                boards.append(Leaderboard(title, described, table, COST_LEGEND))
+                boards.append(Leaderboard(title, group, notes, table, COST_LEGEND))
                 continue
             for subgroup, named in parts:
                 table = _table(rows, bits, lambda cells, name=metric, part=subgroup: summarise(cells, name, view, part))
                 published_note = " (the metric this protocol is published with)" if metric in published else ""
                 title = metric.upper() + published_note + named
-                boards.append(Leaderboard(title, described, table, legend))
+                boards.append(Leaderboard(title, group, notes, table, legend))
     return boards
+
+
+def _view_notes(view: View) -> list[str]:
+    """How the stored codes were judged, as one note where it is not the default view."""
+    judged = view.caption().removeprefix("; ")
+    return [judged] if judged else []
 
 
 def _table(rows: pd.DataFrame, bits: list[int], summary) -> pd.DataFrame:
@@ -468,7 +584,7 @@ def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) ->
     cells = cells[cells["method"].isin(suite.methods)] if not cells.empty else cells
     if cells.empty:
         return boards
-    for rows in _groups(cells):
+    for group, rows in named_groups(cells):
         lengths = (*suite.bits, *([NO_CODE] if (rows["bits"] == NO_CODE).any() else []))
         columns = [(metric, bits) for metric in suite.metrics for bits in lengths]
         table = {}
@@ -494,34 +610,37 @@ def build_suite(cells: pd.DataFrame, suite: Suite, view: View = DEFAULT_VIEW) ->
             table[f"{label} ({method})"] = line
         frame = pd.DataFrame.from_dict(table, orient="index").rename_axis("model")
         note = "Paper: TCIA collections (372,004 slices), slice-level 8:2 split, EfficientNet-B6, 224 px, 50 epochs, augmented training images; one run per number, no intervals."
-        text = f"{caption(rows)}{view.caption()}" + (f". {note}" if suite.paper else "")
-        boards.append(Leaderboard(suite.title, text, frame, _legend(rows, view)))
+        notes = caption_parts(rows) + _view_notes(view) + ([note] if suite.paper else [])
+        boards.append(Leaderboard(suite.title, group, notes, frame, _legend(rows, view)))
     return boards
 
 
 def figures(cells: pd.DataFrame, metrics: tuple[str, ...], markdown: Path, view: View = DEFAULT_VIEW) -> str:
-    """Write each protocol's figures next to ``markdown`` and return the markdown that shows them."""
-    from hashbench.report.plots import COST_FIGURE, leaderboard_figures
+    """Write each group's figures next to ``markdown`` (named by the group where there are several) and return the
+    markdown that shows them, a section per group headed by its name."""
+    from hashbench.report.plots import COST_FIGURE, FIGURE_KINDS, leaderboard_figures
 
     parts = []
     if cells.empty:
         return ""
-    for number, rows in enumerate(_groups(cells), start=1):
-        stem = markdown.with_suffix("") if number == 1 else markdown.with_name(f"{markdown.stem}-{number}")
-        described = caption_parts(rows)
+    named = named_groups(cells)
+    for group, rows in named:
+        stem = markdown.with_suffix("") if len(named) == 1 else markdown.with_name(f"{markdown.stem}-{slug(group)}")
         ranked = tuple(m for m in metrics if m not in COST_COLUMNS)  # cost columns have no per-query values to draw
-        paths = leaderboard_figures(
-            rows[rows["status"] == "finished"], ranked, "; ".join(described) + view.caption(), stem, view
-        )
+        paths = leaderboard_figures(rows[rows["status"] == "finished"], ranked, group, stem, view)
         if paths:
-            links = "\n\n".join(f"![{p.stem}]({p.name})" for p in paths)
+            links = "\n\n".join(
+                f"![{FIGURE_KINDS[p.stem.removeprefix(stem.name + '-')]}, {group}]({p.name})" for p in paths
+            )
             cost = (
-                "; MAP against the search time per query and the bytes per item each cell recorded"
+                "; MAP against the search time per query and the bytes per item each cell recorded (each point a code "
+                "length, the mean over the runs that recorded a cost, timed on each cell's own machine)"
                 if any(p.name.endswith(COST_FIGURE) for p in paths)
                 else ""
             )
             parts.append(
-                f"### Figures: {'; '.join(described[:2])}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code length; computed from the stored codes{cost}.\n\n{links}"
+                f"## Figures — {group}\n\nPR curves by Hamming radius, P@k (seeded tie order), metrics against code "
+                f"length (error bars: std over runs); computed from the stored codes{cost}.\n\n{links}"
             )
     return "\n\n".join(parts) + ("\n" if parts else "")
 
@@ -567,11 +686,18 @@ def _row_names(rows: pd.DataFrame) -> pd.Series:
 
 
 def to_markdown(boards: list[Leaderboard]) -> str:
-    parts = []
-    for board in boards:
+    """Each group once, headed by its name, with its notes as a list and its legend; then its tables, each headed by
+    what it shows and the group's name (a table whose legend is not the group's says its own)."""
+    parts, legend = [], None
+    for number, board in enumerate(boards):
+        if number == 0 or board.group != boards[number - 1].group:
+            legend = board.legend
+            notes = "\n".join(f"- {note}" for note in board.notes)
+            parts.append(f"## {board.group}\n\n{notes}\n\n{legend}")
         table = board.table.reset_index()
         header = "| " + " | ".join(table.columns) + " |"
         rule = "|" + "|".join("---" for _ in table.columns) + "|"
         lines = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-        parts.append(f"### {board.title}\n\n{board.caption}; {board.legend}\n\n" + "\n".join([header, rule, *lines]))
+        own = f"{board.legend}\n\n" if board.legend != legend else ""
+        parts.append(f"### {board.title} — {board.group}\n\n{own}" + "\n".join([header, rule, *lines]))
     return "\n\n".join(parts) + "\n"

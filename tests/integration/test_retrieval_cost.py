@@ -107,7 +107,8 @@ def test_the_markdown_leaderboard_draws_map_against_search_time_beside_it(costed
     out, _, _ = costed_runs
     target = api.write_leaderboard(out, tmp_path / "board.md", ("map@10", "search-ms", "bytes"))
     text = target.read_text()
-    assert (tmp_path / "board-cost.png").stat().st_size > 0 and "![board-cost](board-cost.png)" in text
+    assert (tmp_path / "board-cost.png").stat().st_size > 0
+    assert "![MAP against retrieval cost, phantom-tiny-seed0](board-cost.png)" in text
     assert "MAP against the search time per query and the bytes per item each cell recorded" in text
     assert (tmp_path / "board-metrics-vs-bits.png").exists()  # drawn for map@10 alone: cost columns have no curve
     assert "### SEARCH-MS" in text and "### BYTES" in text

@@ -128,12 +128,11 @@ def test_leaderboard_markdown_has_methods_by_bits_with_mean_std_and_protocol(tin
         and "2 epochs" in board.caption
     )
     assert "one run per cell" not in board.caption  # two seeds a cell
-    assert (
-        "differs from the paper's protocol in synthetic data" in board.caption
-        and "64 px (the paper's: 224)" in board.caption
+    assert "data (the paper's: TCIA collections, 224 px): phantom-tiny-seed0 (synthetic phantom data) at 64 px" in (
+        board.caption
     )
     text = leaderboard.to_markdown(boards)
-    assert "| method | 8 bits | 16 bits |" in text and "### MAP@10" in text
+    assert "| method | 8 bits | 16 bits |" in text and "### MAP@10 — phantom-tiny-seed0" in text
     more = run_grid(request(["dsh"], bits=(8,), epochs=2), tiny_phantom.dataset, tmp_path)  # dsh has no 16-bit cell
     assert more[0].status == "done"
     table = leaderboard.build(ResultsStore(tmp_path).table(), ("map@10",))[0].table
@@ -178,11 +177,11 @@ PAPERLIKE = {
         ),
         (
             {"profile": "quick", "train": {**asdict(REGISTRY.get("dpn").train), "optimizer": "adam", "lr": 1e-3}},
-            "differs from the paper's protocol in optimisers changed (the paper's: each method's own)",
+            "training (the paper's: each method's own optimiser): 50 epochs;",
         ),
         (
             {"profile": "full", "train": asdict(REGISTRY.get("dpn").train), "split": "patient"},
-            "differs from the paper's protocol in patient-level split (the paper's: slice-level)",
+            "split (the paper's: slice-level): patient-level split",
         ),
         (
             {
@@ -190,7 +189,7 @@ PAPERLIKE = {
                 "train": asdict(REGISTRY.get("dpn").train),
                 "weights": {"tf_efficientnet_b6.aa_in1k": "file:sha256:00"},
             },
-            "differs from the paper's protocol in weights file",
+            "features (the paper's: ImageNet weights from the hub): backbone tf_efficientnet_b6.aa_in1k (weights from",
         ),
     ],
 )

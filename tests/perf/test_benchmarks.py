@@ -256,12 +256,21 @@ def heavily_tied_codes(rng, n_queries, n_items, bits, distinct=1_000):
 
 def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchmark):
     """Q = 1,000 against N = 50,000 at 48 bits, heavily tied codes, every stored metric, against the per-query argsort
-    loop and the floor (one popcount pass plus per-distance histograms), all from one run.
+    loop and the floor (one popcount pass plus per-distance histograms), all from one run; the floor runs just before
+    each round of the evaluator, so a slow spell of the machine hits both alike.
 
-    Bounds: the floor's pass is half the evaluator's work per item (it also counts, per relevant item, the items of its
-    distance before it: a second read-modify-write, and a record), so the evaluator is at most 3x the floor, its
-    per-query metrics included (measured on 2 cores: 2.2x quiet); the loop sorts each query on one core where the
-    evaluator counts on every core (measured on 2 cores: about 80x quiet; asserted: 50x, the bound before)."""
+    Bounds, from the work per item. The floor does a popcount (vectorised) and a histogram increment. The evaluator's
+    one pass does the popcount, the relevance test, the increment of its distance's running count and a store of that
+    count (kept for a relevant item): about 1.4x the floor's time; summing each relevant item's precision in database
+    order, a serial chain of additions over a tenth of the items here, brings its kernel to about 1.55x, and the rest
+    (packing, label masks, the metrics from the counts: numpy, about 5 ms on one core while the other idles) to about
+    1.8x on 2 cores. Asserted: 2.5x, room for a noisy machine and another CPU's store forwarding (measured on 2 cores,
+    23 runs: 1.68-1.91x, median 1.83x; up to 2.2x while other jobs shared the machine; 1.6x with a busy process
+    on one core, which slows the floor too). The loop sorts each query on one core, about 3 ms against about 60 us for
+    the evaluator on one core: about 50x per core, 100x on 2 (measured, the same runs: 88-106x, median 97x; 74-78x while
+    other jobs shared the machine). Asserted: 50x, one core's worth, what stays when another process takes one of the
+    two (measured so: 52x).
+    """
     from hashbench.evaluation.evaluate import STORED_METRICS, evaluate_packed
     from hashbench.evaluation.ranking import packed_words
 
@@ -289,9 +298,9 @@ def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchma
         popcount_histogram_floor(query_words, query_labels, database_words_t, database_labels, bits + 1, counts)
 
     ours(), floor()  # compile (the evaluator's kernel is cached on disk after the first run)
-    result = benchmark.pedantic(ours, rounds=10, iterations=1, warmup_rounds=1)
-    ours_s = benchmark.stats.stats.median
-    floor_s = float(np.median([best_of(1, floor) for _ in range(10)]))
+    floor_times = []  # timed in the setup of each round of ours
+    result = benchmark.pedantic(ours, setup=lambda: floor_times.append(best_of(1, floor)), rounds=15, iterations=1)
+    ours_s, floor_s = benchmark.stats.stats.median, float(np.median(floor_times))
     start = time.perf_counter()
     expected = per_query_argsort_loop(query_packed, query_labels, database_packed, database_labels)
     loop_s = time.perf_counter() - start
@@ -310,7 +319,7 @@ def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchma
         f"per-query argsort loop {loop_s:.2f} s ({over_loop:.0f}x faster), popcount + histogram floor "
         f"{floor_s * 1e3:.0f} ms (hashbench takes {over_floor:.2f}x the floor)"
     )
-    assert over_loop >= 50 and over_floor <= 3
+    assert over_loop >= 50 and over_floor <= 2.5
 
 
 LARGE_EVALUATION = """

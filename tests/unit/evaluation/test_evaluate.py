@@ -499,6 +499,21 @@ def test_database_blocks_bound_the_kernel_scratch_without_changing_any_count():
     np.testing.assert_allclose(blocked.precision_sums, whole.precision_sums, rtol=0, atol=1e-12)
 
 
+def test_the_pass_over_one_word_codes_counts_what_the_pass_over_keys_counts():
+    """One-word codes and labels are counted straight from the words; padded with a zero word (the same distances and
+    relevance) they go through keys: every count, the precision sums included, bit for bit, with and without groups
+    (a query with no group takes the one-word pass, one with a group the keys)."""
+    query_bits, query_labels, db_bits, db_labels = heavy_ties(14, 30, 2000, 40, 5)
+    words = [code_words(query_bits), label_words(query_labels, 5), code_words(db_bits), label_words(db_labels, 5)]
+    padded = [np.concatenate([side, np.zeros_like(side)], axis=1) for side in words]
+    rng = np.random.default_rng(14)
+    query_groups, database_groups = rng.integers(-1, 8, 30), rng.integers(0, 8, 2000)
+    for groups in ({}, {"query_groups": query_groups, "database_groups": database_groups}):
+        one_word, keys = (count_ranks(*sides, 40, (1, 10, 500, 2000), **groups) for sides in (words, padded))
+        for name in ("distance_counts", "relevant_counts", "hits", "precision_sums", "top1"):
+            np.testing.assert_array_equal(getattr(one_word, name), getattr(keys, name), err_msg=name)
+
+
 # --- leaving a query's own group (patient, study, series) out of its ranking ----------------------------------------
 
 

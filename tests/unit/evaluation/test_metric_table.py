@@ -78,7 +78,7 @@ def test_a_new_metric_appears_in_the_leaderboard_from_the_stored_codes(hits_metr
     value = boards[0].table.loc["lsh (training-free)", "8 bits"]
     assert value.startswith(f"{np.mean(expected):.3f} [")
     markdown = leaderboard.to_markdown(boards)
-    assert "### HITS@10\n" in markdown and f"| lsh (training-free) | {value} |" in markdown
+    assert "### HITS@10 — phantom-tiny-seed0\n" in markdown and f"| lsh (training-free) | {value} |" in markdown
     np.testing.assert_array_equal(cell_per_query(cell, "hits@10"), expected)
 
 
