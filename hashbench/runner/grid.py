@@ -126,8 +126,10 @@ class Standing:
     def describe(self, spec: CellSpec, force: bool) -> str:
         """What running the sweep will do with the cell, in a few words (``--dry-run`` prints it)."""
         resumes = f"resumes after epoch {self.epochs_done} of {spec.config.epochs}" if self.epochs_done else ""
+        if self.status == "finished" and not force:
+            return "finished: skipped"
         if self.status == "finished":
-            return "finished: re-run (--force)" + (f", {resumes}" if resumes else "") if force else "finished: skipped"
+            return "finished: re-run (--force)" + (f", {resumes}" if resumes else "")
         return {
             "failed": "failed earlier: runs again",
             "damaged": "damaged: runs again",
