@@ -27,9 +27,9 @@ there and keeps the old centre, so random starts never move).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from math import comb
 
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -58,7 +58,6 @@ def distances(centres: np.ndarray) -> np.ndarray:
     return pairwise[np.triu_indices(len(centres), 1)]
 
 
-@numba.njit(cache=True)
 def spread(values: np.ndarray) -> float:
     """The authors' figure of merit for a set of distances: mean + minimum - variance."""
     return values.mean() + values.min() - values.var()
@@ -78,7 +77,6 @@ def initial_centres(n_classes: int, bits: int, rng: np.random.Generator) -> np.n
     return np.concatenate([centres, extra])
 
 
-@numba.njit(cache=True)
 def improve_centre(
     centre: np.ndarray,
     others: np.ndarray,
@@ -90,8 +88,8 @@ def improve_centre(
     cap: float = 1e7,
 ) -> np.ndarray:
     """One centre re-optimised against the fixed ``others`` by l_p-box ADMM from the given duals; returns the best
-    sign vector visited at the penalty cap or where the iterations end, or ``centre`` if none beats it (compiled:
-    thousands of small steps)."""
+    sign vector visited at the penalty cap or where the iterations end, or ``centre`` if none beats it (run compiled,
+    :func:`compiled_improve_centre`: thousands of small steps)."""
     bits = len(centre)
     bound = bits - 2 * d  # <b, c_j> at most this: distance at least d
     pull = others.sum(axis=0) / len(others)
@@ -140,6 +138,17 @@ def improve_centre(
     return best
 
 
+@lru_cache(maxsize=1)
+def compiled_improve_centre():
+    """:func:`improve_centre` compiled by numba (cached on disk), on first use: importing numba with this module would
+    cost every command that lists the methods a quarter of a second."""
+    import numba
+    from numba.extending import register_jitable
+
+    register_jitable(spread)  # callable from compiled code, and still a plain function
+    return numba.njit(cache=True)(improve_centre)
+
+
 def mdsh_centres(n_classes: int, bits: int, seed: int, sweeps: int = 50) -> torch.Tensor:
     """(classes, bits) +/-1 centres, every pair at least :func:`minimum_distance` apart where the sweeps reach it."""
     rng = np.random.default_rng(seed)
@@ -148,10 +157,11 @@ def mdsh_centres(n_classes: int, bits: int, seed: int, sweeps: int = 50) -> torc
         return torch.from_numpy(centres).float()
     d = minimum_distance(bits, n_classes)
     best, best_spread = centres.copy(), -np.inf
+    improve = compiled_improve_centre()
     for _ in range(sweeps):
         for i in range(n_classes):
             duals = rng.random(bits), rng.random(bits), rng.random(n_classes - 1)
-            centres[i] = improve_centre(centres[i], np.delete(centres, i, axis=0), d, *duals)
+            centres[i] = improve(centres[i], np.delete(centres, i, axis=0), d, *duals)
         apart = distances(centres)
         if spread(apart) > best_spread:
             best, best_spread = centres.copy(), spread(apart)

@@ -58,11 +58,6 @@ def ratio(numerator, denominator, empty: float = 0.0) -> np.ndarray:
     return np.divide(numerator, denominator, out=out, where=np.asarray(denominator) > 0)
 
 
-def _before(counts: np.ndarray) -> np.ndarray:
-    """Items ranked before each distance group."""
-    return np.cumsum(counts, axis=1) - counts
-
-
 def average_precision_at(
     counts: RankCounts, k: int | None, normalise: str = "found", empty: str = "zero"
 ) -> np.ndarray:
@@ -95,7 +90,7 @@ def expected_precision_at(counts: RankCounts, k: int) -> np.ndarray:
     """
     k = np.minimum(k, counts.ranked)  # per query: a query that leaves items out ranks fewer
     n, r = counts.distance_counts, counts.relevant_counts
-    in_top = np.clip(k[:, None] - _before(n), 0, n)
+    in_top = np.clip(k[:, None] - counts.items_before, 0, n)
     return ratio(ratio(r * in_top, n).sum(axis=1), k)
 
 
@@ -107,7 +102,7 @@ def tie_aware_average_precision(counts: RankCounts, order: str = "expected", emp
     Worst: sum_{t=1..r} (R + t) / (N + n - r + t). Each sum is a difference of harmonic numbers.
     """
     n, r = counts.distance_counts, counts.relevant_counts
-    before_n, before_r = _before(n), _before(r)
+    before_n, before_r = counts.items_before, counts.relevant_before
     H = harmonic(counts.n_database)
     if order == "expected":
         slope = ratio(r - 1, n - 1)  # 0 for a group of one

@@ -35,7 +35,7 @@ to 1e-12).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numba
 import numpy as np
@@ -73,15 +73,27 @@ class RankCounts:
     top_grades: np.ndarray | None = None  # (q, t) relevance grade of each of the first t items, 0 past the ranking
     ideal_grades: np.ndarray | None = None  # (q, t) the t best grades the query's ranking holds, descending
 
-    @property
-    def n_database(self) -> int:
-        """The largest ranking's length: the database size, or less when every query leaves items out."""
-        return int(self.distance_counts.sum(axis=1).max()) if len(self.distance_counts) else 0
-
-    @property
+    # Read by several metrics of one evaluation, so each is computed once; the histograms are final when the
+    # counting pass returns.
+    @cached_property
     def ranked(self) -> np.ndarray:
         """(q,) each query's ranking length: the database less the items the query leaves out."""
         return self.distance_counts.sum(axis=1)
+
+    @cached_property
+    def n_database(self) -> int:
+        """The largest ranking's length: the database size, or less when every query leaves items out."""
+        return int(self.ranked.max()) if len(self.ranked) else 0
+
+    @cached_property
+    def items_before(self) -> np.ndarray:
+        """(q, bits + 1) the items ranked before each distance group."""
+        return np.cumsum(self.distance_counts, axis=1) - self.distance_counts
+
+    @cached_property
+    def relevant_before(self) -> np.ndarray:
+        """(q, bits + 1) the relevant items ranked before each distance group."""
+        return np.cumsum(self.relevant_counts, axis=1) - self.relevant_counts
 
     def at(self, k: int) -> int:
         """Column of cutoff ``min(k, n_database)``."""
