@@ -9,6 +9,7 @@ from typing import Any, Callable, NoReturn, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hashbench.config.limits import check_range
@@ -223,12 +224,21 @@ def chosen_suite(name: str | None, with_baselines: bool = False):
 
 
 def print_boards(boards: list) -> None:
-    """Each leaderboard as a rich table, its caption and legend below."""
-    for board in boards:
-        table = Table(title=board.title, caption=f"{board.caption}; {board.legend}", caption_justify="left")
-        table.add_column(board.table.index.name or "method")
+    """Each group's name, notes and legend once, then its leaderboards as rich tables (a table whose legend is not the
+    group's says its own below it), as the published markdown has them."""
+    legend = None
+    for number, board in enumerate(boards):
+        if number == 0 or board.group != boards[number - 1].group:
+            legend = board.legend
+            console.rule(escape(board.group))
+            for note in board.notes:
+                console.print(f"- {escape(note)}", highlight=False)
+            console.print(escape(legend), highlight=False)
+        own = escape(board.legend) if board.legend != legend else None
+        table = Table(title=f"{escape(board.title)} — {escape(board.group)}", caption=own, caption_justify="left")
+        table.add_column(escape(board.table.index.name or "method"))
         for column in board.table.columns:
-            table.add_column(column, justify="right")
-        for method, row in board.table.iterrows():
-            table.add_row(str(method), *(str(value) for value in row))
+            table.add_column(escape(column), justify="right")
+        for method, row in board.table.iterrows():  # escaped: a variant's "[b955f5dd]" is not a style to rich
+            table.add_row(escape(str(method)), *(escape(str(value)) for value in row))
         console.print(table)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import List
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from hashbench.cli.app import app, console, fail, load_plugins
@@ -32,8 +33,8 @@ def list_command(
     for column in ("name", "origin", "status", "paper"):
         table.add_column(column, overflow="fold")
     for entry in entries:
-        status = f"[red]broken[/red]: {entry.error}" if entry.error else entry.status
-        table.add_row(entry.name, entry.origin, status, entry.method.paper if entry.method else "")
+        status = f"[red]broken[/red]: {escape(entry.error)}" if entry.error else entry.status
+        table.add_row(entry.name, escape(entry.origin), status, escape(entry.method.paper) if entry.method else "")
     console.print(table)
 
 
@@ -77,7 +78,7 @@ def options_command(
         for column in ("option", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*map(escape, row))
         console.print(table if rows else f"{title}: none")
 
 

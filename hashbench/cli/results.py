@@ -210,10 +210,11 @@ def ties_command(
         method = f"{row.dataset}/{row.method}" if several_datasets else row.method
         if groups[row.Index]:  # one of several groups of the method: named as `ties` and `compare` pick it
             method += f"@{row.identity}"
-        cell = (method, str(row.bits), str(row.seed), row.split)
+        cell = (escape(method), str(row.bits), str(row.seed), row.split)
         if row.status != "finished" or row.bits == NO_CODE:
             float_note = "float features: no code, no ties" if row.bits == NO_CODE else ""
-            table.add_row(*cell, "; ".join(filter(None, [row.note, float_note])), *[""] * (len(columns) - 1))
+            note = escape("; ".join(filter(None, [row.note, float_note])))
+            table.add_row(*cell, note, *[""] * (len(columns) - 1))
             continue
         found = cell_tie_diagnostics(Cell(row.directory))
         table.add_row(
@@ -277,7 +278,8 @@ def search_command(
         for column in ("rank", "distance", "slice", "label", "patient", "path"):
             table.add_column(column, overflow="fold")
         for hit in hits:
-            table.add_row(str(hit.rank), str(hit.distance), str(hit.slice_id), hit.label, hit.patient, hit.path)
+            shown = (escape(str(text)) for text in (hit.label, hit.patient, hit.path))  # a '[...]' in them is text
+            table.add_row(str(hit.rank), str(hit.distance), str(hit.slice_id), *shown)
         console.print(table)
     if skipped and not results:
         raise typer.Exit(1)
@@ -308,7 +310,7 @@ def confusion_command(
     for column in ("class", *metrics):
         table.add_column(column, justify="right")
     for name in stored.class_names:
-        table.add_row(name, *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
+        table.add_row(escape(name), *(f"{by_class[m][name]:.3f}" if name in by_class[m] else "-" for m in metrics))
     console.print(table)
     console.print(f"wrote {' and '.join(map(str, written))}")
 

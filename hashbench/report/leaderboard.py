@@ -278,9 +278,9 @@ def _training_setting(rows: pd.DataFrame, paper) -> list[tuple[str, str, list[st
         if first["augmentation"] != "none" and not _sees_augmentation(rows).all()
         else ""
     )
-    ran = "; ".join([f"{first['epochs']} epochs", augmentation, f"optimiser {' / '.join(optimisers)}"])
+    ran = "; ".join([_epochs(first["epochs"]), augmentation, f"optimiser {' / '.join(optimisers)}"])
     theirs = _differing(
-        (first["epochs"] != paper.epochs, f"{paper.epochs} epochs"),
+        (first["epochs"] != paper.epochs, _epochs(paper.epochs)),
         (
             first["augmentation"] != paper.augment.describe(),
             "augmentation by rotation, scaling, brightness, noise, blur",
@@ -439,6 +439,10 @@ def _builds_backbone(rows: pd.DataFrame) -> bool:
     return bool(_weights_text(rows))
 
 
+def _epochs(count) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
+
+
 NAMED_SETTINGS = (  # (setting, what a group's name says of it, whether it applies to a group: None where always)
     ("dataset_fingerprint", lambda first, rows: f"data version {first['dataset_fingerprint'] or 'unrecorded'}", None),
     ("split", lambda first, rows: _split_text(rows), None),
@@ -451,7 +455,7 @@ NAMED_SETTINGS = (  # (setting, what a group's name says of it, whether it appli
         ),
         _builds_backbone,
     ),
-    ("epochs", lambda first, rows: f"{first['epochs']} epochs", _trains),
+    ("epochs", lambda first, rows: _epochs(first["epochs"]), _trains),
     ("image_size", lambda first, rows: f"{first['image_size']} px", None),
     ("augmentation", lambda first, rows: f"augmentation {first['augmentation']}", _trains),
     ("profile", lambda first, rows: f"profile {first['profile'] or 'unrecorded'}", None),

@@ -240,22 +240,48 @@ def _meminfo_available() -> int | None:
     return next((int(line.split()[1]) * 1024 for line in lines if line.startswith("MemAvailable:")), None)
 
 
-CGROUP_FILES = (  # limit, usage, statistics, the cache reclaimed before an OOM kill: cgroup v2, then v1
+CGROUP_FILES = (  # in a cgroup's folder: limit, usage, statistics, the cache reclaimed before an OOM kill (v2, v1)
     ("memory.max", "memory.current", "memory.stat", "inactive_file"),
-    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
+    ("memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "total_inactive_file"),
 )
 
 
-def _cgroup_room(root: Path = Path("/sys/fs/cgroup")) -> int | None:
-    """Bytes left under this container's memory limit (the cgroup at the mount's root), None without a limit."""
+def _cgroup_room(root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes left under the tightest memory limit on this process's cgroup or any above it (a batch job's limit sits
+    on the job's own cgroup, a container's on the cgroup the container sees as its root); None without a limit."""
+    rooms = [room for folder in _cgroup_folders(root, membership) if (room := _room_in(folder)) is not None]
+    return min(rooms) if rooms else None
+
+
+def _cgroup_folders(root: Path, membership: Path) -> list[Path]:
+    """The folders of this process's memory cgroup and of each one above it up to the mount (v2: the unified tree at
+    ``root``; v1: the memory controller's at ``root/memory``), those that exist here."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:  # membership unknown: the roots, where a container's own limit is
+        lines = ["0::/", "0:memory:/"]
+    folders = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers and "memory" not in controllers.split(","):
+            continue
+        base = root / ("memory" if controllers else "")
+        folder = base / path.strip("/")
+        folders += [folder, *(parent for parent in folder.parents if parent.is_relative_to(base))]
+    return [folder for folder in dict.fromkeys(folders) if folder.is_dir()]
+
+
+def _room_in(folder: Path) -> int | None:
+    """The limit set on one cgroup less what it uses, its inactive page cache counted free; None where it has none."""
     for limit_file, usage_file, stat_file, reclaimable in CGROUP_FILES:
         try:
-            limit = (root / limit_file).read_text().strip()
-            usage = int((root / usage_file).read_text())
-            stats = dict(line.split() for line in (root / stat_file).read_text().splitlines())
+            limit = (folder / limit_file).read_text().strip()
+            usage = int((folder / usage_file).read_text())
+            stats = dict(line.split() for line in (folder / stat_file).read_text().splitlines())
         except (OSError, ValueError):
             continue
-        if limit.isdigit():  # v2 writes "max" for none; v1 a number far above the memory present
+        # v2 writes "max" for no limit; v1 a number near 2**63, far above the memory present
+        if limit.isdigit() and int(limit) < 2**60:
             return int(limit) - usage + int(stats.get(reclaimable, 0))
     return None
 

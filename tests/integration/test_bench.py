@@ -198,18 +198,39 @@ def test_the_memory_estimate_bounds_what_training_takes(tiny_phantom):
     assert need.images == 24 and growth <= need.needed < 3 * growth, (need.needed / 2**20, growth / 2**20)
 
 
-def test_the_free_memory_is_the_room_under_a_cgroup_limit_where_one_is_set(tmp_path):
+def cgroup(folder, limit, usage, stat):
+    """One cgroup's memory files (v2 names, or v1 where ``stat`` says total_inactive_file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    v1 = "total_" in stat
+    (folder / ("memory.limit_in_bytes" if v1 else "memory.max")).write_text(f"{limit}\n")
+    (folder / ("memory.usage_in_bytes" if v1 else "memory.current")).write_text(f"{usage}\n")
+    (folder / "memory.stat").write_text(stat)
+
+
+def test_the_free_memory_is_the_room_under_the_tightest_cgroup_limit_above_the_process(tmp_path):
+    """A container's limit sits on the root it sees, a batch job's on the job's own cgroup, below roots without one."""
+    membership = tmp_path / "cgroup"
+    membership.write_text("0::/\n")
     v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "memory.max").write_text("8589934592\n")
-    (v2 / "memory.current").write_text("6442450944\n")
-    (v2 / "memory.stat").write_text("anon 5368709120\ninactive_file 1073741824\n")
-    assert bench._cgroup_room(v2) == 3 * 2**30  # the limit less what is used, the inactive page cache reclaimable
+    cgroup(v2, 8 * 2**30, 6 * 2**30, "anon 5368709120\ninactive_file 1073741824\n")
+    assert bench._cgroup_room(v2, membership) == 3 * 2**30  # the limit less what is used, inactive cache reclaimable
     (v2 / "memory.max").write_text("max\n")
-    assert bench._cgroup_room(v2) is None
-    v1 = tmp_path / "v1" / "memory"
-    v1.mkdir(parents=True)
-    (v1 / "memory.limit_in_bytes").write_text("4294967296\n")
-    (v1 / "memory.usage_in_bytes").write_text("3221225472\n")
-    (v1 / "memory.stat").write_text("total_inactive_file 0\n")
-    assert bench._cgroup_room(tmp_path / "v1") == 2**30
+    assert bench._cgroup_room(v2, membership) is None
+    # a job's step inside a job inside the root: the job's limit, the tightest, holds
+    membership.write_text("0::/slurm/job_7/step_0\n")
+    cgroup(v2 / "slurm" / "job_7", 4 * 2**30, 3 * 2**30, "inactive_file 0\n")
+    cgroup(v2 / "slurm" / "job_7" / "step_0", "max", 3 * 2**30, "inactive_file 0\n")
+    assert bench._cgroup_room(v2, membership) == 2**30
+    (v2 / "memory.max").write_text(f"{7 * 2**30}\n")  # the root's room: 7 GiB less 6 used, plus 1 reclaimable
+    assert bench._cgroup_room(v2, membership) == 2**30
+    # v1: the memory controller's own tree; other controllers' lines are not memory limits
+    membership.write_text("5:cpu,cpuacct:/elsewhere\n4:memory:/docker/abc\n")
+    v1 = tmp_path / "v1"
+    cgroup(v1 / "memory", 9223372036854771712, 2**30, "total_inactive_file 0\n")  # v1's "no limit"
+    assert bench._cgroup_room(v1, membership) is None
+    cgroup(v1 / "memory" / "docker" / "abc", 4 * 2**30, 3 * 2**30, "total_inactive_file 0\n")
+    assert bench._cgroup_room(v1, membership) == 2**30
+    # a container that sees its own cgroup as the root (no folder for the path /proc lists): the root's limit
+    membership.write_text("4:memory:/docker/def\n")
+    cgroup(v1 / "memory", 6 * 2**30, 2**30, "total_inactive_file 0\n")
+    assert bench._cgroup_room(v1, membership) == 5 * 2**30

@@ -15,7 +15,7 @@ TINY = "phantom-tiny-seed0"
 GROUPS = {  # group name -> its figures' file-name part
     f"{TINY} · patient-level split · 2 epochs": f"{TINY}-patient-level-split-2-epochs",
     f"{TINY} · slice-level split": f"{TINY}-slice-level-split",  # training-free alone: its epochs tell nothing
-    f"{TINY} · patient-level split · 3 epochs": f"{TINY}-patient-level-split-3-epochs",
+    f"{TINY} · patient-level split · 1 epoch": f"{TINY}-patient-level-split-1-epoch",
 }
 TRAINING_FREE = f"{TINY} · slice-level split"
 METRICS = ("map@1", "map@10", "search-ms")
@@ -50,14 +50,14 @@ def drawn_text_problems(figure, dpi: int) -> list[str]:
 
 @pytest.fixture(scope="module")
 def published(tiny_phantom, tmp_path_factory):
-    """Three groups: trained methods at 2 and at 3 epochs on the patient-level split, training-free ones alone on the
+    """Three groups: trained methods at 2 epochs and at 1 on the patient-level split, training-free ones alone on the
     slice-level split; the markdown, its folder, and each figure's legibility problems as it was saved."""
     dataset = tiny_phantom.dataset
     out = tmp_path_factory.mktemp("published") / "runs"
     common = dict(dataset=dataset.name, profile="quick", device="cpu")
     requests = [
         api.RunRequest(methods=["dpsh", "hashnet"], bits=[8, 16], epochs=2, **common),
-        api.RunRequest(methods=["dpsh"], bits=[16], epochs=3, **common),
+        api.RunRequest(methods=["dpsh"], bits=[16], epochs=1, **common),
         api.RunRequest(methods=["lsh", "itq"], bits=[16], epochs=2, split="slice", **common),
     ]
     for request in requests:
@@ -122,8 +122,8 @@ def test_each_group_says_what_ran_once_as_a_short_list(published):
         assert "one run per cell: each number is a single sample" in section  # the honest notes stay, once
         assert section.count("95 % bootstrap interval") == 1 and "(n=1" in section
         assert any(note.startswith("ran on cpu") for note in listed)
-    trained = notes(sections(text)[f"{TINY} · patient-level split · 3 epochs"])
-    assert any(note.startswith("training (the paper's: 50 epochs") and "3 epochs" in note for note in trained)
+    trained = notes(sections(text)[f"{TINY} · patient-level split · 1 epoch"])
+    assert any(note.startswith("training (the paper's: 50 epochs") and "): 1 epoch;" in note for note in trained)
     assert any(note.startswith("features (the paper's: EfficientNet-B6") for note in trained)
 
 
@@ -133,3 +133,23 @@ def test_a_training_free_group_says_nothing_of_training(published):
     assert "row lsh (training-free): fitted on raw pixels (16 x 16 per channel)" in " ".join(listed)
     for word in ("epoch", "optimiser", "augmentation", "training:", "training (", "weights", "built by no row"):
         assert not any(word in note for note in listed), (word, listed)
+
+
+def test_the_terminal_shows_each_group_and_its_notes_once_and_names_as_they_are(published):
+    """`leaderboard` in a terminal: a group's notes once above its tables (not under each one), and text holding
+    brackets (a variant's configuration hash) printed as it is, not read as a rich style."""
+    from hashbench.cli.app import console, print_boards
+
+    _, out, _ = published
+    boards = api.leaderboard(out, METRICS)
+    boards[0].table.index = [f"{name} [b955f5dd]" for name in boards[0].table.index]
+    with pytest.MonkeyPatch.context() as patch, console.capture() as captured:
+        patch.setattr(console, "width", 400)  # no note wrapped
+        print_boards(boards)
+    shown = captured.get()
+    for group in GROUPS:
+        assert shown.count(f"{METRICS[0].upper()} — {group}") == 1
+    trained = next(board for board in boards if board.group == f"{TINY} · patient-level split · 1 epoch")
+    training = next(note for note in trained.notes if note.startswith("training"))
+    assert shown.count(training) == 1  # its group's own note, once for the group's three tables
+    assert "[b955f5dd]" in shown
