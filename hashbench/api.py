@@ -295,10 +295,12 @@ def bench(
     on_measure: Callable | None = None,
     slices: int = PAPER_SLICES,
     on_result: Callable[[Rates | Skipped], None] | None = None,
+    memory_check: bool = True,
 ) -> list[Rates | Skipped]:
     """Loading, training and encoding rates for each backbone and image size on ``device``, and the images a training
     epoch takes from ``slices`` slices (for the projection). A backbone and size whose training would not fit in the
-    free memory is skipped, with the reason, not measured (:func:`hashbench.runner.bench.check_memory`).
+    free memory is skipped, with the reason, not measured (:func:`hashbench.runner.bench.check_memory`), unless
+    ``memory_check`` is off.
     ``on_measure(backbone, size, device)`` before each; ``on_result(result)`` as each is done, so that what is
     finished can be kept before a later one fails."""
     for size in image_sizes:
@@ -311,7 +313,7 @@ def bench(
             if on_measure:
                 on_measure(backbone, size, where)
             arguments = (dataset, backbone, size, where, method, bits, batch_size, steps, execution)
-            result = check_memory(*arguments) or measure(*arguments, slices)
+            result = (memory_check and check_memory(*arguments)) or measure(*arguments, slices)
             results.append(result)
             if on_result:
                 on_result(result)

@@ -500,6 +500,12 @@ def bench_command(
     ),
     epochs: int = typer.Option(50, "--epochs", help="Projection: epochs (default: the paper's 50)."),
     as_json: Optional[Path] = typer.Option(None, "--json", help="Also write the rates to this file."),
+    memory_check: bool = typer.Option(
+        True,
+        "--memory-check/--no-memory-check",
+        help="Skip a backbone whose training is estimated not to fit in free memory; --no-memory-check measures it "
+        "anyway (swap, or an estimate you know to be high; the kernel may kill it).",
+    ),
     search: Optional[int] = typer.Option(
         None,
         "--search",
@@ -584,6 +590,7 @@ def bench_command(
             on_measure=measuring,
             slices=slices,
             on_result=finished,
+            memory_check=memory_check,
         )
     except api.USER_ERRORS as exc:
         fail(exc.args[0] if exc.args else exc)

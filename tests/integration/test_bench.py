@@ -11,6 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from hashbench import api
 from hashbench.cli import app, expand_multi_value_options
 from hashbench.runner import bench
 
@@ -135,6 +136,16 @@ def test_a_backbone_whose_training_would_not_fit_is_skipped_with_its_reason_and_
     printed = " ".join(result.output.split())  # rich wraps long lines
     assert f"tf_efficientnet_b6.aa_in1k at 32 px: {reason}" in printed
     assert "test_efficientnet 32 8" in printed and "Traceback" not in result.output
+
+
+def test_without_the_memory_check_a_backbone_is_measured_however_little_memory_is_free(tiny_phantom, monkeypatch):
+    monkeypatch.setattr(bench, "available_memory", lambda device: (0, "RAM available"))
+    arguments = dict(dataset=tiny_phantom.dataset, backbones=["test_efficientnet"], image_sizes=[32], device="cpu")
+    arguments |= dict(batch_size=8, steps=1)
+    (checked,) = api.bench(**arguments)
+    assert isinstance(checked, api.Skipped) and checked.available_mib == 0
+    (measured,) = api.bench(**arguments, memory_check=False)
+    assert isinstance(measured, api.Rates) and measured.training > 0
 
 
 def test_a_backbone_timm_does_not_know_is_refused_as_bad_input_though_the_memory_probe_meets_it_first(tiny_phantom):
