@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from hashbench.data.dataset import MANIFEST, Dataset, DatasetError, settle_swap, settle_swaps
-from hashbench.data.ingest import IngestResult
 from hashbench.data.sources import ingest
 from hashbench.store.paths import SAFE_NAME, checked_name, datasets_dir
+
+# The dataset reader loads pandas, the builder pydicom too: each is imported where a dataset is read or built, not
+# where the sources this package holds are listed (`hashbench ingest --help`).
+if TYPE_CHECKING:
+    from hashbench.data.dataset import Dataset
+    from hashbench.data.ingest import IngestResult
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -36,6 +41,8 @@ class UnknownDatasetError(LookupError):
 
 def dataset_names() -> list[str]:
     """Ingested datasets, plus 'phantom' which is built on first use (builds in progress are hidden folders, not listed)."""
+    from hashbench.data.dataset import MANIFEST, settle_swaps
+
     root = datasets_dir()
     if root.exists():
         settle_swaps(root)  # a dataset whose swap a kill cut is listed, not unknown until its next ingest
@@ -49,6 +56,8 @@ def dataset_names() -> list[str]:
 
 def load_dataset(name: str = DEFAULT_DATASET, progress: bool = False) -> Dataset:
     """An ingested dataset by name, verified (:class:`DatasetError` names the rebuild command); the phantom is generated and ingested if missing."""
+    from hashbench.data.dataset import MANIFEST, Dataset, settle_swap
+
     folder = datasets_dir() / checked_name(name)
     settle_swap(folder)
     if (folder / MANIFEST).exists():
@@ -89,6 +98,8 @@ class DatasetListing:
 
 def list_datasets() -> list[DatasetListing]:
     """Every dataset name, each verified: a summary, or the damage with the command that rebuilds it."""
+    from hashbench.data.dataset import MANIFEST, Dataset, DatasetError
+
     found = []
     for name in dataset_names():
         folder = datasets_dir() / name

@@ -25,15 +25,17 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
-from hashbench.data.images import NO_TAGS, colour_pixels
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.model.options import option
+
+if TYPE_CHECKING:  # pandas, pydicom and PIL load where files are read, not where sources are listed
+    from hashbench.data.dicom import DicomSlices, ImageOptions
+    from hashbench.data.ingest import IngestResult
 
 BATCHES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 SIDES = {**{f"data_batch_{i}": "database" for i in range(1, 6)}, "test_batch": "query"}
@@ -106,6 +108,9 @@ def _arrays(batch: dict[str, object], name: str) -> tuple[np.ndarray, np.ndarray
 
 def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
     """One batch as 32 x 32 images (grey by luma, or colour with colour='rgb') and a class number per image."""
+    from hashbench.data.dicom import DicomSlices, SkippedFile, resize
+    from hashbench.data.images import NO_TAGS, colour_pixels
+
     try:
         pixels, labels = _arrays(load_batch(data), part)
     except ValueError as exc:
@@ -141,6 +146,9 @@ def ingest_cifar(
     progress: bool = False,
 ) -> IngestResult:
     """Ingest a ``cifar-10-batches-py`` folder (or its parent); missing or malformed batches are refused before anything is written."""
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestJob, SourceFile, build_dataset
+
     root = Path(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(
@@ -234,6 +242,8 @@ class Cifar(Source):
     def ingest(
         self, options: CifarOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
     ) -> IngestResult:
+        from hashbench.data.dicom import ImageOptions
+
         return ingest_cifar(
             Path(options.path), name, destination, ImageOptions(size=32, colour=options.colour), workers, progress
         )

@@ -15,12 +15,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hashbench.config.limits import MAX_PIXELS
-from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
-from hashbench.data.dicom import ImageOptions
-from hashbench.data.images import IMAGE_SUFFIXES, is_image_file
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import (
     ASPECT_HELP,
@@ -35,9 +32,16 @@ from hashbench.data.sources import (
 )
 from hashbench.model.options import option
 
+if TYPE_CHECKING:  # pandas, pydicom and PIL load where files are read, not where sources are listed
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestResult, SourceFile
+
 
 def scan(root: Path) -> tuple[list[SourceFile], list[str]]:
     """The images under ``root``, labelled by their top-level folder, and the files that could not be labelled (directly under ``root``)."""
+    from hashbench.data.images import is_image_file
+    from hashbench.data.ingest import SourceFile
+
     root = root.resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
@@ -69,7 +73,7 @@ def ingest_folder(
     root: Path,
     name: str,
     destination: Path,
-    options: ImageOptions = ImageOptions(),
+    options: ImageOptions | None = None,
     clean: bool = False,
     workers: int | None = None,
     progress: bool = False,
@@ -80,6 +84,11 @@ def ingest_folder(
 
     Only regular files are read: devices, FIFOs, sockets and symbolic links (unless ``follow_symlinks`` and they lead
     to a regular file inside ``root``) are skipped and reported, as are files declaring more than ``max_pixels``."""
+    from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.images import IMAGE_SUFFIXES
+    from hashbench.data.ingest import IngestJob, build_dataset
+
     files, loose = scan(root)
     images = {f.relpath for f in files} | set(loose)
     attributes = read_attributes(
@@ -108,7 +117,7 @@ def ingest_folder(
             root.resolve(),
             files,
             destination,
-            options=options,
+            options=options or ImageOptions(),
             clean=clean,
             workers=workers,
             progress=progress,
@@ -138,6 +147,8 @@ class FolderOptions:
         self.image_options()  # refuses a bad size, colour or aspect before anything is read
 
     def image_options(self) -> ImageOptions:
+        from hashbench.data.dicom import ImageOptions
+
         return ImageOptions(size=self.size, window="minmax", colour=self.colour, aspect=self.aspect)
 
 

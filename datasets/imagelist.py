@@ -22,12 +22,9 @@ from __future__ import annotations
 import os
 from dataclasses import MISSING, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hashbench.config.limits import MAX_PIXELS
-from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
-from hashbench.data.dataset import LABEL_SEPARATOR
-from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import (
     ASPECT_HELP,
@@ -40,6 +37,10 @@ from hashbench.data.sources import (
     register_source,
 )
 from hashbench.model.options import option
+
+if TYPE_CHECKING:  # pandas, pydicom and PIL load where files are read, not where sources are listed
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestResult
 
 PRESETS = {  # the published MAP@k of each set's standard lists
     "nus-wide": 5_000,
@@ -99,7 +100,7 @@ def ingest_lists(
     destination: Path,
     top_k: int | None = None,
     class_names: list[str] | None = None,
-    options: ImageOptions = ImageOptions(),
+    options: ImageOptions | None = None,
     workers: int | None = None,
     progress: bool = False,
     max_pixels: int = MAX_PIXELS,
@@ -109,6 +110,11 @@ def ingest_lists(
 
     A listed path that is not a regular file (a device, a FIFO, a symbolic link unless ``follow_symlinks`` and it leads
     to a regular file under ``images``) is skipped unread and reported, as is a file declaring more than ``max_pixels``."""
+    from hashbench.data.attributes import ATTRIBUTES_FILE, read_attributes
+    from hashbench.data.dataset import LABEL_SEPARATOR
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestJob, SourceFile, build_dataset
+
     if "query" not in lists or "database" not in lists:
         raise ValueError("a list-file set needs a query list and a database list (--query FILE --database FILE)")
     images = Path(images).resolve()
@@ -186,7 +192,7 @@ def ingest_lists(
             images,
             files,
             destination,
-            options=options,
+            options=options or ImageOptions(),
             clean=False,
             workers=workers,
             progress=progress,
@@ -249,6 +255,8 @@ class ListsOptions:
             raise ValueError(f"no such file: {', '.join(missing)}")
 
     def image_options(self) -> ImageOptions:
+        from hashbench.data.dicom import ImageOptions
+
         return ImageOptions(size=self.size, window="minmax", colour=self.colour, aspect=self.aspect)
 
     def lists(self) -> dict[str, Path]:

@@ -24,18 +24,18 @@ import io
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hashbench.data.attributes import read_attributes
-from hashbench.data.dataset import LABEL_SEPARATOR
-from hashbench.data.dicom import DicomSlices, ImageOptions, SkippedFile, resize
-from hashbench.data.images import colour_pixels
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import Source, argument, register_source
 from hashbench.model.options import option
 from hashbench.store.paths import sources_dir
+
+if TYPE_CHECKING:  # pandas, pydicom and PIL load where files are read, not where sources are listed
+    from hashbench.data.dicom import DicomSlices, ImageOptions
+    from hashbench.data.ingest import IngestResult
 
 PARTS = ("train", "val", "test")
 SIDES = {"train": "database", "val": "validation", "test": "query"}  # the official split in hashbench's sides
@@ -87,6 +87,9 @@ def check_npz(path: Path) -> dict[str, tuple[int, ...]]:
 def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
     """One part's images as uint8 ``size x size`` images (colour kept with colour='rgb', else grey by BT.601 luma) and a
     label per image; a 3-D part's volumes as their depth slices, each volume one series."""
+    from hashbench.data.dicom import DicomSlices, SkippedFile, resize
+    from hashbench.data.images import colour_pixels
+
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
@@ -108,6 +111,8 @@ def decode_part(data: bytes, part: str, options: ImageOptions) -> DicomSlices:
 
 def _volume_slices(volumes: np.ndarray, labels: np.ndarray, part: str, options: ImageOptions) -> DicomSlices:
     """Every depth slice of every volume, in order; a volume's slices share its patient, study, series and label."""
+    from hashbench.data.dicom import DicomSlices, resize
+
     frames = []
     for i, row in enumerate(labels):
         volume = item_id(part, i)
@@ -122,6 +127,8 @@ def _volume_slices(volumes: np.ndarray, labels: np.ndarray, part: str, options: 
 
 def _label(row: np.ndarray) -> str:
     """A class number, or the findings of a multi-label row joined (``none`` for an image with none)."""
+    from hashbench.data.dataset import LABEL_SEPARATOR
+
     if len(row) == 1:
         return str(int(row[0]))
     return LABEL_SEPARATOR.join(str(i) for i in np.flatnonzero(row)) or NO_FINDING
@@ -137,6 +144,10 @@ def ingest_medmnist(
     progress: bool = False,
 ) -> IngestResult:
     """Ingest a MedMNIST ``.npz``; the image size defaults to the file's own, colour to the file's (rgb for colour sets, else grey)."""
+    from hashbench.data.attributes import read_attributes
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestJob, SourceFile, build_dataset
+
     path = Path(path).resolve()
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path} (a MedMNIST .npz, e.g. pathmnist.npz or pathmnist_64.npz)")
@@ -233,6 +244,8 @@ class MedmnistOptions:
     )
 
     def __post_init__(self) -> None:
+        from hashbench.data.dicom import ImageOptions
+
         if self.size is not None:
             ImageOptions(size=self.size, colour=self.colour or "luma")
         if self.colour is not None and self.colour not in ("rgb", "luma"):

@@ -26,28 +26,20 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    MRImageStorage,
-    PositronEmissionTomographyImageStorage,
-    RLELossless,
-    generate_uid,
-)
-from scipy.ndimage import gaussian_filter
 
-from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestResult
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import SIZE_HELP, Source, register_source
 from hashbench.model.options import option
 from hashbench.store import locks
 from hashbench.store.paths import sources_dir
+
+if TYPE_CHECKING:  # pydicom, PIL and scipy load where the files are generated or read, not where sources are listed
+    from pydicom.dataset import Dataset
+
+    from hashbench.data.ingest import IngestResult
 
 GENERATOR_VERSION = 2
 
@@ -132,7 +124,11 @@ COLLECTIONS = (
     Collection("TCGA-CESC", ("cervix",), ("MR",), (75, 800, 9.0), (0.08, 0.12), "solid", female=True),
     Collection("TCGA-LUAD", ("lung_r", "lung_l"), ("CT", "PT"), (30, 300, 8.0), (0.05, 0.09), "solid"),
 )
-SOP_CLASSES = {"CT": CTImageStorage, "MR": MRImageStorage, "PT": PositronEmissionTomographyImageStorage}
+SOP_CLASSES = {  # pydicom.uid's CTImageStorage, MRImageStorage and PositronEmissionTomographyImageStorage
+    "CT": "1.2.840.10008.5.1.4.1.1.2",
+    "MR": "1.2.840.10008.5.1.4.1.1.4",
+    "PT": "1.2.840.10008.5.1.4.1.1.128",
+}
 METADATA_COLUMNS = [
     "Series UID",
     "Collection",
@@ -192,6 +188,8 @@ class _Patient:
 
 
 def _new_patient(collection: Collection, profile: Profile, rng: np.random.Generator) -> _Patient:
+    from PIL import Image
+
     coarse = rng.uniform(-1, 1, (6, 6)).astype(np.float32)
     texture = np.asarray(Image.fromarray(coarse).resize((profile.matrix, profile.matrix), Image.Resampling.BICUBIC))
     return _Patient(
@@ -216,6 +214,8 @@ def _organ_z(organ: Organ, jitter: tuple[float, float, float, float]) -> float:
 def _write_patient(
     root: Path, collection: Collection, patient_index: int, profile: Profile, rng: np.random.Generator, seed: int
 ) -> list[dict]:
+    from pydicom.uid import generate_uid
+
     patient = _new_patient(collection, profile, rng)
     subject = f"{collection.name}-PH{patient_index + 1:03d}"
     organ_name = collection.organs[int(rng.integers(len(collection.organs)))]
@@ -368,6 +368,9 @@ def _paint_lesion(
 
 def _dicom(maps: np.ndarray, modality: str, window_tags: bool, monochrome1: bool, rng: np.random.Generator) -> Dataset:
     """Stored pixels and the tags that turn them back into physical values."""
+    from pydicom.dataset import Dataset
+    from scipy.ndimage import gaussian_filter
+
     ds = Dataset()
     noise = rng.standard_normal(maps.shape[1:]).astype(np.float32)
     if modality == "CT":
@@ -423,6 +426,9 @@ def _identify(
     seed: int,
 ) -> None:
     """Patient, study and series identity, geometry, and TCIA's CTP collection tag."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
     sop_uid = generate_uid(entropy_srcs=[str(seed), series_uid, str(index)])
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = SOP_CLASSES[modality]
@@ -448,6 +454,8 @@ def _identify(
 
 
 def _save(ds: Dataset, path: Path, encoding: str) -> None:
+    from pydicom.uid import JPEG2000Lossless, RLELossless
+
     if encoding == "j2k":  # lossless: the instance keeps its UID
         ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg", generate_instance_uid=False)
     elif encoding == "rle":
@@ -462,6 +470,8 @@ class PhantomOptions:
     size: int = option(224, SIZE_HELP)
 
     def __post_init__(self) -> None:
+        from hashbench.data.dicom import ImageOptions
+
         if self.profile not in PHANTOM_SIZES:
             raise ValueError(f"unknown profile {self.profile!r}; valid: {', '.join(PHANTOM_SIZES)}")
         ImageOptions(size=self.size)
@@ -484,6 +494,7 @@ class Phantom(Source):
     def ingest(
         self, options: PhantomOptions, name: str, destination: Path, workers: int | None = None, progress: bool = False
     ) -> IngestResult:
+        from hashbench.data.dicom import ImageOptions
         from hashbench.datasets import tcia
 
         source = sources_dir() / f"phantom-{options.profile}-seed{options.seed}"

@@ -19,10 +19,9 @@ import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from hashbench.config.limits import MAX_PIXELS
-from hashbench.data.dicom import ImageOptions
-from hashbench.data.ingest import IngestJob, IngestResult, SourceFile, build_dataset
 from hashbench.data.manifest import Manifest
 from hashbench.data.sources import (
     ASPECT_HELP,
@@ -38,12 +37,18 @@ from hashbench.data.sources import (
 )
 from hashbench.model.options import option
 
+if TYPE_CHECKING:  # pandas, pydicom and PIL load where files are read, not where sources are listed
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestResult, SourceFile
+
 DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 UID_FOLDER = re.compile(r"^\d+(\.\d+){2,}$")
 
 
 def scan(root: Path) -> tuple[list[SourceFile], dict[str, dict[str, str]], dict[str, int]]:
     """Source files under ``root``, metadata.csv by Series UID, and counts per layout."""
+    from hashbench.data.ingest import SourceFile
+
     root = root.resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"no such folder: {root}")
@@ -122,7 +127,7 @@ def ingest_tcia(
     root: Path,
     name: str,
     destination: Path,
-    options: ImageOptions = ImageOptions(),
+    options: ImageOptions | None = None,
     clean: bool = True,
     workers: int | None = None,
     progress: bool = False,
@@ -133,6 +138,9 @@ def ingest_tcia(
 ) -> IngestResult:
     """Scan a TCIA tree and ingest it as dataset ``name``; files that are not regular files (symbolic links unless
     ``follow_symlinks``) or declare more than ``max_pixels`` pixels are skipped unread, and reported."""
+    from hashbench.data.dicom import ImageOptions
+    from hashbench.data.ingest import IngestJob, build_dataset
+
     files, by_series, layouts = scan(root)
     if not files:
         raise FileNotFoundError(f"no DICOM files under {root} (looked for *.dcm and files with a DICM preamble)")
@@ -144,7 +152,7 @@ def ingest_tcia(
             root.resolve(),
             files,
             destination,
-            options=options,
+            options=options or ImageOptions(),
             clean=clean,
             series_metadata=by_series,
             workers=workers,
@@ -171,6 +179,8 @@ class TciaOptions:
         self.image_options()  # a bad window, colour, aspect or size is refused before anything is read
 
     def image_options(self) -> ImageOptions:
+        from hashbench.data.dicom import ImageOptions
+
         return ImageOptions(size=self.size, window=self.window, colour=self.colour, aspect=self.aspect)
 
 

@@ -4,13 +4,14 @@ is whole, and the shell can complete commands, sources and flags."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
 
 import pytest
 
-HEAVY = ("torch", "torchvision", "timm", "numba", "pandas", "pydicom", "sklearn", "PIL", "matplotlib", "faiss")
+HEAVY = ("torch", "torchvision", "timm", "numba", "pandas", "pydicom", "sklearn", "scipy", "PIL", "matplotlib", "faiss")
 LOADED_BY = """
 import contextlib, io, sys
 sys.argv = ["hashbench", *sys.argv[1:]]
@@ -32,17 +33,37 @@ def heavy_modules_loaded(*args: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "command", [["--version"], ["--help"], ["suites"], ["run", "--help"], ["bench", "--help"], ["export", "--help"]]
+    "command",
+    [
+        ["--version"],
+        ["--help"],
+        ["suites"],
+        ["run", "--help"],
+        ["bench", "--help"],
+        ["export", "--help"],
+        ["ingest", "--help"],
+        ["ingest", "phantom", "--help"],
+    ],
 )
 def test_version_help_and_suites_load_no_heavy_library(command):
     assert heavy_modules_loaded(*command) == set()
 
 
-@pytest.mark.parametrize("command", [["list"], ["options", "dafh"]])
-def test_listing_methods_loads_torch_but_not_timm_torchvision_or_the_data_stack(command):
-    """A method class is a torch module, so listing methods needs torch; timm (with torchvision beneath it: seconds)
-    loads only where a backbone is built, and pandas, pydicom and scikit-learn only where data is read or fitted."""
-    assert heavy_modules_loaded(*command) <= {"torch", "numba"}
+@pytest.fixture
+def home_with_a_dataset(tmp_path, tiny_phantom):
+    """A hashbench home holding one ingested dataset (a copy of the tiny phantom) and nothing else."""
+    root = tiny_phantom.dataset.root
+    shutil.copytree(root, tmp_path / "home" / "datasets" / root.name)
+    return tmp_path / "home"
+
+
+def test_listing_datasets_loads_pandas_but_not_the_decoders_or_torch(home_with_a_dataset, tmp_path, monkeypatch):
+    """``datasets`` reads each dataset's tables with pandas (with none, the dataset module that settles cut swaps
+    brings it); pydicom, PIL and scipy load only where a source's files are read or generated, torch where a model is
+    built."""
+    for home in (tmp_path / "empty", home_with_a_dataset):
+        monkeypatch.setenv("HASHBENCH_HOME", str(home))
+        assert heavy_modules_loaded("datasets") <= {"pandas"}
 
 
 def best_seconds(command: list[str], rounds: int = 3) -> float:
@@ -71,6 +92,25 @@ def test_version_takes_under_half_a_second_beyond_the_interpreter_and_list_littl
     )
     assert version - interpreter < 0.5
     assert listing < 1.7 * torch_import
+
+
+def test_ingest_help_costs_little_beyond_help_and_datasets_little_beyond_pandas(home_with_a_dataset, monkeypatch):
+    """Against commands of the same machine and load. ingest --help adds to --help the source plugins' modules and a
+    command per source built from its Options: 1.25-1.65x --help on 2 cores, quiet or loaded (4.3x while every plugin
+    imported pandas, pydicom, PIL and scipy), so it stays within 2x. datasets adds pandas and reading each dataset's
+    tables: 0.85-1.15x of --help plus importing pandas (1.7x before), so it stays within 1.4x."""
+    monkeypatch.setenv("HASHBENCH_HOME", str(home_with_a_dataset))
+    hashbench = [sys.executable, "-m", "hashbench"]
+    help = best_seconds([*hashbench, "--help"])
+    ingest_help = best_seconds([*hashbench, "ingest", "--help"])
+    pandas_import = best_seconds([sys.executable, "-c", "import pandas"])
+    datasets = best_seconds([*hashbench, "datasets"])
+    print(
+        f"\nhashbench --help {help:.2f} s; hashbench ingest --help {ingest_help:.2f} s; "
+        f"python -c 'import pandas' {pandas_import:.2f} s; hashbench datasets {datasets:.2f} s"
+    )
+    assert ingest_help < 2 * help
+    assert datasets < 1.4 * (help + pandas_import)
 
 
 def test_help_read_through_a_pipe_keeps_option_values_whole():
