@@ -256,20 +256,18 @@ def heavily_tied_codes(rng, n_queries, n_items, bits, distinct=1_000):
 
 def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchmark):
     """Q = 1,000 against N = 50,000 at 48 bits, heavily tied codes, every stored metric, against the per-query argsort
-    loop and the floor (one popcount pass plus per-distance histograms), all from one run; the floor runs just before
-    each round of the evaluator, so a slow spell of the machine hits both alike.
+    loop and the floor (one popcount pass plus per-distance histograms), all from one run.
 
     Bounds, from the work per item. The floor does a popcount (vectorised) and a histogram increment. The evaluator's
     one pass does the popcount, the relevance test, the increment of its distance's running count and a store of that
     count (kept for a relevant item): about 1.4x the floor's time; summing each relevant item's precision in database
     order, a serial chain of additions over a tenth of the items here, brings its kernel to about 1.55x, and the rest
-    (packing, label masks, the metrics from the counts: numpy, about 5 ms on one core while the other idles) to about
-    1.8x on 2 cores. Asserted: 2.5x, room for a noisy machine and another CPU's store forwarding (measured on 2 cores,
-    23 runs: 1.68-1.91x, median 1.83x; up to 2.2x while other jobs shared the machine; 1.6x with a busy process
-    on one core, which slows the floor too). The loop sorts each query on one core, about 3 ms against about 60 us for
-    the evaluator on one core: about 50x per core, 100x on 2 (measured, the same runs: 88-106x, median 97x; 74-78x while
-    other jobs shared the machine). Asserted: 50x, one core's worth, what stays when another process takes one of the
-    two (measured so: 52x).
+    (packing, label masks, the metrics from the counts: numpy, a few ms on one core while the other idles) to about
+    1.8x on 2 cores. Asserted: 2x, the issue's bound (measured, best runs, 2 cores: 1.26-1.44x on an Intel Xeon,
+    1.7-1.9x on an AMD EPYC). The loop sorts each query on one core, about 4.5 ms against about 66 us for the evaluator
+    on one core: about 65x per core, over 100x on 2 (measured, the same runs: 121-138x on the Xeon in 7 runs).
+    Asserted: 100x on a quiet machine. The evaluator takes every core and the loop one, so a process busy on one of
+    the cores for the whole run slows the evaluator alone (measured so: 76x).
     """
     from hashbench.evaluation.evaluate import STORED_METRICS, evaluate_packed
     from hashbench.evaluation.ranking import packed_words
@@ -298,12 +296,26 @@ def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchma
         popcount_histogram_floor(query_words, query_labels, database_words_t, database_labels, bits + 1, counts)
 
     ours(), floor()  # compile (the evaluator's kernel is cached on disk after the first run)
-    floor_times = []  # timed in the setup of each round of ours
-    result = benchmark.pedantic(ours, setup=lambda: floor_times.append(best_of(1, floor)), rounds=15, iterations=1)
-    ours_s, floor_s = benchmark.stats.stats.median, float(np.median(floor_times))
-    start = time.perf_counter()
-    expected = per_query_argsort_loop(query_packed, query_labels, database_packed, database_labels)
-    loop_s = time.perf_counter() - start
+    # The loop runs in chunks of queries, one before each round of the evaluator and of the floor, so the three are
+    # timed over the same seconds and a slow spell of the machine hits all alike. The loop runs three times; each
+    # chunk and the evaluator and floor count their best run (a spell of another process's work slows a run, never
+    # speeds one up).
+    passes, chunks = 3, np.array_split(np.arange(n_queries), 20)
+    chunk_times, floor_times, loop_values = np.zeros((passes, len(chunks))), [], []
+
+    def loop_chunk_and_floor():
+        done = len(floor_times)
+        chunk = chunks[done % len(chunks)]
+        start = time.perf_counter()
+        values = per_query_argsort_loop(query_packed[chunk], query_labels[chunk], database_packed, database_labels)
+        chunk_times[done // len(chunks), done % len(chunks)] = time.perf_counter() - start
+        if done < len(chunks):
+            loop_values.append(values)
+        floor_times.append(best_of(1, floor))
+
+    result = benchmark.pedantic(ours, setup=loop_chunk_and_floor, rounds=passes * len(chunks), iterations=1)
+    ours_s, floor_s, loop_s = benchmark.stats.stats.min, min(floor_times), float(chunk_times.min(axis=0).sum())
+    expected = {name: np.concatenate([values[name] for values in loop_values]) for name in loop_values[0]}
     assert set(expected) == set(STORED_METRICS)
     for name in STORED_METRICS:
         np.testing.assert_allclose(result.per_query[name], expected[name], rtol=0, atol=1e-12, err_msg=name)
@@ -315,11 +327,15 @@ def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchma
     )
     print(
         f"\nevaluate Q={n_queries} x N={n_items} at {bits} bits, heavily tied (1,000 distinct codes), "
-        f"{len(STORED_METRICS)} stored metrics on {os.cpu_count()} cores: hashbench {ours_s * 1e3:.0f} ms (median), "
+        f"{len(STORED_METRICS)} stored metrics on {os.cpu_count()} cores, best runs: hashbench {ours_s * 1e3:.0f} ms, "
         f"per-query argsort loop {loop_s:.2f} s ({over_loop:.0f}x faster), popcount + histogram floor "
         f"{floor_s * 1e3:.0f} ms (hashbench takes {over_floor:.2f}x the floor)"
     )
-    assert over_loop >= 50 and over_floor <= 2.5
+    assert over_floor <= 2, f"{over_floor:.2f}x the floor"
+    assert over_loop >= 100, (
+        f"{over_loop:.0f}x the loop: the evaluator runs on every core and the loop on one, so a process busy on a core "
+        "slows the evaluator alone; rerun on a quiet machine"
+    )
 
 
 LARGE_EVALUATION = """
