@@ -34,6 +34,7 @@ from hashbench.model.registry import (
     UnknownMethodError,
     create_method,
     list_methods,
+    listed_methods,
     load_plugin,
     method_class,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "ingest",
     "keep_sweep",
     "list_methods",
+    "listed_methods",
     "list_sources",
     "load_dataset",
     "load_plugin",

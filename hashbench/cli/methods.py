@@ -18,23 +18,23 @@ def list_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
 ) -> None:
     """List methods: name, origin, status, paper."""
-    from hashbench.model.registry import list_methods
+    from hashbench.model.registry import listed_methods
 
     load_plugins(plugin)
-    entries = list_methods(pattern)
+    entries = listed_methods(pattern)
     if not entries:
         hint = (
             "; the paper suites are listed by `hashbench suites`"
             if pattern == "suites" or pattern.startswith("paper-")
             else ""
         )
-        fail(f"no method matches {pattern!r}; methods: {', '.join(entry.name for entry in list_methods())}{hint}")
+        fail(f"no method matches {pattern!r}; methods: {', '.join(entry.name for entry in listed_methods())}{hint}")
     table = Table(title="methods")
     for column in ("name", "origin", "status", "paper"):
         table.add_column(column, overflow="fold")
     for entry in entries:
         status = f"[red]broken[/red]: {escape(entry.error)}" if entry.error else entry.status
-        table.add_row(entry.name, escape(entry.origin), status, escape(entry.method.paper) if entry.method else "")
+        table.add_row(entry.name, escape(entry.origin), status, escape(entry.paper))
     console.print(table)
 
 

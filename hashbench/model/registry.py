@@ -17,20 +17,26 @@ origin and the cause, and never breaks the others or the listing. These rules li
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
+import os
 import pkgutil
+import site
 import sys
+import sysconfig
 import threading
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hashbench.store.paths import SAFE_NAME, UnsafeNameError, checked_name
+from hashbench.store.atomic import write_json
+from hashbench.store.paths import SAFE_NAME, UnsafeNameError, checked_name, home
 
 if TYPE_CHECKING:  # torch is imported with the first method, not by every user of the plugin rules (data sources)
     from hashbench.model.method import Method, MethodContext
@@ -122,6 +128,11 @@ class PluginRegistry:
             self.entries[name] = self.entry_type(name, origin, error=cause)
 
     # --- sources -------------------------------------------------------------------
+
+    @property
+    def discovered(self) -> bool:
+        """Whether the built-ins were imported (by a lookup, or first thing when a local plugin file was loaded)."""
+        return self._discovered
 
     def discover(self) -> None:
         """Import the built-ins and list installed plugins (without importing them)."""
@@ -271,3 +282,70 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
         return REGISTRY.register(name, method)
 
     return decorate
+
+
+@dataclass(frozen=True)
+class ListedMethod:
+    """A method as the method list shows it: plain text, so it can be stored and read back without importing torch."""
+
+    name: str
+    origin: str
+    status: str  # 'ok', 'broken' or 'not loaded'
+    error: str
+    paper: str
+
+    @classmethod
+    def of(cls, entry: MethodEntry) -> ListedMethod:
+        return cls(entry.name, entry.origin, entry.status, entry.error, entry.method.paper if entry.method else "")
+
+
+LISTED_BUILT_INS = "listed-methods.json"  # in the hashbench home
+
+
+def listed_methods(pattern: str = "*") -> list[ListedMethod]:
+    """The methods matching ``pattern``, as listed.
+
+    Listing a method means importing its module, and with it torch (about 2 s on 2 cores). While only the built-ins
+    are in play (no local plugin file loaded, no method plugin installed) their rows are read from the hashbench home,
+    where the last listing that imported them left them under a key of everything they come from
+    (:func:`built_in_key`); a changed key lists them afresh.
+    """
+    if REGISTRY.discovered or importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        listed = [ListedMethod.of(entry) for entry in list_methods()]
+    else:
+        listed = _stored_built_ins()
+    return [method for method in listed if fnmatch.fnmatchcase(method.name, pattern)]
+
+
+def built_in_key() -> str:
+    """What the built-ins' rows depend on: the interpreter, every source file of hashbench and of its methods (size
+    and time: an edit or an upgrade changes them) and the folders packages are installed in, the user's too (an install
+    or a removal changes their time, so a built-in whose dependency went missing is listed afresh, as broken)."""
+    import hashbench
+    import hashbench.methods
+
+    sources = sorted(
+        (str(path), stat.st_size, stat.st_mtime_ns)
+        for folder in {*hashbench.__path__, *hashbench.methods.__path__}
+        for path in Path(folder).rglob("*.py")
+        for stat in [path.stat()]
+    )
+    folders = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    if site.ENABLE_USER_SITE:
+        folders.add(site.getusersitepackages())
+    installed = sorted((folder, os.stat(folder).st_mtime_ns) for folder in folders if os.path.isdir(folder))
+    return hashlib.sha256(json.dumps([hashbench.__version__, sys.version, sources, installed]).encode()).hexdigest()
+
+
+def _stored_built_ins() -> list[ListedMethod]:
+    """The built-ins' rows from the hashbench home when their key matches, else from importing them (and stored)."""
+    key, path = built_in_key(), home() / LISTED_BUILT_INS
+    with suppress(OSError, ValueError, KeyError, TypeError):  # none stored yet, or unreadable: list afresh
+        stored = json.loads(path.read_text())
+        if stored["key"] == key:
+            return [ListedMethod(**row) for row in stored["methods"]]
+    listed = [ListedMethod.of(entry) for entry in list_methods()]
+    with suppress(OSError):  # a home that cannot be written only costs the next listing its speed
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"key": key, "methods": [asdict(method) for method in listed]})
+    return listed

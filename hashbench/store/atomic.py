@@ -15,11 +15,12 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import IO, Any, Callable
-
-import pandas as pd
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from hashbench.store.locks import process_alive
+
+if TYPE_CHECKING:  # pandas is imported by whoever builds a frame, not by every writer of a file
+    import pandas as pd
 
 HOST = socket.gethostname().replace("/", "_") or "host"
 
