@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -65,7 +66,9 @@ def load_source_plugins(paths: list[Path]) -> None:
             continue
         for name in SOURCES.load_file(path):
             if SOURCES.entries[name].error:
-                console.print(f"[yellow]plugin {path} is broken[/yellow]: {SOURCES.entries[name].error}")
+                console.print(
+                    f"[yellow]plugin {escape(str(path))} is broken[/yellow]: {escape(SOURCES.entries[name].error)}"
+                )
 
 
 def source_command(name: str):
@@ -152,7 +155,7 @@ def _resumable(name: str):
     try:
         yield
     except (FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         console.print(
@@ -183,10 +186,10 @@ def _print_report(result: IngestResult) -> None:
     loose = dataset.info.unlabelled_files
     if loose:
         console.print(
-            f"[yellow]left out {len(loose)} image(s) directly under the source folder[/yellow]: no class folder (e.g. {loose[0]})"
+            f"[yellow]left out {len(loose)} image(s) directly under the source folder[/yellow]: no class folder (e.g. {escape(str(loose[0]))})"
         )
     for notice in dataset.info.notices:
-        console.print(f"[yellow]note:[/yellow] {notice}")
+        console.print(f"[yellow]note:[/yellow] {escape(notice)}")
     table = Table(
         title="classes" + (" (multi-label: an image counts in each of its classes)" if dataset.multi_label else ""),
         show_edge=False,
@@ -195,7 +198,7 @@ def _print_report(result: IngestResult) -> None:
     for column in classes.columns:
         table.add_column(column, justify="right" if column in ("slices", "patients") else "left")
     for row in classes.itertuples(index=False):
-        table.add_row(*map(str, row))
+        table.add_row(*(escape(str(value)) for value in row))
     console.print(table)
     skipped = dataset.skip_table()
     if len(skipped):
@@ -203,7 +206,8 @@ def _print_report(result: IngestResult) -> None:
         for column in ("reason", "files", "for example"):
             report.add_column(column)
         for row in skipped.itertuples(index=False):
-            report.add_row(row.reason, str(row.files), f"{row.example} ({row.detail})" if row.detail else row.example)
+            example = f"{row.example} ({row.detail})" if row.detail else row.example
+            report.add_row(escape(row.reason), str(row.files), escape(example))
         console.print(report)
     for protocol, sizes in dataset.protocol_sizes().items():
         shown = (
@@ -212,7 +216,9 @@ def _print_report(result: IngestResult) -> None:
             else f"{sizes['query']:,} queries, {sizes['train']:,} training, {sizes['database']:,} database"
         )
         console.print(f"split {protocol}{' (default)' if protocol == dataset.default_split else ''}: {shown}")
-    console.print(f"ingest report (every file, kept or skipped, with its reason): {dataset.root / 'files.csv'}")
+    console.print(
+        f"ingest report (every file, kept or skipped, with its reason): {escape(str(dataset.root / 'files.csv'))}"
+    )
 
 
 @app.command("datasets")
@@ -222,7 +228,7 @@ def datasets_command() -> None:
     from hashbench.datasets import DEFAULT_DATASET, list_datasets
     from hashbench.store.paths import datasets_dir
 
-    table = Table(title=f"datasets in {datasets_dir()}")
+    table = Table(title=f"datasets in {escape(str(datasets_dir()))}")
     for column in ("name", "kind", "slices", "outliers", "patients", "classes", "skipped", "px", "MiB"):
         table.add_column(column, justify="left" if column in ("name", "kind") else "right", no_wrap=column == "name")
     listings = list_datasets()
@@ -244,7 +250,7 @@ def datasets_command() -> None:
     console.print(table)
     for listing in listings:
         if listing.error:
-            console.print(f"[red]damaged:[/red] {listing.error}")
+            console.print(f"[red]damaged:[/red] {escape(listing.error)}")
     console.print(
         "slices: in use after cleaning; skipped: source files that gave no image (see the dataset's files.csv)."
     )
@@ -253,10 +259,10 @@ def datasets_command() -> None:
             f"{DEFAULT_DATASET} is generated and ingested on first use, or now with `hashbench ingest phantom`."
         )
     sources = [
-        f"[red]{source.name}[/red]: broken plugin ({source.origin}): {source.error}"
+        f"[red]{source.name}[/red]: broken plugin ({escape(source.origin)}): {escape(source.error)}"
         if source.error
-        else f"[bold]{source.name}[/bold]: {source.summary}"
-        + ("" if source.origin == "built-in" else f" ({source.origin})")
+        else f"[bold]{source.name}[/bold]: {escape(source.summary)}"
+        + ("" if source.origin == "built-in" else f" ({escape(source.origin)})")
         for source in list_sources()
     ]
     console.print("sources: " + "; ".join(sources))

@@ -180,3 +180,17 @@ def test_hashnet_and_dpsh_learn_real_handwritten_digits_far_above_chance(tmp_pat
     for outcome in outcomes:
         assert outcome.status == "done", outcome.error
         assert outcome.metrics["map@10"] > baseline + 0.5, (outcome.config.method, outcome.metrics["map@10"], baseline)
+
+
+def test_the_ingest_report_prints_class_and_file_names_with_brackets_as_they_are(tmp_path, hashbench_home):
+    """Folder and file names are the user's text, not rich markup: '[bold]' and '[b955f5dd]' print as written."""
+    root = tmp_path / "scans [2024]"
+    for label, brightness in (("liver [bold]", 200), ("kidney", 40)):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((8, 8), brightness + i, np.uint8)).save(root / label / f"{i}.png")
+    (root / "kidney" / "scan [b955f5dd].png").write_text("not an image")
+    result = runner.invoke(app, ["ingest", "folder", str(root), "--name", "brackets", "--size", "16", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "liver [bold]" in text and "kidney/scan [b955f5dd].png" in text
