@@ -21,6 +21,10 @@ Sources follow the plugin rules of methods (:class:`hashbench.model.registry.Plu
 ``datasets/``, installed packages through the entry-point group ``hashbench.datasets`` (found without importing),
 local files through ``hashbench ingest SOURCE --plugin FILE``; a name registered twice is an error and a plugin
 that fails to load is recorded as broken, never breaking the others.
+
+Every ``hashbench ingest`` and ``hashbench datasets`` imports every built-in source to build its commands, so a
+source file imports its decoding libraries (pydicom, pandas, PIL, scipy) inside the functions that use them, not at
+the top: ``ingest --help`` then stays a fraction of a second.
 """
 
 from __future__ import annotations
