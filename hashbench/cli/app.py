@@ -171,7 +171,7 @@ def in_range(name: str) -> Callable[[typer.CallbackParam, Any], Any]:
 
 def fail(message: object) -> NoReturn:
     """Bad input: the message, exit code 2, no traceback."""
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(str(message))}")
     raise typer.Exit(2)
 
 

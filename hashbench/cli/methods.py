@@ -44,42 +44,25 @@ def options_command(
     plugin: List[Path] = typer.Option([], "--plugin", help="Also load a local plugin file."),
 ) -> None:
     """A method's options and train settings: type, default, meaning (change them with --set METHOD.KEY=VALUE)."""
-    from hashbench.config.profiles import PROFILES
-    from hashbench.model import options
-    from hashbench.model.method import LossSwitches, TrainSettings
-    from hashbench.model.registry import method_class
+    from hashbench.model.registry import listed_method
 
     load_plugins(plugin)
     try:
-        method_cls = method_class(method)
+        listed = listed_method(method)
     except (LookupError, RuntimeError) as exc:
         fail(exc)
-    profiles = "; ".join(
-        f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items())
-        for name, profile in PROFILES.items()
-        if profile.train
-    )
-    tables = {f"{method}: method options": (options.rows(method_cls.Options), None)}
-    if getattr(method_cls, "fitted", False):
+    if listed.training_free:
         console.print(
             f"{method} is training-free: fitted in closed form to the training features, so no optimiser or train settings apply."
         )
-    else:
-        follows = f", after {method_cls.train_follows}" if method_cls.train_follows else ""
-        caption = f"the method's defaults{follows}; a profile may replace some ({profiles}); --dry-run shows what a run will use"
-        tables[f"{method}: train settings"] = (options.rows(TrainSettings, method_cls.train), caption)
-        replaced = f"replaces its term '{method_cls.quantization_term}'" if method_cls.quantization_term else "is added"
-        tables[f"{method}: loss switches (every trained method)"] = (
-            options.rows(LossSwitches),
-            f"--set quantization=hswd for every method of a run; for {method} HSWD {replaced}",
-        )
-    for title, (rows, caption) in tables.items():
-        table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for option_table in listed.option_tables:
+        title = f"{method}: {option_table.title}"
+        table = Table(title=title, title_justify="left", caption=option_table.caption or None, caption_justify="left")
         for column in ("option", "type", "default", "meaning"):
             table.add_column(column, overflow="fold")
-        for row in rows:
+        for row in option_table.rows:
             table.add_row(*map(escape, row))
-        console.print(table if rows else f"{title}: none")
+        console.print(table if option_table.rows else f"{title}: none")
 
 
 @app.command("suites")

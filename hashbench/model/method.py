@@ -221,6 +221,36 @@ class Method:
         return asdict(cls.Options())
 
     @classmethod
+    def option_tables(cls) -> tuple[options.OptionTable, ...]:
+        """What a user may change: its options, and for a trained method its train settings and the loss switches."""
+        tables = [options.OptionTable("method options", tuple(options.rows(cls.Options)))]
+        if getattr(cls, "fitted", False):
+            return tuple(tables)
+        from hashbench.config.profiles import PROFILES
+
+        profiles = "; ".join(
+            f"{name} sets " + ", ".join(f"{k}={v}" for k, v in profile.train.items())
+            for name, profile in PROFILES.items()
+            if profile.train
+        )
+        follows = f", after {cls.train_follows}" if cls.train_follows else ""
+        replaced = f"replaces its term '{cls.quantization_term}'" if cls.quantization_term else "is added"
+        return (
+            *tables,
+            options.OptionTable(
+                "train settings",
+                tuple(options.rows(TrainSettings, cls.train)),
+                f"the method's defaults{follows}; a profile may replace some ({profiles}); "
+                "--dry-run shows what a run will use",
+            ),
+            options.OptionTable(
+                "loss switches (every trained method)",
+                tuple(options.rows(LossSwitches)),
+                f"--set quantization=hswd for every method of a run; for {cls.name} HSWD {replaced}",
+            ),
+        )
+
+    @classmethod
     def resolve_options(cls, overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """Split user overrides into (every method option, plus the loss switches that differ from their defaults;
         train overrides); unknown keys and values that do not fit are errors."""

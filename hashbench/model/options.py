@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import types
-from dataclasses import MISSING, field, fields, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 from functools import cache
 from typing import Any, Literal, Mapping, Union, get_args, get_origin, get_type_hints
 
@@ -95,6 +95,19 @@ def with_defaults(options_cls: type, name: str, **defaults: Any) -> type:
         ],
         frozen=True,
     )
+
+
+@dataclass(frozen=True)
+class OptionTable:
+    """One table of what a user may change in a method, as ``hashbench options`` shows it."""
+
+    title: str
+    rows: tuple[tuple[str, str, str, str], ...]  # (option, type, default, meaning), as :func:`rows` gives them
+    caption: str = ""
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> OptionTable:
+        return cls(value["title"], tuple(tuple(row) for row in value["rows"]), value["caption"])
 
 
 def rows(options_cls: type, defaults: Any = None) -> list[tuple[str, str, str, str]]:

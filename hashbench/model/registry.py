@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from hashbench.model.options import OptionTable
 from hashbench.store.atomic import write_json
 from hashbench.store.paths import SAFE_NAME, UnsafeNameError, checked_name, home
 
@@ -217,10 +218,16 @@ class PluginRegistry:
         self.discover()
         return sorted(n for n in self.entries if fnmatch.fnmatchcase(n, pattern))
 
+    def unknown(self, name: str, names: list[str]) -> Exception:
+        return self.unknown_error(f"unknown {self.kind} {name!r}; valid: {', '.join(names)}")
+
+    def broken(self, name: str, origin: str, error: str) -> Exception:
+        return self.broken_error(f"{self.kind} {name!r} ({origin}) failed to load: {error}")
+
     def entry(self, name: str) -> PluginEntry:
         self.discover()
         if name not in self.entries:
-            raise self.unknown_error(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+            raise self.unknown(name, self.names())
         entry = self.entries[name]
         if entry.loader is not None and entry.plugin is None and not entry.error:
             entry.loader()
@@ -230,7 +237,7 @@ class PluginRegistry:
     def get(self, name: str) -> type:
         entry = self.entry(name)
         if entry.error:
-            raise self.broken_error(f"{self.kind} {name!r} ({entry.origin}) failed to load: {entry.error}")
+            raise self.broken(name, entry.origin, entry.error)
         return entry.plugin
 
 
@@ -286,17 +293,29 @@ def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
 
 @dataclass(frozen=True)
 class ListedMethod:
-    """A method as the method list shows it: plain text, so it can be stored and read back without importing torch."""
+    """A method as ``hashbench list`` and ``hashbench options`` show it: plain text, so it can be stored and read back
+    without importing torch."""
 
     name: str
     origin: str
     status: str  # 'ok', 'broken' or 'not loaded'
     error: str
     paper: str
+    training_free: bool = False
+    option_tables: tuple[OptionTable, ...] = ()
 
     @classmethod
     def of(cls, entry: MethodEntry) -> ListedMethod:
-        return cls(entry.name, entry.origin, entry.status, entry.error, entry.method.paper if entry.method else "")
+        method = entry.method
+        if method is None:
+            return cls(entry.name, entry.origin, entry.status, entry.error, "")
+        fitted = bool(getattr(method, "fitted", False))
+        return cls(entry.name, entry.origin, entry.status, entry.error, method.paper, fitted, method.option_tables())
+
+    @classmethod
+    def from_json(cls, value: dict) -> ListedMethod:
+        tables = tuple(OptionTable.from_json(table) for table in value.pop("option_tables"))
+        return cls(**value, option_tables=tables)
 
 
 LISTED_BUILT_INS = "listed-methods.json"  # in the hashbench home
@@ -315,6 +334,16 @@ def listed_methods(pattern: str = "*") -> list[ListedMethod]:
     else:
         listed = _stored_built_ins()
     return [method for method in listed if fnmatch.fnmatchcase(method.name, pattern)]
+
+
+def listed_method(name: str) -> ListedMethod:
+    """One method as listed; UnknownMethodError names the valid ones, BrokenMethodError the plugin's failure."""
+    listed = {method.name: method for method in listed_methods()}
+    if name not in listed:
+        raise REGISTRY.unknown(name, list(listed))
+    if listed[name].error:
+        raise REGISTRY.broken(name, listed[name].origin, listed[name].error)
+    return listed[name]
 
 
 def built_in_key() -> str:
@@ -343,7 +372,7 @@ def _stored_built_ins() -> list[ListedMethod]:
     with suppress(OSError, ValueError, KeyError, TypeError):  # none stored yet, or unreadable: list afresh
         stored = json.loads(path.read_text())
         if stored["key"] == key:
-            return [ListedMethod(**row) for row in stored["methods"]]
+            return [ListedMethod.from_json(row) for row in stored["methods"]]
     listed = [ListedMethod.of(entry) for entry in list_methods()]
     with suppress(OSError):  # a home that cannot be written only costs the next listing its speed
         path.parent.mkdir(parents=True, exist_ok=True)

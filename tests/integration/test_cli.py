@@ -365,3 +365,19 @@ def test_derived_options_are_none_in_the_plan_and_an_explicit_value_wins(tiny_ph
     assert result.exit_code == 0, result.output
     hashnet, dsh = (json.loads(line) for line in result.output.splitlines())
     assert hashnet["options"]["alpha"] is None and dsh["options"]["margin"] == 5.0
+
+
+def test_options_shows_a_methods_tables_and_names_the_valid_methods_for_an_unknown_one():
+    from hashbench.model.registry import method_class
+
+    dafh = runner.invoke(app, ["options", "dafh"], env={"COLUMNS": "250"})
+    assert dafh.exit_code == 0, dafh.output
+    assert "dafh: method options" in dafh.output and "dafh: train settings" in dafh.output
+    fusion = next(line for line in dafh.output.splitlines() if "│ fusion " in line)
+    assert "true" in fusion and "inter-layer fusion" in fusion
+    titles = [table.title for table in method_class("dafh").option_tables()]
+    assert titles == ["method options", "train settings", "loss switches (every trained method)"]
+    lsh = runner.invoke(app, ["options", "lsh"], env={"COLUMNS": "250"})
+    assert lsh.exit_code == 0 and "lsh is training-free" in lsh.output and "lsh: train settings" not in lsh.output
+    unknown = runner.invoke(app, ["options", "dafh-[x]"])
+    assert unknown.exit_code == 2 and "unknown method 'dafh-[x]'" in unknown.output and "hashnet" in unknown.output

@@ -10,7 +10,16 @@ import pytest
 
 import hashbench.methods
 from hashbench.model import registry
-from hashbench.model.registry import LISTED_BUILT_INS, ListedMethod, built_in_key, list_methods, listed_methods
+from hashbench.model.registry import (
+    LISTED_BUILT_INS,
+    ListedMethod,
+    UnknownMethodError,
+    built_in_key,
+    list_methods,
+    listed_method,
+    listed_methods,
+    method_class,
+)
 
 
 @pytest.fixture
@@ -35,8 +44,12 @@ def test_the_stored_list_is_the_imported_one_and_is_read_back_without_importing(
     assert [method.name for method in listed_methods("dafh-ab-*")] == [
         method.name for method in imported if method.name.startswith("dafh-ab-")
     ]
-    dafh = next(method for method in listed_methods("dafh"))
+    dafh = listed_method("dafh")
     assert (dafh.status, dafh.origin) == ("ok", "built-in") and "Bioengineering 2024" in dafh.paper
+    assert dafh.option_tables == method_class("dafh").option_tables() and not dafh.training_free
+    assert listed_method("itq").training_free
+    with pytest.raises(UnknownMethodError, match="valid: adsh, "):
+        listed_method("nope")
 
 
 def test_a_changed_key_or_an_unreadable_file_lists_afresh(fresh_process, monkeypatch):
