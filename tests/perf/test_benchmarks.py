@@ -265,7 +265,7 @@ def test_evaluator_against_a_per_query_argsort_loop_and_a_popcount_floor(benchma
     (packing, label masks, the metrics from the counts: numpy, a few ms on one core while the other idles) to about
     1.8x on 2 cores. Asserted: 2x, the issue's bound (measured, best runs, 2 cores: 1.26-1.44x on an Intel Xeon,
     1.7-1.9x on an AMD EPYC). The loop sorts each query on one core, about 4.5 ms against about 66 us for the evaluator
-    on one core: about 65x per core, over 100x on 2 (measured, the same runs: 121-138x on the Xeon in 7 runs).
+    on one core: about 65x per core, over 100x on 2 (measured, the same runs: 121-138x on the Xeon in 8 runs).
     Asserted: 100x on a quiet machine. The evaluator takes every core and the loop one, so a process busy on one of
     the cores for the whole run slows the evaluator alone (measured so: 76x).
     """
