@@ -314,8 +314,8 @@ class ListedMethod:
 
     @classmethod
     def from_json(cls, value: dict) -> ListedMethod:
-        tables = tuple(OptionTable.from_json(table) for table in value.pop("option_tables"))
-        return cls(**value, option_tables=tables)
+        tables = tuple(OptionTable.from_json(table) for table in value["option_tables"])
+        return cls(**{**value, "option_tables": tables})
 
 
 LISTED_BUILT_INS = "listed-methods.json"  # in the hashbench home
