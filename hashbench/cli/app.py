@@ -170,7 +170,7 @@ def in_range(name: str) -> Callable[[typer.CallbackParam, Any], Any]:
 
 
 def fail(message: object) -> NoReturn:
-    """Bad input: the message, exit code 2, no traceback."""
+    """Bad input: the message as written (brackets in it are not markup), exit code 2, no traceback."""
     console.print(f"[red]error:[/red] {escape(str(message))}")
     raise typer.Exit(2)
 

@@ -340,6 +340,6 @@ def export_command(
     try:
         target, table = api.export(out, output, output_format, tuple(s.strip() for s in status.split(",") if s.strip()))
     except (ValueError, ImportError) as exc:
-        fail(escape(str(exc)))  # the fix names an extra in brackets, which is not markup
+        fail(exc)
     cells = len(table.drop_duplicates(list(CELL)))
     console.print(f"wrote {target}: {len(table)} rows, one per cell and metric, from {cells} cells")

@@ -57,7 +57,7 @@ def _sweep_settings(ctx: typer.Context, param: typer.CallbackParam, value: Optio
     try:
         settings = read_sweep(value, _sweep_flags(ctx)) if param.name == "config" else cell_settings(value)
     except ValueError as exc:
-        fail(escape(str(exc)))
+        fail(exc)
     _use_as_defaults(ctx, settings, str(value if param.name == "config" else value / "config.json"))
     return value
 
@@ -73,9 +73,9 @@ def _use_as_defaults(ctx: typer.Context, settings: dict[str, Any], source: str) 
             defaults[flag.name] = _as_given(flag, value)
             flag.process_value(ctx, defaults[flag.name])
         except ValueError as exc:
-            fail(escape(f"{source}: {key} = {json.dumps(value, default=str)}: {exc}"))
+            fail(f"{source}: {key} = {json.dumps(value, default=str)}: {exc}")
         except typer.BadParameter as exc:
-            fail(escape(f"{source}: {key} = {json.dumps(value, default=str)}: {exc.message}"))
+            fail(f"{source}: {key} = {json.dumps(value, default=str)}: {exc.message}")
     ctx.default_map = defaults
 
 
