@@ -330,10 +330,15 @@ def listed_methods(pattern: str = "*") -> list[ListedMethod]:
     (:func:`built_in_key`); a changed key lists them afresh.
     """
     if REGISTRY.discovered or importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        listed = [ListedMethod.of(entry) for entry in list_methods()]
+        listed = _imported()
     else:
         listed = _stored_built_ins()
     return [method for method in listed if fnmatch.fnmatchcase(method.name, pattern)]
+
+
+def _imported() -> list[ListedMethod]:
+    """Every method's row, from importing the methods."""
+    return [ListedMethod.of(entry) for entry in list_methods()]
 
 
 def listed_method(name: str) -> ListedMethod:
@@ -373,7 +378,7 @@ def _stored_built_ins() -> list[ListedMethod]:
         stored = json.loads(path.read_text())
         if stored["key"] == key:
             return [ListedMethod.from_json(row) for row in stored["methods"]]
-    listed = [ListedMethod.of(entry) for entry in list_methods()]
+    listed = _imported()
     with suppress(OSError):  # a home that cannot be written only costs the next listing its speed
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, {"key": key, "methods": [asdict(method) for method in listed]})
